@@ -1,0 +1,80 @@
+# One entry point for every task: make deps|gen|build|lint|test|demo|bench|experiment.
+# CI runs exactly `make test` (see .ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+
+# Debian's torch lives under /usr/bin/python3; the python3 first on PATH may lack it.
+PYTHON ?= /usr/bin/python3
+NODE_TEST_FLAGS ?= --test-reporter=spec
+TS_GEN := orchestrator/src/gen
+PY_GEN := worker-runtime/clipfleet_worker/gen
+PROTOS := $(wildcard proto/clipfleet/v1/*.proto)
+
+.PHONY: deps gen build lint test test-unit test-py test-e2e test-deploy demo bench experiment clean
+
+## deps: install missing Debian packages, then node modules (idempotent)
+deps: node_modules/.clipfleet-stamp
+	@bash deploy/install-deps.sh
+
+node_modules/.clipfleet-stamp: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+## gen: TypeScript and Python code from proto/ (never edited by hand)
+gen: $(TS_GEN)/.stamp $(PY_GEN)/.stamp
+
+$(TS_GEN)/.stamp: $(PROTOS) node_modules/.clipfleet-stamp
+	@bash deploy/install-deps.sh >/dev/null
+	rm -rf $(TS_GEN) && mkdir -p $(TS_GEN)
+	protoc -I proto --plugin=protoc-gen-ts_proto=node_modules/.bin/protoc-gen-ts_proto \
+	  --ts_proto_out=$(TS_GEN) \
+	  --ts_proto_opt=outputServices=grpc-js,env=node,esModuleInterop=true,oneof=unions-value,forceLong=number,importSuffix=.js,useOptionals=none \
+	  $(PROTOS)
+	@touch $@
+
+# Python stubs import each other as `clipfleet.v1.x`; rewrite that to the
+# package they live in (what protoletariat does) so no sys.path tricks are needed.
+$(PY_GEN)/.stamp: $(PROTOS)
+	@bash deploy/install-deps.sh >/dev/null
+	rm -rf $(PY_GEN) && mkdir -p $(PY_GEN)
+	protoc -I proto --python_out=$(PY_GEN) --pyi_out=$(PY_GEN) --grpc_python_out=$(PY_GEN) \
+	  --plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin $(PROTOS)
+	sed -i 's/^from clipfleet\.v1 import/from clipfleet_worker.gen.clipfleet.v1 import/' $(PY_GEN)/clipfleet/v1/*.py
+	touch $(PY_GEN)/__init__.py $(PY_GEN)/clipfleet/__init__.py $(PY_GEN)/clipfleet/v1/__init__.py
+	@touch $@
+
+## build: compile the orchestrator, CLI, tests and benchmarks
+build: deps gen
+	node_modules/.bin/tsc -p tsconfig.json
+
+## lint: typescript-eslint on hand-written code, the module dependency rule, Python byte-compile
+lint: build
+	node_modules/.bin/eslint --max-warnings 0 orchestrator tests bench
+	$(PYTHON) -m compileall -q worker-runtime/clipfleet_worker
+
+## test: everything CI runs
+test: build lint test-unit test-py test-e2e
+
+test-unit: build
+	node --test $(NODE_TEST_FLAGS) $$(find dist/orchestrator/test -name '*.test.js' | sort)
+
+test-py: build
+	cd worker-runtime && $(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+test-e2e: build
+	node --test --test-concurrency=1 $(NODE_TEST_FLAGS) $$(find dist/tests -name '*.test.js' | sort)
+
+## demo: a real 2-worker CLIP training job on synthetic data
+demo: build
+	bin/clipfleet run examples/tiny-pretrain.yaml
+
+## experiment: the seeds' caption-quality experiment in miniature
+experiment: build
+	bin/clipfleet run examples/caption-quality.yaml
+
+bench: build
+	node dist/bench/run.js
+
+clean:
+	rm -rf dist $(TS_GEN) $(PY_GEN) .clipfleet

@@ -1,0 +1,157 @@
+/**
+ * The persisted truth about a job: what the store keeps and every view
+ * (control API, CLI, metrics) is derived from. Plain JSON-serialisable data;
+ * only jobs/ changes it, through its one transition function.
+ */
+import type { JobSpec } from "./spec.js";
+import type { JobState } from "./states.js";
+
+/** Schema version of persisted records and of published events. */
+export const RECORD_SCHEMA_VERSION = 1;
+export const EVENT_SCHEMA_VERSION = 1;
+
+/** Where one rank of an attempt ran, and what it is doing. */
+export interface RankRecord {
+  rank: number;
+  node: string;
+  host: string;
+  slot: number;
+  pid: number | null;
+  /** launching | registered | running | exited | lost */
+  state: "launching" | "registered" | "running" | "exited" | "lost";
+  step: number;
+  lastHeartbeatMs: number | null;
+  phase: string;
+  exitCode: number | null;
+  signal: string | null;
+}
+
+/** How an attempt ended. */
+export type AttemptOutcome = "running" | "succeeded" | "failed" | "cancelled" | "preempted" | "lost";
+
+/** One try at running a stage: a gang of ranks from launch to teardown. */
+export interface AttemptRecord {
+  number: number;
+  startedAtMs: number;
+  endedAtMs: number | null;
+  outcome: AttemptOutcome;
+  reason: string;
+  worldSize: number;
+  resumedFromStep: number;
+  lastStep: number;
+  ranks: RankRecord[];
+  /** Rendezvous handed to the ranks. */
+  masterAddr: string;
+  masterPort: number;
+}
+
+/** A file of a checkpoint, as reported by the rank that wrote it. */
+export interface FileDigestRecord {
+  path: string;
+  sha256: string;
+  size: number;
+}
+
+/** A checkpoint the orchestrator knows of; only `committed` ones are ever resumed from. */
+export interface CheckpointRecord {
+  stage: string;
+  step: number;
+  dir: string;
+  attempt: number;
+  status: "committed" | "corrupt" | "deleted";
+  reason: string;
+  committedAtMs: number;
+  files: FileDigestRecord[];
+  sizeBytes: number;
+  manifestSha256: string;
+  cursor: { epoch: number; sampleInEpoch: number };
+}
+
+/** Live progress of a stage, updated from step reports (persisted periodically). */
+export interface ProgressRecord {
+  step: number;
+  totalSteps: number;
+  epoch: number;
+  sampleInEpoch: number;
+  samplesSeen: number;
+  loss: number | null;
+  firstLoss: number | null;
+  lr: number;
+  temperature: number;
+  samplesPerSecond: number;
+  stepSeconds: number;
+  skippedSamples: number;
+  worldSize: number;
+}
+
+/** A failure of user code, kept to recognise the same one happening again. */
+export interface FailureRecord {
+  attempt: number;
+  step: number;
+  rank: number;
+  kind: string;
+  message: string;
+  fingerprint: string;
+  traceback: string;
+  atMs: number;
+}
+
+export interface StageRecord {
+  name: string;
+  state: JobState;
+  reason: string;
+  startedAtMs: number | null;
+  endedAtMs: number | null;
+  attempts: AttemptRecord[];
+  restarts: number;
+  checkpoints: CheckpointRecord[];
+  progress: ProgressRecord;
+  failures: FailureRecord[];
+  /** Evaluation and final metrics by name (e.g. "retrieval/i2t_R@1", "seg/mIoU"). */
+  metrics: Record<string, number>;
+  finalParamsSha256: string;
+  /** Traceback of the failure that ended the stage, when it was the user's code. */
+  error: string;
+  /** Earliest time a restart may start (backoff), ms since epoch. */
+  notBeforeMs: number | null;
+}
+
+/** A job event: every transition and notable fact, in order. Published on the event bus. */
+export interface JobEvent {
+  schemaVersion: number;
+  seq: number;
+  jobId: string;
+  stage: string;
+  /** state | attempt | checkpoint | eval | failure | step | node */
+  type: string;
+  state: JobState;
+  reason: string;
+  tsMs: number;
+  attempt: number;
+  rank: number;
+  data: Record<string, unknown>;
+}
+
+export interface JobRecord {
+  schemaVersion: number;
+  id: string;
+  name: string;
+  state: JobState;
+  reason: string;
+  pendingReason: string;
+  createdAtMs: number;
+  updatedAtMs: number;
+  priority: number;
+  spec: JobSpec;
+  /** The job's secret for worker authentication; never shown by the control API. */
+  token: string;
+  /** Monotonic attempt counter across the job's stages (fencing). */
+  nextAttempt: number;
+  stages: StageRecord[];
+  /** Sequence number of the next event. */
+  nextEventSeq: number;
+  /** The most recent events (bounded); the full stream goes to the event bus. */
+  recentEvents: JobEvent[];
+  /** Set when a user asked to cancel; the cancel completes when no stage is active. */
+  cancelRequested: { checkpoint: boolean; atMs: number } | null;
+}

@@ -1,0 +1,204 @@
+/**
+ * The frozen, validated job spec: what spec/ produces from a user's YAML or
+ * JSON and every later stage reads. Field names are the spec's own
+ * (snake_case), so the object serialises to exactly the JSON the worker
+ * runtime receives (Assignment.config_json). docs/spec.md documents each field.
+ */
+
+/** What a stage does. */
+export type Task = "pretrain" | "finetune-seg" | "finetune-depth" | "eval";
+export const TASKS: readonly Task[] = ["pretrain", "finetune-seg", "finetune-depth", "eval"];
+
+/** An image tower, resolved from a preset plus overrides. */
+export interface ImageTowerSpec {
+  readonly preset: string | null;
+  readonly family: "vit" | "mci";
+  readonly image_size: number;
+  // ViT
+  readonly width: number;
+  readonly depth: number;
+  readonly heads: number;
+  readonly patch: number;
+  readonly mlp_ratio: number;
+  // MCi (mobile hybrid): per-stage block counts and widths
+  readonly layers: readonly number[];
+  readonly widths: readonly number[];
+}
+
+/** A text tower, resolved from a preset plus overrides. */
+export interface TextTowerSpec {
+  readonly preset: string | null;
+  readonly width: number;
+  readonly depth: number;
+  readonly heads: number;
+  readonly mlp_ratio: number;
+  readonly context_length: number;
+  readonly causal: boolean;
+}
+
+export interface TokenizerSpec {
+  readonly type: "byte" | "bpe";
+  /** bpe only: a bpe_simple_vocab_16e6.txt.gz-format file (absolute after resolution). */
+  readonly vocab: string | null;
+}
+
+export interface ModelSpec {
+  readonly image: ImageTowerSpec;
+  readonly text: TextTowerSpec;
+  readonly embed_dim: number;
+  readonly tokenizer: TokenizerSpec;
+}
+
+/** Generate a synthetic dataset into `out` when it is absent. */
+export interface SynthSpec {
+  readonly out: string;
+  readonly train: number;
+  readonly val: number;
+  readonly shards: number;
+  readonly size: number;
+  readonly seed: number;
+}
+
+export interface AugmentSpec {
+  /** random resized crop scale range; null disables the crop (resize only). */
+  readonly crop_scale: readonly [number, number] | null;
+  readonly crop_ratio: readonly [number, number];
+  /** probability of a horizontal flip. */
+  readonly hflip: number;
+}
+
+export interface DataSpec {
+  /** Shard URL patterns (brace ranges, `::`-joined lists), resolved to absolute paths. */
+  readonly train: readonly string[];
+  readonly val: readonly string[];
+  readonly synth: SynthSpec | null;
+  /** caption source -> probability, summing to 1 (`alt` is the .txt AltText). */
+  readonly captions: Readonly<Record<string, number>>;
+  readonly caption_mode: "sample" | "both";
+  readonly augment: AugmentSpec;
+  readonly fraction: number;
+  readonly shuffle: boolean;
+  readonly audit: boolean;
+  readonly loader_threads: number;
+  readonly prefetch_steps: number;
+}
+
+export interface TrainSpec {
+  /** Total optimizer steps; exactly one of steps/epochs is given, the other is derived. */
+  readonly steps: number | null;
+  readonly epochs: number | null;
+  /** Global batch: constant across world-size changes. */
+  readonly batch_size: number;
+  /** Largest batch one rank forwards at once; null: the whole per-rank batch. */
+  readonly micro_batch: number | null;
+  readonly lr: number;
+  readonly min_lr: number;
+  readonly warmup_steps: number;
+  readonly schedule: "cosine" | "constant" | "linear";
+  readonly weight_decay: number;
+  readonly betas: readonly [number, number];
+  readonly eps: number;
+  readonly grad_clip: number | null;
+  readonly precision: "auto" | "fp32" | "bf16" | "fp16";
+  readonly on_nan: "skip" | "fail";
+  readonly log_every: number;
+  /** torch intra-op threads per rank; null: the node's cores divided among its ranks. */
+  readonly threads: number | null;
+  readonly deterministic: boolean;
+}
+
+export interface ClusterSpec {
+  readonly workers: number;
+  readonly min_workers: number;
+  readonly backend: "auto" | "gloo" | "nccl";
+  readonly gpus_per_worker: number;
+  readonly node_selector: Readonly<Record<string, string>>;
+}
+
+export interface WorkerSpec {
+  /** Interpreter with torch; null: CLIPFLEET_PYTHON, --python, or auto-detection. */
+  readonly python: string | null;
+  readonly env: Readonly<Record<string, string>>;
+}
+
+export interface CheckpointSpec {
+  readonly every_steps: number | null;
+  readonly every_minutes: number | null;
+  readonly keep_last: number;
+  readonly keep_every_steps: number | null;
+  readonly async: boolean;
+  /** Root directory; null: <state-dir>/checkpoints. */
+  readonly dir: string | null;
+  /** Save a checkpoint after the last step. */
+  readonly final: boolean;
+}
+
+export interface FailureSpec {
+  readonly max_restarts: number;
+  readonly backoff_seconds: number;
+  readonly backoff_max_seconds: number;
+  readonly heartbeat_timeout: number;
+  readonly hang_min_seconds: number;
+  readonly hang_factor: number;
+  readonly fence_seconds: number;
+  readonly quarantine_after: number;
+  readonly quarantine_seconds: number;
+  readonly grace_seconds: number;
+  readonly startup_timeout: number;
+}
+
+export interface EvalSpec {
+  readonly every_steps: number | null;
+  readonly at_end: boolean;
+  readonly zero_shot: boolean;
+  readonly retrieval: boolean;
+  readonly batch_size: number;
+  readonly templates: readonly string[];
+  /** Retrieval R@k values reported. */
+  readonly recall_at: readonly number[];
+}
+
+/** Where a fine-tune or eval stage takes its image tower from. */
+export type InitSpec =
+  | { readonly kind: "random" }
+  /** `ref` is a stage name of this pipeline, a job id (optionally job:stage), or a checkpoint path. */
+  | { readonly kind: "checkpoint"; readonly ref: string };
+
+export interface DenseSpec {
+  /** Segmentation classes (ids 0..num_classes-1); null: read from the dataset's classes.json. */
+  readonly num_classes: number | null;
+  readonly ignore_index: number;
+  readonly depth_loss: "silog" | "l1";
+  readonly max_depth: number;
+  readonly head_width: number;
+}
+
+/** One stage: everything needed to run one task. A spec without `stages` has one, named "main". */
+export interface StageSpec {
+  readonly name: string;
+  readonly needs: readonly string[];
+  readonly task: Task;
+  readonly seed: number;
+  readonly model: ModelSpec;
+  readonly data: DataSpec;
+  readonly train: TrainSpec;
+  readonly cluster: ClusterSpec;
+  readonly worker: WorkerSpec;
+  readonly checkpoint: CheckpointSpec;
+  readonly failure: FailureSpec;
+  readonly eval: EvalSpec | null;
+  readonly init: InitSpec;
+  readonly freeze_backbone: boolean;
+  readonly dense: DenseSpec;
+}
+
+/** A whole job: a name, a priority and its stages in a valid topological order. */
+export interface JobSpec {
+  readonly name: string;
+  readonly priority: number;
+  readonly stages: readonly StageSpec[];
+  /** Where relative paths were resolved from (the spec file's directory). */
+  readonly base_dir: string;
+  /** sha256 of the canonical JSON of the stages: identifies the config a checkpoint was made with. */
+  readonly config_sha256: string;
+}
