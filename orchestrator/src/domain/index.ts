@@ -1,6 +1,8 @@
 /** domain: pure types and rules shared by every other module. */
+export * from "./clock.js";
 export * from "./errors.js";
 export * from "./ids.js";
 export * from "./job.js";
+export * from "./node.js";
 export * from "./spec.js";
 export * from "./states.js";

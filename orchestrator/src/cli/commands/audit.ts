@@ -1,0 +1,38 @@
+/** `clipfleet audit JOB`: which samples each epoch consumed, counting only the final trajectory. */
+import type { Command } from "../command.js";
+import { out, printJson } from "../context.js";
+import { connectOrOpen } from "../offline.js";
+import { table } from "../render.js";
+
+interface EpochAudit {
+  epoch: number;
+  expected: number;
+  unique: number;
+  duplicates: number;
+  missing: number;
+  dropped: number;
+}
+
+export const auditCommand: Command<{ job: string }> = (deps) => ({
+  command: "audit <job>",
+  describe: "Report per epoch how many samples were consumed once, twice or never (needs data.audit: true)",
+  builder: (y) => y.positional("job", { type: "string", demandOption: true }).example("$0 audit j-20261123-101500-a1b2c3 --json", "as JSON") as never,
+  handler: async (args) => {
+    await connectOrOpen(deps, args, async (client) => {
+      const report = JSON.parse((await client.audit(args.job)).json) as { stages: { stage: string; epochs: EpochAudit[] }[] };
+      if (args.json) {
+        printJson(report);
+        return;
+      }
+      for (const s of report.stages) {
+        out(`stage ${s.stage}:`);
+        out(
+          table(
+            ["EPOCH", "EXPECTED", "UNIQUE", "DUPLICATES", "MISSING", "DROPPED"],
+            s.epochs.map((e) => [e.epoch, e.expected, e.unique, e.duplicates, e.missing, e.dropped].map(String)),
+          ),
+        );
+      }
+    });
+  },
+});

@@ -1,0 +1,53 @@
+/** `clipfleet checkpoint JOB` (save now) and `clipfleet checkpoints JOB` (list). */
+import type { Command } from "../command.js";
+import { connect, out, printJson } from "../context.js";
+import { connectOrOpen } from "../offline.js";
+import { table } from "../render.js";
+
+export const checkpointCommand: Command<{ job: string }> = () => ({
+  command: "checkpoint <job>",
+  describe: "Ask a running job to save a checkpoint now (all ranks save after the same step)",
+  builder: (y) => y.positional("job", { type: "string", demandOption: true }).example("$0 checkpoint j-20261123-101500-a1b2c3 --server 127.0.0.1:7070", "save soon") as never,
+  handler: async (args) => {
+    const client = await connect(args);
+    try {
+      const r = await client.requestCheckpoint(args.job);
+      if (args.json) printJson(r);
+      else out(`${r.jobId}: stage ${r.stage} will save after step ${r.step}`);
+    } finally {
+      client.close();
+    }
+  },
+});
+
+export const checkpointsCommand: Command<{ job: string; all: boolean }> = (deps) => ({
+  command: "checkpoints <job>",
+  describe: "List a job's checkpoints (committed ones can be resumed from)",
+  builder: (y) =>
+    y
+      .positional("job", { type: "string", demandOption: true })
+      .option("all", { type: "boolean", default: false, describe: "include corrupt and deleted ones" })
+      .example("$0 checkpoints j-20261123-101500-a1b2c3 --json", "as JSON") as never,
+  handler: async (args) => {
+    await connectOrOpen(deps, args, async (client) => {
+      const list = (await client.checkpoints(args.job)).checkpoints.filter((c) => args.all || c.status === "committed");
+      if (args.json) {
+        printJson(list);
+        return;
+      }
+      out(
+        table(
+          ["STAGE", "STEP", "STATUS", "SIZE", "COMMITTED", "DIR"],
+          list.map((c) => [c.stage, String(c.step), c.status + (c.reason ? ` (${c.reason})` : ""), fmtBytes(Number(c.sizeBytes)), new Date(Number(c.committedAtMs)).toISOString().slice(0, 19), c.dir]),
+        ),
+      );
+    });
+  },
+});
+
+function fmtBytes(n: number): string {
+  if (n >= 1 << 30) return `${(n / (1 << 30)).toFixed(1)} GiB`;
+  if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(1)} MiB`;
+  if (n >= 1 << 10) return `${(n / (1 << 10)).toFixed(1)} KiB`;
+  return `${n} B`;
+}

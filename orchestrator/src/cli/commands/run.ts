@@ -1,0 +1,94 @@
+/** `clipfleet run SPEC`: an embedded orchestrator runs one job and follows it to the end. */
+import { ControlClient } from "../../client/index.js";
+import type { Job } from "../../gen/clipfleet/v1/control.js";
+import { JobState } from "../../gen/clipfleet/v1/control.js";
+import type { Command } from "../command.js";
+import { EXIT, note, out, printJson, type CliDeps, type EmbeddedOrchestrator, type GlobalArgs } from "../context.js";
+import { embedOptions, orchestratorOptions, type OrchestratorArgs } from "../embedded.js";
+import { followJob } from "../follow.js";
+import { jobSummary, renderStatus, stateName } from "../render.js";
+import { readSpecInput } from "../spec-input.js";
+
+interface RunArgs extends OrchestratorArgs {
+  spec: string;
+  grace?: number;
+}
+
+export const runCommand: Command<RunArgs> = (deps, state) => ({
+  command: "run <spec>",
+  describe: "Run a job spec with an orchestrator embedded in this process; show progress; exit 0 when it succeeds",
+  builder: (y) =>
+    orchestratorOptions(y, "127.0.0.1:0")
+      .positional("spec", { type: "string", demandOption: true, describe: "job spec (YAML or JSON)" })
+      .option("grace", { type: "number", describe: "seconds to wait for ranks to checkpoint and exit on Ctrl-C/SIGTERM" })
+      .example("$0 run examples/tiny-pretrain.yaml", "pretrain a tiny CLIP with 2 workers on synthetic data")
+      .example("$0 run spec.yaml --json --metrics-listen 127.0.0.1:9400", "print a JSON summary; serve metrics while running") as never,
+  handler: async (args) => {
+    const input = readSpecInput(args.spec, deps.presetsPath);
+    const orch = await deps.embed(embedOptions(args, true));
+    try {
+      state.exitCode = await runJob(deps, args, orch, (client) => client.submit(input.specJson, input.specPath, input.baseDir));
+    } finally {
+      await orch.close();
+    }
+  },
+});
+
+/**
+ * Starts (or resumes) a job on an embedded orchestrator and follows it. Ctrl-C
+ * or SIGTERM stops it gracefully (checkpoint, then exit); a second Ctrl-C
+ * stops it at once.
+ */
+export async function runJob(
+  _deps: CliDeps,
+  args: GlobalArgs & { grace?: number },
+  orch: EmbeddedOrchestrator,
+  start: (client: ControlClient) => Promise<Job>,
+): Promise<number> {
+  const client = new ControlClient(orch.address);
+  try {
+    const job = await start(client);
+    note(`clipfleet: job ${job.id} (${job.name}), state in ${args["state-dir"]}${orch.metricsAddress ? `, metrics on http://${orch.metricsAddress}/metrics` : ""}`);
+    let stops = 0;
+    const onSignal = (sig: NodeJS.Signals): void => {
+      stops += 1;
+      if (stops === 1) {
+        note(`clipfleet: ${sig}: checkpointing and stopping job ${job.id} (again to stop at once)`);
+        void client.cancel(job.id, true, args.grace ?? 0).catch(() => undefined);
+      } else {
+        note(`clipfleet: ${sig}: stopping job ${job.id} now`);
+        void client.cancel(job.id, false, 1).catch(() => undefined);
+      }
+    };
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+    let final: Job;
+    try {
+      final = await followJob(client, job.id, { showEvents: !args.json });
+    } finally {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+    }
+    if (args.json) printJson(jobSummary(final));
+    else out(renderSummary(final));
+    if (final.state === JobState.JOB_STATE_SUCCEEDED) return EXIT.OK;
+    if (!args.json) note(`clipfleet: job ${final.id} ${stateName(final.state)}; \`clipfleet resume ${final.id} --state-dir ${args["state-dir"]}\` continues it from its last committed checkpoint`);
+    return EXIT.JOB_FAILED;
+  } finally {
+    client.close();
+  }
+}
+
+/** The text summary at the end of a run. */
+export function renderSummary(job: Job): string {
+  const s = jobSummary(job);
+  const lines = [renderStatus(job, Date.now()).split("\n\nrecent events:")[0] ?? ""];
+  const loss = (x: unknown): string => (typeof x === "number" && x !== 0 ? x.toFixed(4) : "-");
+  lines.push("");
+  lines.push(
+    `${String(s.state)}: ${String(s.steps)} steps, ${String(s.samplesSeen)} samples, loss ${loss(s.firstLoss)} -> ${loss(s.finalLoss)}, ${String(s.restarts)} restart(s)` +
+      (typeof s.wallSeconds === "number" ? `, ${s.wallSeconds.toFixed(1)} s` : ""),
+  );
+  if (s.finalParamsSha256) lines.push(`final params sha256: ${String(s.finalParamsSha256)}`);
+  return lines.join("\n");
+}

@@ -1,0 +1,99 @@
+/**
+ * What every command shares: the injected dependencies, global options, the
+ * one mapping from errors to exit codes, and output helpers.
+ */
+import { ClipfleetError, type ErrorCode } from "../domain/index.js";
+import { ControlClient } from "../client/index.js";
+import type { JobService } from "../jobs/index.js";
+
+/** Exit codes users' scripts rely on. */
+export const EXIT = { OK: 0, JOB_FAILED: 1, INVALID: 2, UNREACHABLE: 3 } as const;
+
+/** Options of an orchestrator embedded in the CLI process (run, resume) or started by `server`. */
+export interface EmbedOptions {
+  stateDir: string;
+  listen: string;
+  advertise?: string | null;
+  metricsListen?: string | null;
+  store?: string | null;
+  nats?: string | null;
+  inventory?: string | null;
+  knownHosts?: string | null;
+  python?: string | null;
+  /** true for run/resume: only jobs of this invocation are scheduled. */
+  embedded: boolean;
+  scope?: string[];
+  metricsRetentionSeconds?: number;
+  /** Serve what the state dir holds without reconciling or scheduling anything (read commands). */
+  readOnly?: boolean;
+}
+
+export interface EmbeddedOrchestrator {
+  readonly service: JobService;
+  /** host:port of the gRPC server (control API and worker gateway). */
+  readonly address: string;
+  readonly metricsAddress: string | null;
+  close(): Promise<void>;
+}
+
+/** Provided by the composition root (main.ts). */
+export interface CliDeps {
+  embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator>;
+  readonly presetsPath: string;
+  readonly workerRuntimeDir: string;
+  readonly version: string;
+  /** Runs `python -m clipfleet_worker ARGS` with the CLI's stdio; resolves to its exit code. */
+  runWorkerCli(python: string | null, args: readonly string[]): Promise<number>;
+}
+
+/** Global options every command accepts. */
+export interface GlobalArgs {
+  server?: string;
+  "state-dir": string;
+  json: boolean;
+  verbose: boolean;
+  python?: string;
+}
+
+const CODE_TO_EXIT: Record<ErrorCode, number> = {
+  INVALID_ARGUMENT: EXIT.INVALID,
+  FAILED_PRECONDITION: EXIT.INVALID,
+  ENVIRONMENT: EXIT.INVALID,
+  NOT_FOUND: EXIT.UNREACHABLE,
+  UNAVAILABLE: EXIT.UNREACHABLE,
+  UNAUTHENTICATED: EXIT.INVALID,
+  FENCED: EXIT.JOB_FAILED,
+  JOB_FAILED: EXIT.JOB_FAILED,
+  INTERNAL: EXIT.JOB_FAILED,
+};
+
+/** The one mapping from errors to exit codes. */
+export function exitCodeOf(err: unknown): number {
+  return err instanceof ClipfleetError ? CODE_TO_EXIT[err.code] : EXIT.JOB_FAILED;
+}
+
+/** A client for --server / CLIPFLEET_SERVER; exit 3 when it is not given or not reachable. */
+export async function connect(args: GlobalArgs): Promise<ControlClient> {
+  const address = args.server ?? process.env.CLIPFLEET_SERVER;
+  if (!address) {
+    throw new ClipfleetError("UNAVAILABLE", "no orchestrator to talk to: pass --server HOST:PORT or set CLIPFLEET_SERVER (or use `clipfleet run` to run a spec without a server)");
+  }
+  const client = new ControlClient(address);
+  await client.ping();
+  return client;
+}
+
+/** Writes one line to stdout. */
+export function out(line = ""): void {
+  process.stdout.write(line + "\n");
+}
+
+/** Writes one line to stderr (progress, notes). */
+export function note(line: string): void {
+  process.stderr.write(line + "\n");
+}
+
+/** Pretty JSON for --json. */
+export function printJson(value: unknown): void {
+  process.stdout.write(JSON.stringify(value, null, 2) + "\n");
+}

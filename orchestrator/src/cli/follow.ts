@@ -1,0 +1,47 @@
+/** Following a job to its end with live progress (run, resume, watch). */
+import type { ControlClient } from "../client/index.js";
+import type { Job, JobEvent } from "../gen/clipfleet/v1/control.js";
+import { ProgressView } from "./progress.js";
+import { renderEvent } from "./render.js";
+
+export interface FollowOptions {
+  /** Print state changes and other events as lines (not step events). */
+  showEvents: boolean;
+  /** Force plain lines instead of a bar. */
+  plain?: boolean;
+  signal?: AbortSignal;
+  fromSeq?: number;
+}
+
+/** Streams the job's events to a progress view until it ends; returns the final job. */
+export async function followJob(client: ControlClient, jobId: string, opts: FollowOptions): Promise<Job> {
+  const view = new ProgressView({ stream: process.stderr, plain: opts.plain ?? process.env.CI === "true" });
+  let lastStageEvent: JobEvent | null = null;
+  const onEvent = (e: JobEvent): void => {
+    if (e.type === "step") {
+      const d = JSON.parse(e.dataJson) as Record<string, number>;
+      view.update({
+        stage: e.stage,
+        step: d.step ?? 0,
+        totalSteps: d.totalSteps ?? 0,
+        epoch: d.epoch ?? 0,
+        loss: d.loss ?? NaN,
+        samplesPerSecond: d.samplesPerSecond ?? 0,
+        etaSeconds: d.etaSeconds ?? NaN,
+        worldSize: d.worldSize ?? 0,
+      });
+      return;
+    }
+    if (!opts.showEvents) return;
+    // A job-level state change that only repeats its single stage's is not worth a second line.
+    if (e.stage === "" && e.type === "state" && lastStageEvent && lastStageEvent.state === e.state && lastStageEvent.reason === e.reason) return;
+    if (e.stage !== "") lastStageEvent = e;
+    view.message(renderEvent(e));
+  };
+  try {
+    await client.watch(jobId, onEvent, opts.fromSeq ?? 0, opts.signal);
+  } finally {
+    view.finish();
+  }
+  return client.getJob(jobId);
+}

@@ -1,0 +1,90 @@
+/**
+ * cli: the `clipfleet` command line (yargs), one file per verb under
+ * commands/. Errors become one line and an exit code here, in one place;
+ * --verbose adds the stack.
+ */
+import yargs from "yargs";
+import { asClipfleetError, ClipfleetError, InvalidArgumentError } from "../domain/index.js";
+import type { CliState, Command } from "./command.js";
+import { EXIT, exitCodeOf, type CliDeps, type GlobalArgs } from "./context.js";
+import { auditCommand } from "./commands/audit.js";
+import { cancelCommand } from "./commands/cancel.js";
+import { checkpointCommand, checkpointsCommand } from "./commands/checkpoint.js";
+import { dataCommand } from "./commands/data.js";
+import { listCommand } from "./commands/list.js";
+import { logsCommand } from "./commands/logs.js";
+import { nodesCommand } from "./commands/nodes.js";
+import { resumeCommand } from "./commands/resume.js";
+import { runCommand } from "./commands/run.js";
+import { serverCommand } from "./commands/server.js";
+import { statusCommand } from "./commands/status.js";
+import { submitCommand } from "./commands/submit.js";
+import { schemaCommand, validateCommand } from "./commands/validate.js";
+import { watchCommand } from "./commands/watch.js";
+
+export type { CliDeps, EmbedOptions, EmbeddedOrchestrator } from "./context.js";
+export { EXIT, exitCodeOf } from "./context.js";
+export { ProgressView, renderBar, renderLine, fmtDuration } from "./progress.js";
+export { INFO_FILE, type OrchestratorInfoFile } from "./offline.js";
+
+const COMMANDS: Command<never>[] = [
+  runCommand,
+  serverCommand,
+  submitCommand,
+  statusCommand,
+  listCommand,
+  logsCommand,
+  watchCommand,
+  cancelCommand,
+  resumeCommand,
+  checkpointCommand,
+  checkpointsCommand,
+  nodesCommand,
+  auditCommand,
+  validateCommand,
+  schemaCommand,
+  dataCommand,
+] as Command<never>[];
+
+/** Parses `argv`, runs the command, and returns the exit code (never throws). */
+export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
+  const state: CliState = { exitCode: EXIT.OK };
+  const verbose = argv.includes("--verbose");
+  let usageError: string | null = null;
+  const parser = yargs(argv)
+    .scriptName("clipfleet")
+    .usage("$0 <command> [options]\n\nTrain CLIP-style models data-parallel on a fleet of nodes.")
+    .option("server", { type: "string", describe: "orchestrator address HOST:PORT (default: $CLIPFLEET_SERVER)", global: true })
+    .option("state-dir", { type: "string", default: ".clipfleet", describe: "where an embedded orchestrator keeps jobs, logs and checkpoints", global: true })
+    .option("json", { type: "boolean", default: false, describe: "machine-readable output", global: true })
+    .option("verbose", { type: "boolean", default: false, describe: "show stack traces of errors", global: true })
+    .option("python", { type: "string", describe: "worker interpreter with torch (default: $CLIPFLEET_PYTHON, else the first of python3, /usr/bin/python3 that imports torch)", global: true })
+    .completion("completion", "Print a bash/zsh completion script (add it to ~/.bashrc)")
+    .strict()
+    .demandCommand(1, "name a command (clipfleet --help lists them)")
+    .recommendCommands()
+    .version(deps.version)
+    .help()
+    .alias("h", "help")
+    .wrap(Math.min(110, process.stdout.columns || 100))
+    .epilogue("Exit codes: 0 succeeded, 1 the job failed, 2 invalid input, 3 orchestrator unreachable or job not found.")
+    .fail((msg, err) => {
+      if (err) throw err;
+      usageError = msg;
+    });
+  for (const c of COMMANDS) parser.command(c(deps, state) as never);
+  try {
+    await parser.parseAsync();
+    if (usageError !== null) throw new InvalidArgumentError(usageError);
+    return state.exitCode;
+  } catch (err) {
+    const e = asClipfleetError(err);
+    const line = e.message.split("\n")[0] ?? e.message;
+    process.stderr.write(`clipfleet: ${e instanceof ClipfleetError && e.code !== "INTERNAL" ? line : `internal error: ${line}`}\n`);
+    if (e.code === "INTERNAL" && !verbose) process.stderr.write("clipfleet: run again with --verbose for details\n");
+    if (verbose && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
+    return exitCodeOf(e);
+  }
+}
+
+export type { GlobalArgs };

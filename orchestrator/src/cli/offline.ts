@@ -1,0 +1,75 @@
+/**
+ * Read commands work three ways: against --server / CLIPFLEET_SERVER; against
+ * the orchestrator of a `clipfleet run` in progress on the same state dir
+ * (found through <state-dir>/orchestrator.json); or, when none is running,
+ * against the state dir itself through a read-only embedded orchestrator.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { ControlClient } from "../client/index.js";
+import { ClipfleetError } from "../domain/index.js";
+import { connect, note, type CliDeps, type GlobalArgs } from "./context.js";
+
+/** What a running orchestrator writes into its state dir so CLI commands can find it. */
+export interface OrchestratorInfoFile {
+  address: string;
+  pid: number;
+  metricsAddress: string | null;
+  startedAtMs: number;
+}
+
+export const INFO_FILE = "orchestrator.json";
+
+export async function connectOrOpen(deps: CliDeps, args: GlobalArgs, fn: (client: ControlClient) => Promise<void>): Promise<void> {
+  if (args.server ?? process.env.CLIPFLEET_SERVER) {
+    const client = await connect(args);
+    try {
+      await fn(client);
+    } finally {
+      client.close();
+    }
+    return;
+  }
+  const info = readInfo(args["state-dir"]);
+  if (info && pidAlive(info.pid)) {
+    const client = new ControlClient(info.address);
+    try {
+      await client.ping(3000);
+      await fn(client);
+      return;
+    } catch (err) {
+      if ((err as { code?: string }).code !== "UNAVAILABLE") throw err;
+    } finally {
+      client.close();
+    }
+  }
+  if (!existsSync(join(args["state-dir"], "jobs"))) {
+    throw new ClipfleetError("UNAVAILABLE", `no orchestrator to ask: no --server, and ${args["state-dir"]} holds no jobs (pass --state-dir or --server)`);
+  }
+  const orch = await deps.embed({ stateDir: args["state-dir"], listen: "127.0.0.1:0", embedded: true, scope: [], readOnly: true });
+  if (!args.json) note(`clipfleet: no orchestrator is running on ${args["state-dir"]}; showing what it last recorded`);
+  const client = new ControlClient(orch.address);
+  try {
+    await fn(client);
+  } finally {
+    client.close();
+    await orch.close();
+  }
+}
+
+function readInfo(stateDir: string): OrchestratorInfoFile | null {
+  try {
+    return JSON.parse(readFileSync(join(stateDir, INFO_FILE), "utf8")) as OrchestratorInfoFile;
+  } catch {
+    return null;
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * client: the typed ControlService client the CLI uses. gRPC failures come
+ * back as clipfleet errors (the server sends the code in metadata), so the
+ * CLI maps them to exit codes in one place.
+ */
+import { credentials, Metadata, status, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
+import {
+  ClipfleetError,
+  InvalidArgumentError,
+  NotFoundError,
+  UnavailableError,
+  type ErrorCode,
+} from "../domain/index.js";
+import {
+  ControlServiceClient,
+  type AuditReport,
+  type CheckpointList,
+  type CheckpointRequested,
+  type Job,
+  type JobEvent,
+  type JobState,
+  type LogLine,
+  type NodeList,
+  type ServerInfo,
+} from "../gen/clipfleet/v1/control.js";
+
+const CODES: readonly ErrorCode[] = ["INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "UNAVAILABLE", "UNAUTHENTICATED", "FENCED", "JOB_FAILED", "ENVIRONMENT", "INTERNAL"];
+
+/** A clipfleet error for a failed call, naming the server address when it cannot be reached. */
+export function fromServiceError(err: ServiceError, address: string): ClipfleetError {
+  const code = err.metadata?.get("x-clipfleet-code")[0];
+  const message = err.details || err.message;
+  if (typeof code === "string" && (CODES as readonly string[]).includes(code)) {
+    if (code === "INVALID_ARGUMENT") {
+      const path = err.metadata?.get("x-clipfleet-path")[0];
+      return new InvalidArgumentError(message, typeof path === "string" ? path : null);
+    }
+    return new ClipfleetError(code as ErrorCode, message);
+  }
+  switch (err.code) {
+    case status.UNAVAILABLE:
+    case status.DEADLINE_EXCEEDED:
+      return new UnavailableError(`cannot reach the orchestrator at ${address}: ${message}`);
+    case status.NOT_FOUND:
+      return new NotFoundError(message);
+    case status.INVALID_ARGUMENT:
+      return new InvalidArgumentError(message);
+    default:
+      return new ClipfleetError("INTERNAL", `${address}: ${message}`);
+  }
+}
+
+type Unary<Req, Res> = (req: Req, md: Metadata, opts: { deadline: Date }, cb: (err: ServiceError | null, res: Res) => void) => unknown;
+
+export class ControlClient {
+  private readonly client: InstanceType<typeof ControlServiceClient>;
+
+  constructor(
+    readonly address: string,
+    private readonly timeoutMs = 30_000,
+  ) {
+    this.client = new ControlServiceClient(address, credentials.createInsecure(), {
+      "grpc.max_receive_message_length": 64 * 1024 * 1024,
+    });
+  }
+
+  /** Fails fast with UNAVAILABLE (exit 3) when nothing answers at the address. */
+  async ping(timeoutMs = 5000): Promise<ServerInfo> {
+    await new Promise<void>((resolve, reject) => {
+      this.client.waitForReady(new Date(Date.now() + timeoutMs), (err) => {
+        if (err) reject(new UnavailableError(`cannot reach the orchestrator at ${this.address} (is \`clipfleet server\` running?)`));
+        else resolve();
+      });
+    });
+    return this.call(this.client.getServerInfo.bind(this.client) as Unary<object, ServerInfo>, {});
+  }
+
+  submit(specJson: string, specPath: string, baseDir: string, timeoutMs = 15 * 60_000): Promise<Job> {
+    return this.call(this.client.submit.bind(this.client) as Unary<object, Job>, { specJson, specPath, baseDir }, timeoutMs);
+  }
+  getJob(jobId: string): Promise<Job> {
+    return this.call(this.client.getJob.bind(this.client) as Unary<object, Job>, { jobId });
+  }
+  listJobs(states: JobState[] = [], limit = 0): Promise<Job[]> {
+    return this.call(this.client.listJobs.bind(this.client) as Unary<object, { jobs: Job[] }>, { states, limit }).then((r) => r.jobs);
+  }
+  cancel(jobId: string, checkpoint: boolean, graceSeconds: number): Promise<Job> {
+    return this.call(this.client.cancelJob.bind(this.client) as Unary<object, Job>, { jobId, checkpoint, graceSeconds }, 10 * 60_000);
+  }
+  resume(jobId: string): Promise<Job> {
+    return this.call(this.client.resumeJob.bind(this.client) as Unary<object, Job>, { jobId });
+  }
+  requestCheckpoint(jobId: string): Promise<CheckpointRequested> {
+    return this.call(this.client.requestCheckpoint.bind(this.client) as Unary<object, CheckpointRequested>, { jobId });
+  }
+  checkpoints(jobId: string): Promise<CheckpointList> {
+    return this.call(this.client.listCheckpoints.bind(this.client) as Unary<object, CheckpointList>, { jobId });
+  }
+  nodes(): Promise<NodeList> {
+    return this.call(this.client.listNodes.bind(this.client) as Unary<object, NodeList>, {});
+  }
+  audit(jobId: string): Promise<AuditReport> {
+    return this.call(this.client.audit.bind(this.client) as Unary<object, AuditReport>, { jobId });
+  }
+  serverInfo(): Promise<ServerInfo> {
+    return this.call(this.client.getServerInfo.bind(this.client) as Unary<object, ServerInfo>, {});
+  }
+
+  /** Follows a job's events (replaying those from `fromSeq`) until the job ends or `signal` aborts. */
+  watch(jobId: string, onEvent: (e: JobEvent) => void, fromSeq = 0, signal?: AbortSignal): Promise<void> {
+    return this.consume(this.client.watch({ jobId, fromSeq }), onEvent, signal);
+  }
+
+  /** Streams a job's log lines; with follow, until the job ends. */
+  logs(req: { jobId: string; follow: boolean; stage: string; rank: number; tail: number }, onLine: (l: LogLine) => void, signal?: AbortSignal): Promise<void> {
+    return this.consume(this.client.streamLogs(req), onLine, signal);
+  }
+
+  close(): void {
+    this.client.close();
+  }
+
+  private consume<T>(stream: ClientReadableStream<T>, onItem: (t: T) => void, signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const abort = (): void => {
+        stream.cancel();
+        resolve();
+      };
+      signal?.addEventListener("abort", abort, { once: true });
+      stream.on("data", onItem);
+      stream.on("end", () => {
+        signal?.removeEventListener("abort", abort);
+        resolve();
+      });
+      stream.on("error", (err: ServiceError) => {
+        signal?.removeEventListener("abort", abort);
+        if (err.code === status.CANCELLED && signal?.aborted) resolve();
+        else reject(fromServiceError(err, this.address));
+      });
+    });
+  }
+
+  private call<Res>(fn: Unary<object, Res>, req: object, timeoutMs = this.timeoutMs): Promise<Res> {
+    return new Promise((resolve, reject) => {
+      fn(req, new Metadata(), { deadline: new Date(Date.now() + timeoutMs) }, (err, res) => {
+        if (err) reject(fromServiceError(err, this.address));
+        else resolve(res);
+      });
+    });
+  }
+}

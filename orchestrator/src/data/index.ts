@@ -1,0 +1,28 @@
+/**
+ * data: the dataset manifest (shard patterns, sizes.json, _stats.json, tar
+ * indexing), the data plan (which samples each step and rank consume), data
+ * cursors, and the exactly-once audit.
+ */
+export { expandShardPattern } from "./patterns.js";
+export { countTarSamples, firstSamples, sampleKeyOf, TarReader, type TarEntry, type TarSample } from "./tar.js";
+export {
+  checkFraction,
+  locateSample,
+  manifestOf,
+  peekCaptionSources,
+  resolveManifest,
+  subsetSize,
+  type Manifest,
+  type ResolveManifestOptions,
+  type ShardInfo,
+} from "./manifest.js";
+export { Permutation, permutationKey } from "./permutation.js";
+export {
+  allowedWorldSizes,
+  checkWorldSize,
+  DataPlan,
+  type DataCursor,
+  type DataPlanOptions,
+  type StepSlice,
+} from "./plan.js";
+export { Audit, trajectoryOf, type AuditReport, type EpochAudit, type TrajectorySegment } from "./audit.js";

@@ -1,0 +1,123 @@
+/**
+ * The ledger: the orchestrator's in-memory view of every job, kept equal to
+ * the store. Mutations of one job are serialised; each is persisted before
+ * its events are published (and so before anyone acts on them).
+ */
+import { NotFoundError, type Clock, type JobEvent, type JobRecord, type JobState } from "../domain/index.js";
+import type { EventBus } from "../events/index.js";
+import type { JobStore } from "../store/index.js";
+import { note, transition, type TransitionFacts, type TransitionResult } from "./lifecycle.js";
+
+interface Entry {
+  job: JobRecord;
+  revision: number | undefined;
+}
+
+export class JobLedger {
+  private readonly entries = new Map<string, Entry>();
+  private readonly queues = new Map<string, Promise<unknown>>();
+
+  constructor(
+    private readonly store: JobStore,
+    private readonly bus: EventBus,
+    private readonly clock: Clock,
+  ) {}
+
+  /** Reads every job from the store (at start-up). */
+  async load(): Promise<JobRecord[]> {
+    const jobs = await this.store.list();
+    for (const job of jobs) {
+      const got = await this.store.get(job.id);
+      if (got) this.entries.set(job.id, { job: got.job, revision: got.revision });
+    }
+    return [...this.entries.values()].map((e) => e.job);
+  }
+
+  has(id: string): boolean {
+    return this.entries.has(id);
+  }
+
+  /** The current record; throws NOT_FOUND for an unknown id. */
+  get(id: string): JobRecord {
+    const e = this.entries.get(id);
+    if (!e) throw new NotFoundError(`job ${id} not found`);
+    return e.job;
+  }
+
+  list(): JobRecord[] {
+    return [...this.entries.values()].map((e) => e.job).sort((a, b) => a.createdAtMs - b.createdAtMs);
+  }
+
+  /** Persists a new job, then publishes its first events. */
+  async create(job: JobRecord, events: JobEvent[]): Promise<JobRecord> {
+    return this.serial(job.id, async () => {
+      const revision = await this.store.put(job);
+      this.entries.set(job.id, { job, revision });
+      await this.publish(events);
+      return job;
+    });
+  }
+
+  /** Applies a state transition of one stage (see lifecycle.transition). */
+  transition(id: string, stage: string, to: JobState, reason: string, facts: TransitionFacts = {}): Promise<JobRecord> {
+    return this.apply(id, (job) => transition(job, stage, to, reason, this.clock.now(), facts));
+  }
+
+  /** Records a fact as an event, with optional changes to the stage. */
+  note(id: string, stage: string, type: string, reason: string, facts: TransitionFacts = {}): Promise<JobRecord> {
+    return this.apply(id, (job) => note(job, stage, type, reason, this.clock.now(), facts));
+  }
+
+  /** Changes that are not events (progress, pids): persisted, nothing published. */
+  update(id: string, change: (job: JobRecord) => void): Promise<JobRecord> {
+    return this.apply(id, (job) => {
+      const next = structuredClone(job);
+      change(next);
+      next.updatedAtMs = this.clock.now();
+      return { job: next, events: [] };
+    });
+  }
+
+  /**
+   * The general form: `fn` computes the next record from the current one
+   * (or returns null to change nothing); it runs after every earlier mutation
+   * of the same job has been persisted.
+   */
+  apply(id: string, fn: (job: JobRecord) => TransitionResult | null): Promise<JobRecord> {
+    return this.serial(id, async () => {
+      const entry = this.entries.get(id);
+      if (!entry) throw new NotFoundError(`job ${id} not found`);
+      const result = fn(entry.job);
+      if (!result) return entry.job;
+      const revision = await this.store.put(result.job, entry.revision);
+      this.entries.set(id, { job: result.job, revision });
+      await this.publish(result.events);
+      return result.job;
+    });
+  }
+
+  /** Publishes events that are not persisted in the record (step progress). */
+  async publishTransient(event: JobEvent): Promise<void> {
+    await this.bus.publish(event);
+  }
+
+  /** Waits for every queued mutation to finish. */
+  async drain(): Promise<void> {
+    await Promise.allSettled([...this.queues.values()]);
+  }
+
+  private async publish(events: JobEvent[]): Promise<void> {
+    for (const e of events) await this.bus.publish(e);
+  }
+
+  private serial<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.queues.get(id) ?? Promise.resolve();
+    const run = prev.then(fn, fn);
+    const tail = run.catch(() => undefined);
+    this.queues.set(id, tail);
+    void tail.then(() => {
+      if (this.queues.get(id) === tail) this.queues.delete(id);
+    });
+    return run;
+  }
+}

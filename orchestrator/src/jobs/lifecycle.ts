@@ -1,0 +1,129 @@
+/**
+ * The one transition function. Every change of a stage's state (and so of
+ * its job's) goes through `transition`, which checks the transition table,
+ * derives the job state, and returns the events to publish. Pure: the
+ * ledger (ledger.ts) persists the result before anyone acts on it.
+ */
+import {
+  canTransition,
+  EVENT_SCHEMA_VERSION,
+  FailedPreconditionError,
+  jobStateOf,
+  NotFoundError,
+  type JobEvent,
+  type JobRecord,
+  type JobState,
+  type StageRecord,
+} from "../domain/index.js";
+
+/** How many events a job record keeps (the event bus carries all of them). */
+export const RECENT_EVENTS_KEPT = 200;
+
+export interface TransitionResult {
+  readonly job: JobRecord;
+  readonly events: JobEvent[];
+}
+
+/** Extra facts attached to a transition's event. */
+export interface TransitionFacts {
+  readonly attempt?: number;
+  readonly rank?: number;
+  readonly data?: Record<string, unknown>;
+  /** Mutations to apply to the stage together with the transition (same write). */
+  readonly update?: (stage: StageRecord) => void;
+}
+
+/**
+ * Move `stageName` of `job` to `to`, for `reason`. Returns a new record (the
+ * input is not modified) and the events: one for the stage and, when the
+ * job's derived state changes, one for the job (stage "").
+ */
+export function transition(
+  job: JobRecord,
+  stageName: string,
+  to: JobState,
+  reason: string,
+  nowMs: number,
+  facts: TransitionFacts = {},
+): TransitionResult {
+  const next = structuredClone(job);
+  const stage = next.stages.find((s) => s.name === stageName);
+  if (!stage) throw new NotFoundError(`job ${job.id} has no stage "${stageName}"`);
+  const from = stage.state;
+  if (!canTransition(from, to)) {
+    throw new FailedPreconditionError(`job ${job.id} stage ${stageName}: cannot go from ${from} to ${to}`);
+  }
+  stage.state = to;
+  stage.reason = reason;
+  if (to === "STARTING" && stage.startedAtMs === null) stage.startedAtMs = nowMs;
+  if (to === "SUCCEEDED" || to === "FAILED" || to === "CANCELLED") stage.endedAtMs = nowMs;
+  if (to === "PENDING") stage.endedAtMs = null;
+  facts.update?.(stage);
+
+  const events: JobEvent[] = [];
+  events.push(
+    makeEvent(next, {
+      stage: stageName,
+      type: "state",
+      state: to,
+      reason,
+      tsMs: nowMs,
+      attempt: facts.attempt ?? currentAttempt(stage),
+      rank: facts.rank ?? -1,
+      data: { from, ...(facts.data ?? {}) },
+    }),
+  );
+  const jobState = jobStateOf(next.stages.map((s) => s.state));
+  if (jobState !== next.state) {
+    const jobFrom = next.state;
+    next.state = jobState;
+    next.reason = reason;
+    events.push(
+      makeEvent(next, { stage: "", type: "state", state: jobState, reason, tsMs: nowMs, attempt: 0, rank: -1, data: { from: jobFrom } }),
+    );
+  }
+  next.updatedAtMs = nowMs;
+  return { job: next, events };
+}
+
+/** Record a non-transition fact (checkpoint committed, evaluation result, failure detail) as an event. */
+export function note(
+  job: JobRecord,
+  stageName: string,
+  type: string,
+  reason: string,
+  nowMs: number,
+  facts: TransitionFacts = {},
+): TransitionResult {
+  const next = structuredClone(job);
+  const stage = next.stages.find((s) => s.name === stageName);
+  if (stageName !== "" && !stage) throw new NotFoundError(`job ${job.id} has no stage "${stageName}"`);
+  if (stage) facts.update?.(stage);
+  const event = makeEvent(next, {
+    stage: stageName,
+    type,
+    state: stage ? stage.state : next.state,
+    reason,
+    tsMs: nowMs,
+    attempt: facts.attempt ?? (stage ? currentAttempt(stage) : 0),
+    rank: facts.rank ?? -1,
+    data: facts.data ?? {},
+  });
+  next.updatedAtMs = nowMs;
+  return { job: next, events: [event] };
+}
+
+type EventFields = Omit<JobEvent, "schemaVersion" | "seq" | "jobId">;
+
+/** Assigns the job's next sequence number and keeps the record's recent-event window bounded. */
+function makeEvent(job: JobRecord, fields: EventFields): JobEvent {
+  const event: JobEvent = { schemaVersion: EVENT_SCHEMA_VERSION, seq: job.nextEventSeq, jobId: job.id, ...fields };
+  job.nextEventSeq += 1;
+  job.recentEvents.push(event);
+  if (job.recentEvents.length > RECENT_EVENTS_KEPT) job.recentEvents.splice(0, job.recentEvents.length - RECENT_EVENTS_KEPT);
+  return event;
+}
+
+function currentAttempt(stage: StageRecord): number {
+  return stage.attempts.at(-1)?.number ?? 0;
+}

@@ -1,0 +1,104 @@
+/**
+ * Pure decisions about failures: whether to restart, after how long, with
+ * how many ranks; and what counts as the user's own bug. Kept apart from the
+ * machinery so each rule has a unit test with no processes and no clock.
+ */
+import type { FailureRecord, FailureSpec, StageRecord } from "../domain/index.js";
+
+/** Why an attempt ended badly. */
+export type FailureCause =
+  | { kind: "exit"; rank: number; code: number | null; signal: string | null }
+  | { kind: "session"; rank: number }
+  | { kind: "heartbeat"; rank: number; silentSeconds: number }
+  | { kind: "hang"; rank: number; stalledSeconds: number; boundSeconds: number }
+  | { kind: "startup"; missing: number[]; seconds: number }
+  | { kind: "exception"; rank: number; failure: FailureRecord }
+  | { kind: "node"; rank: number; node: string; message: string }
+  | { kind: "checkpoint"; message: string }
+  | { kind: "orchestrator"; message: string }
+  /** Not worth retrying: a wrong environment or input (version mismatch, unreadable data). */
+  | { kind: "fatal"; message: string };
+
+export type Decision =
+  | { action: "restart"; delayMs: number; reason: string }
+  | { action: "fail"; reason: string; error: string };
+
+/** One line for events and status. */
+export function describeCause(c: FailureCause): string {
+  switch (c.kind) {
+    case "exit":
+      return c.signal ? `rank ${c.rank} was killed by ${c.signal}` : `rank ${c.rank} exited with code ${c.code}`;
+    case "session":
+      return `rank ${c.rank} lost its session`;
+    case "heartbeat":
+      return `rank ${c.rank} sent no heartbeat for ${c.silentSeconds.toFixed(1)} s`;
+    case "hang":
+      return `rank ${c.rank} made no step progress for ${c.stalledSeconds.toFixed(1)} s (bound ${c.boundSeconds.toFixed(1)} s): hung`;
+    case "startup":
+      return `ranks ${c.missing.join(", ")} did not register within ${c.seconds} s`;
+    case "exception":
+      return `rank ${c.rank} raised ${c.failure.message} at step ${c.failure.step}`;
+    case "node":
+      return `node ${c.node} failed (rank ${c.rank}): ${c.message}`;
+    case "checkpoint":
+      return c.message;
+    case "orchestrator":
+      return c.message;
+    case "fatal":
+      return c.message;
+  }
+}
+
+/**
+ * Exponential backoff: backoff_seconds * 2^(restarts), capped at
+ * backoff_max_seconds. `restarts` is the number of restarts already made.
+ */
+export function backoffMs(spec: Pick<FailureSpec, "backoff_seconds" | "backoff_max_seconds">, restarts: number): number {
+  const s = Math.min(spec.backoff_max_seconds, spec.backoff_seconds * 2 ** Math.min(restarts, 30));
+  return Math.round(s * 1000);
+}
+
+/**
+ * The same Python exception (same fingerprint) at the same step as an earlier
+ * failure of this stage: a bug in the user's code or data, not bad luck.
+ */
+export function repeatedUserError(previous: readonly FailureRecord[], failure: FailureRecord): FailureRecord | null {
+  return previous.find((p) => p.attempt !== failure.attempt && p.fingerprint === failure.fingerprint && p.step === failure.step) ?? null;
+}
+
+/** What to do after an attempt failed for `cause`. `stage.failures` already includes this failure. */
+export function decide(stage: StageRecord, spec: FailureSpec, cause: FailureCause): Decision {
+  const reason = describeCause(cause);
+  if (cause.kind === "fatal") return { action: "fail", reason, error: "" };
+  if (cause.kind === "exception") {
+    const prior = repeatedUserError(stage.failures, cause.failure);
+    if (prior) {
+      return {
+        action: "fail",
+        reason: `${reason}, the same error as attempt ${prior.attempt}: not retried`,
+        error: cause.failure.traceback,
+      };
+    }
+  }
+  if (stage.restarts >= spec.max_restarts) {
+    return {
+      action: "fail",
+      reason: `${reason}; restart budget exhausted (${stage.restarts}/${spec.max_restarts})`,
+      error: cause.kind === "exception" ? cause.failure.traceback : "",
+    };
+  }
+  return { action: "restart", delayMs: backoffMs(spec, stage.restarts), reason };
+}
+
+/** Nearest-rank percentile of a sample (p in [0, 1]); 0 for an empty one. */
+export function percentile(values: readonly number[], p: number): number {
+  if (values.length === 0) return 0;
+  const sorted = [...values].sort((a, b) => a - b);
+  const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1));
+  return sorted[idx] ?? 0;
+}
+
+/** The hang bound: max(hang_min_seconds, hang_factor x p99 step time). */
+export function hangBoundSeconds(spec: Pick<FailureSpec, "hang_min_seconds" | "hang_factor">, stepSeconds: readonly number[]): number {
+  return Math.max(spec.hang_min_seconds, spec.hang_factor * percentile(stepSeconds, 0.99));
+}

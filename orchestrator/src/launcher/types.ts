@@ -1,0 +1,82 @@
+/**
+ * Launchers start one worker process per rank on a node and tear it down.
+ * The jobs module decides what to start and when; a launcher only knows how.
+ */
+import type { NodeSpec } from "../domain/index.js";
+
+/** How a process ended. */
+export interface ExitInfo {
+  /** Exit code, or null when killed by a signal. */
+  readonly code: number | null;
+  readonly signal: string | null;
+}
+
+/** Everything needed to start one rank. */
+export interface LaunchRequest {
+  readonly jobId: string;
+  readonly stage: string;
+  readonly attempt: number;
+  readonly rank: number;
+  readonly node: NodeSpec;
+  /** Interpreter with torch on that node. */
+  readonly python: string;
+  /** Directory containing the clipfleet_worker package on that node. */
+  readonly workdir: string;
+  /** Environment for the worker (rank variables, orchestrator address). */
+  readonly env: Readonly<Record<string, string>>;
+  /**
+   * Secrets (the job token). Never placed on a command line, where `ps` would
+   * show them: the local launcher passes them in the environment of the
+   * child, the SSH launcher over the channel's stdin.
+   */
+  readonly secrets: Readonly<Record<string, string>>;
+  /** Each line the process writes, as it comes. */
+  readonly onOutput: (stream: "stdout" | "stderr", line: string) => void;
+  /** Called once when the process is gone (or the connection to its node is lost). */
+  readonly onExit: (exit: ExitInfo) => void;
+}
+
+/** A started rank. */
+export interface LaunchedProcess {
+  /** Process id on its node (also its process group id). */
+  readonly pid: number;
+  /** Send a signal to the rank's whole process group. */
+  signal(sig: NodeJS.Signals): Promise<void>;
+  /** Resolves when the process is gone. */
+  readonly exited: Promise<ExitInfo>;
+}
+
+export interface Launcher {
+  readonly kind: "local" | "ssh";
+  launch(req: LaunchRequest): Promise<LaunchedProcess>;
+  /** A TCP port free on the node, for the rendezvous of a gang whose rank 0 runs there. */
+  freePort(node: NodeSpec): Promise<number>;
+  close(): Promise<void>;
+}
+
+/**
+ * Stop a process group: `first` (SIGTERM) then SIGKILL after `graceMs` if it
+ * is still there. Resolves once the process is gone.
+ */
+export async function terminate(proc: LaunchedProcess, graceMs: number, first: NodeJS.Signals = "SIGTERM"): Promise<ExitInfo> {
+  let done = false;
+  const exited = proc.exited.then((e) => {
+    done = true;
+    return e;
+  });
+  if (graceMs <= 0 || first === "SIGKILL") {
+    await proc.signal("SIGKILL");
+    return exited;
+  }
+  await proc.signal(first);
+  let timer: NodeJS.Timeout | undefined;
+  const killer = new Promise<void>((resolve) => {
+    timer = setTimeout(() => {
+      if (!done) void proc.signal("SIGKILL").finally(resolve);
+      else resolve();
+    }, graceMs);
+  });
+  const result = await Promise.race([exited, killer.then(() => exited)]);
+  clearTimeout(timer);
+  return result;
+}

@@ -1,0 +1,421 @@
+/**
+ * Every spec field, described once: type, constraints, presence and doc text.
+ * Validation (nodes.ts), the JSON Schema (`jsonSchema`), the field list the
+ * docs test checks (`SPEC_FIELDS`) and the docs tables (docs.ts) all derive
+ * from these objects; rules that span fields live in resolve.ts. The
+ * `satisfies Record<keyof X, Field>` clauses keep each section in step with
+ * its domain type at compile time.
+ */
+import {
+  type AugmentSpec,
+  type CheckpointSpec,
+  type ClusterSpec,
+  type DataSpec,
+  type DenseSpec,
+  type EvalSpec,
+  type FailureSpec,
+  type ImageTowerSpec,
+  type JobSpec,
+  type ModelSpec,
+  type StageSpec,
+  type SynthSpec,
+  type TextTowerSpec,
+  type TokenizerSpec,
+  type TrainSpec,
+  type WorkerSpec,
+  TASKS,
+} from "../domain/index.js";
+import {
+  type Field,
+  type Json,
+  type Node,
+  type ObjectNode,
+  boolean,
+  derived,
+  fieldPaths,
+  fieldSchema,
+  integer,
+  list,
+  mapOf,
+  nullable,
+  number,
+  object,
+  oneOf,
+  positive,
+  range,
+  required,
+  string,
+  union,
+  withDefault,
+} from "./nodes.js";
+import { type Presets } from "./presets.js";
+
+/** Job names end up in paths, NATS subjects and metric labels. */
+export const JOB_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+/** Stage names are also path components and `JOB:STAGE` references. */
+export const STAGE_NAME = /^[a-z0-9-]{1,64}$/;
+/** Seeds must fit numpy's and torch's 32-bit seeding everywhere. */
+export const MAX_SEED = 2 ** 32 - 1;
+/** The largest gang clipfleet places. */
+export const MAX_WORKERS = 4096;
+/** MCi towers downsample by 32 overall (stem 4, then 2 per stage transition). */
+export const MCI_STRIDE = 32;
+
+/** CLIP-style prompt templates used for zero-shot classification by default. */
+export const DEFAULT_TEMPLATES: readonly string[] = [
+  "a photo of a {}.",
+  "itap of a {}.",
+  "a bad photo of the {}.",
+  "a origami {}.",
+  "a photo of the large {}.",
+  "a {} in a video game.",
+  "art of the {}.",
+  "a photo of the small {}.",
+];
+
+const count = (min = 0): Node => integer({ min });
+const seconds = (doc: string, value: number): Field => withDefault(number({ min: 0 }), value, doc);
+const path = (o: { nullable?: boolean } = {}): Node => string({ typeDoc: "path", ...o });
+const shards = union([string(), list(string(), { minItems: 1 })], {
+  expect: "a shard pattern or a list of them",
+  typeDoc: "string or list of string",
+});
+const pairOf = (items: Node): Node => range(items);
+const fourInts = list(integer({ min: 1 }), { minItems: 4, maxItems: 4, expect: "a list of 4 integers >= 1", typeDoc: "list of 4 integers >= 1" });
+
+/** The preset-name part of model.image / model.text: an enum in the JSON Schema when presets are known. */
+function presetName(names: readonly string[] | null): Node {
+  return names === null ? string({ typeDoc: "preset name" }) : oneOf(names, { typeDoc: "preset name" });
+}
+
+const fromPreset = "from the preset";
+
+function imageFields(names: readonly string[] | null) {
+  return {
+    preset: derived(presetName(names), "none", "Preset (a key of presets.json `image`) the other fields override."),
+    family: derived(oneOf(["vit", "mci"]), fromPreset, "`vit`: plain ViT; `mci`: MobileCLIP's hybrid conv/attention encoder."),
+    image_size: derived(integer({ min: 1 }), fromPreset, "Input resolution in pixels (square). ViT: divisible by `patch`; MCi: divisible by 32."),
+    width: derived(integer({ min: 1 }), fromPreset, "ViT only: token width, divisible by `heads`. For MCi it is set to the last stage width."),
+    depth: derived(integer({ min: 1 }), fromPreset, "ViT only: transformer blocks. For MCi it is set to the total block count."),
+    heads: derived(integer({ min: 1 }), fromPreset, "Attention heads (MCi: in the last stage, which must divide its width)."),
+    patch: derived(integer({ min: 1 }), fromPreset, "ViT only: patch size in pixels. For MCi it is set to the output stride, 32."),
+    mlp_ratio: derived(positive(), fromPreset, "MLP hidden width as a multiple of the block width."),
+    layers: derived(fourInts, fromPreset, "MCi only: blocks per stage. Empty for ViT."),
+    widths: derived(fourInts, fromPreset, "MCi only: channels per stage. Empty for ViT."),
+  } satisfies Record<keyof ImageTowerSpec, Field>;
+}
+
+function textFields(names: readonly string[] | null) {
+  return {
+    preset: derived(presetName(names), "none", "Preset (a key of presets.json `text`) the other fields override."),
+    width: derived(integer({ min: 1 }), fromPreset, "Token width, divisible by `heads`."),
+    depth: derived(integer({ min: 1 }), fromPreset, "Transformer blocks."),
+    heads: derived(integer({ min: 1 }), fromPreset, "Attention heads."),
+    mlp_ratio: derived(positive(), fromPreset, "MLP hidden width as a multiple of `width`."),
+    context_length: derived(integer({ min: 2 }), fromPreset, "Tokens per caption, start and end tokens included; longer captions are truncated."),
+    causal: derived(boolean(), fromPreset, "Causal attention mask (OpenAI CLIP) or bidirectional (MobileCLIP S1/S2)."),
+  } satisfies Record<keyof TextTowerSpec, Field>;
+}
+
+const TOKENIZER_FIELDS = {
+  type: required(oneOf(["byte", "bpe"]), "`byte`: UTF-8 bytes, no vocabulary file; `bpe`: CLIP's byte-pair encoding."),
+  vocab: withDefault(nullable(path()), null, "bpe only: a `bpe_simple_vocab_16e6.txt.gz`-format file (relative to the spec file)."),
+} satisfies Record<keyof TokenizerSpec, Field>;
+
+function modelFields(presets: Presets | null) {
+  const imageNames = presets === null ? null : Object.keys(presets.image);
+  const textNames = presets === null ? null : Object.keys(presets.text);
+  return {
+    image: derived(
+      union([presetName(imageNames), object(imageFields(imageNames))], { expect: "a preset name or a mapping", typeDoc: "preset name or mapping" }),
+      "presets.json `defaults.image`",
+      "Image tower: a preset name (`vit-tiny`), or a mapping of a `preset` plus overrides, or a full tower without a preset.",
+      { examples: ["vit-b16", { preset: "vit-tiny", image_size: 64 }] },
+    ),
+    text: derived(
+      union([presetName(textNames), object(textFields(textNames))], { expect: "a preset name or a mapping", typeDoc: "preset name or mapping" }),
+      "presets.json `defaults.text`",
+      "Text tower: a preset name or a mapping, like `image`.",
+      { examples: ["text-base", { preset: "text-tiny", context_length: 32 }] },
+    ),
+    embed_dim: derived(integer({ min: 1 }), "presets.json `defaults.embed_dim`", "Width of the shared image-text embedding space."),
+    tokenizer: withDefault(
+      union([oneOf(["byte", "bpe"]), object(TOKENIZER_FIELDS)], { expect: '"byte", "bpe" or a mapping {type, vocab}', typeDoc: '"byte" | "bpe" | mapping' }),
+      "byte",
+      "Caption tokenizer: `byte`, or `{type: bpe, vocab: PATH}`.",
+    ),
+  } satisfies Record<keyof ModelSpec, Field>;
+}
+
+const SYNTH_FIELDS = {
+  out: required(path(), "Directory the dataset is generated into (relative to the spec file); left alone when it already holds the shards."),
+  train: required(integer({ min: 1 }), "Training samples."),
+  val: withDefault(integer({ min: 1 }), 256, "Validation samples."),
+  shards: withDefault(integer({ min: 1 }), 4, "Training shards; the validation split gets ceil(shards / 4)."),
+  size: derived(integer({ min: 1 }), "`model.image.image_size`", "Image side in pixels."),
+  seed: derived(integer({ min: 0, max: MAX_SEED }), "the stage `seed`", "Generator seed: the same seed gives the same dataset."),
+} satisfies Record<keyof SynthSpec, Field>;
+
+const AUGMENT_FIELDS = {
+  crop_scale: withDefault(nullable(pairOf(number({ min: 0, max: 1, minExclusive: true }))), [0.9, 1.0], "Random resized crop: range of the crop's area as a fraction of the image; null: resize only."),
+  crop_ratio: withDefault(pairOf(positive()), [0.75, 1.3333333], "Random resized crop: range of the crop's aspect ratio (width / height)."),
+  hflip: withDefault(number({ min: 0, max: 1 }), 0, "Probability of a horizontal flip (0 for CLIP: captions say left and right)."),
+} satisfies Record<keyof AugmentSpec, Field>;
+
+const DATA_FIELDS = {
+  train: derived(shards, "from `data.synth`", "Training shards: WebDataset tar patterns with brace ranges (`shards/{00000..00099}.tar`) or `::`-joined lists, relative to the spec file. Required by training tasks unless `data.synth` is set."),
+  val: derived(shards, "from `data.synth`, else none", "Validation shards, as `train`; required by `eval` stages and by `eval` sections."),
+  synth: withDefault(nullable(object(SYNTH_FIELDS)), null, "Generate a synthetic dataset; fills in `train` and `val` when they are not given."),
+  captions: withDefault(
+    mapOf(number({ min: 0, max: 1 }), { keyPattern: /^[A-Za-z0-9_.-]+$/, keyDoc: "source", minEntries: 1 }),
+    { alt: 1 },
+    "Caption source -> probability of being picked for a sample (per sample, reproducibly); must sum to 1. `alt` is the `.txt` AltText; other sources are keys of the sample's `.json`.",
+    { examples: [{ alt: 0.5, vecap: 0.5 }] },
+  ),
+  caption_mode: withDefault(oneOf(["sample", "both"]), "sample", "`sample`: one caption per sample, drawn by `captions`; `both`: each image with both of exactly two sources, losses summed."),
+  augment: withDefault(
+    union([boolean(), object(AUGMENT_FIELDS)], { expect: "true, false or a mapping", typeDoc: "boolean or mapping" }),
+    {},
+    "Image augmentation: a mapping, `true` (the defaults) or `false` (resize only, no flip).",
+  ),
+  fraction: withDefault(number({ min: 0, max: 1, minExclusive: true }), 1, "Use this fraction of the training samples (a deterministic subset)."),
+  shuffle: withDefault(boolean(), true, "Shuffle samples each epoch (seeded by `seed` and the epoch)."),
+  audit: withDefault(boolean(), false, "Record which samples each step consumed, to audit exactly-once delivery."),
+  loader_threads: withDefault(count(), 2, "Decoding threads per rank; 0 decodes on the training thread."),
+  prefetch_steps: withDefault(count(), 4, "Steps of batches each rank decodes ahead."),
+} satisfies Record<keyof DataSpec, Field>;
+
+const TRAIN_FIELDS = {
+  steps: withDefault(nullable(integer({ min: 1 })), null, "Optimizer steps. Training tasks set exactly one of `steps` and `epochs`."),
+  epochs: withDefault(nullable(positive()), null, "Passes over the training data (fractions allowed); the step count is derived from the dataset size."),
+  batch_size: derived(
+    integer({ min: 1 }),
+    "required by training tasks; `eval.batch_size` for eval",
+    "Global batch size, constant whatever the world size: it must be divisible by every world size from `cluster.min_workers` to `cluster.workers`.",
+  ),
+  micro_batch: withDefault(nullable(integer({ min: 1 })), null, "Largest batch a rank forwards at once (gradient accumulation against cached negatives); must divide the per-rank batch at every world size. null: the whole per-rank batch."),
+  lr: withDefault(positive(), 5e-4, "Peak learning rate (AdamW)."),
+  min_lr: withDefault(number({ min: 0 }), 0, "Learning rate at the end of the schedule; at most `lr`."),
+  warmup_steps: withDefault(count(), 0, "Linear warmup steps from 0 to `lr`; at most `steps`."),
+  schedule: withDefault(oneOf(["cosine", "constant", "linear"]), "cosine", "Learning rate decay after warmup, from `lr` to `min_lr`."),
+  weight_decay: withDefault(number({ min: 0 }), 0.2, "AdamW weight decay (not applied to norms, biases and the temperature)."),
+  betas: withDefault(list(number({ min: 0, max: 1, maxExclusive: true }), { minItems: 2, maxItems: 2, expect: "a list of 2 numbers in [0, 1)", typeDoc: "list of 2 numbers in [0, 1)" }), [0.9, 0.98], "AdamW betas."),
+  eps: withDefault(positive(), 1e-6, "AdamW epsilon."),
+  grad_clip: withDefault(nullable(positive()), null, "Clip the global gradient norm to this; null: no clipping."),
+  precision: withDefault(oneOf(["auto", "fp32", "bf16", "fp16"]), "auto", "Autocast precision; `auto`: bf16 where supported, else fp32."),
+  on_nan: withDefault(oneOf(["skip", "fail"]), "fail", "A non-finite loss: `skip` the step, or `fail` the attempt."),
+  log_every: withDefault(integer({ min: 1 }), 1, "Report metrics every this many steps."),
+  threads: withDefault(nullable(integer({ min: 1 })), null, "torch intra-op threads per rank; null: the node's cores divided among its ranks."),
+  deterministic: withDefault(boolean(), true, "Ask torch for deterministic kernels (slower on GPU)."),
+} satisfies Record<keyof TrainSpec, Field>;
+
+const CLUSTER_FIELDS = {
+  workers: required(integer({ min: 1, max: MAX_WORKERS }), "Ranks (worker processes) the job starts with."),
+  min_workers: derived(integer({ min: 1, max: MAX_WORKERS }), "`cluster.workers`", "Fewest ranks the job may shrink to after failures instead of waiting for capacity."),
+  backend: withDefault(oneOf(["auto", "gloo", "nccl"]), "auto", "torch.distributed backend; `auto`: nccl with GPUs, gloo without; nccl needs `gpus_per_worker` >= 1."),
+  gpus_per_worker: withDefault(count(), 0, "GPUs each rank needs on its node."),
+  node_selector: withDefault(
+    mapOf(string(), { keyPattern: /^[A-Za-z0-9_./-]+$/, keyDoc: "label" }),
+    {},
+    "Only place ranks on nodes whose inventory labels match all of these.",
+    { examples: [{ zone: "rack-1" }] },
+  ),
+} satisfies Record<keyof ClusterSpec, Field>;
+
+const WORKER_FIELDS = {
+  python: withDefault(nullable(string()), null, "Interpreter with torch (a command, or a path relative to the spec file); null: `CLIPFLEET_PYTHON`, `--python`, or auto-detection."),
+  env: withDefault(mapOf(string(), { keyPattern: /^[A-Za-z_][A-Za-z0-9_]*$/, keyDoc: "variable" }), {}, "Extra environment variables of every rank (values are strings: quote numbers).", {
+    examples: [{ OMP_NUM_THREADS: "1" }],
+  }),
+} satisfies Record<keyof WorkerSpec, Field>;
+
+const CHECKPOINT_FIELDS = {
+  every_steps: withDefault(nullable(integer({ min: 1 })), null, "Checkpoint every this many steps; null: no step cadence."),
+  every_minutes: withDefault(nullable(positive()), 30, "Checkpoint when this many minutes passed since the last one (whichever of the two cadences comes first); null: no timer."),
+  keep_last: withDefault(integer({ min: 1 }), 3, "Committed checkpoints kept, newest first; older ones are deleted."),
+  keep_every_steps: withDefault(nullable(integer({ min: 1 })), null, "Also keep checkpoints whose step is a multiple of this; a multiple of `every_steps` when both are set."),
+  async: withDefault(boolean(), false, "Write checkpoint files in the background while training continues."),
+  dir: withDefault(nullable(path()), null, "Checkpoint root (relative to the spec file); null: `<state-dir>/checkpoints`."),
+  final: withDefault(boolean(), true, "Save a checkpoint after the last step."),
+} satisfies Record<keyof CheckpointSpec, Field>;
+
+const FAILURE_FIELDS = {
+  max_restarts: withDefault(count(), 3, "Restarts after failures before the job fails."),
+  backoff_seconds: seconds("Wait before the first restart; doubles on each further restart.", 1),
+  backoff_max_seconds: seconds("Longest wait between restarts; at least `backoff_seconds`.", 60),
+  heartbeat_timeout: withDefault(positive(), 10, "Seconds without a heartbeat before a rank counts as lost."),
+  hang_min_seconds: seconds("A rank hangs when its last step is older than max(this, `hang_factor` x the p99 step time).", 60),
+  hang_factor: withDefault(positive(), 10, "See `hang_min_seconds`."),
+  fence_seconds: seconds("How long a worker keeps running without its session before stopping itself.", 30),
+  quarantine_after: withDefault(count(), 3, "Failures on one node before it is quarantined; 0: never."),
+  quarantine_seconds: seconds("How long a quarantined node gets no ranks.", 600),
+  grace_seconds: seconds("Time ranks get to exit after SIGTERM before SIGKILL.", 30),
+  startup_timeout: withDefault(positive(), 300, "Seconds a started rank has to register."),
+} satisfies Record<keyof FailureSpec, Field>;
+
+const EVAL_FIELDS = {
+  every_steps: withDefault(nullable(integer({ min: 1 })), null, "Evaluate every this many steps; null: not during training."),
+  at_end: withDefault(boolean(), true, "Evaluate after the last step."),
+  zero_shot: withDefault(boolean(), true, "Zero-shot classification on the validation set's class names."),
+  retrieval: withDefault(boolean(), true, "Image-text retrieval (R@k in both directions) on the validation set."),
+  batch_size: withDefault(integer({ min: 1 }), 256, "Evaluation batch size."),
+  templates: withDefault(
+    list(string({ pattern: /\{\}/, expect: 'a template containing "{}"' }), { minItems: 1 }),
+    [...DEFAULT_TEMPLATES],
+    'Zero-shot prompt templates; `{}` is replaced by the class name and the class embedding is their mean.',
+    { defaultDoc: `${DEFAULT_TEMPLATES.length} CLIP templates ("a photo of a {}.", ...)` },
+  ),
+  recall_at: withDefault(list(integer({ min: 1 }), { minItems: 1 }), [1, 5, 10], "Retrieval R@k values reported."),
+} satisfies Record<keyof EvalSpec, Field>;
+
+const INIT_FIELDS = {
+  checkpoint: required(string(), "A stage of this pipeline (among the stage's needs), a job id, `JOB:STAGE`, or a checkpoint directory (a path with a `/`)."),
+};
+
+const DENSE_FIELDS = {
+  num_classes: withDefault(nullable(integer({ min: 2 })), null, "Segmentation classes (ids 0..num_classes-1); null: read the dataset's `classes.json`."),
+  ignore_index: withDefault(integer(), 255, "Label id ignored by the segmentation loss and metrics; not a class id."),
+  depth_loss: withDefault(oneOf(["silog", "l1"]), "silog", "Depth loss: scale-invariant log, or L1."),
+  max_depth: withDefault(positive(), 10, "Depth cap in metres (NYUv2: 10)."),
+  head_width: withDefault(integer({ min: 1 }), 64, "Channels of the dense prediction head."),
+} satisfies Record<keyof DenseSpec, Field>;
+
+function stageFields(presets: Presets | null) {
+  return {
+    task: required(oneOf(TASKS), "What the stage does: contrastive `pretrain`, `finetune-seg` / `finetune-depth` of the image tower, or `eval` of a checkpoint."),
+    seed: withDefault(integer({ min: 0, max: MAX_SEED }), 0, "Seed of initialisation, data order, caption choice and augmentation."),
+    model: withDefault(object(modelFields(presets)), {}, "The image and text towers, the embedding and the tokenizer."),
+    data: withDefault(object(DATA_FIELDS), {}, "Training and validation data, captions and augmentation."),
+    train: withDefault(object(TRAIN_FIELDS), {}, "Optimisation."),
+    cluster: withDefault(object(CLUSTER_FIELDS), {}, "How many ranks and where."),
+    worker: withDefault(object(WORKER_FIELDS), {}, "The worker processes' interpreter and environment."),
+    checkpoint: withDefault(object(CHECKPOINT_FIELDS), {}, "When checkpoints are written and how many are kept."),
+    failure: withDefault(object(FAILURE_FIELDS), {}, "Failure detection, restarts and node quarantine."),
+    eval: withDefault(
+      nullable(union([boolean(), object(EVAL_FIELDS)], { expect: "true, false or a mapping", typeDoc: "mapping or boolean" })),
+      null,
+      "Evaluation; absent, `false` or null: none (eval stages: the defaults); `true` or `{}`: the defaults.",
+    ),
+    init: withDefault(
+      union([oneOf(["random"]), object(INIT_FIELDS)], { expect: '"random" or a mapping {checkpoint: REF}', typeDoc: '"random" | mapping' }),
+      "random",
+      "Initial weights: `random`, or `{checkpoint: REF}` to start the image and text towers from a checkpoint. Eval stages need a checkpoint.",
+      { examples: ["random", { checkpoint: "pretrain" }] },
+    ),
+    freeze_backbone: withDefault(boolean(), false, "Fine-tune tasks only: train the dense head with the image tower frozen."),
+    dense: withDefault(object(DENSE_FIELDS), {}, "Dense heads and losses of the fine-tune tasks."),
+  } satisfies Record<Exclude<keyof StageSpec, "name" | "needs">, Field>;
+}
+
+function jobFields(presets: Presets | null) {
+  return {
+    name: derived(string({ pattern: JOB_NAME, expect: "a name of 1 to 64 characters from A-Z a-z 0-9 . _ -" }), "the spec file name without its extension", "Job name, shown by the CLI and used in metric labels."),
+    priority: withDefault(integer({ min: 0, max: 1000 }), 0, "Queue priority: when nodes are scarce, higher priority jobs are placed first."),
+    stages: derived(list(object(stageItemFields(presets)), { minItems: 1, typeDoc: "non-empty list of stages" }), 'one stage, "main", made of the top-level fields', "A pipeline: stages with their own overrides and dependencies (see Pipelines)."),
+  } satisfies Record<Exclude<keyof JobSpec, "base_dir" | "config_sha256">, Field>;
+}
+
+function stageItemFields(presets: Presets | null): Record<string, Field> {
+  const overrides: Record<string, Field> = {};
+  for (const [key, field] of Object.entries(stageFields(presets))) {
+    overrides[key] = { ...field, presence: { kind: "derived", how: "the top-level value" } };
+  }
+  return {
+    name: required(string({ pattern: STAGE_NAME, expect: "a name of 1 to 64 characters from a-z 0-9 -" }), "Stage name, unique in the spec."),
+    needs: withDefault(list(string()), [], "Stages that must succeed before this one starts."),
+    ...overrides,
+  };
+}
+
+/** The fields a stage is made of, shared top-level or overridden per stage (validation view). */
+export const STAGE_NODE: ObjectNode = object(stageFields(null));
+/** The fields only the job has. */
+export const JOB_FIELDS: Readonly<Record<string, Field>> = jobFields(null);
+/** Fields a stage item has besides the stage fields. */
+export const STAGE_ITEM_NODE: ObjectNode = object(stageItemFields(null));
+/** Schema sections reused by resolve.ts when a shorthand (`eval: true`, `augment: true`) expands to defaults. */
+export const EVAL_NODE: ObjectNode = object(EVAL_FIELDS);
+export const AUGMENT_NODE: ObjectNode = object(AUGMENT_FIELDS);
+/** Field sets of tower mappings, for the family rules of resolve.ts. */
+export const IMAGE_NODE: ObjectNode = object(imageFields(null));
+export const TEXT_NODE: ObjectNode = object(textFields(null));
+
+/** Keys allowed at the top level of a spec: the job's own and the shared stage fields. */
+export const TOP_LEVEL_KEYS: readonly string[] = [...Object.keys(JOB_FIELDS), ...Object.keys(STAGE_NODE.fields)];
+
+/**
+ * Every documented field path (`train.lr`, `model.image.patch`,
+ * `stages[].needs`): the docs test checks each appears in docs/spec.md.
+ */
+export const SPEC_FIELDS: readonly string[] = [
+  ...Object.keys(JOB_FIELDS),
+  "stages[].name",
+  "stages[].needs",
+  ...fieldPaths(STAGE_NODE).map((f) => f.path),
+];
+
+/**
+ * The JSON Schema (draft 2020-12) of a spec file, for editors. With presets,
+ * preset names become enums. A spec without `stages` must give `task` and
+ * `cluster.workers` at the top level; with stages every field is an
+ * override, so nothing else is required there.
+ */
+export function jsonSchema(presets: Presets | null = null): Record<string, Json> {
+  const job = jobFields(presets);
+  const stage = stageFields(presets);
+  const defs: Record<string, Json> = {};
+  const properties: Record<string, Json> = {};
+  for (const [key, field] of Object.entries(stage)) {
+    defs[key] = fieldSchema(field, { required: false });
+    properties[key] = { $ref: `#/$defs/${key}` };
+  }
+  const stageItem: Record<string, Json> = {
+    type: "object",
+    description: job.stages.doc,
+    properties: {
+      name: fieldSchema(stageItemFields(presets).name!),
+      needs: fieldSchema(stageItemFields(presets).needs!),
+      ...properties,
+    },
+    required: ["name"],
+    additionalProperties: false,
+  };
+  return {
+    $schema: "https://json-schema.org/draft/2020-12/schema",
+    title: "clipfleet job spec",
+    description: "A clipfleet job: model, data, training, cluster and failure handling; see docs/spec.md.",
+    type: "object",
+    properties: {
+      name: fieldSchema(job.name),
+      priority: fieldSchema(job.priority),
+      stages: { type: "array", description: job.stages.doc, minItems: 1, items: stageItem },
+      ...properties,
+    },
+    patternProperties: { "^x-": { description: "Ignored: a place for YAML anchors." } },
+    additionalProperties: false,
+    if: { not: { required: ["stages"] } },
+    then: requiredTree(STAGE_NODE),
+    $defs: defs,
+  };
+}
+
+/** `{required: [...], properties: {x: {required: [...]}}}` for the required fields under an object. */
+function requiredTree(node: ObjectNode): Record<string, Json> {
+  const req: string[] = [];
+  const properties: Record<string, Json> = {};
+  for (const [key, field] of Object.entries(node.fields)) {
+    if (field.presence.kind === "required") req.push(key);
+    // A section that defaults to a mapping is always there, so its required fields are too.
+    if (field.node.kind === "object" && !field.node.nullable && field.presence.kind === "default") {
+      const sub = requiredTree(field.node);
+      if (sub.required !== undefined) {
+        req.push(key);
+        properties[key] = sub;
+      }
+    }
+  }
+  const out: Record<string, Json> = {};
+  if (req.length > 0) out.required = req;
+  if (Object.keys(properties).length > 0) out.properties = properties;
+  return out;
+}

@@ -1,0 +1,51 @@
+"""python -m clipfleet_worker {run,synth,convert,info}."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+
+
+def _info() -> int:
+    """What `clipfleet nodes check` asks a node: versions, devices, free disk (one JSON line)."""
+    from . import __version__
+
+    out: dict[str, object] = {"runtime_version": __version__, "python": platform.python_version(), "executable": sys.executable}
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+        out["cuda_devices"] = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception as err:  # report, do not crash: this is a diagnostic
+        out["torch"] = None
+        out["torch_error"] = str(err)
+        out["cuda_devices"] = 0
+    out["free_bytes"] = shutil.disk_usage(os.getcwd()).free
+    print(json.dumps(out))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clipfleet_worker", description="clipfleet worker runtime")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run one rank (started by the orchestrator)")
+    sub.add_parser("info", help="print versions, CUDA devices and free disk as JSON")
+    from .cli_data import add_subcommands, run as run_data_command
+
+    add_subcommands(sub)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        from .worker import main as run_worker
+
+        return run_worker()
+    if args.command == "info":
+        return _info()
+    return run_data_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

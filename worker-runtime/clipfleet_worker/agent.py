@@ -1,0 +1,277 @@
+"""The rank's session with the orchestrator.
+
+A worker process registers (authenticating with the job token), receives its
+assignment, then keeps one bidirectional stream open: heartbeats and reports
+go up, commands (checkpoint at a step, stop, fenced) come down. The
+orchestrator owns every decision; the agent only relays. When the session is
+lost for longer than the assignment's fence_seconds the worker stops itself,
+so no rank outlives an orchestrator that gave up on it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import queue
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import grpc
+
+from . import __version__
+from .gen.clipfleet.v1 import worker_pb2 as pb
+from .gen.clipfleet.v1 import worker_pb2_grpc as pb_grpc
+
+# Exit codes of a worker process (the orchestrator reads the reason from reports, these are for humans).
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_FENCED = 3
+
+PHASES = {
+    "starting": pb.PHASE_STARTING,
+    "rendezvous": pb.PHASE_RENDEZVOUS,
+    "loading": pb.PHASE_LOADING,
+    "training": pb.PHASE_TRAINING,
+    "checkpointing": pb.PHASE_CHECKPOINTING,
+    "evaluating": pb.PHASE_EVALUATING,
+    "stopping": pb.PHASE_STOPPING,
+}
+
+
+@dataclass(frozen=True)
+class WorkerEnv:
+    """What the launcher tells a rank through its environment (the token never on a command line)."""
+
+    address: str
+    token: str
+    job_id: str
+    stage: str
+    attempt: int
+    rank: int
+
+    @staticmethod
+    def from_environ(environ: dict[str, str] | None = None, stdin_token: Callable[[], str] | None = None) -> "WorkerEnv":
+        """Reads CLIPFLEET_* variables; the token comes from CLIPFLEET_TOKEN or, over SSH, from stdin."""
+        env = dict(os.environ if environ is None else environ)
+        missing = [k for k in ("CLIPFLEET_ADDR", "CLIPFLEET_JOB_ID", "CLIPFLEET_STAGE", "CLIPFLEET_ATTEMPT", "CLIPFLEET_RANK") if k not in env]
+        if missing:
+            raise SystemExit(f"clipfleet worker: missing environment {', '.join(missing)} (workers are started by the orchestrator)")
+        token = env.get("CLIPFLEET_TOKEN", "")
+        if not token and env.get("CLIPFLEET_TOKEN_STDIN") == "1":
+            token = (stdin_token or (lambda: sys.stdin.readline().strip()))()
+        return WorkerEnv(
+            address=env["CLIPFLEET_ADDR"],
+            token=token,
+            job_id=env["CLIPFLEET_JOB_ID"],
+            stage=env["CLIPFLEET_STAGE"],
+            attempt=int(env["CLIPFLEET_ATTEMPT"]),
+            rank=int(env["CLIPFLEET_RANK"]),
+        )
+
+
+@dataclass
+class Commands:
+    """Commands received from the orchestrator, read by the training loop at step boundaries."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    checkpoint_at: int | None = None
+    stop_at: int | None = None
+    stop_checkpoint: bool = False
+    stop_reason: str = ""
+    fenced: str | None = None
+    committed: list[int] = field(default_factory=list)
+
+    def due(self, step: int) -> tuple[bool, bool, bool]:
+        """(checkpoint requested, stop requested, checkpoint before stopping) for a rank about to finish `step`."""
+        with self.lock:
+            ckpt = self.checkpoint_at is not None and step >= self.checkpoint_at
+            stop = self.fenced is not None or (self.stop_at is not None and step >= self.stop_at)
+            return ckpt, stop, stop and self.stop_checkpoint and self.fenced is None
+
+    def checkpoint_done(self, step: int) -> None:
+        with self.lock:
+            if self.checkpoint_at is not None and step >= self.checkpoint_at:
+                self.checkpoint_at = None
+
+
+class SessionLost(Exception):
+    """The orchestrator is gone (or fenced this attempt)."""
+
+
+class Agent:
+    """Registration, the session stream, heartbeats, and plan requests of one rank."""
+
+    def __init__(self, env: WorkerEnv) -> None:
+        self.env = env
+        self.channel = grpc.insecure_channel(
+            env.address,
+            options=[
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", 5_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ],
+        )
+        self.stub = pb_grpc.WorkerGatewayStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {env.token}"),)
+        self.commands = Commands()
+        self.assignment: pb.Assignment | None = None
+        self._out: queue.Queue[pb.WorkerMessage | None] = queue.Queue()
+        self._step = 0
+        self._phase = "starting"
+        self._closed = threading.Event()
+        self._session_ok = threading.Event()
+        self._lost_since: float | None = None
+        self._threads: list[threading.Thread] = []
+        self.gpu_stats: Callable[[], tuple[float, int]] | None = None
+
+    # -- registration ------------------------------------------------------
+
+    def register(self, torch_version: str, cuda_devices: int, timeout: float = 60.0) -> pb.Assignment:
+        """Registers, retrying while the orchestrator is starting; a refusal (token, fence, version) exits."""
+        req = pb.RegisterRequest(
+            job_id=self.env.job_id,
+            stage=self.env.stage,
+            attempt=self.env.attempt,
+            rank=self.env.rank,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            runtime_version=__version__,
+            python_version=platform.python_version(),
+            torch_version=torch_version,
+            cuda_devices=cuda_devices,
+        )
+        deadline = time.monotonic() + timeout
+        delay = 0.2
+        while True:
+            try:
+                self.assignment = self.stub.Register(req, metadata=self.metadata, timeout=30)
+                return self.assignment
+            except grpc.RpcError as err:
+                code = err.code()
+                if code == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline:
+                    time.sleep(delay)
+                    delay = min(2.0, delay * 2)
+                    continue
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+                    print(f"clipfleet worker: registration refused: {err.details()}", file=sys.stderr, flush=True)
+                    raise SystemExit(EXIT_FENCED if code == grpc.StatusCode.FAILED_PRECONDITION else EXIT_CONFIG)
+                raise
+
+    # -- session -------------------------------------------------------------
+
+    def start_session(self) -> None:
+        """Opens the stream and starts the heartbeat and command threads."""
+        assert self.assignment is not None
+        a = self.assignment
+        self._out.put(pb.WorkerMessage(hello=pb.Hello(session_id=a.session_id)))
+        self._spawn(self._session_loop, "clipfleet-session")
+        self._spawn(self._heartbeat_loop, "clipfleet-heartbeat")
+        self._spawn(self._fence_watch, "clipfleet-fence")
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _outgoing(self) -> Iterator[pb.WorkerMessage]:
+        while True:
+            msg = self._out.get()
+            if msg is None:
+                return
+            yield msg
+
+    def _session_loop(self) -> None:
+        try:
+            responses = self.stub.Session(self._outgoing(), metadata=self.metadata)
+            self._session_ok.set()
+            self._lost_since = None
+            for cmd in responses:
+                self._on_command(cmd)
+            # The orchestrator ended the stream: it finished with us or fenced us.
+        except grpc.RpcError as err:
+            if not self._closed.is_set():
+                print(f"clipfleet worker: session with the orchestrator lost: {err.code().name}: {err.details()}", file=sys.stderr, flush=True)
+                if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    with self.commands.lock:
+                        self.commands.fenced = err.details() or "fenced"
+        finally:
+            self._session_ok.clear()
+            if self._lost_since is None:
+                self._lost_since = time.monotonic()
+
+    def _on_command(self, cmd: pb.Command) -> None:
+        kind = cmd.WhichOneof("body")
+        c = self.commands
+        with c.lock:
+            if kind == "checkpoint_at":
+                c.checkpoint_at = cmd.checkpoint_at.step
+            elif kind == "stop_at":
+                c.stop_at = cmd.stop_at.step
+                c.stop_checkpoint = cmd.stop_at.checkpoint
+                c.stop_reason = cmd.stop_at.reason
+            elif kind == "fenced":
+                c.fenced = cmd.fenced.reason or "fenced"
+            elif kind == "committed":
+                c.committed.append(cmd.committed.step)
+        if kind == "fenced":
+            print(f"clipfleet worker: fenced by the orchestrator: {cmd.fenced.reason}", file=sys.stderr, flush=True)
+            # The orchestrator kills the gang anyway; do not linger if a collective blocks the loop.
+            threading.Timer(5.0, lambda: os._exit(EXIT_FENCED)).start()
+
+    def _heartbeat_loop(self) -> None:
+        assert self.assignment is not None
+        interval = max(0.1, self.assignment.heartbeat_interval_seconds or 1.0)
+        while not self._closed.wait(interval):
+            util, mem = self.gpu_stats() if self.gpu_stats else (0.0, 0)
+            self.send(pb.WorkerMessage(heartbeat=pb.Heartbeat(step=self._step, phase=PHASES.get(self._phase, 0), gpu_utilization=util, gpu_memory_bytes=mem)))
+
+    def _fence_watch(self) -> None:
+        """Stops the process when the session stays lost longer than fence_seconds."""
+        assert self.assignment is not None
+        fence = self.assignment.fence_seconds or 30.0
+        while not self._closed.wait(0.5):
+            since = self._lost_since
+            if since is not None and time.monotonic() - since > fence:
+                print(f"clipfleet worker: no session with the orchestrator for {fence:.0f} s: stopping (fenced)", file=sys.stderr, flush=True)
+                os._exit(EXIT_FENCED)
+
+    # -- reports -------------------------------------------------------------
+
+    def send(self, msg: pb.WorkerMessage) -> None:
+        if not self._closed.is_set():
+            self._out.put(msg)
+
+    def set_progress(self, step: int, phase: str) -> None:
+        self._step = step
+        self._phase = phase
+
+    def plan(self, from_step: int, count: int, split: str = "train") -> list[pb.StepPlan]:
+        """The samples this rank reads in steps [from_step, from_step + count)."""
+        assert self.assignment is not None
+        try:
+            resp = self.stub.GetPlan(
+                pb.PlanRequest(session_id=self.assignment.session_id, from_step=from_step, count=count, split=split),
+                metadata=self.metadata,
+                timeout=60,
+            )
+        except grpc.RpcError as err:
+            raise SessionLost(f"plan request failed: {err.code().name}: {err.details()}") from err
+        return list(resp.steps)
+
+    def close(self, drain_seconds: float = 5.0) -> None:
+        """Sends what is queued, half-closes the stream, and stops the threads."""
+        self._out.put(None)
+        deadline = time.monotonic() + drain_seconds
+        while not self._out.empty() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._closed.set()
+        for t in self._threads:
+            if t.name == "clipfleet-session":
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.channel.close()

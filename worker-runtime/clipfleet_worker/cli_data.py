@@ -1,0 +1,94 @@
+"""`synth` and `convert` subcommands of `python3 -m clipfleet_worker` (merged by __main__.py).
+
+Kept apart from the worker entry so dataset tooling needs no orchestrator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .convert import ConvertParams, convert
+from .errors import ClipfleetWorkerError
+from .synth import SynthParams, generate
+
+EXIT_USER_ERROR = 2
+
+
+def add_subcommands(sub: "argparse._SubParsersAction") -> None:
+    """Register `synth` and `convert` on an existing subparsers object (for __main__.py)."""
+    p = sub.add_parser("synth", help="generate the synthetic shapes dataset (WebDataset shards)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--train", type=int, required=True, help="number of train samples")
+    p.add_argument("--val", type=int, default=0, help="number of val samples")
+    p.add_argument("--shards", type=int, required=True, help="number of train shards")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=32, help="image side in pixels")
+    p.set_defaults(run=_run_synth)
+
+    c = sub.add_parser("convert", help="pack image + mask/depth folders into WebDataset shards")
+    c.add_argument("--images", required=True, help="directory of .jpg/.png/.webp images")
+    c.add_argument("--masks", help="directory of .png class-id masks (same stems)")
+    c.add_argument("--depth", help="directory of 16-bit .png depth maps in millimetres (same stems)")
+    c.add_argument("--out", required=True, help="output directory")
+    c.add_argument("--shards", type=int, required=True)
+    c.add_argument("--split", default="train", help="shard name prefix (train, val, ...)")
+    c.add_argument(
+        "--reduce-zero-label",
+        action="store_true",
+        help="mask id 0 -> 255 (ignore), k -> k-1 (ADE20k, NYUv2)",
+    )
+    c.add_argument("--classes", help="class names: one per line, or a JSON list; written to classes.json")
+    c.set_defaults(run=_run_convert)
+
+
+def _run_synth(args: argparse.Namespace) -> dict:
+    t0 = time.perf_counter()
+    result = generate(SynthParams(args.out, args.train, args.val, args.shards, args.size, args.seed))
+    return {
+        "out": result.out,
+        "train_shards": len(result.train_shards),
+        "val_shards": len(result.val_shards),
+        "samples": sum(result.sizes.values()),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _run_convert(args: argparse.Namespace) -> dict:
+    sizes = convert(
+        ConvertParams(
+            images=args.images,
+            masks=args.masks,
+            depth=args.depth,
+            out=args.out,
+            shards=args.shards,
+            split=args.split,
+            reduce_zero_label=args.reduce_zero_label,
+            classes=args.classes,
+        )
+    )
+    return {"out": args.out, "shards": sizes}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed synth/convert command: JSON summary on stdout, user errors on stderr (exit 2)."""
+    try:
+        summary = args.run(args)
+    except ClipfleetWorkerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry: `python3 -m clipfleet_worker.cli_data synth|convert ...`."""
+    parser = argparse.ArgumentParser(prog="clipfleet_worker")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

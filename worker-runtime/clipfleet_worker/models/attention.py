@@ -1,0 +1,81 @@
+"""The one attention kernel shared by the image and text towers.
+
+torch >= 2.0 has F.scaled_dot_product_attention (fused, memory-efficient on
+GPU); torch 1.13 (Debian's, used on our CPU nodes) does not, so the same
+math is spelled out. Both paths take the same arguments and agree to float
+rounding, so a checkpoint trained on one runs on the other.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_SDPA = getattr(F, "scaled_dot_product_attention", None)
+
+
+def _causal_keep(n_q: int, n_k: int, device: torch.device) -> Tensor:
+    """Boolean [n_q, n_k] mask, True where query i may attend key j (j <= i)."""
+    return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril()
+
+
+def attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, causal: bool = False
+) -> Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v on [B, H, N, d] tensors: the fallback when SDPA is absent.
+
+    attn_mask is boolean (True = may attend) or additive float, broadcastable to [B, H, Nq, Nk].
+    """
+    scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    if causal:
+        scores = scores.masked_fill(~_causal_keep(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask
+    return torch.matmul(scores.softmax(dim=-1), v)
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, causal: bool = False) -> Tensor:
+    """Scaled dot-product attention on [B, H, N, d]; SDPA when torch has it, else attention_reference."""
+    if _SDPA is None:
+        return attention_reference(q, k, v, attn_mask, causal)
+    if causal and attn_mask is not None:
+        # SDPA refuses is_causal together with a mask: fold the causal part into the mask.
+        keep = _causal_keep(q.shape[-2], k.shape[-2], q.device)
+        if attn_mask.dtype == torch.bool:
+            attn_mask = attn_mask & keep
+        else:
+            attn_mask = attn_mask.masked_fill(~keep, float("-inf"))
+        causal = False
+    return _SDPA(q, k, v, attn_mask=attn_mask, is_causal=causal)
+
+
+class MultiheadSelfAttention(nn.Module):
+    """Batch-first self-attention with nn.MultiheadAttention's parameter names and init.
+
+    Same state-dict keys (in_proj_weight, in_proj_bias, out_proj.*) as
+    nn.MultiheadAttention, so open_clip ViT/text checkpoints load unchanged,
+    but it runs through `attention` (SDPA or the fallback).
+    """
+
+    def __init__(self, width: int, heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        assert width % heads == 0, f"width {width} not divisible by heads {heads}"
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width)) if qkv_bias else None
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        b, n, c = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = qkv.view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask, causal)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, c))

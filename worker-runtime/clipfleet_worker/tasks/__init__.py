@@ -1,0 +1,1 @@
+"""Tasks: one entry point each (pretrain, finetune-seg/depth, eval), run by worker.py."""

@@ -1,0 +1,214 @@
+"""What every task shares: the rank's context, step reports, coordinated control, checkpoints.
+
+Control decisions (checkpoint now, stop) must be taken by every rank at the
+same step. Commands reach ranks at slightly different times, so each step
+ends with one small all-reduce that carries the loss sums and the ranks'
+flags; a flag raised by any rank is acted on by all of them at that step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .. import checkpoint as ckpt
+from .. import distributed as D
+from ..agent import Agent
+from ..errors import CheckpointError, ConfigError
+from ..gen.clipfleet.v1 import common_pb2 as cpb
+from ..gen.clipfleet.v1 import worker_pb2 as pb
+
+
+@dataclass
+class TaskContext:
+    """One rank of one attempt: its assignment, config, device, and channel to the orchestrator."""
+
+    agent: Agent
+    assignment: pb.Assignment
+    cfg: dict[str, Any]
+    rank: int
+    world_size: int
+    device: torch.device
+    writer: ckpt.CheckpointWriter
+    fault: "FaultInjection"
+    committed_steps: list[int] = field(default_factory=list)
+
+    @property
+    def stage(self) -> str:
+        return self.assignment.stage
+
+    def phase(self, step: int, name: str) -> None:
+        self.agent.set_progress(step, name)
+
+    def report_step(self, **fields: Any) -> None:
+        samples = fields.pop("samples", None) or []
+        extra = fields.pop("extra", None) or {}
+        msg = pb.StepReport(**fields)
+        msg.samples.extend(int(s) for s in samples)
+        for k, v in extra.items():
+            msg.extra[k] = float(v)
+        self.agent.send(pb.WorkerMessage(step=msg))
+
+    def report_eval(self, step: int, metrics: dict[str, float], split: str = "val") -> None:
+        if self.rank != 0:
+            return
+        msg = pb.EvalResult(step=step, split=split)
+        for k, v in metrics.items():
+            msg.metrics[k] = float(v)
+        self.agent.send(pb.WorkerMessage(eval=msg))
+        print(f"clipfleet worker: evaluation at step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())), flush=True)
+
+    def report_finished(self, step: int, params_sha256: str, metrics: dict[str, float]) -> None:
+        msg = pb.Finished(step=step, final_params_sha256=params_sha256)
+        for k, v in metrics.items():
+            msg.metrics[k] = float(v)
+        self.agent.send(pb.WorkerMessage(finished=msg))
+
+    def save_checkpoint(self, step: int, payload: dict[str, Any], cursor: tuple[int, int]) -> float:
+        """Phase one: write this rank's files for `step` and report their digests; returns the stall in seconds."""
+        self.phase(step, "checkpointing")
+        epoch, sample_in_epoch = cursor
+
+        def on_written(directory: str, files: list[ckpt.WrittenFile], save_seconds: float, write_seconds: float) -> None:
+            msg = pb.CheckpointWritten(
+                step=step,
+                dir=directory,
+                save_seconds=save_seconds,
+                write_seconds=write_seconds,
+                cursor=cpb.DataCursor(epoch=epoch, sample_in_epoch=sample_in_epoch),
+            )
+            msg.files.extend(cpb.FileDigest(path=f.path, sha256=f.sha256, size=f.size) for f in files)
+            self.agent.send(pb.WorkerMessage(checkpoint=msg))
+
+        stalled = self.writer.save(step, payload, on_written)
+        self.phase(step, "training")
+        return stalled
+
+
+@dataclass(frozen=True)
+class StepSync:
+    """The outcome of the end-of-step all-reduce, identical on every rank."""
+
+    loss: float
+    valid: int
+    checkpoint: bool
+    stop: bool
+    stop_checkpoint: bool
+    nonfinite: bool
+
+
+def sync_step(ctx: TaskContext, step: int, loss_sum: float, valid: int) -> StepSync:
+    """One collective per step: sums of the loss and valid counts, maxima of the control flags."""
+    want_ckpt, want_stop, stop_ckpt = ctx.agent.commands.due(step)
+    nonfinite = 0.0 if math.isfinite(loss_sum) else 1.0
+    loss_sum = loss_sum if math.isfinite(loss_sum) else 0.0
+    sums = D.all_reduce_sum([loss_sum, float(valid), float(want_ckpt), float(want_stop), float(stop_ckpt), nonfinite], ctx.device)
+    return StepSync(
+        loss=sums[0] / max(1.0, float(ctx.world_size)),
+        valid=int(sums[1]),
+        checkpoint=sums[2] > 0,
+        stop=sums[3] > 0,
+        stop_checkpoint=sums[4] > 0,
+        nonfinite=sums[5] > 0,
+    )
+
+
+class FaultInjection:
+    """Test hooks from CLIPFLEET_FAULT, e.g. "raise@5" or "raise@5:rank=1" or "hang@3:rank=0:attempt=1".
+
+    Kinds: raise (a RuntimeError in the training loop, as a user bug would),
+    nan (a NaN loss), hang (block the training thread; heartbeats go on, as in a
+    stuck collective). Used by the fault-injection tests; inert when unset.
+    """
+
+    def __init__(self, spec: str, rank: int, attempt: int) -> None:
+        self.kind = ""
+        self.step = -1
+        if not spec:
+            return
+        head, *opts = spec.split(":")
+        kind, _, step = head.partition("@")
+        conds = dict(o.split("=", 1) for o in opts if "=" in o)
+        if "rank" in conds and int(conds["rank"]) != rank:
+            return
+        if "attempt" in conds and int(conds["attempt"]) != attempt:
+            return
+        if kind not in ("raise", "nan", "hang"):
+            raise ConfigError(f"CLIPFLEET_FAULT: unknown kind {kind!r} (raise, nan, hang)")
+        self.kind = kind
+        self.step = int(step)
+
+    def before_update(self, step: int) -> None:
+        """Called with the 1-based step about to complete."""
+        if step != self.step:
+            return
+        if self.kind == "raise":
+            raise RuntimeError(f"injected fault at step {step}")
+        if self.kind == "hang":
+            print(f"clipfleet worker: injected hang at step {step}", flush=True)
+            threading.Event().wait()
+
+    def loss(self, step: int, value: torch.Tensor) -> torch.Tensor:
+        return value * float("nan") if self.kind == "nan" and step == self.step else value
+
+
+def failure_fingerprint(err: BaseException) -> str:
+    """Type, message and the frames of the exception: the same bug at the same place gives the same print."""
+    frames = traceback.extract_tb(err.__traceback__)
+    parts = [type(err).__qualname__, str(err)] + [f"{os.path.basename(f.filename)}:{f.name}:{f.lineno}" for f in frames]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def load_resume(assignment: pb.Assignment) -> str | None:
+    """The directory of the checkpoint to resume from, verified; None to start fresh."""
+    ref = assignment.resume
+    if not ref.dir:
+        return None
+    ckpt.verify(ref.dir, [(f.path, f.sha256, f.size) for f in ref.files])
+    return ref.dir
+
+
+def load_init_weights(assignment: pb.Assignment) -> dict[str, torch.Tensor]:
+    """The model state dict of the init checkpoint (a committed pretraining checkpoint), verified."""
+    ref = assignment.init
+    if not ref.dir:
+        raise ConfigError("the stage has no init checkpoint", "init")
+    ckpt.verify(ref.dir, [(f.path, f.sha256, f.size) for f in ref.files])
+    state = ckpt.load(os.path.join(ref.dir, ckpt.MODEL_FILE))
+    if not isinstance(state, dict):
+        raise CheckpointError("model file does not hold a state dict", os.path.join(ref.dir, ckpt.MODEL_FILE))
+    return state
+
+
+def set_threads(default: int) -> None:
+    """torch intra-op threads: CLIPFLEET_THREADS (set by the launcher) or `default`."""
+    n = int(os.environ.get("CLIPFLEET_THREADS", default) or default)
+    torch.set_num_threads(max(1, n))
+
+
+def json_config(assignment: pb.Assignment) -> dict[str, Any]:
+    return json.loads(assignment.config_json)
+
+
+class StepTimer:
+    """Step wall time split into data wait and compute."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        dt, self.t0 = now - self.t0, now
+        return dt
+
+
+Callback = Callable[[], None]

@@ -1,0 +1,131 @@
+"""Evaluation of a CLIP model on the held-out split, and `task: eval`.
+
+Every rank encodes its contiguous block of the split; features are gathered
+to rank 0 (padded tensors, no pickling), which computes retrieval R@k in
+both directions (several captions per image, chunked) and zero-shot top-k
+accuracy. All ranks meet in the same collectives, so evaluation cannot
+leave one rank waiting in a training collective (open_clip #1024).
+
+Retrieval queries are the held-out descriptions of each image: its captions
+other than the AltText when it has any (e.g. VeCap), else the AltText;
+`eval.captions` names the sources explicitly. The same queries are used
+whatever captions the model was trained on, so variants stay comparable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .. import distributed as D
+from ..data.loader import iterate_split
+from ..data.shards import read_classes
+from ..evaluation import retrieval_metrics, zero_shot_classifier, zero_shot_counts
+from ..models import build_clip, params_sha256
+from ..tokenizers import build_tokenizer
+from .common import TaskContext, load_init_weights
+
+KNOWN_SOURCES = ("alt", "vecap", "syn")
+
+
+def gather_rows(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Concatenation over ranks (rank order) of tensors whose first dimension differs by rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    n = torch.tensor([t.shape[0]], device=device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    most = int(max(int(s) for s in sizes))
+    padded = torch.zeros((most, *t.shape[1:]), dtype=t.dtype, device=device)
+    padded[: t.shape[0]] = t
+    parts = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
+
+
+@torch.no_grad()
+def evaluate_clip(ctx: TaskContext, model: torch.nn.Module, tokenizer: Any, step: int) -> dict[str, float]:
+    """Retrieval and zero-shot metrics on the val shards (rank 0 gets them; other ranks get {})."""
+    cfg, a = ctx.cfg, ctx.assignment
+    ev = cfg.get("eval") or {}
+    shards = [(s.url, s.samples) for s in a.val_shards]
+    if not shards:
+        return {}
+    device = ctx.device
+    context_length = int(cfg["model"]["text"]["context_length"])
+    explicit = ev.get("captions")
+    sources = tuple(explicit) if explicit else tuple(sorted(set(KNOWN_SOURCES) | set(cfg["data"]["captions"])))
+    was_training = model.training
+    model.eval()
+    img_feats, labels, img_ids = [], [], []
+    txt_feats, txt_owner = [], []
+    for b in iterate_split(
+        shards,
+        int(ev.get("batch_size", 256)),
+        int(cfg["model"]["image"]["image_size"]),
+        caption_sources=sources,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        threads=int(cfg["data"].get("loader_threads") or 2),
+    ):
+        keep = [i for i, ok in enumerate(b.valid.tolist()) if ok]
+        if not keep:
+            continue
+        img_feats.append(model.encode_image(b.images[keep].to(device)).float())
+        labels.append(b.labels[keep].to(device))
+        img_ids.append(torch.tensor([b.sample_ids[i] for i in keep], device=device))
+        texts, owners = [], []
+        for i in keep:
+            caps = b.captions[i]
+            chosen = [t for s in (explicit or [s for s in caps if s != "alt" and caps[s]] or ["alt"]) for t in caps.get(s, [])]
+            texts.extend(chosen)
+            owners.extend([b.sample_ids[i]] * len(chosen))
+        if texts:
+            txt_feats.append(model.encode_text(tokenizer(texts, context_length).to(device)).float())
+            txt_owner.append(torch.tensor(owners, device=device))
+    dim = int(cfg["model"]["embed_dim"])
+    img = gather_rows(torch.cat(img_feats) if img_feats else torch.zeros((0, dim), device=device), device)
+    ids = gather_rows(torch.cat(img_ids) if img_ids else torch.zeros((0,), dtype=torch.long, device=device), device)
+    lab = gather_rows(torch.cat(labels) if labels else torch.zeros((0,), dtype=torch.long, device=device), device)
+    txt = gather_rows(torch.cat(txt_feats) if txt_feats else torch.zeros((0, dim), device=device), device)
+    own = gather_rows(torch.cat(txt_owner) if txt_owner else torch.zeros((0,), dtype=torch.long, device=device), device)
+    metrics: dict[str, float] = {}
+    if ctx.rank == 0 and img.shape[0] > 0:
+        position = {int(s): i for i, s in enumerate(ids.tolist())}
+        if ev.get("retrieval", True) and txt.shape[0] > 0:
+            txt_to_img = torch.tensor([position[int(o)] for o in own.tolist()], device=device)
+            ks = tuple(int(k) for k in ev.get("recall_at", [1, 5, 10]))
+            for k, v in retrieval_metrics(img, txt, txt_to_img, ks).items():
+                if "_R@" in k:
+                    metrics[f"retrieval/{k}"] = v
+        classes = read_classes(shards[0][0])
+        names = (classes or {}).get("zero_shot")
+        if ev.get("zero_shot", True) and names and bool((lab >= 0).any()):
+            sel = lab >= 0
+            classifier = zero_shot_classifier(model, tokenizer, names, list(ev.get("templates") or ["a photo of a {}."]), context_length)
+            ks = tuple(k for k in (1, 5) if k < len(names) or k == 1)
+            counts = zero_shot_counts(img[sel], classifier, lab[sel], ks)
+            n = max(1, counts.pop("count"))
+            for k, v in counts.items():
+                metrics[f"zeroshot/{k}"] = v / n
+    D.barrier()
+    if was_training:
+        model.train()
+    return metrics
+
+
+def run(ctx: TaskContext) -> None:
+    """task: eval: evaluate the init checkpoint's CLIP model on the val split."""
+    cfg = ctx.cfg
+    tokenizer = build_tokenizer(cfg["model"]["tokenizer"])
+    model = build_clip(cfg["model"], tokenizer.vocab_size).to(ctx.device)
+    state = load_init_weights(ctx.assignment)
+    model.load_state_dict(state)
+    ctx.phase(0, "evaluating")
+    metrics = evaluate_clip(ctx, model, tokenizer, 0)
+    ctx.report_eval(0, metrics)
+    ctx.report_finished(0, params_sha256(model), metrics)
+    print(f"clipfleet worker: evaluated {os.path.basename(ctx.assignment.init.dir)}", flush=True)

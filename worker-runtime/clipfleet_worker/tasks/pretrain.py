@@ -1,0 +1,261 @@
+"""task: pretrain. Contrastive image-text training on the orchestrator's data plan.
+
+One step = one global batch (constant across world sizes): this rank's
+slice, split into micro-batches when train.micro_batch is smaller. With
+micro-batches the contrastive batch stays whole as in open_clip: features of
+the whole slice are computed without gradient first, then each micro-batch
+is re-forwarded with gradient against the cached features of the others.
+Gradients are averaged across ranks in a fixed order (bit-exact restarts).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from .. import checkpoint as ckpt
+from .. import distributed as D
+from ..data.loader import PlanLoader, StepSlice
+from ..errors import NonFiniteError
+from ..losses import ClipLoss, clip_loss_both
+from ..models import build_clip, params_sha256
+from ..optim import build_optimizer, clamp_logit_scale, lr_at, set_lr
+from ..tokenizers import build_tokenizer
+from .common import TaskContext, load_resume, sync_step
+from .evaluate import evaluate_clip
+
+
+def autocast_for(precision: str, device: torch.device):
+    """bf16 autocast on CUDA for auto/bf16, fp16 for fp16; fp32 (no autocast) otherwise."""
+    if device.type != "cuda" or precision == "fp32":
+        return nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def run(ctx: TaskContext) -> None:
+    cfg, a = ctx.cfg, ctx.assignment
+    train = cfg["train"]
+    device = ctx.device
+    torch.manual_seed(int(cfg["seed"]))
+    tokenizer = build_tokenizer(cfg["model"]["tokenizer"])
+    context_length = int(cfg["model"]["text"]["context_length"])
+    model = build_clip(cfg["model"], tokenizer.vocab_size).to(device)
+    optimizer = build_optimizer(model, train)
+    scaler = torch.cuda.amp.GradScaler(enabled=device.type == "cuda" and train["precision"] == "fp16")
+    loss_fn = ClipLoss(rank=ctx.rank, world_size=ctx.world_size)
+    total = int(a.total_steps)
+    start = int(a.start_step)
+
+    resume_dir = load_resume(a)
+    if resume_dir:
+        ctx.phase(start, "loading")
+        model.load_state_dict(ckpt.load(os.path.join(resume_dir, ckpt.MODEL_FILE)))
+        trainer = ckpt.load(os.path.join(resume_dir, ckpt.TRAINER_FILE))
+        optimizer.load_state_dict(trainer["optimizer"])
+        if "scaler" in trainer:
+            scaler.load_state_dict(trainer["scaler"])
+        rank_path = os.path.join(resume_dir, ckpt.rank_file(ctx.rank))
+        if os.path.exists(rank_path):
+            ckpt.set_rng_state(ckpt.load(rank_path)["rng"])
+        print(f"clipfleet worker: resumed from {resume_dir} at step {start}", flush=True)
+    else:
+        D.broadcast_parameters(model)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    per_rank = int(a.per_rank_batch)
+    micro = int(train.get("micro_batch") or per_rank)
+    audit = bool(cfg["data"].get("audit"))
+    both = cfg["data"].get("caption_mode") == "both"
+    every = train.get("log_every") or 1
+    ck = cfg["checkpoint"]
+    eval_cfg = cfg.get("eval")
+
+    def fetch(from_step: int, count: int) -> list[StepSlice]:
+        return [
+            StepSlice(step=p.step, epoch=p.epoch, sample_in_epoch=p.sample_in_epoch, shards=list(p.shards), indices=list(p.indices), sample_ids=list(p.sample_ids))
+            for p in ctx.agent.plan(from_step, count)
+        ]
+
+    def payload(step: int) -> dict[str, Any]:
+        files: dict[str, Any] = {ckpt.rank_file(ctx.rank): {"rng": ckpt.rng_state(), "step": step}}
+        if ctx.rank == 0:
+            files[ckpt.MODEL_FILE] = model.state_dict()
+            trainer = {"optimizer": optimizer.state_dict(), "step": step, "config_sha256": a.config_sha256}
+            if scaler.is_enabled():
+                trainer["scaler"] = scaler.state_dict()
+            files[ckpt.TRAINER_FILE] = trainer
+        return files
+
+    loader = PlanLoader(
+        shards=[(s.url, s.samples) for s in a.train_shards],
+        fetch_plan=fetch,
+        start_step=start,
+        end_step=total,
+        task="pretrain",
+        cfg=cfg,
+        tokenize=lambda texts: tokenizer(texts, context_length),
+        image_size=int(cfg["model"]["image"]["image_size"]),
+        threads=int(cfg["data"].get("loader_threads") or 2),
+        prefetch_steps=int(cfg["data"].get("prefetch_steps") or 4),
+    )
+    ctx.phase(start, "training")
+    step = start
+    last_metrics: dict[str, float] = {}
+    stopped = False
+    t_last = time.perf_counter()
+    try:
+        for batch in loader:
+            data_wait = batch.data_wait
+            t_compute = time.perf_counter()
+            step = batch.step + 1  # steps completed after this one
+            set_lr(optimizer, lr_at(batch.step, train, total))
+            model.train()
+            images = batch.images.to(device, non_blocking=True)
+            tokens = batch.tokens.to(device, non_blocking=True)
+            tokens_b = batch.tokens_b.to(device) if both and batch.tokens_b is not None else None
+            valid = batch.valid.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast_for(train["precision"], device):
+                loss = _forward_backward(model, loss_fn, images, tokens, tokens_b, valid, micro, scaler, ctx, step)
+            ctx.fault.before_update(step)
+            sync = sync_step(ctx, step, float(loss), int(valid.sum()))
+            D.average_gradients(params, ctx.world_size)
+            if scaler.is_enabled():
+                scaler.unscale_(optimizer)
+            grad_norm = _grad_norm(params, train.get("grad_clip"))
+            nan_skipped = False
+            if sync.nonfinite or not math.isfinite(grad_norm):
+                if train["on_nan"] == "fail":
+                    raise NonFiniteError(f"non-finite loss or gradient at step {step} (train.on_nan: fail)")
+                optimizer.zero_grad(set_to_none=True)
+                nan_skipped = True
+                print(f"clipfleet worker: non-finite loss/gradient at step {step}: update skipped (train.on_nan: skip)", flush=True)
+            else:
+                if scaler.is_enabled():
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                clamp_logit_scale(model)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            step_seconds = now - t_last
+            t_last = now
+            compute = now - t_compute
+            temperature = float(model.logit_scale.detach().exp())
+            # Every step is reported: the orchestrator's hang detection counts on it.
+            ctx.report_step(
+                step=step,
+                epoch=batch.epoch,
+                sample_in_epoch=batch.sample_in_epoch + int(a.global_batch),
+                loss=sync.loss,
+                lr=optimizer.param_groups[0]["lr"],
+                temperature=temperature,
+                grad_norm=grad_norm,
+                samples_per_second=int(a.global_batch) / max(step_seconds, 1e-9),
+                step_seconds=step_seconds,
+                data_wait_seconds=data_wait,
+                compute_seconds=compute,
+                skipped_samples=batch.skipped,
+                nan_skipped=nan_skipped,
+                samples=[sid for sid, ok in zip(batch.sample_ids, batch.valid.tolist()) if ok] if audit else None,
+            )
+            if ctx.rank == 0 and (step % every == 0 or step == total):
+                print(f"step {step}/{total} epoch {batch.epoch} loss {sync.loss:.4f} lr {optimizer.param_groups[0]['lr']:.3g} "
+                      f"logit_scale {temperature:.2f} {int(a.global_batch) / max(step_seconds, 1e-9):.1f} samples/s", flush=True)
+            ctx.phase(step, "training")
+            cursor = _cursor_after(a, batch)
+            periodic = bool(ck.get("every_steps")) and step % int(ck["every_steps"]) == 0
+            final = step == total and bool(ck.get("final", True))
+            if periodic or final or sync.checkpoint or (sync.stop and sync.stop_checkpoint):
+                ctx.save_checkpoint(step, payload(step), cursor)
+                ctx.agent.commands.checkpoint_done(step)
+            if eval_cfg and eval_cfg.get("every_steps") and step % int(eval_cfg["every_steps"]) == 0 and step != total:
+                ctx.phase(step, "evaluating")
+                last_metrics = evaluate_clip(ctx, model, tokenizer, step)
+                ctx.report_eval(step, last_metrics)
+                ctx.phase(step, "training")
+                t_last = time.perf_counter()
+            if sync.stop and step < total:
+                stopped = True
+                break
+    finally:
+        loader.close()
+        ctx.writer.wait()
+
+    if stopped:
+        print(f"clipfleet worker: stopped after step {step} as asked ({ctx.agent.commands.stop_reason or 'stop'})", flush=True)
+        return
+    if eval_cfg and eval_cfg.get("at_end", True):
+        ctx.phase(step, "evaluating")
+        last_metrics = evaluate_clip(ctx, model, tokenizer, step)
+        ctx.report_eval(step, last_metrics)
+    ctx.report_finished(step, params_sha256(model), last_metrics)
+
+
+def _forward_backward(model, loss_fn: ClipLoss, images, tokens, tokens_b, valid, micro: int, scaler, ctx: TaskContext, step: int) -> torch.Tensor:
+    """Loss of this rank's slice, with gradients accumulated; micro-batches re-forward against cached features."""
+    n = images.shape[0]
+
+    def loss_of(img, txt, txt_b, scale):
+        if txt_b is not None:
+            return clip_loss_both(loss_fn, img, txt, txt_b, scale, valid, valid)
+        return loss_fn(img, txt, scale, valid)
+
+    if micro >= n:
+        img, txt, scale = model(images, tokens)
+        txt_b = model.encode_text(tokens_b) if tokens_b is not None else None
+        loss = ctx.fault.loss(step, loss_of(img, txt, txt_b, scale))
+        scaler.scale(loss).backward() if scaler.is_enabled() else loss.backward()
+        return loss.detach()
+
+    # Pass 1: every micro-batch's features without gradient (the contrastive batch stays whole).
+    with torch.no_grad():
+        parts = [model(images[i : i + micro], tokens[i : i + micro]) for i in range(0, n, micro)]
+        cached_img = [p[0] for p in parts]
+        cached_txt = [p[1] for p in parts]
+        cached_b = [model.encode_text(tokens_b[i : i + micro]) for i in range(0, n, micro)] if tokens_b is not None else None
+        scale0 = parts[0][2]
+        loss_value = loss_of(torch.cat(cached_img), torch.cat(cached_txt), torch.cat(cached_b) if cached_b else None, scale0)
+    # Pass 2: re-forward each micro-batch with gradient, the others from the cache. The
+    # temperature enters every micro-batch's loss; only the first passes its gradient,
+    # or it would be counted once per micro-batch (an open_clip quirk).
+    for j, i in enumerate(range(0, n, micro)):
+        img_j, txt_j, scale = model(images[i : i + micro], tokens[i : i + micro])
+        if j > 0:
+            scale = scale.detach()
+        img = torch.cat(cached_img[:j] + [img_j] + cached_img[j + 1 :])
+        txt = torch.cat(cached_txt[:j] + [txt_j] + cached_txt[j + 1 :])
+        txt_b = None
+        if cached_b is not None:
+            b_j = model.encode_text(tokens_b[i : i + micro])
+            txt_b = torch.cat(cached_b[:j] + [b_j] + cached_b[j + 1 :])
+        loss = ctx.fault.loss(step, loss_of(img, txt, txt_b, scale))
+        scaler.scale(loss).backward() if scaler.is_enabled() else loss.backward()
+    return ctx.fault.loss(step, loss_value.detach())
+
+
+def _grad_norm(params, clip: float | None) -> float:
+    """Global L2 norm of the (averaged) gradients; clips to `clip` when set."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    if clip:
+        return float(torch.nn.utils.clip_grad_norm_(params, float(clip)))
+    return float(torch.norm(torch.stack([g.detach().norm(2) for g in grads]), 2))
+
+
+def _cursor_after(a, batch) -> tuple[int, int]:
+    """Data cursor after `batch`: the next step's first sample (epoch rolls over at the end)."""
+    nxt = batch.sample_in_epoch + int(a.global_batch)
+    spe = int(a.steps_per_epoch)
+    if spe and nxt >= spe * int(a.global_batch):
+        return batch.epoch + 1, 0
+    return batch.epoch, nxt
