@@ -8,16 +8,16 @@ import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { INFO_FILE, runCli, type CliDeps, type EmbedOptions, type EmbeddedOrchestrator, type OrchestratorInfoFile } from "./cli/index.js";
-import { InvalidArgumentError, systemClock } from "./domain/index.js";
+import { systemClock, type NodeCheck } from "./domain/index.js";
 import { openEventBus } from "./events/index.js";
 import { JobLedger, JobLogs, JobService, ORCHESTRATOR_VERSION } from "./jobs/index.js";
-import { LocalLauncher, resolvePython, runSynth, runWorkerCli, type Launcher } from "./launcher/index.js";
-import { Metrics, serveMetrics, type MetricsServer } from "./metrics/index.js";
+import { checkNodes, defaultKnownHostsPath, LocalLauncher, resolvePython, runSynth, runWorkerCli, SshLauncher } from "./launcher/index.js";
+import { DEFAULT_RETENTION_SECONDS, Metrics, serveMetrics, type MetricsServer } from "./metrics/index.js";
 import { startRpcServer } from "./rpc/index.js";
-import { localInventory, parseInventory, Scheduler } from "./scheduler/index.js";
+import { localInventory, parseInventory, Scheduler, type Node } from "./scheduler/index.js";
 import { loadPresets } from "./spec/index.js";
 import { openStore } from "./store/index.js";
-import { atomicWriteFileSync } from "./util/index.js";
+import { writeFileAtomic } from "./util/index.js";
 
 /** The repository (or installed package) root: dist/orchestrator/src/main.js -> ../../.. */
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
@@ -31,13 +31,11 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
   const clock = systemClock;
   const store = await openStore(opts.store ?? "file", stateDir);
   const bus = await openEventBus(opts.nats ?? null);
-  const metrics = new Metrics();
-  const nodes = opts.inventory ? parseInventory(readFileSync(opts.inventory, "utf8"), opts.inventory) : [localInventory()];
+  const metrics = new Metrics({ retentionSeconds: opts.metricsRetentionSeconds ?? DEFAULT_RETENTION_SECONDS });
+  const nodes = loadInventory(opts.inventory ?? null);
   const scheduler = new Scheduler(nodes, clock);
   const local = new LocalLauncher();
-  const ssh = null as Launcher | null;
-  const remote = nodes.find((n) => n.launcher === "ssh");
-  if (remote) throw new InvalidArgumentError(`${opts.inventory}: node ${remote.name} needs the SSH launcher, not built yet`);
+  const ssh = sshLauncherFor(nodes, opts.knownHosts ?? null);
   const logs = new JobLogs(stateDir);
   const ledger = new JobLedger(store, bus, clock);
   let gateway = "";
@@ -70,12 +68,12 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
   const listenHost = opts.listen.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
   const advertiseHost = opts.advertise ?? (listenHost === "0.0.0.0" || listenHost === "::" ? "127.0.0.1" : listenHost);
   gateway = `${advertiseHost}:${rpc.port}`;
-  const sweep = setInterval(() => metrics.sweep(clock.now(), (opts.metricsRetentionSeconds ?? 3600) * 1000), 30_000);
+  const sweep = setInterval(() => void metrics.sweep(clock.now()), 30_000);
   await service.start({ reconcile: !opts.readOnly });
   const infoFile = join(stateDir, INFO_FILE);
   if (!opts.readOnly) {
     const info: OrchestratorInfoFile = { address: `${advertiseHost}:${rpc.port}`, pid: process.pid, metricsAddress: metricsServer?.address ?? null, startedAtMs: clock.now() };
-    atomicWriteFileSync(infoFile, JSON.stringify(info) + "\n");
+    await writeFileAtomic(infoFile, JSON.stringify(info) + "\n");
   }
 
   let closing: Promise<void> | null = null;
@@ -101,11 +99,37 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
   };
 }
 
+/** The inventory file's nodes, or this machine alone. */
+function loadInventory(path: string | null): Node[] {
+  return path ? parseInventory(readFileSync(path, "utf8"), path) : [localInventory()];
+}
+
+/** An SSH launcher when some node needs one; notes (host keys recorded) go to stderr. */
+function sshLauncherFor(nodes: readonly Node[], knownHosts: string | null): SshLauncher | null {
+  if (!nodes.some((n) => n.launcher === "ssh")) return null;
+  return new SshLauncher({
+    knownHostsPath: knownHosts ? resolve(knownHosts) : defaultKnownHostsPath(),
+    onNote: (line) => process.stderr.write(`clipfleet: ${line}\n`),
+  });
+}
+
+/** `clipfleet nodes check`: probes every node of the inventory. */
+async function checkInventory(opts: { inventory: string | null; knownHosts: string | null; python: string | null }): Promise<NodeCheck[]> {
+  const nodes = loadInventory(opts.inventory);
+  const ssh = sshLauncherFor(nodes, opts.knownHosts);
+  try {
+    return await checkNodes(nodes, { ssh, workerRuntimeDir: WORKER_RUNTIME_DIR, version: ORCHESTRATOR_VERSION, localPython: opts.python ?? process.env.CLIPFLEET_PYTHON ?? null });
+  } finally {
+    await ssh?.close();
+  }
+}
+
 const deps: CliDeps = {
   embed,
   presetsPath: PRESETS_PATH,
   workerRuntimeDir: WORKER_RUNTIME_DIR,
   version: ORCHESTRATOR_VERSION,
+  checkNodes: checkInventory,
   runWorkerCli: async (python, args) => runWorkerCli(await resolvePython(python ?? process.env.CLIPFLEET_PYTHON ?? null), WORKER_RUNTIME_DIR, args),
 };
 

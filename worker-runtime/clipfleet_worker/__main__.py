@@ -1,4 +1,4 @@
-"""python -m clipfleet_worker {run,synth,convert,info}."""
+"""python -m clipfleet_worker {run,synth,convert,info,report}."""
 
 from __future__ import annotations
 
@@ -35,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="run one rank (started by the orchestrator)")
     sub.add_parser("info", help="print versions, CUDA devices and free disk as JSON")
     from .cli_data import add_subcommands, run as run_data_command
+    from .report import add_subcommand as add_report_subcommand
 
     add_subcommands(sub)
+    add_report_subcommand(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         from .worker import main as run_worker
@@ -44,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_worker()
     if args.command == "info":
         return _info()
+    if args.command == "report":
+        from .report import run as run_report
+
+        return run_report(args)
     return run_data_command(args)
 
 

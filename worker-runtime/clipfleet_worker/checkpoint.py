@@ -67,9 +67,38 @@ def write_atomic(directory: str, name: str, data: bytes) -> WrittenFile:
     return WrittenFile(path=name, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
 
+# torch 1.13's weights_only unpickler has no opcode for Python floats (torch 2 has), and
+# optimizer and RNG states hold floats; they travel as tagged 0-d float64 tensors instead.
+_FLOAT_TAG = "__clipfleet_float__"
+
+
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return {_FLOAT_TAG: torch.tensor(obj, dtype=torch.float64)}
+    if isinstance(obj, dict):
+        return {k: _encode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_encode(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_encode(v) for v in obj)
+    return obj
+
+
+def _decode(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if len(obj) == 1 and _FLOAT_TAG in obj:
+            return float(obj[_FLOAT_TAG].item())
+        return {k: _decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_decode(v) for v in obj)
+    return obj
+
+
 def serialize(obj: Any) -> bytes:
     buf = io.BytesIO()
-    torch.save(obj, buf)
+    torch.save(_encode(obj), buf)
     return buf.getvalue()
 
 
@@ -191,10 +220,9 @@ def verify(directory: str, files: list[tuple[str, str, int]]) -> None:
 
 
 def load(path: str) -> Any:
-    """torch.load with weights_only (no pickled code) where torch supports it."""
+    """torch.load with weights_only (no pickled code), undoing serialize()'s float encoding."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except TypeError:  # torch < 1.13 has no weights_only
-        return torch.load(path, map_location="cpu")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a corrupt file that passed no digest check (init from a bare path)
         raise CheckpointError(f"cannot be loaded: {err}", path) from err
+    return _decode(obj)

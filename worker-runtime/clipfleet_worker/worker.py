@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import traceback
+from typing import Callable
 
 import torch
 
@@ -84,6 +85,8 @@ def main() -> int:
         agent.set_progress(step, "rendezvous")
         D.init_process_group(assignment.backend, assignment.master_addr, assignment.master_port, assignment.rank, assignment.world_size)
         device = D.device_for(assignment.backend, assignment.local_rank)
+        if torch.cuda.is_available() and device.type == "cuda":
+            agent.gpu_stats = _cuda_stats(device)
         ctx = TaskContext(
             agent=agent,
             assignment=assignment,
@@ -110,6 +113,19 @@ def main() -> int:
     agent.close()
     D.destroy()
     return code
+
+
+def _cuda_stats(device: torch.device) -> Callable[[], tuple[float, int]]:
+    """Heartbeat hook: (utilisation 0-1, bytes allocated) of the rank's GPU; utilisation needs pynvml, else 0."""
+
+    def stats() -> tuple[float, int]:
+        try:
+            util = float(torch.cuda.utilization(device)) / 100.0
+        except Exception:  # pynvml missing or NVML unavailable: memory is still worth reporting
+            util = 0.0
+        return util, int(torch.cuda.memory_allocated(device))
+
+    return stats
 
 
 def _report(agent: Agent, err: BaseException, kind: str, step: int) -> None:

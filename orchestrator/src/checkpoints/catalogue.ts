@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import { createReadStream, existsSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { CheckpointRecord, CheckpointSpec, FileDigestRecord, ImageTowerSpec, Task } from "../domain/index.js";
-import { atomicWriteFileSync } from "../util/index.js";
+import { writeFileAtomic } from "../util/index.js";
 
 export const MANIFEST_NAME = "manifest.json";
 
@@ -31,9 +31,9 @@ export interface CheckpointManifest {
 }
 
 /** Writes the manifest (the commit point) and returns its sha256. */
-export function commitManifest(dir: string, manifest: CheckpointManifest): string {
+export async function commitManifest(dir: string, manifest: CheckpointManifest): Promise<string> {
   const text = JSON.stringify(manifest, null, 2) + "\n";
-  atomicWriteFileSync(join(dir, MANIFEST_NAME), text);
+  await writeFileAtomic(join(dir, MANIFEST_NAME), text, 0o644);
   return sha256Hex(Buffer.from(text, "utf8"));
 }
 

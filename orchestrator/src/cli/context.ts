@@ -2,7 +2,7 @@
  * What every command shares: the injected dependencies, global options, the
  * one mapping from errors to exit codes, and output helpers.
  */
-import { ClipfleetError, type ErrorCode } from "../domain/index.js";
+import { ClipfleetError, type ErrorCode, type NodeCheck } from "../domain/index.js";
 import { ControlClient } from "../client/index.js";
 import type { JobService } from "../jobs/index.js";
 
@@ -42,6 +42,8 @@ export interface CliDeps {
   readonly presetsPath: string;
   readonly workerRuntimeDir: string;
   readonly version: string;
+  /** Probes every node of the inventory (default: this machine) for `clipfleet nodes check`. */
+  checkNodes(opts: { inventory: string | null; knownHosts: string | null; python: string | null }): Promise<NodeCheck[]>;
   /** Runs `python -m clipfleet_worker ARGS` with the CLI's stdio; resolves to its exit code. */
   runWorkerCli(python: string | null, args: readonly string[]): Promise<number>;
 }

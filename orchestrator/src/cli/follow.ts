@@ -1,7 +1,7 @@
 /** Following a job to its end with live progress (run, resume, watch). */
 import type { ControlClient } from "../client/index.js";
 import type { Job, JobEvent } from "../gen/clipfleet/v1/control.js";
-import { ProgressView } from "./progress.js";
+import { ProgressView, type ProgressSample } from "./progress.js";
 import { renderEvent } from "./render.js";
 
 export interface FollowOptions {
@@ -13,23 +13,30 @@ export interface FollowOptions {
   fromSeq?: number;
 }
 
+/** The progress a step event carries; null for other events. */
+export function stepSample(e: JobEvent): ProgressSample | null {
+  if (e.type !== "step") return null;
+  const d = JSON.parse(e.dataJson) as Record<string, number>;
+  return {
+    stage: e.stage,
+    step: d.step ?? 0,
+    totalSteps: d.totalSteps ?? 0,
+    epoch: d.epoch ?? 0,
+    loss: d.loss ?? NaN,
+    samplesPerSecond: d.samplesPerSecond ?? 0,
+    etaSeconds: d.etaSeconds ?? NaN,
+    worldSize: d.worldSize ?? 0,
+  };
+}
+
 /** Streams the job's events to a progress view until it ends; returns the final job. */
 export async function followJob(client: ControlClient, jobId: string, opts: FollowOptions): Promise<Job> {
   const view = new ProgressView({ stream: process.stderr, plain: opts.plain ?? process.env.CI === "true" });
   let lastStageEvent: JobEvent | null = null;
   const onEvent = (e: JobEvent): void => {
-    if (e.type === "step") {
-      const d = JSON.parse(e.dataJson) as Record<string, number>;
-      view.update({
-        stage: e.stage,
-        step: d.step ?? 0,
-        totalSteps: d.totalSteps ?? 0,
-        epoch: d.epoch ?? 0,
-        loss: d.loss ?? NaN,
-        samplesPerSecond: d.samplesPerSecond ?? 0,
-        etaSeconds: d.etaSeconds ?? NaN,
-        worldSize: d.worldSize ?? 0,
-      });
+    const sample = stepSample(e);
+    if (sample) {
+      view.update(sample);
       return;
     }
     if (!opts.showEvents) return;

@@ -14,6 +14,7 @@ import { dataCommand } from "./commands/data.js";
 import { listCommand } from "./commands/list.js";
 import { logsCommand } from "./commands/logs.js";
 import { nodesCommand } from "./commands/nodes.js";
+import { reportCommand } from "./commands/report.js";
 import { resumeCommand } from "./commands/resume.js";
 import { runCommand } from "./commands/run.js";
 import { serverCommand } from "./commands/server.js";
@@ -41,6 +42,7 @@ const COMMANDS: Command<never>[] = [
   checkpointsCommand,
   nodesCommand,
   auditCommand,
+  reportCommand,
   validateCommand,
   schemaCommand,
   dataCommand,
@@ -50,7 +52,6 @@ const COMMANDS: Command<never>[] = [
 export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
   const state: CliState = { exitCode: EXIT.OK };
   const verbose = argv.includes("--verbose");
-  let usageError: string | null = null;
   const parser = yargs(argv)
     .scriptName("clipfleet")
     .usage("$0 <command> [options]\n\nTrain CLIP-style models data-parallel on a fleet of nodes.")
@@ -69,13 +70,12 @@ export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
     .wrap(Math.min(110, process.stdout.columns || 100))
     .epilogue("Exit codes: 0 succeeded, 1 the job failed, 2 invalid input, 3 orchestrator unreachable or job not found.")
     .fail((msg, err) => {
-      if (err) throw err;
-      usageError = msg;
+      // Usage errors (a missing argument, an unknown flag) are invalid input: exit 2.
+      throw err ?? new InvalidArgumentError(msg);
     });
   for (const c of COMMANDS) parser.command(c(deps, state) as never);
   try {
     await parser.parseAsync();
-    if (usageError !== null) throw new InvalidArgumentError(usageError);
     return state.exitCode;
   } catch (err) {
     const e = asClipfleetError(err);

@@ -59,6 +59,17 @@ export class ProgressView {
     if (this.tty && this.last) this.draw(renderBar(this.last, Math.max(40, (this.opts.stream.columns ?? 100) - 1)));
   }
 
+  /**
+   * Runs `write`, which prints to another stream of the same terminal (the
+   * log lines of `logs -f` on stdout), with the bar lifted, then redraws it.
+   */
+  around(write: () => void): void {
+    const lifted = this.tty && this.barShown;
+    if (lifted) this.opts.stream.write("\r\x1b[2K");
+    write();
+    if (lifted && this.last) this.draw(renderBar(this.last, Math.max(40, (this.opts.stream.columns ?? 100) - 1)));
+  }
+
   /** Leaves the terminal on a clean line. */
   finish(): void {
     if (this.tty && this.barShown) this.opts.stream.write("\n");

@@ -22,6 +22,7 @@ import {
   type LogLine,
   type NodeList,
   type ServerInfo,
+  type StepHistoryResponse,
 } from "../gen/clipfleet/v1/control.js";
 
 const CODES: readonly ErrorCode[] = ["INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "UNAVAILABLE", "UNAUTHENTICATED", "FENCED", "JOB_FAILED", "ENVIRONMENT", "INTERNAL"];
@@ -72,7 +73,7 @@ export class ControlClient {
         else resolve();
       });
     });
-    return this.call(this.client.getServerInfo.bind(this.client) as Unary<object, ServerInfo>, {});
+    return this.call(this.client.getServerInfo.bind(this.client), {});
   }
 
   submit(specJson: string, specPath: string, baseDir: string, timeoutMs = 15 * 60_000): Promise<Job> {
@@ -97,13 +98,17 @@ export class ControlClient {
     return this.call(this.client.listCheckpoints.bind(this.client) as Unary<object, CheckpointList>, { jobId });
   }
   nodes(): Promise<NodeList> {
-    return this.call(this.client.listNodes.bind(this.client) as Unary<object, NodeList>, {});
+    return this.call(this.client.listNodes.bind(this.client), {});
   }
   audit(jobId: string): Promise<AuditReport> {
     return this.call(this.client.audit.bind(this.client) as Unary<object, AuditReport>, { jobId });
   }
+  /** Rank 0's per-step reports of a job (stage "": every stage), thinned to about `maxPoints` per stage when > 0. */
+  stepHistory(jobId: string, stage = "", maxPoints = 0): Promise<StepHistoryResponse> {
+    return this.call(this.client.stepHistory.bind(this.client) as Unary<object, StepHistoryResponse>, { jobId, stage, maxPoints }, 5 * 60_000);
+  }
   serverInfo(): Promise<ServerInfo> {
-    return this.call(this.client.getServerInfo.bind(this.client) as Unary<object, ServerInfo>, {});
+    return this.call(this.client.getServerInfo.bind(this.client), {});
   }
 
   /** Follows a job's events (replaying those from `fromSeq`) until the job ends or `signal` aborts. */

@@ -5,3 +5,4 @@ export { transition, note, RECENT_EVENTS_KEPT } from "./lifecycle.js";
 export { backoffMs, decide, describeCause, hangBoundSeconds, percentile, repeatedUserError, type Decision, type FailureCause } from "./policy.js";
 export { JobService, ORCHESTRATOR_VERSION, allowedWorldSizes, newJobRecord, type JobServiceDeps, type SubmitInput } from "./service.js";
 export type { AttemptRuntime, RankRuntime, SessionHandle } from "./runtime.js";
+export { appendStepPoint, readStepHistory, stepHistoryPath, stepPointOf, thinPoints, type StepPointRecord } from "./step-history.js";

@@ -3,7 +3,8 @@
  * orchestrator crash, because a crash ends every attempt anyway (fencing).
  */
 import type { NodeSpec, StageSpec } from "../domain/index.js";
-import type { Command, StepReport, CheckpointWritten, Finished } from "../gen/clipfleet/v1/worker.js";
+import type { CheckpointRef, CheckpointWritten, Command, Finished, StepReport } from "../gen/clipfleet/v1/worker.js";
+import type { FailureCause } from "./policy.js";
 import type { LaunchedProcess, ExitInfo, Launcher } from "../launcher/index.js";
 import type { DataPlan, Manifest } from "../data/index.js";
 
@@ -39,7 +40,7 @@ export interface RankRuntime {
   hostname: string;
   pid: number | null;
   /** What the rank reported before it went down (an exception, corrupt data), if anything. */
-  failure: import("./policy.js").FailureCause | null;
+  failure: FailureCause | null;
 }
 
 export interface AttemptRuntime {
@@ -62,8 +63,8 @@ export interface AttemptRuntime {
   readonly runDir: string;
   readonly startedMs: number;
   /** The assignment's resume and init references (proto form). */
-  readonly resume: import("../gen/clipfleet/v1/worker.js").CheckpointRef | undefined;
-  readonly init: import("../gen/clipfleet/v1/worker.js").CheckpointRef | undefined;
+  readonly resume: CheckpointRef | undefined;
+  readonly init: CheckpointRef | undefined;
   readonly python: string;
   /** Reports of ranks per checkpoint step, until every rank has reported. */
   readonly pendingCheckpoints: Map<number, Map<number, CheckpointWritten>>;
@@ -80,6 +81,8 @@ export interface AttemptRuntime {
   recoveringSince: number | null;
   lastStepEventMs: number;
   lastReport: StepReport | null;
+  /** Loss of the attempt's first reported step. */
+  firstLoss: number | null;
   samplesSeen: number;
   /** Resolves when every process of the attempt has exited. */
   allExited: Promise<void>;

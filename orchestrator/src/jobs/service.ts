@@ -9,6 +9,7 @@ import { appendFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   ACTIVE_STATES,
+  type AttemptRecord,
   FailedPreconditionError,
   FencedError,
   InvalidArgumentError,
@@ -58,8 +59,9 @@ import { resolvePython, type ExitInfo, type Launcher } from "../launcher/index.j
 import type { Metrics, MetricsSource } from "../metrics/index.js";
 import type { Placement, PlacementRequest, Scheduler } from "../scheduler/index.js";
 import { canonicalJson, parseSpec, type Presets } from "../spec/index.js";
-import { JobLedger } from "./ledger.js";
-import { JobLogs, type LogEntry } from "./logs.js";
+import { type JobLedger } from "./ledger.js";
+import { type JobLogs, type LogEntry } from "./logs.js";
+import { appendStepPoint, readStepHistory, stepHistoryPath, stepPointOf, type StepPointRecord } from "./step-history.js";
 import { decide, describeCause, hangBoundSeconds, type FailureCause } from "./policy.js";
 import type { AttemptRuntime, RankRuntime, SessionHandle } from "./runtime.js";
 
@@ -369,12 +371,27 @@ export class JobService implements MetricsSource {
     return join(dir, `${stage}.jsonl`);
   }
 
+  /** Rank 0's step reports of a job's stages (every attempt), and the attempts that produced them. */
+  stepHistory(id: string, stage: string, maxPoints: number): { points: StepPointRecord[]; attempts: { stage: string; attempt: AttemptRecord }[] } {
+    const job = this.ledger.get(id);
+    if (stage) stageSpecOf(job, stage);
+    const stages = job.stages.filter((s) => !stage || s.name === stage);
+    return {
+      points: stages.flatMap((s) => readStepHistory(stepHistoryPath(this.deps.stateDir, id, s.name), maxPoints)),
+      attempts: stages.flatMap((s) => s.attempts.map((attempt) => ({ stage: s.name, attempt }))),
+    };
+  }
+
   // ---------------------------------------------------------------- metrics view
 
   jobsByState(): Record<string, number> {
     const out: Record<string, number> = {};
     for (const j of this.ledger.list()) out[j.state] = (out[j.state] ?? 0) + 1;
     return out;
+  }
+
+  jobs(): ReturnType<MetricsSource["jobs"]> {
+    return this.ledger.list().map((j) => ({ job: j.id, state: j.state, updatedAtMs: j.updatedAtMs }));
   }
 
   ranks(): ReturnType<MetricsSource["ranks"]> {
@@ -430,7 +447,7 @@ export class JobService implements MetricsSource {
     if (rank.registered) throw new FencedError(`rank ${req.rank} of attempt ${req.attempt} already registered`);
     if (req.runtimeVersion !== ORCHESTRATOR_VERSION) {
       const msg = `worker runtime ${req.runtimeVersion || "(unknown)"} on ${req.hostname} does not match orchestrator ${ORCHESTRATOR_VERSION}`;
-      void this.failAttempt(rt, { kind: "fatal", message: msg });
+      this.background(rt, () => this.failAttempt(rt, { kind: "fatal", message: msg }));
       throw new FailedPreconditionError(msg);
     }
     rank.registered = true;
@@ -471,9 +488,9 @@ export class JobService implements MetricsSource {
         if (!bound) return;
         const { rt, rank } = bound;
         if (rank.session === handle) rank.session = null;
-        if (rt.ending || rank.finished) return;
+        if (rt.ending || rank.finished || rt.stopAt) return;
         this.log(rt.jobId, rt.stage, rt.attempt, `rank ${rank.rank} session closed: ${why}`);
-        void this.failAttempt(rt, rank.failure ?? { kind: "session", rank: rank.rank });
+        this.background(rt, () => this.failAttempt(rt, rank.failure ?? { kind: "session", rank: rank.rank }));
       },
     };
   }
@@ -509,7 +526,6 @@ export class JobService implements MetricsSource {
   }
 
   private assignment(rt: AttemptRuntime, rank: RankRuntime): Assignment {
-    const job = this.ledger.get(rt.jobId);
     const stageSpecJson = JSON.stringify(rt.spec);
     return {
       sessionId: rank.sessionId,
@@ -594,7 +610,7 @@ export class JobService implements MetricsSource {
       case "finished": {
         rank.finished = body.value;
         rank.phase = "finished";
-        if (rt.ranks.every((r) => r.finished)) void this.succeed(rt);
+        if (rt.ranks.every((r) => r.finished)) this.background(rt, () => this.succeed(rt));
         return;
       }
       case "stopRequested": {
@@ -635,6 +651,8 @@ export class JobService implements MetricsSource {
     m.samplesSeen.inc(labels, rt.globalBatch);
     rt.samplesSeen += rt.globalBatch;
     rt.lastReport = rep;
+    rt.firstLoss ??= rep.loss;
+    appendStepPoint(stepHistoryPath(this.deps.stateDir, rt.jobId, rt.stage), stepPointOf(rt.stage, rt.attempt, rep, now));
     this.dirtyProgress.add(stageKey(rt.jobId, rt.stage));
     if (now - rt.lastStepEventMs >= STEP_EVENT_INTERVAL_MS || rep.step >= rt.totalSteps) {
       rt.lastStepEventMs = now;
@@ -726,7 +744,7 @@ export class JobService implements MetricsSource {
       files,
       committedAtMs: now,
     };
-    const manifestSha256 = commitManifest(expectedDir, manifest);
+    const manifestSha256 = await commitManifest(expectedDir, manifest);
     const record: CheckpointRecord = {
       stage: rt.stage,
       step,
@@ -795,18 +813,20 @@ export class JobService implements MetricsSource {
           : { kind: "exception", rank: rank.rank, failure: record };
     // The report comes before the rank closes its session and exits: it is the cause to act on.
     rank.failure = cause;
-    void this.failAttempt(rt, cause);
+    this.background(rt, () => this.failAttempt(rt, cause));
   }
 
   private onExit(rt: AttemptRuntime, rank: RankRuntime, exit: ExitInfo): void {
     rank.exit = exit;
     rank.phase = "exited";
-    const how = exit.signal ? `killed by ${exit.signal}` : `exited with code ${exit.code}`;
+    const how = exit.lost ? `was lost: ${exit.lost}` : exit.signal ? `killed by ${exit.signal}` : `exited with code ${exit.code}`;
     this.log(rt.jobId, rt.stage, rt.attempt, `rank ${rank.rank} (pid ${rank.proc?.pid ?? "?"}) ${how}`);
     if (rt.ending) return;
     if (exit.code === 0 && rank.finished) return;
-    if (exit.code === 0 && rt.stopAt) return;
-    void this.failAttempt(rt, rank.failure ?? { kind: "exit", rank: rank.rank, code: exit.code, signal: exit.signal });
+    if (rt.stopAt) return; // a stop in progress: stopAttempt waits for every exit
+    // A lost SSH connection is the node's failure (it counts towards quarantine), not the rank's.
+    const cause: FailureCause = exit.lost ? { kind: "node", rank: rank.rank, node: rank.node.name, message: exit.lost } : { kind: "exit", rank: rank.rank, code: exit.code, signal: exit.signal };
+    this.background(rt, () => this.failAttempt(rt, rank.failure ?? cause));
   }
 
   // ---------------------------------------------------------------- watchdog
@@ -815,12 +835,12 @@ export class JobService implements MetricsSource {
   private watch(): void {
     const now = this.now();
     for (const rt of this.attempts.values()) {
-      if (rt.ending) continue;
+      if (rt.ending || rt.stopAt) continue;
       const f = rt.spec.failure;
       if (!rt.running) {
         const missing = rt.ranks.filter((r) => !r.session).map((r) => r.rank);
         if (missing.length > 0 && now - rt.startedMs > f.startup_timeout * 1000) {
-          void this.failAttempt(rt, { kind: "startup", missing, seconds: f.startup_timeout });
+          this.background(rt, () => this.failAttempt(rt, { kind: "startup", missing, seconds: f.startup_timeout }));
         }
         continue;
       }
@@ -828,14 +848,14 @@ export class JobService implements MetricsSource {
         if (r.finished) continue;
         const silent = (now - r.lastHeartbeatMs) / 1000;
         if (silent > f.heartbeat_timeout) {
-          void this.failAttempt(rt, { kind: "heartbeat", rank: r.rank, silentSeconds: silent }, r.lastHeartbeatMs);
+          this.background(rt, () => this.failAttempt(rt, { kind: "heartbeat", rank: r.rank, silentSeconds: silent }, r.lastHeartbeatMs));
           break;
         }
         if (r.phase === "training" || r.phase === "registered") {
           const stalled = (now - r.lastProgressMs) / 1000;
           const bound = hangBoundSeconds(f, r.stepSeconds);
           if (stalled > bound) {
-            void this.failAttempt(rt, { kind: "hang", rank: r.rank, stalledSeconds: stalled, boundSeconds: bound }, r.lastProgressMs);
+            this.background(rt, () => this.failAttempt(rt, { kind: "hang", rank: r.rank, stalledSeconds: stalled, boundSeconds: bound }, r.lastProgressMs));
             break;
           }
         }
@@ -924,7 +944,7 @@ export class JobService implements MetricsSource {
             s.notBeforeMs = this.now() + decision.delayMs;
           },
         });
-        this.recoveringSince.set(stageKey(rt.jobId, rt.stage), detectedAt);
+        this.recoveringSince.set(stageKey(rt.jobId, rt.stage), failedAtMs ?? detectedAt);
       }
     }
     this.release(rt);
@@ -946,13 +966,18 @@ export class JobService implements MetricsSource {
     await new Promise((res) => setTimeout(res, STACK_DUMP_WAIT_MS));
   }
 
+  /** Signals every rank process of the attempt that is still running (its whole process group). */
+  private async signalRanks(rt: AttemptRuntime, sig: NodeJS.Signals): Promise<void> {
+    await Promise.all(rt.ranks.map((r) => (r.proc && !r.exit ? r.proc.signal(sig).catch(() => undefined) : Promise.resolve())));
+  }
+
   /** Kill every process of the attempt and wait until they are gone. */
   private async teardown(rt: AttemptRuntime, why: string): Promise<void> {
     for (const r of rt.ranks) {
       r.session?.send({ body: { $case: "fenced", value: { reason: why } } });
       this.sessions.delete(r.sessionId);
     }
-    await Promise.all(rt.ranks.map((r) => (r.proc && !r.exit ? r.proc.signal("SIGKILL").catch(() => undefined) : undefined)));
+    await this.signalRanks(rt, "SIGKILL");
     await withTimeout(rt.allExited, EXIT_WAIT_MS);
     for (const r of rt.ranks) r.session?.end();
   }
@@ -980,10 +1005,10 @@ export class JobService implements MetricsSource {
     const exitedInTime = await withTimeout(rt.allExited, grace);
     if (!exitedInTime) {
       this.log(rt.jobId, rt.stage, rt.attempt, `ranks still running ${grace / 1000} s after the stop command: SIGTERM`);
-      await Promise.all(rt.ranks.map((r) => (r.proc && !r.exit ? r.proc.signal("SIGTERM").catch(() => undefined) : undefined)));
+      await this.signalRanks(rt, "SIGTERM");
       if (!(await withTimeout(rt.allExited, 5000))) {
         this.log(rt.jobId, rt.stage, rt.attempt, "ranks still running 5 s after SIGTERM: SIGKILL");
-        await Promise.all(rt.ranks.map((r) => (r.proc && !r.exit ? r.proc.signal("SIGKILL").catch(() => undefined) : undefined)));
+        await this.signalRanks(rt, "SIGKILL");
         await withTimeout(rt.allExited, EXIT_WAIT_MS);
       }
     }
@@ -1056,10 +1081,19 @@ export class JobService implements MetricsSource {
     }
   }
 
+  /** Runs work started by an event (a message, an exit, a timer); a bug in it is logged and fails the attempt. */
+  private background(rt: AttemptRuntime, work: () => Promise<void>): void {
+    work().catch((err: unknown) => {
+      const msg = err instanceof Error ? (err.stack ?? err.message) : String(err);
+      this.log(rt.jobId, rt.stage, rt.attempt, `internal error: ${msg}`);
+      process.stderr.write(`clipfleet: internal error in job ${rt.jobId}: ${msg}\n`);
+    });
+  }
+
   private internalError(rt: AttemptRuntime, err: unknown): void {
     const msg = err instanceof Error ? (err.stack ?? err.message) : String(err);
     this.log(rt.jobId, rt.stage, rt.attempt, `internal error: ${msg}`);
-    void this.failAttempt(rt, { kind: "orchestrator", message: `internal error: ${err instanceof Error ? err.message : String(err)}` });
+    this.background(rt, () => this.failAttempt(rt, { kind: "orchestrator", message: `internal error: ${err instanceof Error ? err.message : String(err)}` }));
   }
 
   // ---------------------------------------------------------------- scheduling
@@ -1251,6 +1285,7 @@ export class JobService implements MetricsSource {
       recoveringSince: this.recoveringSince.get(stageKey(job.id, p.stage)) ?? null,
       lastStepEventMs: 0,
       lastReport: null,
+      firstLoss: null,
       samplesSeen: startStep * globalBatch,
       allExited,
     };
@@ -1285,8 +1320,7 @@ export class JobService implements MetricsSource {
     });
     this.attempts.set(stageKey(job.id, p.stage), rt);
     for (const r of ranks) this.sessions.set(r.sessionId, { rt, rank: r });
-    this.deps.metrics.attempts.inc({ job: job.id, stage: p.stage });
-    this.deps.metrics.stepsTotal.set({ job: job.id, stage: p.stage }, totalSteps);
+    this.deps.metrics.attemptStarted(job.id, p.stage, totalSteps);
 
     let exits = 0;
     const onRankExit = (): void => {
@@ -1316,7 +1350,7 @@ export class JobService implements MetricsSource {
         onRankExit();
         r.exit = { code: null, signal: null };
         const msg = err instanceof Error ? err.message : String(err);
-        void this.failAttempt(rt, r.node.launcher === "ssh" ? { kind: "node", rank: r.rank, node: r.node.name, message: msg } : { kind: "fatal", message: `could not start rank ${r.rank}: ${msg}` });
+        this.background(rt, () => this.failAttempt(rt, r.node.launcher === "ssh" ? { kind: "node", rank: r.rank, node: r.node.name, message: msg } : { kind: "fatal", message: `could not start rank ${r.rank}: ${msg}` }));
         return;
       }
     }
@@ -1435,7 +1469,10 @@ export class JobService implements MetricsSource {
 
   /** Before a job is accepted: generate synthetic data when asked, read manifests, check caption sources. */
   private async preflight(spec: JobSpec): Promise<void> {
+    const localNodes = this.deps.scheduler.nodes().filter((n) => n.node.launcher === "local");
     for (const st of spec.stages) {
+      // Fail before anything runs when this machine has no interpreter with torch for local ranks.
+      if (localNodes.length > 0) await resolvePython(st.worker.python ?? this.deps.python);
       if (st.data.synth) await this.ensureSynth(st);
       const trainPath = `stages.${st.name}.data.train`;
       if (st.data.train.length > 0) {
@@ -1500,7 +1537,7 @@ export class JobService implements MetricsSource {
     p.sampleInEpoch = rep.sampleInEpoch;
     p.samplesSeen = rep.step * rt.globalBatch;
     p.loss = rep.loss;
-    if (p.firstLoss === null) p.firstLoss = rep.loss;
+    if (p.firstLoss === null) p.firstLoss = rt.firstLoss;
     p.lr = rep.lr;
     p.temperature = rep.temperature;
     p.samplesPerSecond = rep.samplesPerSecond;

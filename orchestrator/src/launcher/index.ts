@@ -1,7 +1,24 @@
-/** launcher: starting and stopping worker ranks (local processes; SSH in ssh.ts). */
+/** launcher: starting and stopping worker ranks (local processes; SSH in ssh.ts); node preflight. */
 export { LocalLauncher, freeLocalPort, signalGroup } from "./local.js";
 export { forEachLine } from "./lines.js";
 export { DEFAULT_PYTHON_CANDIDATES, resolvePython } from "./python.js";
 export { runSynth, runWorkerCli } from "./synth.js";
 export { terminate } from "./types.js";
 export type { ExitInfo, LaunchedProcess, LaunchRequest, Launcher } from "./types.js";
+export {
+  HostKeyError,
+  KnownHostsFile,
+  defaultKnownHostsPath,
+  entryMatches,
+  fingerprintSha256,
+  keyTypeOf,
+  knownHostLine,
+  knownHostName,
+  parseKnownHosts,
+  verifyHostKey,
+} from "./known-hosts.js";
+export type { HostKeyVerdict, KnownHostEntry } from "./known-hosts.js";
+export { PID_LINE, SshLauncher, hostKeyAlgorithms, killCommand, shellQuote, workerCommand, workerStdin } from "./ssh.js";
+export type { HostKeyInfo, RemoteResult, SshLauncherOptions } from "./ssh.js";
+export { checkNodes } from "./preflight.js";
+export type { PreflightOptions } from "./preflight.js";

@@ -9,6 +9,11 @@ export interface ExitInfo {
   /** Exit code, or null when killed by a signal. */
   readonly code: number | null;
   readonly signal: string | null;
+  /**
+   * Set when the launcher lost track of the process (the SSH connection to
+   * its node dropped): why. The jobs module counts it as a node failure.
+   */
+  readonly lost?: string;
 }
 
 /** Everything needed to start one rank. */

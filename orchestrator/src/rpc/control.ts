@@ -82,6 +82,23 @@ export function controlService(service: JobService, info: ServerInfoSource): Con
       })),
     })),
     audit: unary(async (req) => ({ json: JSON.stringify(await service.audit(requireJobId(req.jobId))) })),
+    stepHistory: unary((req) => {
+      const h = service.stepHistory(requireJobId(req.jobId), req.stage, req.maxPoints);
+      return {
+        points: h.points,
+        attempts: h.attempts.map(({ stage, attempt: a }) => ({
+          stage,
+          attempt: a.number,
+          resumedFromStep: a.resumedFromStep,
+          lastStep: a.lastStep,
+          startedAtMs: a.startedAtMs,
+          endedAtMs: a.endedAtMs ?? 0,
+          outcome: a.outcome,
+          reason: a.reason,
+          worldSize: a.worldSize,
+        })),
+      };
+    }),
     getServerInfo: unary(() => ({
       version: info.version,
       stateDir: info.stateDir,

@@ -9,7 +9,7 @@
 import { mkdir, readdir, readFile, rmdir, unlink } from "node:fs/promises";
 import path from "node:path";
 import { ClipfleetError, type JobRecord } from "../domain/index.js";
-import { fsyncDir, isTempFile, writeFileAtomic } from "./atomic.js";
+import { fsyncDir, isTempFile, writeFileAtomic } from "../util/index.js";
 import { decodeJob, encodeJob, parseJson } from "./codec.js";
 import { StateDirLock } from "./lock.js";
 import { checkExpectedRevision, checkJobId, RevisionConflictError, type JobStore, type StoredJob } from "./store.js";

@@ -11,7 +11,7 @@ import { link, open, readFile, unlink } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { ClipfleetError, FailedPreconditionError } from "../domain/index.js";
-import { fsyncDir } from "./atomic.js";
+import { fsyncDir } from "../util/index.js";
 
 /** What a lock file records about its holder. */
 export interface LockHolder {

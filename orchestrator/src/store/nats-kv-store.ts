@@ -81,7 +81,13 @@ export class NatsKvJobStore implements JobStore {
     const timeoutMs = options.timeoutMs ?? 5000;
     try {
       const js = nc.jetstream({ timeout: timeoutMs });
-      const kv = await js.views.kv(bucket, { history: options.history ?? 1, replicas: options.replicas ?? 1 });
+      const kv = await js.views.kv(bucket, {
+        history: options.history ?? 1,
+        replicas: options.replicas ?? 1,
+        // Direct gets may be answered by a lagging replica; a read followed by
+        // a compare-and-set needs the leader's current revision.
+        allow_direct: false,
+      });
       const status = await kv.status();
       return new NatsKvJobStore(url, bucket, status.replicas, nc, kv, timeoutMs);
     } catch (err) {

@@ -1,38 +1,47 @@
 /**
- * Crash-safe file replacement: write a temp file in the same directory,
- * fsync it, rename it over the target, fsync the directory. A SIGKILL at any
- * moment leaves either the old content or the new one, never a torn file.
+ * Crash-safe file replacement: a reader sees either the old or the new
+ * content, never a mix, whenever the writer dies (SIGKILL, power loss).
  */
-import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
-import { basename, dirname, join } from "node:path";
-import { randomBytes } from "node:crypto";
+import { open, rename, unlink } from "node:fs/promises";
+import path from "node:path";
 
-/** Temp files are named `.<target>.tmp-<random>`; readers skip names starting with a dot. */
-export function atomicWriteFileSync(path: string, data: string | Uint8Array): void {
-  const dir = dirname(path);
-  const tmp = join(dir, `.${basename(path)}.tmp-${randomBytes(4).toString("hex")}`);
-  const fd = openSync(tmp, "w", 0o600);
-  try {
-    const buf = typeof data === "string" ? Buffer.from(data, "utf8") : data;
-    let off = 0;
-    while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
-    fsyncSync(fd);
-  } catch (err) {
-    closeSync(fd);
-    unlinkSync(tmp);
-    throw err;
-  }
-  closeSync(fd);
-  renameSync(tmp, path);
-  fsyncDir(dir);
+let tempCounter = 0;
+
+/** Temp files are dot-files ending in `.tmp`; readers never open them and `isTempFile` spots leftovers. */
+export function isTempFile(name: string): boolean {
+  return name.startsWith(".") && name.endsWith(".tmp");
 }
 
-/** Makes a rename or a new entry in `dir` durable. */
-export function fsyncDir(dir: string): void {
-  const fd = openSync(dir, "r");
+/**
+ * Replaces `file` with `data`: write a temp file in the same directory, fsync
+ * it, rename it over the target (atomic within one file system), fsync the
+ * directory so the rename itself survives a power loss.
+ */
+export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
+  const dir = path.dirname(file);
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}-${++tempCounter}.tmp`);
+  const fh = await open(tmp, "wx", mode);
   try {
-    fsyncSync(fd);
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, file);
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined);
+    throw err;
+  }
+  await fsyncDir(dir);
+}
+
+/** Makes a directory's entries (creations, renames, unlinks) durable. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, "r");
+  try {
+    await fh.sync();
   } finally {
-    closeSync(fd);
+    await fh.close();
   }
 }

@@ -1,2 +1,2 @@
 /** util: filesystem primitives with no knowledge of jobs (imports nothing from the project). */
-export { atomicWriteFileSync, fsyncDir } from "./atomic.js";
+export { fsyncDir, isTempFile, writeFileAtomic } from "./atomic.js";

@@ -63,20 +63,20 @@ void describe("examples", () => {
       { preset: stage!.model.image.preset, image_size: stage!.model.image.image_size, patch: stage!.model.image.patch },
       { preset: "vit-tiny", image_size: 32, patch: 8 },
     );
-    assert.deepEqual({ preset: stage!.model.text.preset, context_length: stage!.model.text.context_length }, { preset: "text-tiny", context_length: 32 });
+    assert.deepEqual({ preset: stage!.model.text.preset, context_length: stage!.model.text.context_length }, { preset: "text-tiny", context_length: 160 });
     assert.equal(stage!.model.embed_dim, 64);
     assert.deepEqual(stage!.model.tokenizer, { type: "byte", vocab: null });
     const out = join(ROOT, "examples/data/tiny");
-    assert.deepEqual(stage!.data.synth, { out, train: 2048, val: 256, shards: 4, size: 32, seed: 0 });
+    assert.deepEqual(stage!.data.synth, { out, train: 8192, val: 256, shards: 4, size: 32, seed: 0 });
     assert.deepEqual(stage!.data.train, [`${out}/train-{00000..00003}.tar`]);
     assert.deepEqual(stage!.data.val, [`${out}/val-{00000..00000}.tar`]);
     assert.deepEqual(stage!.data.captions, { alt: 0.5, vecap: 0.5 });
     assert.deepEqual(
       { steps: stage!.train.steps, batch_size: stage!.train.batch_size, lr: stage!.train.lr, warmup_steps: stage!.train.warmup_steps },
-      { steps: 60, batch_size: 64, lr: 1e-3, warmup_steps: 5 },
+      { steps: 300, batch_size: 64, lr: 3e-3, warmup_steps: 20 },
     );
     assert.deepEqual({ workers: stage!.cluster.workers, min_workers: stage!.cluster.min_workers }, { workers: 2, min_workers: 2 });
-    assert.equal(stage!.checkpoint.every_steps, 20);
+    assert.equal(stage!.checkpoint.every_steps, 100);
     assert.equal(stage!.eval?.at_end, true);
   });
 });

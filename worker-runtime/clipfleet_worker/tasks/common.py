@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -199,16 +199,20 @@ def json_config(assignment: pb.Assignment) -> dict[str, Any]:
     return json.loads(assignment.config_json)
 
 
-class StepTimer:
-    """Step wall time split into data wait and compute."""
-
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def lap(self) -> float:
-        now = time.perf_counter()
-        dt, self.t0 = now - self.t0, now
-        return dt
+def grad_norm(params, clip: float | None) -> float:
+    """Global L2 norm of the (averaged) gradients; clips to `clip` when set."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    if clip:
+        return float(torch.nn.utils.clip_grad_norm_(params, float(clip)))
+    return float(torch.norm(torch.stack([g.detach().norm(2) for g in grads]), 2))
 
 
-Callback = Callable[[], None]
+def cursor_after(a, batch) -> tuple[int, int]:
+    """Data cursor after `batch`: the next step's first sample (epoch rolls over at the end)."""
+    nxt = batch.sample_in_epoch + int(a.global_batch)
+    spe = int(a.steps_per_epoch)
+    if spe and nxt >= spe * int(a.global_batch):
+        return batch.epoch + 1, 0
+    return batch.epoch, nxt

@@ -26,7 +26,7 @@ from ..losses import ClipLoss, clip_loss_both
 from ..models import build_clip, params_sha256
 from ..optim import build_optimizer, clamp_logit_scale, lr_at, set_lr
 from ..tokenizers import build_tokenizer
-from .common import TaskContext, load_resume, sync_step
+from .common import TaskContext, cursor_after, grad_norm, load_resume, sync_step
 from .evaluate import evaluate_clip
 
 
@@ -128,9 +128,9 @@ def run(ctx: TaskContext) -> None:
             D.average_gradients(params, ctx.world_size)
             if scaler.is_enabled():
                 scaler.unscale_(optimizer)
-            grad_norm = _grad_norm(params, train.get("grad_clip"))
+            gnorm = grad_norm(params, train.get("grad_clip"))
             nan_skipped = False
-            if sync.nonfinite or not math.isfinite(grad_norm):
+            if sync.nonfinite or not math.isfinite(gnorm):
                 if train["on_nan"] == "fail":
                     raise NonFiniteError(f"non-finite loss or gradient at step {step} (train.on_nan: fail)")
                 optimizer.zero_grad(set_to_none=True)
@@ -158,7 +158,7 @@ def run(ctx: TaskContext) -> None:
                 loss=sync.loss,
                 lr=optimizer.param_groups[0]["lr"],
                 temperature=temperature,
-                grad_norm=grad_norm,
+                grad_norm=gnorm,
                 samples_per_second=int(a.global_batch) / max(step_seconds, 1e-9),
                 step_seconds=step_seconds,
                 data_wait_seconds=data_wait,
@@ -171,7 +171,7 @@ def run(ctx: TaskContext) -> None:
                 print(f"step {step}/{total} epoch {batch.epoch} loss {sync.loss:.4f} lr {optimizer.param_groups[0]['lr']:.3g} "
                       f"logit_scale {temperature:.2f} {int(a.global_batch) / max(step_seconds, 1e-9):.1f} samples/s", flush=True)
             ctx.phase(step, "training")
-            cursor = _cursor_after(a, batch)
+            cursor = cursor_after(a, batch)
             periodic = bool(ck.get("every_steps")) and step % int(ck["every_steps"]) == 0
             final = step == total and bool(ck.get("final", True))
             if periodic or final or sync.checkpoint or (sync.stop and sync.stop_checkpoint):
@@ -240,22 +240,3 @@ def _forward_backward(model, loss_fn: ClipLoss, images, tokens, tokens_b, valid,
         loss = ctx.fault.loss(step, loss_of(img, txt, txt_b, scale))
         scaler.scale(loss).backward() if scaler.is_enabled() else loss.backward()
     return ctx.fault.loss(step, loss_value.detach())
-
-
-def _grad_norm(params, clip: float | None) -> float:
-    """Global L2 norm of the (averaged) gradients; clips to `clip` when set."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    if clip:
-        return float(torch.nn.utils.clip_grad_norm_(params, float(clip)))
-    return float(torch.norm(torch.stack([g.detach().norm(2) for g in grads]), 2))
-
-
-def _cursor_after(a, batch) -> tuple[int, int]:
-    """Data cursor after `batch`: the next step's first sample (epoch rolls over at the end)."""
-    nxt = batch.sample_in_epoch + int(a.global_batch)
-    spe = int(a.steps_per_epoch)
-    if spe and nxt >= spe * int(a.global_batch):
-        return batch.epoch + 1, 0
-    return batch.epoch, nxt

@@ -16,7 +16,7 @@ interface EpochAudit {
 export const auditCommand: Command<{ job: string }> = (deps) => ({
   command: "audit <job>",
   describe: "Report per epoch how many samples were consumed once, twice or never (needs data.audit: true)",
-  builder: (y) => y.positional("job", { type: "string", demandOption: true }).example("$0 audit j-20261123-101500-a1b2c3 --json", "as JSON") as never,
+  builder: (y) => y.positional("job", { type: "string", demandOption: true }).example("$0 audit j-20261123-101500-a1b2c3 --json", "as JSON"),
   handler: async (args) => {
     await connectOrOpen(deps, args, async (client) => {
       const report = JSON.parse((await client.audit(args.job)).json) as { stages: { stage: string; epochs: EpochAudit[] }[] };

@@ -11,7 +11,7 @@ export const cancelCommand: Command<{ job: string; checkpoint: boolean; grace: n
       .positional("job", { type: "string", demandOption: true })
       .option("checkpoint", { type: "boolean", default: false, describe: "save a checkpoint before stopping (resume continues from it)" })
       .option("grace", { type: "number", default: 0, describe: "seconds ranks get to stop before SIGTERM (default: the spec's failure.grace_seconds)" })
-      .example("$0 cancel j-20261123-101500-a1b2c3 --checkpoint --server 127.0.0.1:7070", "save, then stop") as never,
+      .example("$0 cancel j-20261123-101500-a1b2c3 --checkpoint --server 127.0.0.1:7070", "save, then stop"),
   handler: async (args) => {
     const client = await connect(args);
     try {

@@ -7,7 +7,7 @@ import { table } from "../render.js";
 export const checkpointCommand: Command<{ job: string }> = () => ({
   command: "checkpoint <job>",
   describe: "Ask a running job to save a checkpoint now (all ranks save after the same step)",
-  builder: (y) => y.positional("job", { type: "string", demandOption: true }).example("$0 checkpoint j-20261123-101500-a1b2c3 --server 127.0.0.1:7070", "save soon") as never,
+  builder: (y) => y.positional("job", { type: "string", demandOption: true }).example("$0 checkpoint j-20261123-101500-a1b2c3 --server 127.0.0.1:7070", "save soon"),
   handler: async (args) => {
     const client = await connect(args);
     try {
@@ -27,7 +27,7 @@ export const checkpointsCommand: Command<{ job: string; all: boolean }> = (deps)
     y
       .positional("job", { type: "string", demandOption: true })
       .option("all", { type: "boolean", default: false, describe: "include corrupt and deleted ones" })
-      .example("$0 checkpoints j-20261123-101500-a1b2c3 --json", "as JSON") as never,
+      .example("$0 checkpoints j-20261123-101500-a1b2c3 --json", "as JSON"),
   handler: async (args) => {
     await connectOrOpen(deps, args, async (client) => {
       const list = (await client.checkpoints(args.job)).checkpoints.filter((c) => args.all || c.status === "committed");

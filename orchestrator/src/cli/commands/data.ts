@@ -37,7 +37,7 @@ export const dataCommand: Command = (deps, state) => ({
             .option("shards", { type: "number", default: 4, describe: "training shards" })
             .option("seed", { type: "number", default: 0 })
             .option("size", { type: "number", default: 64, describe: "image size in pixels" })
-            .example("$0 data synth --out data/tiny --train 2048 --val 256 --shards 4 --size 32", "a tiny dataset") as never,
+            .example("$0 data synth --out data/tiny --train 2048 --val 256 --shards 4 --size 32", "a tiny dataset"),
         handler: async (a) => {
           state.exitCode = await deps.runWorkerCli(typeof a.python === "string" ? a.python : null, [
             "synth",
@@ -67,7 +67,7 @@ export const dataCommand: Command = (deps, state) => ({
             .option("out", { type: "string", demandOption: true, describe: "output directory" })
             .option("shards", { type: "number", default: 1 })
             .option("split", { type: "string", default: "train" })
-            .example("$0 data convert --images ade/images --masks ade/annotations --out data/ade --shards 8", "ADE20k-style data") as never,
+            .example("$0 data convert --images ade/images --masks ade/annotations --out data/ade --shards 8", "ADE20k-style data"),
         handler: async (a) => {
           const args = ["convert", "--images", a.images, "--out", a.out, "--shards", String(a.shards), "--split", a.split];
           if (a.masks) args.push("--masks", a.masks);
@@ -75,6 +75,6 @@ export const dataCommand: Command = (deps, state) => ({
           state.exitCode = await deps.runWorkerCli(typeof a.python === "string" ? a.python : null, args);
         },
       })
-      .demandCommand(1, "name a data command: synth or convert") as never,
+      .demandCommand(1, "name a data command: synth or convert"),
   handler: () => undefined,
 });

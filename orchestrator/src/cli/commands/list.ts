@@ -11,7 +11,7 @@ export const listCommand: Command<{ limit: number }> = (deps) => ({
     y
       .option("limit", { type: "number", default: 0, describe: "show only the newest N" })
       .example("$0 list --server 127.0.0.1:7070", "jobs of a server")
-      .example("$0 list --json", "jobs of ./.clipfleet as JSON") as never,
+      .example("$0 list --json", "jobs of ./.clipfleet as JSON"),
   handler: async (args) => {
     await connectOrOpen(deps, args, async (client) => {
       const jobs = await client.listJobs([], args.limit);

@@ -1,7 +1,9 @@
-/** `clipfleet logs JOB [-f]`: what the ranks printed, and the orchestrator's lines about the job. */
+/** `clipfleet logs JOB [-f]`: what the ranks printed, and the orchestrator's lines about the job; -f adds the live progress. */
 import type { Command } from "../command.js";
 import { out, printJson } from "../context.js";
+import { stepSample } from "../follow.js";
 import { connectOrOpen } from "../offline.js";
+import { ProgressView } from "../progress.js";
 
 interface LogsArgs {
   job: string;
@@ -21,12 +23,23 @@ export const logsCommand: Command<LogsArgs> = (deps) => ({
       .option("stage", { type: "string", describe: "only this stage" })
       .option("rank", { type: "number", describe: "only this rank (-1: the orchestrator's lines)" })
       .option("tail", { type: "number", default: 0, describe: "only the last N stored lines" })
-      .example("$0 logs j-20261123-101500-a1b2c3 -f --rank 0", "follow rank 0") as never,
+      .example("$0 logs j-20261123-101500-a1b2c3 -f --rank 0", "follow rank 0"),
   handler: async (args) => {
     await connectOrOpen(deps, args, async (client) => {
       const ac = new AbortController();
       const onSig = (): void => ac.abort();
       process.once("SIGINT", onSig);
+      // Following: the job's progress too, as a bar under the lines on a terminal (periodic lines on stderr otherwise).
+      const view = args.follow && !args.json ? new ProgressView({ stream: process.stderr, plain: process.env.CI === "true" }) : null;
+      const progressAc = new AbortController();
+      const progress = view
+        ? client
+            .watch(args.job, (e) => {
+              const sample = stepSample(e);
+              if (sample) view.update(sample);
+            }, 0, progressAc.signal)
+            .catch(() => undefined) // the progress is an extra: the log stream reports any error itself
+        : null;
       try {
         await client.logs(
           { jobId: args.job, follow: args.follow, stage: args.stage ?? "", rank: args.rank ?? -2, tail: args.tail },
@@ -35,12 +48,17 @@ export const logsCommand: Command<LogsArgs> = (deps) => ({
             else {
               const who = l.rank < 0 ? "orchestrator" : `rank ${l.rank}`;
               const t = new Date(Number(l.tsMs)).toISOString().slice(11, 23);
-              out(`${t} [${l.stage || "-"}/a${l.attempt} ${who}] ${l.line}`);
+              const line = `${t} [${l.stage || "-"}/a${l.attempt} ${who}] ${l.line}`;
+              if (view) view.around(() => out(line));
+              else out(line);
             }
           },
           ac.signal,
         );
       } finally {
+        progressAc.abort();
+        await progress;
+        view?.finish();
         process.off("SIGINT", onSig);
       }
     });

@@ -1,35 +1,105 @@
-/** `clipfleet nodes`: the fleet as the scheduler sees it. */
+/**
+ * `clipfleet nodes`: the fleet as the scheduler sees it; `clipfleet nodes
+ * check`: preflight of every node of an inventory (reachability, host key,
+ * interpreter, torch, devices, free disk, worker runtime version).
+ */
+import type { Argv } from "yargs";
+import type { NodeCheck } from "../../domain/index.js";
+import type { CliDeps, GlobalArgs } from "../context.js";
 import type { Command } from "../command.js";
-import { out, printJson } from "../context.js";
+import { EXIT, out, printJson } from "../context.js";
 import { connectOrOpen } from "../offline.js";
 import { table } from "../render.js";
 
-export const nodesCommand: Command = (deps) => ({
+interface CheckArgs {
+  inventory?: string;
+  "known-hosts"?: string;
+}
+
+async function listNodes(deps: CliDeps, args: GlobalArgs): Promise<void> {
+  await connectOrOpen(deps, args, async (client) => {
+    const { nodes } = await client.nodes();
+    if (args.json) {
+      printJson(nodes);
+      return;
+    }
+    out(
+      table(
+        ["NODE", "HOST", "LAUNCHER", "SLOTS", "FREE", "GPUS", "STATE", "LABELS"],
+        nodes.map((n) => [
+          n.name,
+          n.host,
+          n.launcher,
+          String(n.slots),
+          String(n.freeSlots),
+          String(n.gpus),
+          n.state + (n.quarantinedUntilMs ? ` until ${new Date(Number(n.quarantinedUntilMs)).toISOString().slice(11, 19)}` : ""),
+          Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(","),
+        ]),
+      ),
+    );
+  });
+}
+
+/** 12.3G, 512M: free disk in the table. */
+export function fmtBytes(n: number | null): string {
+  if (n === null) return "-";
+  const units = ["B", "K", "M", "G", "T", "P"];
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i += 1;
+  }
+  return `${v >= 100 || i === 0 ? v.toFixed(0) : v.toFixed(1)}${units[i] ?? ""}`;
+}
+
+/** The preflight table, then one line per problem. */
+export function renderChecks(checks: readonly NodeCheck[]): string {
+  const rows = checks.map((c) => [
+    c.node,
+    c.launcher === "ssh" ? `${c.host}:${c.port}` : c.host,
+    c.reachable ? "yes" : "no",
+    c.hostKey ?? "-",
+    c.pythonVersion ?? "-",
+    c.torchVersion ?? "-",
+    c.cudaDevices === null ? "-" : String(c.cudaDevices),
+    fmtBytes(c.freeBytes),
+    c.runtimeVersion ?? "-",
+    c.ok ? "OK" : "FAIL",
+  ]);
+  const lines = [table(["NODE", "HOST", "REACHABLE", "HOST-KEY", "PYTHON", "TORCH", "CUDA", "FREE", "RUNTIME", "STATUS"], rows)];
+  for (const c of checks) for (const p of c.problems) lines.push(`${c.node}: ${p}`);
+  return lines.join("\n");
+}
+
+export const nodesCommand: Command = (deps, state) => ({
   command: "nodes",
-  describe: "List nodes with their slots, free slots and state",
-  builder: (y) => y.example("$0 nodes --server 127.0.0.1:7070", "the server's fleet") as never,
-  handler: async (args) => {
-    await connectOrOpen(deps, args, async (client) => {
-      const { nodes } = await client.nodes();
-      if (args.json) {
-        printJson(nodes);
-        return;
-      }
-      out(
-        table(
-          ["NODE", "HOST", "LAUNCHER", "SLOTS", "FREE", "GPUS", "STATE", "LABELS"],
-          nodes.map((n) => [
-            n.name,
-            n.host,
-            n.launcher,
-            String(n.slots),
-            String(n.freeSlots),
-            String(n.gpus),
-            n.state + (n.quarantinedUntilMs ? ` until ${new Date(Number(n.quarantinedUntilMs)).toISOString().slice(11, 19)}` : ""),
-            Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(","),
-          ]),
-        ),
-      );
-    });
-  },
+  describe: "List nodes with their slots, free slots and state (`nodes check`: preflight every node of an inventory)",
+  builder: (y: Argv<GlobalArgs>) =>
+    y
+      .command<GlobalArgs>({
+        command: "list",
+        describe: "List nodes with their slots, free slots and state (the default)",
+        handler: (args) => listNodes(deps, args),
+      })
+      .command<CheckArgs>({
+        command: "check",
+        describe: "Connect to every node and report reachability, host key, python, torch, CUDA devices, free disk in workdir and worker runtime version; exit 0 when all are OK",
+        builder: (c) =>
+          c
+            .option("inventory", { type: "string", describe: "nodes.yaml describing the fleet (default: this machine)" })
+            .option("known-hosts", { type: "string", describe: "known_hosts file for SSH nodes (default ~/.ssh/known_hosts)" })
+            .example("$0 nodes check --inventory nodes.yaml", "preflight the fleet")
+            .example("$0 nodes check --inventory nodes.yaml --json", "the same as JSON"),
+        handler: async (a) => {
+          const checks = await deps.checkNodes({ inventory: a.inventory ?? null, knownHosts: a["known-hosts"] ?? null, python: typeof a.python === "string" ? a.python : null });
+          if (a.json) printJson(checks);
+          else out(renderChecks(checks));
+          state.exitCode = checks.every((c) => c.ok) ? EXIT.OK : EXIT.JOB_FAILED;
+        },
+      })
+      .example("$0 nodes --server 127.0.0.1:7070", "the server's fleet")
+      .example("$0 nodes check --inventory nodes.yaml", "preflight every node"),
+  handler: (args) => listNodes(deps, args),
 });

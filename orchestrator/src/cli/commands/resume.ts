@@ -18,7 +18,7 @@ export const resumeCommand: Command<ResumeArgs> = (deps, state) => ({
       .positional("job", { type: "string", demandOption: true })
       .option("grace", { type: "number", describe: "seconds to wait for ranks to checkpoint and exit on Ctrl-C/SIGTERM" })
       .example("$0 resume j-20261123-101500-a1b2c3 --state-dir .clipfleet", "continue a job whose `clipfleet run` died")
-      .example("$0 resume j-20261123-101500-a1b2c3 --server 127.0.0.1:7070", "ask a server to resume a failed job") as never,
+      .example("$0 resume j-20261123-101500-a1b2c3 --server 127.0.0.1:7070", "ask a server to resume a failed job"),
   handler: async (args) => {
     if (args.server ?? process.env.CLIPFLEET_SERVER) {
       const client = await connect(args);

@@ -22,7 +22,7 @@ export const runCommand: Command<RunArgs> = (deps, state) => ({
       .positional("spec", { type: "string", demandOption: true, describe: "job spec (YAML or JSON)" })
       .option("grace", { type: "number", describe: "seconds to wait for ranks to checkpoint and exit on Ctrl-C/SIGTERM" })
       .example("$0 run examples/tiny-pretrain.yaml", "pretrain a tiny CLIP with 2 workers on synthetic data")
-      .example("$0 run spec.yaml --json --metrics-listen 127.0.0.1:9400", "print a JSON summary; serve metrics while running") as never,
+      .example("$0 run spec.yaml --json --metrics-listen 127.0.0.1:9400", "print a JSON summary; serve metrics while running"),
   handler: async (args) => {
     const input = readSpecInput(args.spec, deps.presetsPath);
     const orch = await deps.embed(embedOptions(args, true));
@@ -89,6 +89,6 @@ export function renderSummary(job: Job): string {
     `${String(s.state)}: ${String(s.steps)} steps, ${String(s.samplesSeen)} samples, loss ${loss(s.firstLoss)} -> ${loss(s.finalLoss)}, ${String(s.restarts)} restart(s)` +
       (typeof s.wallSeconds === "number" ? `, ${s.wallSeconds.toFixed(1)} s` : ""),
   );
-  if (s.finalParamsSha256) lines.push(`final params sha256: ${String(s.finalParamsSha256)}`);
+  if (typeof s.finalParamsSha256 === "string" && s.finalParamsSha256) lines.push(`final params sha256: ${s.finalParamsSha256}`);
   return lines.join("\n");
 }

@@ -9,7 +9,7 @@ export const serverCommand: Command<OrchestratorArgs> = (deps) => ({
   builder: (y) =>
     orchestratorOptions(y, "127.0.0.1:7070")
       .example("$0 server --state-dir /var/lib/clipfleet --listen 0.0.0.0:7070 --metrics-listen 0.0.0.0:9400", "serve on all interfaces")
-      .example("$0 server --store nats://10.0.0.5:4222 --nats nats://10.0.0.5:4222 --inventory nodes.yaml", "jobs in JetStream, events on NATS, a fleet over SSH") as never,
+      .example("$0 server --store nats://10.0.0.5:4222 --nats nats://10.0.0.5:4222 --inventory nodes.yaml", "jobs in JetStream, events on NATS, a fleet over SSH"),
   handler: async (args) => {
     const orch = await deps.embed(embedOptions(args, false));
     note(`clipfleet server ${deps.version}: listening on ${orch.address}${orch.metricsAddress ? `, metrics on http://${orch.metricsAddress}/metrics` : ""}, state in ${args["state-dir"]}`);

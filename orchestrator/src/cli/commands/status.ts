@@ -11,7 +11,7 @@ export const statusCommand: Command<{ job: string }> = (deps) => ({
     y
       .positional("job", { type: "string", demandOption: true, describe: "job id" })
       .example("$0 status j-20261123-101500-a1b2c3 --server 127.0.0.1:7070", "ask a server")
-      .example("$0 status j-20261123-101500-a1b2c3 --state-dir .clipfleet --json", "read the state dir of `clipfleet run`") as never,
+      .example("$0 status j-20261123-101500-a1b2c3 --state-dir .clipfleet --json", "read the state dir of `clipfleet run`"),
   handler: async (args) => {
     await connectOrOpen(deps, args, async (client) => {
       const job = await client.getJob(args.job);

@@ -19,7 +19,7 @@ export const submitCommand: Command<SubmitArgs> = (deps, state) => ({
       .positional("spec", { type: "string", demandOption: true, describe: "job spec (YAML or JSON)" })
       .option("follow", { alias: "f", type: "boolean", default: false, describe: "follow the job until it ends" })
       .example("$0 submit spec.yaml --server 10.0.0.5:7070", "queue a job")
-      .example("CLIPFLEET_SERVER=10.0.0.5:7070 $0 submit spec.yaml -f", "queue and follow") as never,
+      .example("CLIPFLEET_SERVER=10.0.0.5:7070 $0 submit spec.yaml -f", "queue and follow"),
   handler: async (args) => {
     const input = readSpecInput(args.spec, deps.presetsPath);
     const client = await connect(args);

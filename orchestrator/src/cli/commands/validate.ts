@@ -7,7 +7,7 @@ import { readSpecInput } from "../spec-input.js";
 export const validateCommand: Command<{ spec: string }> = (deps) => ({
   command: "validate <spec>",
   describe: "Check a job spec without running it; print the resolved stages (exit 2 on errors)",
-  builder: (y) => y.positional("spec", { type: "string", demandOption: true }).example("$0 validate spec.yaml --json", "print the frozen config") as never,
+  builder: (y) => y.positional("spec", { type: "string", demandOption: true }).example("$0 validate spec.yaml --json", "print the frozen config"),
   handler: (args) => {
     const { spec } = readSpecInput(args.spec, deps.presetsPath);
     if (args.json) {
@@ -25,7 +25,7 @@ export const validateCommand: Command<{ spec: string }> = (deps) => ({
 export const schemaCommand: Command = () => ({
   command: "schema",
   describe: "Print the JSON Schema of job specs (for editors)",
-  builder: (y) => y.example("$0 schema > clipfleet.schema.json", "save it for your editor") as never,
+  builder: (y) => y.example("$0 schema > clipfleet.schema.json", "save it for your editor"),
   handler: () => {
     printJson(jsonSchema());
   },

@@ -14,7 +14,7 @@ export const watchCommand: Command<{ job: string; from: number }> = (deps, state
       .positional("job", { type: "string", demandOption: true })
       .option("from", { type: "number", default: 0, describe: "replay stored events from this sequence number" })
       .example("$0 watch j-20261123-101500-a1b2c3 --server 127.0.0.1:7070", "follow a job of a server")
-      .example("$0 watch j-20261123-101500-a1b2c3 --json", "one JSON event per line") as never,
+      .example("$0 watch j-20261123-101500-a1b2c3 --json", "one JSON event per line"),
   handler: async (args) => {
     await connectOrOpen(deps, args, async (client) => {
       const ac = new AbortController();

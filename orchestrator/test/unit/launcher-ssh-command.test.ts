@@ -1,0 +1,142 @@
+/**
+ * The remote command line of an SSH rank: quoting, the token kept off it,
+ * and what it does when a POSIX shell runs it (here locally, with a stand-in
+ * worker package): pid line first, own session and process group, token read
+ * from stdin, environment as given.
+ */
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { networkInterfaces, tmpdir } from "node:os";
+import { join } from "node:path";
+import type { NodeSpec } from "../../src/domain/index.js";
+import { PID_LINE, hostKeyAlgorithms, killCommand, shellQuote, workerCommand, workerStdin } from "../../src/launcher/index.js";
+
+const PYTHON = "/usr/bin/python3";
+const TOKEN = "3f9c2a7d-token-never-on-a-command-line";
+
+function node(address: string): NodeSpec {
+  return {
+    name: "n1",
+    host: "10.0.0.1",
+    port: 22,
+    user: "train",
+    identity_file: null,
+    address,
+    slots: 1,
+    gpus: 0,
+    labels: {},
+    python: PYTHON,
+    workdir: "/opt/clipfleet/worker-runtime",
+    host_key_policy: "strict",
+    launcher: "ssh",
+  };
+}
+
+/** What /bin/sh makes of `word` (one argument back, exactly). */
+function throughShell(word: string): string {
+  const r = spawnSync("/bin/sh", ["-c", `printf '%s' ${word}`], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  return r.stdout;
+}
+
+void describe("remote command line", () => {
+  void it("quotes words so a POSIX shell gives them back unchanged", () => {
+    for (const w of ["plain", "/a/b-c_d.e", "with space", "it's", "'", "$HOME", "`id`", "a\"b", "x;rm -rf /", "new\nline", "*", "", "~user"]) {
+      assert.equal(throughShell(shellQuote(w)), w, JSON.stringify(w));
+    }
+    assert.equal(shellQuote("/usr/bin/python3"), "/usr/bin/python3", "simple words stay readable");
+  });
+
+  void it("never contains the token, and names the workdir, interpreter and environment", () => {
+    const cmd = workerCommand({
+      python: PYTHON,
+      workdir: "/opt/clip fleet/worker-runtime",
+      env: { RANK: "1", MASTER_ADDR: "10.0.0.1", PYTHONPATH: "/extra" },
+      secrets: { CLIPFLEET_TOKEN: TOKEN },
+      node: node("10.0.0.1"),
+    });
+    assert.ok(!cmd.includes(TOKEN));
+    assert.ok(cmd.startsWith("cd '/opt/clip fleet/worker-runtime' && exec env "), cmd);
+    assert.match(cmd, / RANK=1 /);
+    assert.match(cmd, / CLIPFLEET_TOKEN_STDIN=1 /);
+    assert.match(cmd, / PYTHONPATH='\/opt\/clip fleet\/worker-runtime:\/extra' /);
+    assert.equal(workerStdin({ CLIPFLEET_TOKEN: TOKEN }), `${TOKEN}\n`);
+  });
+
+  void it("refuses to build a command that would carry a secret, or an environment name a shell cannot take", () => {
+    const base = { python: PYTHON, workdir: "/w", secrets: { CLIPFLEET_TOKEN: "s3cret-value" }, node: node("10.0.0.1") };
+    assert.throws(() => workerCommand({ ...base, env: { NOTE: "copy of s3cret-value" } }), /secret would appear on the remote command line/);
+    assert.throws(() => workerCommand({ ...base, env: { "BAD-NAME": "x" } }), /worker\.env: "BAD-NAME" is not an environment variable name/);
+    assert.throws(() => workerStdin({ CLIPFLEET_TOKEN: "t", OTHER: "x" }), /only CLIPFLEET_TOKEN/);
+  });
+
+  void it("spells kill portably (dash rejects `kill -TERM --`), for a process group only", () => {
+    assert.equal(killCommand(4242, "SIGTERM"), "kill -s TERM -- -4242");
+    assert.equal(killCommand(4242, "SIGKILL"), "kill -s KILL -- -4242");
+    assert.throws(() => killCommand(1, "SIGKILL"));
+    const r = spawnSync("/bin/sh", ["-c", killCommand(2 ** 22 + 17, "SIGTERM")], { encoding: "utf8" });
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /No such process/i, "the launcher tells a gone group from a failure by this message");
+  });
+
+  void it("asks for host key algorithms of the types already known first", () => {
+    assert.deepEqual(hostKeyAlgorithms([]).slice(0, 2), ["ssh-ed25519", "ecdsa-sha2-nistp256"]);
+    assert.deepEqual(hostKeyAlgorithms(["ssh-rsa"]).slice(0, 3), ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]);
+    assert.deepEqual(hostKeyAlgorithms(["ecdsa-sha2-nistp256"])[0], "ecdsa-sha2-nistp256");
+    assert.equal(hostKeyAlgorithms(["ssh-rsa"]).length, hostKeyAlgorithms([]).length, "every algorithm stays allowed");
+  });
+});
+
+void describe("remote command run by a shell", () => {
+  void it("prints the pid first, leads its own session and group, reads the token from stdin", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "cf-sshcmd-"));
+    try {
+      // A stand-in worker package: reports what the real one would receive.
+      mkdirSync(join(dir, "clipfleet_worker"));
+      writeFileSync(join(dir, "clipfleet_worker", "__init__.py"), "");
+      writeFileSync(
+        join(dir, "clipfleet_worker", "__main__.py"),
+        [
+          "import json, os, sys",
+          "print(json.dumps({'argv': sys.argv[1:], 'token': sys.stdin.readline().strip(), 'pid': os.getpid(), 'pgid': os.getpgid(0), 'sid': os.getsid(0),",
+          "  'cwd': os.getcwd(), 'quoted': os.environ.get('QUOTED'), 'gloo': os.environ.get('GLOO_SOCKET_IFNAME'), 'pythonpath': os.environ.get('PYTHONPATH')}))",
+        ].join("\n"),
+      );
+      // A non-loopback address of this machine, if it has one: gloo must bind to its interface.
+      const nic = Object.entries(networkInterfaces()).flatMap(([name, addrs]) => (addrs ?? []).filter((a) => a.family === "IPv4" && !a.internal).map((a) => ({ name, address: a.address })))[0];
+      const cmd = workerCommand({
+        python: PYTHON,
+        workdir: dir,
+        env: { QUOTED: "it's $HOME `x`" },
+        secrets: { CLIPFLEET_TOKEN: TOKEN },
+        node: node(nic?.address ?? "127.0.0.1"),
+      });
+      const child = spawn("/bin/sh", ["-c", cmd], { stdio: ["pipe", "pipe", "pipe"] });
+      child.stdin.end(workerStdin({ CLIPFLEET_TOKEN: TOKEN }));
+      let out = "";
+      let err = "";
+      child.stdout.on("data", (b: Buffer) => (out += b.toString()));
+      child.stderr.on("data", (b: Buffer) => (err += b.toString()));
+      const code = await new Promise<number | null>((r) => child.once("close", r));
+      assert.equal(code, 0, err);
+      const [first, second] = out.trim().split("\n");
+      const m = PID_LINE.exec(first ?? "");
+      assert.ok(m, `first line is the pid line: ${first}`);
+      const report = JSON.parse(second ?? "{}") as Record<string, unknown>;
+      const pid = Number(m[1]);
+      assert.equal(report.pid, pid, "the worker keeps the pid the line announced (exec, no fork)");
+      assert.equal(report.pgid, pid, "and leads its process group");
+      assert.equal(report.sid, pid, "and its session");
+      assert.equal(report.token, TOKEN);
+      assert.deepEqual(report.argv, ["run"]);
+      assert.equal(report.cwd, dir);
+      assert.equal(report.quoted, "it's $HOME `x`");
+      assert.equal(report.pythonpath, dir);
+      assert.equal(report.gloo, nic ? nic.name : null);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

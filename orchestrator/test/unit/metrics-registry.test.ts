@@ -1,0 +1,181 @@
+/**
+ * Metrics: naming and labels follow Prometheus conventions (checked by the
+ * real `promtool check metrics`), scrape-time gauges follow the source, and
+ * a finished job's series are dropped after the retention time.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { Metrics, serveMetrics, splitHostPort } from "../../src/metrics/index.js";
+import { familiesOf, FakeSource, feedJob, populatedMetrics, promtool } from "./metrics-helpers.js";
+
+const ALLOWED_LABELS = new Set(["job", "stage", "rank", "node", "state"]);
+const DEFAULT_PREFIXES = ["clipfleet_process_", "clipfleet_nodejs_"];
+
+/** Series of a metric in a scrape: the label sets (as text) of its samples. */
+function series(body: string, name: string): string[] {
+  return body
+    .split("\n")
+    .filter((l) => l.startsWith(`${name}{`) || l.startsWith(`${name} `))
+    .map((l) => l.slice(name.length).replace(/ [^ ]+$/, ""));
+}
+
+void describe("Metrics", () => {
+  void it("passes `promtool check metrics` on a scrape with every metric populated", async () => {
+    const { metrics } = populatedMetrics();
+    const { body } = await metrics.scrape();
+    const r = await promtool(["check", "metrics"], { stdin: body });
+    assert.equal(r.code, 0, `promtool check metrics failed:\n${r.out}`);
+    assert.equal(r.out.trim(), "", "promtool printed lint warnings");
+  });
+
+  void it("names every family clipfleet_*, with help text, and labels only among job, stage, rank, node, state (+metric on eval results)", async () => {
+    const { metrics } = populatedMetrics();
+    const { body } = await metrics.scrape();
+    const families = familiesOf(body);
+    assert.ok(families.size > 30, `only ${families.size} families`);
+    for (const [name, type] of families) {
+      assert.match(name, /^clipfleet_[a-z0-9_]+$/);
+      assert.match(body, new RegExp(`^# HELP ${name} \\S.{8,}$`, "m"), `${name} has no help text`);
+      if (type === "counter") assert.match(name, /_total$/, `counter ${name} must end in _total`);
+      else assert.doesNotMatch(name, /_total$/, `${type} ${name} must not end in _total`);
+    }
+    for (const line of body.split("\n")) {
+      if (line.startsWith("#") || !line) continue;
+      const name = line.replace(/[{ ].*$/, "");
+      if (DEFAULT_PREFIXES.some((p) => name.startsWith(p))) continue;
+      for (const [, label] of line.matchAll(/[{,]([a-zA-Z_]+)="/g)) {
+        if (label === "le" && /_bucket$/.test(name)) continue;
+        if (label === "metric" && name === "clipfleet_eval_result") continue;
+        assert.ok(label && ALLOWED_LABELS.has(label), `${name} has label ${label}`);
+      }
+    }
+  });
+
+  void it("exposes every metric the issue asks for, with the values fed", async () => {
+    const { metrics } = populatedMetrics();
+    const { body } = await metrics.scrape();
+    const families = familiesOf(body);
+    const wanted: Record<string, string> = {
+      clipfleet_jobs: "gauge",
+      clipfleet_job_state: "gauge",
+      clipfleet_attempts_total: "counter",
+      clipfleet_restarts_total: "counter",
+      clipfleet_workers: "gauge",
+      clipfleet_train_step: "gauge",
+      clipfleet_train_loss: "gauge",
+      clipfleet_train_learning_rate: "gauge",
+      clipfleet_train_logit_scale: "gauge",
+      clipfleet_train_samples_per_second: "gauge",
+      clipfleet_train_step_duration_seconds: "histogram",
+      clipfleet_train_data_wait_seconds_total: "counter",
+      clipfleet_heartbeat_age_seconds: "gauge",
+      clipfleet_checkpoint_save_duration_seconds: "histogram",
+      clipfleet_checkpoint_size_bytes: "gauge",
+      clipfleet_checkpoint_age_seconds: "gauge",
+      clipfleet_failure_detection_seconds: "histogram",
+      clipfleet_recovery_seconds: "histogram",
+      clipfleet_steps_lost_total: "counter",
+      clipfleet_train_samples_skipped_total: "counter",
+      clipfleet_eval_result: "gauge",
+      clipfleet_gpu_utilization_ratio: "gauge",
+      clipfleet_gpu_memory_bytes: "gauge",
+      clipfleet_process_cpu_seconds_total: "counter",
+      clipfleet_process_resident_memory_bytes: "gauge",
+    };
+    for (const [name, type] of Object.entries(wanted)) assert.equal(families.get(name), type, `${name}: expected a ${type}`);
+    assert.match(body, /^clipfleet_train_step\{job="j-a",stage="main"\} 20$/m);
+    assert.match(body, /^clipfleet_attempts_total\{job="j-a",stage="main"\} 2$/m);
+    assert.match(body, /^clipfleet_train_step_duration_seconds_count\{job="j-a",stage="main",rank="1"\} 20$/m);
+    assert.match(body, /^clipfleet_eval_result\{job="j-a",stage="main",metric="zeroshot\/top1"\} 0.5$/m);
+    assert.match(body, /^clipfleet_checkpoint_age_seconds\{job="j-a",stage="main"\} 90$/m);
+    assert.match(body, /^clipfleet_heartbeat_age_seconds\{job="j-a",stage="main",rank="1",node="n2"\} 1.5$/m);
+    assert.match(body, /^clipfleet_workers\{job="j-a",stage="main",state="running"\} 2$/m);
+    assert.match(body, /^clipfleet_jobs\{state="SUCCEEDED"\} 1$/m);
+  });
+
+  void it("creates a stage's counters at zero when its first attempt starts, so increase() sees the first restart", async () => {
+    const m = new Metrics({ defaultMetrics: false });
+    m.attemptStarted("j-z", "main", 10);
+    const { body } = await m.scrape();
+    for (const name of ["clipfleet_restarts_total", "clipfleet_steps_lost_total", "clipfleet_checkpoints_committed_total", "clipfleet_train_samples_skipped_total"]) {
+      assert.deepEqual(series(body, name), ['{job="j-z",stage="main"}'], name);
+      assert.match(body, new RegExp(`^${name}\\{job="j-z",stage="main"\\} 0$`, "m"));
+    }
+  });
+
+  void it("recomputes scrape-time gauges from the source: exited ranks have no heartbeat age, finished jobs leave job_state after the retention time", async () => {
+    const m = new Metrics({ defaultMetrics: false, retentionSeconds: 60 });
+    const src = new FakeSource();
+    m.setSource(src);
+    src.rankList = [
+      { job: "j-a", stage: "main", rank: 0, node: "n1", state: "running", heartbeatAgeSeconds: 2 },
+      { job: "j-a", stage: "main", rank: 1, node: "n1", state: "exited", heartbeatAgeSeconds: 40 },
+      { job: "j-a", stage: "main", rank: 2, node: "n1", state: "launching", heartbeatAgeSeconds: null },
+    ];
+    src.jobList = [
+      { job: "j-a", state: "RUNNING", updatedAtMs: src.nowMs - 3_600_000 },
+      { job: "j-f", state: "FAILED", updatedAtMs: src.nowMs - 30_000 },
+      { job: "j-old", state: "SUCCEEDED", updatedAtMs: src.nowMs - 61_000 },
+    ];
+    let body = (await m.scrape()).body;
+    assert.deepEqual(series(body, "clipfleet_heartbeat_age_seconds"), ['{job="j-a",stage="main",rank="0",node="n1"}']);
+    assert.deepEqual(series(body, "clipfleet_job_state").sort(), ['{job="j-a",state="RUNNING"}', '{job="j-f",state="FAILED"}']);
+    src.rankList = [];
+    src.nowMs += 31_000;
+    body = (await m.scrape()).body;
+    assert.deepEqual(series(body, "clipfleet_heartbeat_age_seconds"), []);
+    assert.deepEqual(series(body, "clipfleet_workers"), []);
+    assert.deepEqual(series(body, "clipfleet_job_state"), ['{job="j-a",state="RUNNING"}']);
+  });
+
+  void it("sweep drops every series of a job finished at least the retention time ago, and only those", async () => {
+    const { metrics } = populatedMetrics({ defaultMetrics: false, retentionSeconds: 600 });
+    const t0 = 1_800_000_000_000;
+    metrics.jobFinished("j-b", t0);
+    assert.equal(await metrics.sweep(t0 + 599_000), 0, "swept before the retention time");
+    assert.match((await metrics.scrape()).body, /job="j-b"/);
+
+    const removed = await metrics.sweep(t0 + 600_000);
+    const body = (await metrics.scrape()).body;
+    // Every directly-updated series of j-b, e.g. 2 step-duration histograms (one per rank), 2 eval results.
+    assert.ok(removed >= 20, `removed only ${removed} series`);
+    const left = body.split("\n").filter((l) => l.includes('job="j-b"') && !l.startsWith("clipfleet_job_state"));
+    assert.deepEqual(left, [], "series of the swept job remain");
+    assert.match(body, /^clipfleet_train_loss\{job="j-a",stage="main"\} 2$/m);
+    assert.match(body, /^clipfleet_train_step_duration_seconds_count\{job="j-a",stage="main",rank="0"\} 20$/m);
+    assert.equal(await metrics.sweep(t0 + 10_000_000), 0, "a job is swept once");
+  });
+
+  void it("a finished job that runs again (resume) is not swept", async () => {
+    const m = new Metrics({ defaultMetrics: false });
+    feedJob(m, "j-r");
+    m.jobFinished("j-r", 0);
+    m.attemptStarted("j-r", "main", 100);
+    assert.equal(await m.sweep(10 * 3_600_000, 1000), 0);
+    assert.match((await m.scrape()).body, /^clipfleet_train_step\{job="j-r",stage="main"\} 20$/m);
+  });
+});
+
+void describe("serveMetrics", () => {
+  void it("serves the scrape on /metrics, ok on /healthz, 404 elsewhere", async () => {
+    const { metrics } = populatedMetrics({ defaultMetrics: false });
+    const server = await serveMetrics(metrics, "127.0.0.1:0");
+    try {
+      const res = await fetch(`http://${server.address}/metrics`);
+      assert.equal(res.status, 200);
+      assert.match(res.headers.get("content-type") ?? "", /^text\/plain; version=0\.0\.4/);
+      assert.match(await res.text(), /^clipfleet_train_step\{job="j-a",stage="main"\} 20$/m);
+      assert.equal((await fetch(`http://${server.address}/healthz`)).status, 200);
+      assert.equal((await fetch(`http://${server.address}/`)).status, 404);
+    } finally {
+      await server.close();
+    }
+  });
+
+  void it("splits HOST:PORT and [v6]:PORT, and names the bad value otherwise", () => {
+    assert.deepEqual(splitHostPort("0.0.0.0:9400"), { host: "0.0.0.0", port: 9400 });
+    assert.deepEqual(splitHostPort("[::1]:0"), { host: "::1", port: 0 });
+    assert.throws(() => splitHostPort("9400"), /expected HOST:PORT, got "9400"/);
+    assert.throws(() => splitHostPort("h:70000"), /port out of range in "h:70000"/);
+  });
+});

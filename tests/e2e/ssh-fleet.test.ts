@@ -1,0 +1,456 @@
+/**
+ * Multi-node over SSH on real hosts with their own addresses: network
+ * namespaces joined by a bridge, each running OpenSSH's sshd (see
+ * tests/helpers/netns.ts). The orchestrator stays in the root namespace,
+ * listening on 0.0.0.0 and advertising the bridge address to the workers.
+ *
+ * Host keys, user keys, the launcher's contract (process group, token over
+ * stdin, connection reuse), `nodes check`, a 2-host job whose gloo group
+ * spans two namespaces, recovery from a host dying mid-run, and the runtime
+ * version check at registration. Skipped, with the reason, where namespaces
+ * cannot be created.
+ */
+import assert from "node:assert/strict";
+import { execFileSync, spawn } from "node:child_process";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import type { NodeCheck, NodeSpec } from "../../orchestrator/src/domain/index.js";
+import { HostKeyError, SshLauncher, type ExitInfo, type LaunchRequest } from "../../orchestrator/src/launcher/index.js";
+import { netnsSkipReason, startFleet, type Fleet, type SshHost } from "../helpers/netns.js";
+
+/** dist/tests/e2e/ -> the repository root. */
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+const CLI = join(ROOT, "bin", "clipfleet");
+const WORKER_RUNTIME = join(ROOT, "worker-runtime");
+const PYTHON = "/usr/bin/python3";
+const VERSION = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;
+
+interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** `clipfleet ARGS` as a child process; `done` resolves when it exits. */
+function startCli(args: string[], cwd: string): { done: Promise<CliResult>; kill: () => void } {
+  const child = spawn(process.execPath, [CLI, ...args], { cwd, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (b: Buffer) => (stdout += b.toString()));
+  child.stderr.on("data", (b: Buffer) => (stderr += b.toString()));
+  const done = new Promise<CliResult>((res) => child.once("close", (code) => res({ code, stdout, stderr })));
+  return { done, kill: () => child.kill("SIGKILL") };
+}
+
+function node(host: SshHost, name: string, extra: Partial<NodeSpec> = {}): NodeSpec {
+  return {
+    name,
+    host: host.address,
+    port: host.port,
+    user: "root",
+    identity_file: null,
+    address: host.address,
+    slots: 1,
+    gpus: 0,
+    labels: {},
+    python: PYTHON,
+    workdir: WORKER_RUNTIME,
+    host_key_policy: "strict",
+    launcher: "ssh",
+    ...extra,
+  };
+}
+
+/** nodes.yaml for `hosts`, named a, b, c...; `extra` adds fields per node name. */
+function inventory(fleet: Fleet, hosts: readonly SshHost[], extra: Record<string, string> = {}): string {
+  const lines = [
+    `defaults: {user: root, identity_file: ${fleet.userKey}, python: ${PYTHON}, workdir: ${WORKER_RUNTIME}, slots: 1}`,
+    "nodes:",
+    ...hosts.map((h, i) => {
+      const name = String.fromCharCode(97 + i);
+      return `  - {name: ${name}, host: ${h.address}${extra[name] ? `, ${extra[name]}` : ""}}`;
+    }),
+  ];
+  return lines.join("\n") + "\n";
+}
+
+interface StoredJob {
+  id: string;
+  state: string;
+  stages: {
+    state: string;
+    restarts: number;
+    reason: string;
+    checkpoints: { status: string; step: number }[];
+    attempts: { number: number; reason: string; masterAddr: string; resumedFromStep: number; worldSize: number; ranks: { rank: number; node: string; pid: number | null }[] }[];
+  }[];
+}
+
+/** The one job of a state dir, as the file store last wrote it (null before it exists). */
+function storedJob(stateDir: string): StoredJob | null {
+  const jobs = join(stateDir, "jobs");
+  if (!existsSync(jobs)) return null;
+  const id = readdirSync(jobs)[0];
+  if (id === undefined || !existsSync(join(jobs, id, "job.json"))) return null;
+  try {
+    return (JSON.parse(readFileSync(join(jobs, id, "job.json"), "utf8")) as { job: StoredJob }).job;
+  } catch {
+    return null; // caught between writes
+  }
+}
+
+function jobLog(stateDir: string, id: string): string[] {
+  return readFileSync(join(stateDir, "jobs", id, "logs.jsonl"), "utf8")
+    .split("\n")
+    .filter((l) => l !== "")
+    .map((l) => (JSON.parse(l) as { line: string }).line);
+}
+
+async function until<T>(what: string, timeoutMs: number, fn: () => T | null | undefined | false): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = fn();
+    if (v !== null && v !== undefined && v !== false) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe("SSH fleet on network namespaces", { skip: netnsSkipReason() ?? false }, () => {
+  let fleet: Fleet;
+  let work: string;
+  let data: string;
+
+  before(async () => {
+    fleet = await startFleet(3);
+    work = mkdtempSync(join(tmpdir(), "cf-ssh-e2e-"));
+    data = join(work, "data");
+    execFileSync(PYTHON, ["-m", "clipfleet_worker", "synth", "--out", data, "--train", "256", "--val", "64", "--shards", "2", "--size", "32", "--seed", "0"], {
+      env: { ...process.env, PYTHONPATH: WORKER_RUNTIME },
+      stdio: "ignore",
+    });
+  });
+
+  after(() => {
+    fleet?.cleanup();
+    if (work) rmSync(work, { recursive: true, force: true });
+  });
+
+  /** A tiny pretraining spec on the synthetic data (the namespaces share this file system). */
+  function spec(name: string, body: string): string {
+    const file = join(work, `${name}.yaml`);
+    writeFileSync(
+      file,
+      [
+        `name: ${name}`,
+        "task: pretrain",
+        "model: {image: vit-tiny, text: {preset: text-tiny, context_length: 32}, embed_dim: 64, tokenizer: byte}",
+        `data: {train: "${data}/train-{00000..00001}.tar", val: "${data}/val-00000.tar"}`,
+        body,
+      ].join("\n") + "\n",
+    );
+    return file;
+  }
+
+  /** `clipfleet run` of `specFile` on the inventory, from a fresh state dir. */
+  function runJob(name: string, specFile: string, inventoryText: string): { done: Promise<CliResult>; stateDir: string; kill: () => void } {
+    const dir = join(work, name);
+    mkdirSync(dir);
+    writeFileSync(join(dir, "nodes.yaml"), inventoryText);
+    fleet.writeKnownHosts(join(dir, "known_hosts"));
+    const stateDir = join(dir, "state");
+    const cli = startCli(
+      ["run", specFile, "--json", "--inventory", "nodes.yaml", "--known-hosts", "known_hosts", "--listen", "0.0.0.0:0", "--advertise", fleet.bridgeAddress, "--state-dir", stateDir],
+      dir,
+    );
+    return { ...cli, stateDir };
+  }
+
+  describe("host keys and user keys", () => {
+    it("refuses an unknown host key, naming the host and its fingerprint", async () => {
+      const kh = join(work, "kh-empty");
+      writeFileSync(kh, "");
+      const ssh = new SshLauncher({ knownHostsPath: kh });
+      const h = fleet.hosts[0]!;
+      try {
+        const err = await ssh.hostKey(node(h, "a", { identity_file: fleet.userKey })).then(
+          () => assert.fail("connected to a host whose key is not known"),
+          (e: unknown) => e,
+        );
+        assert.ok(err instanceof HostKeyError, String(err));
+        assert.equal(err.verdict, "unknown");
+        assert.equal(err.fingerprint, h.fingerprint());
+        assert.match(err.message, new RegExp(`${h.address.replace(/\./g, "\\.")}.*${h.fingerprint().replace(/[+/]/g, "\\$&")}`));
+        assert.equal(readFileSync(kh, "utf8"), "", "strict must not record anything");
+      } finally {
+        await ssh.close();
+      }
+    });
+
+    it("accept-new records the key like OpenSSH, and the recorded key is then known", async () => {
+      const kh = join(work, "kh-accept-new", "known_hosts"); // the directory does not exist yet either
+      const h = fleet.hosts[1]!;
+      const notes: string[] = [];
+      const first = new SshLauncher({ knownHostsPath: kh, onNote: (l) => notes.push(l) });
+      try {
+        const info = await first.hostKey(node(h, "b", { identity_file: fleet.userKey, host_key_policy: "accept-new" }));
+        assert.deepEqual(info, { status: "recorded", fingerprint: h.fingerprint() });
+      } finally {
+        await first.close();
+      }
+      assert.equal(readFileSync(kh, "utf8"), `${h.knownHostsLine()}\n`);
+      assert.match(notes.join("\n"), /recorded the host key/);
+      // OpenSSH itself accepts what was recorded.
+      const out = execFileSync("ssh", ["-i", fleet.userKey, "-o", `UserKnownHostsFile=${kh}`, "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", `root@${h.address}`, "echo ok"], { encoding: "utf8" });
+      assert.equal(out.trim(), "ok");
+      const second = new SshLauncher({ knownHostsPath: kh });
+      try {
+        assert.equal((await second.hostKey(node(h, "b", { identity_file: fleet.userKey }))).status, "known");
+      } finally {
+        await second.close();
+      }
+    });
+
+    it("accepts a hashed known_hosts entry (ssh-keygen -H)", async () => {
+      const kh = join(work, "kh-hashed");
+      const h = fleet.hosts[0]!;
+      writeFileSync(kh, `${h.knownHostsLine()}\n`);
+      execFileSync("ssh-keygen", ["-H", "-f", kh], { stdio: "ignore" });
+      assert.match(readFileSync(kh, "utf8"), /^\|1\|/);
+      const ssh = new SshLauncher({ knownHostsPath: kh });
+      try {
+        assert.equal((await ssh.hostKey(node(h, "a", { identity_file: fleet.userKey }))).status, "known");
+      } finally {
+        await ssh.close();
+      }
+    });
+
+    it("refuses a changed host key, even under accept-new", async () => {
+      const h = fleet.hosts[2]!;
+      const kh = join(work, "kh-changed");
+      writeFileSync(kh, `${h.knownHostsLine()}\n`);
+      await h.rotateHostKey(); // the host was reinstalled, or someone is in the middle
+      for (const policy of ["strict", "accept-new"] as const) {
+        const ssh = new SshLauncher({ knownHostsPath: kh });
+        try {
+          const err = await ssh.hostKey(node(h, "c", { identity_file: fleet.userKey, host_key_policy: policy })).then(
+            () => assert.fail(`connected to a host whose key changed (${policy})`),
+            (e: unknown) => e,
+          );
+          assert.ok(err instanceof HostKeyError, String(err));
+          assert.equal(err.verdict, "changed");
+          assert.equal(err.fingerprint, h.fingerprint());
+          assert.match(err.message, /REMOTE HOST IDENTIFICATION HAS CHANGED/);
+          assert.ok(err.message.includes(h.address) && err.message.includes(h.fingerprint()) && err.message.includes(`${kh}:1`), err.message);
+        } finally {
+          await ssh.close();
+        }
+      }
+      assert.equal(readFileSync(kh, "utf8").split("\n").filter((l) => l !== "").length, 1, "a changed key is never recorded");
+    });
+
+    it("refuses a user key the host does not trust, and never falls back to passwords", async () => {
+      const h = fleet.hosts[0]!;
+      const kh = join(work, "kh-userkey");
+      fleet.writeKnownHosts(kh);
+      const stranger = join(work, "stranger_key");
+      execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", stranger]);
+      const ssh = new SshLauncher({ knownHostsPath: kh, agentSocket: null });
+      try {
+        await assert.rejects(ssh.hostKey(node(h, "a", { identity_file: stranger })), (e: Error) => {
+          assert.match(e.message, new RegExp(`node a: root@${h.address.replace(/\./g, "\\.")}:22 refused public-key authentication with identity_file ${stranger}`));
+          return true;
+        });
+        await assert.rejects(ssh.hostKey(node(h, "a")), /no identity_file and no SSH agent/);
+      } finally {
+        await ssh.close();
+      }
+      const log = readFileSync(join(h.dir, "sshd.log"), "utf8");
+      assert.doesNotMatch(log, /password|keyboard-interactive/i);
+    });
+  });
+
+  it("launches in its own process group, passes the token over stdin, signals the group, reuses one connection", async () => {
+    const h = fleet.hosts[1]!;
+    const kh = join(work, "kh-launch");
+    fleet.writeKnownHosts(kh);
+    // A stand-in worker package: reports what it received and starts a child in its group.
+    const fake = join(work, "fake-runtime");
+    mkdirSync(join(fake, "clipfleet_worker"), { recursive: true });
+    writeFileSync(join(fake, "clipfleet_worker", "__init__.py"), "");
+    writeFileSync(
+      join(fake, "clipfleet_worker", "__main__.py"),
+      [
+        "import json, os, subprocess, sys, time",
+        "token = sys.stdin.readline().strip()",
+        "child = subprocess.Popen(['sleep', '300'])",
+        "print(json.dumps({'token': token, 'child': child.pid, 'pgid': os.getpgid(0), 'sid': os.getsid(0), 'rank': os.environ.get('RANK'), 'gloo': os.environ.get('GLOO_SOCKET_IFNAME'), 'stdin_flag': os.environ.get('CLIPFLEET_TOKEN_STDIN')}), flush=True)",
+        "print('to stderr', file=sys.stderr, flush=True)",
+        "time.sleep(300)",
+      ].join("\n"),
+    );
+    const token = "tok-" + fleet.id + "-secret";
+    const sshdLog = join(h.dir, "sshd.log");
+    const logStart = readFileSync(sshdLog, "utf8").length;
+    const newLog = (): string => readFileSync(sshdLog, "utf8").slice(logStart);
+    const ssh = new SshLauncher({ knownHostsPath: kh, idleSeconds: 0.5 });
+    const lines: { stream: string; line: string }[] = [];
+    const exits: ExitInfo[] = [];
+    const req = (rank: number): LaunchRequest => ({
+      jobId: "j-test",
+      stage: "main",
+      attempt: 1,
+      rank,
+      node: node(h, "b", { identity_file: fleet.userKey, workdir: fake }),
+      python: PYTHON,
+      workdir: fake,
+      env: { RANK: String(rank), SPACEY: "it's a 'quoted' $VALUE" },
+      secrets: { CLIPFLEET_TOKEN: token },
+      onOutput: (stream, line) => lines.push({ stream, line }),
+      onExit: (e) => exits.push(e),
+    });
+    try {
+      const procs = [await ssh.launch(req(0)), await ssh.launch(req(1))];
+      const reports = await until("both stand-ins to report", 10_000, () => {
+        const json = lines.filter((l) => l.stream === "stdout" && l.line.startsWith("{"));
+        return json.length === 2 ? json.map((l) => JSON.parse(l.line) as Record<string, unknown>) : null;
+      });
+      for (const [i, p] of procs.entries()) {
+        const r = reports.find((x) => x.rank === String(i))!;
+        assert.equal(r.token, token, "the token arrives on stdin");
+        assert.equal(r.stdin_flag, "1");
+        assert.equal(r.pgid, p.pid, "the reported pid leads the rank's process group");
+        assert.equal(r.sid, p.pid, "and its session (setsid)");
+        assert.equal(r.gloo, "cf0", "gloo is bound to the interface holding the node's address");
+        assert.equal(fleet.namespaceOf(p.pid), h.ns, "the rank runs on the remote host");
+        for (const f of ["cmdline", "environ"]) {
+          assert.ok(!readFileSync(`/proc/${p.pid}/${f}`).toString().includes(token), `the token is not in /proc/${p.pid}/${f}`);
+        }
+      }
+      assert.ok(lines.some((l) => l.stream === "stderr" && l.line === "to stderr"));
+      assert.equal((newLog().match(/Accepted publickey/g) ?? []).length, 1, "two ranks, one connection");
+
+      const child0 = reports.find((x) => x.rank === "0")!.child as number;
+      await procs[0]!.signal("SIGTERM");
+      assert.deepEqual(await procs[0]!.exited, { code: null, signal: "SIGTERM" });
+      await until("the rank's child to die with its group", 5000, () => !existsSync(`/proc/${child0}`) || readFileSync(`/proc/${child0}/stat`, "utf8").split(" ")[2] === "Z");
+      assert.ok(existsSync(`/proc/${procs[1]!.pid}`), "the other rank is untouched");
+      await procs[1]!.signal("SIGKILL");
+      assert.equal((await procs[1]!.exited).signal, "SIGKILL");
+      assert.equal(exits.length, 2);
+      // Idle for longer than idleSeconds: the connection is closed.
+      await until("the idle connection to close", 5000, () => /Received disconnect from|Disconnected from user root/.test(newLog()));
+      assert.equal((newLog().match(/Accepted publickey/g) ?? []).length, 1, "the kill commands used the same connection");
+    } finally {
+      await ssh.close();
+    }
+  });
+
+  it("nodes check --json: one node OK, one with an unknown host key", async () => {
+    const dir = join(work, "check");
+    mkdirSync(dir);
+    writeFileSync(join(dir, "nodes.yaml"), inventory(fleet, fleet.hosts.slice(0, 2)));
+    fleet.writeKnownHosts(join(dir, "known_hosts"), [fleet.hosts[0]!]);
+    const r = await startCli(["nodes", "check", "--inventory", "nodes.yaml", "--known-hosts", "known_hosts", "--json"], dir).done;
+    assert.equal(r.code, 1, r.stderr);
+    const checks = JSON.parse(r.stdout) as NodeCheck[];
+    const [a, b] = checks;
+    assert.ok(a && b);
+    assert.equal(a.ok, true, a.problems.join("; "));
+    assert.equal(a.reachable, true);
+    assert.equal(a.hostKey, "known");
+    assert.equal(a.runtimeVersion, VERSION);
+    assert.match(a.pythonVersion ?? "", /^3\./);
+    assert.ok(a.torchVersion, "torch version reported");
+    assert.equal(a.cudaDevices, 0);
+    assert.ok((a.freeBytes ?? 0) > 0);
+    assert.equal(b.ok, false);
+    assert.equal(b.hostKey, "unknown");
+    assert.equal(b.fingerprint, fleet.hosts[1]!.fingerprint());
+    assert.ok(b.problems[0]?.includes(fleet.hosts[1]!.address) && b.problems[0].includes(b.fingerprint ?? "?"), b.problems.join("; "));
+  });
+
+  it("runs a 2-host x 1-rank job whose gloo group spans two namespaces", { timeout: 90_000 }, async () => {
+    const [ha, hb] = [fleet.hosts[0]!, fleet.hosts[1]!];
+    const job = runJob("two-hosts", spec("two-hosts", "train: {steps: 20, batch_size: 16, lr: 1.0e-3, warmup_steps: 2}\ncluster: {workers: 2}\ncheckpoint: {every_steps: 10}"), inventory(fleet, [ha, hb]));
+    // While it runs: where do the ranks' processes live?
+    const where = await until("both ranks to start", 60_000, () => {
+      const a = storedJob(job.stateDir)?.stages[0]?.attempts[0];
+      const pids = a?.ranks.map((r) => r.pid);
+      if (!pids || pids.some((p) => !p)) return null;
+      return pids.map((p) => fleet.namespaceOf(p!));
+    });
+    const r = await job.done;
+    assert.equal(r.code, 0, r.stderr.slice(-3000));
+    assert.deepEqual(where, [ha.ns, hb.ns], "rank 0 ran on host a, rank 1 on host b");
+    const summary = JSON.parse(r.stdout) as { state: string; steps: number; restarts: number };
+    assert.equal(summary.state, "SUCCEEDED");
+    assert.equal(summary.steps, 20);
+    const stored = storedJob(job.stateDir)!;
+    const attempt = stored.stages[0]!.attempts[0]!;
+    assert.equal(attempt.masterAddr, ha.address, "rendezvous on rank 0's node address");
+    assert.deepEqual(attempt.ranks.map((x) => x.node), ["a", "b"]);
+    assert.equal(attempt.worldSize, 2);
+    const log = jobLog(job.stateDir, stored.id);
+    for (const rank of [0, 1]) assert.ok(log.some((l) => l.startsWith(`rank ${rank} registered`)), `rank ${rank} registered`);
+    for (const h of [ha, hb]) assert.match(readFileSync(join(h.dir, "sshd.log"), "utf8"), new RegExp(`Accepted publickey for root from ${fleet.bridgeAddress.replace(/\./g, "\\.")}`));
+  });
+
+  it("recovers when a host's sshd and worker are killed mid-run", { timeout: 120_000 }, async () => {
+    const body = [
+      "train: {steps: 150, batch_size: 16, lr: 1.0e-3, warmup_steps: 2}",
+      "cluster: {workers: 2, min_workers: 1}",
+      "checkpoint: {every_steps: 20}",
+      "failure: {quarantine_after: 1, backoff_seconds: 0.2, max_restarts: 4}",
+    ].join("\n");
+    // Three hosts: whichever node the failure is blamed on, the job can go on without it.
+    const job = runJob("host-dies", spec("host-dies", body), inventory(fleet, fleet.hosts));
+    const first = await until("a committed checkpoint of attempt 1", 60_000, () => {
+      const s = storedJob(job.stateDir)?.stages[0];
+      const a = s?.attempts[0];
+      return a && a.ranks.every((x) => x.pid) && s.checkpoints.some((c) => c.status === "committed") ? a : null;
+    });
+    const victimName = first.ranks[1]!.node;
+    const victim = fleet.hosts[victimName.charCodeAt(0) - 97]!;
+    assert.ok(victim.pids().length >= 3, "sshd, its session and the worker run in the victim's namespace");
+    victim.killAll();
+    const r = await job.done;
+    assert.equal(r.code, 0, r.stderr.slice(-3000));
+    const summary = JSON.parse(r.stdout) as { state: string; steps: number; restarts: number };
+    assert.equal(summary.state, "SUCCEEDED");
+    assert.equal(summary.steps, 150);
+    assert.ok(summary.restarts >= 1, `restarts: ${summary.restarts}`);
+    const stored = storedJob(job.stateDir)!;
+    const attempts = stored.stages[0]!.attempts;
+    const last = attempts[attempts.length - 1]!;
+    assert.ok(!last.ranks.some((x) => x.node === victimName), `the last attempt avoids the dead host ${victimName}`);
+    assert.ok(last.resumedFromStep >= 20, `resumed from a committed checkpoint, not step ${last.resumedFromStep}`);
+    const log = jobLog(job.stateDir, stored.id);
+    assert.ok(
+      log.some((l) => l.includes(`was lost: connection to ${victimName}`)),
+      "the lost connection is reported:\n" + log.filter((l) => !l.startsWith("step")).join("\n"),
+    );
+  });
+
+  it("refuses a worker runtime of another version at registration, naming both versions", { timeout: 60_000 }, async () => {
+    const other = join(work, "runtime-0.0.0-old");
+    cpSync(join(WORKER_RUNTIME, "clipfleet_worker"), join(other, "clipfleet_worker"), { recursive: true, filter: (src) => !src.includes("__pycache__") });
+    const init = join(other, "clipfleet_worker", "__init__.py");
+    writeFileSync(init, readFileSync(init, "utf8").replace(/__version__ = "[^"]*"/, '__version__ = "0.0.0-old"'));
+    const [ha, hb] = [fleet.hosts[0]!, fleet.hosts[1]!];
+    const job = runJob(
+      "old-runtime",
+      spec("old-runtime", "train: {steps: 5, batch_size: 16}\ncluster: {workers: 2}"),
+      inventory(fleet, [ha, hb], { b: `workdir: ${other}` }),
+    );
+    const r = await job.done;
+    assert.equal(r.code, 1, r.stderr.slice(-2000));
+    const summary = JSON.parse(r.stdout) as { state: string; reason: string; restarts: number };
+    assert.equal(summary.state, "FAILED");
+    assert.match(summary.reason, new RegExp(`worker runtime 0\\.0\\.0-old on .* does not match orchestrator ${VERSION.replace(/\./g, "\\.")}`));
+    assert.equal(summary.restarts, 0, "a version mismatch is not retried");
+  });
+});

@@ -1,0 +1,148 @@
+/**
+ * Factories for end-to-end tests: run the real `bin/clipfleet`, make temp
+ * dirs, write tiny specs, generate (once) the tiny synthetic dataset.
+ */
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** The repository root (tests compile to dist/tests/helpers). */
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+export const BIN = join(ROOT, "bin", "clipfleet");
+export const PYTHON = process.env.CLIPFLEET_PYTHON ?? "/usr/bin/python3";
+
+export interface CliResult {
+  code: number | null;
+  signal: string | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `clipfleet ARGS` to completion. */
+export function runCli(args: string[], opts: { cwd?: string; env?: Record<string, string>; timeoutMs?: number } = {}): Promise<CliResult> {
+  const child = startCli(args, opts);
+  return finished(child, opts.timeoutMs ?? 10 * 60_000);
+}
+
+/** Starts `clipfleet ARGS` in the background (own process group). */
+export function startCli(args: string[], opts: { cwd?: string; env?: Record<string, string> } = {}): ChildProcess & { output: { stdout: string; stderr: string } } {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    cwd: opts.cwd ?? ROOT,
+    env: { ...process.env, CLIPFLEET_PYTHON: PYTHON, ...opts.env },
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  }) as ChildProcess & { output: { stdout: string; stderr: string } };
+  child.output = { stdout: "", stderr: "" };
+  child.stdout?.on("data", (d: Buffer) => (child.output.stdout += d.toString()));
+  child.stderr?.on("data", (d: Buffer) => (child.output.stderr += d.toString()));
+  return child;
+}
+
+/** Resolves when the child exits (kills its group after `timeoutMs`). */
+export function finished(child: ChildProcess & { output: { stdout: string; stderr: string } }, timeoutMs: number): Promise<CliResult> {
+  return new Promise((resolvePromise) => {
+    const timer = setTimeout(() => {
+      try {
+        process.kill(-(child.pid ?? 0), "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }, timeoutMs);
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolvePromise({ code, signal, stdout: child.output.stdout, stderr: child.output.stderr });
+    });
+  });
+}
+
+/** A fresh temp dir, removed by the returned cleanup. */
+export function tempDir(prefix = "clipfleet-test-"): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** A tiny synthetic dataset shared by the e2e tests of one run (generated once, 32 px). */
+export function tinyDataset(): string {
+  const out = join(tmpdir(), "clipfleet-e2e-data-v1");
+  if (!existsSync(join(out, "sizes.json"))) {
+    mkdirSync(out, { recursive: true });
+    const r = spawnSync(PYTHON, ["-m", "clipfleet_worker", "synth", "--out", out, "--train", "1024", "--val", "128", "--shards", "4", "--seed", "0", "--size", "32"], {
+      cwd: join(ROOT, "worker-runtime"),
+      env: { ...process.env, PYTHONPATH: join(ROOT, "worker-runtime") },
+      encoding: "utf8",
+    });
+    if (r.status !== 0) throw new Error(`synth failed: ${r.stderr}`);
+  }
+  return out;
+}
+
+/** Options of a tiny pretraining spec (32 px ViT, byte tokens). */
+export interface TinySpec {
+  name?: string;
+  steps?: number;
+  workers?: number;
+  minWorkers?: number;
+  batch?: number;
+  everySteps?: number | null;
+  extra?: string;
+  env?: Record<string, string>;
+  failure?: Record<string, number>;
+  audit?: boolean;
+}
+
+/** Writes a tiny pretraining spec over the shared dataset into `dir`; returns its path. */
+export function writeTinySpec(dir: string, o: TinySpec = {}): string {
+  const data = tinyDataset();
+  const env = Object.entries(o.env ?? {}).map(([k, v]) => `    ${k}: "${v}"`).join("\n");
+  const failure = Object.entries(o.failure ?? {}).map(([k, v]) => `  ${k}: ${v}`).join("\n");
+  const text = `name: ${o.name ?? "tiny"}
+task: pretrain
+model:
+  image: vit-tiny
+  text: {preset: text-tiny, context_length: 48}
+  embed_dim: 64
+  tokenizer: byte
+data:
+  train: ${data}/train-{00000..00003}.tar
+  val: ${data}/val-{00000..00000}.tar
+  captions: {alt: 0.5, vecap: 0.5}
+  audit: ${o.audit ? "true" : "false"}
+train:
+  steps: ${o.steps ?? 20}
+  batch_size: ${o.batch ?? 32}
+  lr: 1.0e-3
+  warmup_steps: 2
+cluster:
+  workers: ${o.workers ?? 2}
+  min_workers: ${o.minWorkers ?? o.workers ?? 2}
+checkpoint:
+  every_steps: ${o.everySteps === undefined ? 10 : (o.everySteps ?? "null")}
+${env ? `worker:\n  env:\n${env}\n` : ""}${failure ? `failure:\n${failure}\n` : ""}${o.extra ?? ""}`;
+  const path = join(dir, `${o.name ?? "tiny"}.yaml`);
+  writeFileSync(path, text);
+  return path;
+}
+
+/** Whether a process is alive (and not a zombie). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  const stat = spawnSync("ps", ["-o", "stat=", "-p", String(pid)], { encoding: "utf8" }).stdout.trim();
+  return stat !== "" && !stat.startsWith("Z");
+}
+
+/** Polls `fn` until it returns a truthy value or `timeoutMs` passes. */
+export async function waitFor<T>(what: string, fn: () => T | Promise<T>, timeoutMs = 60_000, everyMs = 100): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v as NonNullable<T>;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}

@@ -1,0 +1,376 @@
+"""task: finetune-seg and finetune-depth. A CLIP image tower plus a UperNet decoder, trained on label maps.
+
+The loop is pretrain's: the orchestrator's plan feeds the batches, every step
+ends with sync_step (loss, control flags), gradients are averaged across
+ranks in a fixed order, checkpoints and stops happen at the same step on
+every rank, and a resumed run is bit-exact. What differs: the model
+(models.build_dense_model), its initialisation (random from the seed, or
+only the image tower of a committed CLIP checkpoint), the per-pixel losses,
+and the evaluation (mIoU / pixel accuracy, RMSE / AbsRel / delta) on the
+whole held-out split, always at the end.
+
+Loss across ranks: each rank's loss is the mean over its own labelled
+pixels; gradients and the reported loss are the mean over ranks. With
+micro-batches the gradient is exactly the whole slice's: segmentation
+weights each micro-batch by its share of labelled pixels, depth re-forwards
+each micro-batch against the cached predictions of the others (the
+scale-invariant loss does not split into a sum).
+
+Depth pixels count (in the loss and the metrics) when the target is in
+(0, dense.max_depth]: the head cannot predict beyond max_depth, and 0 marks
+a missing measurement (the NYUv2 protocol caps at 10 m the same way).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .. import checkpoint as ckpt
+from .. import distributed as D
+from ..data.loader import PlanLoader, StepSlice, iterate_split, resolve_num_classes
+from ..errors import NonFiniteError
+from ..evaluation import DEPTH_KEYS, add_sums, depth_metric_sums, depth_metrics_from_sums, seg_confusion, seg_metrics
+from ..losses import depth_loss, seg_loss
+from ..models import DenseModel, TowerLoadReport, build_dense_model, load_image_tower, params_sha256
+from ..optim import build_optimizer, lr_at, set_lr
+from .common import TaskContext, cursor_after, grad_norm, load_init_weights, load_resume, sync_step
+from .pretrain import autocast_for
+
+# The label map each dense task trains on (the loader's and iterate_split's `dense` argument).
+DENSE_KIND = {"finetune-seg": "seg", "finetune-depth": "depth"}
+
+
+def build_model(ctx: TaskContext) -> tuple[DenseModel, int | None]:
+    """The stage's dense model with random weights drawn from cfg.seed, and its class count (seg only)."""
+    cfg, a = ctx.cfg, ctx.assignment
+    task = cfg["task"]
+    num_classes = None
+    if task == "finetune-seg":
+        num_classes = resolve_num_classes(cfg, [s.url for s in a.train_shards] or [s.url for s in a.val_shards])
+    torch.manual_seed(int(cfg["seed"]))
+    model = build_dense_model(cfg["model"], task, cfg["dense"], num_classes, freeze_backbone=bool(cfg["freeze_backbone"]))
+    return model.to(ctx.device), num_classes
+
+
+def init_backbone(ctx: TaskContext, model: DenseModel) -> TowerLoadReport | None:
+    """init: checkpoint: load only the image tower of the assignment's verified CLIP checkpoint; None for random.
+
+    A tower that does not match raises ConfigError (the stage fails before training).
+    """
+    init = ctx.cfg.get("init") or {"kind": "random"}
+    if init["kind"] != "checkpoint":
+        return None
+    ctx.phase(int(ctx.assignment.start_step), "loading")
+    report = load_image_tower(model, load_init_weights(ctx.assignment))
+    if ctx.rank == 0:
+        extra = f", resampled {', '.join(report.resampled)}" if report.resampled else ""
+        print(f"clipfleet worker: image tower initialised from {ctx.assignment.init.dir} ({init['ref']}): "
+              f"{report.loaded} tensors loaded, {len(report.dropped)} left out (text tower, temperature, pooling head){extra}",
+              flush=True)
+    return report
+
+
+def run(ctx: TaskContext) -> None:
+    """Fine-tune a dense model on the plan's batches, checkpointing and stopping as coordinated; evaluate at the end."""
+    cfg, a = ctx.cfg, ctx.assignment
+    task = cfg["task"]
+    kind = DENSE_KIND[task]
+    train, dense = cfg["train"], cfg["dense"]
+    device = ctx.device
+    model, num_classes = build_model(ctx)
+    optimizer = build_optimizer(model, train)
+    scaler = torch.cuda.amp.GradScaler(enabled=device.type == "cuda" and train["precision"] == "fp16")
+    total = int(a.total_steps)
+    start = int(a.start_step)
+
+    resume_dir = load_resume(a)
+    if resume_dir:
+        ctx.phase(start, "loading")
+        model.load_state_dict(ckpt.load(os.path.join(resume_dir, ckpt.MODEL_FILE)))
+        trainer = ckpt.load(os.path.join(resume_dir, ckpt.TRAINER_FILE))
+        optimizer.load_state_dict(trainer["optimizer"])
+        if "scaler" in trainer:
+            scaler.load_state_dict(trainer["scaler"])
+        rank_path = os.path.join(resume_dir, ckpt.rank_file(ctx.rank))
+        if os.path.exists(rank_path):
+            ckpt.set_rng_state(ckpt.load(rank_path)["rng"])
+        print(f"clipfleet worker: resumed from {resume_dir} at step {start}", flush=True)
+    else:
+        init_backbone(ctx, model)
+        D.broadcast_parameters(model)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    per_rank = int(a.per_rank_batch)
+    micro = int(train.get("micro_batch") or per_rank)
+    audit = bool(cfg["data"].get("audit"))
+    every = train.get("log_every") or 1
+    ck = cfg["checkpoint"]
+    eval_cfg = cfg.get("eval") or {}
+    ignore_index = int(dense["ignore_index"])
+    max_depth = float(dense["max_depth"])
+    warned_out_of_range = False
+
+    def fetch(from_step: int, count: int) -> list[StepSlice]:
+        return [
+            StepSlice(step=p.step, epoch=p.epoch, sample_in_epoch=p.sample_in_epoch, shards=list(p.shards), indices=list(p.indices), sample_ids=list(p.sample_ids))
+            for p in ctx.agent.plan(from_step, count)
+        ]
+
+    def payload(step: int) -> dict[str, Any]:
+        files: dict[str, Any] = {ckpt.rank_file(ctx.rank): {"rng": ckpt.rng_state(), "step": step}}
+        if ctx.rank == 0:
+            files[ckpt.MODEL_FILE] = model.state_dict()
+            trainer = {"optimizer": optimizer.state_dict(), "step": step, "config_sha256": a.config_sha256}
+            if scaler.is_enabled():
+                trainer["scaler"] = scaler.state_dict()
+            files[ckpt.TRAINER_FILE] = trainer
+        return files
+
+    def evaluate(step: int) -> dict[str, float]:
+        ctx.phase(step, "evaluating")
+        metrics = evaluate_dense(ctx, model, num_classes)
+        ctx.report_eval(step, metrics)
+        ctx.phase(step, "training")
+        return metrics
+
+    loader = PlanLoader(
+        shards=[(s.url, s.samples) for s in a.train_shards],
+        fetch_plan=fetch,
+        start_step=start,
+        end_step=total,
+        task=task,
+        cfg=cfg,
+        tokenize=None,
+        image_size=int(cfg["model"]["image"]["image_size"]),
+        threads=int(cfg["data"].get("loader_threads") or 2),
+        prefetch_steps=int(cfg["data"].get("prefetch_steps") or 4),
+    )
+    ctx.phase(start, "training")
+    step = start
+    last_metrics: dict[str, float] = {}
+    stopped = False
+    t_last = time.perf_counter()
+    try:
+        for batch in loader:
+            data_wait = batch.data_wait
+            t_compute = time.perf_counter()
+            step = batch.step + 1  # steps completed after this one
+            set_lr(optimizer, lr_at(batch.step, train, total))
+            model.train()
+            images = batch.images.to(device, non_blocking=True)
+            valid = batch.valid.to(device)
+            if kind == "seg":
+                assert batch.seg is not None
+                target, mask = batch.seg.to(device), None
+            else:
+                assert batch.depth is not None
+                target = batch.depth.to(device)
+                mask = depth_mask(target, valid, max_depth)
+            if batch.seg_out_of_range and not warned_out_of_range:
+                warned_out_of_range = True
+                print(f"clipfleet worker: warning: rank {ctx.rank}: {batch.seg_out_of_range} label pixels at step {step} have a class id "
+                      f">= dense.num_classes ({num_classes}); they are ignored and counted in out_of_range_labels (reported once)", flush=True)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast_for(train["precision"], device):
+                loss = _forward_backward(model, kind, dense, images, target, mask, micro, scaler, ctx, step)
+            ctx.fault.before_update(step)
+            sync = sync_step(ctx, step, float(loss), int(valid.sum()))
+            D.average_gradients(params, ctx.world_size)
+            if scaler.is_enabled():
+                scaler.unscale_(optimizer)
+            gnorm = grad_norm(params, train.get("grad_clip"))
+            nan_skipped = False
+            if sync.nonfinite or not math.isfinite(gnorm):
+                if train["on_nan"] == "fail":
+                    raise NonFiniteError(f"non-finite loss or gradient at step {step} (train.on_nan: fail)")
+                optimizer.zero_grad(set_to_none=True)
+                nan_skipped = True
+                print(f"clipfleet worker: non-finite loss/gradient at step {step}: update skipped (train.on_nan: skip)", flush=True)
+            elif scaler.is_enabled():
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            step_seconds = now - t_last
+            t_last = now
+            # Every step is reported: the orchestrator's hang detection counts on it.
+            ctx.report_step(
+                step=step,
+                epoch=batch.epoch,
+                sample_in_epoch=batch.sample_in_epoch + int(a.global_batch),
+                loss=sync.loss,
+                lr=optimizer.param_groups[0]["lr"],
+                grad_norm=gnorm,
+                samples_per_second=int(a.global_batch) / max(step_seconds, 1e-9),
+                step_seconds=step_seconds,
+                data_wait_seconds=data_wait,
+                compute_seconds=now - t_compute,
+                skipped_samples=batch.skipped,
+                nan_skipped=nan_skipped,
+                out_of_range_labels=batch.seg_out_of_range,
+                samples=[sid for sid, ok in zip(batch.sample_ids, batch.valid.tolist()) if ok] if audit else None,
+            )
+            if ctx.rank == 0 and (step % every == 0 or step == total):
+                print(f"step {step}/{total} epoch {batch.epoch} {kind} loss {sync.loss:.4f} lr {optimizer.param_groups[0]['lr']:.3g} "
+                      f"{int(a.global_batch) / max(step_seconds, 1e-9):.1f} samples/s", flush=True)
+            ctx.phase(step, "training")
+            periodic = bool(ck.get("every_steps")) and step % int(ck["every_steps"]) == 0
+            final = step == total and bool(ck.get("final", True))
+            if periodic or final or sync.checkpoint or (sync.stop and sync.stop_checkpoint):
+                ctx.save_checkpoint(step, payload(step), cursor_after(a, batch))
+                ctx.agent.commands.checkpoint_done(step)
+            if eval_cfg.get("every_steps") and step % int(eval_cfg["every_steps"]) == 0 and step != total:
+                last_metrics = evaluate(step)
+                t_last = time.perf_counter()
+            if sync.stop and step < total:
+                stopped = True
+                break
+    finally:
+        loader.close()
+        ctx.writer.wait()
+
+    if stopped:
+        print(f"clipfleet worker: stopped after step {step} as asked ({ctx.agent.commands.stop_reason or 'stop'})", flush=True)
+        return
+    # Dense stages always measure the held-out split at the end unless eval.at_end is explicitly off.
+    if eval_cfg.get("at_end", True):
+        last_metrics = evaluate(step)
+    ctx.report_finished(step, params_sha256(model), last_metrics)
+
+
+def depth_mask(target: Tensor, valid: Tensor, max_depth: float) -> Tensor:
+    """Pixels that count for depth: a decoded sample, a measured depth (> 0), not beyond what the head can predict."""
+    return valid.reshape(-1, 1, 1).to(torch.bool) & (target > 0) & (target <= max_depth)
+
+
+def _forward_backward(model: DenseModel, kind: str, dense: dict[str, Any], images: Tensor, target: Tensor, mask: Tensor | None,
+                      micro: int, scaler: Any, ctx: TaskContext, step: int) -> Tensor:
+    """This rank's loss (mean over its labelled pixels), with its gradient accumulated; exact with micro-batches."""
+    ignore_index = int(dense["ignore_index"])
+
+    def backward(loss: Tensor) -> None:
+        scaler.scale(loss).backward() if scaler.is_enabled() else loss.backward()
+
+    def loss_of(out: Tensor, tgt: Tensor, msk: Tensor | None) -> Tensor:
+        if kind == "seg":
+            return seg_loss(out.float(), tgt, ignore_index)
+        return depth_loss(dense["depth_loss"], out.float(), tgt, msk)
+
+    n = images.shape[0]
+    if micro >= n:
+        loss = ctx.fault.loss(step, loss_of(model(images), target, mask))
+        backward(loss)
+        return loss.detach()
+    parts = [slice(i, i + micro) for i in range(0, n, micro)]
+    if kind == "seg":
+        # Cross-entropy is a mean over labelled pixels: weight each micro-batch by its share of them.
+        labelled = (target != ignore_index).sum(dim=(1, 2))
+        total = max(1, int(labelled.sum()))
+        value = torch.zeros((), device=images.device)
+        for sl in parts:
+            loss = ctx.fault.loss(step, loss_of(model(images[sl]), target[sl], None) * (int(labelled[sl].sum()) / total))
+            backward(loss)
+            value = value + loss.detach()
+        return value
+    assert mask is not None
+    # The depth losses do not split into per-micro-batch sums (silog is a root of a variance): predict
+    # the whole slice without gradient, then re-forward each micro-batch with gradient against the rest.
+    with torch.no_grad():
+        cached = [model(images[sl]).float() for sl in parts]
+        value = loss_of(torch.cat(cached), target, mask)
+    for j, sl in enumerate(parts):
+        pred = torch.cat(cached[:j] + [model(images[sl]).float()] + cached[j + 1:])
+        backward(ctx.fault.loss(step, loss_of(pred, target, mask)))
+    return ctx.fault.loss(step, value)
+
+
+def _sync_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank, so every rank evaluates the same model.
+
+    Ranks normalise with their own batch statistics while training, so their
+    running averages drift apart; only rank 0's are checkpointed.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for b in model.buffers():
+        dist.broadcast(b, src=0)
+
+
+@torch.no_grad()
+def evaluate_dense(ctx: TaskContext, model: DenseModel, num_classes: int | None) -> dict[str, float]:
+    """Dense metrics over the whole val split (every rank a block; sums reduced), identical on every rank.
+
+    seg: "seg/mIoU", "seg/mAcc", "seg/pixel_acc" from one confusion matrix;
+    depth: "depth/rmse", "depth/abs_rel", "depth/delta1..3" averaged over images.
+    Empty when the stage has no val shards.
+    """
+    cfg, a = ctx.cfg, ctx.assignment
+    shards = [(s.url, s.samples) for s in a.val_shards]
+    if not shards:
+        if ctx.rank == 0:
+            print("clipfleet worker: no val shards: dense evaluation skipped", flush=True)
+        return {}
+    kind = DENSE_KIND[cfg["task"]]
+    dense, device = cfg["dense"], ctx.device
+    ignore_index, max_depth = int(dense["ignore_index"]), float(dense["max_depth"])
+    batch_size = int((cfg.get("eval") or {}).get("batch_size") or max(1, int(a.per_rank_batch)))
+    was_training = model.training
+    _sync_buffers(model)
+    model.eval()
+    confusion = torch.zeros((num_classes or 0, num_classes or 0), dtype=torch.int64)
+    sums: dict[str, float] = {k: 0.0 for k in (*DEPTH_KEYS, "count")}
+    out_of_range = skipped = 0
+    for b in iterate_split(
+        shards,
+        batch_size,
+        int(cfg["model"]["image"]["image_size"]),
+        dense=kind,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        threads=int(cfg["data"].get("loader_threads") or 2),
+    ):
+        skipped += b.skipped
+        out_of_range += b.seg_out_of_range
+        if not bool(b.valid.any()):
+            continue
+        with autocast_for(cfg["train"]["precision"], device):
+            out = model(b.images.to(device)).float()
+        if kind == "seg":
+            assert b.seg is not None and num_classes is not None
+            confusion += seg_confusion(out, b.seg.to(device), num_classes, ignore_index)
+        else:
+            assert b.depth is not None
+            target = b.depth.to(device)
+            sums = add_sums(sums, depth_metric_sums(out, target, depth_mask(target, b.valid.to(device), max_depth)))
+    counts = D.all_reduce_sum([float(out_of_range), float(skipped)], device)
+    metrics: dict[str, float] = {}
+    if kind == "seg":
+        confusion = confusion.to(device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(confusion)
+        metrics = {f"seg/{k}": v for k, v in seg_metrics(confusion.cpu()).items()}
+        if counts[0]:
+            metrics["seg/out_of_range_labels"] = counts[0]
+    else:
+        keys = sorted(sums)
+        reduced = dict(zip(keys, D.all_reduce_sum([sums[k] for k in keys], device)))
+        metrics = {f"depth/{k}": v for k, v in depth_metrics_from_sums(reduced).items()}
+    undefined = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if ctx.rank == 0 and (undefined or counts[0] or counts[1]):
+        print(f"clipfleet worker: dense evaluation: {int(counts[1])} val samples skipped, {int(counts[0])} out-of-range label pixels ignored"
+              + (f"; undefined (no labelled pixels): {', '.join(undefined)}" if undefined else ""), flush=True)
+    if was_training:
+        model.train()
+    return {k: v for k, v in metrics.items() if k not in undefined}
