@@ -11,39 +11,17 @@
  * cannot be created.
  */
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { execFileSync } from "node:child_process";
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { fileURLToPath } from "node:url";
 import type { NodeCheck, NodeSpec } from "../../orchestrator/src/domain/index.js";
 import { HostKeyError, SshLauncher, type ExitInfo, type LaunchRequest } from "../../orchestrator/src/launcher/index.js";
+import { alive, finished, PYTHON, ROOT, runCli, startCli, tempDir, waitFor, writeTinySpec, type CliResult, type TinySpec } from "../helpers/cli.js";
 import { netnsSkipReason, startFleet, type Fleet, type SshHost } from "../helpers/netns.js";
 
-/** dist/tests/e2e/ -> the repository root. */
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
-const CLI = join(ROOT, "bin", "clipfleet");
 const WORKER_RUNTIME = join(ROOT, "worker-runtime");
-const PYTHON = "/usr/bin/python3";
 const VERSION = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;
-
-interface CliResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** `clipfleet ARGS` as a child process; `done` resolves when it exits. */
-function startCli(args: string[], cwd: string): { done: Promise<CliResult>; kill: () => void } {
-  const child = spawn(process.execPath, [CLI, ...args], { cwd, stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (b: Buffer) => (stdout += b.toString()));
-  child.stderr.on("data", (b: Buffer) => (stderr += b.toString()));
-  const done = new Promise<CliResult>((res) => child.once("close", (code) => res({ code, stdout, stderr })));
-  return { done, kill: () => child.kill("SIGKILL") };
-}
 
 function node(host: SshHost, name: string, extra: Partial<NodeSpec> = {}): NodeSpec {
   return {
@@ -109,68 +87,45 @@ function jobLog(stateDir: string, id: string): string[] {
     .map((l) => (JSON.parse(l) as { line: string }).line);
 }
 
-async function until<T>(what: string, timeoutMs: number, fn: () => T | null | undefined | false): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== null && v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+/** Each test reports this reason as skipped (the summary counts them) where namespaces cannot be made. */
+const SKIP = netnsSkipReason() ?? false;
 
-describe("SSH fleet on network namespaces", { skip: netnsSkipReason() ?? false }, () => {
+void describe("SSH fleet on network namespaces", () => {
   let fleet: Fleet;
   let work: string;
-  let data: string;
+  let removeWork: () => void = () => undefined;
 
   before(async () => {
+    if (SKIP) return;
     fleet = await startFleet(3);
-    work = mkdtempSync(join(tmpdir(), "cf-ssh-e2e-"));
-    data = join(work, "data");
-    execFileSync(PYTHON, ["-m", "clipfleet_worker", "synth", "--out", data, "--train", "256", "--val", "64", "--shards", "2", "--size", "32", "--seed", "0"], {
-      env: { ...process.env, PYTHONPATH: WORKER_RUNTIME },
-      stdio: "ignore",
-    });
+    ({ dir: work, cleanup: removeWork } = tempDir("cf-ssh-e2e-"));
   });
 
   after(() => {
     fleet?.cleanup();
-    if (work) rmSync(work, { recursive: true, force: true });
+    removeWork();
   });
 
-  /** A tiny pretraining spec on the synthetic data (the namespaces share this file system). */
-  function spec(name: string, body: string): string {
-    const file = join(work, `${name}.yaml`);
-    writeFileSync(
-      file,
-      [
-        `name: ${name}`,
-        "task: pretrain",
-        "model: {image: vit-tiny, text: {preset: text-tiny, context_length: 32}, embed_dim: 64, tokenizer: byte}",
-        `data: {train: "${data}/train-{00000..00001}.tar", val: "${data}/val-00000.tar"}`,
-        body,
-      ].join("\n") + "\n",
-    );
-    return file;
-  }
-
-  /** `clipfleet run` of `specFile` on the inventory, from a fresh state dir. */
-  function runJob(name: string, specFile: string, inventoryText: string): { done: Promise<CliResult>; stateDir: string; kill: () => void } {
+  /**
+   * `clipfleet run` of a tiny spec (over the shared synthetic dataset: the
+   * namespaces share this file system) on `inventoryText`, from a fresh state dir.
+   */
+  function runJob(name: string, spec: TinySpec, inventoryText: string, timeoutMs: number): { done: Promise<CliResult>; stateDir: string } {
     const dir = join(work, name);
     mkdirSync(dir);
+    const specFile = writeTinySpec(dir, { name, ...spec });
     writeFileSync(join(dir, "nodes.yaml"), inventoryText);
     fleet.writeKnownHosts(join(dir, "known_hosts"));
     const stateDir = join(dir, "state");
-    const cli = startCli(
+    const child = startCli(
       ["run", specFile, "--json", "--inventory", "nodes.yaml", "--known-hosts", "known_hosts", "--listen", "0.0.0.0:0", "--advertise", fleet.bridgeAddress, "--state-dir", stateDir],
-      dir,
+      { cwd: dir },
     );
-    return { ...cli, stateDir };
+    return { done: finished(child, timeoutMs), stateDir };
   }
 
-  describe("host keys and user keys", () => {
-    it("refuses an unknown host key, naming the host and its fingerprint", async () => {
+  void describe("host keys and user keys", () => {
+    void it("refuses an unknown host key, naming the host and its fingerprint", { skip: SKIP }, async () => {
       const kh = join(work, "kh-empty");
       writeFileSync(kh, "");
       const ssh = new SshLauncher({ knownHostsPath: kh });
@@ -190,7 +145,7 @@ describe("SSH fleet on network namespaces", { skip: netnsSkipReason() ?? false }
       }
     });
 
-    it("accept-new records the key like OpenSSH, and the recorded key is then known", async () => {
+    void it("accept-new records the key like OpenSSH, and the recorded key is then known", { skip: SKIP }, async () => {
       const kh = join(work, "kh-accept-new", "known_hosts"); // the directory does not exist yet either
       const h = fleet.hosts[1]!;
       const notes: string[] = [];
@@ -214,7 +169,7 @@ describe("SSH fleet on network namespaces", { skip: netnsSkipReason() ?? false }
       }
     });
 
-    it("accepts a hashed known_hosts entry (ssh-keygen -H)", async () => {
+    void it("accepts a hashed known_hosts entry (ssh-keygen -H)", { skip: SKIP }, async () => {
       const kh = join(work, "kh-hashed");
       const h = fleet.hosts[0]!;
       writeFileSync(kh, `${h.knownHostsLine()}\n`);
@@ -228,7 +183,7 @@ describe("SSH fleet on network namespaces", { skip: netnsSkipReason() ?? false }
       }
     });
 
-    it("refuses a changed host key, even under accept-new", async () => {
+    void it("refuses a changed host key, even under accept-new", { skip: SKIP }, async () => {
       const h = fleet.hosts[2]!;
       const kh = join(work, "kh-changed");
       writeFileSync(kh, `${h.knownHostsLine()}\n`);
@@ -252,7 +207,7 @@ describe("SSH fleet on network namespaces", { skip: netnsSkipReason() ?? false }
       assert.equal(readFileSync(kh, "utf8").split("\n").filter((l) => l !== "").length, 1, "a changed key is never recorded");
     });
 
-    it("refuses a user key the host does not trust, and never falls back to passwords", async () => {
+    void it("refuses a user key the host does not trust, and never falls back to passwords", { skip: SKIP }, async () => {
       const h = fleet.hosts[0]!;
       const kh = join(work, "kh-userkey");
       fleet.writeKnownHosts(kh);
@@ -268,12 +223,15 @@ describe("SSH fleet on network namespaces", { skip: netnsSkipReason() ?? false }
       } finally {
         await ssh.close();
       }
+      // The host offers password and keyboard-interactive (see netns.ts): only the key was tried.
       const log = readFileSync(join(h.dir, "sshd.log"), "utf8");
+      const strangerFp = execFileSync("ssh-keygen", ["-l", "-f", `${stranger}.pub`], { encoding: "utf8" }).split(" ")[1] ?? "?";
+      assert.ok(log.includes(`Failed publickey for root from ${fleet.bridgeAddress}`) && log.includes(strangerFp), log);
       assert.doesNotMatch(log, /password|keyboard-interactive/i);
     });
   });
 
-  it("launches in its own process group, passes the token over stdin, signals the group, reuses one connection", async () => {
+  void it("launches in its own process group, passes the token over stdin, signals the group, reuses one connection", { skip: SKIP }, async () => {
     const h = fleet.hosts[1]!;
     const kh = join(work, "kh-launch");
     fleet.writeKnownHosts(kh);
@@ -314,10 +272,15 @@ describe("SSH fleet on network namespaces", { skip: netnsSkipReason() ?? false }
     });
     try {
       const procs = [await ssh.launch(req(0)), await ssh.launch(req(1))];
-      const reports = await until("both stand-ins to report", 10_000, () => {
-        const json = lines.filter((l) => l.stream === "stdout" && l.line.startsWith("{"));
-        return json.length === 2 ? json.map((l) => JSON.parse(l.line) as Record<string, unknown>) : null;
-      });
+      const reports = await waitFor(
+        "both stand-ins to report",
+        () => {
+          const json = lines.filter((l) => l.stream === "stdout" && l.line.startsWith("{"));
+          return json.length === 2 ? json.map((l) => JSON.parse(l.line) as Record<string, unknown>) : null;
+        },
+        10_000,
+        50,
+      );
       for (const [i, p] of procs.entries()) {
         const r = reports.find((x) => x.rank === String(i))!;
         assert.equal(r.token, token, "the token arrives on stdin");
@@ -336,25 +299,25 @@ describe("SSH fleet on network namespaces", { skip: netnsSkipReason() ?? false }
       const child0 = reports.find((x) => x.rank === "0")!.child as number;
       await procs[0]!.signal("SIGTERM");
       assert.deepEqual(await procs[0]!.exited, { code: null, signal: "SIGTERM" });
-      await until("the rank's child to die with its group", 5000, () => !existsSync(`/proc/${child0}`) || readFileSync(`/proc/${child0}/stat`, "utf8").split(" ")[2] === "Z");
-      assert.ok(existsSync(`/proc/${procs[1]!.pid}`), "the other rank is untouched");
+      await waitFor("the rank's child to die with its group", () => !alive(child0), 5000, 50);
+      assert.ok(alive(procs[1]!.pid), "the other rank is untouched");
       await procs[1]!.signal("SIGKILL");
       assert.equal((await procs[1]!.exited).signal, "SIGKILL");
       assert.equal(exits.length, 2);
       // Idle for longer than idleSeconds: the connection is closed.
-      await until("the idle connection to close", 5000, () => /Received disconnect from|Disconnected from user root/.test(newLog()));
+      await waitFor("the idle connection to close", () => /Received disconnect from|Disconnected from user root/.test(newLog()), 5000, 50);
       assert.equal((newLog().match(/Accepted publickey/g) ?? []).length, 1, "the kill commands used the same connection");
     } finally {
       await ssh.close();
     }
   });
 
-  it("nodes check --json: one node OK, one with an unknown host key", async () => {
+  void it("nodes check --json: one node OK, one with an unknown host key", { skip: SKIP }, async () => {
     const dir = join(work, "check");
     mkdirSync(dir);
     writeFileSync(join(dir, "nodes.yaml"), inventory(fleet, fleet.hosts.slice(0, 2)));
     fleet.writeKnownHosts(join(dir, "known_hosts"), [fleet.hosts[0]!]);
-    const r = await startCli(["nodes", "check", "--inventory", "nodes.yaml", "--known-hosts", "known_hosts", "--json"], dir).done;
+    const r = await runCli(["nodes", "check", "--inventory", "nodes.yaml", "--known-hosts", "known_hosts", "--json"], { cwd: dir, timeoutMs: 60_000 });
     assert.equal(r.code, 1, r.stderr);
     const checks = JSON.parse(r.stdout) as NodeCheck[];
     const [a, b] = checks;
@@ -373,16 +336,19 @@ describe("SSH fleet on network namespaces", { skip: netnsSkipReason() ?? false }
     assert.ok(b.problems[0]?.includes(fleet.hosts[1]!.address) && b.problems[0].includes(b.fingerprint ?? "?"), b.problems.join("; "));
   });
 
-  it("runs a 2-host x 1-rank job whose gloo group spans two namespaces", { timeout: 90_000 }, async () => {
+  void it("runs a 2-host x 1-rank job whose gloo group spans two namespaces", { skip: SKIP, timeout: 90_000 }, async () => {
     const [ha, hb] = [fleet.hosts[0]!, fleet.hosts[1]!];
-    const job = runJob("two-hosts", spec("two-hosts", "train: {steps: 20, batch_size: 16, lr: 1.0e-3, warmup_steps: 2}\ncluster: {workers: 2}\ncheckpoint: {every_steps: 10}"), inventory(fleet, [ha, hb]));
+    const job = runJob("two-hosts", { steps: 20, workers: 2, everySteps: 10 }, inventory(fleet, [ha, hb]), 80_000);
     // While it runs: where do the ranks' processes live?
-    const where = await until("both ranks to start", 60_000, () => {
-      const a = storedJob(job.stateDir)?.stages[0]?.attempts[0];
-      const pids = a?.ranks.map((r) => r.pid);
-      if (!pids || pids.some((p) => !p)) return null;
-      return pids.map((p) => fleet.namespaceOf(p!));
-    });
+    const where = await waitFor(
+      "both ranks to start",
+      () => {
+        const pids = storedJob(job.stateDir)?.stages[0]?.attempts[0]?.ranks.map((r) => r.pid);
+        return pids && pids.every((p) => p) ? pids.map((p) => fleet.namespaceOf(p!)) : null;
+      },
+      60_000,
+      50,
+    );
     const r = await job.done;
     assert.equal(r.code, 0, r.stderr.slice(-3000));
     assert.deepEqual(where, [ha.ns, hb.ns], "rank 0 ran on host a, rank 1 on host b");
@@ -399,29 +365,37 @@ describe("SSH fleet on network namespaces", { skip: netnsSkipReason() ?? false }
     for (const h of [ha, hb]) assert.match(readFileSync(join(h.dir, "sshd.log"), "utf8"), new RegExp(`Accepted publickey for root from ${fleet.bridgeAddress.replace(/\./g, "\\.")}`));
   });
 
-  it("recovers when a host's sshd and worker are killed mid-run", { timeout: 120_000 }, async () => {
-    const body = [
-      "train: {steps: 150, batch_size: 16, lr: 1.0e-3, warmup_steps: 2}",
-      "cluster: {workers: 2, min_workers: 1}",
-      "checkpoint: {every_steps: 20}",
-      "failure: {quarantine_after: 1, backoff_seconds: 0.2, max_restarts: 4}",
-    ].join("\n");
+  void it("recovers when a host's sshd and worker are killed mid-run", { skip: SKIP, timeout: 120_000 }, async () => {
+    const STEPS = 100;
+    const spec: TinySpec = {
+      steps: STEPS,
+      workers: 2,
+      minWorkers: 1, // the global batch (32) divides by 1 and 2
+      everySteps: 20,
+      failure: { quarantine_after: 1, backoff_seconds: 0.2, max_restarts: 4 },
+    };
     // Three hosts: whichever node the failure is blamed on, the job can go on without it.
-    const job = runJob("host-dies", spec("host-dies", body), inventory(fleet, fleet.hosts));
-    const first = await until("a committed checkpoint of attempt 1", 60_000, () => {
-      const s = storedJob(job.stateDir)?.stages[0];
-      const a = s?.attempts[0];
-      return a && a.ranks.every((x) => x.pid) && s.checkpoints.some((c) => c.status === "committed") ? a : null;
-    });
+    const job = runJob("host-dies", spec, inventory(fleet, fleet.hosts), 110_000);
+    const first = await waitFor(
+      "a committed checkpoint of attempt 1",
+      () => {
+        const s = storedJob(job.stateDir)?.stages[0];
+        const a = s?.attempts[0];
+        return a && a.ranks.every((x) => x.pid) && s.checkpoints.some((c) => c.status === "committed") ? a : null;
+      },
+      60_000,
+      50,
+    );
     const victimName = first.ranks[1]!.node;
     const victim = fleet.hosts[victimName.charCodeAt(0) - 97]!;
     assert.ok(victim.pids().length >= 3, "sshd, its session and the worker run in the victim's namespace");
     victim.killAll();
     const r = await job.done;
+    await victim.revive(); // for the tests after this one
     assert.equal(r.code, 0, r.stderr.slice(-3000));
     const summary = JSON.parse(r.stdout) as { state: string; steps: number; restarts: number };
     assert.equal(summary.state, "SUCCEEDED");
-    assert.equal(summary.steps, 150);
+    assert.equal(summary.steps, STEPS);
     assert.ok(summary.restarts >= 1, `restarts: ${summary.restarts}`);
     const stored = storedJob(job.stateDir)!;
     const attempts = stored.stages[0]!.attempts;
@@ -435,17 +409,13 @@ describe("SSH fleet on network namespaces", { skip: netnsSkipReason() ?? false }
     );
   });
 
-  it("refuses a worker runtime of another version at registration, naming both versions", { timeout: 60_000 }, async () => {
+  void it("refuses a worker runtime of another version at registration, naming both versions", { skip: SKIP, timeout: 60_000 }, async () => {
     const other = join(work, "runtime-0.0.0-old");
     cpSync(join(WORKER_RUNTIME, "clipfleet_worker"), join(other, "clipfleet_worker"), { recursive: true, filter: (src) => !src.includes("__pycache__") });
     const init = join(other, "clipfleet_worker", "__init__.py");
     writeFileSync(init, readFileSync(init, "utf8").replace(/__version__ = "[^"]*"/, '__version__ = "0.0.0-old"'));
     const [ha, hb] = [fleet.hosts[0]!, fleet.hosts[1]!];
-    const job = runJob(
-      "old-runtime",
-      spec("old-runtime", "train: {steps: 5, batch_size: 16}\ncluster: {workers: 2}"),
-      inventory(fleet, [ha, hb], { b: `workdir: ${other}` }),
-    );
+    const job = runJob("old-runtime", { steps: 5, workers: 2 }, inventory(fleet, [ha, hb], { b: `workdir: ${other}` }), 50_000);
     const r = await job.done;
     assert.equal(r.code, 1, r.stderr.slice(-2000));
     const summary = JSON.parse(r.stdout) as { state: string; reason: string; restarts: number };

@@ -4,6 +4,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -145,4 +146,79 @@ export async function waitFor<T>(what: string, fn: () => T | Promise<T>, timeout
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (for servers that must come back on the same port). */
+export function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const addr = srv.address();
+      const port = typeof addr === "object" && addr !== null ? addr.port : 0;
+      srv.close(() => resolvePort(port));
+    });
+  });
+}
+
+/** A `clipfleet server` child process. */
+export interface ServerHandle {
+  readonly child: ChildProcess & { output: { stdout: string; stderr: string } };
+  /** 127.0.0.1:PORT, for --server and CLIPFLEET_SERVER. */
+  readonly address: string;
+  readonly port: number;
+  readonly stateDir: string;
+  /** SIGTERM, then wait for the exit (the server stops its workers); SIGKILL after `timeoutMs`. */
+  stop(timeoutMs?: number): Promise<CliResult>;
+  /** SIGKILL of the server process alone (a crash: its workers are not signalled by anyone), then wait for the exit. */
+  kill9(): Promise<CliResult>;
+}
+
+const liveServers = new Set<ChildProcess>();
+let serverExitHook = false;
+
+/**
+ * Starts `clipfleet server --state-dir D --listen 127.0.0.1:PORT --metrics-listen 127.0.0.1:0 [args]`
+ * and resolves once it listens. A server still running when the test process exits is SIGKILLed.
+ */
+export async function startServer(opts: { stateDir: string; port?: number; args?: string[]; env?: Record<string, string>; readyTimeoutMs?: number }): Promise<ServerHandle> {
+  const port = opts.port ?? (await freePort());
+  const child = startCli(["server", "--state-dir", opts.stateDir, "--listen", `127.0.0.1:${port}`, "--metrics-listen", "127.0.0.1:0", ...(opts.args ?? [])], { env: opts.env });
+  liveServers.add(child);
+  if (!serverExitHook) {
+    serverExitHook = true;
+    process.on("exit", () => {
+      for (const c of liveServers) c.kill("SIGKILL");
+    });
+  }
+  const done = finished(child, 60 * 60_000).then((r) => {
+    liveServers.delete(child);
+    return r;
+  });
+  let exited: CliResult | null = null;
+  void done.then((r) => (exited = r));
+  await waitFor(
+    `clipfleet server on port ${port} to listen`,
+    () => {
+      if (exited) throw new Error(`clipfleet server exited (${exited.code ?? exited.signal}) before listening:\n${exited.stderr}`);
+      return child.output.stderr.includes(`listening on 127.0.0.1:${port}`);
+    },
+    opts.readyTimeoutMs ?? 30_000,
+    50,
+  );
+  const signalAndWait = async (sig: NodeJS.Signals, timeoutMs: number): Promise<CliResult> => {
+    if (!exited) child.kill(sig);
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    const r = await done;
+    clearTimeout(timer);
+    return r;
+  };
+  return {
+    child,
+    address: `127.0.0.1:${port}`,
+    port,
+    stateDir: opts.stateDir,
+    stop: (timeoutMs = 30_000) => signalAndWait("SIGTERM", timeoutMs),
+    kill9: () => signalAndWait("SIGKILL", 10_000),
+  };
 }

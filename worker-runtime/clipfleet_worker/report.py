@@ -227,9 +227,12 @@ def _attempt_rows(stage: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def _md_cell(c: str) -> str:
+    return c.replace("|", "\\|").replace("\n", " ")
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    esc = lambda c: c.replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:

@@ -108,7 +108,7 @@ def main() -> int:
     except SystemExit as err:
         code = int(err.code) if isinstance(err.code, int) else EXIT_ERROR
     except BaseException as err:  # the user's bug (or ours): report it with its traceback
-        _report(agent, err, "exception", step)
+        _report(agent, err, "collective" if _is_collective_failure(err) else "exception", step)
         code = EXIT_ERROR
     agent.close()
     D.destroy()
@@ -128,8 +128,20 @@ def _cuda_stats(device: torch.device) -> Callable[[], tuple[float, int]]:
     return stats
 
 
+# What torch.distributed raises in a rank whose peer died or vanished: the failure is the
+# peer's, not this rank's code (and must not count as a repeated user error).
+_COLLECTIVE_MARKERS = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "NCCL", "Broken pipe", "ProcessGroup", "Socket Timeout", "timed out after")
+
+
+def _is_collective_failure(err: BaseException) -> bool:
+    text = f"{type(err).__name__}: {err}"
+    return isinstance(err, RuntimeError) and any(m in text for m in _COLLECTIVE_MARKERS)
+
+
 def _report(agent: Agent, err: BaseException, kind: str, step: int) -> None:
     tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    # The step being run when it failed (the agent knows the last completed one).
+    failed_step = agent._step + 1 if agent._phase == "training" else agent._step
     sys.stderr.write(tb)
     sys.stderr.flush()
     agent.send(
@@ -138,7 +150,7 @@ def _report(agent: Agent, err: BaseException, kind: str, step: int) -> None:
                 kind=kind,
                 message=f"{type(err).__name__}: {err}",
                 traceback=tb,
-                step=agent._step,
+                step=failed_step,
                 fingerprint=failure_fingerprint(err),
             )
         )

@@ -13,6 +13,8 @@ export type FailureCause =
   | { kind: "hang"; rank: number; stalledSeconds: number; boundSeconds: number }
   | { kind: "startup"; missing: number[]; seconds: number }
   | { kind: "exception"; rank: number; failure: FailureRecord }
+  /** A collective failed in this rank because a peer died or vanished: a consequence, not a bug. */
+  | { kind: "collective"; rank: number; message: string }
   | { kind: "node"; rank: number; node: string; message: string }
   | { kind: "checkpoint"; message: string }
   | { kind: "orchestrator"; message: string }
@@ -38,6 +40,8 @@ export function describeCause(c: FailureCause): string {
       return `ranks ${c.missing.join(", ")} did not register within ${c.seconds} s`;
     case "exception":
       return `rank ${c.rank} raised ${c.failure.message} at step ${c.failure.step}`;
+    case "collective":
+      return `rank ${c.rank}: a collective failed (${c.message.split("\n")[0]?.slice(0, 160) ?? ""})`;
     case "node":
       return `node ${c.node} failed (rank ${c.rank}): ${c.message}`;
     case "checkpoint":

@@ -68,6 +68,8 @@ export interface AttemptRuntime {
   readonly python: string;
   /** Reports of ranks per checkpoint step, until every rank has reported. */
   readonly pendingCheckpoints: Map<number, Map<number, CheckpointWritten>>;
+  /** A secondary failure signal waiting for the primary cause (see JobService.fail). */
+  secondary: FailureCause | null;
   /** Set once the attempt is over (failed, succeeded, stopped): later signals are ignored. */
   ending: boolean;
   running: boolean;

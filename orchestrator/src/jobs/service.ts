@@ -107,6 +107,8 @@ export interface SubmitInput {
 const STEP_EVENT_INTERVAL_MS = 250;
 const PROGRESS_PERSIST_INTERVAL_MS = 5000;
 const STACK_DUMP_WAIT_MS = 1500;
+/** How long a secondary failure signal waits for the primary one. */
+const SETTLE_MS = 1500;
 const EXIT_WAIT_MS = 15000;
 
 export class JobService implements MetricsSource {
@@ -226,8 +228,23 @@ export class JobService implements MetricsSource {
     return job;
   }
 
+  /** A job as persisted, with the live progress of its running attempts laid over it (not persisted). */
   get(id: string): JobRecord {
-    return this.ledger.get(id);
+    const job = this.ledger.get(id);
+    const live = job.stages.filter((s) => this.attempts.has(stageKey(id, s.name)));
+    if (live.length === 0) return job;
+    const view = structuredClone(job);
+    for (const s of view.stages) {
+      const rt = this.attempts.get(stageKey(id, s.name));
+      if (!rt) continue;
+      this.applyProgress(s, rt);
+      const a = s.attempts.find((x) => x.number === rt.attempt);
+      for (const r of a?.ranks ?? []) {
+        const lr = rt.ranks[r.rank];
+        if (lr) Object.assign(r, rankRecordFields(lr));
+      }
+    }
+    return view;
   }
 
   list(): JobRecord[] {
@@ -490,7 +507,7 @@ export class JobService implements MetricsSource {
         if (rank.session === handle) rank.session = null;
         if (rt.ending || rank.finished || rt.stopAt) return;
         this.log(rt.jobId, rt.stage, rt.attempt, `rank ${rank.rank} session closed: ${why}`);
-        this.background(rt, () => this.failAttempt(rt, rank.failure ?? { kind: "session", rank: rank.rank }));
+        this.fail(rt, rank.failure ?? { kind: "session", rank: rank.rank });
       },
     };
   }
@@ -810,10 +827,31 @@ export class JobService implements MetricsSource {
         ? { kind: "fatal", message: `rank ${rank.rank}: ${f.message}` }
         : f.kind === "checkpoint_corrupt"
           ? { kind: "checkpoint", message: `rank ${rank.rank}: ${f.message}` }
-          : { kind: "exception", rank: rank.rank, failure: record };
+          : f.kind === "collective"
+            ? { kind: "collective", rank: rank.rank, message: f.message }
+            : { kind: "exception", rank: rank.rank, failure: record };
     // The report comes before the rank closes its session and exits: it is the cause to act on.
     rank.failure = cause;
-    this.background(rt, () => this.failAttempt(rt, cause));
+    this.fail(rt, cause);
+  }
+
+  /**
+   * Acts on a failure signal. A secondary one (a collective that broke because a
+   * peer died, a dropped session) waits a moment for the primary cause, which
+   * usually arrives right after (the peer's exit): the restart is the same, but
+   * the reason and the node blamed must be the right ones.
+   */
+  private fail(rt: AttemptRuntime, cause: FailureCause, failedAtMs?: number): void {
+    if (rt.ending) return;
+    if (!isSecondary(cause)) {
+      this.background(rt, () => this.failAttempt(rt, cause, failedAtMs));
+      return;
+    }
+    if (rt.secondary) return;
+    rt.secondary = cause;
+    setTimeout(() => {
+      if (!rt.ending) this.background(rt, () => this.failAttempt(rt, cause, failedAtMs));
+    }, SETTLE_MS);
   }
 
   private onExit(rt: AttemptRuntime, rank: RankRuntime, exit: ExitInfo): void {
@@ -826,7 +864,8 @@ export class JobService implements MetricsSource {
     if (rt.stopAt) return; // a stop in progress: stopAttempt waits for every exit
     // A lost SSH connection is the node's failure (it counts towards quarantine), not the rank's.
     const cause: FailureCause = exit.lost ? { kind: "node", rank: rank.rank, node: rank.node.name, message: exit.lost } : { kind: "exit", rank: rank.rank, code: exit.code, signal: exit.signal };
-    this.background(rt, () => this.failAttempt(rt, rank.failure ?? cause));
+    // Killed by a signal or lost with its node: the primary cause, whatever the rank said before.
+    this.fail(rt, exit.lost || exit.signal ? cause : (rank.failure ?? cause));
   }
 
   // ---------------------------------------------------------------- watchdog
@@ -1283,6 +1322,7 @@ export class JobService implements MetricsSource {
       stopAt: null,
       checkpointAt: null,
       recoveringSince: this.recoveringSince.get(stageKey(job.id, p.stage)) ?? null,
+      secondary: null,
       lastStepEventMs: 0,
       lastReport: null,
       firstLoss: null,
@@ -1575,6 +1615,11 @@ export class JobService implements MetricsSource {
 }
 
 // ---------------------------------------------------------------- helpers
+
+/** Signals that are consequences of another failure more often than causes. */
+function isSecondary(cause: FailureCause): boolean {
+  return cause.kind === "collective" || cause.kind === "session";
+}
 
 /** The node to blame for a failure (its failures count towards quarantine), if one is clear. */
 function failureNode(rt: AttemptRuntime, cause: FailureCause): string | null {

@@ -18,7 +18,7 @@ import { homedir, userInfo } from "node:os";
 import ssh2 from "ssh2";
 import type { AnyAuthMethod, ClientChannel, ConnectConfig, ServerHostKeyAlgorithm } from "ssh2";
 import { EnvironmentError, InvalidArgumentError, type NodeSpec } from "../domain/index.js";
-import { HostKeyError, defaultKnownHostsPath, fingerprintSha256, KnownHostsFile } from "./known-hosts.js";
+import { defaultKnownHostsPath, fingerprintSha256, KnownHostsFile } from "./known-hosts.js";
 import { forEachLine } from "./lines.js";
 import type { ExitInfo, LaunchedProcess, LaunchRequest, Launcher } from "./types.js";
 
@@ -482,17 +482,17 @@ export class SshLauncher implements Launcher {
         resolve(conn);
       });
       conn.client.on("error", (err: Error & { level?: string }) => {
-        const why = hostKeyError ?? translate(err, node, how);
-        if (!ready) {
-          conn.gone = why.message;
-          this.drop(conn);
-          reject(why);
-        } else {
-          conn.gone ??= why.message;
+        if (ready) {
+          conn.gone ??= err.message; // e.g. "Keepalive timeout", "read ECONNRESET"
+          return;
         }
+        const why = hostKeyError ?? translate(err, node, how);
+        conn.gone = why.message;
+        this.drop(conn);
+        reject(why);
       });
       conn.client.on("close", () => {
-        conn.gone ??= ready ? "the connection closed" : "the connection closed during the handshake";
+        conn.gone ??= ready ? "the connection closed unexpectedly" : "the connection closed during the handshake";
         this.drop(conn);
         if (!ready) reject(hostKeyError ?? new EnvironmentError(`node ${node.name}: cannot connect to ${describe(node)}: ${conn.gone}`));
       });

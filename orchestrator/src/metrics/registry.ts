@@ -138,13 +138,18 @@ export class Metrics {
   }
 
   /**
-   * Drops every series of the jobs that ended at least `retentionMs` ago;
-   * resolves to the number of series removed. Scrape-time gauges need no
+   * Drops every series of the jobs that ended at least `retentionMs` ago:
+   * those reported through jobFinished, and those the source shows terminal
+   * since then (however they ended); never a job the source shows active.
+   * Resolves to the number of series removed. Scrape-time gauges need no
    * sweeping: they only ever show what the source reports.
    */
   async sweep(nowMs: number, retentionMs = this.retentionMs): Promise<number> {
     const due = new Set<string>();
     for (const [job, at] of this.finished) if (nowMs - at >= retentionMs) due.add(job);
+    const jobs = this.source?.jobs() ?? [];
+    for (const j of jobs) if (isTerminal(j.state) && nowMs - j.updatedAtMs >= retentionMs) due.add(j.job);
+    for (const j of jobs) if (!isTerminal(j.state)) due.delete(j.job);
     if (due.size === 0) return 0;
     let removed = 0;
     for (const { metric, labelNames } of this.jobMetrics) {

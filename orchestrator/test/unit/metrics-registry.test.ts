@@ -129,21 +129,33 @@ void describe("Metrics", () => {
   });
 
   void it("sweep drops every series of a job finished at least the retention time ago, and only those", async () => {
-    const { metrics } = populatedMetrics({ defaultMetrics: false, retentionSeconds: 600 });
+    const m = new Metrics({ defaultMetrics: false, retentionSeconds: 600 });
+    feedJob(m, "j-a");
+    feedJob(m, "j-b");
     const t0 = 1_800_000_000_000;
-    metrics.jobFinished("j-b", t0);
-    assert.equal(await metrics.sweep(t0 + 599_000), 0, "swept before the retention time");
-    assert.match((await metrics.scrape()).body, /job="j-b"/);
+    m.jobFinished("j-b", t0);
+    assert.equal(await m.sweep(t0 + 599_000), 0, "swept before the retention time");
+    assert.match((await m.scrape()).body, /job="j-b"/);
 
-    const removed = await metrics.sweep(t0 + 600_000);
-    const body = (await metrics.scrape()).body;
+    const removed = await m.sweep(t0 + 600_000);
+    const body = (await m.scrape()).body;
     // Every directly-updated series of j-b, e.g. 2 step-duration histograms (one per rank), 2 eval results.
     assert.ok(removed >= 20, `removed only ${removed} series`);
-    const left = body.split("\n").filter((l) => l.includes('job="j-b"') && !l.startsWith("clipfleet_job_state"));
-    assert.deepEqual(left, [], "series of the swept job remain");
+    assert.deepEqual(body.split("\n").filter((l) => l.includes('job="j-b"')), [], "series of the swept job remain");
     assert.match(body, /^clipfleet_train_loss\{job="j-a",stage="main"\} 2$/m);
     assert.match(body, /^clipfleet_train_step_duration_seconds_count\{job="j-a",stage="main",rank="0"\} 20$/m);
-    assert.equal(await metrics.sweep(t0 + 10_000_000), 0, "a job is swept once");
+    assert.equal(await m.sweep(t0 + 10_000_000), 0, "a job is swept once");
+  });
+
+  void it("sweep also drops jobs the source shows terminal for the retention time, however they ended, and never active ones", async () => {
+    const { metrics, source } = populatedMetrics({ defaultMetrics: false, retentionSeconds: 600 });
+    // j-b ended (SUCCEEDED) 5 s before source.nowMs without a jobFinished call (e.g. cancelled while waiting to restart).
+    metrics.jobFinished("j-a", 0); // a stale note: the source says j-a is RUNNING
+    assert.equal(await metrics.sweep(source.nowMs + 594_000), 0);
+    assert.ok((await metrics.sweep(source.nowMs + 595_000)) >= 20);
+    const body = (await metrics.scrape()).body;
+    assert.doesNotMatch(body, /^clipfleet_train_step\{job="j-b"/m);
+    assert.match(body, /^clipfleet_train_step\{job="j-a",stage="main"\} 20$/m);
   });
 
   void it("a finished job that runs again (resume) is not swept", async () => {

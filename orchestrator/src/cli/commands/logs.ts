@@ -1,6 +1,6 @@
 /** `clipfleet logs JOB [-f]`: what the ranks printed, and the orchestrator's lines about the job; -f adds the live progress. */
 import type { Command } from "../command.js";
-import { out, printJson } from "../context.js";
+import { out } from "../context.js";
 import { stepSample } from "../follow.js";
 import { connectOrOpen } from "../offline.js";
 import { ProgressView } from "../progress.js";
@@ -44,7 +44,7 @@ export const logsCommand: Command<LogsArgs> = (deps) => ({
         await client.logs(
           { jobId: args.job, follow: args.follow, stage: args.stage ?? "", rank: args.rank ?? -2, tail: args.tail },
           (l) => {
-            if (args.json) printJson(l);
+            if (args.json) out(JSON.stringify(l)); // JSON Lines: one log line per line
             else {
               const who = l.rank < 0 ? "orchestrator" : `rank ${l.rank}`;
               const t = new Date(Number(l.tsMs)).toISOString().slice(11, 23);

@@ -1,6 +1,6 @@
 /** `clipfleet watch JOB`: follow a job's events and progress until it ends. */
 import type { Command } from "../command.js";
-import { out, printJson } from "../context.js";
+import { out } from "../context.js";
 import { connectOrOpen } from "../offline.js";
 import { followJob } from "../follow.js";
 import { renderEvent, stateName } from "../render.js";
@@ -22,7 +22,8 @@ export const watchCommand: Command<{ job: string; from: number }> = (deps, state
       process.once("SIGINT", onSig);
       try {
         if (args.json) {
-          await client.watch(args.job, (e) => printJson({ ...e, data: JSON.parse(e.dataJson) as unknown, dataJson: undefined, state: stateName(e.state) }), args.from, ac.signal);
+          // JSON Lines: one event per line, so a consumer can act on each as it arrives.
+          await client.watch(args.job, (e) => out(JSON.stringify({ ...e, data: JSON.parse(e.dataJson) as unknown, dataJson: undefined, state: stateName(e.state) })), args.from, ac.signal);
           return;
         }
         const final = await followJob(client, args.job, { showEvents: true, signal: ac.signal, fromSeq: args.from });

