@@ -152,6 +152,67 @@ void describe("fault tolerance", () => {
     assert.match(event?.reason ?? "", new RegExp(`checkpoint at step ${newest.step} is corrupt \\(model\\.pt has \\d+ bytes, manifest says \\d+\\); using the previous committed one`));
   });
 
+  void it("SIGTERM to `clipfleet run`: checkpoint, exit within the grace period; resume gives the same parameters", async () => {
+    const state = join(tmp.dir, "sigterm");
+    const run = await startRun(spec, state, ["--json"]);
+    await waitForStatus(run.jobId, state, "step 33", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 33);
+    const t0 = Date.now();
+    process.kill(run.child.pid ?? 0, "SIGTERM");
+    const r = await run.done;
+    assert.ok(Date.now() - t0 < 30_000, `stopped after ${Date.now() - t0} ms`);
+    assert.equal(r.code, 1, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary & { checkpoints: { step: number }[]; reason: string };
+    assert.equal(s.state, "CANCELLED");
+    const last = Math.max(...s.checkpoints.map((c) => c.step));
+    assert.ok(last > 33 && last % 10 !== 0, `a checkpoint at the stop step, got ${last}`);
+    assert.match(s.reason, new RegExp(`checkpoint committed at step ${last}`));
+    const resumed = await runCli(["resume", run.jobId, "--json", "--state-dir", state]);
+    assert.equal(resumed.code, 0, resumed.stderr);
+    const rs = JSON.parse(resumed.stdout) as Summary;
+    assert.equal(rs.state, "SUCCEEDED");
+    assert.equal(rs.finalParamsSha256, reference.finalParamsSha256);
+    const v = await status(run.jobId, state);
+    assert.equal(v.job.stages[0]?.attempts.at(-1)?.resumedFromStep, last);
+  });
+
+  void it("`clipfleet checkpoint JOB` saves on demand, at one step on every rank, without changing the training", async () => {
+    const noCadence = writeTinySpec(tmp.dir, { ...BASE, name: "ondemand", everySteps: null });
+    const state = join(tmp.dir, "ondemand");
+    const run = await startRun(noCadence, state, ["--json"]);
+    await waitForStatus(run.jobId, state, "step 20", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 20);
+    const c = await runCli(["checkpoint", run.jobId, "--json", "--state-dir", state]);
+    assert.equal(c.code, 0, c.stderr);
+    const asked = JSON.parse(c.stdout) as { step: number };
+    const r = await run.done;
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary & { checkpoints: { step: number }[] };
+    const steps = s.checkpoints.map((x) => x.step).sort((a, b) => a - b);
+    assert.equal(steps.length, 2, `the requested one and the final one: ${steps.join(",")}`);
+    assert.ok((steps[0] ?? 0) >= asked.step && (steps[0] ?? 0) <= asked.step + 2, `asked ${asked.step}, saved ${steps[0]}`);
+    assert.equal(steps[1], 80);
+    assert.equal(s.finalParamsSha256, reference.finalParamsSha256);
+  });
+
+  void it("asynchronous saves: training goes on while files are written; a kill -9 still resumes bit-exactly", async () => {
+    const asyncSpec = writeTinySpec(tmp.dir, { ...BASE, name: "async", asyncSave: true, keepLast: 2 });
+    const state = join(tmp.dir, "async");
+    const run = await startRun(asyncSpec, state, ["--json"]);
+    const v = await waitForStatus(run.jobId, state, "step 45", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 45);
+    process.kill(currentAttempt(v).ranks.find((r) => r.rank === 0)?.pid ?? 0, "SIGKILL");
+    const r = await run.done;
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary & { checkpoints: { step: number; dir: string }[] };
+    assert.equal(s.finalParamsSha256, reference.finalParamsSha256);
+    // keep_last 2: only the two newest committed checkpoints remain, on disk and in the catalogue.
+    assert.deepEqual(s.checkpoints.map((c) => c.step).sort((a, b) => a - b), [70, 80]);
+    const after = await status(run.jobId, state);
+    const deleted = after.job.stages[0]?.checkpoints.filter((c) => c.status === "deleted") ?? [];
+    assert.ok(deleted.length >= 5, `superseded checkpoints deleted: ${deleted.length}`);
+    const { existsSync } = await import("node:fs");
+    for (const d of deleted) assert.ok(!existsSync(d.dir), `${d.dir} should be gone`);
+    for (const c of s.checkpoints) assert.ok(existsSync(join(c.dir, "manifest.json")));
+  });
+
   void it("the same exception twice: FAILED, no third attempt, traceback in status", async () => {
     const failing = writeTinySpec(tmp.dir, { ...BASE, name: "bug", env: { CLIPFLEET_FAULT: "raise@12:rank=1" } });
     const state = join(tmp.dir, "bug");

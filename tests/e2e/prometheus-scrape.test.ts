@@ -2,8 +2,9 @@
  * A real Prometheus server (Debian's /usr/bin/prometheus) scrapes
  * `clipfleet run --metrics-listen` while a tiny job trains: the shipped
  * scrape config (deploy/prometheus/prometheus.yml, interval lowered to 1 s)
- * and alert rules load, and the HTTP query API returns the job's loss and
- * step series labelled with the clipfleet job id.
+ * and alert rules load, the HTTP query API returns the job's loss and
+ * step series labelled with the clipfleet job id, and the live exposition
+ * passes `promtool check metrics`.
  */
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -40,6 +41,19 @@ async function api<T>(port: number, path: string): Promise<T> {
   const body = (await res.json()) as { status: string; data: T; error?: string };
   if (body.status !== "success") throw new Error(`prometheus ${path}: ${body.error ?? res.status}`);
   return body.data;
+}
+
+/** `promtool check metrics` on an exposition; its exit code and output. */
+function promtoolCheckMetrics(body: string): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn("/usr/bin/promtool", ["check", "metrics"], { stdio: ["pipe", "pipe", "pipe"] });
+    let out = "";
+    p.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    p.stderr.on("data", (d: Buffer) => (out += d.toString()));
+    p.on("error", reject);
+    p.on("close", (code) => resolve({ code, out }));
+    p.stdin.end(body);
+  });
 }
 
 function query(port: number, expr: string): Promise<Sample[]> {
@@ -136,6 +150,12 @@ void describe("a real Prometheus scraping `clipfleet run --metrics-listen`", () 
     assert.ok(Number(perRank[0]?.value[1]) >= 1, "the per-rank step duration histogram is scraped");
     const p99 = await query(port, `histogram_quantile(0.99, sum by (le) (clipfleet_train_step_duration_seconds_bucket{job="${jobId}"}))`);
     assert.ok(Number(p99[0]?.value[1]) > 0, `p99 step time ${JSON.stringify(p99)}`);
+
+    // The live exposition of the running orchestrator passes promtool's lint too.
+    const live = await (await fetch(`http://${metricsAddress}/metrics`)).text();
+    const lint = await promtoolCheckMetrics(live);
+    assert.equal(lint.code, 0, `promtool check metrics:\n${lint.out}`);
+    assert.equal(lint.out.trim(), "");
 
     const rules = await api<{ groups: { name: string; rules: { name: string; health: string; lastError?: string }[] }[] }>(port, "rules");
     const loaded = rules.groups.flatMap((g) => g.rules);

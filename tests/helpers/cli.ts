@@ -91,6 +91,10 @@ export interface TinySpec {
   env?: Record<string, string>;
   failure?: Record<string, number>;
   audit?: boolean;
+  /** checkpoint.async */
+  asyncSave?: boolean;
+  /** checkpoint.keep_last */
+  keepLast?: number;
 }
 
 /** Writes a tiny pretraining spec over the shared dataset into `dir`; returns its path. */
@@ -120,7 +124,7 @@ cluster:
   min_workers: ${o.minWorkers ?? o.workers ?? 2}
 checkpoint:
   every_steps: ${o.everySteps === undefined ? 10 : (o.everySteps ?? "null")}
-${env ? `worker:\n  env:\n${env}\n` : ""}${failure ? `failure:\n${failure}\n` : ""}${o.extra ?? ""}`;
+${o.asyncSave ? "  async: true\n" : ""}${o.keepLast ? `  keep_last: ${o.keepLast}\n` : ""}${env ? `worker:\n  env:\n${env}\n` : ""}${failure ? `failure:\n${failure}\n` : ""}${o.extra ?? ""}`;
   const path = join(dir, `${o.name ?? "tiny"}.yaml`);
   writeFileSync(path, text);
   return path;

@@ -57,6 +57,29 @@ export async function connectOrOpen(deps: CliDeps, args: GlobalArgs, fn: (client
   }
 }
 
+/**
+ * For commands that change a running job (cancel, checkpoint): --server, or the
+ * orchestrator of a `clipfleet run` on the same state dir. Exit 3 when neither answers.
+ */
+export async function connectLive(args: GlobalArgs): Promise<ControlClient> {
+  if (args.server ?? process.env.CLIPFLEET_SERVER) return connect(args);
+  const info = readInfo(args["state-dir"]);
+  if (info && pidAlive(info.pid)) {
+    const client = new ControlClient(info.address);
+    try {
+      await client.ping(3000);
+      return client;
+    } catch (err) {
+      client.close();
+      if ((err as { code?: string }).code !== "UNAVAILABLE") throw err;
+    }
+  }
+  throw new ClipfleetError(
+    "UNAVAILABLE",
+    `no orchestrator is running on ${args["state-dir"]} and no --server was given (a stopped job can be continued with \`clipfleet resume\`)`,
+  );
+}
+
 function readInfo(stateDir: string): OrchestratorInfoFile | null {
   try {
     return JSON.parse(readFileSync(join(stateDir, INFO_FILE), "utf8")) as OrchestratorInfoFile;

@@ -179,8 +179,6 @@ class Connection {
   channels = 0;
   /** Set once the connection is gone: why (shown as the reason of lost ranks). */
   gone: string | null = null;
-  /** We ended it (idle, close()): not a loss. */
-  ending = false;
   hostKey: HostKeyInfo | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
 
@@ -204,7 +202,6 @@ class Connection {
 
   end(): void {
     if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.ending = true;
     this.gone ??= "closed by the orchestrator";
     this.client.end();
   }

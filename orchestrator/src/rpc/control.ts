@@ -180,7 +180,8 @@ function watch(service: JobService, call: ServerWritableStream<WatchRequest, Job
       lastSeq = e.seq;
     }
     call.write(eventToProto(e));
-    if (e.stage === "" && e.type === "state" && isTerminal(e.state)) {
+    // The end of the job, not an earlier end it was resumed from (replayed history).
+    if (e.stage === "" && e.type === "state" && isTerminal(e.state) && isTerminal(service.get(id).state)) {
       ended = true;
       unsub();
       call.end();

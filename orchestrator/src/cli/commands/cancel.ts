@@ -1,6 +1,7 @@
 /** `clipfleet cancel JOB [--checkpoint]`: stop a job; returns once none of its processes is alive. */
 import type { Command } from "../command.js";
-import { connect, out, printJson } from "../context.js";
+import { out, printJson } from "../context.js";
+import { connectLive } from "../offline.js";
 import { jobSummary, stateName } from "../render.js";
 
 export const cancelCommand: Command<{ job: string; checkpoint: boolean; grace: number }> = () => ({
@@ -13,7 +14,7 @@ export const cancelCommand: Command<{ job: string; checkpoint: boolean; grace: n
       .option("grace", { type: "number", default: 0, describe: "seconds ranks get to stop before SIGTERM (default: the spec's failure.grace_seconds)" })
       .example("$0 cancel j-20261123-101500-a1b2c3 --checkpoint --server 127.0.0.1:7070", "save, then stop"),
   handler: async (args) => {
-    const client = await connect(args);
+    const client = await connectLive(args);
     try {
       const job = await client.cancel(args.job, args.checkpoint, args.grace);
       if (args.json) printJson(jobSummary(job));

@@ -1,7 +1,7 @@
 /** `clipfleet checkpoint JOB` (save now) and `clipfleet checkpoints JOB` (list). */
 import type { Command } from "../command.js";
-import { connect, out, printJson } from "../context.js";
-import { connectOrOpen } from "../offline.js";
+import { out, printJson } from "../context.js";
+import { connectLive, connectOrOpen } from "../offline.js";
 import { table } from "../render.js";
 
 export const checkpointCommand: Command<{ job: string }> = () => ({
@@ -9,7 +9,7 @@ export const checkpointCommand: Command<{ job: string }> = () => ({
   describe: "Ask a running job to save a checkpoint now (all ranks save after the same step)",
   builder: (y) => y.positional("job", { type: "string", demandOption: true }).example("$0 checkpoint j-20261123-101500-a1b2c3 --server 127.0.0.1:7070", "save soon"),
   handler: async (args) => {
-    const client = await connect(args);
+    const client = await connectLive(args);
     try {
       const r = await client.requestCheckpoint(args.job);
       if (args.json) printJson(r);

@@ -33,7 +33,7 @@ export const resumeCommand: Command<ResumeArgs> = (deps, state) => ({
     }
     const orch = await deps.embed(embedOptions(args, true, [args.job]));
     try {
-      state.exitCode = await runJob(deps, args, orch, (client) => client.resume(args.job));
+      state.exitCode = await runJob(deps, args, orch, (client) => client.resume(args.job), true);
     } finally {
       await orch.close();
     }

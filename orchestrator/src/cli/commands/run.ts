@@ -44,6 +44,7 @@ export async function runJob(
   args: GlobalArgs & { grace?: number },
   orch: EmbeddedOrchestrator,
   start: (client: ControlClient) => Promise<Job>,
+  onlyNewEvents = false,
 ): Promise<number> {
   const client = new ControlClient(orch.address);
   try {
@@ -64,7 +65,9 @@ export async function runJob(
     process.on("SIGTERM", onSignal);
     let final: Job;
     try {
-      final = await followJob(client, job.id, { showEvents: !args.json });
+      // A resumed job's history ends in its earlier failure: follow what happens from now on.
+      const fromSeq = onlyNewEvents ? Math.max(0, ...job.recentEvents.filter((e) => e.reason !== "resumed by user").map((e) => Number(e.seq) + 1)) : 0;
+      final = await followJob(client, job.id, { showEvents: !args.json, fromSeq });
     } finally {
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
