@@ -213,6 +213,43 @@ void describe("fault tolerance", () => {
     for (const c of s.checkpoints) assert.ok(existsSync(join(c.dir, "manifest.json")));
   });
 
+  void it("a node taken away (3 ranks, min_workers 2): continues on 2 ranks, same global batch, exact audit", async () => {
+    const { writeFileSync } = await import("node:fs");
+    const inventory = join(tmp.dir, "three-nodes.yaml");
+    writeFileSync(inventory, "nodes:\n  - {name: n1, slots: 1}\n  - {name: n2, slots: 1}\n  - {name: n3, slots: 1}\n");
+    // Batch 24 divides over 3 and over 2 ranks; 1024 samples make 42 steps an epoch (16 dropped).
+    const elastic = writeTinySpec(tmp.dir, { ...BASE, name: "elastic", workers: 3, minWorkers: 2, batch: 24, steps: 60 });
+    const state = join(tmp.dir, "elastic");
+    const run = await startRun(elastic, state, ["--json", "--inventory", inventory]);
+    const v = await waitForStatus(run.jobId, state, "step 15", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 15);
+    const first = currentAttempt(v);
+    assert.equal(first.worldSize, 3);
+    const onN3 = first.ranks.find((r) => r.node === "n3");
+    assert.ok(onN3);
+    const cordon = await runCli(["cordon", "n3", "--state-dir", state]);
+    assert.equal(cordon.code, 0, cordon.stderr);
+    assert.match(cordon.stdout, /node n3: cordoned/);
+    process.kill(onN3.pid, "SIGKILL");
+    const r = await run.done;
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary & { samplesSeen: number };
+    assert.equal(s.state, "SUCCEEDED");
+    assert.equal(s.samplesSeen, 60 * 24, "the global batch stayed 24");
+    const after = await status(run.jobId, state);
+    const last = after.job.stages[0]?.attempts.at(-1);
+    assert.equal(last?.worldSize, 2);
+    assert.deepEqual(last?.ranks.map((x) => x.node).sort(), ["n1", "n2"]);
+    const a = await audit(run.jobId, state);
+    const e = a.stages[0]?.epochs ?? [];
+    assert.equal(e.length, 2);
+    for (const epoch of e) {
+      assert.equal(epoch.duplicates, 0);
+      assert.equal(epoch.missing, 0);
+      assert.equal(epoch.unique, epoch.expected);
+    }
+    assert.equal(e[0]?.dropped, 16);
+  });
+
   void it("the same exception twice: FAILED, no third attempt, traceback in status", async () => {
     const failing = writeTinySpec(tmp.dir, { ...BASE, name: "bug", env: { CLIPFLEET_FAULT: "raise@12:rank=1" } });
     const state = join(tmp.dir, "bug");

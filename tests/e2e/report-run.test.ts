@@ -44,7 +44,7 @@ void describe("clipfleet report", () => {
   before(async () => {
     const data = await synthData(tmp.dir);
     // Rank 0 raises at step 15 of attempt 1; attempt 2 resumes from the step-10 checkpoint.
-    const spec = writeSpec(tmp.dir, data, { name: "report", steps: 24, fault: "raise@15:attempt=1", eval: true });
+    const spec = writeSpec(tmp.dir, data, { name: "report", steps: 20, fault: "raise@15:attempt=1", eval: true });
     const r = await runCli(["run", spec, "--json", "--state-dir", state], { cwd: tmp.dir, timeoutMs: 100_000 });
     assert.equal(r.code, 0, r.stderr);
     const s = JSON.parse(r.stdout) as { jobId: string; restarts: number; state: string };
@@ -74,7 +74,7 @@ void describe("clipfleet report", () => {
     assert.match(md, new RegExp(`^# clipfleet report: report \\(${jobId}\\)`));
     assert.match(md, /\| restarts \| 1 \|/);
     assert.match(md, /\| 1 \| 1 \| 0 \| 14 \| failed \| rank 0 raised RuntimeError: injected fault at step 15/);
-    assert.match(md, /\| 2 \| 1 \| 10 \| 24 \| succeeded \| finished \|/);
+    assert.match(md, /\| 2 \| 1 \| 10 \| 20 \| succeeded \| finished \|/);
     assert.match(md, /\| zeroshot\/top1 \| [0-9.]+ \|/);
     assert.match(html, /<td>retrieval\/i2t_R@1<\/td>/);
   });
@@ -89,12 +89,12 @@ void describe("clipfleet report", () => {
       main.attempts.map((a) => [a.attempt, a.resumedFromStep, a.lastStep, a.outcome]),
       [
         [1, 0, 14, "failed"],
-        [2, 10, 24, "succeeded"],
+        [2, 10, 20, "succeeded"],
       ],
     );
     const steps = (attempt: number): number[] => main.points.filter((p) => p.attempt === attempt).map((p) => p.step);
     assert.deepEqual(steps(1), Array.from({ length: 14 }, (_, i) => i + 1));
-    assert.deepEqual(steps(2), Array.from({ length: 14 }, (_, i) => i + 11));
+    assert.deepEqual(steps(2), Array.from({ length: 10 }, (_, i) => i + 11));
     for (const p of main.points) {
       assert.ok(p.loss > 0 && p.lr > 0 && p.samplesPerSecond > 0 && p.stepSeconds > 0, JSON.stringify(p));
     }
@@ -113,11 +113,11 @@ void describe("clipfleet report", () => {
     assert.match(r.stdout, /report: .*index\.html and .*index\.md, 6 plot\(s\)/);
     const data = JSON.parse(readFileSync(join(out, "report.json"), "utf8")) as ReportJson;
     const pts = data.stages[0]?.points ?? [];
-    assert.ok(pts.length <= 14 && pts.length >= 8, `${pts.length} points after thinning 28 to about 10`);
+    assert.ok(pts.length <= 14 && pts.length >= 8, `${pts.length} points after thinning 24 to about 10`);
     // Each attempt keeps its first and last step.
     for (const [attempt, first, last] of [
       [1, 1, 14],
-      [2, 11, 24],
+      [2, 11, 20],
     ]) {
       const own = pts.filter((p) => p.attempt === attempt).map((p) => p.step);
       assert.equal(own[0], first);

@@ -10,6 +10,8 @@ import { EXIT, exitCodeOf, type CliDeps, type GlobalArgs } from "./context.js";
 import { auditCommand } from "./commands/audit.js";
 import { cancelCommand } from "./commands/cancel.js";
 import { checkpointCommand, checkpointsCommand } from "./commands/checkpoint.js";
+import { cordonCommand, uncordonCommand } from "./commands/cordon.js";
+import { completionCommand } from "./commands/completion.js";
 import { dataCommand } from "./commands/data.js";
 import { listCommand } from "./commands/list.js";
 import { logsCommand } from "./commands/logs.js";
@@ -41,12 +43,18 @@ const COMMANDS: Command<never>[] = [
   checkpointCommand,
   checkpointsCommand,
   nodesCommand,
+  cordonCommand,
+  uncordonCommand,
   auditCommand,
   reportCommand,
   validateCommand,
   schemaCommand,
   dataCommand,
+  completionCommand,
 ] as Command<never>[];
+
+/** yargs intercepts its completion command before any handler runs; ours needs another name to have help and examples. */
+const COMPLETION_HIDDEN_COMMAND = "completion-script";
 
 /** Parses `argv`, runs the command, and returns the exit code (never throws). */
 export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
@@ -60,7 +68,8 @@ export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
     .option("json", { type: "boolean", default: false, describe: "machine-readable output", global: true })
     .option("verbose", { type: "boolean", default: false, describe: "show stack traces of errors", global: true })
     .option("python", { type: "string", describe: "worker interpreter with torch (default: $CLIPFLEET_PYTHON, else the first of python3, /usr/bin/python3 that imports torch)", global: true })
-    .completion("completion", "Print a bash/zsh completion script (add it to ~/.bashrc)")
+    // Hidden: answers the script's --get-yargs-completions; the visible `completion` command prints the script.
+    .completion(COMPLETION_HIDDEN_COMMAND, false)
     .strict()
     .demandCommand(1, "name a command (clipfleet --help lists them)")
     .recommendCommands()

@@ -20,6 +20,7 @@ import {
   type JobEvent,
   type JobState,
   type LogLine,
+  type Node,
   type NodeList,
   type ServerInfo,
   type StepHistoryResponse,
@@ -99,6 +100,9 @@ export class ControlClient {
   }
   nodes(): Promise<NodeList> {
     return this.call(this.client.listNodes.bind(this.client), {});
+  }
+  setNodeSchedulable(name: string, schedulable: boolean): Promise<Node> {
+    return this.call(this.client.setNodeSchedulable.bind(this.client) as Unary<object, Node>, { name, schedulable });
   }
   audit(jobId: string): Promise<AuditReport> {
     return this.call(this.client.audit.bind(this.client) as Unary<object, AuditReport>, { jobId });

@@ -156,6 +156,8 @@ export interface EvalSpec {
   readonly templates: readonly string[];
   /** Retrieval R@k values reported. */
   readonly recall_at: readonly number[];
+  /** Caption sources used as retrieval queries; null: each image's captions other than its AltText when it has any, else the AltText. */
+  readonly captions: readonly string[] | null;
 }
 
 /** Where a fine-tune or eval stage takes its image tower from. */
@@ -190,6 +192,8 @@ export interface StageSpec {
   readonly init: InitSpec;
   readonly freeze_backbone: boolean;
   readonly dense: DenseSpec;
+  /** Free-form labels (e.g. {variant: vecap, data: "10%"}); reports group and compare stages by them. */
+  readonly labels: Readonly<Record<string, string>>;
 }
 
 /** A whole job: a name, a priority and its stages in a valid topological order. */

@@ -346,6 +346,16 @@ export class JobService implements MetricsSource {
     return () => void unsub();
   }
 
+  /** Cordons (schedulable false) or uncordons a node; a cordoned node gets no new ranks. */
+  setNodeSchedulable(name: string, schedulable: boolean): ReturnType<Scheduler["nodes"]>[number] {
+    if (!this.deps.scheduler.hasNode(name)) throw new NotFoundError(`node ${name} is not in the inventory`);
+    this.deps.scheduler.setCordoned(name, !schedulable);
+    if (schedulable) this.kick();
+    const status = this.nodes().find((n) => n.node.name === name);
+    if (!status) throw new NotFoundError(`node ${name} is not in the inventory`);
+    return status;
+  }
+
   /** Nodes with their free slots and quarantine state. */
   nodes(): ReturnType<Scheduler["nodes"]> {
     return this.deps.scheduler.nodes(this.now());

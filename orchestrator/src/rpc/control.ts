@@ -5,7 +5,7 @@
  */
 import type { handleUnaryCall, sendUnaryData, ServerUnaryCall, ServerWritableStream } from "@grpc/grpc-js";
 import { InvalidArgumentError, isTerminal, isValidJobId, type JobEvent as DomainEvent } from "../domain/index.js";
-import type { ControlServiceServer, JobEvent, LogLine, LogsRequest, WatchRequest } from "../gen/clipfleet/v1/control.js";
+import type { ControlServiceServer, JobEvent, LogLine, LogsRequest, Node, WatchRequest } from "../gen/clipfleet/v1/control.js";
 import type { JobService } from "../jobs/index.js";
 import { checkpointToProto, eventToProto, jobToProto, stateFromProto } from "./convert.js";
 import { toServiceError } from "./status.js";
@@ -17,6 +17,21 @@ export interface ServerInfoSource {
   metricsAddress: () => string;
   store: string;
   events: string;
+}
+
+function nodeToProto(n: ReturnType<JobService["nodes"]>[number]): Node {
+  return {
+    name: n.node.name,
+    host: n.node.host,
+    slots: n.node.slots,
+    freeSlots: n.freeSlots,
+    gpus: n.node.gpus,
+    labels: { ...n.node.labels },
+    state: n.state,
+    quarantinedUntilMs: n.quarantinedUntilMs ?? 0,
+    failures: n.failures,
+    launcher: n.node.launcher,
+  };
 }
 
 function requireJobId(id: string): string {
@@ -67,20 +82,11 @@ export function controlService(service: JobService, info: ServerInfoSource): Con
       const job = service.get(requireJobId(req.jobId));
       return { checkpoints: job.stages.flatMap((s) => s.checkpoints.map(checkpointToProto)) };
     }),
-    listNodes: unary(() => ({
-      nodes: service.nodes().map((n) => ({
-        name: n.node.name,
-        host: n.node.host,
-        slots: n.node.slots,
-        freeSlots: n.freeSlots,
-        gpus: n.node.gpus,
-        labels: { ...n.node.labels },
-        state: n.state,
-        quarantinedUntilMs: n.quarantinedUntilMs ?? 0,
-        failures: n.failures,
-        launcher: n.node.launcher,
-      })),
-    })),
+    setNodeSchedulable: unary((req) => {
+      if (!req.name) throw new InvalidArgumentError("name: required", "name");
+      return nodeToProto(service.setNodeSchedulable(req.name, req.schedulable));
+    }),
+    listNodes: unary(() => ({ nodes: service.nodes().map(nodeToProto) })),
     audit: unary(async (req) => ({ json: JSON.stringify(await service.audit(requireJobId(req.jobId))) })),
     stepHistory: unary((req) => {
       const h = service.stepHistory(requireJobId(req.jobId), req.stage, req.maxPoints);

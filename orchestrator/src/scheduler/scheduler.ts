@@ -90,7 +90,7 @@ export interface QuarantinePolicy {
 export interface NodeStatus {
   readonly node: Node;
   readonly freeSlots: number;
-  readonly state: "ready" | "quarantined" | "unreachable";
+  readonly state: "ready" | "quarantined" | "unreachable" | "cordoned";
   readonly quarantinedUntilMs: number | null;
   /** Failures counted towards quarantine (within the window). */
   readonly failures: number;
@@ -118,6 +118,8 @@ interface NodeState {
   /** Owner key per slot, null when free. */
   readonly slots: (string | null)[];
   available: boolean;
+  /** Taken out of placement by an operator (`clipfleet cordon`); running ranks are not touched. */
+  cordoned: boolean;
   failures: number[];
   quarantinedUntil: number | null;
 }
@@ -143,6 +145,7 @@ export class Scheduler {
       order,
       slots: new Array<string | null>(node.slots).fill(null),
       available: true,
+      cordoned: false,
       failures: [],
       quarantinedUntil: null,
     }));
@@ -223,6 +226,16 @@ export class Scheduler {
     this.state(node).available = false;
   }
 
+  /** An operator takes a node out of placement (true) or puts it back (false). Throws for an unknown node. */
+  setCordoned(node: string, cordoned: boolean): void {
+    this.state(node).cordoned = cordoned;
+  }
+
+  /** Whether the inventory has this node. */
+  hasNode(node: string): boolean {
+    return this.byName.has(node);
+  }
+
   /** Puts a node back into placement. */
   markAvailable(node: string): void {
     this.state(node).available = true;
@@ -235,7 +248,7 @@ export class Scheduler {
       return {
         node: s.node,
         freeSlots: s.slots.filter((o) => o === null).length,
-        state: !s.available ? "unreachable" : s.quarantinedUntil !== null ? "quarantined" : "ready",
+        state: s.cordoned ? "cordoned" : !s.available ? "unreachable" : s.quarantinedUntil !== null ? "quarantined" : "ready",
         quarantinedUntilMs: s.quarantinedUntil,
         failures: s.failures.length,
       };
@@ -284,7 +297,8 @@ export class Scheduler {
     for (const s of matching) {
       this.expire(s, now);
       const held = reserved.get(s.node.name);
-      if (!s.available) notes.push(`node ${s.node.name} unreachable`);
+      if (s.cordoned) notes.push(`node ${s.node.name} cordoned`);
+      else if (!s.available) notes.push(`node ${s.node.name} unreachable`);
       else if (s.quarantinedUntil !== null) {
         notes.push(`node ${s.node.name} quarantined until ${clockTime(s.quarantinedUntil)}`);
       } else if (held !== undefined) notes.push(`node ${s.node.name} held for ${held} ahead in the queue`);

@@ -491,6 +491,7 @@ function resolveStage(merged: Record<string, unknown>, item: StageItem, ctx: Sta
     init: init!,
     freeze_backbone: v.freeze_backbone as boolean,
     dense,
+    labels: v.labels as Record<string, string>,
   };
   return { stage, issues };
 }

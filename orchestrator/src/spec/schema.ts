@@ -266,6 +266,12 @@ const EVAL_FIELDS = {
     { defaultDoc: `${DEFAULT_TEMPLATES.length} CLIP templates ("a photo of a {}.", ...)` },
   ),
   recall_at: withDefault(list(integer({ min: 1 }), { minItems: 1 }), [1, 5, 10], "Retrieval R@k values reported."),
+  captions: withDefault(
+    nullable(list(string({ pattern: /^[A-Za-z0-9_.-]+$/, expect: "a caption source name" }), { minItems: 1 })),
+    null,
+    "Caption sources used as retrieval queries (`alt`, a `.json` field such as `vecap`, or `syn`); null: each image's captions other than its AltText when it has any, else the AltText. The same queries whatever the model was trained on, so variants stay comparable.",
+    { examples: [["vecap"]] },
+  ),
 } satisfies Record<keyof EvalSpec, Field>;
 
 const INIT_FIELDS = {
@@ -304,6 +310,12 @@ function stageFields(presets: Presets | null) {
     ),
     freeze_backbone: withDefault(boolean(), false, "Fine-tune tasks only: train the dense head with the image tower frozen."),
     dense: withDefault(object(DENSE_FIELDS), {}, "Dense heads and losses of the fine-tune tasks."),
+    labels: withDefault(
+      mapOf(string(), { keyPattern: /^[A-Za-z0-9_.-]+$/, keyDoc: "label" }),
+      {},
+      "Free-form labels of the stage; `clipfleet report` groups and compares stages by them.",
+      { examples: [{ variant: "vecap", data: "10%" }] },
+    ),
   } satisfies Record<Exclude<keyof StageSpec, "name" | "needs">, Field>;
 }
 

@@ -75,6 +75,8 @@ export const dataCommand: Command = (deps, state) => ({
           state.exitCode = await deps.runWorkerCli(typeof a.python === "string" ? a.python : null, args);
         },
       })
-      .demandCommand(1, "name a data command: synth or convert"),
+      .demandCommand(1, "name a data command: synth or convert")
+      .example("$0 data synth --out data/tiny --train 2048 --val 256 --size 32", "a tiny synthetic dataset")
+      .example("$0 data convert --images imgs --masks masks --out data/seg", "shards from an image folder"),
   handler: () => undefined,
 });

@@ -81,6 +81,7 @@ export const nodesCommand: Command = (deps, state) => ({
       .command<GlobalArgs>({
         command: "list",
         describe: "List nodes with their slots, free slots and state (the default)",
+        builder: (l) => l.example("$0 nodes list --server 127.0.0.1:7070 --json", "the server's fleet as JSON"),
         handler: (args) => listNodes(deps, args),
       })
       .command<CheckArgs>({
