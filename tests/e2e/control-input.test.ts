@@ -114,8 +114,9 @@ void describe("bad input against a real server", () => {
       ["garbage.yaml", Buffer.concat([Buffer.from([0xff, 0xfe, 0x00, 0x94]), randomBytes(4096)]), [/garbage\.yaml: not UTF-8 text \(invalid byte 0x[0-9a-f]{2} at line 1, column 1\)/]],
       ["bad.json", '{"name": "x", "task": "pretrain",}', [/bad\.json.*invalid JSON/]],
       // Valid as a document, refused by the server: more ranks than this machine has slots, data that is not there.
-      ["too-many-workers.yaml", edit("  workers: 2\n  min_workers: 2\n", "  workers: 4\n  min_workers: 4\n"), [/cluster\.workers: .*4/, /slot/]],
-      ["missing-data.yaml", good.replaceAll(/\/tmp\/clipfleet-e2e-data-v1\/(train|val)/g, join(tmp.dir, "nowhere/$1")), [/data\.(train|val)/, /nowhere/]],
+      ["too-many-workers.yaml", edit("  workers: 2\n  min_workers: 2\n", "  workers: 4\n  min_workers: 4\n"), [/too-many-workers\.yaml: cluster\.workers: needs 4 slots, the inventory's 1 such node\(s\) have 2$/]],
+      ["missing-train.yaml", good.replace(/\S+\/train-/, `${join(tmp.dir, "nowhere")}/train-`), [/missing-train\.yaml: data\.train: no shard matches ".*nowhere\/train-\{00000\.\.00003\}\.tar" \(directory .*nowhere does not exist\)$/]],
+      ["missing-val.yaml", good.replace(/\S+\/val-/, `${join(tmp.dir, "nowhere")}/val-`), [/missing-val\.yaml: data\.val: no shard matches ".*nowhere\/val-/]],
     ];
     const results = await Promise.all(
       cases.map(async ([name, content, patterns]) => {
@@ -160,6 +161,7 @@ void describe("bad input against a real server", () => {
       ["ListJobs with an unknown state", async () => (await unary(rpc.ListJobs.bind(rpc), { states: [99] })).err, /states: unknown job state/],
       ["ListJobs with JOB_STATE_UNSPECIFIED", async () => (await unary(rpc.ListJobs.bind(rpc), { states: [1, 0] })).err, /states: unknown job state/],
       ["StreamLogs without job_id", () => streamEnd(rpc.StreamLogs({ follow: true })), /job_id: required/],
+      ["StreamLogs with rank -2", () => streamEnd(rpc.StreamLogs({ job_id: validButUnknown, rank: -2 })), /rank: expected -1 \(all ranks\) or a rank >= 0, got -2/],
       ["Watch with a '/' in job_id", () => streamEnd(rpc.Watch({ job_id: "a/b" })), /job_id: not a job id/],
     ];
     for (const [what, call, pattern] of cases) {
@@ -194,13 +196,16 @@ void describe("bad input against a real server", () => {
   void it("a submit to an unreachable server: exit 3 naming the address", { timeout: 60_000 }, async () => {
     const port = await freePort(); // nothing listens there
     const spec = writeTinySpec(tmp.dir, { name: "unreachable", steps: 10, batch: 16 });
-    for (const how of [{ args: ["--server", `127.0.0.1:${port}`] }, { args: [], env: { CLIPFLEET_SERVER: `127.0.0.1:${port}` } }]) {
-      const r = await runCli(["submit", spec, ...how.args], { env: how.env, timeoutMs: 30_000 });
+    const [byFlag, byEnv, none] = await Promise.all([
+      runCli(["submit", spec, "--server", `127.0.0.1:${port}`], { timeoutMs: 30_000 }),
+      runCli(["submit", spec], { env: { CLIPFLEET_SERVER: `127.0.0.1:${port}` }, timeoutMs: 30_000 }),
+      runCli(["submit", spec], { env: { CLIPFLEET_SERVER: "" } }),
+    ]);
+    for (const r of [byFlag, byEnv]) {
       assert.equal(r.code, 3, r.stderr);
       assert.match(r.stderr.trim(), new RegExp(`^clipfleet: cannot reach the orchestrator at 127\\.0\\.0\\.1:${port}`));
     }
     // No server named at all: exit 3 saying how to name one.
-    const none = await runCli(["submit", spec], { env: { CLIPFLEET_SERVER: "" } });
     assert.equal(none.code, 3, none.stderr);
     assert.match(none.stderr, /pass --server HOST:PORT or set CLIPFLEET_SERVER/);
   });

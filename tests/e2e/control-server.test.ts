@@ -8,6 +8,7 @@
  * resume continues from there.
  */
 import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { alive, finished, runCli, startCli, startServer, tempDir, writeTinySpec, type ServerHandle } from "../helpers/cli.js";
@@ -71,6 +72,13 @@ void describe("clipfleet server with the CLI", () => {
     assert.deepEqual(nodeList.map((n) => [n.name, n.launcher, n.slots, n.freeSlots, n.state]), [["local", "local", 2, 0, "ready"]]);
     const nodesText = await runCli(["nodes", ...viaFlag]);
     assert.match(nodesText.stdout, /^local\s+\S+\s+local\s+2\s+0\s+0\s+ready/m);
+    // A third job queued behind B and cancelled while it waits: it ends at once and never runs.
+    const subC = await runCli(["submit", writeTinySpec(tmp.dir, { name: "third", steps: 10, batch: 16, everySteps: null }), ...viaFlag]);
+    assert.equal(subC.code, 0, subC.stderr);
+    const c = subC.stdout.trim();
+    const cancelC = await runCli(["cancel", c], { env: viaEnv });
+    assert.equal(cancelC.code, 0, cancelC.stderr);
+    assert.equal(cancelC.stdout.trim(), `${c}: CANCELLED - cancelled by user`);
 
     const jobA = await waitEnd(client, a, "SUCCEEDED");
     const jobB = await waitEnd(client, b, "SUCCEEDED");
@@ -118,7 +126,9 @@ void describe("clipfleet server with the CLI", () => {
     const list = await runCli(["list", "--json", ...viaFlag]);
     assert.equal(list.code, 0, list.stderr);
     const jobs = JSON.parse(list.stdout) as { jobId: string; name: string; state: string }[];
-    assert.deepEqual(jobs.map((j) => [j.jobId, j.name, j.state]), [[a, "first", "SUCCEEDED"], [b, "second", "SUCCEEDED"]]);
+    assert.deepEqual(jobs.map((j) => [j.jobId, j.name, j.state]), [[a, "first", "SUCCEEDED"], [b, "second", "SUCCEEDED"], [c, "third", "CANCELLED"]]);
+    const jobC = await client.getJob(c);
+    assert.deepEqual([stateName(jobC.state), jobC.stages[0]!.attempts.length, jobC.pendingReason], ["CANCELLED", 0, ""]);
     const listText = await runCli(["list"], { env: viaEnv });
     assert.match(listText.stdout, new RegExp(`^${b}\\s+second\\s+SUCCEEDED`, "m"));
     // Every worker of both jobs is gone.
@@ -156,6 +166,38 @@ void describe("clipfleet server with the CLI", () => {
     const again = await runCli(["cancel", id, ...viaFlag]);
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stdout, /CANCELLED/);
+  });
+
+  void it("cancel while STARTING (no rank registered yet): returns promptly, nothing left alive, no internal error", { timeout: 90_000 }, async () => {
+    // An interpreter that takes a few seconds to start the worker keeps the attempt in STARTING long enough.
+    const slow = join(tmp.dir, "slow-python");
+    writeFileSync(slow, '#!/bin/sh\nif [ "$1 $2 $3" = "-m clipfleet_worker run" ]; then sleep 4; fi\nexec /usr/bin/python3 "$@"\n', { mode: 0o755 });
+    const spec = writeTinySpec(tmp.dir, { name: "early-cancel", steps: 40, batch: 16, everySteps: null, extra: `worker:\n  python: ${slow}\n` });
+    const sub = await runCli(["submit", spec, ...viaFlag]);
+    assert.equal(sub.code, 0, sub.stderr);
+    const id = sub.stdout.trim();
+    const starting = await waitJob(client, id, "STARTING with both pids recorded", (j) => attemptPids(j).length === 2, 60_000);
+    assert.equal(stateName(starting.state), "STARTING");
+    const pids = attemptPids(starting);
+
+    const t0 = Date.now();
+    const r = await runCli(["cancel", id, ...viaFlag]);
+    const tookMs = Date.now() - t0;
+    const left = pids.filter((p) => alive(p));
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(left, [], `processes still alive after cancel returned: ${left.join(", ")}`);
+    assert.match(r.stdout, new RegExp(`^${id}: CANCELLED - cancelled by user`));
+    assert.ok(tookMs < 15_000, `cancel took ${tookMs} ms`);
+
+    // The ranks would have registered by now: nothing may move the job again.
+    await new Promise((res) => setTimeout(res, 6000));
+    const s = await statusJson(id, { args: viaFlag });
+    assert.equal(s.state, "CANCELLED");
+    const stageStates = s.job.recentEvents.filter((e) => e.stage === "main" && e.type === "state").map((e) => stateName(e.state));
+    assert.deepEqual(stageStates, ["STARTING", "STOPPING", "CANCELLED"]);
+    assert.deepEqual(s.job.stages[0]!.attempts.map((a) => a.outcome), ["cancelled"]);
+    const logs = await runCli(["logs", id, ...viaFlag]);
+    assert.doesNotMatch(logs.stdout, /internal error/, logs.stdout);
   });
 
   void it("cancel --checkpoint saves at the stop step; resume continues from it to SUCCEEDED", { timeout: 120_000 }, async () => {

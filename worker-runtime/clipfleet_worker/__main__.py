@@ -8,6 +8,10 @@ import os
 import platform
 import shutil
 import sys
+import time
+
+# When the interpreter reached our code: the first phase of a rank's start-up (bench/recovery.ts reads it).
+_STARTED_AT = time.time()
 
 
 def _info() -> int:
@@ -41,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     add_report_subcommand(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
+        print(f"clipfleet worker: phase started at {_STARTED_AT:.3f}", flush=True)
         from .worker import main as run_worker
 
         return run_worker()

@@ -16,7 +16,14 @@ report.json (schema "clipfleet.report/v1"), camelCase as the control API:
                              "outcome", "reason", "worldSize"}],
                "checkpoints": [{"step", "committedAtMs", "sizeBytes"}],
                "points": [{"attempt", "step", "epoch", "loss", "lr", "temperature", "samplesPerSecond",
-                           "stepSeconds", "dataWaitSeconds", "gradNorm", "tsMs"}]}]}
+                           "stepSeconds", "dataWaitSeconds", "gradNorm", "tsMs"}],
+               "labels": {name: value}}],           # the stage's spec labels
+   "compare": {"by": LABEL, "metrics": [names]}}   # optional: `--compare LABEL [--metrics ...]`
+
+With "compare", stages are compared by one of their labels (e.g. the variant of
+an experiment): comparison.md, comparison.json and comparison.png hold a table
+with a row per value of that label and a column per metric and combination of
+the other labels (e.g. "seg/mIoU (data=10%)"), best value of each column in bold.
 """
 
 from __future__ import annotations
@@ -267,6 +274,14 @@ def write_report(data: dict[str, Any], out: str) -> Report:
     summary = _summary_rows(data)
     md: list[str] = [f"# {title}", "", f"Generated {generated}.", "", "## Summary", ""]
     md += _md_table(["", ""], [[k, v] for k, v in summary])
+    cmp = compare(data)
+    cmp_parts: list[str] = []
+    extra_plots: list[Plot] = []
+    if cmp is not None:
+        cmp_md, cmp_html, cmp_plot = _comparison_outputs(plt, cmp, out)
+        extra_plots.append(cmp_plot)
+        md += ["", f"## Comparison by {cmp.by}", ""] + cmp_md + ["", f"![{cmp_plot.caption}]({cmp_plot.file})"]
+        cmp_parts = [f"<h2>Comparison by {html.escape(cmp.by)}</h2>", cmp_html, f'<img src="{cmp_plot.file}" alt="{html.escape(cmp_plot.caption)}" width="{cmp_plot.width}" height="{cmp_plot.height}">']
     parts: list[str] = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -278,6 +293,7 @@ def write_report(data: dict[str, Any], out: str) -> Report:
         f"<p>Generated {html.escape(generated)}.</p>",
         "<h2>Summary</h2>",
         _html_table(["", ""], [[k, v] for k, v in summary]),
+        *cmp_parts,
     ]
     for stage, curves, evals in plots_by_stage:
         head = f"Stage {stage.get('name', '?')} ({stage.get('task', '?')}): {stage.get('state', '?')}"
@@ -316,7 +332,126 @@ def write_report(data: dict[str, Any], out: str) -> Report:
         f.write("\n".join(md) + "\n")
     with open(index_html, "w", encoding="utf-8") as f:
         f.write("\n".join(parts) + "\n")
-    return Report(out, index_md, index_html, [p for _, c, e in plots_by_stage for p in c + e])
+    return Report(out, index_md, index_html, extra_plots + [p for _, c, e in plots_by_stage for p in c + e])
+
+
+# Metrics where lower is better (the rest: higher is better), for the "best" marks.
+LOWER_IS_BETTER = re.compile(r"(rmse|abs_rel|mean_rank|median_rank|loss)$")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Stages compared by one label: rows are its values, columns (metric, other labels)."""
+
+    by: str
+    rows: list[str]
+    columns: list[tuple[str, str]]
+    values: list[list[float | None]]
+
+    def column_label(self, c: tuple[str, str]) -> str:
+        return f"{c[0]} ({c[1]})" if c[1] else c[0]
+
+    def best(self, j: int) -> float | None:
+        col = [row[j] for row in self.values if row[j] is not None and math.isfinite(row[j])]
+        if not col:
+            return None
+        return min(col) if LOWER_IS_BETTER.search(self.columns[j][0]) else max(col)
+
+
+def compare(data: dict[str, Any]) -> Comparison | None:
+    """The pivot asked for by data["compare"], or None."""
+    cfg = data.get("compare")
+    if not cfg:
+        return None
+    by = str(cfg["by"])
+    wanted = [str(m) for m in cfg.get("metrics") or []]
+    rows: list[str] = []
+    cells: dict[tuple[str, tuple[str, str]], float] = {}
+    quals: list[str] = []
+    metrics_seen: list[str] = []
+    for stage in data["stages"]:
+        labels = stage.get("labels") or {}
+        if by not in labels:
+            continue
+        row = str(labels[by])
+        if row not in rows:
+            rows.append(row)
+        qual = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != by)
+        if qual not in quals:
+            quals.append(qual)
+        for m, v in (stage.get("metrics") or {}).items():
+            if wanted and m not in wanted:
+                continue
+            if m not in metrics_seen:
+                metrics_seen.append(m)
+            cells[(row, (m, qual))] = _finite(v)
+    if not rows:
+        raise ConfigError(f"--compare {by}: no stage has a label {by!r} (set `labels: {{{by}: ...}}` on the stages)")
+    order = [m for m in wanted if m in metrics_seen] if wanted else sorted(metrics_seen)
+    columns = [(m, q) for m in order for q in quals if any((r, (m, q)) in cells for r in rows)]
+    values = [[cells.get((r, c)) for c in columns] for r in rows]
+    return Comparison(by, rows, columns, values)
+
+
+def _comparison_outputs(plt: Any, cmp: Comparison, out: str) -> tuple[list[str], str, Plot]:
+    """Writes comparison.json, comparison.md and comparison.png; returns (markdown lines, html, plot)."""
+    header = [cmp.by] + [cmp.column_label(c) for c in cmp.columns]
+    rows_md, rows_txt = [], []
+    for i, r in enumerate(cmp.rows):
+        cells_md, cells_txt = [r], [r]
+        for j, v in enumerate(cmp.values[i]):
+            text = "-" if v is None else _fmt(v)
+            best = cmp.best(j)
+            cells_txt.append(text)
+            cells_md.append(f"**{text}**" if v is not None and best is not None and v == best and len(cmp.rows) > 1 else text)
+        rows_md.append(cells_md)
+        rows_txt.append(cells_txt)
+    with open(os.path.join(out, "comparison.json"), "w", encoding="utf-8") as f:
+        json.dump(
+            {
+                "by": cmp.by,
+                "rows": cmp.rows,
+                "columns": [{"metric": m, "labels": q, "label": cmp.column_label((m, q)), "lowerIsBetter": bool(LOWER_IS_BETTER.search(m))} for m, q in cmp.columns],
+                "values": cmp.values,
+            },
+            f,
+            indent=2,
+        )
+        f.write("\n")
+    md = _md_table(header, rows_md)
+    with open(os.path.join(out, "comparison.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(md + ["", f"Best value of each column in bold ({', '.join(sorted({m for m, _ in cmp.columns if LOWER_IS_BETTER.search(m)})) or 'none'}: lower is better; the rest: higher)."]) + "\n")
+    # One panel per metric; bars per row value, one colour per combination of the other labels.
+    metrics = list(dict.fromkeys(m for m, _ in cmp.columns))
+    quals = list(dict.fromkeys(q for _, q in cmp.columns))
+    ncols = min(3, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(FIGSIZE[0], max(FIGSIZE[1], 2.8 * nrows)), dpi=DPI, squeeze=False)
+    width = 0.8 / max(1, len(quals))
+    for k, m in enumerate(metrics):
+        ax = axes[k // ncols][k % ncols]
+        for qi, q in enumerate(quals):
+            if (m, q) not in cmp.columns:
+                continue
+            j = cmp.columns.index((m, q))
+            ys = [0.0 if row[j] is None or not math.isfinite(row[j]) else row[j] for row in cmp.values]
+            ax.bar([i + qi * width for i in range(len(cmp.rows))], ys, width, label=q or m, color=COLORS[qi % len(COLORS)])
+        ax.set_xticks([i + width * (len(quals) - 1) / 2 for i in range(len(cmp.rows))])
+        ax.set_xticklabels(cmp.rows, fontsize=8)
+        ax.set_title(m + (" (lower is better)" if LOWER_IS_BETTER.search(m) else ""), fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+        if len(quals) > 1 and k == 0:
+            ax.legend(fontsize=7)
+    for k in range(len(metrics), nrows * ncols):
+        axes[k // ncols][k % ncols].axis("off")
+    fig.suptitle(f"Comparison by {cmp.by}")
+    fig.tight_layout()
+    path = os.path.join(out, "comparison.png")
+    fig.savefig(path, dpi=DPI)
+    w, h = fig.get_size_inches()
+    plt.close(fig)
+    plot = Plot("comparison.png", f"Comparison by {cmp.by}", round(w * DPI), round(h * DPI))
+    return md, _html_table(header, rows_txt), plot
 
 
 def add_subcommand(sub: "argparse._SubParsersAction") -> None:
@@ -325,6 +460,7 @@ def add_subcommand(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--data", required=True, help="report.json written by `clipfleet report`")
     p.add_argument("--out", required=True, help="directory for the PNGs, index.md and index.html")
     p.add_argument("--json", action="store_true", help="print what was written as one JSON line")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -334,6 +470,8 @@ def run(args: argparse.Namespace) -> int:
     except ClipfleetWorkerError as err:
         print(f"clipfleet report: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    if args.quiet:
+        return 0
     if args.json:
         print(
             json.dumps(

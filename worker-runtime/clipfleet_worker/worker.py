@@ -15,6 +15,7 @@ import faulthandler
 import os
 import signal
 import sys
+import time
 import traceback
 from typing import Callable
 
@@ -58,6 +59,8 @@ def _run_task(ctx: TaskContext) -> None:
 
 
 def main() -> int:
+    # Start-up phases with wall-clock times, so the cost of a restart can be broken down (bench/recovery.ts).
+    print(f"clipfleet worker: phase imported at {time.time():.3f}", flush=True)
     faulthandler.enable()
     faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     _die_with_parent()
@@ -84,6 +87,7 @@ def main() -> int:
     try:
         agent.set_progress(step, "rendezvous")
         D.init_process_group(assignment.backend, assignment.master_addr, assignment.master_port, assignment.rank, assignment.world_size)
+        print(f"clipfleet worker: phase rendezvous at {time.time():.3f}", flush=True)
         device = D.device_for(assignment.backend, assignment.local_rank)
         if torch.cuda.is_available() and device.type == "cuda":
             agent.gpu_stats = _cuda_stats(device)

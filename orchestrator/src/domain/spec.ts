@@ -102,7 +102,7 @@ export interface TrainSpec {
   readonly precision: "auto" | "fp32" | "bf16" | "fp16";
   readonly on_nan: "skip" | "fail";
   readonly log_every: number;
-  /** torch intra-op threads per rank; null: the node's cores divided among its ranks. */
+  /** torch intra-op threads per rank; null: one per CPU slot the rank holds (4 on GPU nodes). */
   readonly threads: number | null;
   readonly deterministic: boolean;
 }

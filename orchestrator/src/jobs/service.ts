@@ -198,12 +198,13 @@ export class JobService implements MetricsSource {
     } catch (err) {
       throw new InvalidArgumentError(`${input.specPath || "spec"}: not valid JSON: ${(err as Error).message}`);
     }
-    const spec = parseSpec(raw, { specPath: input.specPath || "spec", baseDir: input.baseDir, presets: this.deps.presets });
+    const where = input.specPath || "spec";
+    const spec = parseSpec(raw, { specPath: where, baseDir: input.baseDir, presets: this.deps.presets });
     for (const st of spec.stages) {
       const why = this.deps.scheduler.unsatisfiable({ ...this.placementRequest("", st, 0, 0), allowShrink: true });
-      if (why) throw new InvalidArgumentError(`${st.name === "main" ? "" : `stages.${st.name}.`}cluster.workers: ${why}`, "cluster.workers");
+      if (why) throw new InvalidArgumentError(`${where}: ${stageField(st, "cluster.workers")}: ${why}`, "cluster.workers");
     }
-    await this.preflight(spec);
+    await this.preflight(spec, where);
     const now = this.now();
     const job = newJobRecord(spec, newJobId(new Date(now)), now);
     const event: JobEvent = {
@@ -1043,15 +1044,19 @@ export class JobService implements MetricsSource {
     const grace = (opts.graceSeconds ?? rt.spec.failure.grace_seconds) * 1000;
     const step = this.nextSafeStep(rt);
     rt.stopAt = { step, checkpoint: opts.checkpoint };
-    await this.ledger.transition(rt.jobId, rt.stage, "STOPPING", `${opts.reason}${opts.checkpoint ? `; checkpoint at step ${step}` : ""}`, { attempt: rt.attempt });
-    for (const r of rt.ranks) {
-      r.session?.send(
-        opts.checkpoint || rt.running
-          ? { body: { $case: "stopAt", value: { step: opts.checkpoint ? step : 0, checkpoint: opts.checkpoint, reason: opts.reason } } }
-          : { body: { $case: "fenced", value: { reason: opts.reason } } },
-      );
+    // A gang that has not formed has nothing to save: the attempt ends now, so a rank that
+    // registers late is fenced instead of moving the stage from STOPPING to RUNNING.
+    const formed = rt.running;
+    if (!formed) rt.ending = true;
+    await this.ledger.transition(rt.jobId, rt.stage, "STOPPING", `${opts.reason}${opts.checkpoint && formed ? `; checkpoint at step ${step}` : ""}`, { attempt: rt.attempt });
+    if (!formed) {
+      await this.teardown(rt, opts.reason);
+    } else {
+      for (const r of rt.ranks) {
+        r.session?.send({ body: { $case: "stopAt", value: { step: opts.checkpoint ? step : 0, checkpoint: opts.checkpoint, reason: opts.reason } } });
+      }
     }
-    const exitedInTime = await withTimeout(rt.allExited, grace);
+    const exitedInTime = formed ? await withTimeout(rt.allExited, grace) : true;
     if (!exitedInTime) {
       this.log(rt.jobId, rt.stage, rt.attempt, `ranks still running ${grace / 1000} s after the stop command: SIGTERM`);
       await this.signalRanks(rt, "SIGTERM");
@@ -1251,7 +1256,7 @@ export class JobService implements MetricsSource {
     const python = await this.pythonFor(spec, p.ranks[0]?.node ?? null);
 
     const manifest = spec.data.train.length > 0 ? await this.manifest(spec.data.train, spec.data.fraction) : null;
-    const valManifest = spec.data.val.length > 0 ? await this.manifest(spec.data.val, 1) : null;
+    const valManifest = spec.data.val.length > 0 ? await this.manifest(spec.data.val, 1, "data.val") : null;
     const globalBatch = spec.train.batch_size;
     const plan =
       manifest && spec.task !== "eval"
@@ -1430,7 +1435,9 @@ export class JobService implements MetricsSource {
     };
     if (r.device !== null) env.CUDA_VISIBLE_DEVICES = String(r.device);
     else env.CUDA_VISIBLE_DEVICES = "";
-    const threads = rt.spec.train.threads ?? Math.max(1, Math.floor(r.node.slots / Math.max(1, r.localWorldSize)) || 1);
+    // A CPU slot is a core: a rank gets one intra-op thread per slot it holds, so ranks of
+    // different jobs sharing a node do not oversubscribe it. GPU ranks get a few for the host side.
+    const threads = rt.spec.train.threads ?? (r.node.gpus > 0 ? 4 : 1);
     env.OMP_NUM_THREADS = String(threads);
     env.CLIPFLEET_THREADS = String(threads);
     return env;
@@ -1471,11 +1478,11 @@ export class JobService implements MetricsSource {
   }
 
   /** The committed checkpoint a fine-tune or eval stage starts from. */
-  private async resolveInit(job: JobRecord, spec: StageSpec): Promise<CheckpointRef> {
+  private async resolveInit(job: JobRecord | null, spec: StageSpec): Promise<CheckpointRef> {
     if (spec.init.kind !== "checkpoint") throw new Error("unreachable");
     const ref = spec.init.ref;
     let record: CheckpointRecord | undefined;
-    const own = job.stages.find((s) => s.name === ref);
+    const own = job?.stages.find((s) => s.name === ref);
     if (own) {
       record = newestCommitted(own);
       if (!record) throw new InvalidArgumentError(`init.checkpoint: stage ${ref} has no committed checkpoint`);
@@ -1518,23 +1525,28 @@ export class JobService implements MetricsSource {
   // ---------------------------------------------------------------- data
 
   /** Before a job is accepted: generate synthetic data when asked, read manifests, check caption sources. */
-  private async preflight(spec: JobSpec): Promise<void> {
+  private async preflight(spec: JobSpec, where: string): Promise<void> {
     const localNodes = this.deps.scheduler.nodes().filter((n) => n.node.launcher === "local");
     for (const st of spec.stages) {
       // Fail before anything runs when this machine has no interpreter with torch for local ranks.
       if (localNodes.length > 0) await resolvePython(st.worker.python ?? this.deps.python);
+      // A checkpoint from outside this pipeline must exist, be committed and intact, and fit the image tower.
+      if (st.init.kind === "checkpoint" && !spec.stages.some((x) => x.name === (st.init as { ref: string }).ref)) {
+        await this.resolveInit(null, st);
+      }
       if (st.data.synth) await this.ensureSynth(st);
-      const trainPath = `stages.${st.name}.data.train`;
+      // Manifest errors start with the field they name (data.train, data.val).
+      const inStage = (err: unknown): never => {
+        throw new InvalidArgumentError(`${where}: ${stageField(st, "")}${(err as Error).message}`);
+      };
       if (st.data.train.length > 0) {
-        const m = await this.manifest(st.data.train, st.data.fraction).catch((err: unknown) => {
-          throw new InvalidArgumentError(`${trainPath}: ${(err as Error).message}`);
-        });
+        const m = await this.manifest(st.data.train, st.data.fraction).catch(inStage);
         if (st.task === "pretrain") {
           const sources = await peekCaptionSources(m);
           for (const source of Object.keys(st.data.captions)) {
             if ((st.data.captions[source] ?? 0) > 0 && !sources.has(source)) {
               throw new InvalidArgumentError(
-                `data.captions: no sample has a "${source}" caption (the shards have: ${[...sources].sort().join(", ") || "none"})`,
+                `${where}: ${stageField(st, "data.captions")}: no sample has a "${source}" caption (the shards have: ${[...sources].sort().join(", ") || "none"})`,
                 "data.captions",
               );
             }
@@ -1542,9 +1554,7 @@ export class JobService implements MetricsSource {
         }
       }
       if (st.data.val.length > 0) {
-        await this.manifest(st.data.val, 1).catch((err: unknown) => {
-          throw new InvalidArgumentError(`stages.${st.name}.data.val: ${(err as Error).message}`);
-        });
+        await this.manifest(st.data.val, 1, "data.val").catch(inStage);
       }
     }
   }
@@ -1563,11 +1573,12 @@ export class JobService implements MetricsSource {
     await run;
   }
 
-  private manifest(patterns: readonly string[], fraction: number): Promise<Manifest> {
-    const key = JSON.stringify([patterns, fraction]);
+  /** The (cached) manifest of a shard list; `field` names the spec field in error messages. */
+  private manifest(patterns: readonly string[], fraction: number, field = "data.train"): Promise<Manifest> {
+    const key = JSON.stringify([patterns, fraction, field]);
     let m = this.manifests.get(key);
     if (!m) {
-      m = resolveManifest([...patterns], { fraction });
+      m = resolveManifest([...patterns], { fraction, field });
       this.manifests.set(key, m);
       m.catch(() => this.manifests.delete(key));
     }
@@ -1658,6 +1669,12 @@ function stageSpecOf(job: JobRecord, stage: string): StageSpec {
   const s = job.spec.stages.find((x) => x.name === stage);
   if (!s) throw new NotFoundError(`job ${job.id} has no stage "${stage}"`);
   return s;
+}
+
+/** A spec field as users write it: `cluster.workers` for a single-stage spec, `stages.NAME.cluster.workers` in a pipeline ("" gives the prefix). */
+function stageField(st: StageSpec, field: string): string {
+  const prefix = st.name === "main" ? "" : `stages.${st.name}.`;
+  return field ? `${prefix}${field}` : prefix;
 }
 
 function needsMet(job: JobRecord, spec: StageSpec): boolean {

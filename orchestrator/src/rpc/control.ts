@@ -128,7 +128,8 @@ export function controlService(service: JobService, info: ServerInfoSource): Con
 async function streamLogs(service: JobService, call: ServerWritableStream<LogsRequest, LogLine>): Promise<void> {
   const req = call.request;
   const id = requireJobId(req.jobId);
-  const match = (e: { stage: string; rank: number }): boolean => (!req.stage || e.stage === req.stage) && (req.rank < 0 || e.rank === req.rank);
+  if (req.rank < -1) throw new InvalidArgumentError(`rank: expected -1 (all ranks) or a rank >= 0, got ${req.rank}`, "rank");
+  const match = (e: { stage: string; rank: number }): boolean => (!req.stage || e.stage === req.stage) && (req.rank === -1 || e.rank === req.rank);
   const toLine = (e: { stage: string; attempt: number; rank: number; stream: string; line: string; tsMs: number }): LogLine => ({
     stage: e.stage,
     attempt: e.attempt,

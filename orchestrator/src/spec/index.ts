@@ -3,7 +3,7 @@
  * out; plus the JSON Schema and documented field list derived from the same
  * field descriptions (schema.ts).
  */
-export { loadSpecFile, parseSpec, type LoadOptions } from "./load.js";
+export { loadSpecDocument, loadSpecFile, parseSpec, type LoadOptions } from "./load.js";
 export { type SpecContext } from "./resolve.js";
 export { loadPresets, type Presets, type ImagePreset, type VitPreset, type MciPreset, type TextPreset } from "./presets.js";
 export { jsonSchema, SPEC_FIELDS, DEFAULT_TEMPLATES } from "./schema.js";

@@ -28,9 +28,18 @@ type Locator = (path: Path) => { line: number; col: number } | null;
  * the job name defaults to the file name without its extension.
  */
 export function loadSpecFile(file: string, opts: LoadOptions): JobSpec {
+  return loadSpecDocument(file, opts).spec;
+}
+
+/**
+ * Like loadSpecFile, and also returns the parsed document as plain data
+ * (anchors and merge keys resolved): what a client sends to a server, which
+ * validates it again with parseSpec.
+ */
+export function loadSpecDocument(file: string, opts: LoadOptions): { spec: JobSpec; raw: unknown } {
   const text = readTextFile(file);
   const { value, locate } = parseText(file, text);
-  return compile(value, { specPath: file, baseDir: nodePath.dirname(nodePath.resolve(file)), presets: opts.presets }, locate);
+  return { spec: compile(value, { specPath: file, baseDir: nodePath.dirname(nodePath.resolve(file)), presets: opts.presets }, locate), raw: value };
 }
 
 /**

@@ -205,7 +205,7 @@ const TRAIN_FIELDS = {
   precision: withDefault(oneOf(["auto", "fp32", "bf16", "fp16"]), "auto", "Autocast precision; `auto`: bf16 where supported, else fp32."),
   on_nan: withDefault(oneOf(["skip", "fail"]), "fail", "A non-finite loss: `skip` the step, or `fail` the attempt."),
   log_every: withDefault(integer({ min: 1 }), 1, "Report metrics every this many steps."),
-  threads: withDefault(nullable(integer({ min: 1 })), null, "torch intra-op threads per rank; null: the node's cores divided among its ranks."),
+  threads: withDefault(nullable(integer({ min: 1 })), null, "torch intra-op threads per rank; null: one per slot the rank holds on a CPU node (a CPU slot is a core, so jobs sharing a node do not oversubscribe it), 4 on a GPU node."),
   deterministic: withDefault(boolean(), true, "Ask torch for deterministic kernels (slower on GPU)."),
 } satisfies Record<keyof TrainSpec, Field>;
 

@@ -5,6 +5,7 @@
  * reason, increasing seq, a bounded recent window). Pure: no clock, no I/O.
  */
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -258,5 +259,19 @@ void describe("lifecycle: events", () => {
     assert.ok(seqs.every((s, i) => i === 0 || s === seqs[i - 1]! + 1), "contiguous and increasing");
     const tss = job.recentEvents.map((e) => e.tsMs);
     assert.ok(tss.every((t, i) => i === 0 || t >= tss[i - 1]!), "timestamps do not go back");
+  });
+});
+
+void describe("lifecycle: documentation", () => {
+  void it("docs/ARCHITECTURE.md documents every job state and the transition table as domain/states.ts has them", () => {
+    const doc = readFileSync(join(ROOT, "docs/ARCHITECTURE.md"), "utf8");
+    const section = doc.split(/^## Job lifecycle$/m)[1]?.split(/^## /m)[0] ?? "";
+    assert.ok(section, "no '## Job lifecycle' section");
+    for (const s of JOB_STATES) assert.match(section, new RegExp(`^\\| ${s} \\| \\S`, "m"), `state ${s} is not in the table`);
+    for (const s of JOB_STATES) {
+      const line = new RegExp(`^${s} +-> (.*)$`, "m").exec(section)?.[1] ?? "";
+      const documented = line.replace(/\(.*\)/, "").split("|").map((x) => x.trim()).filter((x) => x !== "" && x !== "none");
+      assert.deepEqual([...documented].sort(), [...STAGE_TRANSITIONS[s]].sort(), `transitions from ${s}`);
+    }
   });
 });

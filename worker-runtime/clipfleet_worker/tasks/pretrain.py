@@ -66,6 +66,7 @@ def run(ctx: TaskContext) -> None:
         print(f"clipfleet worker: resumed from {resume_dir} at step {start}", flush=True)
     else:
         D.broadcast_parameters(model)
+    print(f"clipfleet worker: phase restored at {time.time():.3f}", flush=True)
 
     params = [p for p in model.parameters() if p.requires_grad]
     per_rank = int(a.per_rank_batch)

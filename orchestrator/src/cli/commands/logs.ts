@@ -21,7 +21,7 @@ export const logsCommand: Command<LogsArgs> = (deps) => ({
       .positional("job", { type: "string", demandOption: true })
       .option("follow", { alias: "f", type: "boolean", default: false, describe: "keep printing new lines until the job ends" })
       .option("stage", { type: "string", describe: "only this stage" })
-      .option("rank", { type: "number", describe: "only this rank (-1: the orchestrator's lines)" })
+      .option("rank", { type: "number", describe: "only the lines of this rank (the orchestrator's own lines show as rank -1 and are kept only without --rank)" })
       .option("tail", { type: "number", default: 0, describe: "only the last N stored lines" })
       .example("$0 logs j-20261123-101500-a1b2c3 -f --rank 0", "follow rank 0"),
   handler: async (args) => {
@@ -42,7 +42,7 @@ export const logsCommand: Command<LogsArgs> = (deps) => ({
         : null;
       try {
         await client.logs(
-          { jobId: args.job, follow: args.follow, stage: args.stage ?? "", rank: args.rank ?? -2, tail: args.tail },
+          { jobId: args.job, follow: args.follow, stage: args.stage ?? "", rank: args.rank ?? -1, tail: args.tail },
           (l) => {
             if (args.json) out(JSON.stringify(l)); // JSON Lines: one log line per line
             else {

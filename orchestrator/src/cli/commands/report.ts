@@ -13,44 +13,75 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { InvalidArgumentError } from "../../domain/index.js";
 import type { Job, StepHistoryResponse } from "../../gen/clipfleet/v1/control.js";
+import type { Argv } from "yargs";
+import type { ControlClient } from "../../client/index.js";
 import type { Command } from "../command.js";
+import type { CliDeps } from "../context.js";
 import { connectOrOpen } from "../offline.js";
 import { jobSummary, stateName } from "../render.js";
 
 /** Schema tag of report.json; worker-runtime/clipfleet_worker/report.py documents the shape and checks the tag. */
 export const REPORT_SCHEMA = "clipfleet.report/v1";
 
-interface ReportArgs {
+interface ReportArgs extends ReportOptions {
   job: string;
   out: string;
+}
+
+/** Options shared by `report` and `run --report`. */
+export interface ReportOptions {
   "max-points": number;
+  compare?: string;
+  metrics?: string;
+}
+
+/** Adds --max-points, --compare and --metrics to a command. */
+export function reportOptions<T>(y: Argv<T>): Argv<T & ReportOptions> {
+  return y
+    .option("max-points", { type: "number", default: 5000, describe: "thin each stage's curves to about this many steps (0: every step)" })
+    .option("compare", { type: "string", describe: "compare stages by this label of theirs (spec `labels`): a table and a chart, a row per value" })
+    .option("metrics", { type: "string", describe: "with --compare: the metrics to compare, comma-separated (default: all)" }) as Argv<T & ReportOptions>;
+}
+
+/**
+ * Writes DIR/report.json for a job and renders it (plots, index.md, index.html,
+ * and comparison.* with --compare). Resolves to the renderer's exit code.
+ */
+export async function writeJobReport(deps: CliDeps, client: ControlClient, jobId: string, out: string, opts: ReportOptions & { python?: string; json: boolean; quiet?: boolean }): Promise<number> {
+  const maxPoints = opts["max-points"];
+  if (!Number.isInteger(maxPoints) || maxPoints < 0) throw new InvalidArgumentError(`--max-points: expected a non-negative integer, got ${maxPoints}`, "max-points");
+  const job = await client.getJob(jobId);
+  const data = reportData(job, await client.stepHistory(jobId, "", maxPoints), Date.now());
+  if (opts.compare) data.compare = { by: opts.compare, metrics: (opts.metrics ?? "").split(",").map((m) => m.trim()).filter(Boolean) };
+  const dir = resolve(out);
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, "report.json");
+  writeFileSync(file, JSON.stringify(data) + "\n");
+  return deps.runWorkerCli(opts.python ?? null, ["report", "--data", file, "--out", dir, ...(opts.json ? ["--json"] : []), ...(opts.quiet ? ["--quiet"] : [])]);
 }
 
 export const reportCommand: Command<ReportArgs> = (deps, state) => ({
   command: "report <job>",
   describe: "Write PNG plots of a job's loss, learning rate, throughput and step time (restarts marked) and of its evaluation results, with index.md and index.html",
   builder: (y) =>
-    y
+    reportOptions(y)
       .positional("job", { type: "string", demandOption: true, describe: "job id" })
       .option("out", { type: "string", demandOption: true, describe: "directory for report.json, the PNGs, index.md and index.html (created if missing)" })
-      .option("max-points", { type: "number", default: 5000, describe: "thin each stage's curves to about this many steps (0: every step)" })
       .example("$0 report j-20261123-101500-a1b2c3 --out report/", "from the state dir of `clipfleet run` (.clipfleet)")
-      .example("$0 report j-20261123-101500-a1b2c3 --out report/ --server 127.0.0.1:7070 --json", "from a server; print the files written as JSON"),
+      .example("$0 report j-20261123-101500-a1b2c3 --out report/ --server 127.0.0.1:7070 --json", "from a server; print the files written as JSON")
+      .example("$0 report j-20261123-101500-a1b2c3 --out results/ --compare variant --metrics seg/mIoU,depth/rmse", "compare the stages of an experiment by their `variant` label") as never,
   handler: async (args) => {
-    const maxPoints = args["max-points"];
-    if (!Number.isInteger(maxPoints) || maxPoints < 0) throw new InvalidArgumentError(`--max-points: expected a non-negative integer, got ${maxPoints}`, "max-points");
-    let data: Record<string, unknown> | null = null;
     await connectOrOpen(deps, args, async (client) => {
-      const job = await client.getJob(args.job);
-      data = reportData(job, await client.stepHistory(args.job, "", maxPoints), Date.now());
+      state.exitCode = await writeJobReport(deps, client, args.job, args.out, { ...args, python: typeof args.python === "string" ? args.python : undefined });
     });
-    const out = resolve(args.out);
-    mkdirSync(out, { recursive: true });
-    const file = join(out, "report.json");
-    writeFileSync(file, JSON.stringify(data) + "\n");
-    state.exitCode = await deps.runWorkerCli(args.python ?? null, ["report", "--data", file, "--out", out, ...(args.json ? ["--json"] : [])]);
   },
 });
+
+/** A stage's spec labels (the frozen spec travels as JSON in the Job message). */
+function labelsOf(job: Job, stage: string): Record<string, string> {
+  const spec = JSON.parse(job.specJson) as { stages?: { name: string; labels?: Record<string, string> }[] };
+  return spec.stages?.find((s) => s.name === stage)?.labels ?? {};
+}
 
 /** The content of report.json for a job and its step history. */
 export function reportData(job: Job, history: StepHistoryResponse, nowMs: number): Record<string, unknown> {
@@ -62,6 +93,7 @@ export function reportData(job: Job, history: StepHistoryResponse, nowMs: number
     summary,
     stages: job.stages.map((s) => ({
       name: s.name,
+      labels: labelsOf(job, s.name),
       task: s.task,
       state: stateName(s.state),
       reason: s.reason,

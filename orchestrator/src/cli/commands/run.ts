@@ -8,19 +8,22 @@ import { embedOptions, orchestratorOptions, type OrchestratorArgs } from "../emb
 import { followJob } from "../follow.js";
 import { jobSummary, renderStatus, stateName } from "../render.js";
 import { readSpecInput } from "../spec-input.js";
+import { reportOptions, writeJobReport, type ReportOptions } from "./report.js";
 
-interface RunArgs extends OrchestratorArgs {
+interface RunArgs extends OrchestratorArgs, ReportOptions {
   spec: string;
   grace?: number;
+  report?: string;
 }
 
 export const runCommand: Command<RunArgs> = (deps, state) => ({
   command: "run <spec>",
   describe: "Run a job spec with an orchestrator embedded in this process; show progress; exit 0 when it succeeds",
   builder: (y) =>
-    orchestratorOptions(y, "127.0.0.1:0")
+    reportOptions(orchestratorOptions(y, "127.0.0.1:0"))
       .positional("spec", { type: "string", demandOption: true, describe: "job spec (YAML or JSON)" })
       .option("grace", { type: "number", describe: "seconds to wait for ranks to checkpoint and exit on Ctrl-C/SIGTERM" })
+      .option("report", { type: "string", describe: "when the job ends, write its report (plots, index.md, index.html; see `clipfleet report`) into this directory" })
       .example("$0 run examples/tiny-pretrain.yaml", "pretrain a tiny CLIP with 2 workers on synthetic data")
       .example("$0 run spec.yaml --json --metrics-listen 127.0.0.1:9400", "print a JSON summary; serve metrics while running"),
   handler: async (args) => {
@@ -40,8 +43,8 @@ export const runCommand: Command<RunArgs> = (deps, state) => ({
  * stops it at once.
  */
 export async function runJob(
-  _deps: CliDeps,
-  args: GlobalArgs & { grace?: number },
+  deps: CliDeps,
+  args: GlobalArgs & { grace?: number; report?: string } & Partial<ReportOptions>,
   orch: EmbeddedOrchestrator,
   start: (client: ControlClient) => Promise<Job>,
   onlyNewEvents = false,
@@ -74,6 +77,18 @@ export async function runJob(
     }
     if (args.json) printJson(jobSummary(final));
     else out(renderSummary(final));
+    if (args.report) {
+      const code = await writeJobReport(deps, client, final.id, args.report, {
+        "max-points": args["max-points"] ?? 5000,
+        compare: args.compare,
+        metrics: args.metrics,
+        python: typeof args.python === "string" ? args.python : undefined,
+        json: false,
+        quiet: true,
+      });
+      if (code !== 0) note(`clipfleet: the report could not be written (exit ${code})`);
+      else if (!args.json) note(`clipfleet: report in ${args.report}`);
+    }
     if (final.state === JobState.JOB_STATE_SUCCEEDED) return EXIT.OK;
     if (!args.json) note(`clipfleet: job ${final.id} ${stateName(final.state)}; \`clipfleet resume ${final.id} --state-dir ${args["state-dir"]}\` continues it from its last committed checkpoint`);
     return EXIT.JOB_FAILED;

@@ -1,0 +1,164 @@
+"""Benchmark 5, checkpoints: save and load throughput against the disk's own bandwidth, and the training stall.
+
+A model of about --params parameters (a stack of square Linear layers) with
+AdamW state is checkpointed exactly as pretraining does it
+(clipfleet_worker.checkpoint.CheckpointWriter: serialize, write_atomic with
+fsync, sha256) and restored exactly as a resume does it (verify the digests,
+then load with weights_only). The baseline is `dd` on the same directory in
+the same run: a sequential write of as many bytes with conv=fsync, and a
+sequential read of them. Reads are cold for both: each file is evicted from
+the page cache first (posix_fadvise DONTNEED after fsync; no global cache
+drop, the machine is shared), so both read from the disk.
+
+The stall: a training loop of the same model runs a fixed number of steps
+with one save after the first step, synchronous or asynchronous
+(checkpoint.async), and without a save; the stall is the blocking time of
+save() and the loop's extra wall time over the loop without a save (the
+background write competes with training for the same cores).
+
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import time
+
+import torch
+
+from clipfleet_worker import checkpoint as ckpt
+
+
+def build(params: int, width: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """Square Linear layers adding up to about `params` parameters, with AdamW state (one step taken)."""
+    per_layer = width * width + width
+    layers = max(1, round(params / per_layer))
+    model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    train_step(model, opt, width)
+    return model, opt
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, width: int, batch: int = 4) -> None:
+    x = torch.randn(batch, width)
+    opt.zero_grad(set_to_none=True)
+    model(x).square().mean().backward()
+    opt.step()
+
+
+def payload(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> dict:
+    """Rank 0's files, as tasks/pretrain.py builds them."""
+    return {
+        ckpt.rank_file(0): {"rng": ckpt.rng_state(), "step": step},
+        ckpt.MODEL_FILE: model.state_dict(),
+        ckpt.TRAINER_FILE: {"optimizer": opt.state_dict(), "step": step, "config_sha256": "0" * 64},
+    }
+
+
+def evict(path: str) -> None:
+    """Drops one file's pages from the page cache (they are clean: written with fsync)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def save(root: str, step: int, files: dict, async_save: bool = False) -> tuple[float, str, list[ckpt.WrittenFile]]:
+    written: list = []
+    writer = ckpt.CheckpointWriter(root, 1, 0, async_save)
+    stalled = writer.save(step, files, lambda d, fs, s, w: written.extend(fs))
+    writer.wait()
+    return stalled, os.path.join(root, ckpt.checkpoint_dir_name(step, 1)), written
+
+
+def load(directory: str, files: list[ckpt.WrittenFile]) -> float:
+    """What a resume does: verify every digest, then load each file (weights_only)."""
+    for f in files:
+        evict(os.path.join(directory, f.path))
+    t0 = time.perf_counter()
+    ckpt.verify(directory, [(f.path, f.sha256, f.size) for f in files])
+    for f in files:
+        ckpt.load(os.path.join(directory, f.path))
+    return time.perf_counter() - t0
+
+
+def dd_write(path: str, nbytes: int) -> float:
+    mib = max(1, math.ceil(nbytes / 2**20))
+    t0 = time.perf_counter()
+    subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={mib}", "conv=fsync"], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def dd_read(path: str) -> float:
+    evict(path)
+    t0 = time.perf_counter()
+    subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def stall_loop(model, opt, width: int, steps: int, root: str, mode: str) -> tuple[float, float]:
+    """(blocking seconds of save(), wall seconds of the loop) for mode none|sync|async."""
+    writer = ckpt.CheckpointWriter(root, 1, 0, mode == "async")
+    blocked = 0.0
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        train_step(model, opt, width)
+        if step == 1 and mode != "none":
+            blocked = writer.save(step, payload(model, opt, step), lambda *a: None)
+    writer.wait()
+    return blocked, time.perf_counter() - t0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dir", required=True, help="scratch directory on the disk to measure")
+    p.add_argument("--params", type=int, default=150_000_000)
+    p.add_argument("--width", type=int, default=2048)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--stall-repeats", type=int, default=2)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    model, opt = build(args.params, args.width)
+    n_params = sum(q.numel() for q in model.parameters())
+    runs = []
+    for r in range(args.repeats):
+        root = os.path.join(args.dir, f"ckpt-{r}")
+        files = payload(model, opt, r + 1)
+        saved, directory, written = save(root, r + 1, files)
+        nbytes = sum(f.size for f in written)
+        loaded = load(directory, written)
+        dd_file = os.path.join(args.dir, "dd.bin")
+        w = dd_write(dd_file, nbytes)
+        rd = dd_read(dd_file)
+        dd_bytes = os.path.getsize(dd_file)
+        os.remove(dd_file)
+        shutil.rmtree(root)
+        runs.append({"bytes": nbytes, "saveSeconds": saved, "loadSeconds": loaded, "ddBytes": dd_bytes, "ddWriteSeconds": w, "ddReadSeconds": rd})
+    # Enough steps that the asynchronous write finishes inside the loop.
+    t0 = time.perf_counter()
+    for _ in range(3):
+        train_step(model, opt, args.width)
+    step_seconds = (time.perf_counter() - t0) / 3
+    save_seconds = sorted(r["saveSeconds"] for r in runs)[len(runs) // 2]
+    steps = max(4, math.ceil(1.5 * save_seconds / step_seconds) + 1)
+    stalls = []
+    for r in range(args.stall_repeats):
+        row = {}
+        for mode in (["none", "sync", "async"] if r % 2 == 0 else ["async", "sync", "none"]):
+            root = os.path.join(args.dir, f"stall-{mode}")
+            row[mode] = stall_loop(model, opt, args.width, steps, root, mode)
+            shutil.rmtree(root, ignore_errors=True)
+        stalls.append({m: {"blocked": b, "loop": t} for m, (b, t) in row.items()})
+    print(json.dumps({"params": n_params, "runs": runs, "stallSteps": steps, "stepSeconds": step_seconds, "stalls": stalls}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""Benchmark 4, data path: samples/s of the worker's loader against a bare PIL decode loop.
+
+The loader is clipfleet_worker.data.loader.PlanLoader as pretraining uses it
+(tar index and random access, caption choice, keyed random resized crop and
+flip, CLIP normalisation, byte tokenisation, batching, prefetch threads),
+fed a sequential plan over the given shards. The baseline reads the same
+shard files front to back with tarfile and decodes each image with PIL
+(Image.open + convert("RGB")) and nothing else. Both run after a warm-up
+pass, so the shards are in the page cache for both; they alternate over
+--repeats rounds. Prints one JSON line.
+
+    PYTHONPATH=worker-runtime python3 bench/datapath.py --data DIR --image-size 224 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import cProfile
+import io
+import json
+import os
+import pstats
+import sys
+import tarfile
+import time
+
+from PIL import Image
+
+from clipfleet_worker.data.loader import PlanLoader, StepSlice
+from clipfleet_worker.tokenizers import build_tokenizer
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def shard_list(data: str) -> list[tuple[str, int]]:
+    """The train shards of a dataset directory with their sample counts (its sizes.json)."""
+    with open(os.path.join(data, "sizes.json")) as f:
+        sizes = json.load(f)
+    return [(os.path.join(data, name), int(n)) for name, n in sorted(sizes.items()) if name.startswith("train-")]
+
+
+def bare_decode(shards: list[tuple[str, int]]) -> int:
+    """Decodes every image of every shard, sequentially; returns how many."""
+    n = 0
+    for url, _ in shards:
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if member.isfile() and member.name.lower().endswith(IMAGE_EXTS):
+                    data = tar.extractfile(member)
+                    assert data is not None
+                    Image.open(io.BytesIO(data.read())).convert("RGB")
+                    n += 1
+    return n
+
+
+def loader_pass(shards: list[tuple[str, int]], image_size: int, batch: int, threads: int, prefetch: int) -> int:
+    """Iterates PlanLoader over every full batch of the shards, in order; returns the samples loaded."""
+    starts = [0]
+    for _, n in shards:
+        starts.append(starts[-1] + n)
+    steps = starts[-1] // batch
+
+    def fetch(from_step: int, count: int) -> list[StepSlice]:
+        out = []
+        for step in range(from_step, min(steps, from_step + count)):
+            ids = list(range(step * batch, (step + 1) * batch))
+            where = [bisect.bisect_right(starts, i) - 1 for i in ids]
+            out.append(StepSlice(step=step, epoch=0, sample_in_epoch=step * batch, shards=where, indices=[i - starts[s] for i, s in zip(ids, where)], sample_ids=ids))
+        return out
+
+    cfg = {
+        "seed": 0,
+        "data": {"captions": {"alt": 0.5, "vecap": 0.5}, "caption_mode": "sample", "augment": {"crop_scale": [0.9, 1.0], "crop_ratio": [0.75, 1.3333333], "hflip": 0.0}},
+    }
+    tokenizer = build_tokenizer({"type": "byte", "vocab": None})
+    n = 0
+    with PlanLoader(
+        shards=shards, fetch_plan=fetch, start_step=0, end_step=steps, task="pretrain", cfg=cfg,
+        tokenize=lambda texts: tokenizer(texts, 77), image_size=image_size, threads=threads, prefetch_steps=prefetch,
+    ) as loader:
+        for b in loader:
+            n += int(b.valid.sum())
+    return n
+
+
+def profile_decode(shards: list[tuple[str, int]], image_size: int) -> None:
+    """cProfile of the loader's per-sample work, run on this thread (the loader's pool threads escape cProfile)."""
+    from clipfleet_worker.data.loader import LoaderConfig, ShardSet, _decode_sample
+
+    cfg = LoaderConfig.from_cfg(
+        {"seed": 0, "data": {"captions": {"alt": 0.5, "vecap": 0.5}, "caption_mode": "sample", "augment": {"crop_scale": [0.9, 1.0], "crop_ratio": [0.75, 1.3333333], "hflip": 0.0}}},
+        "pretrain", image_size, "train", [u for u, _ in shards],
+    )
+    tokenizer = build_tokenizer({"type": "byte", "vocab": None})
+    shardset = ShardSet(shards)
+    prof = cProfile.Profile()
+    prof.enable()
+    for s, (_, n) in enumerate(shards):
+        for i in range(n):
+            _decode_sample(shardset, cfg, lambda texts: tokenizer(texts, 77), s, i, 0, None)
+    prof.disable()
+    shardset.close()
+    pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+
+
+def timed(fn, *args) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    n = fn(*args)
+    return time.perf_counter() - t0, n
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="dataset directory (train-*.tar and sizes.json)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2, help="loader decode threads (data.loader_threads)")
+    p.add_argument("--prefetch", type=int, default=4, help="data.prefetch_steps")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--profile", action="store_true", help="also profile a 1-thread loader pass with cProfile (top functions on stderr)")
+    args = p.parse_args()
+    shards = shard_list(args.data)
+    bare_decode(shards)  # warm-up: page cache, PIL plugins
+    runs: list[dict[str, float]] = []
+    for r in range(args.repeats):
+        # Alternate the order, so a trend in the machine's load favours neither.
+        order = ["bare", "loader", "loader1"] if r % 2 == 0 else ["loader1", "loader", "bare"]
+        run: dict[str, float] = {}
+        for kind in order:
+            if kind == "bare":
+                secs, n = timed(bare_decode, shards)
+            else:
+                secs, n = timed(loader_pass, shards, args.image_size, args.batch, args.threads if kind == "loader" else 1, args.prefetch)
+            run[kind] = n / secs
+        runs.append(run)
+    if args.profile:
+        profile_decode(shards, args.image_size)
+    print(json.dumps({"runs": runs, "threads": args.threads, "imageSize": args.image_size, "batch": args.batch, "samples": sum(n for _, n in shards), "cpus": os.cpu_count()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

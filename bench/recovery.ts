@@ -1,0 +1,204 @@
+/**
+ * Benchmark 2, recovery: a rank of a running `clipfleet run` is killed
+ * (kill -9) or frozen (SIGSTOP, a hung rank) mid-run, repeatedly; each run
+ * measures the seconds from the signal to the orchestrator's detection
+ * ("attempt N failed" in the job's log), from detection to the first step
+ * the next attempt completes (rank 0's step history), the steps redone, and
+ * the phases in between: teardown, restart decision and backoff, process
+ * start, imports (torch), registration, rendezvous, restore (model build,
+ * checkpoint verify and load), first step. The phase boundaries come from
+ * the orchestrator's log lines and the `clipfleet worker: phase NAME at T`
+ * lines every rank prints; each boundary is the slowest rank's (the gang
+ * waits for it).
+ */
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import type { LogEntry } from "../orchestrator/src/jobs/index.js";
+import { BIN, PYTHON, runProcess, sleep, waitFor } from "./lib/proc.js";
+import { figure, median, type Figure } from "./lib/results.js";
+import { readLogs, readSteps, writeTinySpec } from "./lib/spec.js";
+
+/** The failures injected. */
+type Injection = "SIGKILL" | "SIGSTOP";
+
+/** Phases of a recovery, in order: [name, seconds]. */
+const PHASES = ["detect", "teardown", "decide+backoff", "process start", "imports (torch)", "register", "rendezvous", "restore (model+checkpoint)", "first step"] as const;
+type Phase = (typeof PHASES)[number];
+
+/** One injected failure and what followed. */
+interface RecoveryRun {
+  readonly signal: Injection;
+  readonly killedAtStep: number;
+  readonly detectSeconds: number;
+  readonly recoverSeconds: number;
+  readonly totalSeconds: number;
+  readonly stepsRedone: number;
+  readonly resumedFromStep: number;
+  readonly phases: Record<Phase, number>;
+  readonly reason: string;
+}
+
+/** Sizes (quick: one run of each kind on a short job). */
+export function recoveryPlan(quick: boolean): { runs: number; steps: number; killAt: number; everySteps: number } {
+  return quick ? { runs: 1, steps: 24, killAt: 12, everySteps: 10 } : { runs: 3, steps: 50, killAt: 25, everySteps: 10 };
+}
+
+/** The heartbeat timeout of the spec (the SIGSTOP detection bound). */
+const HEARTBEAT_TIMEOUT = 3;
+
+/** Runs every kill -9 and SIGSTOP run; returns figures per injection kind. */
+export async function benchRecovery(quick: boolean, work: string): Promise<{ figures: Figure[]; details: unknown }> {
+  const p = recoveryPlan(quick);
+  const spec = writeTinySpec(work, {
+    name: "recovery",
+    steps: p.steps,
+    batch: 64,
+    everySteps: p.everySteps,
+    finalCheckpoint: false,
+    shuffle: true,
+    failure: { heartbeat_timeout: HEARTBEAT_TIMEOUT },
+  });
+  const runs: RecoveryRun[] = [];
+  for (let i = 0; i < p.runs; i++) {
+    for (const signal of ["SIGKILL", "SIGSTOP"] as const) {
+      runs.push(await recoverOnce(spec, join(work, `${signal}-${i}`), signal, p.killAt));
+    }
+  }
+  const figures: Figure[] = [];
+  for (const signal of ["SIGKILL", "SIGSTOP"] as const) {
+    const rs = runs.filter((r) => r.signal === signal);
+    const what = signal === "SIGKILL" ? "kill -9" : "SIGSTOP";
+    const phaseMedians = PHASES.map((ph) => [ph, median(rs.map((r) => r.phases[ph]))] as const);
+    const largest = [...phaseMedians].sort((a, b) => b[1] - a[1])[0];
+    figures.push(
+      figure({
+        benchmark: "recovery",
+        figure: `${what}: signal to detection`,
+        unit: "s",
+        values: rs.map((r) => r.detectSeconds),
+        note: signal === "SIGSTOP" ? `failure.heartbeat_timeout ${HEARTBEAT_TIMEOUT} s; the watchdog looks every 0.5 s` : "the rank's exit is seen at once",
+      }),
+      figure({
+        benchmark: "recovery",
+        figure: `${what}: detection to first step of the new attempt`,
+        unit: "s",
+        values: rs.map((r) => r.recoverSeconds),
+        note: `largest phase: ${largest?.[0] ?? "?"} (${(largest?.[1] ?? 0).toFixed(2)} s); median phases: ${phaseMedians.map(([n, s]) => `${n} ${s.toFixed(2)}`).join(", ")}`,
+      }),
+      figure({ benchmark: "recovery", figure: `${what}: steps redone`, unit: "steps", values: rs.map((r) => r.stepsRedone), note: `checkpoint every ${p.everySteps} steps; killed near step ${p.killAt}` }),
+    );
+    for (const [ph, _] of phaseMedians) {
+      figures.push(figure({ benchmark: "recovery", figure: `${what}: phase ${ph}`, unit: "s", values: rs.map((r) => r.phases[ph]) }));
+    }
+  }
+  return { figures, details: { ...p, heartbeatTimeoutSeconds: HEARTBEAT_TIMEOUT, runs } };
+}
+
+/** One `clipfleet run` with one failure injected into rank 1 once rank 0 reported `killAt` steps. */
+async function recoverOnce(spec: string, stateDir: string, signal: Injection, killAt: number): Promise<RecoveryRun> {
+  const child = spawn(process.execPath, [BIN, "run", spec, "--state-dir", stateDir, "--json"], {
+    env: { ...process.env, CLIPFLEET_PYTHON: PYTHON },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  const done = new Promise<number | null>((resolve) => child.once("close", (code) => resolve(code)));
+  const timer = setTimeout(() => child.kill("SIGKILL"), 5 * 60_000);
+  try {
+    const jobId = await waitFor("the job id", () => /clipfleet: job (j-[0-9a-f-]+)/.exec(stderr)?.[1], 120_000, 20);
+    await waitFor(`step ${killAt}`, () => readSteps(stateDir, jobId).some((s) => s.attempt === 1 && s.step >= killAt), 180_000, 10);
+    const before = await readLogs(stateDir, jobId);
+    const victim = registration(before, 1, 1);
+    const killedAtMs = Date.now();
+    process.kill(victim.pid, signal);
+    const code = await done;
+    if (code !== 0) throw new Error(`clipfleet run exited ${code} after ${signal} of rank 1:\n${stderr.slice(-3000)}`);
+    return analyse(stateDir, jobId, signal, killedAtMs, JSON.parse(stdout) as { restarts: number });
+  } finally {
+    clearTimeout(timer);
+    if (child.exitCode === null) {
+      child.kill("SIGKILL");
+      await sleep(100);
+    }
+  }
+}
+
+/** The registration of `rank` in `attempt` (the orchestrator logs pid and time). */
+function registration(logs: readonly LogEntry[], attempt: number, rank: number): { pid: number; tsMs: number } {
+  for (const e of logs) {
+    if (e.stream !== "orchestrator" || e.attempt !== attempt) continue;
+    const m = /^rank (\d+) registered from \S+ pid (\d+)/.exec(e.line);
+    if (m && Number(m[1]) === rank) return { pid: Number(m[2]), tsMs: e.tsMs };
+  }
+  throw new Error(`no registration of rank ${rank} in attempt ${attempt}`);
+}
+
+/** Reads the log and step history of a finished run into detection, recovery and its phases. */
+async function analyse(stateDir: string, jobId: string, signal: Injection, killedAtMs: number, summary: { restarts: number }): Promise<RecoveryRun> {
+  if (summary.restarts !== 1) throw new Error(`expected exactly 1 restart after ${signal}, got ${summary.restarts}`);
+  const logs = await readLogs(stateDir, jobId);
+  const steps = readSteps(stateDir, jobId);
+  const orch = (attempt: number, re: RegExp): LogEntry[] => logs.filter((e) => e.stream === "orchestrator" && e.attempt === attempt && re.test(e.line));
+  const failed = orch(1, /^attempt 1 failed: /)[0];
+  if (!failed) throw new Error("no 'attempt 1 failed' line in the job's log");
+  const exits = orch(1, /^rank \d+ \(pid \d+\) (killed by|exited|was lost)/);
+  if (exits.length !== 2) throw new Error(`expected the exits of both ranks of attempt 1, found ${exits.length}`);
+  const teardownEnd = Math.max(...exits.map((e) => e.tsMs));
+  const launched = await attemptStart(stateDir, jobId, 2);
+  // Worker phase lines of attempt 2, slowest rank first.
+  const workerPhase = (name: string): number => {
+    const ts = logs
+      .filter((e) => e.attempt === 2 && e.rank >= 0)
+      .map((e) => new RegExp(`^clipfleet worker: phase ${name} at ([0-9.]+)$`).exec(e.line))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => Number(m[1]) * 1000);
+    if (ts.length !== 2) throw new Error(`expected 'clipfleet worker: phase ${name}' from both ranks of attempt 2, found ${ts.length}`);
+    return Math.max(...ts);
+  };
+  const registered = Math.max(registration(logs, 2, 0).tsMs, registration(logs, 2, 1).tsMs);
+  const firstStep = steps.find((s) => s.attempt === 2);
+  if (!firstStep) throw new Error("attempt 2 reported no step");
+  const lastOfFirst = Math.max(...steps.filter((s) => s.attempt === 1).map((s) => s.step));
+  const resumedFrom = firstStep.step - 1;
+  const marks: [Phase, number][] = [
+    ["detect", failed.tsMs],
+    ["teardown", teardownEnd],
+    ["decide+backoff", launched],
+    ["process start", workerPhase("started")],
+    ["imports (torch)", workerPhase("imported")],
+    ["register", registered],
+    ["rendezvous", workerPhase("rendezvous")],
+    ["restore (model+checkpoint)", workerPhase("restored")],
+    ["first step", firstStep.tsMs],
+  ];
+  const phases = {} as Record<Phase, number>;
+  let prev = killedAtMs;
+  for (const [name, at] of marks) {
+    // The killed rank's exit can be logged before the failure line (it is the cause): never negative.
+    phases[name] = Math.max(0, at - prev) / 1000;
+    prev = Math.max(prev, at);
+  }
+  return {
+    signal,
+    killedAtStep: lastOfFirst,
+    detectSeconds: (failed.tsMs - killedAtMs) / 1000,
+    recoverSeconds: (firstStep.tsMs - failed.tsMs) / 1000,
+    totalSeconds: (firstStep.tsMs - killedAtMs) / 1000,
+    stepsRedone: lastOfFirst - resumedFrom,
+    resumedFromStep: resumedFrom,
+    phases,
+    reason: failed.line,
+  };
+}
+
+/** When the orchestrator started attempt `n` (its record, via `clipfleet status --json`). */
+async function attemptStart(stateDir: string, jobId: string, n: number): Promise<number> {
+  const r = await runProcess(process.execPath, [BIN, "status", jobId, "--json", "--state-dir", stateDir]);
+  if (r.code !== 0) throw new Error(`clipfleet status failed: ${r.stderr}`);
+  const v = JSON.parse(r.stdout) as { job: { stages: { attempts: { number: number; startedAtMs: number | string }[] }[] } };
+  const a = v.job.stages[0]?.attempts.find((x) => x.number === n);
+  if (!a) throw new Error(`no attempt ${n} in the job's record`);
+  return Number(a.startedAtMs);
+}
