@@ -96,6 +96,8 @@ export interface FigureInput {
   readonly ratios?: readonly number[] | null;
   readonly target?: string | null;
   readonly note?: string | null;
+  /** Samples behind a single value (a percentile of many reports); default: values.length. */
+  readonly runs?: number;
 }
 
 /** Summarises repeated runs into a Figure (value = median; ratio = median of paired ratios when given). */
@@ -113,7 +115,7 @@ export function figure(f: FigureInput): Figure {
     baseline: base,
     baselineWhat: base === null ? null : (f.baselineWhat ?? null),
     ratio,
-    runs: f.values.length,
+    runs: f.runs ?? f.values.length,
     min: Math.min(...f.values),
     median: v,
     max: Math.max(...f.values),

@@ -201,7 +201,7 @@ void describe("clipfleet server with the CLI", () => {
   });
 
   void it("cancel --checkpoint saves at the stop step; resume continues from it to SUCCEEDED", { timeout: 120_000 }, async () => {
-    const spec = writeTinySpec(tmp.dir, { name: "save-and-stop", steps: 30, batch: 16, everySteps: null });
+    const spec = writeTinySpec(tmp.dir, { name: "save-and-stop", steps: 40, batch: 16, everySteps: null });
     const sub = await runCli(["submit", spec], { env: viaEnv });
     assert.equal(sub.code, 0, sub.stderr);
     const id = sub.stdout.trim();
@@ -214,7 +214,7 @@ void describe("clipfleet server with the CLI", () => {
     const m = /^cancelled by user; checkpoint committed at step (\d+)$/.exec(summary.reason);
     assert.ok(m, `reason: ${summary.reason}`);
     const stopStep = Number(m[1]);
-    assert.ok(stopStep >= 1 && stopStep < 30, `stop step ${stopStep}`);
+    assert.ok(stopStep >= 1 && stopStep < 40, `stop step ${stopStep}`);
 
     const cancelled = await statusJson(id, { env: viaEnv });
     for (const pid of attemptPidsOf(cancelled)) assert.equal(alive(pid), false, `worker ${pid} alive after cancel --checkpoint returned`);
@@ -237,7 +237,7 @@ void describe("clipfleet server with the CLI", () => {
         [2, "succeeded", stopStep],
       ],
     );
-    assert.equal(done.stages[0]!.progress!.step, 30);
+    assert.equal(done.stages[0]!.progress!.step, 40);
     for (const pid of attemptPids(done)) assert.equal(alive(pid), false);
     // Resuming a job that succeeded is refused: exit 2 with the reason.
     const again = await runCli(["resume", id, ...viaFlag]);

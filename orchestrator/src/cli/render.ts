@@ -27,6 +27,7 @@ export function jobSummary(job: Job): Record<string, unknown> {
     steps: job.stages.reduce((a, s) => a + (s.progress?.step ?? 0), 0),
     totalSteps: job.stages.reduce((a, s) => a + (s.progress?.totalSteps ?? 0), 0),
     samplesSeen: job.stages.reduce((a, s) => a + (s.progress?.samplesSeen ?? 0), 0),
+    skippedSamples: job.stages.reduce((a, s) => a + (s.progress?.skippedSamples ?? 0), 0),
     restarts: job.stages.reduce((a, s) => a + s.restarts, 0),
     firstLoss: (lastWithLoss ?? single)?.progress?.firstLoss ?? null,
     finalLoss: lastWithLoss?.progress?.loss ?? null,

@@ -8,6 +8,7 @@ import {
   canTransition,
   EVENT_SCHEMA_VERSION,
   FailedPreconditionError,
+  isTerminal,
   jobStateOf,
   NotFoundError,
   type JobEvent,
@@ -74,6 +75,8 @@ export function transition(
     }),
   );
   const jobState = jobStateOf(next.stages.map((s) => s.state));
+  // Why the job waits for slots means nothing once it is over (status would still show it).
+  if (isTerminal(jobState)) next.pendingReason = "";
   if (jobState !== next.state) {
     const jobFrom = next.state;
     next.state = jobState;

@@ -85,6 +85,9 @@ export interface AttemptRuntime {
   lastReport: StepReport | null;
   /** Loss of the attempt's first reported step. */
   firstLoss: number | null;
+  /** Undecodable samples skipped by this attempt's ranks, and by the stage's earlier attempts. */
+  skippedSamples: number;
+  readonly skippedBefore: number;
   samplesSeen: number;
   /** Resolves when every process of the attempt has exited. */
   allExited: Promise<void>;

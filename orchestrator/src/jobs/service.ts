@@ -662,7 +662,10 @@ export class JobService implements MetricsSource {
       appendFileSync(this.auditPath(rt.jobId, rt.stage), JSON.stringify({ a: rt.attempt, s: rep.step - 1, ids: rep.samples }) + "\n");
     }
     m.dataWait.inc({ ...labels, rank: String(rank.rank) }, rep.dataWaitSeconds);
-    if (rep.skippedSamples > 0) m.skipped.inc(labels, rep.skippedSamples);
+    if (rep.skippedSamples > 0) {
+      m.skipped.inc(labels, rep.skippedSamples);
+      rt.skippedSamples += rep.skippedSamples;
+    }
     if (rank.rank !== 0) return;
 
     // Rank 0 speaks for the stage: the loss is all-reduced, so every rank has the same.
@@ -1200,9 +1203,10 @@ export class JobService implements MetricsSource {
     }
     for (const w of waiting) {
       const job = this.ledger.has(w.jobId) ? this.ledger.get(w.jobId) : null;
-      if (job && job.pendingReason !== w.reason) {
+      if (job && !isTerminal(job.state) && job.pendingReason !== w.reason) {
         await this.ledger.update(w.jobId, (j) => {
-          j.pendingReason = w.reason;
+          // A cancel may have ended the job since this pass looked: a finished job waits for nothing.
+          if (!isTerminal(j.state)) j.pendingReason = w.reason;
         });
       }
     }
@@ -1341,6 +1345,8 @@ export class JobService implements MetricsSource {
       lastStepEventMs: 0,
       lastReport: null,
       firstLoss: null,
+      skippedSamples: 0,
+      skippedBefore: stageRec.progress.skippedSamples,
       samplesSeen: startStep * globalBatch,
       allExited,
     };
@@ -1603,6 +1609,7 @@ export class JobService implements MetricsSource {
     p.temperature = rep.temperature;
     p.samplesPerSecond = rep.samplesPerSecond;
     p.stepSeconds = rep.stepSeconds;
+    p.skippedSamples = rt.skippedBefore + rt.skippedSamples;
     const a = s.attempts.find((x) => x.number === rt.attempt);
     if (a) a.lastStep = rep.step;
   }

@@ -127,6 +127,16 @@ void describe("lifecycle.transition: stage bookkeeping", () => {
     assert.equal(resumed.state, "PENDING");
   });
 
+  void it("clears the job's pending reason when it ends (a cancelled queued job waits for nothing)", () => {
+    const queued = singleJob();
+    queued.pendingReason = "needs 2 slots, 0 free";
+    assert.equal(transition(queued, "main", "CANCELLED", "cancelled by user", T0).job.pendingReason, "");
+    const restarting = walk(queued, "main", ["STARTING", "RESTARTING"]).job;
+    restarting.pendingReason = "needs 2 slots, 1 free";
+    assert.equal(transition(restarting, "main", "STARTING", "attempt 2", T0).job.pendingReason, "needs 2 slots, 1 free", "the service clears it when it places the job");
+    assert.equal(transition(restarting, "main", "FAILED", "budget spent", T0).job.pendingReason, "");
+  });
+
   void it("applies facts.update to the stage in the same write, and facts.attempt/rank/data to the event", () => {
     const started = walk(singleJob(), "main", ["STARTING"]).job;
     const { job, events } = transition(started, "main", "RESTARTING", "rank 1 exited with code 1", T0 + 9000, {

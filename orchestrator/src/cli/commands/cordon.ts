@@ -11,7 +11,7 @@ function schedulable(verb: "cordon" | "uncordon"): Command<{ node: string }> {
     builder: (y) =>
       y
         .positional("node", { type: "string", demandOption: true, describe: "node name from the inventory" })
-        .example(`$0 ${verb} gpu-07 --server 127.0.0.1:7070`, on ? "the node is back in service" : "before maintenance on gpu-07") as never,
+        .example(`$0 ${verb} gpu-07 --server 127.0.0.1:7070`, on ? "the node is back in service" : "before maintenance on gpu-07"),
     handler: async (args) => {
       const client = await connectLive(args);
       try {

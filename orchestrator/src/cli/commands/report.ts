@@ -40,7 +40,7 @@ export function reportOptions<T>(y: Argv<T>): Argv<T & ReportOptions> {
   return y
     .option("max-points", { type: "number", default: 5000, describe: "thin each stage's curves to about this many steps (0: every step)" })
     .option("compare", { type: "string", describe: "compare stages by this label of theirs (spec `labels`): a table and a chart, a row per value" })
-    .option("metrics", { type: "string", describe: "with --compare: the metrics to compare, comma-separated (default: all)" }) as Argv<T & ReportOptions>;
+    .option("metrics", { type: "string", describe: "with --compare: the metrics to compare, comma-separated (default: all)" });
 }
 
 /**
@@ -69,7 +69,7 @@ export const reportCommand: Command<ReportArgs> = (deps, state) => ({
       .option("out", { type: "string", demandOption: true, describe: "directory for report.json, the PNGs, index.md and index.html (created if missing)" })
       .example("$0 report j-20261123-101500-a1b2c3 --out report/", "from the state dir of `clipfleet run` (.clipfleet)")
       .example("$0 report j-20261123-101500-a1b2c3 --out report/ --server 127.0.0.1:7070 --json", "from a server; print the files written as JSON")
-      .example("$0 report j-20261123-101500-a1b2c3 --out results/ --compare variant --metrics seg/mIoU,depth/rmse", "compare the stages of an experiment by their `variant` label") as never,
+      .example("$0 report j-20261123-101500-a1b2c3 --out results/ --compare variant --metrics seg/mIoU,depth/rmse", "compare the stages of an experiment by their `variant` label"),
   handler: async (args) => {
     await connectOrOpen(deps, args, async (client) => {
       state.exitCode = await writeJobReport(deps, client, args.job, args.out, { ...args, python: typeof args.python === "string" ? args.python : undefined });

@@ -1,0 +1,104 @@
+/**
+ * Benchmark 3, control-plane scale: 100, 1,000 and 10,000 simulated worker
+ * ranks (real gRPC clients, no torch) at 1 step report per second each,
+ * against a real orchestrator on loopback (bench/scale/server.ts, one
+ * process per size). Gangs are at most 2,500 ranks (cluster.workers is
+ * capped at 4,096), so 10,000 ranks are 4 jobs. Bounded: each size runs
+ * a few seconds of warm-up and one measurement window.
+ */
+import { linkSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { PYTHON, runNodeJson, tinyDataset } from "./lib/proc.js";
+import { figure, median, type Figure } from "./lib/results.js";
+import type { ScaleResult } from "./scale/server.js";
+
+/** Shards of the simulated jobs' dataset: links to the tiny dataset's 4 shards (256 samples each). */
+const SHARDS = 64;
+
+/** Sizes and timings (quick: 100 ranks for a few seconds). */
+export function scalePlan(quick: boolean): { sizes: number[]; warmup: number; window: number; scrapes: number } {
+  return quick ? { sizes: [100], warmup: 1, window: 4, scrapes: 2 } : { sizes: [100, 1000, 10000], warmup: 5, window: 20, scrapes: 5 };
+}
+
+/**
+ * A dataset directory whose shards are links to the tiny dataset's (the
+ * plan needs enough samples for a step of every rank; nobody decodes them).
+ */
+function linkedDataset(dir: string): string {
+  const src = tinyDataset();
+  mkdirSync(dir, { recursive: true });
+  const sizes: Record<string, number> = {};
+  for (let i = 0; i < SHARDS; i++) {
+    const name = `train-${String(i).padStart(5, "0")}.tar`;
+    const from = join(src, `train-${String(i % 4).padStart(5, "0")}.tar`);
+    try {
+      linkSync(from, join(dir, name));
+    } catch {
+      symlinkSync(from, join(dir, name));
+    }
+    sizes[name] = 256;
+  }
+  writeFileSync(join(dir, "sizes.json"), JSON.stringify(sizes));
+  return dir;
+}
+
+/** Runs every size; returns figures per size. */
+export async function benchScale(quick: boolean, work: string): Promise<{ figures: Figure[]; details: unknown }> {
+  const p = scalePlan(quick);
+  const data = linkedDataset(join(work, "data"));
+  const results: ScaleResult[] = [];
+  for (const ranks of p.sizes) {
+    const stateDir = join(work, `state-${ranks}`);
+    mkdirSync(stateDir, { recursive: true });
+    const r = await runNodeJson<ScaleResult>(
+      "scale/server.js",
+      [
+        ...["--ranks", String(ranks), "--gang", "2500", "--rate", "1", "--per-rank", "4"],
+        ...["--warmup", String(p.warmup), "--window", String(p.window), "--scrapes", String(p.scrapes)],
+        ...["--loadgens", ranks >= 5000 ? "2" : "1", "--data", data, "--shards", String(SHARDS), "--state-dir", stateDir, "--python", PYTHON],
+      ],
+      ["--max-old-space-size=8192"],
+      15 * 60_000,
+    );
+    results.push(r);
+  }
+  const figures: Figure[] = [];
+  for (const r of results) {
+    const n = `${r.ranks.toLocaleString("en-US")} ranks`;
+    const issues = [...r.failures, ...r.errors.slice(0, 3)];
+    figures.push(
+      figure({
+        benchmark: "scale",
+        figure: `${n}: step reports handled`,
+        unit: "reports/s",
+        values: [r.reportsPerSecond],
+        baseline: [r.offeredPerSecond],
+        baselineWhat: "offered: ranks x 1 report/s",
+        note: `${r.jobs} job(s); clients sent ${(r.clientsSent / r.windowSeconds).toFixed(0)}/s; heartbeats ${r.heartbeatsPerSecond.toFixed(0)}/s; ${r.windowSeconds.toFixed(0)} s window${issues.length ? `; PROBLEMS: ${issues.join("; ")}` : ""}`,
+      }),
+      figure({
+        benchmark: "scale",
+        figure: `${n}: report latency p50`,
+        unit: "ms",
+        values: [r.reportLatencyMs.p50],
+        runs: r.reportLatencyMs.samples,
+        note: "client write to handled by the job service",
+      }),
+      figure({ benchmark: "scale", figure: `${n}: report latency p99`, unit: "ms", values: [r.reportLatencyMs.p99], runs: r.reportLatencyMs.samples }),
+      figure({ benchmark: "scale", figure: `${n}: GetPlan round trip p50`, unit: "ms", values: [r.planRttMs.p50], runs: r.planRttMs.samples }),
+      figure({ benchmark: "scale", figure: `${n}: GetPlan round trip p99`, unit: "ms", values: [r.planRttMs.p99], runs: r.planRttMs.samples }),
+      figure({
+        benchmark: "scale",
+        figure: `${n}: orchestrator CPU per 1,000 reports`,
+        unit: "s",
+        values: [r.cpuSecondsPer1000Reports],
+        note: `heartbeats, GetPlan and keepalives included; orchestrator at ${(r.cpuUtilisation * 100).toFixed(0)}% of a core; event-loop delay p99 ${r.eventLoopDelayMs.p99.toFixed(1)} ms`,
+      }),
+      figure({ benchmark: "scale", figure: `${n}: orchestrator resident memory`, unit: "MB", values: [r.rssBytes / 1e6], note: `peak ${(r.rssPeakBytes / 1e6).toFixed(0)} MB, V8 heap ${(r.heapUsedBytes / 1e6).toFixed(0)} MB` }),
+      figure({ benchmark: "scale", figure: `${n}: /metrics scrape time`, unit: "s", values: r.scrapeSeconds, note: `${r.scrapeSeries.toLocaleString("en-US")} series` }),
+      figure({ benchmark: "scale", figure: `${n}: /metrics scrape size`, unit: "MB", values: [median(r.scrapeBytes) / 1e6] }),
+      figure({ benchmark: "scale", figure: `${n}: submit to every gang running`, unit: "s", values: [r.gangStartSeconds], note: `register p50 ${r.registerRttMs.p50.toFixed(0)} ms, p99 ${r.registerRttMs.p99.toFixed(0)} ms` }),
+    );
+  }
+  return { figures, details: { ...p, results } };
+}

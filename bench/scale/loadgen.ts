@@ -1,0 +1,259 @@
+/**
+ * Load generator of the scale benchmark (forked by scale/server.ts with an
+ * IPC channel): each launch it receives becomes a simulated worker rank, a
+ * real gRPC client of the worker gateway with no torch behind it. Like a
+ * real rank it registers with the job token, opens its session, sends
+ * heartbeats at the assignment's interval, a step report every 1/rate
+ * seconds and a GetPlan call every `plan-every` steps (the loader fetches
+ * its plan that many steps ahead). By default every rank has a connection
+ * of its own, as separate worker processes would.
+ *
+ *   (forked) loadgen.js --rate 1 --plan-every 4 --connections per-rank
+ */
+import { credentials, Metadata, type ClientDuplexStream, type ServiceError } from "@grpc/grpc-js";
+import { parseArgs } from "node:util";
+import { Phase, WorkerGatewayClient, type Assignment, type Command, type PlanResponse, type WorkerMessage } from "../../orchestrator/src/gen/clipfleet/v1/worker.js";
+import { ORCHESTRATOR_VERSION } from "../../orchestrator/src/jobs/index.js";
+import { SENT_AT_KEY, wallMs, type FromLoadgen, type LoadgenStats, type ToLoadgen } from "./protocol.js";
+
+interface Options {
+  readonly rate: number;
+  readonly planEvery: number;
+  readonly perRankConnection: boolean;
+}
+
+/** What the generator counts between "window" and "stats". */
+class Counters {
+  reportsSent = 0;
+  heartbeatsSent = 0;
+  planRttMs: number[] = [];
+  readonly registerRttMs: number[] = [];
+  readonly errors: string[] = [];
+  since = performance.now();
+  cpu = process.cpuUsage();
+
+  reset(): void {
+    this.reportsSent = 0;
+    this.heartbeatsSent = 0;
+    this.planRttMs = [];
+    this.since = performance.now();
+    this.cpu = process.cpuUsage();
+  }
+
+  error(what: string): void {
+    if (this.errors.length < 20) this.errors.push(what);
+  }
+}
+
+/** One simulated rank. */
+class SimRank {
+  private readonly client: WorkerGatewayClient;
+  private readonly md = new Metadata();
+  private stream: ClientDuplexStream<WorkerMessage, Command> | null = null;
+  private readonly timers: NodeJS.Timeout[] = [];
+  private step = 0;
+  private stopped = false;
+
+  constructor(
+    readonly key: string,
+    private readonly env: Readonly<Record<string, string>>,
+    token: string,
+    private readonly opts: Options,
+    private readonly counters: Counters,
+    private readonly onExit: (code: number | null, signal: string | null) => void,
+  ) {
+    this.md.set("authorization", `Bearer ${token}`);
+    this.client = new WorkerGatewayClient(env.CLIPFLEET_ADDR ?? "", credentials.createInsecure(), {
+      "grpc.keepalive_time_ms": 10_000,
+      "grpc.keepalive_timeout_ms": 5_000,
+      "grpc.keepalive_permit_without_calls": 1,
+      // Without it grpc-js shares one connection among all clients of the same target.
+      ...(opts.perRankConnection ? { "grpc.use_local_subchannel_pool": 1 } : {}),
+    });
+  }
+
+  async start(): Promise<void> {
+    const a = await this.register();
+    if (this.stopped) return;
+    const stream = this.client.session(this.md);
+    this.stream = stream;
+    stream.on("data", (cmd: Command) => {
+      if (cmd.body?.$case === "fenced") this.quiet();
+    });
+    stream.on("error", (err: ServiceError) => {
+      if (!this.stopped) this.counters.error(`session of ${this.key}: ${err.message}`);
+      this.quiet();
+    });
+    stream.on("end", () => this.quiet());
+    stream.write({ body: { $case: "hello", value: { sessionId: a.sessionId } } });
+    const beat = Math.max(100, a.heartbeatIntervalSeconds * 1000);
+    this.timers.push(
+      setInterval(() => {
+        this.write({ body: { $case: "heartbeat", value: { step: this.step, phase: Phase.PHASE_TRAINING, gpuUtilization: 0, gpuMemoryBytes: 0 } } });
+        this.counters.heartbeatsSent += 1;
+      }, beat),
+    );
+    const period = 1000 / this.opts.rate;
+    // Spread the ranks over the period, as ranks of real jobs are not in phase with each other.
+    const first = setTimeout(() => {
+      this.tick(a);
+      this.timers.push(setInterval(() => this.tick(a), period));
+    }, Math.random() * period);
+    this.timers.push(first);
+  }
+
+  private register(): Promise<Assignment> {
+    const env = this.env;
+    const req = {
+      jobId: env.CLIPFLEET_JOB_ID ?? "",
+      stage: env.CLIPFLEET_STAGE ?? "",
+      attempt: Number(env.CLIPFLEET_ATTEMPT),
+      rank: Number(env.CLIPFLEET_RANK),
+      hostname: "simulated",
+      pid: process.pid,
+      runtimeVersion: ORCHESTRATOR_VERSION,
+      pythonVersion: "none",
+      torchVersion: "none",
+      cudaDevices: 0,
+    };
+    const deadline = Date.now() + 120_000;
+    return new Promise((resolve, reject) => {
+      const attempt = (delay: number): void => {
+        const t0 = wallMs();
+        this.client.register(req, this.md, { deadline: Date.now() + 60_000 }, (err, a) => {
+          if (!err) {
+            this.counters.registerRttMs.push(wallMs() - t0);
+            resolve(a);
+            return;
+          }
+          // UNAVAILABLE (14): the server's accept queue overflowed; retry as the Python agent does.
+          if (err.code === 14 && Date.now() < deadline && !this.stopped) {
+            setTimeout(() => attempt(Math.min(2000, delay * 2)), delay);
+            return;
+          }
+          reject(err);
+        });
+      };
+      attempt(200);
+    });
+  }
+
+  private tick(a: Assignment): void {
+    if (this.stopped || this.step + a.startStep >= a.totalSteps) return;
+    const index = a.startStep + this.step; // 0-based step about to complete
+    if (this.step % this.opts.planEvery === 0) this.fetchPlan(a, index);
+    this.step += 1;
+    const period = 1 / this.opts.rate;
+    this.write({
+      body: {
+        $case: "step",
+        value: {
+          step: index + 1,
+          epoch: 0,
+          sampleInEpoch: 0,
+          loss: 4,
+          lr: 1e-3,
+          temperature: 14,
+          gradNorm: 1,
+          samplesPerSecond: a.globalBatch / period,
+          stepSeconds: period,
+          dataWaitSeconds: 0.001,
+          computeSeconds: period,
+          skippedSamples: 0,
+          nanSkipped: false,
+          samples: [],
+          extra: { [SENT_AT_KEY]: wallMs() },
+          outOfRangeLabels: 0,
+        },
+      },
+    });
+    this.counters.reportsSent += 1;
+  }
+
+  private fetchPlan(a: Assignment, fromStep: number): void {
+    const t0 = wallMs();
+    this.client.getPlan({ sessionId: a.sessionId, fromStep, count: this.opts.planEvery, split: "train" }, this.md, (err: ServiceError | null, _r?: PlanResponse) => {
+      if (err) {
+        if (!this.stopped) this.counters.error(`GetPlan of ${this.key}: ${err.message}`);
+        return;
+      }
+      this.counters.planRttMs.push(wallMs() - t0);
+    });
+  }
+
+  private write(m: WorkerMessage): void {
+    if (!this.stopped && this.stream) this.stream.write(m);
+  }
+
+  /** The orchestrator ended the session (fenced, or its teardown): stop sending, wait for the kill. */
+  private quiet(): void {
+    this.stopped = true;
+    for (const t of this.timers) clearInterval(t);
+  }
+
+  /** A signal from the launcher: terminating ones end the rank as a killed process would end. */
+  signal(sig: string): void {
+    if (sig !== "SIGKILL" && sig !== "SIGTERM") return; // SIGCONT, SIGUSR1 (stack dump): nothing to do
+    this.quiet();
+    this.stream?.cancel();
+    this.client.close();
+    this.onExit(null, sig);
+  }
+}
+
+function main(): void {
+  const { values } = parseArgs({
+    options: {
+      rate: { type: "string", default: "1" },
+      "plan-every": { type: "string", default: "4" },
+      connections: { type: "string", default: "per-rank" },
+    },
+  });
+  const opts: Options = { rate: Number(values.rate), planEvery: Number(values["plan-every"]), perRankConnection: values.connections === "per-rank" };
+  const counters = new Counters();
+  const ranks = new Map<string, SimRank>();
+  const send = (m: FromLoadgen): void => {
+    if (process.connected) process.send?.(m);
+  };
+  process.on("message", (m: ToLoadgen) => {
+    switch (m.type) {
+      case "launch": {
+        const r = new SimRank(m.key, m.env, m.token, opts, counters, (code, signal) => {
+          ranks.delete(m.key);
+          send({ type: "exit", key: m.key, code, signal });
+        });
+        ranks.set(m.key, r);
+        r.start().catch((err: unknown) => {
+          counters.error(`${m.key}: ${err instanceof Error ? err.message : String(err)}`);
+          r.signal("SIGKILL");
+        });
+        return;
+      }
+      case "signal":
+        ranks.get(m.key)?.signal(m.signal);
+        return;
+      case "window":
+        counters.reset();
+        return;
+      case "stats": {
+        const cpu = process.cpuUsage(counters.cpu);
+        const stats: LoadgenStats = {
+          ranks: ranks.size,
+          reportsSent: counters.reportsSent,
+          heartbeatsSent: counters.heartbeatsSent,
+          planRttMs: counters.planRttMs,
+          registerRttMs: counters.registerRttMs,
+          errors: counters.errors,
+          cpuSeconds: (cpu.user + cpu.system) / 1e6,
+          windowSeconds: (performance.now() - counters.since) / 1000,
+        };
+        send({ type: "stats", stats });
+        return;
+      }
+    }
+  });
+  // The orchestrator process going away ends the generator.
+  process.on("disconnect", () => process.exit(0));
+}
+
+main();
