@@ -69,9 +69,14 @@ test-e2e: build
 demo: build
 	bin/clipfleet run examples/tiny-pretrain.yaml
 
-## experiment: the seeds' caption-quality experiment in miniature
+## experiment: the seeds' caption-quality experiment in miniature (about 15 minutes on 2 cores)
+EXPERIMENT_METRICS := retrieval/i2t_R@1,retrieval/t2i_R@1,zeroshot/top1,seg/mIoU,seg/pixel_acc,depth/rmse,depth/abs_rel,depth/delta1
 experiment: build
-	bin/clipfleet run examples/caption-quality.yaml
+	bin/clipfleet run examples/caption-quality.yaml --report results/caption-quality \
+	  --compare variant --metrics $(EXPERIMENT_METRICS)
+	sed 's/(comparison.png)/(caption-quality.png)/' results/caption-quality/comparison.md > results/caption-quality.md
+	cp results/caption-quality/comparison.json results/caption-quality.json
+	cp results/caption-quality/comparison.png results/caption-quality.png
 
 bench: build
 	node dist/bench/run.js

@@ -53,6 +53,7 @@ class SimRank {
   private readonly timers: NodeJS.Timeout[] = [];
   private step = 0;
   private stopped = false;
+  private exited = false;
 
   constructor(
     readonly key: string,
@@ -119,6 +120,10 @@ class SimRank {
     const deadline = Date.now() + 120_000;
     return new Promise((resolve, reject) => {
       const attempt = (delay: number): void => {
+        if (this.stopped) {
+          reject(new Error("stopped before registering"));
+          return;
+        }
         const t0 = wallMs();
         this.client.register(req, this.md, { deadline: Date.now() + 60_000 }, (err, a) => {
           if (!err) {
@@ -171,6 +176,7 @@ class SimRank {
   }
 
   private fetchPlan(a: Assignment, fromStep: number): void {
+    if (fromStep >= a.totalSteps) return;
     const t0 = wallMs();
     this.client.getPlan({ sessionId: a.sessionId, fromStep, count: this.opts.planEvery, split: "train" }, this.md, (err: ServiceError | null, _r?: PlanResponse) => {
       if (err) {
@@ -194,6 +200,8 @@ class SimRank {
   /** A signal from the launcher: terminating ones end the rank as a killed process would end. */
   signal(sig: string): void {
     if (sig !== "SIGKILL" && sig !== "SIGTERM") return; // SIGCONT, SIGUSR1 (stack dump): nothing to do
+    if (this.exited) return;
+    this.exited = true;
     this.quiet();
     this.stream?.cancel();
     this.client.close();

@@ -8,11 +8,14 @@
  * gang runs, then measures a window: step reports handled per second,
  * report latency (client send to handled here), GetPlan round trips,
  * CPU seconds per 1,000 reports, resident memory, event-loop delay, and
- * /metrics scrapes from a separate process. Prints one JSON line.
+ * /metrics scrapes from a separate process. Prints one JSON line. With
+ * --profile FILE it also writes a CPU profile of the window (V8 inspector).
  *
- *   node dist/bench/scale/server.js --ranks 1000 --gang 2500 --rate 1 --window 20 --data DIR --state-dir DIR
+ *   node dist/bench/scale/server.js --ranks 1000 --gang 2500 --rate 1 --window 20 --data DIR --state-dir DIR [--profile FILE]
  */
 import { execFile, fork, type ChildProcess } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { Session } from "node:inspector/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { monitorEventLoopDelay } from "node:perf_hooks";
@@ -172,6 +175,8 @@ async function main(): Promise<void> {
       data: { type: "string" },
       shards: { type: "string", default: "64" },
       "state-dir": { type: "string" },
+      /** Write a CPU profile of the measurement window here (summarise with dist/bench/profile-summary.js). */
+      profile: { type: "string" },
     },
   });
   const ranks = Number(values.ranks);
@@ -231,7 +236,8 @@ async function main(): Promise<void> {
     const job = await service.submit({ specJson: jobSpec(`scale-${j}`, perJob, Number(values["per-rank"]), data, Number(values.shards)), specPath: "bench-scale.json", baseDir: stateDir });
     ids.push(job.id);
   }
-  const stateOf = (id: string): string => service.get(id).stages[0]?.state ?? "?";
+  // From the ledger's records (service.get() clones a job with its thousands of ranks).
+  const stateOf = (id: string): string => service.list().find((j) => j.id === id)?.stages[0]?.state ?? "?";
   for (;;) {
     const states = ids.map(stateOf);
     if (states.every((s) => s === "RUNNING")) break;
@@ -249,6 +255,12 @@ async function main(): Promise<void> {
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
   for (const g of gens) tell(g, { type: "window" });
+  const profiler = values.profile ? new Session() : null;
+  if (profiler) {
+    profiler.connect();
+    await profiler.post("Profiler.enable");
+    await profiler.post("Profiler.start");
+  }
   probe.reset();
   const cpu0 = process.cpuUsage();
   const w0 = performance.now();
@@ -256,6 +268,11 @@ async function main(): Promise<void> {
   const cpu = process.cpuUsage(cpu0);
   const windowSeconds = (performance.now() - w0) / 1000;
   probe.counting = false;
+  if (profiler && values.profile) {
+    const { profile } = await profiler.post("Profiler.stop");
+    writeFileSync(values.profile, JSON.stringify(profile));
+    profiler.disconnect();
+  }
   loop.disable();
   clearInterval(rssTimer);
   const mem = process.memoryUsage();
@@ -293,7 +310,8 @@ async function main(): Promise<void> {
     errors: clients.flatMap((c) => c.errors).slice(0, 20),
   };
 
-  // Tear down like embed().close(); the simulated ranks get SIGKILL from the launcher.
+  // Cancel the jobs (their ranks are stopped through the launcher), then close like embed().close().
+  await Promise.all(ids.map((id) => service.cancel(id, { checkpoint: false, graceSeconds: 0 })));
   await service.close();
   await rpc.close();
   await launcher.close();

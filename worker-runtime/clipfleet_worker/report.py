@@ -278,7 +278,7 @@ def write_report(data: dict[str, Any], out: str) -> Report:
     cmp_parts: list[str] = []
     extra_plots: list[Plot] = []
     if cmp is not None:
-        cmp_md, cmp_html, cmp_plot = _comparison_outputs(plt, cmp, out)
+        cmp_md, cmp_html, cmp_plot = _comparison_outputs(plt, cmp, data, out)
         extra_plots.append(cmp_plot)
         md += ["", f"## Comparison by {cmp.by}", ""] + cmp_md + ["", f"![{cmp_plot.caption}]({cmp_plot.file})"]
         cmp_parts = [f"<h2>Comparison by {html.escape(cmp.by)}</h2>", cmp_html, f'<img src="{cmp_plot.file}" alt="{html.escape(cmp_plot.caption)}" width="{cmp_plot.width}" height="{cmp_plot.height}">']
@@ -393,7 +393,7 @@ def compare(data: dict[str, Any]) -> Comparison | None:
     return Comparison(by, rows, columns, values)
 
 
-def _comparison_outputs(plt: Any, cmp: Comparison, out: str) -> tuple[list[str], str, Plot]:
+def _comparison_outputs(plt: Any, cmp: Comparison, data: dict[str, Any], out: str) -> tuple[list[str], str, Plot]:
     """Writes comparison.json, comparison.md and comparison.png; returns (markdown lines, html, plot)."""
     header = [cmp.by] + [cmp.column_label(c) for c in cmp.columns]
     rows_md, rows_txt = [], []
@@ -419,8 +419,19 @@ def _comparison_outputs(plt: Any, cmp: Comparison, out: str) -> tuple[list[str],
         )
         f.write("\n")
     md = _md_table(header, rows_md)
+    lower = ", ".join(sorted({m for m, _ in cmp.columns if LOWER_IS_BETTER.search(m)})) or "none"
+    legend = f"Best value of each column in bold ({lower}: lower is better; the rest: higher)."
+    job = data["job"]
     with open(os.path.join(out, "comparison.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(md + ["", f"Best value of each column in bold ({', '.join(sorted({m for m, _ in cmp.columns if LOWER_IS_BETTER.search(m)})) or 'none'}: lower is better; the rest: higher)."]) + "\n")
+        f.write(
+            "\n".join(
+                [f"# {job.get('name', '?')}: comparison by {cmp.by}", "", f"Job {job.get('id', '?')} ({job.get('state', '?')}), report generated {_when(data.get('generatedAtMs'))}.", ""]
+                + md
+                + ["", legend, "", f"![Comparison by {cmp.by}](comparison.png)"]
+            )
+            + "\n"
+        )
+
     # One panel per metric; bars per row value, one colour per combination of the other labels.
     metrics = list(dict.fromkeys(m for m, _ in cmp.columns))
     quals = list(dict.fromkeys(q for _, q in cmp.columns))

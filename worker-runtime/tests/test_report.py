@@ -140,3 +140,50 @@ def test_worker_cli_report_subcommand(tmp_path, capsys):
     assert len(summary["plots"]) == 7 and all(p["width"] == 960 and p["height"] == 540 for p in summary["plots"])
     assert worker_main(["report", "--data", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x")]) == 2
     assert "clipfleet report: report data" in capsys.readouterr().err
+
+
+def _experiment() -> dict:
+    """Stages of a small experiment, labelled by variant (and data fraction for the fine-tunes)."""
+    data = _data(restart=False)
+    base = data["stages"][0]
+    stages = []
+    for variant, r1, miou, rmse in (("alt", 0.02, 0.30, 0.9), ("vecap", 0.40, 0.45, 0.6), ("random", None, 0.25, 1.1)):
+        if r1 is not None:
+            stages.append({**base, "name": f"pretrain-{variant}", "labels": {"variant": variant}, "metrics": {"retrieval/i2t_R@1": r1, "zeroshot/top1": 0.2}})
+        for frac, scale in (("100%", 1.0), ("10%", 0.8)):
+            stages.append({**base, "name": f"seg-{variant}-{frac}", "labels": {"variant": variant, "data": frac}, "metrics": {"seg/mIoU": miou * scale}, "points": []})
+            stages.append({**base, "name": f"depth-{variant}-{frac}", "labels": {"variant": variant, "data": frac}, "metrics": {"depth/rmse": rmse / scale}, "points": []})
+    data["stages"] = stages
+    data["compare"] = {"by": "variant", "metrics": ["retrieval/i2t_R@1", "seg/mIoU", "depth/rmse"]}
+    return data
+
+
+def test_comparison_pivots_stages_by_a_label_with_best_values_marked(tmp_path):
+    rep = report.write_report(_experiment(), str(tmp_path))
+    cmp = json.loads((tmp_path / "comparison.json").read_text())
+    assert cmp["rows"] == ["alt", "vecap", "random"]
+    assert [c["label"] for c in cmp["columns"]] == [
+        "retrieval/i2t_R@1",
+        "seg/mIoU (data=100%)",
+        "seg/mIoU (data=10%)",
+        "depth/rmse (data=100%)",
+        "depth/rmse (data=10%)",
+    ]
+    assert cmp["values"][2][0] is None  # the random init has no pretraining stage
+    assert cmp["values"][1][1] == pytest.approx(0.45)
+    assert [c["lowerIsBetter"] for c in cmp["columns"]] == [False, False, False, True, True]
+    md = (tmp_path / "comparison.md").read_text()
+    vecap_row = next(line for line in md.splitlines() if line.startswith("| vecap"))
+    assert vecap_row.count("**") == 2 * 5, "vecap is best in every column (highest R@1 and mIoU, lowest RMSE)"
+    assert "![Comparison by variant](comparison.png)" in md
+    png = tmp_path / "comparison.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "comparison.png" in {p.file for p in rep.plots}
+    assert "Comparison by variant" in (tmp_path / "index.md").read_text()
+
+
+def test_comparison_by_a_label_no_stage_has_is_a_clear_error(tmp_path):
+    data = _experiment()
+    data["compare"] = {"by": "flavour"}
+    with pytest.raises(ConfigError, match="--compare flavour: no stage has a label 'flavour'"):
+        report.write_report(data, str(tmp_path))
