@@ -13,10 +13,15 @@ import type { FromLoadgen, ToLoadgen } from "./protocol.js";
 export class SimulatedLauncher implements Launcher {
   readonly kind = "local" as const;
   private readonly live = new Map<string, { resolve: (e: ExitInfo) => void; gen: ChildProcess; exited: Promise<ExitInfo> }>();
-  private next = 0;
 
-  /** `gens`: load generator processes forked with an IPC channel; ranks are dealt to them in turn. */
-  constructor(private readonly gens: readonly ChildProcess[]) {
+  /**
+   * `gens`: load generator processes forked with an IPC channel; `route`
+   * picks the one that runs a launch request's rank.
+   */
+  constructor(
+    gens: readonly ChildProcess[],
+    private readonly route: (req: LaunchRequest) => ChildProcess,
+  ) {
     for (const gen of gens) {
       gen.on("message", (m: FromLoadgen) => {
         if (m.type !== "exit") return;
@@ -37,8 +42,8 @@ export class SimulatedLauncher implements Launcher {
   }
 
   launch(req: LaunchRequest): Promise<LaunchedProcess> {
-    const gen = this.gens[this.next++ % this.gens.length];
-    if (!gen?.pid) throw new Error("no load generator running");
+    const gen = this.route(req);
+    if (!gen.pid || !gen.connected) return Promise.reject(new Error("the load generator is not running"));
     const key = `${req.jobId}/${req.stage}/${req.attempt}/${req.rank}`;
     let resolve: (e: ExitInfo) => void = () => undefined;
     const exited = new Promise<ExitInfo>((r) => (resolve = r));

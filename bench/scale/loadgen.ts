@@ -6,20 +6,64 @@
  * heartbeats at the assignment's interval, a step report every 1/rate
  * seconds and a GetPlan call every `plan-every` steps (the loader fetches
  * its plan that many steps ahead). By default every rank has a connection
- * of its own, as separate worker processes would.
+ * of its own, as separate worker processes would; --ranks-per-connection
+ * shares one among several (a node's ranks behind one connection), which
+ * lightens the generator. A --probe generator hosts a few ranks alone, so
+ * their latencies are not inflated by a busy generator; it marks their
+ * step reports and asks for the plan every step.
  *
- *   (forked) loadgen.js --rate 1 --plan-every 4 --connections per-rank
+ *   (forked) loadgen.js --rate 1 --plan-every 4 [--ranks-per-connection 8] [--probe]
  */
 import { credentials, Metadata, type ClientDuplexStream, type ServiceError } from "@grpc/grpc-js";
 import { parseArgs } from "node:util";
 import { Phase, WorkerGatewayClient, type Assignment, type Command, type PlanResponse, type WorkerMessage } from "../../orchestrator/src/gen/clipfleet/v1/worker.js";
 import { ORCHESTRATOR_VERSION } from "../../orchestrator/src/jobs/index.js";
-import { SENT_AT_KEY, wallMs, type FromLoadgen, type LoadgenStats, type ToLoadgen } from "./protocol.js";
+import { PROBE_KEY, SENT_AT_KEY, wallMs, type FromLoadgen, type LoadgenStats, type ToLoadgen } from "./protocol.js";
 
 interface Options {
   readonly rate: number;
   readonly planEvery: number;
-  readonly perRankConnection: boolean;
+  /** Ranks sharing one connection (1: a connection per rank, as separate processes have). */
+  readonly ranksPerConnection: number;
+  /** Mark step reports as the latency probe's (SENT_AT_KEY's twin PROBE_KEY). */
+  readonly probe: boolean;
+}
+
+/** Connections of this generator, each shared by up to ranksPerConnection ranks. */
+class Channels {
+  private readonly pool: { client: WorkerGatewayClient; users: number; assigned: number }[] = [];
+
+  constructor(private readonly perConnection: number) {}
+
+  /** A client for a new rank: the newest connection while it has room, else a fresh one. */
+  acquire(address: string): { client: WorkerGatewayClient; release: () => void } {
+    let c = this.pool.at(-1);
+    if (!c || c.assigned >= this.perConnection) {
+      c = {
+        client: new WorkerGatewayClient(address, credentials.createInsecure(), {
+          // The Python agent's keepalive settings.
+          "grpc.keepalive_time_ms": 10_000,
+          "grpc.keepalive_timeout_ms": 5_000,
+          "grpc.keepalive_permit_without_calls": 1,
+          // Without it grpc-js shares one connection among all clients of the same target.
+          "grpc.use_local_subchannel_pool": 1,
+        }),
+        users: 0,
+        assigned: 0,
+      };
+      this.pool.push(c);
+    }
+    const entry = c;
+    entry.users += 1;
+    entry.assigned += 1;
+    return {
+      client: entry.client,
+      release: () => {
+        entry.users -= 1;
+        if (entry.users === 0) entry.client.close();
+      },
+    };
+  }
 }
 
 /** What the generator counts between "window" and "stats". */
@@ -48,6 +92,7 @@ class Counters {
 /** One simulated rank. */
 class SimRank {
   private readonly client: WorkerGatewayClient;
+  private readonly release: () => void;
   private readonly md = new Metadata();
   private stream: ClientDuplexStream<WorkerMessage, Command> | null = null;
   private readonly timers: NodeJS.Timeout[] = [];
@@ -61,16 +106,11 @@ class SimRank {
     token: string,
     private readonly opts: Options,
     private readonly counters: Counters,
+    channels: Channels,
     private readonly onExit: (code: number | null, signal: string | null) => void,
   ) {
     this.md.set("authorization", `Bearer ${token}`);
-    this.client = new WorkerGatewayClient(env.CLIPFLEET_ADDR ?? "", credentials.createInsecure(), {
-      "grpc.keepalive_time_ms": 10_000,
-      "grpc.keepalive_timeout_ms": 5_000,
-      "grpc.keepalive_permit_without_calls": 1,
-      // Without it grpc-js shares one connection among all clients of the same target.
-      ...(opts.perRankConnection ? { "grpc.use_local_subchannel_pool": 1 } : {}),
-    });
+    ({ client: this.client, release: this.release } = channels.acquire(env.CLIPFLEET_ADDR ?? ""));
   }
 
   async start(): Promise<void> {
@@ -167,7 +207,7 @@ class SimRank {
           skippedSamples: 0,
           nanSkipped: false,
           samples: [],
-          extra: { [SENT_AT_KEY]: wallMs() },
+          extra: this.opts.probe ? { [SENT_AT_KEY]: wallMs(), [PROBE_KEY]: 1 } : { [SENT_AT_KEY]: wallMs() },
           outOfRangeLabels: 0,
         },
       },
@@ -204,7 +244,7 @@ class SimRank {
     this.exited = true;
     this.quiet();
     this.stream?.cancel();
-    this.client.close();
+    this.release();
     this.onExit(null, sig);
   }
 }
@@ -214,19 +254,22 @@ function main(): void {
     options: {
       rate: { type: "string", default: "1" },
       "plan-every": { type: "string", default: "4" },
-      connections: { type: "string", default: "per-rank" },
+      "ranks-per-connection": { type: "string", default: "1" },
+      probe: { type: "boolean", default: false },
     },
   });
-  const opts: Options = { rate: Number(values.rate), planEvery: Number(values["plan-every"]), perRankConnection: values.connections === "per-rank" };
+  const opts: Options = { rate: Number(values.rate), planEvery: Number(values["plan-every"]), ranksPerConnection: Number(values["ranks-per-connection"]), probe: values.probe };
+  const channels = new Channels(opts.ranksPerConnection);
   const counters = new Counters();
   const ranks = new Map<string, SimRank>();
   const send = (m: FromLoadgen): void => {
-    if (process.connected) process.send?.(m);
+    // With a callback a send racing the parent's exit fails quietly instead of emitting 'error'.
+    if (process.connected) process.send?.(m, undefined, {}, () => undefined);
   };
   process.on("message", (m: ToLoadgen) => {
     switch (m.type) {
       case "launch": {
-        const r = new SimRank(m.key, m.env, m.token, opts, counters, (code, signal) => {
+        const r = new SimRank(m.key, m.env, m.token, opts, counters, channels, (code, signal) => {
           ranks.delete(m.key);
           send({ type: "exit", key: m.key, code, signal });
         });

@@ -38,6 +38,9 @@ export interface LoadgenStats {
 /** The extra field of a simulated step report carrying its send time (ms since the epoch, sub-ms precision). */
 export const SENT_AT_KEY = "bench_sent_at_ms";
 
+/** The extra field marking a step report of a probe rank (hosted by the lightly loaded probe generator). */
+export const PROBE_KEY = "bench_probe";
+
 /** Wall-clock time with sub-millisecond precision, comparable across processes of one machine. */
 export function wallMs(): number {
   return performance.timeOrigin + performance.now();

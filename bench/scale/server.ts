@@ -32,7 +32,7 @@ import { loadPresets } from "../../orchestrator/src/spec/index.js";
 import { openStore } from "../../orchestrator/src/store/index.js";
 import { quantile } from "../lib/results.js";
 import { SimulatedLauncher } from "./launcher.js";
-import { SENT_AT_KEY, wallMs, type FromLoadgen, type LoadgenStats, type ToLoadgen } from "./protocol.js";
+import { PROBE_KEY, SENT_AT_KEY, wallMs, type FromLoadgen, type LoadgenStats, type ToLoadgen } from "./protocol.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 /** Slots per simulated node. */
@@ -45,13 +45,19 @@ export interface ScaleResult {
   readonly rate: number;
   readonly offeredPerSecond: number;
   readonly windowSeconds: number;
-  /** Seconds from the first submit to every gang RUNNING. */
-  readonly gangStartSeconds: number;
+  /** Seconds from submit to RUNNING (every rank registered and connected), per job. */
+  readonly gangStartSeconds: number[];
   readonly reportsHandled: number;
   readonly reportsPerSecond: number;
   readonly heartbeatsPerSecond: number;
+  /** Probe ranks' step reports: client write to handled by the job service. */
   readonly reportLatencyMs: { p50: number; p99: number; max: number; samples: number };
+  /** The same over every rank (inflated by the busy generators' own scheduling). */
+  readonly allReportLatencyMs: { p50: number; p99: number; max: number; samples: number };
+  /** Probe ranks' GetPlan round trips. */
   readonly planRttMs: { p50: number; p99: number; max: number; samples: number };
+  readonly allPlanRttMs: { p50: number; p99: number; max: number; samples: number };
+  readonly ranksPerConnection: number;
   readonly registerRttMs: { p50: number; p99: number; max: number };
   readonly cpuSecondsPer1000Reports: number;
   readonly cpuUtilisation: number;
@@ -74,6 +80,8 @@ class ReportProbe {
   reports = 0;
   heartbeats = 0;
   latencies: number[] = [];
+  /** Latencies of the probe ranks' reports only. */
+  probeLatencies: number[] = [];
 
   /** Wraps service.openSession so each message is timed after the service has handled it. */
   attach(service: JobService): void {
@@ -88,7 +96,10 @@ class ReportProbe {
           if (body?.$case === "step") {
             this.reports += 1;
             const sent = body.value.extra[SENT_AT_KEY];
-            if (sent !== undefined) this.latencies.push(wallMs() - sent);
+            if (sent === undefined) return;
+            const ms = wallMs() - sent;
+            this.latencies.push(ms);
+            if (body.value.extra[PROBE_KEY] !== undefined) this.probeLatencies.push(ms);
           } else if (body?.$case === "heartbeat") this.heartbeats += 1;
         },
         onClose: binding.onClose,
@@ -100,6 +111,7 @@ class ReportProbe {
     this.reports = 0;
     this.heartbeats = 0;
     this.latencies = [];
+    this.probeLatencies = [];
     this.counting = true;
   }
 }
@@ -163,17 +175,18 @@ async function main(): Promise<void> {
     options: {
       ranks: { type: "string", default: "100" },
       gang: { type: "string", default: "2500" },
-      "per-rank": { type: "string", default: "4" },
+      "per-rank": { type: "string", default: "1" },
       rate: { type: "string", default: "1" },
       "plan-every": { type: "string", default: "4" },
       warmup: { type: "string", default: "5" },
       window: { type: "string", default: "20" },
       loadgens: { type: "string", default: "1" },
-      connections: { type: "string", default: "per-rank" },
+      "ranks-per-connection": { type: "string", default: "1" },
+      "probe-ranks": { type: "string", default: "20" },
       scrapes: { type: "string", default: "5" },
       python: { type: "string", default: "/usr/bin/python3" },
       data: { type: "string" },
-      shards: { type: "string", default: "64" },
+      shards: { type: "string", default: "1024" },
       "state-dir": { type: "string" },
       /** Write a CPU profile of the measurement window here (summarise with dist/bench/profile-summary.js). */
       profile: { type: "string" },
@@ -188,11 +201,15 @@ async function main(): Promise<void> {
   const data = values.data;
   if (!stateDir || !data) throw new Error("--state-dir and --data are required");
 
-  const gens = Array.from({ length: Number(values.loadgens) }, () =>
-    fork(join(HERE, "loadgen.js"), ["--rate", String(rate), "--plan-every", values["plan-every"], "--connections", values.connections], {
-      stdio: ["ignore", "inherit", "inherit", "ipc"],
-    }),
-  );
+  const forkGen = (args: string[]): ChildProcess =>
+    fork(join(HERE, "loadgen.js"), ["--rate", String(rate), ...args], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  const gens = Array.from({ length: Number(values.loadgens) }, () => forkGen(["--plan-every", values["plan-every"], "--ranks-per-connection", values["ranks-per-connection"]]));
+  // The first ranks of the first job run alone in the probe generator: their latencies are the server's.
+  const probeRanks = Math.min(Number(values["probe-ranks"]), ranks);
+  const probeGen = forkGen(["--plan-every", "1", "--ranks-per-connection", "1", "--probe"]);
+  const allGens = [probeGen, ...gens];
+  let dealt = 0;
+  let firstJob: string | null = null;
   const nodeCount = Math.ceil(ranks / NODE_SLOTS);
   const inventory = ["nodes:", ...Array.from({ length: nodeCount }, (_, i) => `  - {name: sim-${String(i).padStart(3, "0")}, host: 127.0.0.1, launcher: local, slots: ${NODE_SLOTS}}`)].join("\n");
 
@@ -202,7 +219,11 @@ async function main(): Promise<void> {
   const bus = await openEventBus(null);
   const metrics = new Metrics({});
   const scheduler = new Scheduler(parseInventory(inventory, "bench-inventory.yaml"), clock);
-  const launcher = new SimulatedLauncher(gens);
+  const launcher = new SimulatedLauncher(allGens, (req) => {
+    firstJob ??= req.jobId;
+    if (req.jobId === firstJob && req.rank < probeRanks) return probeGen;
+    return gens[dealt++ % gens.length] ?? probeGen;
+  });
   const logs = new JobLogs(stateDir);
   const ledger = new JobLedger(store, bus, clock);
   let gateway = "";
@@ -230,23 +251,34 @@ async function main(): Promise<void> {
   gateway = `127.0.0.1:${rpc.port}`;
   await service.start({ reconcile: false });
 
-  const t0 = performance.now();
-  const ids: string[] = [];
-  for (let j = 0; j < jobs; j++) {
-    const job = await service.submit({ specJson: jobSpec(`scale-${j}`, perJob, Number(values["per-rank"]), data, Number(values.shards)), specPath: "bench-scale.json", baseDir: stateDir });
-    ids.push(job.id);
-  }
   // From the ledger's records (service.get() clones a job with its thousands of ranks).
   const stateOf = (id: string): string => service.list().find((j) => j.id === id)?.stages[0]?.state ?? "?";
-  for (;;) {
-    const states = ids.map(stateOf);
-    if (states.every((s) => s === "RUNNING")) break;
-    const bad = states.find((s) => s === "FAILED" || s === "RESTARTING");
-    if (bad) throw new Error(`a job is ${bad} before its gang ran: ${service.get(ids[states.indexOf(bad)] ?? "").stages[0]?.reason ?? ""}`);
-    if (performance.now() - t0 > 10 * 60_000) throw new Error(`gangs not running after 10 min: ${states.join(", ")}`);
-    await sleep(50);
+  // One job after the other, each once the previous gang runs (jobs arrive over time, not in one burst).
+  // A gang that fails to start is measured and reported as it is: this machine's limit.
+  const ids: string[] = [];
+  const gangSeconds: number[] = [];
+  const startProblems: string[] = [];
+  for (let j = 0; j < jobs && startProblems.length === 0; j++) {
+    const t0 = performance.now();
+    const job = await service.submit({ specJson: jobSpec(`scale-${j}`, perJob, Number(values["per-rank"]), data, Number(values.shards)), specPath: "bench-scale.json", baseDir: stateDir });
+    ids.push(job.id);
+    for (;;) {
+      const state = stateOf(job.id);
+      if (state === "RUNNING") {
+        gangSeconds.push((performance.now() - t0) / 1000);
+        break;
+      }
+      if (state === "FAILED" || state === "RESTARTING") {
+        startProblems.push(`${job.id} ${state} before its gang ran: ${service.list().find((x) => x.id === job.id)?.stages[0]?.reason ?? ""}`);
+        break;
+      }
+      if (performance.now() - t0 > 5 * 60_000) {
+        startProblems.push(`${job.id} not running after 5 min (${state})`);
+        break;
+      }
+      await sleep(50);
+    }
   }
-  const gangStartSeconds = (performance.now() - t0) / 1000;
   await sleep(Number(values.warmup) * 1000);
 
   // The measurement window.
@@ -254,7 +286,7 @@ async function main(): Promise<void> {
   const rssTimer = setInterval(() => (rssPeak = Math.max(rssPeak, process.memoryUsage().rss)), 250);
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
-  for (const g of gens) tell(g, { type: "window" });
+  for (const g of allGens) tell(g, { type: "window" });
   const profiler = values.profile ? new Session() : null;
   if (profiler) {
     profiler.connect();
@@ -276,10 +308,14 @@ async function main(): Promise<void> {
   loop.disable();
   clearInterval(rssTimer);
   const mem = process.memoryUsage();
-  const clients = await collect(gens);
+  const [probeStats, ...clients] = await collect(allGens);
+  if (!probeStats) throw new Error("no probe statistics");
   // Scrapes while the load goes on, after the window (their cost is not in the CPU figure).
   const scraped = await scrape(`http://${metricsServer.address}/metrics`, Number(values.scrapes));
-  const failures = ids.filter((id) => stateOf(id) !== "RUNNING").map((id) => `${id}: ${stateOf(id)} ${service.get(id).stages[0]?.reason ?? ""}`);
+  const failures = [
+    ...startProblems,
+    ...ids.filter((id) => stateOf(id) !== "RUNNING").map((id) => `${id} ${stateOf(id)} after the window: ${service.list().find((j) => j.id === id)?.stages[0]?.reason ?? ""}`),
+  ];
 
   const cpuSeconds = (cpu.user + cpu.system) / 1e6;
   const result: ScaleResult = {
@@ -288,13 +324,16 @@ async function main(): Promise<void> {
     rate,
     offeredPerSecond: ranks * rate,
     windowSeconds,
-    gangStartSeconds,
+    gangStartSeconds: gangSeconds,
     reportsHandled: probe.reports,
     reportsPerSecond: probe.reports / windowSeconds,
     heartbeatsPerSecond: probe.heartbeats / windowSeconds,
-    reportLatencyMs: pcts(probe.latencies),
-    planRttMs: pcts(clients.flatMap((c) => c.planRttMs)),
-    registerRttMs: pcts(clients.flatMap((c) => c.registerRttMs)),
+    reportLatencyMs: pcts(probe.probeLatencies),
+    allReportLatencyMs: pcts(probe.latencies),
+    planRttMs: pcts(probeStats.planRttMs),
+    allPlanRttMs: pcts([probeStats, ...clients].flatMap((c) => c.planRttMs)),
+    ranksPerConnection: Number(values["ranks-per-connection"]),
+    registerRttMs: pcts([probeStats, ...clients].flatMap((c) => c.registerRttMs)),
     cpuSecondsPer1000Reports: probe.reports > 0 ? (cpuSeconds / probe.reports) * 1000 : NaN,
     cpuUtilisation: cpuSeconds / windowSeconds,
     rssBytes: mem.rss,
@@ -304,10 +343,10 @@ async function main(): Promise<void> {
     scrapeSeconds: scraped.seconds,
     scrapeBytes: scraped.bytes,
     scrapeSeries: scraped.series,
-    clientsSent: clients.reduce((a, c) => a + c.reportsSent, 0),
-    clientsCpuSeconds: clients.reduce((a, c) => a + c.cpuSeconds, 0),
+    clientsSent: [probeStats, ...clients].reduce((a, c) => a + c.reportsSent, 0),
+    clientsCpuSeconds: [probeStats, ...clients].reduce((a, c) => a + c.cpuSeconds, 0),
     failures,
-    errors: clients.flatMap((c) => c.errors).slice(0, 20),
+    errors: [probeStats, ...clients].flatMap((c) => c.errors).slice(0, 20),
   };
 
   // Cancel the jobs (their ranks are stopped through the launcher), then close like embed().close().
@@ -319,7 +358,7 @@ async function main(): Promise<void> {
   logs.closeAll();
   await bus.close();
   await store.close();
-  for (const g of gens) g.kill();
+  for (const g of allGens) g.kill();
   process.stdout.write(JSON.stringify(result) + "\n");
 }
 

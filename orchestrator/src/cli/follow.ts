@@ -1,6 +1,6 @@
 /** Following a job to its end with live progress (run, resume, watch). */
 import type { ControlClient } from "../client/index.js";
-import type { Job, JobEvent } from "../gen/clipfleet/v1/control.js";
+import { JobState, type Job, type JobEvent } from "../gen/clipfleet/v1/control.js";
 import { ProgressView, type ProgressSample } from "./progress.js";
 import { renderEvent } from "./render.js";
 
@@ -30,8 +30,11 @@ export function stepSample(e: JobEvent): ProgressSample | null {
 }
 
 /** Streams the job's events to a progress view until it ends; returns the final job. */
+const TERMINAL = new Set([JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED]);
+
 export async function followJob(client: ControlClient, jobId: string, opts: FollowOptions): Promise<Job> {
   const view = new ProgressView({ stream: process.stderr, plain: opts.plain ?? process.env.CI === "true" });
+  const stages = (await client.getJob(jobId)).stages.length;
   let lastStageEvent: JobEvent | null = null;
   const onEvent = (e: JobEvent): void => {
     const sample = stepSample(e);
@@ -40,8 +43,10 @@ export async function followJob(client: ControlClient, jobId: string, opts: Foll
       return;
     }
     if (!opts.showEvents) return;
-    // A job-level state change that only repeats its single stage's is not worth a second line.
+    // A job-level state change that only repeats its single stage's is not worth a second line;
+    // in a pipeline the stages' lines tell the story, and the job's own line only its end.
     if (e.stage === "" && e.type === "state" && lastStageEvent && lastStageEvent.state === e.state && lastStageEvent.reason === e.reason) return;
+    if (e.stage === "" && e.type === "state" && stages > 1 && !TERMINAL.has(e.state)) return;
     if (e.stage !== "") lastStageEvent = e;
     view.message(renderEvent(e));
   };

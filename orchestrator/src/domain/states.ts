@@ -82,7 +82,8 @@ export function jobStateOf(stages: readonly JobState[]): JobState {
   if (has("STOPPING")) return "STOPPING";
   if (has("RESTARTING")) return "RESTARTING";
   if (has("RUNNING")) return "RUNNING";
+  // A pipeline that has finished a stage is running, whether its next stage is starting or queued.
+  if (has("SUCCEEDED")) return "RUNNING";
   if (has("STARTING")) return "STARTING";
-  if (has("SUCCEEDED")) return "RUNNING"; // between stages of a pipeline
   return "PENDING";
 }
