@@ -6,43 +6,50 @@
  * capped at 4,096), so 10,000 ranks are 4 jobs. Bounded: each size runs
  * a few seconds of warm-up and one measurement window.
  */
-import { linkSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, linkSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { PYTHON, runNodeJson, tinyDataset } from "./lib/proc.js";
+import { PYTHON, runNodeJson, runProcess, WORKER_RUNTIME } from "./lib/proc.js";
 import { figure, median, type Figure } from "./lib/results.js";
 import type { ScaleResult } from "./scale/server.js";
 
 /**
- * Shards of the simulated jobs' dataset: links to the tiny dataset's 4
- * shards (256 samples each), 262,144 samples, so that an epoch spans about
- * 100 steps even for a 2,500-rank gang (the plan keys one permutation per
- * epoch; a dataset smaller than a few batches would make every step a new
- * epoch). Every assignment carries the shard list, as it would for a real one.
+ * The simulated jobs' dataset: 64 shards of 4,096 samples (262,144), so an
+ * epoch spans about 100 steps even for a 2,500-rank gang (the plan keys one
+ * permutation per epoch), with a shard list as short as a real dataset's of
+ * that size (every assignment carries it). The shards are links to the 2 of
+ * a 16 px synthetic dataset generated once (about 15 s) and kept in the temp
+ * dir; nobody decodes them.
  */
-const SHARDS = 1024;
+const SHARDS = 64;
+const PER_SHARD = 4096;
 
 /** Sizes and timings (quick: 100 ranks for a few seconds). */
 export function scalePlan(quick: boolean): { sizes: number[]; warmup: number; window: number; scrapes: number } {
   return quick ? { sizes: [100], warmup: 1, window: 4, scrapes: 2 } : { sizes: [100, 1000, 10000], warmup: 5, window: 20, scrapes: 5 };
 }
 
-/**
- * A dataset directory whose shards are links to the tiny dataset's (the
- * plan needs enough samples for a step of every rank; nobody decodes them).
- */
-function linkedDataset(dir: string): string {
-  const src = tinyDataset();
+async function scaleDataset(dir: string): Promise<string> {
+  const base = join(tmpdir(), "clipfleet-bench-scale-base-v1");
+  if (!existsSync(join(base, "sizes.json"))) {
+    mkdirSync(base, { recursive: true });
+    const r = await runProcess(PYTHON, ["-m", "clipfleet_worker", "synth", "--out", base, "--train", String(2 * PER_SHARD), "--val", "0", "--shards", "2", "--seed", "0", "--size", "16"], {
+      cwd: WORKER_RUNTIME,
+      env: { PYTHONPATH: WORKER_RUNTIME },
+    });
+    if (r.code !== 0) throw new Error(`synth failed: ${r.stderr}`);
+  }
   mkdirSync(dir, { recursive: true });
   const sizes: Record<string, number> = {};
   for (let i = 0; i < SHARDS; i++) {
     const name = `train-${String(i).padStart(5, "0")}.tar`;
-    const from = join(src, `train-${String(i % 4).padStart(5, "0")}.tar`);
+    const from = join(base, `train-${String(i % 2).padStart(5, "0")}.tar`);
     try {
       linkSync(from, join(dir, name));
     } catch {
       symlinkSync(from, join(dir, name));
     }
-    sizes[name] = 256;
+    sizes[name] = PER_SHARD;
   }
   writeFileSync(join(dir, "sizes.json"), JSON.stringify(sizes));
   return dir;
@@ -51,7 +58,7 @@ function linkedDataset(dir: string): string {
 /** Runs every size; returns figures per size. */
 export async function benchScale(quick: boolean, work: string): Promise<{ figures: Figure[]; details: unknown }> {
   const p = scalePlan(quick);
-  const data = linkedDataset(join(work, "data"));
+  const data = await scaleDataset(join(work, "data"));
   const results: ScaleResult[] = [];
   for (const ranks of p.sizes) {
     const stateDir = join(work, `state-${ranks}`);

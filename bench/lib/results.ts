@@ -116,9 +116,9 @@ export function figure(f: FigureInput): Figure {
     baselineWhat: base === null ? null : (f.baselineWhat ?? null),
     ratio,
     runs: f.runs ?? f.values.length,
-    min: Math.min(...f.values),
+    min: f.values.reduce((a, b) => Math.min(a, b), Infinity),
     median: v,
-    max: Math.max(...f.values),
+    max: f.values.reduce((a, b) => Math.max(a, b), -Infinity),
     target: f.target ?? null,
     note: f.note ?? null,
   };

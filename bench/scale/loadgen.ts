@@ -60,7 +60,11 @@ class Channels {
       client: entry.client,
       release: () => {
         entry.users -= 1;
-        if (entry.users === 0) entry.client.close();
+        if (entry.users > 0) return;
+        // The last rank on it is gone: close it, and never hand it out again.
+        entry.client.close();
+        const i = this.pool.indexOf(entry);
+        if (i >= 0) this.pool.splice(i, 1);
       },
     };
   }

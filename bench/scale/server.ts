@@ -118,7 +118,7 @@ class ReportProbe {
 
 function pcts(xs: readonly number[]): { p50: number; p99: number; max: number; samples: number } {
   if (xs.length === 0) return { p50: NaN, p99: NaN, max: NaN, samples: 0 };
-  return { p50: quantile(xs, 0.5), p99: quantile(xs, 0.99), max: Math.max(...xs), samples: xs.length };
+  return { p50: quantile(xs, 0.5), p99: quantile(xs, 0.99), max: xs.reduce((a, b) => Math.max(a, b), -Infinity), samples: xs.length };
 }
 
 function sleep(ms: number): Promise<void> {
@@ -186,7 +186,7 @@ async function main(): Promise<void> {
       scrapes: { type: "string", default: "5" },
       python: { type: "string", default: "/usr/bin/python3" },
       data: { type: "string" },
-      shards: { type: "string", default: "1024" },
+      shards: { type: "string", default: "64" },
       "state-dir": { type: "string" },
       /** Write a CPU profile of the measurement window here (summarise with dist/bench/profile-summary.js). */
       profile: { type: "string" },

@@ -59,6 +59,13 @@ const COMPLETION_HIDDEN_COMMAND = "completion-script";
 /** Parses `argv`, runs the command, and returns the exit code (never throws). */
 export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
   const state: CliState = { exitCode: EXIT.OK };
+  // `clipfleet list | head`: a closed pipe ends the command quietly, as for any Unix tool.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on("error", (err: NodeJS.ErrnoException) => {
+      if (err.code === "EPIPE") process.exit(state.exitCode);
+      throw err;
+    });
+  }
   const verbose = argv.includes("--verbose");
   const parser = yargs(argv)
     .scriptName("clipfleet")
