@@ -11,7 +11,7 @@ TS_GEN := orchestrator/src/gen
 PY_GEN := worker-runtime/clipfleet_worker/gen
 PROTOS := $(wildcard proto/clipfleet/v1/*.proto)
 
-.PHONY: deps gen build lint test test-unit test-py test-e2e test-deploy demo bench experiment clean
+.PHONY: deps gen build lint test test-unit test-py test-e2e test-deploy demo bench bench-quick experiment clean
 
 ## deps: install missing Debian packages, then node modules (idempotent)
 deps: node_modules/.clipfleet-stamp
@@ -54,7 +54,7 @@ lint: build
 	$(PYTHON) -m compileall -q worker-runtime/clipfleet_worker
 
 ## test: everything CI runs
-test: build lint test-unit test-py test-e2e
+test: build lint test-unit test-py test-e2e bench-quick
 
 test-unit: build
 	node --test $(NODE_TEST_FLAGS) $$(find dist/orchestrator/test -name '*.test.js' | sort)
@@ -78,8 +78,13 @@ experiment: build
 	cp results/caption-quality/comparison.json results/caption-quality.json
 	cp results/caption-quality/comparison.png results/caption-quality.png
 
+## bench: every benchmark (docs/benchmarks.md); writes bench/results/latest.json and the docs table
 bench: build
 	node dist/bench/run.js
+
+## bench-quick: every benchmark in miniature (under 3 minutes, writes bench/results/quick.json), so they cannot rot
+bench-quick: build
+	node dist/bench/run.js --quick
 
 clean:
 	rm -rf dist $(TS_GEN) $(PY_GEN) .clipfleet

@@ -38,7 +38,9 @@ async function dataset256(): Promise<string> {
 export async function benchDataPath(quick: boolean, _work: string): Promise<{ figures: Figure[]; details: unknown }> {
   const data = quick ? tinyDataset() : await dataset256();
   const imageSize = quick ? 32 : 224;
-  const m = await runPythonJson<Measured>("datapath.py", ["--data", data, "--image-size", String(imageSize), "--repeats", quick ? "1" : "3", "--threads", "2"]);
+  // One torch thread, as a rank sharing its node gets (CLIPFLEET_THREADS): idle OpenMP threads spinning
+  // next to the decode threads would halve what the second one gains.
+  const m = await runPythonJson<Measured>("datapath.py", ["--data", data, "--image-size", String(imageSize), "--repeats", quick ? "1" : "3", "--threads", "2"], { OMP_NUM_THREADS: "1" });
   const what = `${m.samples} samples, ${imageSize} px out, batch ${m.batch}`;
   const figures = [
     figure({

@@ -4,10 +4,11 @@
  * measures the seconds from the signal to the orchestrator's detection
  * ("attempt N failed" in the job's log), from detection to the first step
  * the next attempt completes (rank 0's step history), the steps redone, and
- * the phases in between: teardown, restart decision and backoff, process
- * start, imports (torch), registration, rendezvous, restore (model build,
- * checkpoint verify and load), first step. The phase boundaries come from
- * the orchestrator's log lines and the `clipfleet worker: phase NAME at T`
+ * the phases in between: teardown (with the stack dump of a hung gang),
+ * backoff (failure.backoff_seconds), process start, imports (torch),
+ * registration, rendezvous, restore (model build, checkpoint verify and
+ * load), first step. The phase boundaries come from the orchestrator's log
+ * lines and attempt records and the `clipfleet worker: phase NAME at T`
  * lines every rank prints; each boundary is the slowest rank's (the gang
  * waits for it).
  */
@@ -22,7 +23,7 @@ import { readLogs, readSteps, writeTinySpec } from "./lib/spec.js";
 type Injection = "SIGKILL" | "SIGSTOP";
 
 /** Phases of a recovery, in order: [name, seconds]. */
-const PHASES = ["detect", "teardown", "decide+backoff", "process start", "imports (torch)", "register", "rendezvous", "restore (model+checkpoint)", "first step"] as const;
+const PHASES = ["detect", "teardown", "backoff", "process start", "imports (torch)", "register", "rendezvous", "restore (model+checkpoint)", "first step"] as const;
 type Phase = (typeof PHASES)[number];
 
 /** One injected failure and what followed. */
@@ -108,9 +109,10 @@ async function recoverOnce(spec: string, stateDir: string, signal: Injection, ki
   const timer = setTimeout(() => child.kill("SIGKILL"), 5 * 60_000);
   try {
     const jobId = await waitFor("the job id", () => /clipfleet: job (j-[0-9a-f-]+)/.exec(stderr)?.[1], 120_000, 20);
+    // The victim's pid from its registration, read once training runs (before the step to kill at).
+    await waitFor("the first step", () => readSteps(stateDir, jobId).length > 0, 180_000, 20);
+    const victim = registration(await readLogs(stateDir, jobId), 1, 1);
     await waitFor(`step ${killAt}`, () => readSteps(stateDir, jobId).some((s) => s.attempt === 1 && s.step >= killAt), 180_000, 10);
-    const before = await readLogs(stateDir, jobId);
-    const victim = registration(before, 1, 1);
     const killedAtMs = Date.now();
     process.kill(victim.pid, signal);
     const code = await done;
@@ -143,10 +145,7 @@ async function analyse(stateDir: string, jobId: string, signal: Injection, kille
   const orch = (attempt: number, re: RegExp): LogEntry[] => logs.filter((e) => e.stream === "orchestrator" && e.attempt === attempt && re.test(e.line));
   const failed = orch(1, /^attempt 1 failed: /)[0];
   if (!failed) throw new Error("no 'attempt 1 failed' line in the job's log");
-  const exits = orch(1, /^rank \d+ \(pid \d+\) (killed by|exited|was lost)/);
-  if (exits.length !== 2) throw new Error(`expected the exits of both ranks of attempt 1, found ${exits.length}`);
-  const teardownEnd = Math.max(...exits.map((e) => e.tsMs));
-  const launched = await attemptStart(stateDir, jobId, 2);
+  const [first, second] = await attemptTimes(stateDir, jobId);
   // Worker phase lines of attempt 2, slowest rank first.
   const workerPhase = (name: string): number => {
     const ts = logs
@@ -164,8 +163,8 @@ async function analyse(stateDir: string, jobId: string, signal: Injection, kille
   const resumedFrom = firstStep.step - 1;
   const marks: [Phase, number][] = [
     ["detect", failed.tsMs],
-    ["teardown", teardownEnd],
-    ["decide+backoff", launched],
+    ["teardown", first.endedAtMs],
+    ["backoff", second.startedAtMs],
     ["process start", workerPhase("started")],
     ["imports (torch)", workerPhase("imported")],
     ["register", registered],
@@ -193,12 +192,20 @@ async function analyse(stateDir: string, jobId: string, signal: Injection, kille
   };
 }
 
-/** When the orchestrator started attempt `n` (its record, via `clipfleet status --json`). */
-async function attemptStart(stateDir: string, jobId: string, n: number): Promise<number> {
+/**
+ * When attempts 1 and 2 started and ended, from the job's record (`clipfleet
+ * status --json`): attempt 1 ends once its gang is torn down (after the stack
+ * dump of a hung gang) and the restart is decided; attempt 2 starts when its
+ * ranks are launched, after the backoff.
+ */
+async function attemptTimes(stateDir: string, jobId: string): Promise<[{ startedAtMs: number; endedAtMs: number }, { startedAtMs: number; endedAtMs: number }]> {
   const r = await runProcess(process.execPath, [BIN, "status", jobId, "--json", "--state-dir", stateDir]);
   if (r.code !== 0) throw new Error(`clipfleet status failed: ${r.stderr}`);
-  const v = JSON.parse(r.stdout) as { job: { stages: { attempts: { number: number; startedAtMs: number | string }[] }[] } };
-  const a = v.job.stages[0]?.attempts.find((x) => x.number === n);
-  if (!a) throw new Error(`no attempt ${n} in the job's record`);
-  return Number(a.startedAtMs);
+  const v = JSON.parse(r.stdout) as { job: { stages: { attempts: { number: number; startedAtMs: number | string; endedAtMs: number | string }[] }[] } };
+  const times = [1, 2].map((n) => {
+    const a = v.job.stages[0]?.attempts.find((x) => x.number === n);
+    if (!a) throw new Error(`no attempt ${n} in the job's record`);
+    return { startedAtMs: Number(a.startedAtMs), endedAtMs: Number(a.endedAtMs) };
+  });
+  return [times[0] as { startedAtMs: number; endedAtMs: number }, times[1] as { startedAtMs: number; endedAtMs: number }];
 }

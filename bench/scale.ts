@@ -24,6 +24,16 @@ import type { ScaleResult } from "./scale/server.js";
 const SHARDS = 64;
 const PER_SHARD = 4096;
 
+/**
+ * Ranks per client connection: one each (as separate worker processes) up
+ * to 1,000; 50 at 10,000, where a connection per rank costs the generators
+ * (which share the machine's 2 cores with the orchestrator) more CPU than
+ * the orchestrator itself and starves it.
+ */
+function ranksPerConnection(ranks: number): number {
+  return ranks > 1000 ? 50 : 1;
+}
+
 /** Sizes and timings (quick: 100 ranks for a few seconds). */
 export function scalePlan(quick: boolean): { sizes: number[]; warmup: number; window: number; scrapes: number } {
   return quick ? { sizes: [100], warmup: 1, window: 4, scrapes: 2 } : { sizes: [100, 1000, 10000], warmup: 5, window: 20, scrapes: 5 };
@@ -66,7 +76,7 @@ export async function benchScale(quick: boolean, work: string): Promise<{ figure
     const r = await runNodeJson<ScaleResult>(
       "scale/server.js",
       [
-        ...["--ranks", String(ranks), "--gang", "2500", "--rate", "1", "--per-rank", "1", "--ranks-per-connection", ranks >= 5000 ? "8" : "1"],
+        ...["--ranks", String(ranks), "--gang", "2500", "--rate", "1", "--per-rank", "1", "--ranks-per-connection", String(ranksPerConnection(ranks))],
         ...["--warmup", String(p.warmup), "--window", String(p.window), "--scrapes", String(p.scrapes)],
         ...["--loadgens", ranks >= 5000 ? "2" : "1", "--data", data, "--shards", String(SHARDS), "--state-dir", stateDir, "--python", PYTHON],
       ],
@@ -87,7 +97,7 @@ export async function benchScale(quick: boolean, work: string): Promise<{ figure
         values: [r.reportsPerSecond],
         baseline: [r.offeredPerSecond],
         baselineWhat: "offered: ranks x 1 report/s",
-        note: `${r.jobs} job(s); clients sent ${(r.clientsSent / r.windowSeconds).toFixed(0)}/s; heartbeats ${r.heartbeatsPerSecond.toFixed(0)}/s; ${r.windowSeconds.toFixed(0)} s window${issues.length ? `; PROBLEMS: ${issues.join("; ")}` : ""}`,
+        note: `${r.jobs} job(s), ${r.ranksPerConnection} rank(s) per connection; clients sent ${(r.clientsSent / r.windowSeconds).toFixed(0)}/s; heartbeats ${r.heartbeatsPerSecond.toFixed(0)}/s; ${r.windowSeconds.toFixed(0)} s window${issues.length ? `; PROBLEMS: ${issues.join("; ")}` : ""}`,
       }),
       figure({
         benchmark: "scale",
@@ -95,7 +105,7 @@ export async function benchScale(quick: boolean, work: string): Promise<{ figure
         unit: "ms",
         values: [r.reportLatencyMs.p50],
         runs: r.reportLatencyMs.samples,
-        note: "client write to handled by the job service",
+        note: "probe ranks (in a generator of their own): client write to handled by the job service",
       }),
       figure({ benchmark: "scale", figure: `${n}: report latency p99`, unit: "ms", values: [r.reportLatencyMs.p99], runs: r.reportLatencyMs.samples }),
       figure({ benchmark: "scale", figure: `${n}: GetPlan round trip p50`, unit: "ms", values: [r.planRttMs.p50], runs: r.planRttMs.samples }),
@@ -107,6 +117,14 @@ export async function benchScale(quick: boolean, work: string): Promise<{ figure
         values: [r.cpuSecondsPer1000Reports],
         note: `heartbeats, GetPlan and keepalives included; orchestrator at ${(r.cpuUtilisation * 100).toFixed(0)}% of a core; event-loop delay p99 ${r.eventLoopDelayMs.p99.toFixed(1)} ms`,
       }),
+      figure({
+        benchmark: "scale",
+        figure: `${n}: capacity estimate, reports/s per orchestrator core`,
+        unit: "reports/s",
+        values: [1000 / r.cpuSecondsPer1000Reports],
+        note: "1,000 / CPU seconds per 1,000 reports: the rate one event loop could sustain with a core to itself, at this mix of heartbeats and plan calls",
+      }),
+      figure({ benchmark: "scale", figure: `${n}: orchestrator event-loop delay p99`, unit: "ms", values: [r.eventLoopDelayMs.p99], note: `max ${r.eventLoopDelayMs.max.toFixed(0)} ms; heartbeats wait this long too` }),
       figure({ benchmark: "scale", figure: `${n}: orchestrator resident memory`, unit: "MB", values: [r.rssBytes / 1e6], note: `peak ${(r.rssPeakBytes / 1e6).toFixed(0)} MB, V8 heap ${(r.heapUsedBytes / 1e6).toFixed(0)} MB` }),
       figure({ benchmark: "scale", figure: `${n}: /metrics scrape time`, unit: "s", values: r.scrapeSeconds, note: `${r.scrapeSeries.toLocaleString("en-US")} series` }),
       figure({ benchmark: "scale", figure: `${n}: /metrics scrape size`, unit: "MB", values: [median(r.scrapeBytes) / 1e6] }),

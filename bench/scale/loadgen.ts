@@ -14,7 +14,7 @@
  *
  *   (forked) loadgen.js --rate 1 --plan-every 4 [--ranks-per-connection 8] [--probe]
  */
-import { credentials, Metadata, type ClientDuplexStream, type ServiceError } from "@grpc/grpc-js";
+import { credentials, Metadata, status, type ClientDuplexStream, type ServiceError } from "@grpc/grpc-js";
 import { parseArgs } from "node:util";
 import { Phase, WorkerGatewayClient, type Assignment, type Command, type PlanResponse, type WorkerMessage } from "../../orchestrator/src/gen/clipfleet/v1/worker.js";
 import { ORCHESTRATOR_VERSION } from "../../orchestrator/src/jobs/index.js";
@@ -175,8 +175,8 @@ class SimRank {
             resolve(a);
             return;
           }
-          // UNAVAILABLE (14): the server's accept queue overflowed; retry as the Python agent does.
-          if (err.code === 14 && Date.now() < deadline && !this.stopped) {
+          // UNAVAILABLE: the server's accept queue overflowed; retry as the Python agent does.
+          if (err.code === status.UNAVAILABLE && Date.now() < deadline && !this.stopped) {
             setTimeout(() => attempt(Math.min(2000, delay * 2)), delay);
             return;
           }

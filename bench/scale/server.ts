@@ -164,7 +164,7 @@ function tell(g: ChildProcess, m: ToLoadgen): void {
 function scrape(url: string, count: number): Promise<{ seconds: number[]; bytes: number[]; series: number }> {
   return new Promise((resolve, reject) => {
     execFile(process.execPath, [join(HERE, "scrape.js"), url, String(count)], { maxBuffer: 1 << 20 }, (err, stdout) => {
-      if (err) reject(err);
+      if (err) reject(new Error(`scrape.js failed: ${err.message}`));
       else resolve(JSON.parse(stdout.trim()) as { seconds: number[]; bytes: number[]; series: number });
     });
   });

@@ -26,6 +26,7 @@ import {
   type JobRecord,
   type JobSpec,
   type NodeSpec,
+  type AttemptOutcome,
   type ProgressRecord,
   type RankRecord,
   type StageRecord,
@@ -951,20 +952,7 @@ export class JobService implements MetricsSource {
     const stage = job.stages.find((s) => s.name === rt.stage);
     if (!stage) return;
     const lastStep = Math.max(rt.startStep, ...rt.ranks.map((r) => r.step));
-    const closeAttempt = (s: StageRecord, outcome: "failed" | "cancelled"): void => {
-      const a = s.attempts.find((x) => x.number === rt.attempt);
-      if (a) {
-        a.outcome = outcome;
-        a.reason = reason;
-        a.endedAtMs = this.now();
-        a.lastStep = lastStep;
-        for (const r of a.ranks) {
-          const live = rt.ranks[r.rank];
-          if (live) Object.assign(r, rankRecordFields(live));
-        }
-      }
-      this.applyProgress(s, rt);
-    };
+    const closeAttempt = (s: StageRecord, outcome: "failed" | "cancelled"): void => this.closeAttempt(s, rt, outcome, reason, lastStep);
     if (job.cancelRequested) {
       await this.ledger.transition(rt.jobId, rt.stage, "CANCELLED", "cancelled by user", { attempt: rt.attempt, update: (s) => closeAttempt(s, "cancelled") });
     } else {
@@ -1075,23 +1063,26 @@ export class JobService implements MetricsSource {
     const saved = opts.checkpoint && rt.lastCommittedStep >= step;
     await this.ledger.transition(rt.jobId, rt.stage, "CANCELLED", saved ? `${opts.reason}; checkpoint committed at step ${rt.lastCommittedStep}` : opts.reason, {
       attempt: rt.attempt,
-      update: (s) => {
-        const a = s.attempts.find((x) => x.number === rt.attempt);
-        if (a) {
-          a.outcome = "cancelled";
-          a.reason = opts.reason;
-          a.endedAtMs = this.now();
-          a.lastStep = lastStep;
-          for (const r of a.ranks) {
-            const live = rt.ranks[r.rank];
-            if (live) Object.assign(r, rankRecordFields(live));
-          }
-        }
-        this.applyProgress(s, rt);
-      },
+      update: (s) => this.closeAttempt(s, rt, "cancelled", opts.reason, lastStep),
     });
     this.release(rt);
     this.kick();
+  }
+
+  /** Records how an attempt ended on its stage record (inside a ledger update), with the ranks' last facts and the progress. */
+  private closeAttempt(s: StageRecord, rt: AttemptRuntime, outcome: AttemptOutcome, reason: string, lastStep: number): void {
+    const a = s.attempts.find((x) => x.number === rt.attempt);
+    if (a) {
+      a.outcome = outcome;
+      a.reason = reason;
+      a.endedAtMs = this.now();
+      a.lastStep = lastStep;
+      for (const r of a.ranks) {
+        const live = rt.ranks[r.rank];
+        if (live) Object.assign(r, rankRecordFields(live));
+      }
+    }
+    this.applyProgress(s, rt);
   }
 
   /** Every rank finished: wait for clean exits, record results, free the slots, start what was waiting. */
@@ -1107,20 +1098,9 @@ export class JobService implements MetricsSource {
       attempt: rt.attempt,
       data: { finalParamsSha256: fin?.finalParamsSha256 ?? "", metrics },
       update: (s) => {
-        const a = s.attempts.find((x) => x.number === rt.attempt);
-        if (a) {
-          a.outcome = "succeeded";
-          a.reason = "finished";
-          a.endedAtMs = this.now();
-          a.lastStep = fin?.step ?? rt.totalSteps;
-          for (const r of a.ranks) {
-            const live = rt.ranks[r.rank];
-            if (live) Object.assign(r, rankRecordFields(live));
-          }
-        }
+        this.closeAttempt(s, rt, "succeeded", "finished", fin?.step ?? rt.totalSteps);
         Object.assign(s.metrics, metrics);
         s.finalParamsSha256 = fin?.finalParamsSha256 ?? "";
-        this.applyProgress(s, rt);
       },
     });
     this.deps.metrics.jobFinished(rt.jobId, this.now());

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import threading
-import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 from .. import checkpoint as ckpt
 from .. import distributed as D
 from ..agent import Agent
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..gen.clipfleet.v1 import common_pb2 as cpb
 from ..gen.clipfleet.v1 import worker_pb2 as pb
 
@@ -197,6 +196,54 @@ def set_threads(default: int) -> None:
 
 def json_config(assignment: pb.Assignment) -> dict[str, Any]:
     return json.loads(assignment.config_json)
+
+
+@dataclass(frozen=True)
+class Update:
+    """What one optimizer step did, identical on every rank."""
+
+    sync: StepSync
+    grad_norm: float
+    nan_skipped: bool
+
+
+def apply_update(ctx: TaskContext, step: int, loss: float, valid: int, params: list, optimizer, scaler, train: dict[str, Any], after_step=None) -> Update:
+    """The common end of a training step, after backward: one all-reduce of the loss and the
+    control flags, gradients averaged over ranks in a fixed order, clipping, the NaN policy
+    (train.on_nan), the optimizer step and `after_step` (e.g. clamping the temperature)."""
+    ctx.fault.before_update(step)
+    sync = sync_step(ctx, step, loss, valid)
+    D.average_gradients(params, ctx.world_size)
+    if scaler.is_enabled():
+        scaler.unscale_(optimizer)
+    gnorm = grad_norm(params, train.get("grad_clip"))
+    if sync.nonfinite or not math.isfinite(gnorm):
+        if train["on_nan"] == "fail":
+            raise NonFiniteError(f"non-finite loss or gradient at step {step} (train.on_nan: fail)")
+        optimizer.zero_grad(set_to_none=True)
+        print(f"clipfleet worker: non-finite loss/gradient at step {step}: update skipped (train.on_nan: skip)", flush=True)
+        return Update(sync, gnorm, True)
+    if scaler.is_enabled():
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if after_step is not None:
+        after_step()
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+    return Update(sync, gnorm, False)
+
+
+def maybe_checkpoint(ctx: TaskContext, step: int, total: int, sync: StepSync, payload, batch) -> None:
+    """Saves when the cadence (checkpoint.every_steps), the end (checkpoint.final), an on-demand
+    request or a stop with checkpoint says so; every rank decides the same from `sync`."""
+    ck = ctx.cfg["checkpoint"]
+    periodic = bool(ck.get("every_steps")) and step % int(ck["every_steps"]) == 0
+    final = step == total and bool(ck.get("final", True))
+    if periodic or final or sync.checkpoint or (sync.stop and sync.stop_checkpoint):
+        ctx.save_checkpoint(step, payload(step), cursor_after(ctx.assignment, batch))
+        ctx.agent.commands.checkpoint_done(step)
 
 
 def grad_norm(params, clip: float | None) -> float:

@@ -35,12 +35,11 @@ from torch import Tensor
 from .. import checkpoint as ckpt
 from .. import distributed as D
 from ..data.loader import PlanLoader, StepSlice, iterate_split, resolve_num_classes
-from ..errors import NonFiniteError
 from ..evaluation import DEPTH_KEYS, add_sums, depth_metric_sums, depth_metrics_from_sums, seg_confusion, seg_metrics
 from ..losses import depth_loss, seg_loss
 from ..models import DenseModel, TowerLoadReport, build_dense_model, load_image_tower, params_sha256
 from ..optim import build_optimizer, lr_at, set_lr
-from .common import TaskContext, cursor_after, grad_norm, load_init_weights, load_resume, sync_step
+from .common import TaskContext, apply_update, load_init_weights, load_resume, maybe_checkpoint
 from .pretrain import autocast_for
 
 # The label map each dense task trains on (the loader's and iterate_split's `dense` argument).
@@ -111,7 +110,6 @@ def run(ctx: TaskContext) -> None:
     micro = int(train.get("micro_batch") or per_rank)
     audit = bool(cfg["data"].get("audit"))
     every = train.get("log_every") or 1
-    ck = cfg["checkpoint"]
     eval_cfg = cfg.get("eval") or {}
     ignore_index = int(dense["ignore_index"])
     max_depth = float(dense["max_depth"])
@@ -180,26 +178,8 @@ def run(ctx: TaskContext) -> None:
             optimizer.zero_grad(set_to_none=True)
             with autocast_for(train["precision"], device):
                 loss = _forward_backward(model, kind, dense, images, target, mask, micro, scaler, ctx, step)
-            ctx.fault.before_update(step)
-            sync = sync_step(ctx, step, float(loss), int(valid.sum()))
-            D.average_gradients(params, ctx.world_size)
-            if scaler.is_enabled():
-                scaler.unscale_(optimizer)
-            gnorm = grad_norm(params, train.get("grad_clip"))
-            nan_skipped = False
-            if sync.nonfinite or not math.isfinite(gnorm):
-                if train["on_nan"] == "fail":
-                    raise NonFiniteError(f"non-finite loss or gradient at step {step} (train.on_nan: fail)")
-                optimizer.zero_grad(set_to_none=True)
-                nan_skipped = True
-                print(f"clipfleet worker: non-finite loss/gradient at step {step}: update skipped (train.on_nan: skip)", flush=True)
-            elif scaler.is_enabled():
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            upd = apply_update(ctx, step, float(loss), int(valid.sum()), params, optimizer, scaler, train)
+            sync, gnorm, nan_skipped = upd.sync, upd.grad_norm, upd.nan_skipped
             now = time.perf_counter()
             step_seconds = now - t_last
             t_last = now
@@ -224,11 +204,7 @@ def run(ctx: TaskContext) -> None:
                 print(f"step {step}/{total} epoch {batch.epoch} {kind} loss {sync.loss:.4f} lr {optimizer.param_groups[0]['lr']:.3g} "
                       f"{int(a.global_batch) / max(step_seconds, 1e-9):.1f} samples/s", flush=True)
             ctx.phase(step, "training")
-            periodic = bool(ck.get("every_steps")) and step % int(ck["every_steps"]) == 0
-            final = step == total and bool(ck.get("final", True))
-            if periodic or final or sync.checkpoint or (sync.stop and sync.stop_checkpoint):
-                ctx.save_checkpoint(step, payload(step), cursor_after(a, batch))
-                ctx.agent.commands.checkpoint_done(step)
+            maybe_checkpoint(ctx, step, total, sync, payload, batch)
             if eval_cfg.get("every_steps") and step % int(eval_cfg["every_steps"]) == 0 and step != total:
                 last_metrics = evaluate(step)
                 t_last = time.perf_counter()

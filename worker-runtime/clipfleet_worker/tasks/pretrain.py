@@ -10,7 +10,6 @@ Gradients are averaged across ranks in a fixed order (bit-exact restarts).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from contextlib import nullcontext
@@ -21,12 +20,11 @@ import torch
 from .. import checkpoint as ckpt
 from .. import distributed as D
 from ..data.loader import PlanLoader, StepSlice
-from ..errors import NonFiniteError
 from ..losses import ClipLoss, clip_loss_both
 from ..models import build_clip, params_sha256
 from ..optim import build_optimizer, clamp_logit_scale, lr_at, set_lr
 from ..tokenizers import build_tokenizer
-from .common import TaskContext, cursor_after, grad_norm, load_resume, sync_step
+from .common import TaskContext, apply_update, load_resume, maybe_checkpoint
 from .evaluate import evaluate_clip
 
 
@@ -74,7 +72,6 @@ def run(ctx: TaskContext) -> None:
     audit = bool(cfg["data"].get("audit"))
     both = cfg["data"].get("caption_mode") == "both"
     every = train.get("log_every") or 1
-    ck = cfg["checkpoint"]
     eval_cfg = cfg.get("eval")
 
     def fetch(from_step: int, count: int) -> list[StepSlice]:
@@ -124,28 +121,8 @@ def run(ctx: TaskContext) -> None:
             optimizer.zero_grad(set_to_none=True)
             with autocast_for(train["precision"], device):
                 loss = _forward_backward(model, loss_fn, images, tokens, tokens_b, valid, micro, scaler, ctx, step)
-            ctx.fault.before_update(step)
-            sync = sync_step(ctx, step, float(loss), int(valid.sum()))
-            D.average_gradients(params, ctx.world_size)
-            if scaler.is_enabled():
-                scaler.unscale_(optimizer)
-            gnorm = grad_norm(params, train.get("grad_clip"))
-            nan_skipped = False
-            if sync.nonfinite or not math.isfinite(gnorm):
-                if train["on_nan"] == "fail":
-                    raise NonFiniteError(f"non-finite loss or gradient at step {step} (train.on_nan: fail)")
-                optimizer.zero_grad(set_to_none=True)
-                nan_skipped = True
-                print(f"clipfleet worker: non-finite loss/gradient at step {step}: update skipped (train.on_nan: skip)", flush=True)
-            else:
-                if scaler.is_enabled():
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                clamp_logit_scale(model)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            upd = apply_update(ctx, step, float(loss), int(valid.sum()), params, optimizer, scaler, train, after_step=lambda: clamp_logit_scale(model))
+            sync, gnorm, nan_skipped = upd.sync, upd.grad_norm, upd.nan_skipped
             now = time.perf_counter()
             step_seconds = now - t_last
             t_last = now
@@ -172,12 +149,7 @@ def run(ctx: TaskContext) -> None:
                 print(f"step {step}/{total} epoch {batch.epoch} loss {sync.loss:.4f} lr {optimizer.param_groups[0]['lr']:.3g} "
                       f"logit_scale {temperature:.2f} {int(a.global_batch) / max(step_seconds, 1e-9):.1f} samples/s", flush=True)
             ctx.phase(step, "training")
-            cursor = cursor_after(a, batch)
-            periodic = bool(ck.get("every_steps")) and step % int(ck["every_steps"]) == 0
-            final = step == total and bool(ck.get("final", True))
-            if periodic or final or sync.checkpoint or (sync.stop and sync.stop_checkpoint):
-                ctx.save_checkpoint(step, payload(step), cursor)
-                ctx.agent.commands.checkpoint_done(step)
+            maybe_checkpoint(ctx, step, total, sync, payload, batch)
             if eval_cfg and eval_cfg.get("every_steps") and step % int(eval_cfg["every_steps"]) == 0 and step != total:
                 ctx.phase(step, "evaluating")
                 last_metrics = evaluate_clip(ctx, model, tokenizer, step)
