@@ -46,13 +46,13 @@ class LocalAgent:
             self.starts.append(self.starts[-1] + n)
         self.global_batch, self.steps_per_epoch = global_batch, steps_per_epoch
         self.rank, self.world_size = rank, world_size
-        self.steps: list[tuple[int, float]] = []
+        self.steps: list[tuple[int, float, float]] = []  # (step, seconds, data wait seconds)
         self.final_params_sha256 = ""
 
     def send(self, msg: pb.WorkerMessage) -> None:
         kind = msg.WhichOneof("body")
         if kind == "step":
-            self.steps.append((int(msg.step.step), float(msg.step.step_seconds)))
+            self.steps.append((int(msg.step.step), float(msg.step.step_seconds), float(msg.step.data_wait_seconds)))
         elif kind == "finished":
             self.final_params_sha256 = msg.finished.final_params_sha256
 

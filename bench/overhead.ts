@@ -4,17 +4,21 @@
  * against the same worker code started by hand with torchrun's environment
  * and no orchestrator (bench/baseline_train.py). The two run alternately,
  * in pairs, so drift in the shared machine's load hits both alike; the
- * figure is the median of the per-pair ratios of steady-state throughput
- * (the first steps, with their warm-up, excluded).
+ * figure is the median of the per-pair ratios of steady-state throughput:
+ * the global batch over the median step time after the first steps (their
+ * warm-up excluded). Both sides also account for the CPU their processes
+ * spend per steady-state step (Linux /proc), which is what explains a gap:
+ * on a machine whose cores the ranks fill, every CPU millisecond another
+ * process takes delays a rank, and the all-reduce makes the other wait.
  */
-import { spawn } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { resolveManifest } from "../orchestrator/src/data/index.js";
 import { freePort } from "../tests/helpers/cli.js";
+import { BENCH_SRC, BIN, PYTHON, sleep, WORKER_RUNTIME } from "./lib/proc.js";
 import { figure, median, type Figure } from "./lib/results.js";
-import { BENCH_SRC, BIN, PYTHON, runProcess, WORKER_RUNTIME } from "./lib/proc.js";
 import { parseSummary, readSteps, resolvedStage, steadyStepSeconds, writeTinySpec } from "./lib/spec.js";
 
 /** What one orchestrated or by-hand run measured. */
@@ -22,18 +26,44 @@ interface RunMeasure {
   readonly steadyStepSeconds: number;
   readonly samplesPerSecond: number;
   readonly finalParamsSha256: string;
-  readonly wallSeconds: number;
+  /** CPU milliseconds per steady-state step of the ranks together, and of the orchestrator (0 by hand). */
+  readonly workerCpuMsPerStep: number;
+  readonly orchestratorCpuMsPerStep: number;
+}
+
+/** One configuration of the benchmark (the global batch sets the step time). */
+interface Config {
+  readonly batch: number;
+  readonly pairs: number;
+  readonly steps: number;
+  readonly warmup: number;
 }
 
 /** Sizes of the benchmark (quick: one short pair, so `make test` keeps it working). */
-export function overheadPlan(quick: boolean): { pairs: number; steps: number; warmup: number; batch: number } {
-  return quick ? { pairs: 1, steps: 20, warmup: 5, batch: 64 } : { pairs: 5, steps: 80, warmup: 10, batch: 64 };
+export function overheadPlan(quick: boolean): Config[] {
+  if (quick) return [{ batch: 64, pairs: 1, steps: 20, warmup: 5 }];
+  // The issue's tiny job, then 4x the work per step with the same messages per step.
+  return [
+    { batch: 64, pairs: 7, steps: 80, warmup: 10 },
+    { batch: 256, pairs: 3, steps: 40, warmup: 8 },
+  ];
 }
 
-/** Runs the pairs; returns the figures and the per-run measurements. */
+/** Runs the pairs of every configuration; returns the figures and the per-run measurements. */
 export async function benchOverhead(quick: boolean, work: string): Promise<{ figures: Figure[]; details: unknown }> {
-  const p = overheadPlan(quick);
-  const spec = writeTinySpec(work, { name: "overhead", steps: p.steps, batch: p.batch, everySteps: null, finalCheckpoint: false, shuffle: false });
+  const figures: Figure[] = [];
+  const details: unknown[] = [];
+  for (const c of overheadPlan(quick)) {
+    const r = await runConfig(c, join(work, `batch-${c.batch}`));
+    figures.push(...r.figures);
+    details.push(r.details);
+  }
+  return { figures, details };
+}
+
+async function runConfig(c: Config, work: string): Promise<{ figures: Figure[]; details: unknown }> {
+  mkdirSync(work, { recursive: true });
+  const spec = writeTinySpec(work, { name: "overhead", steps: c.steps, batch: c.batch, everySteps: null, finalCheckpoint: false, shuffle: false });
   const stage = await resolvedStage(spec);
   const data = stage.data as { train: string[]; val: string[] };
   const train = await resolveManifest(data.train);
@@ -45,103 +75,226 @@ export async function benchOverhead(quick: boolean, work: string): Promise<{ fig
       config: stage,
       train_shards: train.shards.map((s) => [s.url, s.samples]),
       val_shards: val.shards.map((s) => [s.url, s.samples]),
-      total_steps: p.steps,
-      global_batch: p.batch,
-      steps_per_epoch: Math.floor(train.totalSamples / p.batch),
+      total_steps: c.steps,
+      global_batch: c.batch,
+      steps_per_epoch: Math.floor(train.totalSamples / c.batch),
       work_dir: join(work, "baseline"),
     }),
   );
 
   const orchestrated: RunMeasure[] = [];
   const byHand: RunMeasure[] = [];
-  for (let i = 0; i < p.pairs; i++) {
+  for (let i = 0; i < c.pairs; i++) {
     // Alternate which goes first, so a trend in the machine's load does not favour one side.
     if (i % 2 === 0) {
-      orchestrated.push(await runOrchestrated(spec, join(work, `orch-${i}`), p.batch, p.warmup));
-      byHand.push(await runByHand(jobFile, join(work, `hand-${i}.json`), p.batch, p.warmup));
+      orchestrated.push(await runOrchestrated(spec, join(work, `orch-${i}`), c));
+      byHand.push(await runByHand(jobFile, join(work, `hand-${i}.json`), c));
     } else {
-      byHand.push(await runByHand(jobFile, join(work, `hand-${i}.json`), p.batch, p.warmup));
-      orchestrated.push(await runOrchestrated(spec, join(work, `orch-${i}`), p.batch, p.warmup));
+      byHand.push(await runByHand(jobFile, join(work, `hand-${i}.json`), c));
+      orchestrated.push(await runOrchestrated(spec, join(work, `orch-${i}`), c));
     }
   }
-  const ratios = orchestrated.map((o, i) => o.samplesPerSecond / (byHand[i] as RunMeasure).samplesPerSecond);
+  // Same seed, data order, steps and code: anything but bit-identical parameters means the sides did different work.
   const sameParams = orchestrated.every((o, i) => o.finalParamsSha256 === byHand[i]?.finalParamsSha256);
-  const steadyNote = `steps ${p.warmup + 1}-${p.steps} of ${p.steps}, global batch ${p.batch}, 2 ranks`;
+  if (!sameParams) {
+    throw new Error(`final parameters differ between clipfleet run and by hand: ${orchestrated.map((o, i) => `${o.finalParamsSha256.slice(0, 12)} vs ${byHand[i]?.finalParamsSha256.slice(0, 12) ?? "?"}`).join(", ")}`);
+  }
+  const ratios = orchestrated.map((o, i) => o.samplesPerSecond / (byHand[i] as RunMeasure).samplesPerSecond);
+  const tag = `batch ${c.batch}`;
+  const steadyNote = `steps ${c.warmup + 1}-${c.steps} of ${c.steps}, global batch ${c.batch}, 2 ranks; median step time`;
   const figures = [
     figure({
       benchmark: "overhead",
-      figure: "training throughput, clipfleet run",
+      figure: `training throughput, clipfleet run, ${tag}`,
       unit: "samples/s",
       values: orchestrated.map((o) => o.samplesPerSecond),
       baseline: byHand.map((b) => b.samplesPerSecond),
       baselineWhat: "the same worker code started by hand (torchrun env, no orchestrator)",
       ratios,
       target: ">= 0.98",
-      note: `median of per-pair ratios; ${steadyNote}; final parameters ${sameParams ? "bit-identical" : "DIFFER"} between the two`,
+      note: `median of per-pair ratios; ${steadyNote}; final parameters bit-identical between the two`,
     }),
-    figure({ benchmark: "overhead", figure: "steady-state step time, clipfleet run", unit: "s", values: orchestrated.map((o) => o.steadyStepSeconds) }),
-    figure({ benchmark: "overhead", figure: "steady-state step time, by hand", unit: "s", values: byHand.map((b) => b.steadyStepSeconds) }),
+    figure({
+      benchmark: "overhead",
+      figure: `steady-state step time, ${tag}`,
+      unit: "s",
+      values: orchestrated.map((o) => o.steadyStepSeconds),
+      baseline: byHand.map((b) => b.steadyStepSeconds),
+      baselineWhat: "by hand",
+    }),
+    figure({
+      benchmark: "overhead",
+      figure: `orchestrator process CPU per step, ${tag}`,
+      unit: "ms",
+      values: orchestrated.map((o) => o.orchestratorCpuMsPerStep),
+      note: "the `clipfleet run` process (gRPC, job service, step history, logs, progress), steady state",
+    }),
+    figure({
+      benchmark: "overhead",
+      figure: `throughput bound from CPU accounting, ${tag}`,
+      unit: "x",
+      values: orchestrated.map((o, i) => 1 - o.orchestratorCpuMsPerStep / 1000 / (byHand[i] as RunMeasure).steadyStepSeconds),
+      note: "1 - orchestrator CPU per step / by-hand step time: the throughput ratio if every CPU millisecond of the orchestrator delayed the lockstep gang (both cores busy with ranks), the worst case",
+    }),
+    figure({
+      benchmark: "overhead",
+      figure: `worker CPU per step (both ranks), ${tag}`,
+      unit: "ms",
+      values: orchestrated.map((o) => o.workerCpuMsPerStep),
+      baseline: byHand.map((b) => b.workerCpuMsPerStep),
+      baselineWhat: "by hand (no agent threads, no RPCs)",
+    }),
   ];
-  return {
-    figures,
-    details: { ...p, ratios, medianRatio: median(ratios), sameFinalParams: sameParams, orchestrated, byHand },
-  };
+  return { figures, details: { ...c, ratios, medianRatio: median(ratios), sameFinalParams: sameParams, orchestrated, byHand } };
 }
 
-/** `clipfleet run SPEC`; steady-state step time from rank 0's step history. */
-async function runOrchestrated(spec: string, stateDir: string, batch: number, warmup: number): Promise<RunMeasure> {
-  const r = await runProcess(process.execPath, [BIN, "run", spec, "--state-dir", stateDir, "--json"], { env: { CLIPFLEET_PYTHON: PYTHON }, timeoutMs: 10 * 60_000 });
-  const s = parseSummary(r.stdout, r.stderr);
-  if (s.state !== "SUCCEEDED") throw new Error(`clipfleet run ended ${s.state}:\n${r.stderr.slice(-3000)}`);
-  const steps = readSteps(stateDir, s.jobId).map((x) => ({ step: x.step, seconds: x.stepSeconds }));
-  const steady = steadyStepSeconds(steps, warmup);
-  return { steadyStepSeconds: steady, samplesPerSecond: batch / steady, finalParamsSha256: s.finalParamsSha256, wallSeconds: s.wallSeconds };
+/** CPU seconds (user + system) a process has used so far; 0 once it is gone. */
+function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name (which may contain spaces): state is field 3, utime 14, stime 15.
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+  } catch {
+    return 0;
+  }
+}
+
+/** sysconf(_SC_CLK_TCK): 100 on every Linux this runs on. */
+const CLOCK_TICKS = 100;
+
+/** Direct children of a process (Linux 3.5+: /proc/PID/task/TID/children). */
+function childrenOf(pid: number): number[] {
+  try {
+    return readdirSync(`/proc/${pid}/task`).flatMap((tid) =>
+      readFileSync(`/proc/${pid}/task/${tid}/children`, "utf8")
+        .split(" ")
+        .filter((s) => s.trim() !== "")
+        .map(Number),
+    );
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Samples CPU time of some processes against training progress, keeping the
+ * first sample at or after step `from` and the last one before step `to`:
+ * their difference over the steps between is the steady-state CPU per step.
+ */
+class CpuPerStep {
+  private first: { step: number; cpu: number[] } | null = null;
+  private last: { step: number; cpu: number[] } | null = null;
+
+  constructor(
+    private readonly from: number,
+    private readonly to: number,
+  ) {}
+
+  sample(step: number, pids: readonly number[]): void {
+    if (step < this.from || step >= this.to) return;
+    const cpu = pids.map(cpuSeconds);
+    if (cpu.some((c) => c === 0)) return; // a process not started yet or gone
+    if (!this.first) this.first = { step, cpu };
+    else this.last = { step, cpu };
+  }
+
+  /** Milliseconds of CPU per step of each sampled process. */
+  perStepMs(): number[] {
+    const { first, last } = this;
+    if (!first || !last || last.step <= first.step) throw new Error(`too few samples between steps ${this.from} and ${this.to} to account for CPU`);
+    return first.cpu.map((c0, i) => (((last.cpu[i] ?? c0) - c0) * 1000) / (last.step - first.step));
+  }
+}
+
+/** `clipfleet run SPEC`; step times from rank 0's step history, CPU from /proc while it trains. */
+async function runOrchestrated(spec: string, stateDir: string, c: Config): Promise<RunMeasure> {
+  const child = spawn(process.execPath, [BIN, "run", spec, "--state-dir", stateDir, "--json"], { env: { ...process.env, CLIPFLEET_PYTHON: PYTHON }, stdio: ["ignore", "pipe", "pipe"] });
+  const out = collect(child);
+  const acct = new CpuPerStep(c.warmup, c.steps - 2);
+  let jobId: string | null = null;
+  let ranks: number[] = [];
+  while (child.exitCode === null && child.signalCode === null) {
+    jobId ??= /clipfleet: job (j-[0-9a-f-]+)/.exec(out.stderr)?.[1] ?? null;
+    if (jobId) {
+      const step = readSteps(stateDir, jobId).at(-1)?.step ?? 0;
+      if (ranks.length < 2) ranks = childrenOf(child.pid ?? 0).filter((p) => /clipfleet_worker\0run/.test(cmdline(p)));
+      if (ranks.length === 2) acct.sample(step, [child.pid ?? 0, ...ranks]);
+    }
+    await sleep(50);
+  }
+  await out.done;
+  const s = parseSummary(out.stdout, out.stderr);
+  if (s.state !== "SUCCEEDED") throw new Error(`clipfleet run ended ${s.state}:\n${out.stderr.slice(-3000)}`);
+  const steady = steadyStepSeconds(
+    readSteps(stateDir, s.jobId).map((x) => ({ step: x.step, seconds: x.stepSeconds })),
+    c.warmup,
+  );
+  const [orch = 0, ...workers] = acct.perStepMs();
+  return { steadyStepSeconds: steady, samplesPerSecond: c.batch / steady, finalParamsSha256: s.finalParamsSha256, workerCpuMsPerStep: workers.reduce((a, b) => a + b, 0), orchestratorCpuMsPerStep: orch };
 }
 
 /** Two ranks of bench/baseline_train.py with the environment the orchestrator would give them. */
-async function runByHand(jobFile: string, out: string, batch: number, warmup: number): Promise<RunMeasure> {
+async function runByHand(jobFile: string, out: string, c: Config): Promise<RunMeasure> {
   const port = await freePort();
   // The local launcher's thread budget: the node's slots shared by its ranks.
   const threads = String(Math.max(1, Math.floor(availableParallelism() / 2)));
-  const ranks = [0, 1].map(
-    (rank) =>
-      new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
-        const child = spawn(PYTHON, [join(BENCH_SRC, "baseline_train.py"), "--job", jobFile, "--out", out], {
-          cwd: WORKER_RUNTIME,
-          env: {
-            ...process.env,
-            PYTHONPATH: WORKER_RUNTIME,
-            PYTHONUNBUFFERED: "1",
-            RANK: String(rank),
-            LOCAL_RANK: String(rank),
-            WORLD_SIZE: "2",
-            LOCAL_WORLD_SIZE: "2",
-            MASTER_ADDR: "127.0.0.1",
-            MASTER_PORT: String(port),
-            CUDA_VISIBLE_DEVICES: "",
-            OMP_NUM_THREADS: threads,
-            CLIPFLEET_THREADS: threads,
-          },
-          stdio: ["ignore", "ignore", "pipe"],
-        });
-        let stderr = "";
-        child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-        const timer = setTimeout(() => child.kill("SIGKILL"), 10 * 60_000);
-        child.once("error", reject);
-        child.once("close", (code) => {
-          clearTimeout(timer);
-          resolve({ code, stderr });
-        });
-      }),
+  const ranks = [0, 1].map((rank) =>
+    spawn(PYTHON, [join(BENCH_SRC, "baseline_train.py"), "--job", jobFile, "--out", out], {
+      cwd: WORKER_RUNTIME,
+      env: {
+        ...process.env,
+        PYTHONPATH: WORKER_RUNTIME,
+        PYTHONUNBUFFERED: "1",
+        RANK: String(rank),
+        LOCAL_RANK: String(rank),
+        WORLD_SIZE: "2",
+        LOCAL_WORLD_SIZE: "2",
+        MASTER_ADDR: "127.0.0.1",
+        MASTER_PORT: String(port),
+        CUDA_VISIBLE_DEVICES: "",
+        OMP_NUM_THREADS: threads,
+        CLIPFLEET_THREADS: threads,
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+    }),
   );
-  const done = await Promise.all(ranks);
-  for (const [rank, d] of done.entries()) {
-    if (d.code !== 0) throw new Error(`baseline_train.py rank ${rank} failed (${d.code}):\n${d.stderr.slice(-3000)}`);
+  const outputs = ranks.map(collect);
+  const acct = new CpuPerStep(c.warmup, c.steps - 2);
+  const timer = setTimeout(() => ranks.forEach((r) => r.kill("SIGKILL")), 10 * 60_000);
+  while (ranks.some((r) => r.exitCode === null && r.signalCode === null)) {
+    // Rank 0 prints "step N/TOTAL ..." after each step, as under the orchestrator.
+    const step = Number([...(outputs[0]?.stdout ?? "").matchAll(/^step (\d+)\//gm)].at(-1)?.[1] ?? 0);
+    acct.sample(step, ranks.map((r) => r.pid ?? 0));
+    await sleep(50);
   }
-  const res = JSON.parse(readFileSync(out, "utf8")) as { steps: [number, number][]; finalParamsSha256: string; wallSeconds: number };
+  clearTimeout(timer);
+  const done = await Promise.all(outputs.map((o) => o.done));
+  for (const [rank, code] of done.entries()) {
+    if (code !== 0) throw new Error(`baseline_train.py rank ${rank} failed (${code}):\n${outputs[rank]?.stderr.slice(-3000) ?? ""}`);
+  }
+  const res = JSON.parse(readFileSync(out, "utf8")) as { steps: [number, number, number][]; finalParamsSha256: string };
   const steady = steadyStepSeconds(
     res.steps.map(([step, seconds]) => ({ step, seconds })),
-    warmup,
+    c.warmup,
   );
-  return { steadyStepSeconds: steady, samplesPerSecond: batch / steady, finalParamsSha256: res.finalParamsSha256, wallSeconds: res.wallSeconds };
+  const perRank = acct.perStepMs();
+  return { steadyStepSeconds: steady, samplesPerSecond: c.batch / steady, finalParamsSha256: res.finalParamsSha256, workerCpuMsPerStep: perRank.reduce((a, b) => a + b, 0), orchestratorCpuMsPerStep: 0 };
+}
+
+/** The command line of a process, NUL-separated ("" once it is gone). */
+function cmdline(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8");
+  } catch {
+    return "";
+  }
+}
+
+/** Accumulates a child's output; `done` resolves with its exit code once its pipes are drained. */
+function collect(child: ChildProcess): { stdout: string; stderr: string; done: Promise<number | null> } {
+  const o = { stdout: "", stderr: "", done: new Promise<number | null>((resolve) => child.once("close", (code) => resolve(code))) };
+  child.stdout?.on("data", (d: Buffer) => (o.stdout += d.toString()));
+  child.stderr?.on("data", (d: Buffer) => (o.stderr += d.toString()));
+  return o;
 }

@@ -29,7 +29,8 @@ type Phase = (typeof PHASES)[number];
 /** One injected failure and what followed. */
 interface RecoveryRun {
   readonly signal: Injection;
-  readonly killedAtStep: number;
+  /** The last step rank 0 reported in attempt 1 (after a SIGSTOP, the stack dump's SIGCONT lets it go on a little). */
+  readonly lastStepOfFirstAttempt: number;
   readonly detectSeconds: number;
   readonly recoverSeconds: number;
   readonly totalSeconds: number;
@@ -86,7 +87,15 @@ export async function benchRecovery(quick: boolean, work: string): Promise<{ fig
         values: rs.map((r) => r.recoverSeconds),
         note: `largest phase: ${largest?.[0] ?? "?"} (${(largest?.[1] ?? 0).toFixed(2)} s); median phases: ${phaseMedians.map(([n, s]) => `${n} ${s.toFixed(2)}`).join(", ")}`,
       }),
-      figure({ benchmark: "recovery", figure: `${what}: steps redone`, unit: "steps", values: rs.map((r) => r.stepsRedone), note: `checkpoint every ${p.everySteps} steps; killed near step ${p.killAt}` }),
+      figure({
+        benchmark: "recovery",
+        figure: `${what}: steps redone`,
+        unit: "steps",
+        values: rs.map((r) => r.stepsRedone),
+        note:
+          `checkpoint every ${p.everySteps} steps; signalled at step ${p.killAt}` +
+          (signal === "SIGSTOP" ? "; the stack dump sends SIGCONT first, so the gang trains on (and may checkpoint) for the 1.5 s dump before it is killed" : ""),
+      }),
     );
     for (const [ph, _] of phaseMedians) {
       figures.push(figure({ benchmark: "recovery", figure: `${what}: phase ${ph}`, unit: "s", values: rs.map((r) => r.phases[ph]) }));
@@ -181,7 +190,7 @@ async function analyse(stateDir: string, jobId: string, signal: Injection, kille
   }
   return {
     signal,
-    killedAtStep: lastOfFirst,
+    lastStepOfFirstAttempt: lastOfFirst,
     detectSeconds: (failed.tsMs - killedAtMs) / 1000,
     recoverSeconds: (firstStep.tsMs - failed.tsMs) / 1000,
     totalSeconds: (firstStep.tsMs - killedAtMs) / 1000,

@@ -83,6 +83,10 @@ export async function benchScale(quick: boolean, work: string): Promise<{ figure
       ["--max-old-space-size=8192"],
       15 * 60_000,
     );
+    // The smallest size must always run cleanly: anything else is a broken benchmark, not a measurement.
+    if (ranks === p.sizes[0] && (r.failures.length > 0 || r.errors.length > 0 || r.reportsPerSecond < 0.9 * r.offeredPerSecond)) {
+      throw new Error(`${ranks} ranks did not run cleanly: ${[...r.failures, ...r.errors].join("; ") || `${r.reportsPerSecond.toFixed(0)} reports/s`}`);
+    }
     results.push(r);
   }
   const figures: Figure[] = [];

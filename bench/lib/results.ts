@@ -182,7 +182,7 @@ export function renderMarkdown(r: ResultsFile): string {
   const head = [
     `Measured ${r.startedAt.slice(0, 10)} (${r.mode} run, ${r.durationSeconds.toFixed(0)} s) on ${m.cpus} x ${m.cpuModel}, ` +
       `${(m.memoryBytes / 2 ** 30).toFixed(0)} GiB, ${m.os}, Node ${m.node}, Python ${m.python ?? "?"}, torch ${m.torch ?? "?"}; ` +
-      `load average ${m.loadAverage.join(" / ")} at the start. ${m.notes}.`,
+      `load average ${m.loadAverage.join(" / ")} at the start. ${m.notes.charAt(0).toUpperCase()}${m.notes.slice(1)}.`,
     "",
     `| ${COLUMNS.join(" | ")} |`,
     `|${COLUMNS.map((c) => (c === "benchmark" || c === "figure" || c === "unit" ? "---" : "---:")).join("|")}|`,

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import type { LogEntry, StepPointRecord } from "../../orchestrator/src/jobs/index.js";
 import { stepHistoryPath } from "../../orchestrator/src/jobs/index.js";
 import { BIN, PYTHON, runProcess, tinyDataset } from "./proc.js";
+import { median } from "./results.js";
 
 /** What varies between the benchmarks' tiny jobs. */
 export interface TinyJob {
@@ -117,9 +118,14 @@ export async function readLogs(stateDir: string, jobId: string): Promise<LogEntr
     .map((l) => JSON.parse(l) as LogEntry);
 }
 
-/** Mean seconds per step over the steps after the first `warmup` (steady state), from (step, seconds) pairs. */
+/**
+ * Steady-state seconds per step: the median over the steps after the first
+ * `warmup`, from (step, seconds) pairs. The median, not the mean: on a
+ * shared machine a few steps stretched by another tenant's burst would
+ * otherwise decide the figure.
+ */
 export function steadyStepSeconds(points: readonly { step: number; seconds: number }[], warmup: number): number {
   const steady = points.filter((p) => p.step > warmup);
   if (steady.length === 0) throw new Error(`no steps after the first ${warmup}`);
-  return steady.reduce((a, p) => a + p.seconds, 0) / steady.length;
+  return median(steady.map((p) => p.seconds));
 }

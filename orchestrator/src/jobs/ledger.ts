@@ -3,7 +3,7 @@
  * the store. Mutations of one job are serialised; each is persisted before
  * its events are published (and so before anyone acts on them).
  */
-import { NotFoundError, type Clock, type JobEvent, type JobRecord, type JobState } from "../domain/index.js";
+import { isTerminal, NotFoundError, type Clock, type JobEvent, type JobRecord, type JobState } from "../domain/index.js";
 import type { EventBus } from "../events/index.js";
 import type { JobStore } from "../store/index.js";
 import { note, transition, type TransitionFacts, type TransitionResult } from "./lifecycle.js";
@@ -60,7 +60,11 @@ export class JobLedger {
 
   /** Applies a state transition of one stage (see lifecycle.transition). */
   transition(id: string, stage: string, to: JobState, reason: string, facts: TransitionFacts = {}): Promise<JobRecord> {
-    return this.apply(id, (job) => transition(job, stage, to, reason, this.clock.now(), facts));
+    return this.apply(id, (job) => {
+      const current = job.stages.find((s) => s.name === stage)?.state;
+      if (facts.unlessTerminal && current !== undefined && isTerminal(current)) return null;
+      return transition(job, stage, to, reason, this.clock.now(), facts);
+    });
   }
 
   /** Records a fact as an event, with optional changes to the stage. */

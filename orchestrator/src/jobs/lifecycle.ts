@@ -32,6 +32,11 @@ export interface TransitionFacts {
   readonly data?: Record<string, unknown>;
   /** Mutations to apply to the stage together with the transition (same write). */
   readonly update?: (stage: StageRecord) => void;
+  /**
+   * Do nothing when the stage has already ended (checked in the same serialised
+   * write): for ends two paths may reach at once, e.g. a cancel racing a failure.
+   */
+  readonly unlessTerminal?: boolean;
 }
 
 /**

@@ -120,6 +120,8 @@ export class JobService implements MetricsSource {
   private readonly queued = new Set<string>(); // job/stage keys in the scheduler queue
   private readonly synthRuns = new Map<string, Promise<void>>();
   private tickScheduled = false;
+  private passRunning = false;
+  private passAgain = false;
   private wakeTimer: NodeJS.Timeout | null = null;
   private watchdog: NodeJS.Timeout | null = null;
   private progressTimer: NodeJS.Timeout | null = null;
@@ -269,7 +271,7 @@ export class JobService implements MetricsSource {
       const key = stageKey(id, stage.name);
       if (stage.state === "PENDING" || stage.state === "RESTARTING") {
         this.unqueue(key);
-        await this.ledger.transition(id, stage.name, "CANCELLED", "cancelled by user");
+        await this.ledger.transition(id, stage.name, "CANCELLED", "cancelled by user", { unlessTerminal: true });
         continue;
       }
       const rt = this.attempts.get(key);
@@ -954,7 +956,7 @@ export class JobService implements MetricsSource {
     const lastStep = Math.max(rt.startStep, ...rt.ranks.map((r) => r.step));
     const closeAttempt = (s: StageRecord, outcome: "failed" | "cancelled"): void => this.closeAttempt(s, rt, outcome, reason, lastStep);
     if (job.cancelRequested) {
-      await this.ledger.transition(rt.jobId, rt.stage, "CANCELLED", "cancelled by user", { attempt: rt.attempt, update: (s) => closeAttempt(s, "cancelled") });
+      await this.ledger.transition(rt.jobId, rt.stage, "CANCELLED", "cancelled by user", { attempt: rt.attempt, unlessTerminal: true, update: (s) => closeAttempt(s, "cancelled") });
     } else {
       const quarantine = { after: rt.spec.failure.quarantine_after, seconds: rt.spec.failure.quarantine_seconds, windowSeconds: rt.spec.failure.quarantine_seconds };
       const failedNode = failureNode(rt, cause);
@@ -1062,6 +1064,7 @@ export class JobService implements MetricsSource {
     const lastStep = Math.max(rt.startStep, ...rt.ranks.map((r) => r.step));
     const saved = opts.checkpoint && rt.lastCommittedStep >= step;
     await this.ledger.transition(rt.jobId, rt.stage, "CANCELLED", saved ? `${opts.reason}; checkpoint committed at step ${rt.lastCommittedStep}` : opts.reason, {
+      unlessTerminal: true,
       attempt: rt.attempt,
       update: (s) => this.closeAttempt(s, rt, "cancelled", opts.reason, lastStep),
     });
@@ -1141,9 +1144,24 @@ export class JobService implements MetricsSource {
     this.tickScheduled = true;
     setImmediate(() => {
       this.tickScheduled = false;
-      void this.schedulePass().catch((err: unknown) => {
-        process.stderr.write(`clipfleet: scheduling pass failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-      });
+      // One pass at a time: a pass awaits launches, and a second one meanwhile would see
+      // a stage that is neither queued nor started and queue it twice. Run again after.
+      if (this.passRunning) {
+        this.passAgain = true;
+        return;
+      }
+      this.passRunning = true;
+      void this.schedulePass()
+        .catch((err: unknown) => {
+          process.stderr.write(`clipfleet: scheduling pass failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+        })
+        .finally(() => {
+          this.passRunning = false;
+          if (this.passAgain) {
+            this.passAgain = false;
+            this.kick();
+          }
+        });
     });
   }
 
