@@ -193,6 +193,22 @@ void describe("fault tolerance", () => {
     assert.equal(s.finalParamsSha256, reference.finalParamsSha256);
   });
 
+  void it("checkpoint.every_minutes: the orchestrator asks for time-based checkpoints, at one step on every rank", async () => {
+    const timed = writeTinySpec(tmp.dir, { ...BASE, name: "timed", everySteps: null, extra: "x-note: timed\n" });
+    const { readFileSync: read, writeFileSync: write } = await import("node:fs");
+    // Every 1.2 s: a few of them during a run of ~80 steps.
+    write(timed, read(timed, "utf8").replace("checkpoint:\n  every_steps: null\n", "checkpoint:\n  every_steps: null\n  every_minutes: 0.02\n"));
+    const r = await runCli(["run", timed, "--json", "--state-dir", join(tmp.dir, "timed")]);
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary;
+    const all = (await status(s.jobId, join(tmp.dir, "timed"))).job.stages[0]?.checkpoints ?? [];
+    const steps = all.map((c) => c.step).sort((a, b) => a - b);
+    assert.ok(steps.length >= 3, `time-based checkpoints plus the final one, got ${steps.join(",")}`);
+    assert.equal(steps.at(-1), 80);
+    assert.ok(steps[0]! < 80, "at least one before the end, at a step the clock chose");
+    assert.equal(s.finalParamsSha256, reference.finalParamsSha256, "checkpointing does not change the training");
+  });
+
   void it("asynchronous saves: training goes on while files are written; a kill -9 still resumes bit-exactly", async () => {
     const asyncSpec = writeTinySpec(tmp.dir, { ...BASE, name: "async", asyncSave: true, keepLast: 2 });
     const state = join(tmp.dir, "async");

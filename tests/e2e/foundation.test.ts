@@ -54,11 +54,13 @@ void describe("the demo job", () => {
     assert.equal(s.steps, 300);
     assert.equal(s.samplesSeen, 300 * 64);
     assert.equal(s.restarts, 0);
-    assert.ok(s.finalLoss < s.firstLoss - 0.5, `loss went from ${s.firstLoss} to ${s.finalLoss}`);
+    // Measured here: 4.32 -> 3.67 (a random model stays at ln(64) = 4.16 and above).
+    assert.ok(s.finalLoss < s.firstLoss - 0.4, `loss went from ${s.firstLoss} to ${s.finalLoss}`);
     assert.match(s.finalParamsSha256, /^[0-9a-f]{64}$/);
     assert.equal(s.checkpoints.length, 3);
-    // Held-out retrieval well above chance (1 in 256 for R@1).
-    assert.ok((s.metrics["retrieval/i2t_R@1"] ?? 0) > 0.03, JSON.stringify(s.metrics));
+    // Held-out retrieval well above chance: 1 in 256 for R@1; measured here 0.035 (i2t), 0.042 (t2i).
+    assert.ok((s.metrics["retrieval/i2t_R@1"] ?? 0) > 0.02, JSON.stringify(s.metrics));
+    assert.ok((s.metrics["retrieval/i2t_R@10"] ?? 0) > 0.12, JSON.stringify(s.metrics));
     assert.match(s.jobId, /^j-\d{8}-\d{6}-[0-9a-f]{6}$/);
     // The progress went to stderr while it ran, the JSON alone to stdout.
     assert.match(r.stderr, /step \d+\/300/);

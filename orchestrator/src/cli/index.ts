@@ -87,9 +87,10 @@ export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
     .epilogue("Exit codes: 0 succeeded, 1 the job failed, 2 invalid input, 3 orchestrator unreachable or job not found.")
     .fail((msg, err) => {
       // Usage errors (a missing argument, an unknown flag) are invalid input: exit 2.
-      throw err ?? new InvalidArgumentError(msg);
+      throw err ?? new InvalidArgumentError(usageMessage(msg, argv, modules));
     });
-  for (const c of COMMANDS) parser.command(c(deps, state) as never);
+  const modules = COMMANDS.map((c) => c(deps, state));
+  for (const m of modules) parser.command(m as never);
   try {
     await parser.parseAsync();
     return state.exitCode;
@@ -101,6 +102,21 @@ export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
     if (verbose && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
     return exitCodeOf(e);
   }
+}
+
+/**
+ * yargs says "Not enough non-option arguments: got 0, need at least 1";
+ * users need to hear which argument is missing, so name it from the command's usage.
+ */
+function usageMessage(msg: string, argv: string[], modules: { command?: string | readonly string[] }[]): string {
+  if (!/^Not enough non-option arguments/.test(msg)) return msg;
+  const verb = argv.find((a) => !a.startsWith("-"));
+  const usage = modules
+    .flatMap((m) => (typeof m.command === "string" ? [m.command] : [...(m.command ?? [])]))
+    .find((c) => c.split(" ")[0] === verb);
+  if (!usage) return msg;
+  const required = usage.match(/<[^>]+>/g) ?? [];
+  return `${verb}: missing ${required.join(" ")} (usage: clipfleet ${usage})`;
 }
 
 export type { GlobalArgs };

@@ -73,7 +73,7 @@ void describe("examples", () => {
     assert.deepEqual(stage!.data.captions, { alt: 0.5, vecap: 0.5 });
     assert.deepEqual(
       { steps: stage!.train.steps, batch_size: stage!.train.batch_size, lr: stage!.train.lr, warmup_steps: stage!.train.warmup_steps },
-      { steps: 300, batch_size: 64, lr: 3e-3, warmup_steps: 20 },
+      { steps: 300, batch_size: 64, lr: 1e-3, warmup_steps: 20 },
     );
     assert.deepEqual({ workers: stage!.cluster.workers, min_workers: stage!.cluster.min_workers }, { workers: 2, min_workers: 2 });
     assert.equal(stage!.checkpoint.every_steps, 100);
