@@ -105,6 +105,14 @@ def seg_confusion(pred: Tensor, target: Tensor, num_classes: int, ignore_index: 
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
 
 
+def seg_class_iou(confusion: Tensor) -> list[float]:
+    """IoU of each class (NaN where the class is in neither target nor prediction), as mmseg's per-class table."""
+    conf = confusion.double()
+    tp = conf.diag()
+    union = conf.sum(1) + conf.sum(0) - tp
+    return [(t / u).item() if u > 0 else float("nan") for t, u in zip(tp, union)]
+
+
 def seg_metrics(confusion: Tensor) -> dict[str, float]:
     """mIoU (mean over classes present in target or prediction, as mmseg's nanmean), mAcc, pixel_acc."""
     conf = confusion.double()

@@ -14,6 +14,7 @@ from clipfleet_worker.evaluation import (
     depth_metrics,
     depth_metrics_from_sums,
     retrieval_metrics,
+    seg_class_iou,
     seg_confusion,
     seg_metrics,
     zero_shot_accuracy,
@@ -102,6 +103,8 @@ def test_seg_metrics_with_an_absent_class():
     assert m["mIoU"] == pytest.approx((1 / 3 + 4 / 5 + 0) / 3)
     assert m["pixel_acc"] == pytest.approx(5 / 7)
     assert m["mAcc"] == pytest.approx((1 / 3 + 1) / 2)
+    iou = seg_class_iou(conf)
+    assert iou[:3] == pytest.approx([1 / 3, 4 / 5, 0.0]) and math.isnan(iou[3])
     logits = F.one_hot(pred, 4).permute(2, 0, 1)[None].float()
     assert torch.equal(seg_confusion(logits, target[None], 4, 255), conf)
     assert torch.equal(seg_confusion(pred, target, 4, 255) * 2, conf + conf)  # accumulable

@@ -191,7 +191,11 @@ def test_seg_learns_reports_metrics_and_checkpoints(group, data, tmp_path):
     assert steps[3].sample_in_epoch == 32 and steps[4].epoch == 1  # 4 steps per epoch
     check_checkpoint_messages(ctx, [10, 20])
     (ev,) = ctx.agent.of("eval")
-    assert ev.step == 20 and set(ev.metrics) == {"seg/mIoU", "seg/mAcc", "seg/pixel_acc"}
+    per_class = {k: v for k, v in ev.metrics.items() if k.startswith("seg/IoU.")}
+    assert ev.step == 20 and set(ev.metrics) - set(per_class) == {"seg/mIoU", "seg/mAcc", "seg/pixel_acc"}
+    # Named from the dataset's classes.json; their mean is the mIoU.
+    assert "seg/IoU.background" in per_class and set(per_class) <= {f"seg/IoU.{n}" for n in ("background", *synth.SHAPES)}
+    assert ev.metrics["seg/mIoU"] == pytest.approx(sum(per_class.values()) / len(per_class))
     assert all(0.0 <= v <= 1.0 for v in ev.metrics.values())
     assert ev.metrics["seg/pixel_acc"] > 0.5  # background alone is most pixels; the model must at least get it
     (fin,) = ctx.agent.of("finished")

@@ -21,6 +21,7 @@ import bisect
 import io
 import json
 import queue
+import re
 import threading
 import time
 from collections import Counter
@@ -155,6 +156,15 @@ def resolve_num_classes(cfg: dict, shard_urls: Sequence[str]) -> int:
         f"({shard_urls[0] if shard_urls else 'no shards'})",
         field="dense.num_classes",
     )
+
+
+def seg_class_names(shard_url: str, num_classes: int) -> list[str]:
+    """Names of the seg classes from the dataset's classes.json (metric-key safe), else their indices."""
+    classes = read_classes(shard_url) or {}
+    names = classes.get("seg_classes")
+    if not isinstance(names, list) or len(names) != num_classes:
+        return [str(i) for i in range(num_classes)]
+    return [re.sub(r"[^A-Za-z0-9_-]+", "_", str(n)) or str(i) for i, n in enumerate(names)]
 
 
 class ShardSet:

@@ -34,8 +34,8 @@ from torch import Tensor
 
 from .. import checkpoint as ckpt
 from .. import distributed as D
-from ..data.loader import PlanLoader, StepSlice, iterate_split, resolve_num_classes
-from ..evaluation import DEPTH_KEYS, add_sums, depth_metric_sums, depth_metrics_from_sums, seg_confusion, seg_metrics
+from ..data.loader import PlanLoader, StepSlice, iterate_split, resolve_num_classes, seg_class_names
+from ..evaluation import DEPTH_KEYS, add_sums, depth_metric_sums, depth_metrics_from_sums, seg_class_iou, seg_confusion, seg_metrics
 from ..losses import depth_loss, seg_loss
 from ..models import DenseModel, TowerLoadReport, build_dense_model, load_image_tower, params_sha256
 from ..optim import build_optimizer, lr_at, set_lr
@@ -337,6 +337,11 @@ def evaluate_dense(ctx: TaskContext, model: DenseModel, num_classes: int | None)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(confusion)
         metrics = {f"seg/{k}": v for k, v in seg_metrics(confusion.cpu()).items()}
+        # Per-class IoU: a mean over 9 classes hides whether a model found the objects at all.
+        names = seg_class_names(shards[0][0], len(confusion))
+        for name, iou in zip(names, seg_class_iou(confusion.cpu())):
+            if math.isfinite(iou):  # a class in neither target nor prediction has no IoU, as in mmseg's mean
+                metrics[f"seg/IoU.{name}"] = iou
         if counts[0]:
             metrics["seg/out_of_range_labels"] = counts[0]
     else:
