@@ -11,7 +11,7 @@ TS_GEN := orchestrator/src/gen
 PY_GEN := worker-runtime/clipfleet_worker/gen
 PROTOS := $(wildcard proto/clipfleet/v1/*.proto)
 
-.PHONY: deps gen build lint test test-unit test-py test-e2e test-deploy demo bench bench-quick experiment clean
+.PHONY: deps gen build lint test test-unit test-py test-e2e test-deploy demo bench bench-quick experiment seg-diagnostics clean
 
 ## deps: install missing Debian packages, then node modules (idempotent)
 deps: node_modules/.clipfleet-stamp
@@ -77,6 +77,14 @@ experiment: build
 	sed 's/(comparison.png)/(caption-quality.png)/' results/caption-quality/comparison.md > results/caption-quality.md
 	cp results/caption-quality/comparison.json results/caption-quality.json
 	cp results/caption-quality/comparison.png results/caption-quality.png
+
+## seg-diagnostics: why random init won segmentation in the first experiment run (about 20 minutes on 2 cores)
+seg-diagnostics: build
+	bin/clipfleet run examples/seg-diagnostics.yaml --report results/seg-diagnostics \
+	  --compare variant --metrics seg/mIoU,seg/mAcc
+	sed 's/(comparison.png)/(seg-diagnostics.png)/' results/seg-diagnostics/comparison.md > results/seg-diagnostics.md
+	cp results/seg-diagnostics/comparison.json results/seg-diagnostics.json
+	cp results/seg-diagnostics/comparison.png results/seg-diagnostics.png
 
 ## bench: every benchmark (docs/benchmarks.md); writes bench/results/latest.json and the docs table
 bench: build

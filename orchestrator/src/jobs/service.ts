@@ -1351,7 +1351,11 @@ export class JobService implements MetricsSource {
     this.recoveringSince.delete(stageKey(job.id, p.stage));
 
     // Persist before acting: the attempt exists in the store before any process does.
-    await this.ledger.transition(job.id, p.stage, "STARTING", `attempt ${attempt}: ${worldSize} rank(s) on ${describePlacement(p)}${resume ? `, resuming from step ${startStep}` : ""}`, {
+    // Attempt numbers count across the job's stages (they fence workers); in a pipeline a stage's
+    // first start may be "attempt 5", so say which start of this stage it is.
+    const ordinal = stageRec.attempts.length + 1;
+    const label = ordinal === attempt ? `attempt ${attempt}` : `attempt ${attempt} (${ordinal === 1 ? "first start" : `start ${ordinal}`} of this stage)`;
+    await this.ledger.transition(job.id, p.stage, "STARTING", `${label}: ${worldSize} rank(s) on ${describePlacement(p)}${resume ? `, resuming from step ${startStep}` : ""}`, {
       attempt,
       data: { worldSize, resumeStep: startStep, nodes: p.ranks.map((r) => r.node.name) },
       update: (s) => {
