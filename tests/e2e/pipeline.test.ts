@@ -81,6 +81,9 @@ void describe("pipelines", () => {
       assert.equal(preMetrics[`eval/${k}`], preMetrics[`pretrain/${k}`], k);
     }
     assert.ok((preMetrics["seg/seg/mIoU"] ?? -1) >= 0, "the fine-tune reported mIoU");
+    // Attempt numbers count across stages; a later stage's first start says so.
+    const starts = v.job.recentEvents.filter((e) => e.stage === "seg" && /^attempt \d+/.test(e.reason));
+    assert.match(starts[0]?.reason ?? "", /^attempt [2-9] \(first start of this stage\): 1 rank\(s\)/);
     const logs = await runCli(["logs", s.jobId, "--stage", "seg", "--state-dir", state]);
     const finalDir = pre.checkpoints.filter((c) => c.status === "committed").sort((a, b) => b.step - a.step)[0]?.dir ?? "?";
     assert.ok(finalDir.endsWith("step-00000012-a1"), finalDir);
