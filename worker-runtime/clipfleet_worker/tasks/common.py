@@ -22,6 +22,7 @@ import torch
 from .. import checkpoint as ckpt
 from .. import distributed as D
 from ..agent import Agent
+from ..data.loader import PlanLoader, StepSlice
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..gen.clipfleet.v1 import common_pb2 as cpb
 from ..gen.clipfleet.v1 import worker_pb2 as pb
@@ -263,3 +264,57 @@ def cursor_after(a, batch) -> tuple[int, int]:
     if spe and nxt >= spe * int(a.global_batch):
         return batch.epoch + 1, 0
     return batch.epoch, nxt
+
+
+def restore_trainer(ctx: TaskContext, resume_dir: str, model: torch.nn.Module, optimizer, scaler) -> None:
+    """Loads model, optimizer, grad scaler and this rank's RNG states from a committed checkpoint directory."""
+    ctx.phase(int(ctx.assignment.start_step), "loading")
+    model.load_state_dict(ckpt.load(os.path.join(resume_dir, ckpt.MODEL_FILE)))
+    trainer = ckpt.load(os.path.join(resume_dir, ckpt.TRAINER_FILE))
+    optimizer.load_state_dict(trainer["optimizer"])
+    if "scaler" in trainer:
+        scaler.load_state_dict(trainer["scaler"])
+    rank_path = os.path.join(resume_dir, ckpt.rank_file(ctx.rank))
+    if os.path.exists(rank_path):
+        ckpt.set_rng_state(ckpt.load(rank_path)["rng"])
+    print(f"clipfleet worker: resumed from {resume_dir} at step {int(ctx.assignment.start_step)}", flush=True)
+
+
+def checkpoint_payload(ctx: TaskContext, model: torch.nn.Module, optimizer, scaler):
+    """The files of a checkpoint at a step: every rank its RNG states; rank 0 the model and trainer state."""
+
+    def payload(step: int) -> dict[str, Any]:
+        files: dict[str, Any] = {ckpt.rank_file(ctx.rank): {"rng": ckpt.rng_state(), "step": step}}
+        if ctx.rank == 0:
+            files[ckpt.MODEL_FILE] = model.state_dict()
+            trainer = {"optimizer": optimizer.state_dict(), "step": step, "config_sha256": ctx.assignment.config_sha256}
+            if scaler.is_enabled():
+                trainer["scaler"] = scaler.state_dict()
+            files[ckpt.TRAINER_FILE] = trainer
+        return files
+
+    return payload
+
+
+def plan_loader(ctx: TaskContext, task: str, tokenize) -> PlanLoader:
+    """This rank's loader over the orchestrator's data plan, from the assignment's start step to its end."""
+    cfg, a = ctx.cfg, ctx.assignment
+
+    def fetch(from_step: int, count: int) -> list[StepSlice]:
+        return [
+            StepSlice(step=p.step, epoch=p.epoch, sample_in_epoch=p.sample_in_epoch, shards=list(p.shards), indices=list(p.indices), sample_ids=list(p.sample_ids))
+            for p in ctx.agent.plan(from_step, count)
+        ]
+
+    return PlanLoader(
+        shards=[(s.url, s.samples) for s in a.train_shards],
+        fetch_plan=fetch,
+        start_step=int(a.start_step),
+        end_step=int(a.total_steps),
+        task=task,
+        cfg=cfg,
+        tokenize=tokenize,
+        image_size=int(cfg["model"]["image"]["image_size"]),
+        threads=int(cfg["data"].get("loader_threads") or 2),
+        prefetch_steps=int(cfg["data"].get("prefetch_steps") or 4),
+    )

@@ -24,7 +24,6 @@ a missing measurement (the NYUv2 protocol caps at 10 m the same way).
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
@@ -32,14 +31,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .. import checkpoint as ckpt
 from .. import distributed as D
-from ..data.loader import PlanLoader, StepSlice, iterate_split, resolve_num_classes, seg_class_names
+from ..data.loader import iterate_split, resolve_num_classes, seg_class_names
 from ..evaluation import DEPTH_KEYS, add_sums, depth_metric_sums, depth_metrics_from_sums, seg_class_iou, seg_confusion, seg_metrics
 from ..losses import depth_loss, seg_loss
 from ..models import DenseModel, TowerLoadReport, build_dense_model, load_image_tower, params_sha256
 from ..optim import build_optimizer, lr_at, set_lr
-from .common import TaskContext, apply_update, load_init_weights, load_resume, maybe_checkpoint
+from .common import TaskContext, apply_update, checkpoint_payload, load_init_weights, load_resume, maybe_checkpoint, plan_loader, restore_trainer
 from .pretrain import autocast_for
 
 # The label map each dense task trains on (the loader's and iterate_split's `dense` argument).
@@ -91,16 +89,7 @@ def run(ctx: TaskContext) -> None:
 
     resume_dir = load_resume(a)
     if resume_dir:
-        ctx.phase(start, "loading")
-        model.load_state_dict(ckpt.load(os.path.join(resume_dir, ckpt.MODEL_FILE)))
-        trainer = ckpt.load(os.path.join(resume_dir, ckpt.TRAINER_FILE))
-        optimizer.load_state_dict(trainer["optimizer"])
-        if "scaler" in trainer:
-            scaler.load_state_dict(trainer["scaler"])
-        rank_path = os.path.join(resume_dir, ckpt.rank_file(ctx.rank))
-        if os.path.exists(rank_path):
-            ckpt.set_rng_state(ckpt.load(rank_path)["rng"])
-        print(f"clipfleet worker: resumed from {resume_dir} at step {start}", flush=True)
+        restore_trainer(ctx, resume_dir, model, optimizer, scaler)
     else:
         init_backbone(ctx, model)
         D.broadcast_parameters(model)
@@ -115,21 +104,7 @@ def run(ctx: TaskContext) -> None:
     max_depth = float(dense["max_depth"])
     warned_out_of_range = False
 
-    def fetch(from_step: int, count: int) -> list[StepSlice]:
-        return [
-            StepSlice(step=p.step, epoch=p.epoch, sample_in_epoch=p.sample_in_epoch, shards=list(p.shards), indices=list(p.indices), sample_ids=list(p.sample_ids))
-            for p in ctx.agent.plan(from_step, count)
-        ]
-
-    def payload(step: int) -> dict[str, Any]:
-        files: dict[str, Any] = {ckpt.rank_file(ctx.rank): {"rng": ckpt.rng_state(), "step": step}}
-        if ctx.rank == 0:
-            files[ckpt.MODEL_FILE] = model.state_dict()
-            trainer = {"optimizer": optimizer.state_dict(), "step": step, "config_sha256": a.config_sha256}
-            if scaler.is_enabled():
-                trainer["scaler"] = scaler.state_dict()
-            files[ckpt.TRAINER_FILE] = trainer
-        return files
+    payload = checkpoint_payload(ctx, model, optimizer, scaler)
 
     def evaluate(step: int) -> dict[str, float]:
         ctx.phase(step, "evaluating")
@@ -138,18 +113,7 @@ def run(ctx: TaskContext) -> None:
         ctx.phase(step, "training")
         return metrics
 
-    loader = PlanLoader(
-        shards=[(s.url, s.samples) for s in a.train_shards],
-        fetch_plan=fetch,
-        start_step=start,
-        end_step=total,
-        task=task,
-        cfg=cfg,
-        tokenize=None,
-        image_size=int(cfg["model"]["image"]["image_size"]),
-        threads=int(cfg["data"].get("loader_threads") or 2),
-        prefetch_steps=int(cfg["data"].get("prefetch_steps") or 4),
-    )
+    loader = plan_loader(ctx, task, None)
     ctx.phase(start, "training")
     step = start
     last_metrics: dict[str, float] = {}

@@ -10,21 +10,17 @@ Gradients are averaged across ranks in a fixed order (bit-exact restarts).
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import nullcontext
-from typing import Any
 
 import torch
 
-from .. import checkpoint as ckpt
 from .. import distributed as D
-from ..data.loader import PlanLoader, StepSlice
 from ..losses import ClipLoss, clip_loss_both
 from ..models import build_clip, params_sha256
 from ..optim import build_optimizer, clamp_logit_scale, lr_at, set_lr
 from ..tokenizers import build_tokenizer
-from .common import TaskContext, apply_update, load_resume, maybe_checkpoint
+from .common import TaskContext, apply_update, checkpoint_payload, load_resume, maybe_checkpoint, plan_loader, restore_trainer
 from .evaluate import evaluate_clip
 
 
@@ -52,16 +48,7 @@ def run(ctx: TaskContext) -> None:
 
     resume_dir = load_resume(a)
     if resume_dir:
-        ctx.phase(start, "loading")
-        model.load_state_dict(ckpt.load(os.path.join(resume_dir, ckpt.MODEL_FILE)))
-        trainer = ckpt.load(os.path.join(resume_dir, ckpt.TRAINER_FILE))
-        optimizer.load_state_dict(trainer["optimizer"])
-        if "scaler" in trainer:
-            scaler.load_state_dict(trainer["scaler"])
-        rank_path = os.path.join(resume_dir, ckpt.rank_file(ctx.rank))
-        if os.path.exists(rank_path):
-            ckpt.set_rng_state(ckpt.load(rank_path)["rng"])
-        print(f"clipfleet worker: resumed from {resume_dir} at step {start}", flush=True)
+        restore_trainer(ctx, resume_dir, model, optimizer, scaler)
     else:
         D.broadcast_parameters(model)
     print(f"clipfleet worker: phase restored at {time.time():.3f}", flush=True)
@@ -74,34 +61,9 @@ def run(ctx: TaskContext) -> None:
     every = train.get("log_every") or 1
     eval_cfg = cfg.get("eval")
 
-    def fetch(from_step: int, count: int) -> list[StepSlice]:
-        return [
-            StepSlice(step=p.step, epoch=p.epoch, sample_in_epoch=p.sample_in_epoch, shards=list(p.shards), indices=list(p.indices), sample_ids=list(p.sample_ids))
-            for p in ctx.agent.plan(from_step, count)
-        ]
+    payload = checkpoint_payload(ctx, model, optimizer, scaler)
 
-    def payload(step: int) -> dict[str, Any]:
-        files: dict[str, Any] = {ckpt.rank_file(ctx.rank): {"rng": ckpt.rng_state(), "step": step}}
-        if ctx.rank == 0:
-            files[ckpt.MODEL_FILE] = model.state_dict()
-            trainer = {"optimizer": optimizer.state_dict(), "step": step, "config_sha256": a.config_sha256}
-            if scaler.is_enabled():
-                trainer["scaler"] = scaler.state_dict()
-            files[ckpt.TRAINER_FILE] = trainer
-        return files
-
-    loader = PlanLoader(
-        shards=[(s.url, s.samples) for s in a.train_shards],
-        fetch_plan=fetch,
-        start_step=start,
-        end_step=total,
-        task="pretrain",
-        cfg=cfg,
-        tokenize=lambda texts: tokenizer(texts, context_length),
-        image_size=int(cfg["model"]["image"]["image_size"]),
-        threads=int(cfg["data"].get("loader_threads") or 2),
-        prefetch_steps=int(cfg["data"].get("prefetch_steps") or 4),
-    )
+    loader = plan_loader(ctx, "pretrain", lambda texts: tokenizer(texts, context_length))
     ctx.phase(start, "training")
     step = start
     last_metrics: dict[str, float] = {}
