@@ -95,6 +95,8 @@ export interface TinySpec {
   asyncSave?: boolean;
   /** checkpoint.keep_last */
   keepLast?: number;
+  /** checkpoint.every_minutes */
+  everyMinutes?: number;
 }
 
 /** Writes a tiny pretraining spec over the shared dataset into `dir`; returns its path. */
@@ -124,7 +126,7 @@ cluster:
   min_workers: ${o.minWorkers ?? o.workers ?? 2}
 checkpoint:
   every_steps: ${o.everySteps === undefined ? 10 : (o.everySteps ?? "null")}
-${o.asyncSave ? "  async: true\n" : ""}${o.keepLast ? `  keep_last: ${o.keepLast}\n` : ""}${env ? `worker:\n  env:\n${env}\n` : ""}${failure ? `failure:\n${failure}\n` : ""}${o.extra ?? ""}`;
+${o.everyMinutes ? `  every_minutes: ${o.everyMinutes}\n` : ""}${o.asyncSave ? "  async: true\n" : ""}${o.keepLast ? `  keep_last: ${o.keepLast}\n` : ""}${env ? `worker:\n  env:\n${env}\n` : ""}${failure ? `failure:\n${failure}\n` : ""}${o.extra ?? ""}`;
   const path = join(dir, `${o.name ?? "tiny"}.yaml`);
   writeFileSync(path, text);
   return path;

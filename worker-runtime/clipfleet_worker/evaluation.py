@@ -105,25 +105,28 @@ def seg_confusion(pred: Tensor, target: Tensor, num_classes: int, ignore_index: 
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
 
 
-def seg_class_iou(confusion: Tensor) -> list[float]:
-    """IoU of each class (NaN where the class is in neither target nor prediction), as mmseg's per-class table."""
-    conf = confusion.double()
+def _class_iou(conf: Tensor) -> Tensor:
+    """Per-class IoU of a float confusion matrix; NaN where the class is in neither target nor prediction."""
     tp = conf.diag()
     union = conf.sum(1) + conf.sum(0) - tp
-    return [(t / u).item() if u > 0 else float("nan") for t, u in zip(tp, union)]
+    return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+
+
+def seg_class_iou(confusion: Tensor) -> list[float]:
+    """IoU of each class (NaN where the class is in neither target nor prediction), as mmseg's per-class table."""
+    return _class_iou(confusion.double()).tolist()
 
 
 def seg_metrics(confusion: Tensor) -> dict[str, float]:
     """mIoU (mean over classes present in target or prediction, as mmseg's nanmean), mAcc, pixel_acc."""
     conf = confusion.double()
-    tp = conf.diag()
-    area_target, area_pred = conf.sum(1), conf.sum(0)
-    union = area_target + area_pred - tp
-    present = union > 0
+    tp, area_target = conf.diag(), conf.sum(1)
+    iou = _class_iou(conf)
+    present = ~iou.isnan()
     labelled = area_target > 0
     total = conf.sum()
     return {
-        "mIoU": (tp[present] / union[present]).mean().item() if present.any() else float("nan"),
+        "mIoU": iou[present].mean().item() if present.any() else float("nan"),
         "mAcc": (tp[labelled] / area_target[labelled]).mean().item() if labelled.any() else float("nan"),
         "pixel_acc": (tp.sum() / total).item() if total > 0 else float("nan"),
     }
