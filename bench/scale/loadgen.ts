@@ -134,7 +134,7 @@ class SimRank {
     const beat = Math.max(100, a.heartbeatIntervalSeconds * 1000);
     this.timers.push(
       setInterval(() => {
-        this.write({ body: { $case: "heartbeat", value: { step: this.step, phase: Phase.PHASE_TRAINING, gpuUtilization: 0, gpuMemoryBytes: 0 } } });
+        this.write({ body: { $case: "heartbeat", value: { phase: Phase.PHASE_TRAINING, gpuUtilization: 0, gpuMemoryBytes: 0 } } });
         this.counters.heartbeatsSent += 1;
       }, beat),
     );

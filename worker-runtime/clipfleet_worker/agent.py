@@ -229,7 +229,7 @@ class Agent:
         interval = max(0.1, self.assignment.heartbeat_interval_seconds or 1.0)
         while not self._closed.wait(interval):
             util, mem = self.gpu_stats() if self.gpu_stats else (0.0, 0)
-            self.send(pb.WorkerMessage(heartbeat=pb.Heartbeat(step=self._step, phase=PHASES.get(self._phase, 0), gpu_utilization=util, gpu_memory_bytes=mem)))
+            self.send(pb.WorkerMessage(heartbeat=pb.Heartbeat(phase=PHASES.get(self._phase, 0), gpu_utilization=util, gpu_memory_bytes=mem)))
 
     def _fence_watch(self) -> None:
         """Stops the process when the session stays lost longer than fence_seconds."""

@@ -4,9 +4,9 @@ import type { JobSpec } from "../domain/index.js";
 import { loadPresets, loadSpecDocument } from "../spec/index.js";
 
 export interface SpecInput {
-  /** The validated spec (for local checks and messages). */
+  /** The validated spec (for local checks and messages; an embedded orchestrator takes it as is). */
   spec: JobSpec;
-  /** The spec as the user wrote it, as JSON, for the server to validate again. */
+  /** The spec as the user wrote it, as JSON, for a server (another process) to validate itself. */
   specJson: string;
   specPath: string;
   baseDir: string;

@@ -2,7 +2,25 @@
 export { JobLedger } from "./ledger.js";
 export { JobLogs, type LogEntry } from "./logs.js";
 export { transition, note, RECENT_EVENTS_KEPT } from "./lifecycle.js";
-export { backoffMs, decide, describeCause, hangBoundSeconds, percentile, repeatedUserError, type Decision, type FailureCause } from "./policy.js";
-export { JobService, ORCHESTRATOR_VERSION, allowedWorldSizes, newJobRecord, type JobServiceDeps, type SubmitInput } from "./service.js";
-export type { AttemptRuntime, RankRuntime, SessionHandle } from "./runtime.js";
+export {
+  backoffMs,
+  causeOfExit,
+  causeOfReport,
+  decide,
+  describeCause,
+  failureNode,
+  hangBoundSeconds,
+  isSecondary,
+  percentile,
+  repeatedUserError,
+  type Decision,
+  type FailureCause,
+} from "./policy.js";
+export { JobService } from "./service.js";
+export type { JobServiceDeps } from "./context.js";
+export type { SubmitInput } from "./admission.js";
+export { ORCHESTRATOR_VERSION } from "./gateway.js";
+export { newJobRecord } from "./records.js";
+export { Attempt, nextPhase, SETTLE_MS, type AttemptEvent, type AttemptPhase, type StopAt } from "./attempt.js";
+export type { RankRuntime, SessionHandle } from "./runtime.js";
 export { appendStepPoint, readStepHistory, stepHistoryPath, stepPointOf, thinPoints, type StepPointRecord } from "./step-history.js";

@@ -4,6 +4,7 @@
  * machinery so each rule has a unit test with no processes and no clock.
  */
 import type { FailureRecord, FailureSpec, StageRecord } from "../domain/index.js";
+import type { ExitInfo } from "../launcher/index.js";
 
 /** Why an attempt ended badly. */
 export type FailureCause =
@@ -105,4 +106,60 @@ export function percentile(values: readonly number[], p: number): number {
 /** The hang bound: max(hang_min_seconds, hang_factor x p99 step time). */
 export function hangBoundSeconds(spec: Pick<FailureSpec, "hang_min_seconds" | "hang_factor">, stepSeconds: readonly number[]): number {
   return Math.max(spec.hang_min_seconds, spec.hang_factor * percentile(stepSeconds, 0.99));
+}
+
+/** A failure a rank reported (WorkerFailure), before it closes its session and exits. */
+export interface ReportedFailure {
+  readonly kind: string;
+  readonly message: string;
+  readonly traceback: string;
+  readonly step: number;
+  readonly fingerprint: string;
+}
+
+/**
+ * The cause a rank's own report stands for: bad data or config is not worth
+ * retrying, a corrupt checkpoint is the checkpoint's fault, a broken
+ * collective is a consequence of a peer, anything else is an exception of
+ * the user's code (a repeat of it at the same step fails the stage).
+ */
+export function causeOfReport(rank: number, f: ReportedFailure, attempt: number, atMs: number): FailureCause {
+  if (f.kind === "data" || f.kind === "config") return { kind: "fatal", message: `rank ${rank}: ${f.message}` };
+  if (f.kind === "checkpoint_corrupt") return { kind: "checkpoint", message: `rank ${rank}: ${f.message}` };
+  if (f.kind === "collective") return { kind: "collective", rank, message: f.message };
+  const record: FailureRecord = { attempt, step: f.step, rank, kind: f.kind, message: f.message, fingerprint: f.fingerprint, traceback: f.traceback, atMs };
+  return { kind: "exception", rank, failure: record };
+}
+
+/**
+ * The cause a rank's exit stands for, or null when the exit is expected (a
+ * clean exit after the rank said it finished). A lost SSH connection is the
+ * node's failure (it counts towards quarantine), not the rank's. Killed by a
+ * signal or lost with its node is the primary cause whatever the rank said
+ * before; otherwise what the rank reported (its exception) explains the exit.
+ */
+export function causeOfExit(rank: number, node: string, exit: ExitInfo, finished: boolean, reported: FailureCause | null): FailureCause | null {
+  if (exit.code === 0 && finished) return null;
+  if (exit.lost) return { kind: "node", rank, node, message: exit.lost };
+  const cause: FailureCause = { kind: "exit", rank, code: exit.code, signal: exit.signal };
+  return exit.signal ? cause : (reported ?? cause);
+}
+
+/** Signals that are consequences of another failure more often than causes: they wait for the primary one. */
+export function isSecondary(cause: FailureCause): boolean {
+  return cause.kind === "collective" || cause.kind === "session";
+}
+
+/** The node to blame for a failure (its failures count towards quarantine), if one is clear. */
+export function failureNode(cause: FailureCause, nodeOfRank: (rank: number) => string | null): string | null {
+  switch (cause.kind) {
+    case "node":
+      return cause.node;
+    case "exit":
+    case "session":
+    case "heartbeat":
+      return nodeOfRank(cause.rank);
+    default:
+      return null;
+  }
 }

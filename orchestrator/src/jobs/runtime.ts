@@ -1,12 +1,12 @@
 /**
- * In-memory state of running attempts: what cannot (and need not) survive an
- * orchestrator crash, because a crash ends every attempt anyway (fencing).
+ * In-memory state of a live attempt's ranks: what cannot (and need not)
+ * survive an orchestrator crash, because a crash ends every attempt anyway
+ * (fencing).
  */
-import type { NodeSpec, StageSpec } from "../domain/index.js";
-import type { CheckpointRef, CheckpointWritten, Command, Finished, StepReport } from "../gen/clipfleet/v1/worker.js";
+import type { NodeSpec, RankRecord } from "../domain/index.js";
+import type { Command, Finished } from "../gen/clipfleet/v1/worker.js";
 import type { FailureCause } from "./policy.js";
 import type { LaunchedProcess, ExitInfo, Launcher } from "../launcher/index.js";
-import type { DataPlan, Manifest } from "../data/index.js";
 
 /** The rpc layer's handle on one worker session stream. */
 export interface SessionHandle {
@@ -14,6 +14,7 @@ export interface SessionHandle {
   end(): void;
 }
 
+/** One rank of a live attempt. */
 export interface RankRuntime {
   readonly rank: number;
   readonly node: NodeSpec;
@@ -43,52 +44,33 @@ export interface RankRuntime {
   failure: FailureCause | null;
 }
 
-export interface AttemptRuntime {
-  readonly jobId: string;
-  readonly stage: string;
-  readonly attempt: number;
-  readonly spec: StageSpec;
-  readonly ranks: RankRuntime[];
-  readonly worldSize: number;
-  readonly globalBatch: number;
-  readonly plan: DataPlan | null;
-  readonly manifest: Manifest | null;
-  readonly valManifest: Manifest | null;
-  readonly totalSteps: number;
-  readonly stepsPerEpoch: number;
-  readonly startStep: number;
-  readonly masterAddr: string;
-  readonly masterPort: number;
-  readonly checkpointRoot: string;
-  readonly runDir: string;
-  readonly startedMs: number;
-  /** The assignment's resume and init references (proto form). */
-  readonly resume: CheckpointRef | undefined;
-  readonly init: CheckpointRef | undefined;
-  readonly python: string;
-  /** Reports of ranks per checkpoint step, until every rank has reported. */
-  readonly pendingCheckpoints: Map<number, Map<number, CheckpointWritten>>;
-  /** A secondary failure signal waiting for the primary cause (see JobService.fail). */
-  secondary: FailureCause | null;
-  /** Set once the attempt is over (failed, succeeded, stopped): later signals are ignored. */
-  ending: boolean;
-  running: boolean;
-  lastCommitMs: number;
-  lastCommittedStep: number;
-  /** Step of a requested stop, when one is in progress. */
-  stopAt: { step: number; checkpoint: boolean } | null;
-  /** The step at which an on-demand checkpoint was requested, if pending. */
-  checkpointAt: number | null;
-  /** When the previous attempt's failure was detected (for the recovery-time metric). */
-  recoveringSince: number | null;
-  lastStepEventMs: number;
-  lastReport: StepReport | null;
-  /** Loss of the attempt's first reported step. */
-  firstLoss: number | null;
-  /** Undecodable samples skipped by this attempt's ranks, and by the stage's earlier attempts. */
-  skippedSamples: number;
-  readonly skippedBefore: number;
-  samplesSeen: number;
-  /** Resolves when every process of the attempt has exited. */
-  allExited: Promise<void>;
+/** A rank's state as status and metrics show it. */
+export function rankState(r: RankRuntime): RankRecord["state"] | "finished" {
+  if (r.exit) return "exited";
+  if (r.finished) return "finished";
+  if (r.session) return "running";
+  if (r.registered) return "registered";
+  return "launching";
+}
+
+/** The live facts of a rank that its persisted RankRecord carries. */
+export function rankRecordFields(r: RankRuntime): {
+  pid: number | null;
+  state: RankRecord["state"];
+  step: number;
+  lastHeartbeatMs: number | null;
+  phase: string;
+  exitCode: number | null;
+  signal: string | null;
+} {
+  const st = rankState(r);
+  return {
+    pid: r.pid,
+    state: st === "finished" ? "exited" : st,
+    step: r.step,
+    lastHeartbeatMs: r.registered ? r.lastHeartbeatMs : null,
+    phase: r.phase,
+    exitCode: r.exit?.code ?? null,
+    signal: r.exit?.signal ?? null,
+  };
 }

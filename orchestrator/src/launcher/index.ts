@@ -1,4 +1,4 @@
-/** launcher: starting and stopping worker ranks (local processes; SSH in ssh.ts); node preflight. */
+/** launcher: starting and stopping worker ranks (local processes; SSH in ssh.ts, its command lines in ssh-command.ts); node preflight. */
 export { LocalLauncher, freeLocalPort, signalGroup } from "./local.js";
 export { forEachLine } from "./lines.js";
 export { DEFAULT_PYTHON_CANDIDATES, resolvePython } from "./python.js";
@@ -18,7 +18,8 @@ export {
   verifyHostKey,
 } from "./known-hosts.js";
 export type { HostKeyVerdict, KnownHostEntry } from "./known-hosts.js";
-export { PID_LINE, SshLauncher, hostKeyAlgorithms, killCommand, shellQuote, workerCommand, workerStdin } from "./ssh.js";
+export { SshLauncher } from "./ssh.js";
+export { PID_LINE, hostKeyAlgorithms, killCommand, shellQuote, workerCommand, workerStdin } from "./ssh-command.js";
 export type { HostKeyInfo, RemoteResult, SshLauncherOptions } from "./ssh.js";
 export { checkNodes } from "./preflight.js";
 export type { PreflightOptions } from "./preflight.js";

@@ -9,7 +9,8 @@ import { execFile } from "node:child_process";
 import type { NodeCheck, NodeSpec } from "../domain/index.js";
 import { HostKeyError } from "./known-hosts.js";
 import { resolvePython } from "./python.js";
-import { shellQuote, type HostKeyInfo, type SshLauncher } from "./ssh.js";
+import { shellQuote } from "./ssh-command.js";
+import { type HostKeyInfo, type SshLauncher } from "./ssh.js";
 
 /** What checkNodes needs besides the nodes. */
 export interface PreflightOptions {

@@ -10,16 +10,18 @@
  * and execs `python -m clipfleet_worker run` in the same process, so the pid
  * is the rank's process group and sshd reports the worker's own exit status.
  * The job token goes over the channel's stdin (CLIPFLEET_TOKEN_STDIN=1),
- * never onto the command line where `ps` would show it.
+ * never onto the command line where `ps` would show it. The command lines
+ * themselves are built in ssh-command.ts.
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { homedir, userInfo } from "node:os";
 import ssh2 from "ssh2";
-import type { AnyAuthMethod, ClientChannel, ConnectConfig, ServerHostKeyAlgorithm } from "ssh2";
-import { EnvironmentError, InvalidArgumentError, type NodeSpec } from "../domain/index.js";
+import type { AnyAuthMethod, ClientChannel, ConnectConfig } from "ssh2";
+import { EnvironmentError, type NodeSpec } from "../domain/index.js";
 import { defaultKnownHostsPath, fingerprintSha256, KnownHostsFile } from "./known-hosts.js";
 import { forEachLine } from "./lines.js";
+import { PID_LINE, freePortCommand, hostKeyAlgorithms, killCommand, workerCommand, workerStdin } from "./ssh-command.js";
 import type { ExitInfo, LaunchedProcess, LaunchRequest, Launcher } from "./types.js";
 
 const { Client, utils } = ssh2;
@@ -59,110 +61,6 @@ export interface RemoteResult {
 export interface HostKeyInfo {
   readonly status: "known" | "recorded";
   readonly fingerprint: string;
-}
-
-/** First stdout line of a rank: the pid (and process group) of the worker on its node. */
-export const PID_LINE = /^CLIPFLEET_PID (\d+)$/;
-
-/**
- * Run by the node's interpreter before the worker: own session and process
- * group, gloo bound to the interface holding the node's address (unless
- * GLOO_SOCKET_IFNAME is set: hosts whose name resolves to 127.0.1.1 would
- * otherwise offer peers a loopback address), the pid line, then the worker.
- */
-const WRAPPER = [
-  "import os, socket, sys",
-  "try:",
-  "    os.setsid()",
-  "except OSError:",
-  "    pass",
-  'if "GLOO_SOCKET_IFNAME" not in os.environ:',
-  "    try:",
-  "        import fcntl, struct",
-  "        want = socket.gethostbyname(sys.argv[1])",
-  "        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
-  "        for _, name in socket.if_nameindex():",
-  "            try:",
-  '                got = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))[20:24])',
-  "            except OSError:",
-  "                continue",
-  '            if got == want and name != "lo":',
-  '                os.environ["GLOO_SOCKET_IFNAME"] = name',
-  "                break",
-  "    except (OSError, ImportError):",
-  "        pass",
-  'print("CLIPFLEET_PID", os.getpid(), flush=True)',
-  'os.execv(sys.executable, [sys.executable, "-m", "clipfleet_worker", "run"])',
-].join("\n");
-
-/** Binds a port on the node's address (any address if that is not local) and prints it. */
-const FREE_PORT = [
-  "import socket, sys",
-  "try:",
-  "    info = socket.getaddrinfo(sys.argv[1], 0, type=socket.SOCK_STREAM)[0]",
-  "    s = socket.socket(info[0], socket.SOCK_STREAM)",
-  "    s.bind(info[4])",
-  "except OSError:",
-  "    s = socket.socket()",
-  '    s.bind(("", 0))',
-  "print(s.getsockname()[1])",
-].join("\n");
-
-const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
-
-/** Quotes one word for a POSIX shell (the remote login shell runs the command line). */
-export function shellQuote(s: string): string {
-  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
-}
-
-/**
- * The remote command line of a rank. Secrets are not in it (asserted): the
- * token is written to the channel's stdin instead.
- */
-export function workerCommand(req: Pick<LaunchRequest, "python" | "workdir" | "env" | "secrets" | "node">): string {
-  const env: Record<string, string> = { ...req.env, CLIPFLEET_TOKEN_STDIN: "1" };
-  env.PYTHONPATH = req.env.PYTHONPATH ? `${req.workdir}:${req.env.PYTHONPATH}` : req.workdir;
-  for (const k of Object.keys(env)) {
-    if (!ENV_NAME.test(k)) throw new InvalidArgumentError(`worker.env: ${JSON.stringify(k)} is not an environment variable name`);
-  }
-  const assigns = Object.entries(env).map(([k, v]) => `${k}=${shellQuote(v)}`);
-  const cmd = `cd ${shellQuote(req.workdir)} && exec env ${assigns.join(" ")} ${shellQuote(req.python)} -c ${shellQuote(WRAPPER)} ${shellQuote(req.node.address)}`;
-  for (const secret of Object.values(req.secrets)) assert(!cmd.includes(secret), "a secret would appear on the remote command line");
-  return cmd;
-}
-
-/** The stdin of a rank: its secrets, one line each, in the order the worker reads them (the token). */
-export function workerStdin(secrets: Readonly<Record<string, string>>): string {
-  const keys = Object.keys(secrets);
-  assert(keys.every((k) => k === "CLIPFLEET_TOKEN"), `only CLIPFLEET_TOKEN can be passed over stdin, got ${keys.join(", ")}`);
-  return secrets.CLIPFLEET_TOKEN === undefined ? "" : `${secrets.CLIPFLEET_TOKEN}\n`;
-}
-
-/** `kill -s TERM -- -PGID`: the portable spelling (dash's kill rejects `-TERM --`). */
-export function killCommand(pgid: number, sig: NodeJS.Signals): string {
-  assert(Number.isInteger(pgid) && pgid > 1, `bad process group ${pgid}`);
-  return `kill -s ${sig.replace(/^SIG/, "")} -- -${pgid}`;
-}
-
-/** Host key algorithms ssh2 supports, in OpenSSH's order of preference. */
-const HOST_KEY_ALGORITHMS: readonly ServerHostKeyAlgorithm[] = [
-  "ssh-ed25519",
-  "ecdsa-sha2-nistp256",
-  "ecdsa-sha2-nistp384",
-  "ecdsa-sha2-nistp521",
-  "rsa-sha2-512",
-  "rsa-sha2-256",
-  "ssh-rsa",
-];
-
-/**
- * Algorithms for the handshake, those of key types already known for the
- * host first (as OpenSSH orders them), so a host with several keys offers
- * the one on file.
- */
-export function hostKeyAlgorithms(knownTypes: readonly string[]): ServerHostKeyAlgorithm[] {
-  const preferred = HOST_KEY_ALGORITHMS.filter((a) => knownTypes.some((t) => t === a || (t === "ssh-rsa" && a.startsWith("rsa-sha2-"))));
-  return [...preferred, ...HOST_KEY_ALGORITHMS.filter((a) => !preferred.includes(a))];
 }
 
 function expandHome(p: string): string {
@@ -228,14 +126,7 @@ export class SshLauncher implements Launcher {
   async launch(req: LaunchRequest): Promise<LaunchedProcess> {
     const command = workerCommand(req);
     const stdin = workerStdin(req.secrets);
-    const conn = await this.acquire(req.node);
-    let ch: ClientChannel;
-    try {
-      ch = await this.exec(conn, command);
-    } catch (err) {
-      this.release(conn);
-      throw err;
-    }
+    const { conn, ch } = await this.open(req.node, command);
     ch.end(stdin);
     return new Promise<LaunchedProcess>((resolve, reject) => {
       let exit: ExitInfo | null = null;
@@ -301,7 +192,7 @@ export class SshLauncher implements Launcher {
   }
 
   async freePort(node: NodeSpec): Promise<number> {
-    const r = await this.run(node, `${shellQuote(node.python ?? "python3")} -c ${shellQuote(FREE_PORT)} ${shellQuote(node.address)}`);
+    const r = await this.run(node, freePortCommand(node));
     const port = Number(r.stdout.trim());
     if (r.code !== 0 || !Number.isInteger(port) || port <= 0) {
       throw new EnvironmentError(`node ${node.name}: could not find a free port (${r.stderr.trim() || `exit ${r.code}, output ${JSON.stringify(r.stdout)}`})`);
@@ -311,14 +202,7 @@ export class SshLauncher implements Launcher {
 
   /** Runs `command` on the node and collects its output (`stdin` written first). */
   async run(node: NodeSpec, command: string, opts: { stdin?: string; timeoutMs?: number } = {}): Promise<RemoteResult> {
-    const conn = await this.acquire(node);
-    let ch: ClientChannel;
-    try {
-      ch = await this.exec(conn, command);
-    } catch (err) {
-      this.release(conn);
-      throw err;
-    }
+    const { conn, ch } = await this.open(node, command);
     ch.end(opts.stdin ?? "");
     return new Promise((resolve, reject) => {
       const out: Buffer[] = [];
@@ -404,6 +288,17 @@ export class SshLauncher implements Launcher {
       if (i >= 0) list.splice(i, 1);
     }
     this.pending.delete(conn);
+  }
+
+  /** An exec channel running `command` on the node; its connection is release()d when the channel closes. */
+  private async open(node: NodeSpec, command: string): Promise<{ conn: Connection; ch: ClientChannel }> {
+    const conn = await this.acquire(node);
+    try {
+      return { conn, ch: await this.exec(conn, command) };
+    } catch (err) {
+      this.release(conn);
+      throw err;
+    }
   }
 
   private exec(conn: Connection, command: string): Promise<ClientChannel> {

@@ -57,6 +57,8 @@ export class Metrics {
   readonly samplesSeen = this.counter("clipfleet_train_samples_total", "Training samples consumed (steps redone after a restart count again).", ["job", "stage"]);
   readonly stepDuration = this.histogram("clipfleet_train_step_duration_seconds", "Wall time of one optimizer step, per rank.", ["job", "stage", "rank"], STEP_BUCKETS);
   readonly dataWait = this.counter("clipfleet_train_data_wait_seconds_total", "Time a rank waited for input data.", ["job", "stage", "rank"]);
+  readonly computeTime = this.counter("clipfleet_train_compute_seconds_total", "Time ranks spent computing (forward, backward, update), summed over ranks: with the data wait it tells input-bound from compute-bound.", ["job", "stage"]);
+  readonly outOfRangeLabels = this.counter("clipfleet_dense_labels_out_of_range_total", "Segmentation label pixels with a class id outside dense.num_classes (ignored in the loss), summed over ranks.", ["job", "stage"]);
   readonly skipped = this.counter("clipfleet_train_samples_skipped_total", "Samples skipped as undecodable.", ["job", "stage"]);
   readonly nanSkipped = this.counter("clipfleet_train_nan_steps_skipped_total", "Steps whose update was skipped for a NaN or Inf loss.", ["job", "stage"]);
   readonly checkpointSave = this.histogram("clipfleet_checkpoint_save_duration_seconds", "Time a rank's training loop stalled to save a checkpoint.", ["job", "stage"], SAVE_BUCKETS);

@@ -10,13 +10,10 @@ export {
 } from "./inventory.js";
 export {
   DEFAULT_QUARANTINE,
-  rankEnv,
   Scheduler,
   type NodeStatus,
-  type Placement,
-  type PlacementRequest,
   type QuarantinePolicy,
-  type RankPlacement,
   type ScheduleResult,
   type Waiting,
 } from "./scheduler.js";
+export { rankEnv, type Placement, type PlacementRequest, type RankPlacement } from "./placement.js";

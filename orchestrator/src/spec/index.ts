@@ -1,12 +1,13 @@
 /**
  * spec: a user's YAML or JSON spec in, a validated, deeply frozen JobSpec
- * out; plus the JSON Schema and documented field list derived from the same
- * field descriptions (schema.ts).
+ * out; plus the JSON Schema (json-schema.ts) and documented field list
+ * derived from the same field descriptions (schema.ts).
  */
 export { loadSpecDocument, loadSpecFile, parseSpec, type LoadOptions } from "./load.js";
 export { type SpecContext } from "./resolve.js";
 export { loadPresets, type Presets, type ImagePreset, type VitPreset, type MciPreset, type TextPreset } from "./presets.js";
-export { jsonSchema, SPEC_FIELDS, DEFAULT_TEMPLATES } from "./schema.js";
+export { SPEC_FIELDS, DEFAULT_TEMPLATES } from "./schema.js";
+export { jsonSchema } from "./json-schema.js";
 export { canonicalJson } from "./canonical.js";
 export { SpecValidationError, type SpecIssue } from "./issues.js";
 export { refreshDoc, renderDocBlocks } from "./docs.js";

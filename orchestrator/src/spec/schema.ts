@@ -1,6 +1,6 @@
 /**
  * Every spec field, described once: type, constraints, presence and doc text.
- * Validation (nodes.ts), the JSON Schema (`jsonSchema`), the field list the
+ * Validation (nodes.ts), the JSON Schema (json-schema.ts), the field list the
  * docs test checks (`SPEC_FIELDS`) and the docs tables (docs.ts) all derive
  * from these objects; rules that span fields live in resolve.ts. The
  * `satisfies Record<keyof X, Field>` clauses keep each section in step with
@@ -27,13 +27,11 @@ import {
 } from "../domain/index.js";
 import {
   type Field,
-  type Json,
   type Node,
   type ObjectNode,
   boolean,
   derived,
   fieldPaths,
-  fieldSchema,
   integer,
   list,
   mapOf,
@@ -286,7 +284,8 @@ const DENSE_FIELDS = {
   head_width: withDefault(integer({ min: 1 }), 64, "Channels of the dense prediction head."),
 } satisfies Record<keyof DenseSpec, Field>;
 
-function stageFields(presets: Presets | null) {
+/** The fields of a stage; with presets, preset names are enums (for the JSON Schema). */
+export function stageFields(presets: Presets | null) {
   return {
     task: required(oneOf(TASKS), "What the stage does: contrastive `pretrain`, `finetune-seg` / `finetune-depth` of the image tower, or `eval` of a checkpoint."),
     seed: withDefault(integer({ min: 0, max: MAX_SEED }), 0, "Seed of initialisation, data order, caption choice and augmentation."),
@@ -319,7 +318,8 @@ function stageFields(presets: Presets | null) {
   } satisfies Record<Exclude<keyof StageSpec, "name" | "needs">, Field>;
 }
 
-function jobFields(presets: Presets | null) {
+/** The fields only the job has; `stages` holds stage items. */
+export function jobFields(presets: Presets | null) {
   return {
     name: derived(string({ pattern: JOB_NAME, expect: "a name of 1 to 64 characters from A-Z a-z 0-9 . _ -" }), "the spec file name without its extension", "Job name, shown by the CLI and used in metric labels."),
     priority: withDefault(integer({ min: 0, max: 1000 }), 0, "Queue priority: when nodes are scarce, higher priority jobs are placed first."),
@@ -327,7 +327,8 @@ function jobFields(presets: Presets | null) {
   } satisfies Record<Exclude<keyof JobSpec, "base_dir" | "config_sha256">, Field>;
 }
 
-function stageItemFields(presets: Presets | null): Record<string, Field> {
+/** The fields of an entry of `stages`: its name and needs, and every stage field as an override. */
+export function stageItemFields(presets: Presets | null): Record<string, Field> {
   const overrides: Record<string, Field> = {};
   for (const [key, field] of Object.entries(stageFields(presets))) {
     overrides[key] = { ...field, presence: { kind: "derived", how: "the top-level value" } };
@@ -365,69 +366,3 @@ export const SPEC_FIELDS: readonly string[] = [
   "stages[].needs",
   ...fieldPaths(STAGE_NODE).map((f) => f.path),
 ];
-
-/**
- * The JSON Schema (draft 2020-12) of a spec file, for editors. With presets,
- * preset names become enums. A spec without `stages` must give `task` and
- * `cluster.workers` at the top level; with stages every field is an
- * override, so nothing else is required there.
- */
-export function jsonSchema(presets: Presets | null = null): Record<string, Json> {
-  const job = jobFields(presets);
-  const stage = stageFields(presets);
-  const defs: Record<string, Json> = {};
-  const properties: Record<string, Json> = {};
-  for (const [key, field] of Object.entries(stage)) {
-    defs[key] = fieldSchema(field, { required: false });
-    properties[key] = { $ref: `#/$defs/${key}` };
-  }
-  const stageItem: Record<string, Json> = {
-    type: "object",
-    description: job.stages.doc,
-    properties: {
-      name: fieldSchema(stageItemFields(presets).name!),
-      needs: fieldSchema(stageItemFields(presets).needs!),
-      ...properties,
-    },
-    required: ["name"],
-    additionalProperties: false,
-  };
-  return {
-    $schema: "https://json-schema.org/draft/2020-12/schema",
-    title: "clipfleet job spec",
-    description: "A clipfleet job: model, data, training, cluster and failure handling; see docs/spec.md.",
-    type: "object",
-    properties: {
-      name: fieldSchema(job.name),
-      priority: fieldSchema(job.priority),
-      stages: { type: "array", description: job.stages.doc, minItems: 1, items: stageItem },
-      ...properties,
-    },
-    patternProperties: { "^x-": { description: "Ignored: a place for YAML anchors." } },
-    additionalProperties: false,
-    if: { not: { required: ["stages"] } },
-    then: requiredTree(STAGE_NODE),
-    $defs: defs,
-  };
-}
-
-/** `{required: [...], properties: {x: {required: [...]}}}` for the required fields under an object. */
-function requiredTree(node: ObjectNode): Record<string, Json> {
-  const req: string[] = [];
-  const properties: Record<string, Json> = {};
-  for (const [key, field] of Object.entries(node.fields)) {
-    if (field.presence.kind === "required") req.push(key);
-    // A section that defaults to a mapping is always there, so its required fields are too.
-    if (field.node.kind === "object" && !field.node.nullable && field.presence.kind === "default") {
-      const sub = requiredTree(field.node);
-      if (sub.required !== undefined) {
-        req.push(key);
-        properties[key] = sub;
-      }
-    }
-  }
-  const out: Record<string, Json> = {};
-  if (req.length > 0) out.required = req;
-  if (Object.keys(properties).length > 0) out.properties = properties;
-  return out;
-}

@@ -31,6 +31,14 @@ function unknownPreset(kind: string, name: string, known: readonly string[]): st
   return `unknown ${kind} preset ${JSON.stringify(name)} (${mean}known: ${known.join(", ")})`;
 }
 
+/** The preset `name` of a presets.json table (`kind` names it), or undefined after pushing an unknown-preset issue at `namePath`. */
+function presetOf<T>(kind: string, table: Readonly<Record<string, T>> | undefined, name: string, namePath: Path, issues: Issue[]): T | undefined {
+  const known = table === undefined ? [] : Object.keys(table);
+  const base = table !== undefined && Object.hasOwn(table, name) ? table[name] : undefined;
+  if (base === undefined) issues.push({ path: namePath, message: unknownPreset(kind, name, known) });
+  return base;
+}
+
 /** Split a tower input into the preset it names (with the path to blame) and its overrides. */
 function splitInput(input: TowerInput, path: Path): { name: string | null; namePath: Path; overrides: Readonly<Record<string, unknown>> } {
   if (typeof input === "string") return { name: input, namePath: path, overrides: {} };
@@ -53,12 +61,8 @@ export function resolveImageTower(input: TowerInput, presets: Presets | null, pa
   const { name, namePath, overrides } = splitInput(input, path);
   let base: ImagePreset | undefined;
   if (name !== null) {
-    const known = presets === null ? [] : Object.keys(presets.image);
-    base = presets !== null && Object.hasOwn(presets.image, name) ? presets.image[name] : undefined;
-    if (base === undefined) {
-      issues.push({ path: namePath, message: unknownPreset("image", name, known) });
-      return undefined;
-    }
+    base = presetOf("image", presets?.image, name, namePath, issues);
+    if (base === undefined) return undefined;
   }
   const given = overrides.family as "vit" | "mci" | undefined;
   if (base !== undefined && given !== undefined && given !== base.family) {
@@ -114,12 +118,8 @@ export function resolveTextTower(input: TowerInput, presets: Presets | null, pat
   const { name, namePath, overrides } = splitInput(input, path);
   let base: TextPreset | undefined;
   if (name !== null) {
-    const known = presets === null ? [] : Object.keys(presets.text);
-    base = presets !== null && Object.hasOwn(presets.text, name) ? presets.text[name] : undefined;
-    if (base === undefined) {
-      issues.push({ path: namePath, message: unknownPreset("text", name, known) });
-      return undefined;
-    }
+    base = presetOf("text", presets?.text, name, namePath, issues);
+    if (base === undefined) return undefined;
   }
   const merged: Record<string, unknown> = { ...(base ?? {}) };
   for (const key of TEXT_TOWER_FIELDS) if (overrides[key] !== undefined) merged[key] = overrides[key];

@@ -2,6 +2,7 @@
 import { ControlClient } from "../../client/index.js";
 import type { Job } from "../../gen/clipfleet/v1/control.js";
 import { JobState } from "../../gen/clipfleet/v1/control.js";
+import { asClipfleetError } from "../../domain/index.js";
 import type { Command } from "../command.js";
 import { EXIT, note, out, printJson, type CliDeps, type EmbeddedOrchestrator, type GlobalArgs } from "../context.js";
 import { embedOptions, orchestratorOptions, type OrchestratorArgs } from "../embedded.js";
@@ -30,7 +31,14 @@ export const runCommand: Command<RunArgs> = (deps, state) => ({
     const input = readSpecInput(args.spec, deps.presetsPath);
     const orch = await deps.embed(embedOptions(args, true));
     try {
-      state.exitCode = await runJob(deps, args, orch, (client) => client.submit(input.specJson, input.specPath, input.baseDir));
+      // The embedded orchestrator takes the spec validated above instead of validating it again;
+      // what follows (status, events) goes through the control API as for a server.
+      const submit = (client: ControlClient): Promise<Job> =>
+        orch.service.submit({ ...input, validated: input.spec }).then(
+          (job) => client.getJob(job.id),
+          (err: unknown) => Promise.reject(asClipfleetError(err)),
+        );
+      state.exitCode = await runJob(deps, args, orch, submit);
     } finally {
       await orch.close();
     }

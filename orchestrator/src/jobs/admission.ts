@@ -1,0 +1,111 @@
+/**
+ * Admission: a submitted spec is validated (once), checked against the
+ * inventory and its data (synthetic data generated, manifests read, caption
+ * sources present, outside init checkpoints intact), and only then persisted
+ * as a PENDING job. Nothing is persisted on bad input.
+ */
+import { InvalidArgumentError, newJobId, type JobEvent, type JobRecord, type JobSpec } from "../domain/index.js";
+import { peekCaptionSources } from "../data/index.js";
+import { parseSpec } from "../spec/index.js";
+import type { CheckpointRefs } from "./checkpoint-refs.js";
+import type { JobContext } from "./context.js";
+import type { Datasets } from "./datasets.js";
+import { placementRequest } from "./dispatch.js";
+import { newJobRecord, stageField } from "./records.js";
+
+/** Input of submit: the spec as JSON plus where it came from. */
+export interface SubmitInput {
+  readonly specJson: string;
+  readonly specPath: string;
+  readonly baseDir: string;
+  /**
+   * The spec already validated from this very JSON, path and folder by the
+   * caller in this process (the CLI's embedded orchestrator), so it is not
+   * validated twice. Never set from the network: the rpc layer does not.
+   */
+  readonly validated?: JobSpec;
+}
+
+export class Admission {
+  constructor(
+    private readonly ctx: JobContext,
+    private readonly datasets: Datasets,
+    private readonly refs: CheckpointRefs,
+  ) {}
+
+  /** Validates a spec, checks its data, persists the job as PENDING. */
+  async submit(input: SubmitInput): Promise<JobRecord> {
+    const where = input.specPath || "spec";
+    const spec = input.validated ?? this.validate(input, where);
+    for (const st of spec.stages) {
+      const why = this.ctx.scheduler.unsatisfiable({ ...placementRequest("", st, 0, 0), allowShrink: true });
+      if (why) throw new InvalidArgumentError(`${where}: ${stageField(st, "cluster.workers")}: ${why}`, "cluster.workers");
+    }
+    await this.preflight(spec, where);
+    const now = this.ctx.now();
+    const job = newJobRecord(spec, newJobId(new Date(now)), now);
+    const event: JobEvent = {
+      schemaVersion: 1,
+      seq: 0,
+      jobId: job.id,
+      stage: "",
+      type: "state",
+      state: "PENDING",
+      reason: "submitted",
+      tsMs: now,
+      attempt: 0,
+      rank: -1,
+      data: { name: spec.name, stages: spec.stages.map((s) => s.name) },
+    };
+    job.recentEvents.push(event);
+    job.nextEventSeq = 1;
+    await this.ctx.ledger.create(job, [event]);
+    this.ctx.log(job.id, "", 0, `job ${job.id} (${spec.name}) submitted with ${spec.stages.length} stage(s)`);
+    return job;
+  }
+
+  private validate(input: SubmitInput, where: string): JobSpec {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(input.specJson);
+    } catch (err) {
+      throw new InvalidArgumentError(`${where}: not valid JSON: ${(err as Error).message}`);
+    }
+    return parseSpec(raw, { specPath: where, baseDir: input.baseDir, presets: this.ctx.deps.presets });
+  }
+
+  /** Before a job is accepted: generate synthetic data when asked, read manifests, check caption sources. */
+  private async preflight(spec: JobSpec, where: string): Promise<void> {
+    const localNodes = this.ctx.scheduler.nodes().filter((n) => n.node.launcher === "local");
+    for (const st of spec.stages) {
+      // Fail before anything runs when this machine has no interpreter with torch for local ranks.
+      if (localNodes.length > 0) await this.ctx.resolvePython(st.worker.python ?? this.ctx.deps.python);
+      // A checkpoint from outside this pipeline must exist, be committed and intact, and fit the image tower.
+      if (st.init.kind === "checkpoint" && !spec.stages.some((x) => x.name === (st.init as { ref: string }).ref)) {
+        await this.refs.resolveInit(null, st);
+      }
+      if (st.data.synth) await this.datasets.ensureSynth(st);
+      // Manifest errors start with the field they name (data.train, data.val).
+      const inStage = (err: unknown): never => {
+        throw new InvalidArgumentError(`${where}: ${stageField(st, "")}${(err as Error).message}`);
+      };
+      if (st.data.train.length > 0) {
+        const m = await this.datasets.manifest(st.data.train, st.data.fraction).catch(inStage);
+        if (st.task === "pretrain") {
+          const sources = await peekCaptionSources(m);
+          for (const source of Object.keys(st.data.captions)) {
+            if ((st.data.captions[source] ?? 0) > 0 && !sources.has(source)) {
+              throw new InvalidArgumentError(
+                `${where}: ${stageField(st, "data.captions")}: no sample has a "${source}" caption (the shards have: ${[...sources].sort().join(", ") || "none"})`,
+                "data.captions",
+              );
+            }
+          }
+        }
+      }
+      if (st.data.val.length > 0) {
+        await this.datasets.manifest(st.data.val, 1, "data.val").catch(inStage);
+      }
+    }
+  }
+}

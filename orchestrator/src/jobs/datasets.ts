@@ -1,0 +1,82 @@
+/**
+ * Datasets as the job machinery sees them: shard manifests (read once per
+ * shard list and cached), synthetic datasets generated on demand (once per
+ * output folder, however many stages ask), and the data audit's log.
+ */
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { FailedPreconditionError, type JobRecord, type StageSpec } from "../domain/index.js";
+import { Audit, DataPlan, resolveManifest, trajectoryOf, type AuditReport, type Manifest } from "../data/index.js";
+import type { JobContext } from "./context.js";
+import { stageSpecOf } from "./records.js";
+
+export class Datasets {
+  private readonly manifests = new Map<string, Promise<Manifest>>();
+  private readonly synthRuns = new Map<string, Promise<void>>();
+
+  constructor(private readonly ctx: JobContext) {}
+
+  /** The (cached) manifest of a shard list; `field` names the spec field in error messages. */
+  manifest(patterns: readonly string[], fraction: number, field = "data.train"): Promise<Manifest> {
+    const key = JSON.stringify([patterns, fraction, field]);
+    let m = this.manifests.get(key);
+    if (!m) {
+      m = resolveManifest([...patterns], { fraction, field });
+      this.manifests.set(key, m);
+      m.catch(() => this.manifests.delete(key));
+    }
+    return m;
+  }
+
+  /** Generates the stage's data.synth dataset unless its folder already has one. */
+  async ensureSynth(st: StageSpec): Promise<void> {
+    const synth = st.data.synth;
+    if (!synth) return;
+    if (existsSync(join(synth.out, "sizes.json"))) return;
+    let run = this.synthRuns.get(synth.out);
+    if (!run) {
+      const python = await this.ctx.resolvePython(st.worker.python ?? this.ctx.deps.python);
+      run = this.ctx.deps.synthesize(python, synth, (line) => process.stderr.write(`synth: ${line}\n`));
+      this.synthRuns.set(synth.out, run);
+      run.finally(() => this.synthRuns.delete(synth.out)).catch(() => undefined);
+    }
+    await run;
+  }
+
+  /** The data audit's log of a stage: one JSON line per rank step, `{a: attempt, s: step, ids}`. */
+  auditPath(jobId: string, stage: string): string {
+    const dir = join(this.ctx.deps.stateDir, "jobs", jobId, "audit");
+    mkdirSync(dir, { recursive: true });
+    return join(dir, `${stage}.jsonl`);
+  }
+
+  /**
+   * The data audit of a job's stages with data.audit: per epoch, samples
+   * consumed once, twice or never, counting only the steps of the final
+   * trajectory (steps redone after a restart replace the lost ones).
+   */
+  async audit(job: JobRecord): Promise<{ jobId: string; stages: (AuditReport & { stage: string })[] }> {
+    const stages: (AuditReport & { stage: string })[] = [];
+    for (const stage of job.stages) {
+      const spec = stageSpecOf(job, stage.name);
+      if (!spec.data.audit || spec.task === "eval" || spec.data.train.length === 0) continue;
+      const manifest = await this.manifest(spec.data.train, spec.data.fraction);
+      const audit = new Audit(new DataPlan({ manifest, seed: spec.seed, batchSize: spec.train.batch_size, shuffle: spec.data.shuffle, fraction: spec.data.fraction }));
+      const file = this.auditPath(job.id, stage.name);
+      if (existsSync(file)) {
+        for (const line of readFileSync(file, "utf8").split("\n")) {
+          if (!line) continue;
+          try {
+            const r = JSON.parse(line) as { a: number; s: number; ids: number[] };
+            audit.record(r.a, r.s, r.ids);
+          } catch {
+            // a line torn by a crash mid-write
+          }
+        }
+      }
+      stages.push({ stage: stage.name, ...audit.finalize(trajectoryOf(stage.attempts)) });
+    }
+    if (stages.length === 0) throw new FailedPreconditionError(`job ${job.id} has no stage with data.audit: true`);
+    return { jobId: job.id, stages };
+  }
+}

@@ -1,0 +1,152 @@
+/**
+ * The worker gateway's side of the job machinery: a rank registers (job
+ * token checked, attempt fenced, runtime version checked) and gets its
+ * assignment; it binds a session stream to itself with `hello`; it fetches
+ * the samples of its steps. Every call of a rank of an attempt that is over
+ * is fenced.
+ */
+import { timingSafeEqual } from "node:crypto";
+import {
+  FailedPreconditionError,
+  FencedError,
+  InvalidArgumentError,
+  UnauthenticatedError,
+  type JobRecord,
+  type NodeSpec,
+  type StageSpec,
+} from "../domain/index.js";
+import type { Assignment, PlanRequest, PlanResponse, RegisterRequest, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
+import type { Attempt } from "./attempt.js";
+import type { JobContext } from "./context.js";
+import type { RankRuntime, SessionHandle } from "./runtime.js";
+
+/** Version of the orchestrator; a worker runtime of another version is refused at registration. */
+export const ORCHESTRATOR_VERSION = "0.1.0";
+
+/** Most steps one GetPlan answers. */
+const MAX_PLAN_STEPS = 1024;
+
+export class Gateway {
+  constructor(private readonly ctx: JobContext) {}
+
+  /** A rank's first call: authenticate, fence, and hand out its assignment. */
+  register(token: string | null, req: RegisterRequest): Assignment {
+    const job = this.authenticate(req.jobId, token);
+    const a = this.ctx.live.get(job.id, req.stage);
+    if (!a || a.attempt !== req.attempt || a.over) {
+      throw new FencedError(`attempt ${req.attempt} of ${job.id}/${req.stage} is over`);
+    }
+    const rank = a.ranks[req.rank];
+    if (!rank) throw new InvalidArgumentError(`rank ${req.rank} out of range (world size ${a.worldSize})`);
+    if (rank.registered) throw new FencedError(`rank ${req.rank} of attempt ${req.attempt} already registered`);
+    if (req.runtimeVersion !== ORCHESTRATOR_VERSION) {
+      const msg = `worker runtime ${req.runtimeVersion || "(unknown)"} on ${req.hostname} does not match orchestrator ${ORCHESTRATOR_VERSION}`;
+      a.fail({ kind: "fatal", message: msg });
+      throw new FailedPreconditionError(msg);
+    }
+    const now = this.ctx.now();
+    rank.registered = true;
+    rank.hostname = req.hostname;
+    rank.pid = req.pid;
+    rank.lastHeartbeatMs = now;
+    rank.lastProgressMs = now;
+    rank.phase = "registered";
+    this.ctx.log(job.id, a.stage, a.attempt, `rank ${req.rank} registered from ${req.hostname} pid ${req.pid} (python ${req.pythonVersion}, torch ${req.torchVersion}, ${req.cudaDevices} CUDA devices)`);
+    return assignment(a, rank);
+  }
+
+  /** Binds a session stream to its rank; returns the handlers of the stream's messages. */
+  openSession(token: string | null, handle: SessionHandle): { onMessage: (msg: WorkerMessage) => void; onClose: (why: string) => void } {
+    let bound: { attempt: Attempt; rank: RankRuntime } | null = null;
+    return {
+      onMessage: (msg) => {
+        const body = msg.body;
+        if (!body) return;
+        if (bound) {
+          bound.attempt.message(bound.rank, body);
+          return;
+        }
+        if (body.$case !== "hello") throw new InvalidArgumentError("the first message of a session must be hello");
+        const s = this.ctx.live.session(body.value.sessionId);
+        if (!s) throw new FencedError(`unknown or expired session ${body.value.sessionId}`);
+        this.authenticate(s.attempt.jobId, token);
+        if (s.attempt.over) throw new FencedError(`attempt ${s.attempt.attempt} is over`);
+        bound = s;
+        s.attempt.sessionOpened(s.rank, handle);
+      },
+      onClose: (why) => {
+        if (bound) bound.attempt.sessionClosed(bound.rank, handle, why);
+      },
+    };
+  }
+
+  /** The samples a rank reads in a range of steps. */
+  plan(token: string | null, req: PlanRequest): PlanResponse {
+    const s = this.ctx.live.session(req.sessionId);
+    if (!s) throw new FencedError(`unknown or expired session ${req.sessionId}`);
+    this.authenticate(s.attempt.jobId, token);
+    const { attempt: a, rank } = s;
+    if (!a.facts.plan) throw new FailedPreconditionError(`stage ${a.stage} has no training data plan`);
+    const end = Math.min(a.totalSteps, req.fromStep + Math.min(req.count, MAX_PLAN_STEPS));
+    const steps = [];
+    for (let t = req.fromStep; t < end; t++) {
+      const sl = a.facts.plan.slice(t, rank.rank, a.worldSize);
+      steps.push({ step: t, epoch: sl.epoch, sampleInEpoch: sl.sampleInEpoch, shards: sl.shards, indices: sl.indices, sampleIds: sl.sampleIds });
+    }
+    return { steps };
+  }
+
+  /** The job a token belongs to; the same answer for an unknown job and a wrong token. */
+  private authenticate(jobId: string, token: string | null): JobRecord {
+    if (!token) throw new UnauthenticatedError("missing job token (authorization metadata)");
+    if (!this.ctx.ledger.has(jobId)) throw new UnauthenticatedError("invalid job token");
+    const job = this.ctx.ledger.get(jobId);
+    const a = Buffer.from(job.token);
+    const b = Buffer.from(token);
+    if (a.length !== b.length || !timingSafeEqual(a, b)) throw new UnauthenticatedError("invalid job token");
+    return job;
+  }
+}
+
+/** What a rank is told at registration: its place in the gang, the frozen config, where to resume, its data. */
+function assignment(a: Attempt, rank: RankRuntime): Assignment {
+  return {
+    sessionId: rank.sessionId,
+    rank: rank.rank,
+    worldSize: a.worldSize,
+    localRank: rank.localRank,
+    localWorldSize: rank.localWorldSize,
+    groupRank: rank.groupRank,
+    masterAddr: a.facts.masterAddr,
+    masterPort: a.facts.masterPort,
+    backend: backendOf(a.spec, rank.node),
+    configJson: JSON.stringify(a.spec),
+    configSha256: a.facts.configSha256,
+    resume: a.facts.resume,
+    cursor: a.facts.plan ? toProtoCursor(a.facts.plan.cursorAt(a.facts.startStep)) : undefined,
+    startStep: a.facts.startStep,
+    totalSteps: a.totalSteps,
+    stepsPerEpoch: a.facts.stepsPerEpoch,
+    globalBatch: a.globalBatch,
+    perRankBatch: Math.floor(a.globalBatch / a.worldSize),
+    heartbeatIntervalSeconds: Math.max(0.2, Math.min(2, a.spec.failure.heartbeat_timeout / 5)),
+    fenceSeconds: a.spec.failure.fence_seconds,
+    trainShards: a.facts.manifest?.shards.map((s) => ({ url: s.url, samples: s.samples })) ?? [],
+    valShards: a.facts.valManifest?.shards.map((s) => ({ url: s.url, samples: s.samples })) ?? [],
+    checkpointRoot: a.facts.checkpointRoot,
+    attempt: a.attempt,
+    stage: a.stage,
+    init: a.facts.init,
+    runDir: a.facts.runDir,
+  };
+}
+
+function toProtoCursor(c: { epoch: number; sampleInEpoch: number }): { epoch: number; sampleInEpoch: number } {
+  return { epoch: c.epoch, sampleInEpoch: c.sampleInEpoch };
+}
+
+/** The process group's backend: NCCL for GPU ranks, gloo otherwise, unless the spec names one. */
+function backendOf(spec: StageSpec, node: NodeSpec): string {
+  if (spec.cluster.backend !== "auto") return spec.cluster.backend;
+  return node.gpus > 0 && spec.cluster.gpus_per_worker > 0 ? "nccl" : "gloo";
+}

@@ -1,0 +1,228 @@
+/**
+ * Starting an attempt of a placed stage: resolve its data and the checkpoint
+ * it resumes from, persist STARTING with the attempt's ranks (persist before
+ * acting: the attempt exists in the store before any process does), then
+ * launch one process per rank with torchrun's environment.
+ */
+import { randomBytes } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { InvalidArgumentError, NotFoundError, type NodeSpec, type StageSpec } from "../domain/index.js";
+import { removeCheckpointDir, sha256Hex, uncommittedDirs } from "../checkpoints/index.js";
+import { DataPlan } from "../data/index.js";
+import type { Launcher } from "../launcher/index.js";
+import { rankEnv, type Placement } from "../scheduler/index.js";
+import { canonicalJson } from "../spec/index.js";
+import { Attempt, type AttemptHooks } from "./attempt.js";
+import type { CheckpointRefs } from "./checkpoint-refs.js";
+import type { JobContext } from "./context.js";
+import type { Datasets } from "./datasets.js";
+import { stageSpecOf } from "./records.js";
+import { rankRecordFields, type RankRuntime } from "./runtime.js";
+
+export class Launch {
+  constructor(
+    private readonly ctx: JobContext,
+    private readonly datasets: Datasets,
+    private readonly refs: CheckpointRefs,
+    private readonly hooks: AttemptHooks,
+  ) {}
+
+  /** Launch a placed gang: choose the checkpoint to resume, persist STARTING, start one process per rank. */
+  async start(p: Placement): Promise<void> {
+    const { ledger, deps } = this.ctx;
+    const job = ledger.get(p.jobId);
+    const spec = stageSpecOf(job, p.stage);
+    const stageRec = job.stages.find((s) => s.name === p.stage);
+    if (!stageRec) throw new NotFoundError(`stage ${p.stage}`);
+    const attempt = job.nextAttempt;
+    const worldSize = p.ranks.length;
+    const rank0 = p.ranks[0];
+    if (!rank0) throw new Error("empty placement");
+    const python = await this.pythonFor(spec, rank0.node);
+
+    const manifest = spec.data.train.length > 0 ? await this.datasets.manifest(spec.data.train, spec.data.fraction) : null;
+    const valManifest = spec.data.val.length > 0 ? await this.datasets.manifest(spec.data.val, 1, "data.val") : null;
+    const plan =
+      manifest && spec.task !== "eval"
+        ? new DataPlan({ manifest, seed: spec.seed, batchSize: spec.train.batch_size, shuffle: spec.data.shuffle, fraction: spec.data.fraction })
+        : null;
+    const stepsPerEpoch = plan?.stepsPerEpoch ?? 0;
+    const totalSteps = spec.task === "eval" ? 0 : (spec.train.steps ?? Math.floor((spec.train.epochs ?? 1) * stepsPerEpoch));
+
+    const resume = await this.refs.pickResume(job, stageRec);
+    const init = spec.init.kind === "checkpoint" ? await this.refs.resolveInit(job, spec) : undefined;
+    const checkpointRoot = join(spec.checkpoint.dir ?? join(deps.stateDir, "checkpoints"), job.id, p.stage);
+    const runDir = join(deps.stateDir, "jobs", job.id, "stages", p.stage);
+    mkdirSync(checkpointRoot, { recursive: true });
+    mkdirSync(runDir, { recursive: true });
+    // Directories of earlier attempts without a committed manifest are garbage.
+    for (const dir of uncommittedDirs(checkpointRoot, new Set())) removeCheckpointDir(dir);
+
+    const masterPort = await this.launcherFor(rank0.node).freePort(rank0.node);
+    const startStep = resume ? Number(resume.step) : 0;
+    const now = this.ctx.now();
+    const ranks: RankRuntime[] = p.ranks.map((pr, i) => ({
+      rank: i,
+      node: pr.node,
+      launcher: this.launcherFor(pr.node),
+      slot: pr.slot,
+      localRank: pr.localRank,
+      localWorldSize: pr.localWorldSize,
+      groupRank: pr.groupRank,
+      device: pr.device,
+      sessionId: randomBytes(12).toString("hex"),
+      proc: null,
+      session: null,
+      registered: false,
+      finished: null,
+      exit: null,
+      lastHeartbeatMs: now,
+      lastProgressMs: now,
+      step: startStep,
+      phase: "launching",
+      stepSeconds: [],
+      hostname: pr.node.host,
+      pid: null,
+      failure: null,
+    }));
+    const a = new Attempt(
+      {
+        jobId: job.id,
+        stage: p.stage,
+        attempt,
+        spec,
+        placement: p,
+        ranks,
+        plan,
+        manifest,
+        valManifest,
+        totalSteps,
+        stepsPerEpoch,
+        startStep,
+        masterAddr: rank0.node.address,
+        masterPort,
+        checkpointRoot,
+        runDir,
+        resume,
+        init,
+        python,
+        configSha256: sha256Hex(Buffer.from(canonicalJson(spec), "utf8")),
+        recoveringSince: this.ctx.live.takeRecovering(job.id, p.stage),
+        skippedBefore: stageRec.progress.skippedSamples,
+      },
+      this.ctx,
+      this.hooks,
+    );
+
+    // Persist before acting: the attempt exists in the store before any process does.
+    // Attempt numbers count across the job's stages (they fence workers); in a pipeline a stage's
+    // first start may be "attempt 5", so say which start of this stage it is.
+    const ordinal = stageRec.attempts.length + 1;
+    const label = ordinal === attempt ? `attempt ${attempt}` : `attempt ${attempt} (${ordinal === 1 ? "first start" : `start ${ordinal}`} of this stage)`;
+    await ledger.transition(job.id, p.stage, "STARTING", `${label}: ${worldSize} rank(s) on ${describePlacement(p)}${resume ? `, resuming from step ${startStep}` : ""}`, {
+      attempt,
+      data: { worldSize, resumeStep: startStep, nodes: p.ranks.map((r) => r.node.name) },
+      update: (s) => {
+        s.attempts.push({
+          number: attempt,
+          startedAtMs: now,
+          endedAtMs: null,
+          outcome: "running",
+          reason: "",
+          worldSize,
+          resumedFromStep: startStep,
+          lastStep: startStep,
+          masterAddr: a.facts.masterAddr,
+          masterPort,
+          ranks: ranks.map((r) => ({ rank: r.rank, node: r.node.name, host: r.node.host, slot: r.slot, ...rankRecordFields(r) })),
+        });
+        s.notBeforeMs = null;
+        s.progress.totalSteps = totalSteps;
+        s.progress.worldSize = worldSize;
+      },
+    });
+    await ledger.update(job.id, (j) => {
+      j.nextAttempt = attempt + 1;
+      j.pendingReason = "";
+    });
+    this.ctx.live.add(a);
+    this.ctx.metrics.attemptStarted(job.id, p.stage, totalSteps);
+
+    for (const r of ranks) {
+      try {
+        r.proc = await r.launcher.launch({
+          jobId: job.id,
+          stage: p.stage,
+          attempt,
+          rank: r.rank,
+          node: r.node,
+          python: r.node.launcher === "local" ? python : (r.node.python ?? "python3"),
+          workdir: r.node.launcher === "local" ? deps.workerRuntimeDir : (r.node.workdir ?? "."),
+          env: this.rankEnvironment(a, r),
+          secrets: { CLIPFLEET_TOKEN: job.token },
+          onOutput: (stream, line) => deps.logs.append(job.id, { tsMs: this.ctx.now(), stage: p.stage, attempt, rank: r.rank, stream, line }),
+          onExit: (e) => {
+            a.exited(r, e);
+            a.processGone();
+          },
+        });
+        r.pid = r.proc.pid;
+      } catch (err) {
+        // This rank and the ones after it never ran: nothing of theirs will exit.
+        for (const rest of ranks.slice(r.rank)) {
+          rest.exit = { code: null, signal: null };
+          a.processGone();
+        }
+        const msg = err instanceof Error ? err.message : String(err);
+        a.fail(r.node.launcher === "ssh" ? { kind: "node", rank: r.rank, node: r.node.name, message: msg } : { kind: "fatal", message: `could not start rank ${r.rank}: ${msg}` });
+        return;
+      }
+    }
+    await ledger.update(job.id, (j) => {
+      const rec = j.stages.find((s) => s.name === p.stage)?.attempts.find((x) => x.number === attempt);
+      for (const rr of rec?.ranks ?? []) rr.pid = ranks[rr.rank]?.pid ?? null;
+    });
+  }
+
+  /**
+   * A rank's environment: the spec's worker.env, then torchrun's variables
+   * (scheduler.rankEnv, the one tested copy) with the rendezvous port, then
+   * how to reach the orchestrator. A CPU slot is a core: a rank gets one
+   * intra-op thread per slot it holds, so ranks of different jobs sharing a
+   * node do not oversubscribe it; GPU ranks get a few for the host side.
+   */
+  private rankEnvironment(a: Attempt, r: RankRuntime): Record<string, string> {
+    const threads = String(a.spec.train.threads ?? (r.node.gpus > 0 ? 4 : 1));
+    return {
+      ...a.spec.worker.env,
+      ...rankEnv(a.facts.placement, r.rank),
+      MASTER_PORT: String(a.facts.masterPort),
+      CLIPFLEET_ADDR: this.ctx.deps.gatewayAddress(),
+      CLIPFLEET_JOB_ID: a.jobId,
+      CLIPFLEET_STAGE: a.stage,
+      CLIPFLEET_ATTEMPT: String(a.attempt),
+      CLIPFLEET_RANK: String(r.rank),
+      PYTHONUNBUFFERED: "1",
+      OMP_NUM_THREADS: threads,
+      CLIPFLEET_THREADS: threads,
+    };
+  }
+
+  private launcherFor(node: NodeSpec): Launcher {
+    if (node.launcher === "local") return this.ctx.deps.launchers.local;
+    if (!this.ctx.deps.launchers.ssh) throw new InvalidArgumentError(`node ${node.name} needs the SSH launcher, which is not configured`);
+    return this.ctx.deps.launchers.ssh;
+  }
+
+  private async pythonFor(spec: StageSpec, node: NodeSpec): Promise<string> {
+    if (node.launcher === "ssh") return spec.worker.python ?? node.python ?? "python3";
+    return this.ctx.resolvePython(spec.worker.python ?? this.ctx.deps.python ?? node.python ?? null);
+  }
+}
+
+function describePlacement(p: Placement): string {
+  const byNode = new Map<string, number>();
+  for (const r of p.ranks) byNode.set(r.node.name, (byNode.get(r.node.name) ?? 0) + 1);
+  return [...byNode].map(([n, c]) => `${n}x${c}`).join(", ");
+}

@@ -1,0 +1,159 @@
+/**
+ * Where a step report goes: metrics, the data audit's log, the step history
+ * (rank 0), a throttled `step` event, and the stage's progress, which is
+ * kept live in memory and persisted on a timer (a record write per step
+ * would cost more than the step). Also the live view of a job: the stored
+ * record with its running attempts' progress laid over it.
+ */
+import { appendFileSync } from "node:fs";
+import type { JobRecord, ProgressRecord, StageRecord } from "../domain/index.js";
+import type { EvalResult, Heartbeat, StepReport } from "../gen/clipfleet/v1/worker.js";
+import type { Attempt } from "./attempt.js";
+import type { JobContext } from "./context.js";
+import type { Datasets } from "./datasets.js";
+import { rankRecordFields, type RankRuntime } from "./runtime.js";
+import { appendStepPoint, stepHistoryPath, stepPointOf, type StepPointRecord } from "./step-history.js";
+
+const STEP_EVENT_INTERVAL_MS = 250;
+
+export class Progress {
+  private readonly dirty = new Set<Attempt>();
+
+  constructor(
+    private readonly ctx: JobContext,
+    private readonly datasets: Datasets,
+  ) {}
+
+  /** A rank's step report: per-rank metrics from every rank; rank 0 speaks for the stage. */
+  step(a: Attempt, rank: RankRuntime, rep: StepReport, now: number): void {
+    const m = this.ctx.metrics;
+    const labels = { job: a.jobId, stage: a.stage };
+    m.stepDuration.observe({ ...labels, rank: String(rank.rank) }, rep.stepSeconds);
+    if (rep.samples.length > 0) {
+      appendFileSync(this.datasets.auditPath(a.jobId, a.stage), JSON.stringify({ a: a.attempt, s: rep.step - 1, ids: rep.samples }) + "\n");
+    }
+    m.dataWait.inc({ ...labels, rank: String(rank.rank) }, rep.dataWaitSeconds);
+    if (rep.computeSeconds > 0) m.computeTime.inc(labels, rep.computeSeconds);
+    if (rep.skippedSamples > 0) m.skipped.inc(labels, rep.skippedSamples);
+    if (rep.outOfRangeLabels > 0) m.outOfRangeLabels.inc(labels, rep.outOfRangeLabels);
+    if (rank.rank !== 0) return;
+
+    if (a.recoveringSince !== null) {
+      m.recovery.observe(labels, (now - a.recoveringSince) / 1000);
+      a.recoveringSince = null;
+    }
+    if (rep.nanSkipped) m.nanSkipped.inc(labels);
+    m.step.set(labels, rep.step);
+    m.loss.set(labels, rep.loss);
+    m.lr.set(labels, rep.lr);
+    m.temperature.set(labels, rep.temperature);
+    m.samplesPerSecond.set(labels, rep.samplesPerSecond);
+    m.samplesSeen.inc(labels, a.globalBatch);
+    const point = stepPointOf(a.stage, a.attempt, rep, now);
+    appendStepPoint(stepHistoryPath(this.ctx.deps.stateDir, a.jobId, a.stage), point);
+    this.dirty.add(a);
+    if (now - a.lastStepEventMs >= STEP_EVENT_INTERVAL_MS || rep.step >= a.totalSteps) {
+      a.lastStepEventMs = now;
+      const job = this.ctx.ledger.get(a.jobId);
+      void this.ctx.ledger.publishTransient({
+        schemaVersion: 1,
+        seq: 0,
+        jobId: a.jobId,
+        stage: a.stage,
+        type: "step",
+        state: job.stages.find((s) => s.name === a.stage)?.state ?? job.state,
+        reason: "",
+        tsMs: now,
+        attempt: a.attempt,
+        rank: 0,
+        data: progressData(a, point),
+      });
+    }
+  }
+
+  heartbeat(a: Attempt, rank: RankRuntime, hb: Heartbeat): void {
+    if (hb.gpuMemoryBytes <= 0) return;
+    const labels = { job: a.jobId, stage: a.stage, rank: String(rank.rank) };
+    this.ctx.metrics.gpuUtil.set(labels, hb.gpuUtilization);
+    this.ctx.metrics.gpuMemory.set(labels, hb.gpuMemoryBytes);
+  }
+
+  /** Evaluation results: a gauge per metric, an event, and the stage's metrics. */
+  eval(a: Attempt, rank: RankRuntime, result: EvalResult, onError: (err: unknown) => void): void {
+    const metrics = result.metrics;
+    for (const [k, v] of Object.entries(metrics)) this.ctx.metrics.evalResult.set({ job: a.jobId, stage: a.stage, metric: k }, v);
+    void this.ctx.ledger
+      .note(a.jobId, a.stage, "eval", `evaluation at step ${result.step}`, {
+        attempt: a.attempt,
+        rank: rank.rank,
+        data: { step: result.step, split: result.split, metrics },
+        update: (s) => Object.assign(s.metrics, metrics),
+      })
+      .catch(onError);
+  }
+
+  /** Lays the attempt's live progress onto its stage record (inside a ledger update, or on a clone). */
+  apply(s: StageRecord, a: Attempt): void {
+    const rep = a.lastReport;
+    const p: ProgressRecord = s.progress;
+    p.totalSteps = a.totalSteps;
+    p.worldSize = a.worldSize;
+    if (!rep) return;
+    p.step = rep.step;
+    p.epoch = rep.epoch;
+    p.sampleInEpoch = rep.sampleInEpoch;
+    p.samplesSeen = rep.step * a.globalBatch;
+    p.loss = rep.loss;
+    if (p.firstLoss === null) p.firstLoss = a.firstLoss;
+    p.lr = rep.lr;
+    p.temperature = rep.temperature;
+    p.samplesPerSecond = rep.samplesPerSecond;
+    p.stepSeconds = rep.stepSeconds;
+    p.skippedSamples = a.facts.skippedBefore + a.skippedSamples;
+    const rec = s.attempts.find((x) => x.number === a.attempt);
+    if (rec) rec.lastStep = rep.step;
+  }
+
+  /** apply(), plus the ranks' live facts on the attempt's record. */
+  applyWithRanks(s: StageRecord, a: Attempt): void {
+    this.apply(s, a);
+    const rec = s.attempts.find((x) => x.number === a.attempt);
+    for (const r of rec?.ranks ?? []) {
+      const live = a.ranks[r.rank];
+      if (live) Object.assign(r, rankRecordFields(live));
+    }
+  }
+
+  /** A job as persisted, with the live progress of its running attempts laid over it (not persisted). */
+  liveView(job: JobRecord): JobRecord {
+    if (!job.stages.some((s) => this.ctx.live.has(job.id, s.name))) return job;
+    const view = structuredClone(job);
+    for (const s of view.stages) {
+      const a = this.ctx.live.get(job.id, s.name);
+      if (a) this.applyWithRanks(s, a);
+    }
+    return view;
+  }
+
+  /** Persists the progress of attempts that reported steps since the last flush. */
+  async flush(): Promise<void> {
+    const attempts = [...this.dirty];
+    this.dirty.clear();
+    for (const a of attempts) {
+      if (a.over) continue;
+      await this.ctx.ledger
+        .update(a.jobId, (j) => {
+          const s = j.stages.find((x) => x.name === a.stage);
+          if (s) this.applyWithRanks(s, a);
+        })
+        .catch(() => undefined);
+    }
+  }
+}
+
+/** The data of a `step` event: the step's point plus what progress lines and dashboards derive from it. */
+function progressData(a: Attempt, point: StepPointRecord): Record<string, unknown> {
+  const { stage: _stage, attempt: _attempt, tsMs: _ts, ...fields } = point;
+  const remaining = Math.max(0, a.totalSteps - point.step);
+  return { ...fields, totalSteps: a.totalSteps, etaSeconds: remaining * point.stepSeconds, worldSize: a.worldSize };
+}

@@ -1,0 +1,96 @@
+/** Pure helpers on job records and specs, shared by the job machinery's rooms. */
+import {
+  NotFoundError,
+  newToken,
+  RECORD_SCHEMA_VERSION,
+  type CheckpointRecord,
+  type JobRecord,
+  type JobSpec,
+  type StageRecord,
+  type StageSpec,
+} from "../domain/index.js";
+import type { CheckpointRef } from "../gen/clipfleet/v1/worker.js";
+
+/** The spec of a job's stage; NOT_FOUND for an unknown stage. */
+export function stageSpecOf(job: JobRecord, stage: string): StageSpec {
+  const s = job.spec.stages.find((x) => x.name === stage);
+  if (!s) throw new NotFoundError(`job ${job.id} has no stage "${stage}"`);
+  return s;
+}
+
+/** A stage's record, if the job has it. */
+export function stageRecordOf(job: JobRecord, stage: string): StageRecord | undefined {
+  return job.stages.find((s) => s.name === stage);
+}
+
+/** A spec field as users write it: `cluster.workers` for a single-stage spec, `stages.NAME.cluster.workers` in a pipeline ("" gives the prefix). */
+export function stageField(st: StageSpec, field: string): string {
+  const prefix = st.name === "main" ? "" : `stages.${st.name}.`;
+  return field ? `${prefix}${field}` : prefix;
+}
+
+/** Whether every stage a stage needs has succeeded. */
+export function needsMet(job: JobRecord, spec: StageSpec): boolean {
+  return spec.needs.every((n) => job.stages.find((s) => s.name === n)?.state === "SUCCEEDED");
+}
+
+/** The newest committed checkpoint of a stage. */
+export function newestCommitted(s: StageRecord): CheckpointRecord | undefined {
+  return s.checkpoints.filter((c) => c.status === "committed").sort((a, b) => b.step - a.step)[0];
+}
+
+/** A checkpoint record as the assignment's reference to it. */
+export function toCheckpointRef(c: CheckpointRecord): CheckpointRef {
+  return { dir: c.dir, step: c.step, files: c.files.map((f) => ({ path: f.path, sha256: f.sha256, size: f.size })), manifestSha256: c.manifestSha256 };
+}
+
+/** A fresh job record for a validated spec. */
+export function newJobRecord(spec: JobSpec, id: string, nowMs: number): JobRecord {
+  return {
+    schemaVersion: RECORD_SCHEMA_VERSION,
+    id,
+    name: spec.name,
+    state: "PENDING",
+    reason: "submitted",
+    pendingReason: "",
+    createdAtMs: nowMs,
+    updatedAtMs: nowMs,
+    priority: spec.priority,
+    spec,
+    token: newToken(),
+    nextAttempt: 1,
+    stages: spec.stages.map((s) => ({
+      name: s.name,
+      state: "PENDING",
+      reason: s.needs.length > 0 ? `waiting for ${s.needs.join(", ")}` : "waiting for slots",
+      startedAtMs: null,
+      endedAtMs: null,
+      attempts: [],
+      restarts: 0,
+      checkpoints: [],
+      progress: {
+        step: 0,
+        totalSteps: 0,
+        epoch: 0,
+        sampleInEpoch: 0,
+        samplesSeen: 0,
+        loss: null,
+        firstLoss: null,
+        lr: 0,
+        temperature: 0,
+        samplesPerSecond: 0,
+        stepSeconds: 0,
+        skippedSamples: 0,
+        worldSize: 0,
+      },
+      failures: [],
+      metrics: {},
+      finalParamsSha256: "",
+      error: "",
+      notBeforeMs: null,
+    })),
+    nextEventSeq: 0,
+    recentEvents: [],
+    cancelRequested: null,
+  };
+}

@@ -1,0 +1,329 @@
+/**
+ * One stage of a spec, from its merged fields (shared fields plus the
+ * stage's overrides, see resolve.ts) to a StageSpec: schema validation, then
+ * the rules that span fields (presets, divisibility, derived defaults, paths,
+ * init references). Problems are collected, never thrown.
+ */
+import * as nodePath from "node:path";
+import { existsSync, statSync } from "node:fs";
+import {
+  type AugmentSpec,
+  type CheckpointSpec,
+  type ClusterSpec,
+  type DataSpec,
+  type DenseSpec,
+  type EvalSpec,
+  type FailureSpec,
+  type InitSpec,
+  type ModelSpec,
+  type StageSpec,
+  type SynthSpec,
+  type Task,
+  type TokenizerSpec,
+  type TrainSpec,
+  type WorkerSpec,
+  isValidJobId,
+} from "../domain/index.js";
+import { type Issue, type Path, expectation, fieldAt, objectShapes, show, validate } from "./nodes.js";
+import { type Presets } from "./presets.js";
+import { AUGMENT_NODE, EVAL_NODE, STAGE_NAME, STAGE_NODE } from "./schema.js";
+import { didYouMean } from "./suggest.js";
+import { type TowerInput, resolveImageTower, resolveTextTower } from "./towers.js";
+
+const TRAINING_TASKS: ReadonlySet<Task> = new Set(["pretrain", "finetune-seg", "finetune-depth"]);
+
+/** One entry of `stages` (or the implicit "main"), before its fields are resolved. */
+export interface StageItem {
+  /** Index in `stages`; null for the implicit stage of a spec without `stages`. */
+  readonly index: number | null;
+  readonly name: string | undefined;
+  readonly needs: readonly string[];
+  readonly overrides: Readonly<Record<string, unknown>>;
+}
+
+function overlaps(a: Path, b: Path): boolean {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Resolve a spec relative to `base_dir`: brace patterns keep their braces, only the directory before them is resolved. */
+export function resolvePattern(pattern: string, baseDir: string): string {
+  return pattern
+    .split("::")
+    .map((part) => {
+      if (/^[A-Za-z][A-Za-z0-9+.-]*:/.test(part) || nodePath.isAbsolute(part)) return part; // a URL (pipe:, http:, s3:) or absolute
+      const brace = part.indexOf("{");
+      if (brace < 0) return nodePath.resolve(baseDir, part);
+      const slash = part.lastIndexOf("/", brace);
+      return slash < 0 ? `${baseDir}/${part}` : `${nodePath.resolve(baseDir, part.slice(0, slash))}${part.slice(slash)}`;
+    })
+    .join("::");
+}
+
+/** The shard patterns `synth` writes: `{split}-{i:05d}.tar`, `shards` train shards and ceil(shards / 4) val shards. */
+export function synthShards(out: string, split: "train" | "val", shards: number): string {
+  const n = split === "train" ? shards : Math.ceil(shards / 4);
+  return `${out}/${split}-{00000..${String(n - 1).padStart(5, "0")}}.tar`;
+}
+
+/** What resolving one stage needs besides its fields: the spec directory, presets and the other stages. */
+export interface StageContext {
+  readonly baseDir: string;
+  readonly presets: Presets;
+  readonly byName: ReadonlyMap<string, StageItem>;
+  /** The (unvalidated) task of another stage, for init references. */
+  readonly taskOf: (name: string) => unknown;
+}
+
+/** Section shapes after schema validation, before the cross-field rules fill in what is derived. */
+interface ModelRaw {
+  image?: TowerInput;
+  text?: TowerInput;
+  embed_dim?: number;
+  tokenizer: "byte" | "bpe" | { type: "byte" | "bpe"; vocab: string | null };
+}
+type SynthRaw = Omit<SynthSpec, "size" | "seed"> & { size?: number; seed?: number };
+type DataRaw = Omit<DataSpec, "train" | "val" | "synth" | "augment"> & {
+  train?: string | string[];
+  val?: string | string[];
+  synth: SynthRaw | null;
+  augment: boolean | AugmentSpec;
+};
+type TrainRaw = Omit<TrainSpec, "batch_size"> & { batch_size?: number };
+type ClusterRaw = Omit<ClusterSpec, "min_workers"> & { min_workers?: number };
+
+/** Resolve one stage's merged fields: the stage, or (with no stage) the issues, paths relative to the stage. */
+export function resolveStage(merged: Record<string, unknown>, item: StageItem, ctx: StageContext): { stage?: StageSpec; issues: Issue[] } {
+  const issues: Issue[] = [];
+  const v = validate(STAGE_NODE, merged, [], issues) as Record<string, unknown>;
+  const schemaIssues = [...issues];
+  /** True when none of the dotted paths has a schema issue at, above or below it. */
+  const clean = (...paths: string[]): boolean => !schemaIssues.some((i) => paths.some((p) => overlaps(i.path, p.split("."))));
+  const add = (path: Path, message: string): void => {
+    issues.push({ path, message });
+  };
+
+  const task = v.task as Task | undefined;
+  const training = task !== undefined && TRAINING_TASKS.has(task);
+  const seed = v.seed as number | undefined;
+
+  // model
+  const m = v.model as ModelRaw;
+  const image = clean("model.image") ? resolveImageTower(m.image ?? ctx.presets.defaults.image, ctx.presets, ["model", "image"], issues) : undefined;
+  const text = clean("model.text") ? resolveTextTower(m.text ?? ctx.presets.defaults.text, ctx.presets, ["model", "text"], issues) : undefined;
+  const embedDim = m.embed_dim ?? ctx.presets.defaults.embed_dim;
+  const tokenizer = clean("model.tokenizer") ? resolveTokenizer(m.tokenizer, ctx.baseDir, add) : undefined;
+
+  // eval: an eval stage always evaluates, so it gets the defaults when the section is absent
+  let evalSpec: EvalSpec | null | undefined;
+  if (clean("eval")) {
+    const e = v.eval as boolean | EvalSpec | null;
+    const defaults = (): EvalSpec => validate(EVAL_NODE, {}, ["eval"], issues) as EvalSpec;
+    if (e === true || ((e === null || e === false) && task === "eval")) evalSpec = defaults();
+    else evalSpec = e === false ? null : e;
+  }
+
+  // data
+  const d = v.data as DataRaw;
+  let synth: SynthSpec | null | undefined = null;
+  if (!clean("data.synth")) synth = undefined;
+  else if (d.synth !== null) {
+    const s = d.synth;
+    const size = s.size ?? image?.image_size;
+    const synthSeed = s.seed ?? seed;
+    synth = size === undefined || synthSeed === undefined ? undefined : { ...s, out: nodePath.resolve(ctx.baseDir, s.out), size, seed: synthSeed };
+    if (s.shards > s.train) add(["data", "synth", "shards"], `${s.shards} shards need at least ${s.shards} train samples, got data.synth.train ${s.train}`);
+    const valShards = Math.ceil(s.shards / 4);
+    if (s.val < valShards) add(["data", "synth", "val"], `${s.val} samples cannot fill the ${valShards} val shards (ceil(shards / 4)); set val >= ${valShards}`);
+  }
+  const shardList = (given: string | string[] | undefined, split: "train" | "val"): string[] | undefined => {
+    if (given !== undefined) return (typeof given === "string" ? [given] : given).map((p) => resolvePattern(p, ctx.baseDir));
+    if (synth === undefined) return undefined;
+    return synth === null ? [] : [synthShards(synth.out, split, synth.shards)];
+  };
+  const train = clean("data.train") ? shardList(d.train, "train") : undefined;
+  const val = clean("data.val") ? shardList(d.val, "val") : undefined;
+  if (training && train !== undefined && train.length === 0) add(["data", "train"], `missing (task ${task} trains on it; or set data.synth)`);
+  if (task === "eval" && val !== undefined && val.length === 0) add(["data", "val"], "missing (task eval evaluates on it; or set data.synth)");
+  if (training && evalSpec && val !== undefined && val.length === 0) add(["eval"], "needs validation data: set data.val or data.synth");
+  if (clean("data.captions")) {
+    const sum = Object.values(d.captions).reduce((a, b) => a + b, 0);
+    if (Math.abs(sum - 1) > 1e-6) add(["data", "captions"], `probabilities must sum to 1, got ${Number(sum.toPrecision(6))}`);
+    const sources = Object.keys(d.captions);
+    if (clean("data.caption_mode") && d.caption_mode === "both" && sources.length !== 2) {
+      add(["data", "caption_mode"], `"both" needs exactly 2 caption sources, got ${sources.length} (${sources.join(", ")})`);
+    }
+  }
+  let augment: AugmentSpec | undefined;
+  if (clean("data.augment")) {
+    const defaults = validate(AUGMENT_NODE, {}, ["data", "augment"], issues) as AugmentSpec;
+    augment = d.augment === true ? defaults : d.augment === false ? { crop_scale: null, crop_ratio: defaults.crop_ratio, hflip: 0 } : d.augment;
+  }
+
+  // cluster
+  const c = v.cluster as ClusterRaw;
+  const minWorkers = c.min_workers ?? c.workers;
+  const worldSizes = clean("cluster.workers", "cluster.min_workers") && minWorkers <= c.workers;
+  if (clean("cluster.workers", "cluster.min_workers") && minWorkers > c.workers) add(["cluster", "min_workers"], `${minWorkers} is more than cluster.workers ${c.workers}`);
+  if (clean("cluster.backend", "cluster.gpus_per_worker") && c.backend === "nccl" && c.gpus_per_worker === 0) add(["cluster", "backend"], "nccl needs cluster.gpus_per_worker >= 1");
+
+  // train
+  const t = v.train as TrainRaw;
+  let batchSize = t.batch_size;
+  if (training && clean("train.steps", "train.epochs")) {
+    if (t.steps === null && t.epochs === null) add(["train"], "set steps or epochs");
+    if (t.steps !== null && t.epochs !== null) add(["train"], "set steps or epochs, not both");
+  }
+  if (clean("train.batch_size") && batchSize === undefined) {
+    if (training) add(["train", "batch_size"], `missing (expected ${expectation(fieldAt(STAGE_NODE, "train.batch_size").node)})`);
+    else if (evalSpec) batchSize = evalSpec.batch_size;
+  }
+  if (training && batchSize !== undefined && worldSizes && clean("train.batch_size")) {
+    const global = batchSize;
+    const sizes = Array.from({ length: c.workers - minWorkers + 1 }, (_, k) => minWorkers + k);
+    const bad = sizes.filter((w) => global % w !== 0);
+    if (bad.length > 0) {
+      add(
+        ["train", "batch_size"],
+        minWorkers === c.workers
+          ? `${global} is not divisible by cluster.workers ${c.workers}`
+          : `${global} is not divisible by the world size${bad.length > 1 ? "s" : ""} ${bad.join(", ")} (the job runs on cluster.min_workers ${minWorkers} to cluster.workers ${c.workers} ranks)`,
+      );
+    } else if (t.micro_batch !== null && clean("train.micro_batch")) {
+      const micro = t.micro_batch;
+      const w = sizes.find((n) => (global / n) % micro !== 0);
+      if (w !== undefined) add(["train", "micro_batch"], `${micro} does not divide the per-rank batch ${global / w} at world size ${w}`);
+    }
+  }
+  if (clean("train.lr", "train.min_lr") && t.min_lr > t.lr) add(["train", "min_lr"], `${t.min_lr} is more than train.lr ${t.lr}`);
+  if (training && clean("train.warmup_steps", "train.steps") && t.steps !== null && t.warmup_steps > t.steps) add(["train", "warmup_steps"], `${t.warmup_steps} is more than train.steps ${t.steps}`);
+
+  // checkpoint, failure, worker
+  const k = v.checkpoint as CheckpointSpec;
+  if (clean("checkpoint.every_steps", "checkpoint.keep_every_steps") && k.every_steps !== null && k.keep_every_steps !== null && k.keep_every_steps % k.every_steps !== 0) {
+    add(["checkpoint", "keep_every_steps"], `${k.keep_every_steps} is not a multiple of checkpoint.every_steps ${k.every_steps}, so it would keep no checkpoint`);
+  }
+  const f = v.failure as FailureSpec;
+  if (clean("failure.backoff_seconds", "failure.backoff_max_seconds") && f.backoff_max_seconds < f.backoff_seconds) {
+    add(["failure", "backoff_max_seconds"], `${f.backoff_max_seconds} is less than failure.backoff_seconds ${f.backoff_seconds}`);
+  }
+  const w = v.worker as WorkerSpec;
+
+  // init, freeze_backbone, dense
+  const init = clean("init", "task") && task !== undefined ? resolveInit(v.init as "random" | { checkpoint: string }, task, item, ctx, add) : undefined;
+  if (clean("freeze_backbone", "task") && v.freeze_backbone === true && task !== undefined && !task.startsWith("finetune-")) {
+    add(["freeze_backbone"], `only fine-tune tasks freeze the backbone (task is ${task})`);
+  }
+  const dense = v.dense as DenseSpec;
+  if (clean("dense") && dense.num_classes !== null && dense.ignore_index >= 0 && dense.ignore_index < dense.num_classes) {
+    add(["dense", "ignore_index"], `${dense.ignore_index} is a class id (dense.num_classes is ${dense.num_classes}); use a value outside 0..${dense.num_classes - 1}`);
+  }
+
+  if (issues.length > 0) return { issues };
+  const model: ModelSpec = { image: image!, text: text!, embed_dim: embedDim, tokenizer: tokenizer! };
+  const data = inOrder<DataSpec>("data", { ...d, train: train!, val: val!, synth: synth!, augment: augment! });
+  const trainSpec = inOrder<TrainSpec>("train", training ? { ...t, batch_size: batchSize! } : { ...t, steps: null, epochs: null, batch_size: batchSize! });
+  const cluster = inOrder<ClusterSpec>("cluster", { ...c, min_workers: minWorkers });
+  const worker: WorkerSpec = { ...w, python: w.python !== null && w.python.includes("/") ? nodePath.resolve(ctx.baseDir, w.python) : w.python };
+  const checkpoint: CheckpointSpec = { ...k, dir: k.dir === null ? null : nodePath.resolve(ctx.baseDir, k.dir) };
+  const stage: StageSpec = {
+    name: item.name!,
+    needs: [...item.needs],
+    task: task!,
+    seed: seed!,
+    model,
+    data,
+    train: trainSpec,
+    cluster,
+    worker,
+    checkpoint,
+    failure: f,
+    eval: evalSpec!,
+    init: init!,
+    freeze_backbone: v.freeze_backbone as boolean,
+    dense,
+    labels: v.labels as Record<string, string>,
+  };
+  return { stage, issues };
+}
+
+/** A section with its keys in schema order (derived fields were added last), so the worker's JSON reads like the docs. */
+function inOrder<T>(section: string, value: T): T {
+  const shape = objectShapes(fieldAt(STAGE_NODE, section).node)[0]!;
+  const source = value as Record<string, unknown>;
+  return Object.fromEntries(Object.keys(shape.fields).map((key) => [key, source[key]])) as T;
+}
+
+function resolveTokenizer(value: ModelRaw["tokenizer"], baseDir: string, add: (p: Path, m: string) => void): TokenizerSpec | undefined {
+  const t = typeof value === "string" ? { type: value, vocab: null } : value;
+  const at = ["model", "tokenizer", "vocab"];
+  if (t.type === "byte") {
+    if (t.vocab !== null) add(at, "only the bpe tokenizer takes a vocab file");
+    return { type: "byte", vocab: null };
+  }
+  if (t.vocab === null) {
+    add(at, "missing (the bpe tokenizer needs a vocab file: model.tokenizer: {type: bpe, vocab: PATH})");
+    return undefined;
+  }
+  const vocab = nodePath.resolve(baseDir, t.vocab);
+  if (!existsSync(vocab) || !statSync(vocab).isFile()) {
+    add(at, `no such file: ${vocab}`);
+    return undefined;
+  }
+  return { type: "bpe", vocab };
+}
+
+function ancestorsOf(name: string, byName: ReadonlyMap<string, StageItem>): Set<string> {
+  const out = new Set<string>();
+  const stack = [...(byName.get(name)?.needs ?? [])];
+  while (stack.length > 0) {
+    const n = stack.pop()!;
+    if (out.has(n) || !byName.has(n)) continue;
+    out.add(n);
+    stack.push(...byName.get(n)!.needs);
+  }
+  return out;
+}
+
+/**
+ * `random`, or a checkpoint reference, checked in this order: a stage of
+ * this spec (it must be among the stage's transitive needs, and train), a
+ * path (has a `/` or starts with `.`; resolved), `JOB:STAGE`, a job id. A
+ * bare word close to a stage name is taken for a typo, not a job id.
+ */
+function resolveInit(value: "random" | { checkpoint: string }, task: Task, item: StageItem, ctx: StageContext, add: (p: Path, m: string) => void): InitSpec | undefined {
+  if (value === "random") {
+    if (task === "eval") add(["init"], "task eval needs a checkpoint to evaluate (init: {checkpoint: REF})");
+    return { kind: "random" };
+  }
+  const ref = value.checkpoint;
+  const at = ["init", "checkpoint"];
+  if (ctx.byName.has(ref)) {
+    if (item.name === undefined) return undefined;
+    if (!ancestorsOf(item.name, ctx.byName).has(ref)) {
+      add(at, `stage ${JSON.stringify(ref)} is not among the needs of stage ${JSON.stringify(item.name)} (add it to needs)`);
+      return undefined;
+    }
+    if (ctx.taskOf(ref) === "eval") {
+      add(at, `stage ${JSON.stringify(ref)} is an eval stage and writes no checkpoint`);
+      return undefined;
+    }
+    return { kind: "checkpoint", ref };
+  }
+  if (ref.includes("/") || ref.startsWith(".")) return { kind: "checkpoint", ref: nodePath.resolve(ctx.baseDir, ref) };
+  const colon = ref.lastIndexOf(":");
+  if (colon >= 0) {
+    if (isValidJobId(ref.slice(0, colon)) && STAGE_NAME.test(ref.slice(colon + 1))) return { kind: "checkpoint", ref };
+    add(at, `expected JOB:STAGE (a job id and a stage name), got ${show(ref)}`);
+    return undefined;
+  }
+  const guess = didYouMean(ref, [...ctx.byName.keys()]);
+  if (guess !== null) {
+    add(at, `no stage ${JSON.stringify(ref)} in this spec (did you mean ${JSON.stringify(guess)}?)`);
+    return undefined;
+  }
+  if (isValidJobId(ref)) return { kind: "checkpoint", ref };
+  add(at, `expected a stage name, a job id, JOB:STAGE or a path, got ${show(ref)}`);
+  return undefined;
+}

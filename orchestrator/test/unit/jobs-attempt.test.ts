@@ -1,0 +1,288 @@
+/**
+ * The attempt supervisor and the job machinery around it, with no processes
+ * and no real time (test/helpers/jobs-harness.ts): the lifecycle's one
+ * transition function, then each failure and ending path driven through the
+ * real JobService by fake ranks, a fake launcher and a fake clock.
+ */
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, it } from "node:test";
+import { FencedError } from "../../src/domain/index.js";
+import { nextPhase, SETTLE_MS, type AttemptEvent, type AttemptPhase } from "../../src/jobs/index.js";
+import { loadPresets, parseSpec } from "../../src/spec/index.js";
+import { jobsHarness, PRESETS, until, type FakeRank, type Harness } from "../helpers/jobs-harness.js";
+
+const STOP = { step: 12, checkpoint: true };
+const PHASES: AttemptPhase[] = [{ kind: "starting" }, { kind: "running" }, { kind: "stopping", stopAt: STOP }, { kind: "ending", why: "failed" }, { kind: "closed" }];
+const EVENTS: AttemptEvent[] = [{ type: "formed" }, { type: "stop", stopAt: STOP }, { type: "end", why: "succeeded" }, { type: "close" }];
+
+void describe("attempt lifecycle (nextPhase)", () => {
+  void it("follows the table: a gang forms once, a stop before it formed ends at once, the first ending wins, only an ending closes", () => {
+    const table: Record<string, Record<string, string | null>> = {
+      starting: { formed: "running", stop: "ending:stopped", end: "ending:succeeded", close: null },
+      running: { formed: null, stop: "stopping", end: "ending:succeeded", close: null },
+      stopping: { formed: null, stop: null, end: "ending:succeeded", close: null },
+      ending: { formed: null, stop: null, end: null, close: "closed" },
+      closed: { formed: null, stop: null, end: null, close: null },
+    };
+    for (const p of PHASES) {
+      for (const e of EVENTS) {
+        const next = nextPhase(p, e);
+        const got = next === null ? null : next.kind === "ending" ? `ending:${next.why}` : next.kind;
+        assert.equal(got, table[p.kind]?.[e.type], `${p.kind} + ${e.type}`);
+      }
+    }
+  });
+
+  void it("a stop of a running gang keeps the agreed step", () => {
+    const next = nextPhase({ kind: "running" }, { type: "stop", stopAt: STOP });
+    assert.deepEqual(next, { kind: "stopping", stopAt: STOP });
+  });
+});
+
+void describe("job machinery with fake ranks and a fake clock", () => {
+  let h: Harness;
+  beforeEach(async () => {
+    h = await jobsHarness();
+  });
+  afterEach(async () => {
+    await h.close();
+  });
+
+  /** Submits, launches attempt 1 and connects both ranks: the stage is RUNNING. */
+  async function running(overrides: Record<string, unknown> = {}): Promise<{ id: string; ranks: FakeRank[] }> {
+    const job = await h.submit(overrides);
+    const ranks = await h.launched(1);
+    for (const r of ranks) r.connect();
+    await h.stageIn(job.id, "RUNNING");
+    return { id: job.id, ranks };
+  }
+
+  /** Every rank reports steps 1..n. */
+  function steps(ranks: FakeRank[], from: number, to: number): void {
+    for (let s = from; s <= to; s++) for (const r of ranks) r.step(s);
+  }
+
+  function events(id: string): string[] {
+    return h.job(id).recentEvents.filter((e) => e.type === "state" && e.stage !== "").map((e) => e.state);
+  }
+
+  void it("a gang runs, commits a checkpoint when the last rank reports it, and succeeds", async () => {
+    const { id, ranks } = await running();
+    const [r0, r1] = ranks as [FakeRank, FakeRank];
+    assert.equal(r0.assignment?.worldSize, 2);
+    assert.equal(r0.assignment?.configSha256, r1.assignment?.configSha256);
+    const env = r1.proc.req.env;
+    assert.deepEqual([env.RANK, env.WORLD_SIZE, env.LOCAL_RANK, env.MASTER_PORT, env.ROLE_RANK, env.CLIPFLEET_ATTEMPT], ["1", "2", "1", "29500", "1", "1"]);
+    steps(ranks, 1, 10);
+    r0.checkpoint(10);
+    await h.clock.advance(100);
+    assert.equal(h.job(id).stages[0]?.checkpoints.length, 0, "no commit before the last rank reported");
+    r1.checkpoint(10);
+    await until(() => h.job(id).stages[0]?.checkpoints.length === 1, "checkpoint committed");
+    const ckpt = h.job(id).stages[0]?.checkpoints[0];
+    assert.equal(ckpt?.step, 10);
+    assert.deepEqual(ckpt?.files.map((f) => f.path), ["rank0.pt", "rank1.pt"], "one commit holding every rank's files");
+    assert.ok(existsSync(join(ckpt?.dir ?? "", "manifest.json")));
+    await until(() => r0.session.sent("committed").length === 1 && r1.session.sent("committed").length === 1, "ranks told of the commit");
+    steps(ranks, 11, 20);
+    for (const r of ranks) r.finish(20);
+    for (const r of ranks) r.proc.exit({ code: 0, signal: null });
+    await h.stageIn(id, "SUCCEEDED");
+    assert.equal(h.job(id).stages[0]?.progress.step, 20);
+    assert.deepEqual(events(id), ["STARTING", "RUNNING", "SUCCEEDED"]);
+  });
+
+  void it("kill -9 of a rank: the gang is torn down and a new attempt resumes from the last commit after the backoff", async () => {
+    const { id, ranks } = await running();
+    steps(ranks, 1, 10);
+    for (const r of ranks) r.checkpoint(10);
+    await until(() => h.job(id).stages[0]?.checkpoints.length === 1, "checkpoint committed");
+    steps(ranks, 11, 13);
+    ranks[1]?.proc.exit({ code: null, signal: "SIGKILL" });
+    await h.stageIn(id, "RESTARTING");
+    const stage = h.job(id).stages[0];
+    assert.match(stage?.reason ?? "", /rank 1 was killed by SIGKILL/);
+    assert.match(stage?.reason ?? "", /from step 10/);
+    assert.deepEqual(ranks[0]?.proc.signals, ["SIGKILL"], "the surviving rank is killed with the gang");
+    assert.equal(ranks[0]?.session.sent("fenced").length, 1);
+    assert.equal(stage?.attempts[0]?.lastStep, 13);
+    assert.equal(h.launcher.of(2).length, 0, "no new attempt before the backoff");
+    await h.clock.advance(1100);
+    const next = await h.launched(2);
+    assert.equal(next[0]?.connect().startStep, 10);
+    assert.throws(() => ranks[0]?.connect(), FencedError, "the old attempt's ranks are fenced");
+  });
+
+  void it("a lost session waits out the settle window; a rank's exit within it is blamed instead", async () => {
+    const { id, ranks } = await running();
+    steps(ranks, 1, 3);
+    ranks[0]?.closeSession("connection lost");
+    await h.clock.advance(SETTLE_MS - 100);
+    assert.equal(h.job(id).stages[0]?.state, "RUNNING", "a secondary signal waits for the primary cause");
+    ranks[1]?.proc.exit({ code: 1, signal: null });
+    await h.stageIn(id, "RESTARTING");
+    assert.match(h.job(id).stages[0]?.reason ?? "", /rank 1 exited with code 1/);
+  });
+
+  void it("a lost session alone fails the attempt once the settle window is over", async () => {
+    const { id, ranks } = await running();
+    ranks[0]?.closeSession("connection lost");
+    await h.clock.advance(SETTLE_MS + 10);
+    await h.stageIn(id, "RESTARTING");
+    assert.match(h.job(id).stages[0]?.reason ?? "", /rank 0 lost its session/);
+  });
+
+  void it("a stale heartbeat: stacks are dumped (SIGUSR1) before the gang is killed", async () => {
+    const { id, ranks } = await running();
+    steps(ranks, 1, 2);
+    for (let t = 0; t < 5; t++) {
+      ranks[0]?.heartbeat();
+      await h.clock.advance(2000);
+    }
+    await h.clock.advance(600);
+    await until(() => ranks[1]?.proc.signals.includes("SIGUSR1") === true, "stack dump asked");
+    assert.equal(h.job(id).stages[0]?.state, "RUNNING", "the gang is not killed before its stacks are written");
+    await h.clock.advance(1600);
+    await h.stageIn(id, "RESTARTING");
+    assert.match(h.job(id).stages[0]?.reason ?? "", /rank 1 sent no heartbeat for 1\d\.\d s/);
+    assert.deepEqual(ranks[1]?.proc.signals, ["SIGCONT", "SIGUSR1", "SIGKILL"]);
+  });
+
+  void it("a hang: heartbeats but no step for longer than the hang bound", async () => {
+    const { id, ranks } = await running();
+    steps(ranks, 1, 2);
+    for (let t = 0; t < 16; t++) {
+      for (const r of ranks) r.heartbeat();
+      await h.clock.advance(2000);
+    }
+    await until(() => h.job(id).stages[0]?.attempts[0]?.outcome === "failed", "attempt 1 failed");
+    assert.match(h.job(id).stages[0]?.attempts[0]?.reason ?? "", /made no step progress for 3\d\.\d s \(bound 30\.0 s\): hung/);
+    assert.ok(ranks.every((r) => r.proc.signals.join(",") === "SIGCONT,SIGUSR1,SIGKILL"), "stacks dumped, then the gang killed");
+  });
+
+  void it("ranks that never connect fail the attempt after the startup timeout", async () => {
+    const job = await h.submit();
+    const ranks = await h.launched(1);
+    ranks[0]?.connect();
+    await h.clock.advance(59_000);
+    assert.equal(h.job(job.id).stages[0]?.state, "STARTING");
+    await h.clock.advance(2_000);
+    await h.stageIn(job.id, "RESTARTING");
+    assert.match(h.job(job.id).stages[0]?.reason ?? "", /ranks 1 did not register within 60 s/);
+  });
+
+  void it("a checkpoint one rank never reports is not committed: the restart starts from scratch", async () => {
+    const { id, ranks } = await running();
+    steps(ranks, 1, 10);
+    ranks[0]?.checkpoint(10);
+    ranks[1]?.proc.exit({ code: null, signal: "SIGKILL" });
+    await h.stageIn(id, "RESTARTING");
+    assert.equal(h.job(id).stages[0]?.checkpoints.length, 0);
+    assert.match(h.job(id).stages[0]?.reason ?? "", /from step 0/);
+    await h.clock.advance(1100);
+    const next = await h.launched(2);
+    const a = next[0]?.connect();
+    assert.equal(a?.startStep, 0);
+    assert.equal(a?.resume, undefined);
+  });
+
+  void it("a stop while STARTING ends at once, kills what was launched, and fences a late registration", async () => {
+    const job = await h.submit();
+    const ranks = await h.launched(1);
+    ranks[0]?.connect();
+    await h.service.cancel(job.id, { checkpoint: true, graceSeconds: null });
+    assert.equal(h.job(job.id).stages[0]?.state, "CANCELLED");
+    assert.deepEqual(
+      ranks.map((r) => r.proc.alive),
+      [false, false],
+    );
+    assert.throws(() => ranks[1]?.connect(), FencedError);
+    assert.deepEqual(events(job.id), ["STARTING", "STOPPING", "CANCELLED"]);
+  });
+
+  void it("cancel --checkpoint of a running gang: ranks get the stop step, save, exit; the stage is CANCELLED with the checkpoint", async () => {
+    const { id, ranks } = await running();
+    steps(ranks, 1, 5);
+    const cancelled = h.service.cancel(id, { checkpoint: true, graceSeconds: null });
+    await until(() => ranks.every((r) => r.session.sent("stopAt").length === 1), "stop command sent");
+    const stopAt = ranks[0]?.session.sent("stopAt")[0];
+    assert.equal(stopAt?.step, 7);
+    steps(ranks, 6, 7);
+    for (const r of ranks) r.checkpoint(7);
+    await until(() => h.job(id).stages[0]?.checkpoints.length === 1, "stop checkpoint committed");
+    for (const r of ranks) {
+      r.closeSession("the worker closed it");
+      r.proc.exit({ code: 0, signal: null });
+    }
+    await cancelled;
+    const stage = h.job(id).stages[0];
+    assert.equal(stage?.state, "CANCELLED");
+    assert.match(stage?.reason ?? "", /checkpoint committed at step 7/);
+    assert.deepEqual((await h.metrics.failures.get()).values, [], "exits after a stop command are not failures");
+  });
+
+  void it("cancel racing a failure: the stage ends once, CANCELLED, and no new attempt starts", async () => {
+    const { id, ranks } = await running();
+    steps(ranks, 1, 4);
+    ranks[1]?.proc.exit({ code: 1, signal: null });
+    const cancelled = h.service.cancel(id, { checkpoint: true, graceSeconds: null });
+    await cancelled;
+    await h.stageIn(id, "CANCELLED");
+    await h.clock.advance(5000);
+    assert.equal(h.launcher.of(2).length, 0);
+    const terminal = events(id).filter((s) => s === "CANCELLED" || s === "FAILED" || s === "RESTARTING");
+    assert.deepEqual(terminal, ["CANCELLED"]);
+    assert.equal(h.job(id).stages[0]?.attempts[0]?.outcome, "cancelled");
+  });
+
+  void it("the same exception at the same step in two attempts fails the stage (a user error, not retried)", async () => {
+    const { id, ranks } = await running();
+    const boom = { kind: "exception", message: "ValueError: bad", traceback: "Traceback ...", step: 3, fingerprint: "abc" };
+    steps(ranks, 1, 2);
+    ranks[0]?.send({ $case: "failure", value: boom });
+    ranks[0]?.proc.exit({ code: 1, signal: null });
+    await h.stageIn(id, "RESTARTING");
+    await h.clock.advance(1100);
+    const next = await h.launched(2);
+    for (const r of next) r.connect();
+    await h.stageIn(id, "RUNNING");
+    steps(next, 1, 2);
+    next[0]?.send({ $case: "failure", value: boom });
+    next[0]?.proc.exit({ code: 1, signal: null });
+    await h.stageIn(id, "FAILED");
+    assert.match(h.job(id).stages[0]?.reason ?? "", /the same error as attempt 1: not retried/);
+    assert.equal(h.job(id).stages[0]?.error, "Traceback ...");
+  });
+
+  void it("checkpoint.every_minutes: rank 0's first step after the interval asks every rank for a checkpoint two steps ahead", async () => {
+    const { ranks } = await running({ train: { steps: 100, batch_size: 8 }, checkpoint: { every_steps: null, every_minutes: 1 } });
+    steps(ranks, 1, 3);
+    assert.equal(ranks[0]?.session.sent("checkpointAt").length, 0);
+    for (let t = 0; t < 31; t++) {
+      for (const r of ranks) r.heartbeat();
+      await h.clock.advance(2000);
+      steps(ranks, 4 + t, 4 + t);
+    }
+    const asked = ranks.map((r) => r.session.sent("checkpointAt"));
+    assert.equal(asked[0]?.length, 1);
+    assert.deepEqual(asked[0], asked[1]);
+    assert.ok((asked[0]?.[0]?.step ?? 0) >= 32, `asked at step ${asked[0]?.[0]?.step}`);
+  });
+
+  void it("a rank that cannot be launched fails the attempt at once, without waiting for processes that never started", async () => {
+    h.launcher.failNext = "no such interpreter";
+    const job = await h.submit({ failure: { max_restarts: 0 } });
+    await h.stageIn(job.id, "FAILED");
+    assert.match(h.job(job.id).stages[0]?.reason ?? "", /could not start rank 0: no such interpreter/);
+  });
+
+  void it("a spec validated by the caller in this process is not validated again; one from the network is", async () => {
+    const input = h.input();
+    const spec = parseSpec(JSON.parse(input.specJson), { specPath: input.specPath, baseDir: input.baseDir, presets: loadPresets(PRESETS) });
+    const job = await h.service.submit({ ...input, specJson: "{ not json", validated: spec });
+    assert.equal(h.job(job.id).spec.name, "unit");
+    await assert.rejects(h.service.submit({ ...input, specJson: "{ not json" }), /unit\.yaml: not valid JSON/);
+  });
+});
