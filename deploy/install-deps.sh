@@ -10,6 +10,7 @@ packages=(
   python3-numpy python3-pil python3-matplotlib  # data decoding, report plots
   python3-pytest                                # worker tests
   protobuf-compiler protobuf-compiler-grpc      # make gen
+  openssl                                       # clipfleet certs (the fleet CA)
   nats-server openssh-server prometheus iproute2 openssh-client procps  # real servers for tests
 )
 

@@ -22,11 +22,11 @@ import { monitorEventLoopDelay } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import { systemClock } from "../../orchestrator/src/domain/index.js";
 import { openEventBus } from "../../orchestrator/src/events/index.js";
-import { JobLedger, JobLogs, JobService, ORCHESTRATOR_VERSION } from "../../orchestrator/src/jobs/index.js";
+import { JobLedger, JobLogs, JobService } from "../../orchestrator/src/jobs/index.js";
 import { runSynth } from "../../orchestrator/src/launcher/index.js";
 import { PRESETS_PATH, WORKER_RUNTIME_DIR } from "../../orchestrator/src/main.js";
 import { Metrics, serveMetrics } from "../../orchestrator/src/metrics/index.js";
-import { startRpcServer } from "../../orchestrator/src/rpc/index.js";
+import { startWorkerServer } from "../../orchestrator/src/rpc/index.js";
 import { parseInventory, Scheduler } from "../../orchestrator/src/scheduler/index.js";
 import { loadPresets } from "../../orchestrator/src/spec/index.js";
 import { openStore } from "../../orchestrator/src/store/index.js";
@@ -247,8 +247,9 @@ async function main(): Promise<void> {
   const probe = new ReportProbe();
   probe.attach(service);
   const metricsServer = await serveMetrics(metrics, "127.0.0.1:0");
-  const rpc = await startRpcServer("127.0.0.1:0", service, { version: ORCHESTRATOR_VERSION, stateDir, metricsAddress: () => metricsServer.address, store: store.describe(), events: "in-process" });
-  gateway = `127.0.0.1:${rpc.port}`;
+  // Only the worker gateway: the load is ranks' reports (the control API is not exercised here).
+  const rpc = await startWorkerServer("127.0.0.1:0", service, null);
+  gateway = rpc.address;
   await service.start({ reconcile: false });
 
   // From the ledger's records (service.get() clones a job with its thousands of ranks).

@@ -4,7 +4,9 @@
  * metrics servers) meet the job service. The CLI receives `embed` from here
  * and never reaches into the other modules' internals.
  */
-import { mkdirSync, readFileSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { chmodSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { INFO_FILE, runCli, type CliDeps, type EmbedOptions, type EmbeddedOrchestrator, type OrchestratorInfoFile } from "./cli/index.js";
@@ -13,7 +15,8 @@ import { openEventBus } from "./events/index.js";
 import { JobLedger, JobLogs, JobService, ORCHESTRATOR_VERSION } from "./jobs/index.js";
 import { checkNodes, defaultKnownHostsPath, LocalLauncher, resolvePython, runSynth, runWorkerCli, SshLauncher } from "./launcher/index.js";
 import { DEFAULT_RETENTION_SECONDS, Metrics, serveMetrics, type MetricsServer } from "./metrics/index.js";
-import { startRpcServer } from "./rpc/index.js";
+import { AccessLog, ANONYMOUS, loadServerTls, localIdentity } from "./auth/index.js";
+import { startControlServer, startWorkerServer } from "./rpc/index.js";
 import { localInventory, parseInventory, Scheduler, type Node } from "./scheduler/index.js";
 import { loadPresets } from "./spec/index.js";
 import { openStore } from "./store/index.js";
@@ -27,7 +30,7 @@ export const PRESETS_PATH = join(WORKER_RUNTIME_DIR, "clipfleet_worker", "models
 /** Starts an orchestrator in this process: store, events, scheduler, job service, gRPC and metrics servers. */
 export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
   const stateDir = resolve(opts.stateDir);
-  mkdirSync(stateDir, { recursive: true });
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const clock = systemClock;
   const store = await openStore(opts.store ?? "file", stateDir);
   const bus = await openEventBus(opts.nats ?? null);
@@ -38,6 +41,7 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
   const ssh = sshLauncherFor(nodes, opts.knownHosts ?? null);
   const logs = new JobLogs(stateDir);
   const ledger = new JobLedger(store, bus, clock);
+  const tls = opts.tlsDir ? loadServerTls(opts.tlsDir) : null;
   let gateway = "";
   const service = new JobService({
     ledger,
@@ -52,41 +56,49 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
     workerRuntimeDir: WORKER_RUNTIME_DIR,
     python: opts.python ?? process.env.CLIPFLEET_PYTHON ?? null,
     gatewayAddress: () => gateway,
+    gatewayCa: tls ? tls.ca.toString("utf8") : null,
     synthesize: (python, synth, log) => runSynth(python, WORKER_RUNTIME_DIR, synth, log),
     scope: opts.embedded ? new Set(opts.scope ?? []) : null,
   });
   metrics.setSource(service);
   let metricsServer: MetricsServer | null = null;
   if (opts.metricsListen) metricsServer = await serveMetrics(metrics, opts.metricsListen);
-  const rpc = await startRpcServer(opts.listen, service, {
-    version: ORCHESTRATOR_VERSION,
-    stateDir,
-    metricsAddress: () => metricsServer?.address ?? "",
-    store: store.describe(),
-    events: opts.nats ?? "in-process",
-  });
+  if (opts.insecure) metrics.serverInsecure.set(1);
+  const info = { version: ORCHESTRATOR_VERSION, stateDir, metricsAddress: () => metricsServer?.address ?? "", store: store.describe(), events: opts.nats ?? "in-process" };
+  // A server's control API on its TCP address; an embedded orchestrator's on a socket only this user opens.
+  const control = await startControlServer(
+    opts.controlListen ?? `unix:${localSocketPath(stateDir)}`,
+    service,
+    info,
+    { plainIdentity: opts.controlListen && opts.insecure ? ANONYMOUS : localIdentity(), accessLog: new AccessLog(opts.readOnly ? null : join(stateDir, "access.log")), now: () => clock.now() },
+    opts.controlListen ? tls : null,
+  );
+  const workers = await startWorkerServer(opts.listen, service, tls);
   const listenHost = opts.listen.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
   const advertiseHost = opts.advertise ?? (listenHost === "0.0.0.0" || listenHost === "::" ? "127.0.0.1" : listenHost);
-  gateway = `${advertiseHost}:${rpc.port}`;
+  gateway = `${advertiseHost}:${workers.port}`;
+  const controlAddress = control.address.replace(/^(0\.0\.0\.0|\[::\]|::):/, "127.0.0.1:");
   const sweep = setInterval(() => void metrics.sweep(clock.now()), 30_000);
   await service.start({ reconcile: !opts.readOnly });
   const infoFile = join(stateDir, INFO_FILE);
   if (!opts.readOnly) {
-    const info: OrchestratorInfoFile = { address: `${advertiseHost}:${rpc.port}`, pid: process.pid, metricsAddress: metricsServer?.address ?? null, startedAtMs: clock.now() };
-    await writeFileAtomic(infoFile, JSON.stringify(info) + "\n");
+    const record: OrchestratorInfoFile = { address: controlAddress, workerAddress: gateway, tls: tls !== null && opts.controlListen !== null, pid: process.pid, metricsAddress: metricsServer?.address ?? null, startedAtMs: clock.now() };
+    await writeFileAtomic(infoFile, JSON.stringify(record) + "\n", 0o600);
   }
 
   let closing: Promise<void> | null = null;
   return {
     service,
-    address: `${listenHost === "0.0.0.0" ? "127.0.0.1" : listenHost}:${rpc.port}`,
+    address: controlAddress,
+    workerAddress: gateway,
     metricsAddress: metricsServer?.address ?? null,
     close: () => {
       closing ??= (async () => {
         clearInterval(sweep);
         if (!opts.readOnly) rmSync(infoFile, { force: true });
         await service.close();
-        await rpc.close();
+        await control.close();
+        await workers.close();
         await local.close();
         await ssh?.close();
         await metricsServer?.close();
@@ -97,6 +109,22 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
       return closing;
     },
   };
+}
+
+/**
+ * Where an embedded orchestrator's control socket lives: in its state dir,
+ * unless that path is too long for a socket address (about 100 bytes), then
+ * in a private folder under the temp dir. The name carries the pid, so a
+ * read-only orchestrator beside a running one never takes its socket.
+ */
+function localSocketPath(stateDir: string): string {
+  const name = `control-${process.pid}.sock`;
+  const inState = join(stateDir, name);
+  if (Buffer.byteLength(inState) <= 100) return inState;
+  const dir = join(tmpdir(), `clipfleet-${process.getuid?.() ?? 0}`);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  chmodSync(dir, 0o700);
+  return join(dir, `${randomBytes(6).toString("hex")}-${name}`);
 }
 
 /** The inventory file's nodes, or this machine alone. */

@@ -84,7 +84,7 @@ void describe("worker authentication", () => {
     const { parse } = await import("yaml");
     const job = await orch.service.submit({ specJson: JSON.stringify(parse(readFileSync(spec, "utf8"))), specPath: spec, baseDir: tmp.dir });
     await waitFor("the job to start", () => orch.service.get(job.id).state === "RUNNING", 120_000);
-    const client = dynamicGatewayClient(orch.address);
+    const client = dynamicGatewayClient(orch.workerAddress);
     try {
       const none = await register(client, job.id, null);
       assert.equal(none?.code, grpc.status.UNAUTHENTICATED);

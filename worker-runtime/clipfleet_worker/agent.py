@@ -53,6 +53,8 @@ class WorkerEnv:
     stage: str
     attempt: int
     rank: int
+    # PEM of the CA that signed the orchestrator's worker-gateway certificate; empty: a plain connection.
+    tls_ca: str = ""
 
     @staticmethod
     def from_environ(environ: dict[str, str] | None = None, stdin_token: Callable[[], str] | None = None) -> "WorkerEnv":
@@ -71,6 +73,7 @@ class WorkerEnv:
             stage=env["CLIPFLEET_STAGE"],
             attempt=int(env["CLIPFLEET_ATTEMPT"]),
             rank=int(env["CLIPFLEET_RANK"]),
+            tls_ca=env.get("CLIPFLEET_TLS_CA", ""),
         )
 
 
@@ -108,15 +111,18 @@ class Agent:
 
     def __init__(self, env: WorkerEnv) -> None:
         self.env = env
-        self.channel = grpc.insecure_channel(
-            env.address,
-            options=[
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", 5_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ],
-        )
+        options = [
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ]
+        if env.tls_ca:
+            # The gateway serves TLS: the job token then never crosses the network in clear.
+            creds = grpc.ssl_channel_credentials(root_certificates=env.tls_ca.encode())
+            self.channel = grpc.secure_channel(env.address, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(env.address, options=options)
         self.stub = pb_grpc.WorkerGatewayStub(self.channel)
         self.metadata = (("authorization", f"Bearer {env.token}"),)
         self.commands = Commands()

@@ -142,6 +142,28 @@ def _is_collective_failure(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and any(m in text for m in _COLLECTIVE_MARKERS)
 
 
+# The orchestrator keeps a failure's message and traceback at most this long (domain/limits.ts);
+# a real exception can carry megabytes (str() of a huge tensor), so they are cut here first.
+MAX_FAILURE_MESSAGE_BYTES = 4 * 1024
+MAX_TRACEBACK_BYTES = 16 * 1024
+
+
+def _head(text: str, limit: int) -> str:
+    """The first `limit` bytes of `text` as UTF-8, marked when cut."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[: limit - 15].decode("utf-8", "ignore") + " [...truncated]"
+
+
+def _tail(text: str, limit: int) -> str:
+    """The last `limit` bytes of `text` as UTF-8 (a traceback's end names the error), marked when cut."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return "[...truncated] " + data[len(data) - (limit - 15):].decode("utf-8", "ignore")
+
+
 def _report(agent: Agent, err: BaseException, kind: str, step: int) -> None:
     tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     # The step being run when it failed (the agent knows the last completed one).
@@ -152,8 +174,8 @@ def _report(agent: Agent, err: BaseException, kind: str, step: int) -> None:
         pb.WorkerMessage(
             failure=pb.WorkerFailure(
                 kind=kind,
-                message=f"{type(err).__name__}: {err}",
-                traceback=tb,
+                message=_head(f"{type(err).__name__}: {err}", MAX_FAILURE_MESSAGE_BYTES),
+                traceback=_tail(tb, MAX_TRACEBACK_BYTES),
                 step=failed_step,
                 fingerprint=failure_fingerprint(err),
             )

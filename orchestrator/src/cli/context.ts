@@ -3,16 +3,23 @@
  * one mapping from errors to exit codes, and output helpers.
  */
 import { ClipfleetError, type ErrorCode, type NodeCheck } from "../domain/index.js";
-import { ControlClient } from "../client/index.js";
+import { loadClientTls } from "../auth/index.js";
+import { ControlClient, type ClientTls } from "../client/index.js";
 import type { JobService } from "../jobs/index.js";
 
 /** Exit codes users' scripts rely on. */
-export const EXIT = { OK: 0, JOB_FAILED: 1, INVALID: 2, UNREACHABLE: 3 } as const;
+export const EXIT = { OK: 0, JOB_FAILED: 1, INVALID: 2, UNREACHABLE: 3, NOT_ALLOWED: 4 } as const;
 
 /** Options of an orchestrator embedded in the CLI process (run, resume) or started by `server`. */
 export interface EmbedOptions {
   stateDir: string;
+  /** Where the worker gateway listens (HOST:PORT, port 0: any): the address ranks dial. */
   listen: string;
+  /**
+   * Where the control API listens (HOST:PORT) for a server; null or absent:
+   * a Unix socket in the state dir that only this user can open (embedded).
+   */
+  controlListen?: string | null;
   advertise?: string | null;
   metricsListen?: string | null;
   store?: string | null;
@@ -20,6 +27,10 @@ export interface EmbedOptions {
   inventory?: string | null;
   knownHosts?: string | null;
   python?: string | null;
+  /** ca.crt, server.crt, server.key: mutual TLS on the control port, TLS on the worker port. */
+  tlsDir?: string | null;
+  /** A server without TLS on purpose: every caller is an anonymous admin (a warning, and clipfleet_server_insecure 1). */
+  insecure?: boolean;
   /** true for run/resume: only jobs of this invocation are scheduled. */
   embedded: boolean;
   scope?: string[];
@@ -30,8 +41,10 @@ export interface EmbedOptions {
 
 export interface EmbeddedOrchestrator {
   readonly service: JobService;
-  /** host:port of the gRPC server (control API and worker gateway). */
+  /** What the control API's clients dial: host:port (a server) or unix:PATH (embedded). */
   readonly address: string;
+  /** host:port ranks dial for the worker gateway. */
+  readonly workerAddress: string;
   readonly metricsAddress: string | null;
   close(): Promise<void>;
 }
@@ -55,6 +68,7 @@ export interface GlobalArgs {
   json: boolean;
   verbose: boolean;
   python?: string;
+  "tls-dir"?: string;
 }
 
 const CODE_TO_EXIT: Record<ErrorCode, number> = {
@@ -64,6 +78,7 @@ const CODE_TO_EXIT: Record<ErrorCode, number> = {
   NOT_FOUND: EXIT.UNREACHABLE,
   UNAVAILABLE: EXIT.UNREACHABLE,
   UNAUTHENTICATED: EXIT.INVALID,
+  PERMISSION_DENIED: EXIT.NOT_ALLOWED,
   FENCED: EXIT.JOB_FAILED,
   JOB_FAILED: EXIT.JOB_FAILED,
   INTERNAL: EXIT.JOB_FAILED,
@@ -80,9 +95,15 @@ export async function connect(args: GlobalArgs): Promise<ControlClient> {
   if (!address) {
     throw new ClipfleetError("UNAVAILABLE", "no orchestrator to talk to: pass --server HOST:PORT or set CLIPFLEET_SERVER (or use `clipfleet run` to run a spec without a server)");
   }
-  const client = new ControlClient(address);
+  const client = new ControlClient(address, undefined, clientTls(args));
   await client.ping();
   return client;
+}
+
+/** The client identity of --tls-dir or CLIPFLEET_TLS_DIR (ca.crt, client.crt, client.key), or null for a plain connection. */
+export function clientTls(args: GlobalArgs): ClientTls | null {
+  const dir = args["tls-dir"] ?? process.env.CLIPFLEET_TLS_DIR;
+  return dir ? loadClientTls(dir) : null;
 }
 
 /** Writes one line to stdout. */

@@ -1,9 +1,11 @@
 /** Options shared by the commands that start an orchestrator (run, resume without --server, server). */
 import type { Argv } from "yargs";
+import { InvalidArgumentError } from "../domain/index.js";
 import type { EmbedOptions, GlobalArgs } from "./context.js";
 
 export interface OrchestratorArgs {
   listen: string;
+  "worker-listen"?: string;
   "metrics-listen"?: string;
   "metrics-retention"?: number;
   store?: string;
@@ -11,24 +13,50 @@ export interface OrchestratorArgs {
   inventory?: string;
   "known-hosts"?: string;
   advertise?: string;
+  insecure?: boolean;
 }
 
-export function orchestratorOptions<T extends GlobalArgs>(y: Argv<T>, defaultListen: string): Argv<T & OrchestratorArgs> {
-  return y
-    .option("listen", { type: "string", default: defaultListen, describe: "gRPC address to serve the control API and the worker gateway on (HOST:PORT, port 0: any)" })
+/**
+ * The options of an orchestrator. A server's --listen is its control API
+ * (users) and --worker-listen its worker gateway (ranks); an embedded
+ * orchestrator's control API is a socket in the state dir for its own user,
+ * so its --listen is where ranks dial.
+ */
+export function orchestratorOptions<T extends GlobalArgs>(y: Argv<T>, defaultListen: string, kind: "server" | "embedded"): Argv<T & OrchestratorArgs> {
+  const base =
+    kind === "server"
+      ? y
+          .option("listen", { type: "string", default: defaultListen, describe: "address of the control API, for users and the CLI (HOST:PORT)" })
+          .option("worker-listen", { type: "string", describe: "address of the worker gateway, for ranks (HOST:PORT; default: the --listen host, any free port)" })
+          .option("insecure", { type: "boolean", default: false, describe: "serve a non-loopback address without TLS: no authentication, every caller is an admin (not for a shared network)" })
+      : y.option("listen", {
+          type: "string",
+          default: defaultListen,
+          describe: "address of the worker gateway ranks dial (HOST:PORT, port 0: any); the control API is a socket in the state dir, for this user only",
+        });
+  return base
     .option("metrics-listen", { type: "string", describe: "serve Prometheus metrics on HOST:PORT (/metrics)" })
     .option("metrics-retention", { type: "number", describe: "seconds a finished job's metric series stay exported (default 3600)" })
     .option("store", { type: "string", describe: "job store: file (default, under --state-dir) or nats://HOST:PORT (JetStream key-value)" })
     .option("nats", { type: "string", describe: "publish job events on NATS at this URL (subjects clipfleet.jobs.<id>.events)" })
     .option("inventory", { type: "string", describe: "nodes.yaml describing the fleet (default: this machine)" })
     .option("known-hosts", { type: "string", describe: "known_hosts file for SSH nodes (default ~/.ssh/known_hosts)" })
-    .option("advertise", { type: "string", describe: "host workers use to reach this orchestrator (default: the listen host)" });
+    .option("advertise", { type: "string", describe: "host workers use to reach this orchestrator (default: the worker gateway's listen host)" });
+}
+
+/** The host of HOST:PORT (brackets of an IPv6 address removed). */
+export function hostOf(address: string): string {
+  return address.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
+}
+
+/** Whether a listen host is reachable only from this machine. */
+export function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 
 export function embedOptions(args: GlobalArgs & OrchestratorArgs, embedded: boolean, scope: string[] = []): EmbedOptions {
-  return {
+  const common = {
     stateDir: args["state-dir"],
-    listen: args.listen,
     advertise: args.advertise ?? null,
     metricsListen: args["metrics-listen"] ?? null,
     metricsRetentionSeconds: args["metrics-retention"],
@@ -40,4 +68,16 @@ export function embedOptions(args: GlobalArgs & OrchestratorArgs, embedded: bool
     embedded,
     scope,
   };
+  if (embedded) return { ...common, listen: args.listen, controlListen: null };
+  const tlsDir = args["tls-dir"] ?? process.env.CLIPFLEET_TLS_DIR ?? null;
+  const workerListen = args["worker-listen"] ?? `${args.listen.replace(/:\d+$/, "")}:0`;
+  // Secure by default: a server others can reach authenticates them, unless told not to.
+  const exposed = [args.listen, workerListen].find((a) => !isLoopback(hostOf(a)));
+  if (exposed && !tlsDir && !args.insecure) {
+    throw new InvalidArgumentError(
+      `--listen: ${exposed} is reachable from other machines, and no --tls-dir was given: make certificates with \`clipfleet certs init --dir DIR --host HOST\` and pass --tls-dir DIR (or --insecure to serve without authentication)`,
+      "listen",
+    );
+  }
+  return { ...common, listen: workerListen, controlListen: args.listen, tlsDir, insecure: args.insecure === true };
 }

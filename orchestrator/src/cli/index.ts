@@ -9,6 +9,7 @@ import type { CliState, Command } from "./command.js";
 import { EXIT, exitCodeOf, type CliDeps, type GlobalArgs } from "./context.js";
 import { auditCommand } from "./commands/audit.js";
 import { cancelCommand } from "./commands/cancel.js";
+import { certsCommand } from "./commands/certs.js";
 import { checkpointCommand, checkpointsCommand } from "./commands/checkpoint.js";
 import { cordonCommand, uncordonCommand } from "./commands/cordon.js";
 import { completionCommand } from "./commands/completion.js";
@@ -33,6 +34,7 @@ export { INFO_FILE, type OrchestratorInfoFile } from "./offline.js";
 const COMMANDS: Command<never>[] = [
   runCommand,
   serverCommand,
+  certsCommand,
   submitCommand,
   statusCommand,
   listCommand,
@@ -74,6 +76,7 @@ export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
     .option("state-dir", { type: "string", default: ".clipfleet", describe: "where an embedded orchestrator keeps jobs, logs and checkpoints", global: true })
     .option("json", { type: "boolean", default: false, describe: "machine-readable output", global: true })
     .option("verbose", { type: "boolean", default: false, describe: "show stack traces of errors", global: true })
+    .option("tls-dir", { type: "string", describe: "client identity for a server with TLS: a folder with ca.crt, client.crt, client.key (default: $CLIPFLEET_TLS_DIR; `clipfleet certs issue` makes one)", global: true })
     .option("python", { type: "string", describe: "worker interpreter with torch (default: $CLIPFLEET_PYTHON, else the first of python3, /usr/bin/python3 that imports torch)", global: true })
     // Hidden: answers the script's --get-yargs-completions; the visible `completion` command prints the script.
     .completion(COMPLETION_HIDDEN_COMMAND, false)
@@ -84,7 +87,7 @@ export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
     .help()
     .alias("h", "help")
     .wrap(Math.min(110, process.stdout.columns || 100))
-    .epilogue("Exit codes: 0 succeeded, 1 the job failed, 2 invalid input, 3 orchestrator unreachable or job not found.")
+    .epilogue("Exit codes: 0 succeeded, 1 the job failed, 2 invalid input, 3 orchestrator unreachable or job not found, 4 not allowed (your identity's role is too low).")
     .fail((msg, err) => {
       // Usage errors (a missing argument, an unknown flag) are invalid input: exit 2.
       throw err ?? new InvalidArgumentError(usageMessage(msg, argv, modules));

@@ -8,11 +8,16 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ControlClient } from "../client/index.js";
 import { ClipfleetError } from "../domain/index.js";
-import { connect, note, type CliDeps, type GlobalArgs } from "./context.js";
+import { clientTls, connect, note, type CliDeps, type GlobalArgs } from "./context.js";
 
 /** What a running orchestrator writes into its state dir so CLI commands can find it. */
 export interface OrchestratorInfoFile {
+  /** The control API: unix:PATH (embedded) or host:port (a server). */
   address: string;
+  /** host:port of the worker gateway. */
+  workerAddress?: string;
+  /** Whether the control API wants a client certificate (--tls-dir). */
+  tls?: boolean;
   pid: number;
   metricsAddress: string | null;
   startedAtMs: number;
@@ -32,7 +37,7 @@ export async function connectOrOpen(deps: CliDeps, args: GlobalArgs, fn: (client
   }
   const info = readInfo(args["state-dir"]);
   if (info && pidAlive(info.pid)) {
-    const client = new ControlClient(info.address);
+    const client = clientFor(info, args);
     try {
       await client.ping(3000);
       await fn(client);
@@ -65,7 +70,7 @@ export async function connectLive(args: GlobalArgs): Promise<ControlClient> {
   if (args.server ?? process.env.CLIPFLEET_SERVER) return connect(args);
   const info = readInfo(args["state-dir"]);
   if (info && pidAlive(info.pid)) {
-    const client = new ControlClient(info.address);
+    const client = clientFor(info, args);
     try {
       await client.ping(3000);
       return client;
@@ -78,6 +83,11 @@ export async function connectLive(args: GlobalArgs): Promise<ControlClient> {
     "UNAVAILABLE",
     `no orchestrator is running on ${args["state-dir"]} and no --server was given (a stopped job can be continued with \`clipfleet resume\`)`,
   );
+}
+
+/** A client for the orchestrator an info file names: its local socket, or a server's port (with TLS when it wants it). */
+function clientFor(info: OrchestratorInfoFile, args: GlobalArgs): ControlClient {
+  return new ControlClient(info.address, undefined, info.tls ? clientTls(args) : null);
 }
 
 function readInfo(stateDir: string): OrchestratorInfoFile | null {

@@ -24,6 +24,7 @@ export function jobSummary(job: Job): Record<string, unknown> {
     name: job.name,
     state: stateName(job.state),
     reason: job.reason,
+    submittedBy: job.submittedBy,
     steps: job.stages.reduce((a, s) => a + (s.progress?.step ?? 0), 0),
     totalSteps: job.stages.reduce((a, s) => a + (s.progress?.totalSteps ?? 0), 0),
     samplesSeen: job.stages.reduce((a, s) => a + (s.progress?.samplesSeen ?? 0), 0),
@@ -76,6 +77,7 @@ function ago(ms: number, now: number): string {
 export function renderStatus(job: Job, now: number): string {
   const lines: string[] = [];
   lines.push(`job ${job.id} (${job.name}): ${stateName(job.state)}${job.reason ? ` - ${job.reason}` : ""}`);
+  if (job.submittedBy) lines.push(`submitted by ${job.submittedBy} ${ago(job.createdAtMs, now)}`);
   if (job.pendingReason) lines.push(`waiting: ${job.pendingReason}`);
   lines.push("");
   lines.push(

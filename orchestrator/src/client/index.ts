@@ -26,7 +26,7 @@ import {
   type StepHistoryResponse,
 } from "../gen/clipfleet/v1/control.js";
 
-const CODES: readonly ErrorCode[] = ["INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "UNAVAILABLE", "UNAUTHENTICATED", "FENCED", "JOB_FAILED", "ENVIRONMENT", "INTERNAL"];
+const CODES: readonly ErrorCode[] = ["INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "UNAVAILABLE", "UNAUTHENTICATED", "PERMISSION_DENIED", "FENCED", "JOB_FAILED", "ENVIRONMENT", "INTERNAL"];
 
 /** A clipfleet error for a failed call, naming the server address when it cannot be reached. */
 export function fromServiceError(err: ServiceError, address: string): ClipfleetError {
@@ -54,24 +54,36 @@ export function fromServiceError(err: ServiceError, address: string): ClipfleetE
 
 type Unary<Req, Res> = (req: Req, md: Metadata, opts: { deadline: Date }, cb: (err: ServiceError | null, res: Res) => void) => unknown;
 
+/** A client identity for a server with --tls-dir: the CA to trust and this client's certificate and key (PEM). */
+export interface ClientTls {
+  readonly ca: Buffer;
+  readonly cert: Buffer;
+  readonly key: Buffer;
+}
+
 export class ControlClient {
   private readonly client: InstanceType<typeof ControlServiceClient>;
 
   constructor(
     readonly address: string,
     private readonly timeoutMs = 30_000,
+    private readonly tls: ClientTls | null = null,
   ) {
-    this.client = new ControlServiceClient(address, credentials.createInsecure(), {
+    const creds = tls ? credentials.createSsl(tls.ca, tls.key, tls.cert) : credentials.createInsecure();
+    this.client = new ControlServiceClient(address, creds, {
       "grpc.max_receive_message_length": 64 * 1024 * 1024,
     });
   }
 
-  /** Fails fast with UNAVAILABLE (exit 3) when nothing answers at the address. */
+  /** Fails fast with UNAVAILABLE (exit 3) when nothing answers at the address (or refuses this client's TLS). */
   async ping(timeoutMs = 5000): Promise<ServerInfo> {
     await new Promise<void>((resolve, reject) => {
       this.client.waitForReady(new Date(Date.now() + timeoutMs), (err) => {
-        if (err) reject(new UnavailableError(`cannot reach the orchestrator at ${this.address} (is \`clipfleet server\` running?)`));
-        else resolve();
+        if (!err) return resolve();
+        const hint = this.tls
+          ? "is `clipfleet server` running, and does it trust this client certificate's CA?"
+          : "is `clipfleet server` running? a server with --tls-dir needs --tls-dir or CLIPFLEET_TLS_DIR here";
+        reject(new UnavailableError(`cannot reach the orchestrator at ${this.address} (${hint})`));
       });
     });
     return this.call(this.client.getServerInfo.bind(this.client), {});

@@ -3,7 +3,7 @@
  * indexing), the data plan (which samples each step and rank consume), data
  * cursors, and the exactly-once audit.
  */
-export { expandShardPattern } from "./patterns.js";
+export { expandShardPattern } from "../domain/index.js";
 export { countTarSamples, firstSamples, sampleKeyOf, TarReader, type TarEntry, type TarSample } from "./tar.js";
 export {
   checkFraction,

@@ -11,8 +11,7 @@
  */
 import { readdir, readFile } from "node:fs/promises";
 import { basename, dirname, resolve } from "node:path";
-import { InvalidArgumentError } from "../domain/index.js";
-import { expandShardPattern } from "./patterns.js";
+import { expandShardPattern, InvalidArgumentError } from "../domain/index.js";
 import { countTarSamples, firstSamples, ioError, statFile, TarReader } from "./tar.js";
 
 /** One shard of a manifest (the wire's `Shard`). */

@@ -15,6 +15,8 @@ export type ErrorCode =
   | "UNAVAILABLE"
   /** Missing or wrong job token. gRPC UNAUTHENTICATED. */
   | "UNAUTHENTICATED"
+  /** The caller's identity may not make this call (its role is too low). Exit 4, gRPC PERMISSION_DENIED. */
+  | "PERMISSION_DENIED"
   /** A worker of an attempt that is over (fencing). gRPC FAILED_PRECONDITION. */
   | "FENCED"
   /** The job ran and failed. Exit 1. */
@@ -64,6 +66,13 @@ export class UnavailableError extends ClipfleetError {
 export class UnauthenticatedError extends ClipfleetError {
   constructor(message: string) {
     super("UNAUTHENTICATED", message);
+  }
+}
+
+/** A call the caller's role does not allow; the message names the role needed. */
+export class PermissionDeniedError extends ClipfleetError {
+  constructor(message: string) {
+    super("PERMISSION_DENIED", message);
   }
 }
 

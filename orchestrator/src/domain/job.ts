@@ -154,4 +154,6 @@ export interface JobRecord {
   recentEvents: JobEvent[];
   /** Set when a user asked to cancel; the cancel completes when no stage is active. */
   cancelRequested: { checkpoint: boolean; atMs: number } | null;
+  /** Who submitted the job (the client identity's name); absent in records written before it was kept. */
+  submittedBy?: string;
 }

@@ -4,7 +4,7 @@
  * sources present, outside init checkpoints intact), and only then persisted
  * as a PENDING job. Nothing is persisted on bad input.
  */
-import { InvalidArgumentError, newJobId, type JobEvent, type JobRecord, type JobSpec } from "../domain/index.js";
+import { InvalidArgumentError, MAX_SPEC_BYTES, newJobId, type JobEvent, type JobRecord, type JobSpec } from "../domain/index.js";
 import { peekCaptionSources } from "../data/index.js";
 import { parseSpec } from "../spec/index.js";
 import type { CheckpointRefs } from "./checkpoint-refs.js";
@@ -24,6 +24,8 @@ export interface SubmitInput {
    * validated twice. Never set from the network: the rpc layer does not.
    */
   readonly validated?: JobSpec;
+  /** Who submits it (the caller's identity), recorded on the job. */
+  readonly submittedBy?: string;
 }
 
 export class Admission {
@@ -44,6 +46,7 @@ export class Admission {
     await this.preflight(spec, where);
     const now = this.ctx.now();
     const job = newJobRecord(spec, newJobId(new Date(now)), now);
+    if (input.submittedBy) job.submittedBy = input.submittedBy;
     const event: JobEvent = {
       schemaVersion: 1,
       seq: 0,
@@ -60,11 +63,14 @@ export class Admission {
     job.recentEvents.push(event);
     job.nextEventSeq = 1;
     await this.ctx.ledger.create(job, [event]);
-    this.ctx.log(job.id, "", 0, `job ${job.id} (${spec.name}) submitted with ${spec.stages.length} stage(s)`);
+    this.ctx.log(job.id, "", 0, `job ${job.id} (${spec.name}) submitted${input.submittedBy ? ` by ${input.submittedBy}` : ""} with ${spec.stages.length} stage(s)`);
     return job;
   }
 
   private validate(input: SubmitInput, where: string): JobSpec {
+    // The CLI checks this too; a client of the API may not, and the server must not parse a 60 MB spec.
+    const bytes = Buffer.byteLength(input.specJson, "utf8");
+    if (bytes > MAX_SPEC_BYTES) throw new InvalidArgumentError(`${where}: the spec is ${(bytes / 1048576).toFixed(1)} MiB, more than the limit of 1 MiB`, "spec_json");
     let raw: unknown;
     try {
       raw = JSON.parse(input.specJson);

@@ -11,7 +11,7 @@ import type { Manifest, DataPlan } from "../data/index.js";
 import type { CheckpointRef, CheckpointWritten, EvalResult, Heartbeat, StepReport, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
 import type { ExitInfo } from "../launcher/index.js";
 import type { Placement } from "../scheduler/index.js";
-import { causeOfExit, causeOfReport, hangBoundSeconds, isSecondary, type FailureCause } from "./policy.js";
+import { boundedReport, causeOfExit, causeOfReport, hangBoundSeconds, isSecondary, type FailureCause } from "./policy.js";
 import type { RankRuntime, SessionHandle } from "./runtime.js";
 
 /** How long a secondary failure signal waits for the primary one. */
@@ -311,13 +311,14 @@ export class Attempt {
         rank.step = rep.step;
         rank.lastProgressMs = now;
         rank.phase = "training";
-        rank.stepSeconds.push(rep.stepSeconds);
+        // A NaN duration would make the hang bound NaN, and no hang would ever be detected.
+        if (Number.isFinite(rep.stepSeconds) && rep.stepSeconds >= 0) rank.stepSeconds.push(rep.stepSeconds);
         if (rank.stepSeconds.length > 200) rank.stepSeconds.shift();
         this.skippedSamples += rep.skippedSamples;
         if (rank.rank === 0) {
           // Rank 0 speaks for the stage: the loss is all-reduced, so every rank has the same.
           this.lastReport = rep;
-          this.firstLoss ??= rep.loss;
+          if (Number.isFinite(rep.loss)) this.firstLoss ??= rep.loss;
         }
         this.hooks.step(this, rank, rep, now);
         if (rank.rank === 0) {
@@ -333,7 +334,7 @@ export class Attempt {
         this.hooks.eval(this, rank, body.value);
         return;
       case "failure": {
-        const f = body.value;
+        const f = boundedReport(body.value);
         this.log(`rank ${rank.rank} reported ${f.kind}: ${f.message}`);
         // The report comes before the rank closes its session and exits: it is the cause to act on.
         const cause = causeOfReport(rank.rank, f, this.attempt, now);

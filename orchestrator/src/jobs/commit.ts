@@ -4,7 +4,8 @@
  * attempt has reported a step, the orchestrator writes the manifest (the
  * commit), records the checkpoint, tells the ranks, and applies retention.
  */
-import { join } from "node:path";
+import { lstatSync } from "node:fs";
+import { isAbsolute, join, normalize, resolve, sep } from "node:path";
 import type { CheckpointRecord, JobRecord, StageSpec } from "../domain/index.js";
 import { checkpointDirName, commitManifest, removeCheckpointDir, retentionVictims, type CheckpointManifest } from "../checkpoints/index.js";
 import type { CheckpointWritten } from "../gen/clipfleet/v1/worker.js";
@@ -24,6 +25,17 @@ export class CheckpointCommit {
 
   /** Collects a rank's report; commits when it is the attempt's last one for that step. */
   written(a: Attempt, rank: RankRuntime, rep: CheckpointWritten, onError: (err: unknown) => void): void {
+    // A rank runs the user's code: the files it names must be its own, inside the checkpoint directory.
+    const expectedDir = join(a.facts.checkpointRoot, checkpointDirName(rep.step, a.attempt));
+    if (rep.dir !== expectedDir) {
+      a.fail({ kind: "fatal", message: `rank ${rank.rank} reported checkpoint directory ${JSON.stringify(rep.dir.slice(0, 200))} for step ${rep.step}, expected ${expectedDir}` });
+      return;
+    }
+    const stray = rep.files.find((f) => !confined(expectedDir, f.path));
+    if (stray) {
+      a.fail({ kind: "fatal", message: `rank ${rank.rank} reported a checkpoint file outside its directory: ${JSON.stringify(stray.path.slice(0, 200))}` });
+      return;
+    }
     let byStep = this.pending.get(a);
     if (!byStep) {
       byStep = new Map();
@@ -110,5 +122,23 @@ export class CheckpointCommit {
         }
       }
     });
+  }
+}
+
+/**
+ * Whether `path` names a regular file inside `dir`: relative, without `..`
+ * or a NUL, and not a symbolic link (which could point anywhere: its target
+ * would be hashed and verified on every resume).
+ */
+export function confined(dir: string, path: string): boolean {
+  if (path === "" || path.includes("\0") || isAbsolute(path)) return false;
+  const normal = normalize(path);
+  if (normal === ".." || normal.startsWith(`..${sep}`) || normal.split(sep).includes("..")) return false;
+  const full = resolve(dir, normal);
+  if (!full.startsWith(resolve(dir) + sep)) return false;
+  try {
+    return lstatSync(full).isFile();
+  } catch {
+    return false;
   }
 }

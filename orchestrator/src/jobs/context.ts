@@ -37,6 +37,8 @@ export interface JobServiceDeps {
   readonly resolvePython?: (explicit: string | null) => Promise<string>;
   /** Address workers dial (host:port of the worker gateway), known once the server listens. */
   readonly gatewayAddress: () => string;
+  /** PEM of the CA that signed the worker gateway's certificate, when it serves TLS (ranks get it as CLIPFLEET_TLS_CA). */
+  readonly gatewayCa?: string | null;
   /** Generates a synthetic dataset (python -m clipfleet_worker synth). */
   readonly synthesize: (python: string, synth: NonNullable<StageSpec["data"]["synth"]>, log: (line: string) => void) => Promise<void>;
   /**

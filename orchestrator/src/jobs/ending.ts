@@ -160,7 +160,7 @@ export class Ending {
     if (!clean) await this.teardown(a, "finished; stragglers killed");
     this.ctx.live.forgetSessions(a);
     const fin = a.ranks[0]?.finished;
-    const metrics = { ...(fin?.metrics ?? {}) };
+    const metrics = this.progress.bounded(a, fin?.metrics ?? {});
     await this.ctx.ledger.transition(a.jobId, a.stage, "SUCCEEDED", `finished ${fin?.step ?? a.totalSteps} steps`, {
       attempt: a.attempt,
       data: { finalParamsSha256: fin?.finalParamsSha256 ?? "", metrics },

@@ -86,6 +86,9 @@ export class Gateway {
     if (!s) throw new FencedError(`unknown or expired session ${req.sessionId}`);
     this.authenticate(s.attempt.jobId, token);
     const { attempt: a, rank } = s;
+    if (req.split !== "" && req.split !== "train") {
+      throw new InvalidArgumentError(`split: only "train" has a plan (evaluation reads data.val in full), got ${JSON.stringify(req.split.slice(0, 32))}`, "split");
+    }
     if (!a.facts.plan) throw new FailedPreconditionError(`stage ${a.stage} has no training data plan`);
     const end = Math.min(a.totalSteps, req.fromStep + Math.min(req.count, MAX_PLAN_STEPS));
     const steps = [];

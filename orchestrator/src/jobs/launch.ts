@@ -148,8 +148,20 @@ export class Launch {
     });
     this.ctx.live.add(a);
     this.ctx.metrics.attemptStarted(job.id, p.stage, totalSteps);
+    // A cancel that arrived while the attempt was being set up found no live attempt to stop:
+    // it is persisted on the job, so read it here and start nothing.
+    if (ledger.get(job.id).cancelRequested) {
+      this.neverStarted(a, 0);
+      this.hooks.stopRequested(a, "cancelled while the attempt was starting");
+      return;
+    }
 
     for (const r of ranks) {
+      // Ended (stopped, failed) while earlier ranks were being launched: the rest never start.
+      if (a.over) {
+        this.neverStarted(a, r.rank);
+        return;
+      }
       try {
         r.proc = await r.launcher.launch({
           jobId: job.id,
@@ -168,12 +180,10 @@ export class Launch {
           },
         });
         r.pid = r.proc.pid;
+        // The attempt ended while this rank was being started: its teardown did not see this process.
+        if (a.over) await r.proc.signal("SIGKILL").catch(() => undefined);
       } catch (err) {
-        // This rank and the ones after it never ran: nothing of theirs will exit.
-        for (const rest of ranks.slice(r.rank)) {
-          rest.exit = { code: null, signal: null };
-          a.processGone();
-        }
+        this.neverStarted(a, r.rank);
         const msg = err instanceof Error ? err.message : String(err);
         a.fail(r.node.launcher === "ssh" ? { kind: "node", rank: r.rank, node: r.node.name, message: msg } : { kind: "fatal", message: `could not start rank ${r.rank}: ${msg}` });
         return;
@@ -183,6 +193,14 @@ export class Launch {
       const rec = j.stages.find((s) => s.name === p.stage)?.attempts.find((x) => x.number === attempt);
       for (const rr of rec?.ranks ?? []) rr.pid = ranks[rr.rank]?.pid ?? null;
     });
+  }
+
+  /** Ranks from `from` on will never run: nothing of theirs will exit, so they count as gone. */
+  private neverStarted(a: Attempt, from: number): void {
+    for (const r of a.ranks.slice(from)) {
+      r.exit = { code: null, signal: null };
+      a.processGone();
+    }
   }
 
   /**
@@ -206,6 +224,8 @@ export class Launch {
       PYTHONUNBUFFERED: "1",
       OMP_NUM_THREADS: threads,
       CLIPFLEET_THREADS: threads,
+      // Public: the CA that signed the gateway's certificate, so the rank dials it over TLS.
+      ...(this.ctx.deps.gatewayCa ? { CLIPFLEET_TLS_CA: this.ctx.deps.gatewayCa } : {}),
     };
   }
 

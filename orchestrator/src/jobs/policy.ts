@@ -3,7 +3,7 @@
  * how many ranks; and what counts as the user's own bug. Kept apart from the
  * machinery so each rule has a unit test with no processes and no clock.
  */
-import type { FailureRecord, FailureSpec, StageRecord } from "../domain/index.js";
+import { MAX_FAILURE_MESSAGE_BYTES, MAX_TRACEBACK_BYTES, truncateHead, truncateTail, type FailureRecord, type FailureSpec, type StageRecord } from "../domain/index.js";
 import type { ExitInfo } from "../launcher/index.js";
 
 /** Why an attempt ended badly. */
@@ -115,6 +115,17 @@ export interface ReportedFailure {
   readonly traceback: string;
   readonly step: number;
   readonly fingerprint: string;
+}
+
+/** A rank's report with its message and traceback cut to the limits (the worker cuts them too; a rank is not trusted to). */
+export function boundedReport(f: ReportedFailure): ReportedFailure {
+  return {
+    kind: truncateHead(f.kind, 64),
+    message: truncateHead(f.message, MAX_FAILURE_MESSAGE_BYTES),
+    traceback: truncateTail(f.traceback, MAX_TRACEBACK_BYTES),
+    step: f.step,
+    fingerprint: truncateHead(f.fingerprint, 128),
+  };
 }
 
 /**

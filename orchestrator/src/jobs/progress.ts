@@ -6,11 +6,12 @@
  * record with its running attempts' progress laid over it.
  */
 import { appendFileSync } from "node:fs";
-import type { JobRecord, ProgressRecord, StageRecord } from "../domain/index.js";
+import { boundedMetrics, type JobRecord, type ProgressRecord, type StageRecord } from "../domain/index.js";
 import type { EvalResult, Heartbeat, StepReport } from "../gen/clipfleet/v1/worker.js";
 import type { Attempt } from "./attempt.js";
 import type { JobContext } from "./context.js";
 import type { Datasets } from "./datasets.js";
+import { stageRecordOf } from "./records.js";
 import { rankRecordFields, type RankRuntime } from "./runtime.js";
 import { appendStepPoint, stepHistoryPath, stepPointOf, type StepPointRecord } from "./step-history.js";
 
@@ -28,15 +29,23 @@ export class Progress {
   step(a: Attempt, rank: RankRuntime, rep: StepReport, now: number): void {
     const m = this.ctx.metrics;
     const labels = { job: a.jobId, stage: a.stage };
-    m.stepDuration.observe({ ...labels, rank: String(rank.rank) }, rep.stepSeconds);
+    // A rank's numbers are not trusted: a NaN, an infinity or a negative duration is dropped and
+    // counted, never fed to a metric (prom-client throws on some, and a NaN poisons a sum forever).
+    let dropped = 0;
+    const duration = (v: number): boolean => (Number.isFinite(v) && v >= 0) || (dropped++, false);
+    const finite = (v: number): boolean => Number.isFinite(v) || (dropped++, false);
+    if (duration(rep.stepSeconds)) m.stepDuration.observe({ ...labels, rank: String(rank.rank) }, rep.stepSeconds);
     if (rep.samples.length > 0) {
       appendFileSync(this.datasets.auditPath(a.jobId, a.stage), JSON.stringify({ a: a.attempt, s: rep.step - 1, ids: rep.samples }) + "\n");
     }
-    m.dataWait.inc({ ...labels, rank: String(rank.rank) }, rep.dataWaitSeconds);
-    if (rep.computeSeconds > 0) m.computeTime.inc(labels, rep.computeSeconds);
+    if (duration(rep.dataWaitSeconds)) m.dataWait.inc({ ...labels, rank: String(rank.rank) }, rep.dataWaitSeconds);
+    if (duration(rep.computeSeconds) && rep.computeSeconds > 0) m.computeTime.inc(labels, rep.computeSeconds);
     if (rep.skippedSamples > 0) m.skipped.inc(labels, rep.skippedSamples);
     if (rep.outOfRangeLabels > 0) m.outOfRangeLabels.inc(labels, rep.outOfRangeLabels);
-    if (rank.rank !== 0) return;
+    if (rank.rank !== 0) {
+      if (dropped > 0) m.valuesDropped.inc(labels, dropped);
+      return;
+    }
 
     if (a.recoveringSince !== null) {
       m.recovery.observe(labels, (now - a.recoveringSince) / 1000);
@@ -44,11 +53,13 @@ export class Progress {
     }
     if (rep.nanSkipped) m.nanSkipped.inc(labels);
     m.step.set(labels, rep.step);
-    m.loss.set(labels, rep.loss);
-    m.lr.set(labels, rep.lr);
-    m.temperature.set(labels, rep.temperature);
-    m.samplesPerSecond.set(labels, rep.samplesPerSecond);
+    // A skipped step (train.on_nan: skip) reports its NaN loss: the gauge keeps the last real one.
+    if (finite(rep.loss)) m.loss.set(labels, rep.loss);
+    if (finite(rep.lr)) m.lr.set(labels, rep.lr);
+    if (finite(rep.temperature)) m.temperature.set(labels, rep.temperature);
+    if (duration(rep.samplesPerSecond)) m.samplesPerSecond.set(labels, rep.samplesPerSecond);
     m.samplesSeen.inc(labels, a.globalBatch);
+    if (dropped > 0) m.valuesDropped.inc(labels, dropped);
     const point = stepPointOf(a.stage, a.attempt, rep, now);
     appendStepPoint(stepHistoryPath(this.ctx.deps.stateDir, a.jobId, a.stage), point);
     this.dirty.add(a);
@@ -78,9 +89,9 @@ export class Progress {
     this.ctx.metrics.gpuMemory.set(labels, hb.gpuMemoryBytes);
   }
 
-  /** Evaluation results: a gauge per metric, an event, and the stage's metrics. */
+  /** Evaluation results: a gauge per metric, an event, and the stage's metrics (names and count bounded). */
   eval(a: Attempt, rank: RankRuntime, result: EvalResult, onError: (err: unknown) => void): void {
-    const metrics = result.metrics;
+    const metrics = this.bounded(a, result.metrics);
     for (const [k, v] of Object.entries(metrics)) this.ctx.metrics.evalResult.set({ job: a.jobId, stage: a.stage, metric: k }, v);
     void this.ctx.ledger
       .note(a.jobId, a.stage, "eval", `evaluation at step ${result.step}`, {
@@ -90,6 +101,14 @@ export class Progress {
         update: (s) => Object.assign(s.metrics, metrics),
       })
       .catch(onError);
+  }
+
+  /** The metrics of a report that are kept (see boundedMetrics); the others are counted as dropped. */
+  bounded(a: Attempt, incoming: Readonly<Record<string, number>>): Record<string, number> {
+    const known = new Set(Object.keys(stageRecordOf(this.ctx.ledger.get(a.jobId), a.stage)?.metrics ?? {}));
+    const { kept, dropped } = boundedMetrics(incoming, known);
+    if (dropped > 0) this.ctx.metrics.valuesDropped.inc({ job: a.jobId, stage: a.stage }, dropped);
+    return kept;
   }
 
   /** Lays the attempt's live progress onto its stage record (inside a ledger update, or on a clone). */

@@ -14,7 +14,7 @@
  * themselves are built in ssh-command.ts.
  */
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { homedir, userInfo } from "node:os";
 import ssh2 from "ssh2";
 import type { AnyAuthMethod, ClientChannel, ConnectConfig } from "ssh2";
@@ -319,6 +319,13 @@ export class SshLauncher implements Launcher {
       const file = expandHome(node.identity_file);
       let text: Buffer;
       try {
+        // OpenSSH refuses a private key others can read ("UNPROTECTED PRIVATE KEY FILE"): so does this.
+        const mode = statSync(file).mode & 0o777;
+        if ((mode & 0o077) !== 0) {
+          return Promise.reject(
+            new EnvironmentError(`node ${node.name}: identity_file ${file}: permissions 0${mode.toString(8)} are too open (a private key must not be accessible by others, as OpenSSH requires); \`chmod 600 ${file}\``),
+          );
+        }
         text = readFileSync(file);
       } catch (err) {
         return Promise.reject(new EnvironmentError(`node ${node.name}: identity_file ${file}: ${(err as Error).message}`));

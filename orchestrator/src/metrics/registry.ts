@@ -59,6 +59,7 @@ export class Metrics {
   readonly dataWait = this.counter("clipfleet_train_data_wait_seconds_total", "Time a rank waited for input data.", ["job", "stage", "rank"]);
   readonly computeTime = this.counter("clipfleet_train_compute_seconds_total", "Time ranks spent computing (forward, backward, update), summed over ranks: with the data wait it tells input-bound from compute-bound.", ["job", "stage"]);
   readonly outOfRangeLabels = this.counter("clipfleet_dense_labels_out_of_range_total", "Segmentation label pixels with a class id outside dense.num_classes (ignored in the loss), summed over ranks.", ["job", "stage"]);
+  readonly valuesDropped = this.counter("clipfleet_report_values_dropped_total", "Values in ranks' reports that were dropped: NaN, infinite or negative numbers, and evaluation metrics past the name length or per-stage count limits.", ["job", "stage"]);
   readonly skipped = this.counter("clipfleet_train_samples_skipped_total", "Samples skipped as undecodable.", ["job", "stage"]);
   readonly nanSkipped = this.counter("clipfleet_train_nan_steps_skipped_total", "Steps whose update was skipped for a NaN or Inf loss.", ["job", "stage"]);
   readonly checkpointSave = this.histogram("clipfleet_checkpoint_save_duration_seconds", "Time a rank's training loop stalled to save a checkpoint.", ["job", "stage"], SAVE_BUCKETS);
@@ -68,6 +69,7 @@ export class Metrics {
   readonly stepsLost = this.counter("clipfleet_steps_lost_total", "Steps done but not checkpointed when an attempt failed (redone after the restart).", ["job", "stage"]);
   readonly evalResult = this.gauge("clipfleet_eval_result", "Latest evaluation results (retrieval R@k, zero-shot top-1, mIoU, RMSE, ...), by metric name.", ["job", "stage", "metric"]);
   readonly gpuUtil = this.gauge("clipfleet_gpu_utilization_ratio", "GPU utilisation of a rank's device (0-1), when CUDA is present.", ["job", "stage", "rank"]);
+  readonly serverInsecure = new Gauge({ name: "clipfleet_server_insecure", help: "1 when the server was started with --insecure: no TLS, no authentication, every caller an admin.", registers: [this.registry] });
   readonly gpuMemory = this.gauge("clipfleet_gpu_memory_bytes", "GPU memory allocated by a rank, when CUDA is present.", ["job", "stage", "rank"]);
 
   constructor(opts: { defaultMetrics?: boolean; retentionSeconds?: number } = {}) {

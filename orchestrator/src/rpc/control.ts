@@ -4,8 +4,22 @@
  * state or the client goes away.
  */
 import type { handleUnaryCall, sendUnaryData, ServerUnaryCall, ServerWritableStream } from "@grpc/grpc-js";
-import { InvalidArgumentError, isTerminal, isValidJobId, type JobEvent as DomainEvent } from "../domain/index.js";
-import type { ControlServiceServer, JobEvent, LogLine, LogsRequest, Node, WatchRequest } from "../gen/clipfleet/v1/control.js";
+import { authorize, changesState, identityFromSubject, type AccessLog, type ControlMethod, type Identity } from "../auth/index.js";
+import { asClipfleetError, InvalidArgumentError, isTerminal, isValidJobId, type JobEvent as DomainEvent } from "../domain/index.js";
+import type {
+  CancelRequest,
+  ControlServiceServer,
+  JobEvent,
+  JobRef,
+  ListJobsRequest,
+  LogLine,
+  LogsRequest,
+  Node,
+  NodeSchedulableRequest,
+  StepHistoryRequest,
+  SubmitRequest,
+  WatchRequest,
+} from "../gen/clipfleet/v1/control.js";
 import type { JobService } from "../jobs/index.js";
 import { checkpointToProto, eventToProto, jobToProto, stateFromProto } from "./convert.js";
 import { toServiceError } from "./status.js";
@@ -40,26 +54,80 @@ function requireJobId(id: string): string {
   return id;
 }
 
-/** Wraps a unary handler: any throw (sync or async) becomes a gRPC status; the server keeps serving. */
-function unary<Req, Res>(fn: (req: Req) => Res | Promise<Res>): handleUnaryCall<Req, Res> {
-  return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
-    Promise.resolve()
-      .then(() => fn(call.request))
-      .then(
-        (res) => callback(null, res),
-        (err: unknown) => callback(toServiceError(err)),
-      );
+/**
+ * Who may call the control API, and where refused and state-changing calls
+ * are recorded. With TLS the caller is its client certificate; without, every
+ * caller is `plainIdentity` (the owner of a 0600 local socket, or anyone on
+ * an --insecure server).
+ */
+export interface ControlSecurity {
+  readonly tls: boolean;
+  readonly plainIdentity: Identity;
+  readonly accessLog: AccessLog;
+  now(): number;
+}
+
+/** The caller of a call, from its TLS peer certificate or the plain identity. */
+function callerOf(call: ServerUnaryCall<unknown, unknown> | ServerWritableStream<unknown, unknown>, security: ControlSecurity): Identity | null {
+  if (!security.tls) return security.plainIdentity;
+  const peer = call.getAuthContext()?.sslPeerCertificate;
+  return identityFromSubject(peer?.subject);
+}
+
+/** What a request names (a job id or a node), for the access log. */
+function targetOf(req: unknown): string {
+  const r = req as { jobId?: unknown; name?: unknown; specPath?: unknown };
+  const t = r.jobId ?? r.name ?? r.specPath;
+  return typeof t === "string" ? t : "";
+}
+
+/**
+ * Checks the caller may make `method`, then runs `fn`; refusals and calls
+ * that change something are written to the access log. Any throw (sync or
+ * async) becomes a gRPC status; the server keeps serving.
+ */
+function guard(security: ControlSecurity, method: ControlMethod, call: ServerUnaryCall<unknown, unknown> | ServerWritableStream<unknown, unknown>): Identity {
+  const who = callerOf(call, security);
+  try {
+    return authorize(who, method);
+  } catch (err) {
+    security.accessLog.record(who, method, targetOf(call.request), asClipfleetError(err).code, security.now());
+    throw err;
+  }
+}
+
+function unaryFor(security: ControlSecurity) {
+  return function unary<Req, Res>(method: ControlMethod, fn: (req: Req, who: Identity) => Res | Promise<Res>): handleUnaryCall<Req, Res> {
+    return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
+      let who: Identity | null = null;
+      Promise.resolve()
+        .then(() => {
+          who = guard(security, method, call);
+          return fn(call.request, who);
+        })
+        .then(
+          (res) => {
+            if (changesState(method)) security.accessLog.record(who, method, targetOf(call.request), "ok", security.now());
+            callback(null, res);
+          },
+          (err: unknown) => {
+            if (who && changesState(method)) security.accessLog.record(who, method, targetOf(call.request), asClipfleetError(err).code, security.now());
+            callback(toServiceError(err));
+          },
+        );
+    };
   };
 }
 
-export function controlService(service: JobService, info: ServerInfoSource): ControlServiceServer {
+export function controlService(service: JobService, info: ServerInfoSource, security: ControlSecurity): ControlServiceServer {
+  const unary = unaryFor(security);
   return {
-    submit: unary(async (req) => {
+    submit: unary("submit", async (req: SubmitRequest, who) => {
       if (!req.specJson) throw new InvalidArgumentError("spec_json: required", "spec_json");
-      return jobToProto(await service.submit({ specJson: req.specJson, specPath: req.specPath, baseDir: req.baseDir || process.cwd() }));
+      return jobToProto(await service.submit({ specJson: req.specJson, specPath: req.specPath, baseDir: req.baseDir || process.cwd(), submittedBy: who.name }));
     }),
-    getJob: unary((req) => jobToProto(service.get(requireJobId(req.jobId)))),
-    listJobs: unary((req) => {
+    getJob: unary("getJob", (req: JobRef) => jobToProto(service.get(requireJobId(req.jobId)))),
+    listJobs: unary("listJobs", (req: ListJobsRequest) => {
       const states = new Set(req.states.map(stateFromProto));
       if (states.has(null)) throw new InvalidArgumentError("states: unknown job state", "states");
       let jobs = service.list();
@@ -67,28 +135,28 @@ export function controlService(service: JobService, info: ServerInfoSource): Con
       if (req.limit > 0) jobs = jobs.slice(-req.limit);
       return { jobs: jobs.map(jobToProto) };
     }),
-    cancelJob: unary(async (req) => {
+    cancelJob: unary("cancelJob", async (req: CancelRequest) => {
       if (req.graceSeconds < 0 || req.graceSeconds > 86400) throw new InvalidArgumentError(`grace_seconds: expected 0..86400, got ${req.graceSeconds}`, "grace_seconds");
       const job = await service.cancel(requireJobId(req.jobId), { checkpoint: req.checkpoint, graceSeconds: req.graceSeconds > 0 ? req.graceSeconds : null });
       return jobToProto(job);
     }),
-    resumeJob: unary(async (req) => jobToProto(await service.resume(requireJobId(req.jobId)))),
-    requestCheckpoint: unary((req) => {
+    resumeJob: unary("resumeJob", async (req: JobRef) => jobToProto(await service.resume(requireJobId(req.jobId)))),
+    requestCheckpoint: unary("requestCheckpoint", (req: JobRef) => {
       const id = requireJobId(req.jobId);
       const r = service.requestCheckpoint(id);
       return { jobId: id, stage: r.stage, step: r.step };
     }),
-    listCheckpoints: unary((req) => {
+    listCheckpoints: unary("listCheckpoints", (req: JobRef) => {
       const job = service.get(requireJobId(req.jobId));
       return { checkpoints: job.stages.flatMap((s) => s.checkpoints.map(checkpointToProto)) };
     }),
-    setNodeSchedulable: unary((req) => {
+    setNodeSchedulable: unary("setNodeSchedulable", (req: NodeSchedulableRequest) => {
       if (!req.name) throw new InvalidArgumentError("name: required", "name");
       return nodeToProto(service.setNodeSchedulable(req.name, req.schedulable));
     }),
-    listNodes: unary(() => ({ nodes: service.nodes().map(nodeToProto) })),
-    audit: unary(async (req) => ({ json: JSON.stringify(await service.audit(requireJobId(req.jobId))) })),
-    stepHistory: unary((req) => {
+    listNodes: unary("listNodes", () => ({ nodes: service.nodes().map(nodeToProto) })),
+    audit: unary("audit", async (req: JobRef) => ({ json: JSON.stringify(await service.audit(requireJobId(req.jobId))) })),
+    stepHistory: unary("stepHistory", (req: StepHistoryRequest) => {
       const h = service.stepHistory(requireJobId(req.jobId), req.stage, req.maxPoints);
       return {
         points: h.points,
@@ -105,7 +173,7 @@ export function controlService(service: JobService, info: ServerInfoSource): Con
         })),
       };
     }),
-    getServerInfo: unary(() => ({
+    getServerInfo: unary("getServerInfo", () => ({
       version: info.version,
       stateDir: info.stateDir,
       metricsAddress: info.metricsAddress(),
@@ -113,10 +181,16 @@ export function controlService(service: JobService, info: ServerInfoSource): Con
       events: info.events,
     })),
     streamLogs(call: ServerWritableStream<LogsRequest, LogLine>) {
-      void streamLogs(service, call).catch((err: unknown) => call.emit("error", toServiceError(err)));
+      void Promise.resolve()
+        .then(() => {
+          guard(security, "streamLogs", call);
+          return streamLogs(service, call);
+        })
+        .catch((err: unknown) => call.emit("error", toServiceError(err)));
     },
     watch(call: ServerWritableStream<WatchRequest, JobEvent>) {
       try {
+        guard(security, "watch", call);
         watch(service, call);
       } catch (err) {
         call.emit("error", toServiceError(err));

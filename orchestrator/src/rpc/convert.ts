@@ -125,5 +125,6 @@ export function jobToProto(job: JobRecord): Job {
     priority: job.priority,
     pendingReason: job.pendingReason,
     recentEvents: job.recentEvents.map(eventToProto),
+    submittedBy: job.submittedBy ?? "",
   };
 }

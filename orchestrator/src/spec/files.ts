@@ -1,10 +1,10 @@
 /** Reading spec and presets files: one place for the size limit and the text checks. */
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import { isUtf8 } from "node:buffer";
-import { InvalidArgumentError } from "../domain/index.js";
+import { InvalidArgumentError, MAX_SPEC_BYTES } from "../domain/index.js";
 
 /** Specs are small; anything larger is a wrong file (a dataset, a checkpoint). */
-export const MAX_SPEC_BYTES = 1024 * 1024;
+export { MAX_SPEC_BYTES };
 
 /** Offset of the first byte that is not part of a well-formed UTF-8 sequence, or -1. */
 function firstInvalidUtf8(buf: Uint8Array): number {

@@ -22,7 +22,9 @@ import {
   type TokenizerSpec,
   type TrainSpec,
   type WorkerSpec,
+  countShardPattern,
   isValidJobId,
+  MAX_SHARDS,
 } from "../domain/index.js";
 import { type Issue, type Path, expectation, fieldAt, objectShapes, show, validate } from "./nodes.js";
 import { type Presets } from "./presets.js";
@@ -59,6 +61,15 @@ export function resolvePattern(pattern: string, baseDir: string): string {
       return slash < 0 ? `${baseDir}/${part}` : `${nodePath.resolve(baseDir, part.slice(0, slash))}${part.slice(slash)}`;
     })
     .join("::");
+}
+
+/** How many names a pattern stands for; 0 when it is malformed (the manifest reports that, naming the pattern). */
+function safeCount(pattern: string): number {
+  try {
+    return countShardPattern(pattern);
+  } catch {
+    return 0;
+  }
 }
 
 /** The shard patterns `synth` writes: `{split}-{i:05d}.tar`, `shards` train shards and ceil(shards / 4) val shards. */
@@ -138,7 +149,13 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
     if (s.val < valShards) add(["data", "synth", "val"], `${s.val} samples cannot fill the ${valShards} val shards (ceil(shards / 4)); set val >= ${valShards}`);
   }
   const shardList = (given: string | string[] | undefined, split: "train" | "val"): string[] | undefined => {
-    if (given !== undefined) return (typeof given === "string" ? [given] : given).map((p) => resolvePattern(p, ctx.baseDir));
+    if (given !== undefined) {
+      const patterns = typeof given === "string" ? [given] : given;
+      // Counted, never expanded, here: the count alone tells a brace bomb from a dataset.
+      const total = patterns.reduce((acc, p) => acc + safeCount(p), 0);
+      if (total > MAX_SHARDS) add(["data", split], `the patterns stand for ${Number.isFinite(total) && total < 1e15 ? total.toLocaleString("en-US") : total.toExponential(2)} shards, more than the limit of ${MAX_SHARDS.toLocaleString("en-US")}`);
+      return patterns.map((p) => resolvePattern(p, ctx.baseDir));
+    }
     if (synth === undefined) return undefined;
     return synth === null ? [] : [synthShards(synth.out, split, synth.shards)];
   };

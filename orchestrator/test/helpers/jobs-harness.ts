@@ -137,9 +137,15 @@ export class FakeLauncher implements Launcher {
   readonly kind = "local" as const;
   readonly procs: FakeProcess[] = [];
   failNext: string | null = null;
+  /** While set, a launch waits for it (a slow node): the test decides when the process exists. */
+  hold: Promise<void> | null = null;
+  /** Launches called so far, finished or not. */
+  calls = 0;
   private pid = 1000;
 
-  launch(req: LaunchRequest): Promise<LaunchedProcess> {
+  async launch(req: LaunchRequest): Promise<LaunchedProcess> {
+    this.calls += 1;
+    if (this.hold) await this.hold;
     if (this.failNext) {
       const msg = this.failNext;
       this.failNext = null;
@@ -147,7 +153,7 @@ export class FakeLauncher implements Launcher {
     }
     const p = new FakeProcess(this.pid++, req);
     this.procs.push(p);
-    return Promise.resolve(p);
+    return p;
   }
 
   freePort(): Promise<number> {

@@ -25,10 +25,11 @@ const ALLOWED: Record<string, readonly string[]> = {
   metrics: ["domain"],
   launcher: ["domain"],
   checkpoints: ["domain", "util"],
+  auth: ["domain", "gen"],
   jobs: ["gen", "util", "domain", "spec", "data", "scheduler", "store", "events", "metrics", "launcher", "checkpoints"],
-  rpc: ["jobs", "domain", "gen"],
+  rpc: ["jobs", "auth", "domain", "gen"],
   client: ["gen", "domain"],
-  cli: ["client", "domain", "spec", "jobs", "gen"],
+  cli: ["client", "auth", "domain", "spec", "jobs", "gen"],
 };
 
 function files(dir: string): string[] {

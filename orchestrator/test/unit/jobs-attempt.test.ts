@@ -5,11 +5,11 @@
  * real JobService by fake ranks, a fake launcher and a fake clock.
  */
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
 import { FencedError } from "../../src/domain/index.js";
-import { nextPhase, SETTLE_MS, type AttemptEvent, type AttemptPhase } from "../../src/jobs/index.js";
+import { confinedFile, nextPhase, SETTLE_MS, type AttemptEvent, type AttemptPhase } from "../../src/jobs/index.js";
 import { loadPresets, parseSpec } from "../../src/spec/index.js";
 import { jobsHarness, PRESETS, until, type FakeRank, type Harness } from "../helpers/jobs-harness.js";
 
@@ -284,5 +284,55 @@ void describe("job machinery with fake ranks and a fake clock", () => {
     const job = await h.service.submit({ ...input, specJson: "{ not json", validated: spec });
     assert.equal(h.job(job.id).spec.name, "unit");
     await assert.rejects(h.service.submit({ ...input, specJson: "{ not json" }), /unit\.yaml: not valid JSON/);
+  });
+
+  void it("a cancel while a rank is being launched: the rank started after it is killed, the others never start", async () => {
+    let release: () => void = () => undefined;
+    h.launcher.hold = new Promise<void>((r) => (release = r));
+    const job = await h.submit();
+    await until(() => h.launcher.calls === 1, "rank 0's launch under way");
+    const cancelled = h.service.cancel(job.id, { checkpoint: false, graceSeconds: null });
+    await h.stageIn(job.id, "STOPPING");
+    release();
+    await cancelled;
+    assert.equal(h.job(job.id).stages[0]?.state, "CANCELLED");
+    await until(() => h.launcher.procs.length === 1 && !h.launcher.procs[0]?.alive, "the late rank killed");
+    assert.deepEqual(h.launcher.procs[0]?.signals, ["SIGKILL"]);
+    assert.equal(h.launcher.calls, 1, "rank 1 was never launched");
+    await h.clock.advance(5000);
+    assert.equal(h.job(job.id).stages[0]?.state, "CANCELLED");
+  });
+
+  void it("GetPlan serves the train split only, and fences a session of an attempt that is over", async () => {
+    const { id, ranks } = await running();
+    const token = ranks[0]?.proc.req.secrets.CLIPFLEET_TOKEN ?? null;
+    const sessionId = ranks[0]?.assignment?.sessionId ?? "";
+    const plan = h.service.plan(token, { sessionId, fromStep: 0, count: 2, split: "" });
+    assert.equal(plan.steps.length, 2);
+    assert.equal(plan.steps[0]?.indices.length, 4, "rank 0's half of a global batch of 8");
+    assert.throws(() => h.service.plan(token, { sessionId, fromStep: 0, count: 2, split: "val" }), /split: only "train" has a plan/);
+    ranks[1]?.proc.exit({ code: null, signal: "SIGKILL" });
+    await h.stageIn(id, "RESTARTING");
+    assert.throws(() => h.service.plan(token, { sessionId, fromStep: 0, count: 2, split: "" }), FencedError);
+  });
+
+  void it("a checkpoint file outside its directory (.., absolute, a symlink) fails the job without a commit", async () => {
+    const { id, ranks } = await running();
+    steps(ranks, 1, 10);
+    const a = ranks[0]?.assignment;
+    assert.ok(a);
+    const dir = join(a.checkpointRoot, "step-00000010-a1");
+    mkdirSync(dir, { recursive: true });
+    symlinkSync("/etc/hostname", join(dir, "link.pt"));
+    for (const path of ["../../../../etc/hostname", "/etc/passwd", "link.pt", "missing.pt"]) assert.equal(confinedFile(dir, path), false, path);
+    writeFileSync(join(dir, "ok.pt"), "x");
+    assert.equal(confinedFile(dir, "ok.pt"), true);
+    ranks[0]?.send({
+      $case: "checkpoint",
+      value: { step: 10, dir, files: [{ path: "../../../../etc/hostname", sha256: "0".repeat(64), size: 1 }], saveSeconds: 0, writeSeconds: 0, cursor: { epoch: 0, sampleInEpoch: 80 } },
+    });
+    await h.stageIn(id, "FAILED");
+    assert.match(h.job(id).stages[0]?.reason ?? "", /rank 0 reported a checkpoint file outside its directory: "..\/..\/..\/..\/etc\/hostname"/);
+    assert.equal(h.job(id).stages[0]?.checkpoints.length, 0);
   });
 });

@@ -14,7 +14,7 @@ export const resumeCommand: Command<ResumeArgs> = (deps, state) => ({
   command: "resume <job>",
   describe: "Resume a job from its last committed checkpoints (finished stages are kept); without --server, runs it here like `run`",
   builder: (y) =>
-    orchestratorOptions(y, "127.0.0.1:0")
+    orchestratorOptions(y, "127.0.0.1:0", "embedded")
       .positional("job", { type: "string", demandOption: true })
       .option("grace", { type: "number", describe: "seconds to wait for ranks to checkpoint and exit on Ctrl-C/SIGTERM" })
       .example("$0 resume j-20261123-101500-a1b2c3 --state-dir .clipfleet", "continue a job whose `clipfleet run` died")

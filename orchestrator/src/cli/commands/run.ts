@@ -2,6 +2,7 @@
 import { ControlClient } from "../../client/index.js";
 import type { Job } from "../../gen/clipfleet/v1/control.js";
 import { JobState } from "../../gen/clipfleet/v1/control.js";
+import { localIdentity } from "../../auth/index.js";
 import { asClipfleetError } from "../../domain/index.js";
 import type { Command } from "../command.js";
 import { EXIT, note, out, printJson, type CliDeps, type EmbeddedOrchestrator, type GlobalArgs } from "../context.js";
@@ -21,7 +22,7 @@ export const runCommand: Command<RunArgs> = (deps, state) => ({
   command: "run <spec>",
   describe: "Run a job spec with an orchestrator embedded in this process; show progress; exit 0 when it succeeds",
   builder: (y) =>
-    reportOptions(orchestratorOptions(y, "127.0.0.1:0"))
+    reportOptions(orchestratorOptions(y, "127.0.0.1:0", "embedded"))
       .positional("spec", { type: "string", demandOption: true, describe: "job spec (YAML or JSON)" })
       .option("grace", { type: "number", describe: "seconds to wait for ranks to checkpoint and exit on Ctrl-C/SIGTERM" })
       .option("report", { type: "string", describe: "when the job ends, write its report (plots, index.md, index.html; see `clipfleet report`) into this directory" })
@@ -34,7 +35,7 @@ export const runCommand: Command<RunArgs> = (deps, state) => ({
       // The embedded orchestrator takes the spec validated above instead of validating it again;
       // what follows (status, events) goes through the control API as for a server.
       const submit = (client: ControlClient): Promise<Job> =>
-        orch.service.submit({ ...input, validated: input.spec }).then(
+        orch.service.submit({ ...input, validated: input.spec, submittedBy: localIdentity().name }).then(
           (job) => client.getJob(job.id),
           (err: unknown) => Promise.reject(asClipfleetError(err)),
         );

@@ -7,12 +7,18 @@ export const serverCommand: Command<OrchestratorArgs> = (deps) => ({
   command: "server",
   describe: "Run the orchestrator as a server (jobs survive restarts: running ones resume from their last checkpoint)",
   builder: (y) =>
-    orchestratorOptions(y, "127.0.0.1:7070")
-      .example("$0 server --state-dir /var/lib/clipfleet --listen 0.0.0.0:7070 --metrics-listen 0.0.0.0:9400", "serve on all interfaces")
-      .example("$0 server --store nats://10.0.0.5:4222 --nats nats://10.0.0.5:4222 --inventory nodes.yaml", "jobs in JetStream, events on NATS, a fleet over SSH"),
+    orchestratorOptions(y, "127.0.0.1:7070", "server")
+      .example("$0 certs init --dir /etc/clipfleet/tls --host head.example.org --host 10.0.0.5", "make a CA, the server's certificate and an admin identity")
+      .example("$0 server --tls-dir /etc/clipfleet/tls --listen 0.0.0.0:7070 --worker-listen 0.0.0.0:7071 --metrics-listen 0.0.0.0:9400", "serve users and ranks on all interfaces over TLS")
+      .example("$0 server --store nats://10.0.0.5:4222 --nats nats://10.0.0.5:4222 --inventory nodes.yaml --tls-dir DIR --listen 0.0.0.0:7070", "jobs in JetStream, events on NATS, a fleet over SSH"),
   handler: async (args) => {
-    const orch = await deps.embed(embedOptions(args, false));
-    note(`clipfleet server ${deps.version}: listening on ${orch.address}${orch.metricsAddress ? `, metrics on http://${orch.metricsAddress}/metrics` : ""}, state in ${args["state-dir"]}`);
+    const opts = embedOptions(args, false);
+    const orch = await deps.embed(opts);
+    if (opts.insecure) note("clipfleet server: WARNING: --insecure: no TLS and no authentication; anyone who reaches the ports can run code on every node");
+    note(
+      `clipfleet server ${deps.version}: listening on ${orch.address} (control${opts.tlsDir ? ", mutual TLS" : ""}), workers on ${orch.workerAddress}${opts.tlsDir ? " (TLS)" : ""}` +
+        `${orch.metricsAddress ? `, metrics on http://${orch.metricsAddress}/metrics` : ""}, state in ${args["state-dir"]}`,
+    );
     await new Promise<void>((resolve) => {
       const stop = (sig: NodeJS.Signals): void => {
         note(`clipfleet server: ${sig}, shutting down (running jobs continue when the server starts again)`);

@@ -3,7 +3,8 @@
  * lists of patterns, each with bash-style brace lists (`{a,b}`) and numeric
  * ranges (`{00000..00099}`, zero padding kept, optional `..step`).
  */
-import { InvalidArgumentError } from "../domain/index.js";
+import { InvalidArgumentError } from "./errors.js";
+import { MAX_SHARDS } from "./limits.js";
 
 const RANGE = /^(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?$/;
 
@@ -13,6 +14,8 @@ const RANGE = /^(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?$/;
  * in a shard pattern it is always a typo.
  */
 export function expandShardPattern(pattern: string, field = "data.train"): string[] {
+  // Counted before anything is expanded: a 200-byte pattern can stand for 10^9 names.
+  checkShardCount(pattern, field);
   const out: string[] = [];
   for (const part of pattern.split("::")) {
     if (part.trim() === "") {
@@ -91,4 +94,50 @@ function splitTopLevelCommas(body: string): string[] {
   }
   parts.push(body.slice(start));
   return parts;
+}
+
+/**
+ * How many shard names `pattern` stands for, without expanding it (the
+ * same grammar as expandShardPattern; a number, possibly huge or Infinity).
+ */
+export function countShardPattern(pattern: string, field = "data.train"): number {
+  let total = 0;
+  for (const part of pattern.split("::")) {
+    if (part.trim() === "") throw new InvalidArgumentError(`${field}: empty shard pattern in ${JSON.stringify(pattern)}`, field);
+    total += countBraces(part, pattern, field);
+  }
+  return total;
+}
+
+/** Refuses a pattern standing for more than MAX_SHARDS names, naming the field and the count. */
+export function checkShardCount(pattern: string, field = "data.train", limit = MAX_SHARDS): void {
+  const n = countShardPattern(pattern, field);
+  if (n > limit) {
+    const shown = Number.isFinite(n) && n < 1e15 ? n.toLocaleString("en-US") : n.toExponential(2);
+    throw new InvalidArgumentError(`${field}: ${JSON.stringify(pattern.slice(0, 120))} stands for ${shown} shards, more than the limit of ${limit.toLocaleString("en-US")}`, field);
+  }
+}
+
+function countBraces(s: string, whole: string, field: string): number {
+  for (let open = s.indexOf("{"); open >= 0; open = s.indexOf("{", open + 1)) {
+    const close = matchingBrace(s, open);
+    if (close < 0) throw new InvalidArgumentError(`${field}: unbalanced "{" in ${JSON.stringify(whole)}`, field);
+    const items = countItems(s.slice(open + 1, close), whole, field);
+    if (items === null) continue;
+    return items * countBraces(s.slice(close + 1), whole, field);
+  }
+  return 1;
+}
+
+function countItems(body: string, whole: string, field: string): number | null {
+  const range = RANGE.exec(body);
+  if (range) {
+    const a = Number(range[1]);
+    const b = Number(range[2]);
+    const step = Math.max(1, Math.abs(range[3] === undefined ? 1 : Number(range[3])));
+    return Math.floor(Math.abs(b - a) / step) + 1;
+  }
+  const alts = splitTopLevelCommas(body);
+  if (alts.length < 2) return null;
+  return alts.reduce((acc, alt) => acc + countBraces(alt, whole, field), 0);
 }

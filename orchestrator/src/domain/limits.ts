@@ -1,0 +1,59 @@
+/**
+ * Limits on what arrives in a spec or over a network, checked at the server
+ * (not only in the CLI) before anything is expanded or stored. Each is
+ * documented in docs/security.md.
+ */
+
+/** Largest spec file or Submit spec_json. */
+export const MAX_SPEC_BYTES = 1024 * 1024;
+
+/** Most shard names the patterns of one data field may stand for (counted before expanding). */
+export const MAX_SHARDS = 1_000_000;
+
+/** A failure message a rank reports, kept at most this long (bytes of UTF-8). */
+export const MAX_FAILURE_MESSAGE_BYTES = 4 * 1024;
+
+/** A traceback a rank reports: its last this many bytes are kept (the end holds the error). */
+export const MAX_TRACEBACK_BYTES = 16 * 1024;
+
+/** Distinct evaluation metric names a stage may report (each is a metric series). */
+export const MAX_EVAL_METRICS_PER_STAGE = 256;
+
+/** Longest evaluation metric name. */
+export const MAX_METRIC_NAME_CHARS = 128;
+
+/** The first `max` bytes of `s` as UTF-8 (never splitting a character), with a marker when cut. */
+export function truncateHead(s: string, max: number): string {
+  if (Buffer.byteLength(s, "utf8") <= max) return s;
+  const marker = " [...truncated]";
+  return Buffer.from(s, "utf8").subarray(0, Math.max(0, max - marker.length)).toString("utf8").replace(/\uFFFD$/, "") + marker;
+}
+
+/** The last `max` bytes of `s` as UTF-8, with a marker when cut (a traceback's end holds the error). */
+export function truncateTail(s: string, max: number): string {
+  if (Buffer.byteLength(s, "utf8") <= max) return s;
+  const marker = "[...truncated] ";
+  const b = Buffer.from(s, "utf8");
+  return marker + b.subarray(b.length - Math.max(0, max - marker.length)).toString("utf8").replace(/^\uFFFD/, "");
+}
+
+/**
+ * The metrics of an evaluation report that are kept: finite values under
+ * names of at most MAX_METRIC_NAME_CHARS, and no new name once the stage
+ * has MAX_EVAL_METRICS_PER_STAGE (each name is a metric series). `known`:
+ * the names the stage already has.
+ */
+export function boundedMetrics(incoming: Readonly<Record<string, number>>, known: ReadonlySet<string>): { kept: Record<string, number>; dropped: number } {
+  const kept: Record<string, number> = {};
+  const names = new Set(known);
+  let dropped = 0;
+  for (const [name, value] of Object.entries(incoming)) {
+    if (name.length === 0 || name.length > MAX_METRIC_NAME_CHARS || !Number.isFinite(value) || (!names.has(name) && names.size >= MAX_EVAL_METRICS_PER_STAGE)) {
+      dropped += 1;
+      continue;
+    }
+    names.add(name);
+    kept[name] = value;
+  }
+  return { kept, dropped };
+}
