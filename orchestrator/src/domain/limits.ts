@@ -24,17 +24,23 @@ export const MAX_METRIC_NAME_CHARS = 128;
 
 /** The first `max` bytes of `s` as UTF-8 (never splitting a character), with a marker when cut. */
 export function truncateHead(s: string, max: number): string {
-  if (Buffer.byteLength(s, "utf8") <= max) return s;
+  const b = Buffer.from(s, "utf8");
+  if (b.length <= max) return s;
   const marker = " [...truncated]";
-  return Buffer.from(s, "utf8").subarray(0, Math.max(0, max - marker.length)).toString("utf8").replace(/\uFFFD$/, "") + marker;
+  let end = Math.max(0, max - marker.length);
+  // Back off to a character boundary: UTF-8 continuation bytes are 10xxxxxx.
+  while (end > 0 && ((b[end] ?? 0) & 0xc0) === 0x80) end--;
+  return b.subarray(0, end).toString("utf8") + marker;
 }
 
-/** The last `max` bytes of `s` as UTF-8, with a marker when cut (a traceback's end holds the error). */
+/** The last `max` bytes of `s` as UTF-8 (never splitting a character), with a marker when cut (a traceback's end holds the error). */
 export function truncateTail(s: string, max: number): string {
-  if (Buffer.byteLength(s, "utf8") <= max) return s;
-  const marker = "[...truncated] ";
   const b = Buffer.from(s, "utf8");
-  return marker + b.subarray(b.length - Math.max(0, max - marker.length)).toString("utf8").replace(/^\uFFFD/, "");
+  if (b.length <= max) return s;
+  const marker = "[...truncated] ";
+  let start = b.length - Math.max(0, max - marker.length);
+  while (start < b.length && ((b[start] ?? 0) & 0xc0) === 0x80) start++;
+  return marker + b.subarray(start).toString("utf8");
 }
 
 /**

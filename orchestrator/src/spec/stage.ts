@@ -26,7 +26,7 @@ import {
   isValidJobId,
   MAX_SHARDS,
 } from "../domain/index.js";
-import { type Issue, type Path, expectation, fieldAt, objectShapes, show, validate } from "./nodes.js";
+import { type Issue, type Path, expectation, fieldAt, isMapping, objectShapes, show, validate } from "./nodes.js";
 import { type Presets } from "./presets.js";
 import { AUGMENT_NODE, EVAL_NODE, STAGE_NAME, STAGE_NODE } from "./schema.js";
 import { didYouMean } from "./suggest.js";
@@ -61,6 +61,15 @@ export function resolvePattern(pattern: string, baseDir: string): string {
       return slash < 0 ? `${baseDir}/${part}` : `${nodePath.resolve(baseDir, part.slice(0, slash))}${part.slice(slash)}`;
     })
     .join("::");
+}
+
+/**
+ * A mapping section as validated, or an empty one when the schema already
+ * refused it (a string where a mapping belongs): the checks below then add
+ * nothing about it, and no field access throws.
+ */
+function section(value: unknown): unknown {
+  return isMapping(value) ? value : {};
 }
 
 /** How many names a pattern stands for; 0 when it is malformed (the manifest reports that, naming the pattern). */
@@ -120,7 +129,7 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
   const seed = v.seed as number | undefined;
 
   // model
-  const m = v.model as ModelRaw;
+  const m = section(v.model) as ModelRaw;
   const image = clean("model.image") ? resolveImageTower(m.image ?? ctx.presets.defaults.image, ctx.presets, ["model", "image"], issues) : undefined;
   const text = clean("model.text") ? resolveTextTower(m.text ?? ctx.presets.defaults.text, ctx.presets, ["model", "text"], issues) : undefined;
   const embedDim = m.embed_dim ?? ctx.presets.defaults.embed_dim;
@@ -136,7 +145,7 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
   }
 
   // data
-  const d = v.data as DataRaw;
+  const d = section(v.data) as DataRaw;
   let synth: SynthSpec | null | undefined = null;
   if (!clean("data.synth")) synth = undefined;
   else if (d.synth !== null) {
@@ -179,14 +188,14 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
   }
 
   // cluster
-  const c = v.cluster as ClusterRaw;
+  const c = section(v.cluster) as ClusterRaw;
   const minWorkers = c.min_workers ?? c.workers;
   const worldSizes = clean("cluster.workers", "cluster.min_workers") && minWorkers <= c.workers;
   if (clean("cluster.workers", "cluster.min_workers") && minWorkers > c.workers) add(["cluster", "min_workers"], `${minWorkers} is more than cluster.workers ${c.workers}`);
   if (clean("cluster.backend", "cluster.gpus_per_worker") && c.backend === "nccl" && c.gpus_per_worker === 0) add(["cluster", "backend"], "nccl needs cluster.gpus_per_worker >= 1");
 
   // train
-  const t = v.train as TrainRaw;
+  const t = section(v.train) as TrainRaw;
   let batchSize = t.batch_size;
   if (training && clean("train.steps", "train.epochs")) {
     if (t.steps === null && t.epochs === null) add(["train"], "set steps or epochs");
@@ -217,22 +226,22 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
   if (training && clean("train.warmup_steps", "train.steps") && t.steps !== null && t.warmup_steps > t.steps) add(["train", "warmup_steps"], `${t.warmup_steps} is more than train.steps ${t.steps}`);
 
   // checkpoint, failure, worker
-  const k = v.checkpoint as CheckpointSpec;
+  const k = section(v.checkpoint) as CheckpointSpec;
   if (clean("checkpoint.every_steps", "checkpoint.keep_every_steps") && k.every_steps !== null && k.keep_every_steps !== null && k.keep_every_steps % k.every_steps !== 0) {
     add(["checkpoint", "keep_every_steps"], `${k.keep_every_steps} is not a multiple of checkpoint.every_steps ${k.every_steps}, so it would keep no checkpoint`);
   }
-  const f = v.failure as FailureSpec;
+  const f = section(v.failure) as FailureSpec;
   if (clean("failure.backoff_seconds", "failure.backoff_max_seconds") && f.backoff_max_seconds < f.backoff_seconds) {
     add(["failure", "backoff_max_seconds"], `${f.backoff_max_seconds} is less than failure.backoff_seconds ${f.backoff_seconds}`);
   }
-  const w = v.worker as WorkerSpec;
+  const w = section(v.worker) as WorkerSpec;
 
   // init, freeze_backbone, dense
   const init = clean("init", "task") && task !== undefined ? resolveInit(v.init as "random" | { checkpoint: string }, task, item, ctx, add) : undefined;
   if (clean("freeze_backbone", "task") && v.freeze_backbone === true && task !== undefined && !task.startsWith("finetune-")) {
     add(["freeze_backbone"], `only fine-tune tasks freeze the backbone (task is ${task})`);
   }
-  const dense = v.dense as DenseSpec;
+  const dense = section(v.dense) as DenseSpec;
   if (clean("dense") && dense.num_classes !== null && dense.ignore_index >= 0 && dense.ignore_index < dense.num_classes) {
     add(["dense", "ignore_index"], `${dense.ignore_index} is a class id (dense.num_classes is ${dense.num_classes}); use a value outside 0..${dense.num_classes - 1}`);
   }
