@@ -143,8 +143,6 @@ export interface JobRecord {
   updatedAtMs: number;
   priority: number;
   spec: JobSpec;
-  /** The job's secret for worker authentication; never shown by the control API. */
-  token: string;
   /** Monotonic attempt counter across the job's stages (fencing). */
   nextAttempt: number;
   stages: StageRecord[];

@@ -5,20 +5,18 @@
  * the samples of its steps. Every call of a rank of an attempt that is over
  * is fenced.
  */
-import { timingSafeEqual } from "node:crypto";
 import {
   FailedPreconditionError,
   FencedError,
   InvalidArgumentError,
   UnauthenticatedError,
-  type JobRecord,
   type NodeSpec,
   type StageSpec,
 } from "../domain/index.js";
 import type { Assignment, PlanRequest, PlanResponse, RegisterRequest, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
 import type { Attempt } from "./attempt.js";
 import type { JobContext } from "./context.js";
-import type { RankRuntime, SessionHandle } from "./runtime.js";
+import { rankTokenMatches, type RankRuntime, type SessionHandle } from "./runtime.js";
 
 /** Version of the orchestrator; a worker runtime of another version is refused at registration. */
 export const ORCHESTRATOR_VERSION = "0.1.0";
@@ -29,15 +27,21 @@ const MAX_PLAN_STEPS = 1024;
 export class Gateway {
   constructor(private readonly ctx: JobContext) {}
 
-  /** A rank's first call: authenticate, fence, and hand out its assignment. */
+  /**
+   * A rank's first call: authenticate with the rank's own token (bound to
+   * this job, stage, attempt and rank), fence, and hand out its assignment.
+   */
   register(token: string | null, req: RegisterRequest): Assignment {
-    const job = this.authenticate(req.jobId, token);
-    const a = this.ctx.live.get(job.id, req.stage);
+    if (!token) throw new UnauthenticatedError("missing job token (authorization metadata)");
+    if (!this.ctx.ledger.has(req.jobId)) throw new UnauthenticatedError("invalid job token");
+    const a = this.ctx.live.get(req.jobId, req.stage);
+    // A rank token lives and dies with its attempt: a worker of an attempt that is over is fenced.
     if (!a || a.attempt !== req.attempt || a.over) {
-      throw new FencedError(`attempt ${req.attempt} of ${job.id}/${req.stage} is over`);
+      throw new FencedError(`attempt ${req.attempt} of ${req.jobId}/${req.stage} is over`);
     }
-    const rank = a.ranks[req.rank];
-    if (!rank) throw new InvalidArgumentError(`rank ${req.rank} out of range (world size ${a.worldSize})`);
+    const claimed = a.ranks[req.rank];
+    if (!claimed || !rankTokenMatches(claimed, token)) throw new UnauthenticatedError("invalid job token");
+    const rank = claimed;
     if (rank.registered) throw new FencedError(`rank ${req.rank} of attempt ${req.attempt} already registered`);
     if (req.runtimeVersion !== ORCHESTRATOR_VERSION) {
       const msg = `worker runtime ${req.runtimeVersion || "(unknown)"} on ${req.hostname} does not match orchestrator ${ORCHESTRATOR_VERSION}`;
@@ -51,7 +55,7 @@ export class Gateway {
     rank.lastHeartbeatMs = now;
     rank.lastProgressMs = now;
     rank.phase = "registered";
-    this.ctx.log(job.id, a.stage, a.attempt, `rank ${req.rank} registered from ${req.hostname} pid ${req.pid} (python ${req.pythonVersion}, torch ${req.torchVersion}, ${req.cudaDevices} CUDA devices)`);
+    this.ctx.log(a.jobId, a.stage, a.attempt, `rank ${req.rank} registered from ${req.hostname} pid ${req.pid} (python ${req.pythonVersion}, torch ${req.torchVersion}, ${req.cudaDevices} CUDA devices)`);
     return assignment(a, rank);
   }
 
@@ -67,10 +71,10 @@ export class Gateway {
           return;
         }
         if (body.$case !== "hello") throw new InvalidArgumentError("the first message of a session must be hello");
-        const s = this.ctx.live.session(body.value.sessionId);
-        if (!s) throw new FencedError(`unknown or expired session ${body.value.sessionId}`);
-        this.authenticate(s.attempt.jobId, token);
+        const s = this.session(token, body.value.sessionId);
         if (s.attempt.over) throw new FencedError(`attempt ${s.attempt.attempt} is over`);
+        // One stream per rank: a second hello with a known session id must not take the session over.
+        if (s.rank.session !== null) throw new FencedError(`rank ${s.rank.rank} already has a session`);
         bound = s;
         s.attempt.sessionOpened(s.rank, handle);
       },
@@ -82,10 +86,7 @@ export class Gateway {
 
   /** The samples a rank reads in a range of steps. */
   plan(token: string | null, req: PlanRequest): PlanResponse {
-    const s = this.ctx.live.session(req.sessionId);
-    if (!s) throw new FencedError(`unknown or expired session ${req.sessionId}`);
-    this.authenticate(s.attempt.jobId, token);
-    const { attempt: a, rank } = s;
+    const { attempt: a, rank } = this.session(token, req.sessionId);
     if (req.split !== "" && req.split !== "train") {
       throw new InvalidArgumentError(`split: only "train" has a plan (evaluation reads data.val in full), got ${JSON.stringify(req.split.slice(0, 32))}`, "split");
     }
@@ -99,15 +100,13 @@ export class Gateway {
     return { steps };
   }
 
-  /** The job a token belongs to; the same answer for an unknown job and a wrong token. */
-  private authenticate(jobId: string, token: string | null): JobRecord {
+  /** The live rank a session id names, when `token` is that rank's own; fenced once its attempt is over. */
+  private session(token: string | null, sessionId: string): { attempt: Attempt; rank: RankRuntime } {
     if (!token) throw new UnauthenticatedError("missing job token (authorization metadata)");
-    if (!this.ctx.ledger.has(jobId)) throw new UnauthenticatedError("invalid job token");
-    const job = this.ctx.ledger.get(jobId);
-    const a = Buffer.from(job.token);
-    const b = Buffer.from(token);
-    if (a.length !== b.length || !timingSafeEqual(a, b)) throw new UnauthenticatedError("invalid job token");
-    return job;
+    const s = this.ctx.live.session(sessionId);
+    if (!s) throw new FencedError(`unknown or expired session ${sessionId.slice(0, 64)}`);
+    if (!rankTokenMatches(s.rank, token)) throw new UnauthenticatedError("invalid job token");
+    return s;
   }
 }
 

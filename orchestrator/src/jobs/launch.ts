@@ -18,7 +18,7 @@ import type { CheckpointRefs } from "./checkpoint-refs.js";
 import type { JobContext } from "./context.js";
 import type { Datasets } from "./datasets.js";
 import { stageSpecOf } from "./records.js";
-import { rankRecordFields, type RankRuntime } from "./runtime.js";
+import { rankRecordFields, tokenHash, type RankRuntime } from "./runtime.js";
 
 export class Launch {
   constructor(
@@ -62,6 +62,7 @@ export class Launch {
     const masterPort = await this.launcherFor(rank0.node).freePort(rank0.node);
     const startStep = resume ? Number(resume.step) : 0;
     const now = this.ctx.now();
+    const tokens = p.ranks.map(() => randomBytes(32).toString("hex"));
     const ranks: RankRuntime[] = p.ranks.map((pr, i) => ({
       rank: i,
       node: pr.node,
@@ -72,6 +73,7 @@ export class Launch {
       groupRank: pr.groupRank,
       device: pr.device,
       sessionId: randomBytes(12).toString("hex"),
+      tokenHash: tokenHash(tokens[i] ?? ""),
       proc: null,
       session: null,
       registered: false,
@@ -172,7 +174,7 @@ export class Launch {
           python: r.node.launcher === "local" ? python : (r.node.python ?? "python3"),
           workdir: r.node.launcher === "local" ? deps.workerRuntimeDir : (r.node.workdir ?? "."),
           env: this.rankEnvironment(a, r),
-          secrets: { CLIPFLEET_TOKEN: job.token },
+          secrets: { CLIPFLEET_TOKEN: tokens[r.rank] ?? "" },
           onOutput: (stream, line) => deps.logs.append(job.id, { tsMs: this.ctx.now(), stage: p.stage, attempt, rank: r.rank, stream, line }),
           onExit: (e) => {
             a.exited(r, e);

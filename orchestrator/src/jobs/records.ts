@@ -1,7 +1,6 @@
 /** Pure helpers on job records and specs, shared by the job machinery's rooms. */
 import {
   NotFoundError,
-  newToken,
   RECORD_SCHEMA_VERSION,
   type CheckpointRecord,
   type JobRecord,
@@ -57,7 +56,6 @@ export function newJobRecord(spec: JobSpec, id: string, nowMs: number): JobRecor
     updatedAtMs: nowMs,
     priority: spec.priority,
     spec,
-    token: newToken(),
     nextAttempt: 1,
     stages: spec.stages.map((s) => ({
       name: s.name,

@@ -3,6 +3,7 @@
  * survive an orchestrator crash, because a crash ends every attempt anyway
  * (fencing).
  */
+import { createHash, timingSafeEqual } from "node:crypto";
 import type { NodeSpec, RankRecord } from "../domain/index.js";
 import type { Command, Finished } from "../gen/clipfleet/v1/worker.js";
 import type { FailureCause } from "./policy.js";
@@ -26,6 +27,12 @@ export interface RankRuntime {
   /** CUDA_VISIBLE_DEVICES of the rank on a GPU node (physical ids); null on CPU. */
   readonly device: string | null;
   readonly sessionId: string;
+  /**
+   * sha256 of the rank's own token: bound to (job, stage, attempt, rank) and
+   * valid while the attempt lives. The token itself goes only to the rank's
+   * process; nothing stores it.
+   */
+  readonly tokenHash: Buffer;
   proc: LaunchedProcess | null;
   session: SessionHandle | null;
   registered: boolean;
@@ -42,6 +49,16 @@ export interface RankRuntime {
   pid: number | null;
   /** What the rank reported before it went down (an exception, corrupt data), if anything. */
   failure: FailureCause | null;
+}
+
+/** The digest a rank token is kept as. */
+export function tokenHash(token: string): Buffer {
+  return createHash("sha256").update(token, "utf8").digest();
+}
+
+/** Whether `token` is the rank's own (constant time). */
+export function rankTokenMatches(rank: Pick<RankRuntime, "tokenHash">, token: string): boolean {
+  return timingSafeEqual(tokenHash(token), rank.tokenHash);
 }
 
 /** A rank's state as status and metrics show it. */

@@ -8,10 +8,10 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
-import { FencedError } from "../../src/domain/index.js";
+import { FencedError, UnauthenticatedError } from "../../src/domain/index.js";
 import { confinedFile, nextPhase, SETTLE_MS, type AttemptEvent, type AttemptPhase } from "../../src/jobs/index.js";
 import { loadPresets, parseSpec } from "../../src/spec/index.js";
-import { jobsHarness, PRESETS, until, type FakeRank, type Harness } from "../helpers/jobs-harness.js";
+import { FakeSession, jobsHarness, PRESETS, until, type FakeRank, type Harness } from "../helpers/jobs-harness.js";
 
 const STOP = { step: 12, checkpoint: true };
 const PHASES: AttemptPhase[] = [{ kind: "starting" }, { kind: "running" }, { kind: "stopping", stopAt: STOP }, { kind: "ending", why: "failed" }, { kind: "closed" }];
@@ -334,5 +334,31 @@ void describe("job machinery with fake ranks and a fake clock", () => {
     await h.stageIn(id, "FAILED");
     assert.match(h.job(id).stages[0]?.reason ?? "", /rank 0 reported a checkpoint file outside its directory: "..\/..\/..\/..\/etc\/hostname"/);
     assert.equal(h.job(id).stages[0]?.checkpoints.length, 0);
+  });
+
+  void it("each rank has its own token: another rank's is refused, a second session cannot take a rank over, and no token is stored", async () => {
+    const job = await h.submit();
+    const ranks = await h.launched(1);
+    const [r0, r1] = ranks as [FakeRank, FakeRank];
+    const t0 = r0.proc.req.secrets.CLIPFLEET_TOKEN ?? "";
+    const t1 = r1.proc.req.secrets.CLIPFLEET_TOKEN ?? "";
+    assert.match(t0, /^[0-9a-f]{64}$/);
+    assert.notEqual(t0, t1);
+    const req = { jobId: job.id, stage: "main", attempt: 1, rank: 0, hostname: "x", pid: 1, runtimeVersion: "0.1.0", pythonVersion: "", torchVersion: "", cudaDevices: 0 };
+    assert.throws(() => h.service.register(t1, req), (err: unknown) => err instanceof UnauthenticatedError && /invalid job token/.test(err.message), "rank 1's token cannot register rank 0");
+    assert.throws(() => h.service.register(null, req), /missing job token/);
+    assert.throws(() => h.service.register(t0, { ...req, rank: 7 }), UnauthenticatedError);
+    assert.throws(() => h.service.register(t0, { ...req, attempt: 2 }), FencedError);
+    const a0 = r0.connect();
+    r1.connect();
+    await h.stageIn(job.id, "RUNNING");
+    const thief = h.service.openSession(t0, new FakeSession());
+    assert.throws(() => thief.onMessage({ body: { $case: "hello", value: { sessionId: a0.sessionId } } }), /rank 0 already has a session/);
+    const other = h.service.openSession(t1, new FakeSession());
+    assert.throws(() => other.onMessage({ body: { $case: "hello", value: { sessionId: a0.sessionId } } }), UnauthenticatedError);
+    assert.throws(() => h.service.plan(t1, { sessionId: a0.sessionId, fromStep: 0, count: 1, split: "" }), UnauthenticatedError);
+    const stored = JSON.stringify(h.job(job.id));
+    assert.ok(!stored.includes(t0) && !stored.includes(t1), "rank tokens are not in the job record");
+    assert.equal(h.job(job.id).stages[0]?.state, "RUNNING", "the refused calls did not disturb the job");
   });
 });

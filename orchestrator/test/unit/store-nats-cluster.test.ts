@@ -33,7 +33,6 @@ function job(id: string, note: string): JobRecord {
     updatedAtMs: 1,
     priority: 0,
     spec: { name: id, priority: 0, stages: [], base_dir: "/", config_sha256: "" },
-    token: "t",
     nextAttempt: 1,
     stages: [],
     nextEventSeq: 1,

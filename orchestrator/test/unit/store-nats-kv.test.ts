@@ -18,7 +18,6 @@ function job(id: string, note = ""): JobRecord {
     updatedAtMs: 1_700_000_000_000,
     priority: 0,
     spec: { name: `name-${id}`, priority: 0, stages: [], base_dir: "/tmp", config_sha256: "0".repeat(64) },
-    token: "secret",
     nextAttempt: 1,
     stages: [],
     nextEventSeq: 1,
