@@ -59,6 +59,7 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
     gatewayCa: tls ? tls.ca.toString("utf8") : null,
     synthesize: (python, synth, log) => runSynth(python, WORKER_RUNTIME_DIR, synth, log),
     scope: opts.embedded ? new Set(opts.scope ?? []) : null,
+    policy: opts.policy ?? null,
   });
   metrics.setSource(service);
   let metricsServer: MetricsServer | null = null;

@@ -10,7 +10,7 @@
  * orchestrator's control API is a socket only its user can open.
  */
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { ControlClient } from "../../orchestrator/src/client/index.js";
@@ -67,6 +67,26 @@ void describe("a server with TLS, identities and roles", () => {
     assert.equal(viaEnv.code, 0, `the admin identity (CLIPFLEET_TLS_DIR) cordons: ${viaEnv.stderr}`);
     const back = await runCli(["uncordon", "local", ...as(tls)]);
     assert.equal(back.code, 0, back.stderr);
+  });
+
+  void it("a spec reaching past the server's policy is refused at submit, naming the field; nothing is persisted", async () => {
+    const otto = join(tls, "clients", "otto");
+    const before = await runCli(["list", "--json", ...as(otto)]);
+    const attack = writeTinySpec(tmp.dir, { name: "attack", steps: 4, everySteps: null, env: { PYTHONWARNINGS: "all:0:antigravity.x:0:0", BROWSER: "/bin/sh -c 'id > F' #%s" } });
+    const r = await runCli(["submit", attack, ...as(otto)]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /^clipfleet: .*attack\.yaml: worker\.env\.PYTHONWARNINGS: not allowed by this server's policy/m);
+    const bench = writeTinySpec(tmp.dir, { name: "bench", steps: 4, everySteps: null, failure: { quarantine_after: 1, quarantine_seconds: 1e308 } });
+    const q = await runCli(["submit", bench, ...as(otto)]);
+    assert.equal(q.code, 2, q.stderr);
+    assert.match(q.stderr, /failure\.quarantine_(seconds|after)/);
+    const bomb = writeTinySpec(tmp.dir, { name: "bomb", steps: 4, everySteps: null });
+    writeFileSync(bomb, readFileSync(bomb, "utf8").replace(/train: .*\n/, `train: "/x/${"{0..9}".repeat(9)}.tar"\n`));
+    const b = await runCli(["submit", bomb, ...as(otto)]);
+    assert.equal(b.code, 2, b.stderr);
+    assert.match(b.stderr, /data\.train: the patterns stand for 1,000,000,000 shards, more than the limit of 1,000,000/);
+    const after = await runCli(["list", "--json", ...as(otto)]);
+    assert.equal(after.stdout, before.stdout, "nothing was persisted");
   });
 
   void it("an operator's job trains over the TLS worker gateway to SUCCEEDED and records its submitter; the access log has every change and refusal", { timeout: 180_000 }, async () => {

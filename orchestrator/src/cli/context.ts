@@ -6,6 +6,7 @@ import { ClipfleetError, type ErrorCode, type NodeCheck } from "../domain/index.
 import { loadClientTls } from "../auth/index.js";
 import { ControlClient, type ClientTls } from "../client/index.js";
 import type { JobService } from "../jobs/index.js";
+import type { SpecPolicy } from "../spec/index.js";
 
 /** Exit codes users' scripts rely on. */
 export const EXIT = { OK: 0, JOB_FAILED: 1, INVALID: 2, UNREACHABLE: 3, NOT_ALLOWED: 4 } as const;
@@ -29,6 +30,8 @@ export interface EmbedOptions {
   python?: string | null;
   /** ca.crt, server.crt, server.key: mutual TLS on the control port, TLS on the worker port. */
   tlsDir?: string | null;
+  /** What specs submitted to a server may reach (null or absent: no policy, as for `clipfleet run`). */
+  policy?: SpecPolicy | null;
   /** A server without TLS on purpose: every caller is an anonymous admin (a warning, and clipfleet_server_insecure 1). */
   insecure?: boolean;
   /** true for run/resume: only jobs of this invocation are scheduled. */

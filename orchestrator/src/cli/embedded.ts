@@ -1,6 +1,7 @@
 /** Options shared by the commands that start an orchestrator (run, resume without --server, server). */
 import type { Argv } from "yargs";
 import { InvalidArgumentError } from "../domain/index.js";
+import { DEFAULT_ALLOWED_ENV, DEFAULT_SPEC_POLICY, type SpecPolicy } from "../spec/index.js";
 import type { EmbedOptions, GlobalArgs } from "./context.js";
 
 export interface OrchestratorArgs {
@@ -14,6 +15,10 @@ export interface OrchestratorArgs {
   "known-hosts"?: string;
   advertise?: string;
   insecure?: boolean;
+  "allow-env"?: string[];
+  "allow-python"?: string[];
+  "max-quarantine-seconds"?: number;
+  "min-quarantine-after"?: number;
 }
 
 /**
@@ -29,6 +34,10 @@ export function orchestratorOptions<T extends GlobalArgs>(y: Argv<T>, defaultLis
           .option("listen", { type: "string", default: defaultListen, describe: "address of the control API, for users and the CLI (HOST:PORT)" })
           .option("worker-listen", { type: "string", describe: "address of the worker gateway, for ranks (HOST:PORT; default: the --listen host, any free port)" })
           .option("insecure", { type: "boolean", default: false, describe: "serve a non-loopback address without TLS: no authentication, every caller is an admin (not for a shared network)" })
+          .option("allow-env", { type: "string", array: true, describe: `policy: a worker.env name specs may set besides the defaults (${DEFAULT_ALLOWED_ENV.slice(0, 4).join(", ")}, ...); NAME or PREFIX_*` })
+          .option("allow-python", { type: "string", array: true, describe: "policy: an interpreter worker.python may name (default: none; ranks use the node's)" })
+          .option("max-quarantine-seconds", { type: "number", default: DEFAULT_SPEC_POLICY.maxQuarantineSeconds, describe: "policy: the longest node quarantine a spec may ask for" })
+          .option("min-quarantine-after", { type: "number", default: DEFAULT_SPEC_POLICY.minQuarantineAfter, describe: "policy: the fewest failures before quarantine a spec may ask for (0, never, is always allowed)" })
       : y.option("listen", {
           type: "string",
           default: defaultListen,
@@ -79,5 +88,14 @@ export function embedOptions(args: GlobalArgs & OrchestratorArgs, embedded: bool
       "listen",
     );
   }
-  return { ...common, listen: workerListen, controlListen: args.listen, tlsDir, insecure: args.insecure === true };
+  const policy: SpecPolicy = {
+    allowEnv: args["allow-env"] ?? [],
+    allowPython: args["allow-python"] ?? [],
+    maxQuarantineSeconds: args["max-quarantine-seconds"] ?? DEFAULT_SPEC_POLICY.maxQuarantineSeconds,
+    minQuarantineAfter: args["min-quarantine-after"] ?? DEFAULT_SPEC_POLICY.minQuarantineAfter,
+  };
+  for (const [flag, v] of [["max-quarantine-seconds", policy.maxQuarantineSeconds], ["min-quarantine-after", policy.minQuarantineAfter]] as const) {
+    if (!Number.isFinite(v) || v < 0 || v > 31_536_000) throw new InvalidArgumentError(`--${flag}: expected a number from 0 to 31536000, got ${v}`, flag);
+  }
+  return { ...common, listen: workerListen, controlListen: args.listen, tlsDir, insecure: args.insecure === true, policy };
 }

@@ -6,7 +6,7 @@
  */
 import { InvalidArgumentError, MAX_SPEC_BYTES, newJobId, type JobEvent, type JobRecord, type JobSpec } from "../domain/index.js";
 import { peekCaptionSources } from "../data/index.js";
-import { parseSpec } from "../spec/index.js";
+import { checkSpecPolicy, parseSpec } from "../spec/index.js";
 import type { CheckpointRefs } from "./checkpoint-refs.js";
 import type { JobContext } from "./context.js";
 import type { Datasets } from "./datasets.js";
@@ -39,6 +39,7 @@ export class Admission {
   async submit(input: SubmitInput): Promise<JobRecord> {
     const where = input.specPath || "spec";
     const spec = input.validated ?? this.validate(input, where);
+    if (this.ctx.deps.policy) checkSpecPolicy(spec, this.ctx.deps.policy, where);
     for (const st of spec.stages) {
       const why = this.ctx.scheduler.unsatisfiable({ ...placementRequest("", st, 0, 0), allowShrink: true });
       if (why) throw new InvalidArgumentError(`${where}: ${stageField(st, "cluster.workers")}: ${why}`, "cluster.workers");

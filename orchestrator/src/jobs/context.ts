@@ -10,7 +10,7 @@ import type { EventBus } from "../events/index.js";
 import { resolvePython, type Launcher } from "../launcher/index.js";
 import type { Metrics } from "../metrics/index.js";
 import type { Scheduler } from "../scheduler/index.js";
-import type { Presets } from "../spec/index.js";
+import type { Presets, SpecPolicy } from "../spec/index.js";
 import type { Attempt } from "./attempt.js";
 import type { JobLedger } from "./ledger.js";
 import type { JobLogs } from "./logs.js";
@@ -47,6 +47,8 @@ export interface JobServiceDeps {
    * (resumable) instead of being restarted behind the user's back.
    */
   readonly scope: Set<string> | null;
+  /** What a spec may reach (a server's policy); null: none (an embedded orchestrator runs its user's own specs). */
+  readonly policy?: SpecPolicy | null;
   /** How often the watchdog looks at heartbeats and progress. */
   readonly watchdogIntervalMs?: number;
 }

@@ -42,7 +42,8 @@ function nodeToProto(n: ReturnType<JobService["nodes"]>[number]): Node {
     gpus: n.node.gpus,
     labels: { ...n.node.labels },
     state: n.state,
-    quarantinedUntilMs: n.quarantinedUntilMs ?? 0,
+    // A quarantine asked for "forever" (1e308 s) ends at Infinity, which int64 cannot carry.
+    quarantinedUntilMs: n.quarantinedUntilMs === null ? 0 : Math.min(n.quarantinedUntilMs, Number.MAX_SAFE_INTEGER),
     failures: n.failures,
     launcher: n.node.launcher,
   };

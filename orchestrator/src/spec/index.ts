@@ -12,3 +12,4 @@ export { canonicalJson } from "./canonical.js";
 export { SpecValidationError, type SpecIssue } from "./issues.js";
 export { refreshDoc, renderDocBlocks } from "./docs.js";
 export { MAX_SPEC_BYTES } from "./files.js";
+export { checkSpecPolicy, DEFAULT_ALLOWED_ENV, DEFAULT_SPEC_POLICY, DENIED_ENV, envAllowed, type SpecPolicy } from "./policy.js";
