@@ -22,7 +22,8 @@ void describe("clipfleet server with the CLI", () => {
   let viaEnv: Record<string, string>;
 
   before(async () => {
-    server = await startServer({ stateDir: join(tmp.dir, "state") });
+    // The server's policy names the slow interpreter one test's spec asks for (worker.python).
+    server = await startServer({ stateDir: join(tmp.dir, "state"), args: ["--allow-python", join(tmp.dir, "slow-python")] });
     client = new ControlClient(server.address);
     viaFlag = ["--server", server.address];
     viaEnv = { CLIPFLEET_SERVER: server.address };

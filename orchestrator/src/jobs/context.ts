@@ -146,8 +146,16 @@ export class JobContext {
     this.deps.logs.append(jobId, { tsMs: this.now(), stage, attempt, rank: -1, stream: "orchestrator", line });
   }
 
+  /**
+   * Set when the orchestrator shuts down: ranks killed on the way out must not
+   * start endings that write to a store and a bus being closed (the next start
+   * reconciles those attempts as lost).
+   */
+  closing = false;
+
   /** Runs work started by an event (a message, an exit, a timer); a bug in it is logged, never thrown into the event. */
   background(a: Attempt, work: () => Promise<void>): void {
+    if (this.closing) return;
     work().catch((err: unknown) => {
       const msg = err instanceof Error ? (err.stack ?? err.message) : String(err);
       this.log(a.jobId, a.stage, a.attempt, `internal error: ${msg}`);

@@ -156,6 +156,7 @@ export class JobService implements MetricsSource {
 
   /** Stops timers and scheduling, and persists the last progress (the orchestrator is going away). */
   async close(): Promise<void> {
+    this.ctx.closing = true;
     this.dispatcher.close();
     for (const t of this.timers) t.cancel();
     await this.progress.flush();

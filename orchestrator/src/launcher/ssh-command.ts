@@ -14,13 +14,22 @@ import type { LaunchRequest } from "./types.js";
 export const PID_LINE = /^CLIPFLEET_PID (\d+)$/;
 
 /**
- * Run by the node's interpreter before the worker: own session and process
- * group, gloo bound to the interface holding the node's address (unless
- * GLOO_SOCKET_IFNAME is set: hosts whose name resolves to 127.0.1.1 would
- * otherwise offer peers a loopback address), the pid line, then the worker.
+ * Run by the node's interpreter before the worker: the rank's environment
+ * from the first line of stdin (JSON, read a byte at a time so the token line
+ * after it stays for the worker), own session and process group, gloo bound
+ * to the interface holding the node's address (unless GLOO_SOCKET_IFNAME is
+ * set: hosts whose name resolves to 127.0.1.1 would otherwise offer peers a
+ * loopback address), the pid line, then the worker.
  */
 const WRAPPER = [
-  "import os, socket, sys",
+  "import json, os, socket, sys",
+  "line = b''",
+  "while not line.endswith(b'\\n'):",
+  "    c = os.read(0, 1)",
+  "    if not c:",
+  "        break",
+  "    line += c",
+  "os.environ.update(json.loads(line or b'{}'))",
   "try:",
   "    os.setsid()",
   "except OSError:",
@@ -70,26 +79,30 @@ export function shellQuote(s: string): string {
 }
 
 /**
- * The remote command line of a rank. Secrets are not in it (asserted): the
- * token is written to the channel's stdin instead.
+ * The remote command line of a rank: the workdir, the interpreter and the
+ * wrapper, nothing of the rank's environment or secrets (`ps` on the node
+ * shows a command line to every user): those go to the channel's stdin
+ * (workerStdin).
  */
 export function workerCommand(req: Pick<LaunchRequest, "python" | "workdir" | "env" | "secrets" | "node">): string {
-  const env: Record<string, string> = { ...req.env, CLIPFLEET_TOKEN_STDIN: "1" };
-  env.PYTHONPATH = req.env.PYTHONPATH ? `${req.workdir}:${req.env.PYTHONPATH}` : req.workdir;
-  for (const k of Object.keys(env)) {
+  for (const k of Object.keys(req.env)) {
     if (!ENV_NAME.test(k)) throw new InvalidArgumentError(`worker.env: ${JSON.stringify(k)} is not an environment variable name`);
   }
-  const assigns = Object.entries(env).map(([k, v]) => `${k}=${shellQuote(v)}`);
-  const cmd = `cd ${shellQuote(req.workdir)} && exec env ${assigns.join(" ")} ${shellQuote(req.python)} -c ${shellQuote(WRAPPER)} ${shellQuote(req.node.address)}`;
+  const cmd = `cd ${shellQuote(req.workdir)} && exec env CLIPFLEET_TOKEN_STDIN=1 ${shellQuote(req.python)} -c ${shellQuote(WRAPPER)} ${shellQuote(req.node.address)}`;
   for (const secret of Object.values(req.secrets)) assert(!cmd.includes(secret), "a secret would appear on the remote command line");
   return cmd;
 }
 
-/** The stdin of a rank: its secrets, one line each, in the order the worker reads them (the token). */
-export function workerStdin(secrets: Readonly<Record<string, string>>): string {
-  const keys = Object.keys(secrets);
+/**
+ * The stdin of a rank: its environment as one JSON line (read by the
+ * wrapper; PYTHONPATH led by the workdir), then its secrets, one line each,
+ * in the order the worker reads them (the token).
+ */
+export function workerStdin(req: Pick<LaunchRequest, "workdir" | "env" | "secrets">): string {
+  const keys = Object.keys(req.secrets);
   assert(keys.every((k) => k === "CLIPFLEET_TOKEN"), `only CLIPFLEET_TOKEN can be passed over stdin, got ${keys.join(", ")}`);
-  return secrets.CLIPFLEET_TOKEN === undefined ? "" : `${secrets.CLIPFLEET_TOKEN}\n`;
+  const env: Record<string, string> = { ...req.env, PYTHONPATH: req.env.PYTHONPATH ? `${req.workdir}:${req.env.PYTHONPATH}` : req.workdir };
+  return `${JSON.stringify(env)}\n${req.secrets.CLIPFLEET_TOKEN === undefined ? "" : `${req.secrets.CLIPFLEET_TOKEN}\n`}`;
 }
 
 /** `kill -s TERM -- -PGID`: the portable spelling (dash's kill rejects `-TERM --`). */

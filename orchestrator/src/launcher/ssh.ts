@@ -125,7 +125,7 @@ export class SshLauncher implements Launcher {
 
   async launch(req: LaunchRequest): Promise<LaunchedProcess> {
     const command = workerCommand(req);
-    const stdin = workerStdin(req.secrets);
+    const stdin = workerStdin(req);
     const { conn, ch } = await this.open(req.node, command);
     ch.end(stdin);
     return new Promise<LaunchedProcess>((resolve, reject) => {

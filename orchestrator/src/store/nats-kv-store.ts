@@ -27,6 +27,8 @@ export interface NatsKvStoreOptions {
   history?: number;
   /** Timeout of each JetStream request in ms. Default 5000. */
   timeoutMs?: number;
+  /** How long opening retries while a cluster forms (no placement peers, no leader yet), in ms. Default 30000. */
+  formingTimeoutMs?: number;
 }
 
 /** The default bucket name. */
@@ -79,26 +81,37 @@ export class NatsKvJobStore implements JobStore {
       });
     }
     const timeoutMs = options.timeoutMs ?? 5000;
-    try {
-      const js = nc.jetstream({ timeout: timeoutMs });
-      const kv = await js.views.kv(bucket, {
-        history: options.history ?? 1,
-        replicas: options.replicas ?? 1,
-        // Direct gets may be answered by a lagging replica; a read followed by
-        // a compare-and-set needs the leader's current revision.
-        allow_direct: false,
-      });
-      const status = await kv.status();
-      return new NatsKvJobStore(url, bucket, status.replicas, nc, kv, timeoutMs);
-    } catch (err) {
-      await nc.close();
-      if (natsCode(err) === "503") {
-        throw new EnvironmentError(
-          `job store: NATS at ${url} has no JetStream; start nats-server with -js (see deploy/nats/README.md)`,
-          { cause: err },
-        );
+    // A cluster that is still forming answers "no suitable peers for placement" or "JetStream
+    // system temporarily unavailable": both pass within seconds, so retry them until a deadline.
+    // (A 503, no responders, is a server without JetStream: said at once.)
+    const deadline = Date.now() + (options.formingTimeoutMs ?? 30_000);
+    for (let wait = 100; ; wait = Math.min(2000, wait * 2)) {
+      try {
+        const js = nc.jetstream({ timeout: timeoutMs });
+        const kv = await js.views.kv(bucket, {
+          history: options.history ?? 1,
+          replicas: options.replicas ?? 1,
+          // Direct gets may be answered by a lagging replica; a read followed by
+          // a compare-and-set needs the leader's current revision.
+          allow_direct: false,
+        });
+        const status = await kv.status();
+        return new NatsKvJobStore(url, bucket, status.replicas, nc, kv, timeoutMs);
+      } catch (err) {
+        const forming = natsCode(err) !== "503" && /no suitable peers|temporarily unavailable/i.test((err as Error).message ?? "");
+        if (forming && Date.now() + wait < deadline) {
+          await delay(wait);
+          continue;
+        }
+        await nc.close();
+        if (natsCode(err) === "503") {
+          throw new EnvironmentError(
+            `job store: NATS at ${url} has no JetStream; start nats-server with -js (see deploy/nats/README.md)`,
+            { cause: err },
+          );
+        }
+        throw mapError(err, `job store: NATS at ${url}: cannot open bucket ${bucket}${forming ? " (the cluster did not become ready in time)" : ""}`);
       }
-      throw mapError(err, `job store: NATS at ${url}: cannot open bucket ${bucket}`);
     }
   }
 

@@ -361,4 +361,12 @@ void describe("job machinery with fake ranks and a fake clock", () => {
     assert.ok(!stored.includes(t0) && !stored.includes(t1), "rank tokens are not in the job record");
     assert.equal(h.job(job.id).stages[0]?.state, "RUNNING", "the refused calls did not disturb the job");
   });
+
+  void it("ranks that die while the orchestrator shuts down start no ending (the next start reconciles them as lost)", async () => {
+    const { id, ranks } = await running();
+    await h.service.close();
+    ranks[0]?.proc.exit({ code: null, signal: "SIGKILL" });
+    await h.clock.advance(5000);
+    assert.equal(h.job(id).stages[0]?.state, "RUNNING", "nothing written to a store being closed");
+  });
 });

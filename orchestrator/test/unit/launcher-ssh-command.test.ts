@@ -49,27 +49,29 @@ void describe("remote command line", () => {
     assert.equal(shellQuote("/usr/bin/python3"), "/usr/bin/python3", "simple words stay readable");
   });
 
-  void it("never contains the token, and names the workdir, interpreter and environment", () => {
-    const cmd = workerCommand({
+  void it("names the workdir and interpreter, never the token nor the environment (they go to stdin)", () => {
+    const req = {
       python: PYTHON,
       workdir: "/opt/clip fleet/worker-runtime",
-      env: { RANK: "1", MASTER_ADDR: "10.0.0.1", PYTHONPATH: "/extra" },
+      env: { RANK: "1", MASTER_ADDR: "10.0.0.1", PYTHONPATH: "/extra", WANDB_API_KEY: "wandb-secret-value" },
       secrets: { CLIPFLEET_TOKEN: TOKEN },
       node: node("10.0.0.1"),
-    });
+    };
+    const cmd = workerCommand(req);
     assert.ok(!cmd.includes(TOKEN));
-    assert.ok(cmd.startsWith("cd '/opt/clip fleet/worker-runtime' && exec env "), cmd);
-    assert.match(cmd, / RANK=1 /);
-    assert.match(cmd, / CLIPFLEET_TOKEN_STDIN=1 /);
-    assert.match(cmd, / PYTHONPATH='\/opt\/clip fleet\/worker-runtime:\/extra' /);
-    assert.equal(workerStdin({ CLIPFLEET_TOKEN: TOKEN }), `${TOKEN}\n`);
+    assert.ok(!cmd.includes("wandb-secret-value") && !cmd.includes("RANK="), cmd);
+    assert.ok(cmd.startsWith("cd '/opt/clip fleet/worker-runtime' && exec env CLIPFLEET_TOKEN_STDIN=1 "), cmd);
+    const [envLine, tokenLine, rest] = workerStdin(req).split("\n");
+    assert.deepEqual(JSON.parse(envLine ?? ""), { RANK: "1", MASTER_ADDR: "10.0.0.1", PYTHONPATH: "/opt/clip fleet/worker-runtime:/extra", WANDB_API_KEY: "wandb-secret-value" });
+    assert.equal(tokenLine, TOKEN);
+    assert.equal(rest, "");
   });
 
   void it("refuses to build a command that would carry a secret, or an environment name a shell cannot take", () => {
     const base = { python: PYTHON, workdir: "/w", secrets: { CLIPFLEET_TOKEN: "s3cret-value" }, node: node("10.0.0.1") };
-    assert.throws(() => workerCommand({ ...base, env: { NOTE: "copy of s3cret-value" } }), /secret would appear on the remote command line/);
+    assert.throws(() => workerCommand({ ...base, python: "/opt/s3cret-value/python3", env: {} }), /secret would appear on the remote command line/);
     assert.throws(() => workerCommand({ ...base, env: { "BAD-NAME": "x" } }), /worker\.env: "BAD-NAME" is not an environment variable name/);
-    assert.throws(() => workerStdin({ CLIPFLEET_TOKEN: "t", OTHER: "x" }), /only CLIPFLEET_TOKEN/);
+    assert.throws(() => workerStdin({ workdir: "/w", env: {}, secrets: { CLIPFLEET_TOKEN: "t", OTHER: "x" } }), /only CLIPFLEET_TOKEN/);
   });
 
   void it("spells kill portably (dash rejects `kill -TERM --`), for a process group only", () => {
@@ -106,15 +108,16 @@ void describe("remote command run by a shell", () => {
       );
       // A non-loopback address of this machine, if it has one: gloo must bind to its interface.
       const nic = Object.entries(networkInterfaces()).flatMap(([name, addrs]) => (addrs ?? []).filter((a) => a.family === "IPv4" && !a.internal).map((a) => ({ name, address: a.address })))[0];
-      const cmd = workerCommand({
+      const req = {
         python: PYTHON,
         workdir: dir,
-        env: { QUOTED: "it's $HOME `x`" },
+        env: { QUOTED: "it's $HOME `x`\nand a second line" },
         secrets: { CLIPFLEET_TOKEN: TOKEN },
         node: node(nic?.address ?? "127.0.0.1"),
-      });
+      };
+      const cmd = workerCommand(req);
       const child = spawn("/bin/sh", ["-c", cmd], { stdio: ["pipe", "pipe", "pipe"] });
-      child.stdin.end(workerStdin({ CLIPFLEET_TOKEN: TOKEN }));
+      child.stdin.end(workerStdin(req));
       let out = "";
       let err = "";
       child.stdout.on("data", (b: Buffer) => (out += b.toString()));
@@ -132,7 +135,7 @@ void describe("remote command run by a shell", () => {
       assert.equal(report.token, TOKEN);
       assert.deepEqual(report.argv, ["run"]);
       assert.equal(report.cwd, dir);
-      assert.equal(report.quoted, "it's $HOME `x`");
+      assert.equal(report.quoted, "it's $HOME `x`\nand a second line");
       assert.equal(report.pythonpath, dir);
       assert.equal(report.gloo, nic ? nic.name : null);
     } finally {
