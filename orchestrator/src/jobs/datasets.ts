@@ -46,7 +46,7 @@ export class Datasets {
   /** The data audit's log of a stage: one JSON line per rank step, `{a: attempt, s: step, ids}`. */
   auditPath(jobId: string, stage: string): string {
     const dir = join(this.ctx.deps.stateDir, "jobs", jobId, "audit");
-    mkdirSync(dir, { recursive: true });
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
     return join(dir, `${stage}.jsonl`);
   }
 

@@ -54,8 +54,8 @@ export class Launch {
     const init = spec.init.kind === "checkpoint" ? await this.refs.resolveInit(job, spec) : undefined;
     const checkpointRoot = join(spec.checkpoint.dir ?? join(deps.stateDir, "checkpoints"), job.id, p.stage);
     const runDir = join(deps.stateDir, "jobs", job.id, "stages", p.stage);
-    mkdirSync(checkpointRoot, { recursive: true });
-    mkdirSync(runDir, { recursive: true });
+    mkdirSync(checkpointRoot, { recursive: true, mode: 0o700 });
+    mkdirSync(runDir, { recursive: true, mode: 0o700 });
     // Directories of earlier attempts without a committed manifest are garbage.
     for (const dir of uncommittedDirs(checkpointRoot, new Set())) removeCheckpointDir(dir);
 

@@ -33,8 +33,9 @@ export class JobLogs {
   append(jobId: string, entry: LogEntry): void {
     let fd = this.fds.get(jobId);
     if (fd === undefined) {
-      mkdirSync(join(this.stateDir, "jobs", jobId), { recursive: true });
-      fd = openSync(this.path(jobId), "a");
+      mkdirSync(join(this.stateDir, "jobs", jobId), { recursive: true, mode: 0o700 });
+      // A rank's output may hold what its user would not show others: the owner's alone.
+      fd = openSync(this.path(jobId), "a", 0o600);
       this.fds.set(jobId, fd);
     }
     writeSync(fd, JSON.stringify(entry) + "\n");

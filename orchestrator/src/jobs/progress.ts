@@ -36,7 +36,7 @@ export class Progress {
     const finite = (v: number): boolean => Number.isFinite(v) || (dropped++, false);
     if (duration(rep.stepSeconds)) m.stepDuration.observe({ ...labels, rank: String(rank.rank) }, rep.stepSeconds);
     if (rep.samples.length > 0) {
-      appendFileSync(this.datasets.auditPath(a.jobId, a.stage), JSON.stringify({ a: a.attempt, s: rep.step - 1, ids: rep.samples }) + "\n");
+      appendFileSync(this.datasets.auditPath(a.jobId, a.stage), JSON.stringify({ a: a.attempt, s: rep.step - 1, ids: rep.samples }) + "\n", { mode: 0o600 });
     }
     if (duration(rep.dataWaitSeconds)) m.dataWait.inc({ ...labels, rank: String(rank.rank) }, rep.dataWaitSeconds);
     if (duration(rep.computeSeconds) && rep.computeSeconds > 0) m.computeTime.inc(labels, rep.computeSeconds);

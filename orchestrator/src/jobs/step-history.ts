@@ -52,11 +52,11 @@ export function stepHistoryPath(stateDir: string, jobId: string, stage: string):
 /** Appends one point (creating the directory on first use). */
 export function appendStepPoint(file: string, p: StepPointRecord): void {
   try {
-    appendFileSync(file, JSON.stringify(p) + "\n");
+    appendFileSync(file, JSON.stringify(p) + "\n", { mode: 0o600 });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-    mkdirSync(dirname(file), { recursive: true });
-    appendFileSync(file, JSON.stringify(p) + "\n");
+    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    appendFileSync(file, JSON.stringify(p) + "\n", { mode: 0o600 });
   }
 }
 

@@ -5,7 +5,7 @@
  * real JobService by fake ranks, a fake launcher and a fake clock.
  */
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
 import { FencedError, UnauthenticatedError } from "../../src/domain/index.js";
@@ -92,6 +92,10 @@ void describe("job machinery with fake ranks and a fake clock", () => {
     await h.stageIn(id, "SUCCEEDED");
     assert.equal(h.job(id).stages[0]?.progress.step, 20);
     assert.deepEqual(events(id), ["STARTING", "RUNNING", "SUCCEEDED"]);
+    for (const file of [join("jobs", id, "logs.jsonl"), join("jobs", id, "steps", "main.jsonl")]) {
+      assert.equal(statSync(join(h.dir, "state", file)).mode & 0o777, 0o600, file);
+    }
+    assert.equal(statSync(join(h.dir, "state", "jobs", id, "steps")).mode & 0o777, 0o700);
   });
 
   void it("kill -9 of a rank: the gang is torn down and a new attempt resumes from the last commit after the backoff", async () => {
