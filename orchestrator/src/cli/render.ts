@@ -52,7 +52,7 @@ function stageSummary(s: Stage): Record<string, unknown> {
     steps: s.progress?.step ?? 0,
     totalSteps: s.progress?.totalSteps ?? 0,
     restarts: s.restarts,
-    attempts: s.attempts.length,
+    attempts: s.attempts.length + s.attemptsOmitted,
     firstLoss: s.progress?.firstLoss ?? null,
     finalLoss: s.progress?.loss ?? null,
     metrics: s.metrics,

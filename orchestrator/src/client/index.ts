@@ -19,6 +19,7 @@ import {
   type Job,
   type JobEvent,
   type JobState,
+  type ListJobsResponse,
   type LogLine,
   type Node,
   type NodeList,
@@ -95,8 +96,9 @@ export class ControlClient {
   getJob(jobId: string): Promise<Job> {
     return this.call(this.client.getJob.bind(this.client) as Unary<object, Job>, { jobId });
   }
-  listJobs(states: JobState[] = [], limit = 0): Promise<Job[]> {
-    return this.call(this.client.listJobs.bind(this.client) as Unary<object, { jobs: Job[] }>, { states, limit }).then((r) => r.jobs);
+  /** Jobs oldest first (the list view: GetJob has a job's spec and events); `omitted`: older jobs the reply had no room for. */
+  listJobs(states: JobState[] = [], limit = 0): Promise<ListJobsResponse> {
+    return this.call(this.client.listJobs.bind(this.client) as Unary<object, ListJobsResponse>, { states, limit });
   }
   cancel(jobId: string, checkpoint: boolean, graceSeconds: number): Promise<Job> {
     return this.call(this.client.cancelJob.bind(this.client) as Unary<object, Job>, { jobId, checkpoint, graceSeconds }, 10 * 60_000);

@@ -10,6 +10,35 @@ export const MAX_SPEC_BYTES = 1024 * 1024;
 /** Most shard names the patterns of one data field may stand for (counted before expanding). */
 export const MAX_SHARDS = 1_000_000;
 
+/** Most stages of a pipeline. */
+export const MAX_STAGES = 128;
+
+/**
+ * Largest spec once defaults are filled in and every stage inherits the
+ * top-level fields (a 1 MiB spec of many stages could otherwise expand to
+ * hundreds of MiB in the job record and every status reply).
+ */
+export const MAX_RESOLVED_SPEC_BYTES = 2 * 1024 * 1024;
+
+/**
+ * Largest control reply the server sends (GetJob, ListJobs, ...): gRPC
+ * clients refuse messages past 4 MiB unless configured, the CLI takes up
+ * to 64 MiB. Larger replies are cut (rpc/reply-budget.ts), never refused.
+ */
+export const MAX_REPLY_BYTES = 4 * 1024 * 1024;
+
+/** Attempts of each stage a job reply holds (the latest; the others are counted). */
+export const REPLY_ATTEMPTS = 16;
+
+/** Most entries of a stage's `labels` or a job's `cluster.node_selector`. */
+export const MAX_LABELS = 64;
+
+/** Longest label key. */
+export const MAX_LABEL_KEY_CHARS = 64;
+
+/** Longest label value. */
+export const MAX_LABEL_CHARS = 256;
+
 /** A failure message a rank reports, kept at most this long (bytes of UTF-8). */
 export const MAX_FAILURE_MESSAGE_BYTES = 4 * 1024;
 

@@ -22,6 +22,7 @@ import type {
 } from "../gen/clipfleet/v1/control.js";
 import type { JobService } from "../jobs/index.js";
 import { checkpointToProto, eventToProto, jobToProto, stateFromProto } from "./convert.js";
+import { fitJob, fitJobList } from "./reply-budget.js";
 import { toServiceError } from "./status.js";
 
 /** Facts about the server for GetServerInfo. */
@@ -125,23 +126,23 @@ export function controlService(service: JobService, info: ServerInfoSource, secu
   return {
     submit: unary("submit", async (req: SubmitRequest, who) => {
       if (!req.specJson) throw new InvalidArgumentError("spec_json: required", "spec_json");
-      return jobToProto(await service.submit({ specJson: req.specJson, specPath: req.specPath, baseDir: req.baseDir || process.cwd(), submittedBy: who.name }));
+      return fitJob(jobToProto(await service.submit({ specJson: req.specJson, specPath: req.specPath, baseDir: req.baseDir || process.cwd(), submittedBy: who.name })));
     }),
-    getJob: unary("getJob", (req: JobRef) => jobToProto(service.get(requireJobId(req.jobId)))),
+    getJob: unary("getJob", (req: JobRef) => fitJob(jobToProto(service.get(requireJobId(req.jobId))))),
     listJobs: unary("listJobs", (req: ListJobsRequest) => {
       const states = new Set(req.states.map(stateFromProto));
       if (states.has(null)) throw new InvalidArgumentError("states: unknown job state", "states");
       let jobs = service.list();
       if (states.size > 0) jobs = jobs.filter((j) => states.has(j.state));
       if (req.limit > 0) jobs = jobs.slice(-req.limit);
-      return { jobs: jobs.map(jobToProto) };
+      return fitJobList(jobs.map(jobToProto));
     }),
     cancelJob: unary("cancelJob", async (req: CancelRequest) => {
       if (req.graceSeconds < 0 || req.graceSeconds > 86400) throw new InvalidArgumentError(`grace_seconds: expected 0..86400, got ${req.graceSeconds}`, "grace_seconds");
       const job = await service.cancel(requireJobId(req.jobId), { checkpoint: req.checkpoint, graceSeconds: req.graceSeconds > 0 ? req.graceSeconds : null });
-      return jobToProto(job);
+      return fitJob(jobToProto(job));
     }),
-    resumeJob: unary("resumeJob", async (req: JobRef) => jobToProto(await service.resume(requireJobId(req.jobId)))),
+    resumeJob: unary("resumeJob", async (req: JobRef) => fitJob(jobToProto(await service.resume(requireJobId(req.jobId))))),
     requestCheckpoint: unary("requestCheckpoint", (req: JobRef) => {
       const id = requireJobId(req.jobId);
       const r = service.requestCheckpoint(id);

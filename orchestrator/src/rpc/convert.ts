@@ -92,6 +92,7 @@ function stageToProto(job: JobRecord, s: StageRecord): Stage {
     checkpoints: s.checkpoints.map(checkpointToProto),
     startedAtMs: s.startedAtMs ?? 0,
     endedAtMs: s.endedAtMs ?? 0,
+    attemptsOmitted: 0,
   };
 }
 

@@ -41,6 +41,7 @@ function baseSchema(node: Node, opts: SchemaOptions): Record<string, Json> {
       return { type: "boolean" };
     case "string": {
       const s: Record<string, Json> = { type: "string", minLength: 1 };
+      put(s, "maxLength", node.maxLength);
       put(s, "pattern", node.pattern?.source);
       return s;
     }
@@ -61,6 +62,7 @@ function baseSchema(node: Node, opts: SchemaOptions): Record<string, Json> {
         additionalProperties: toJsonSchema(node.values, opts),
       };
       put(s, "minProperties", node.minEntries);
+      put(s, "maxProperties", node.maxEntries);
       return s;
     }
     case "object": {

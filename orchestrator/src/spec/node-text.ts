@@ -78,7 +78,7 @@ function baseExpectation(node: Node): string {
     case "boolean":
       return "true or false";
     case "string":
-      return "a non-empty string";
+      return node.maxLength === undefined ? "a non-empty string" : `a non-empty string of at most ${node.maxLength} characters`;
     case "enum":
       return node.values.length === 1 ? JSON.stringify(node.values[0]) : `one of ${node.values.map((v) => JSON.stringify(v)).join(", ")}`;
     case "list":
@@ -109,7 +109,7 @@ function baseTypeDoc(node: Node): string {
     case "boolean":
       return "boolean";
     case "string":
-      return "string";
+      return node.maxLength === undefined ? "string" : `string (<= ${node.maxLength} chars)`;
     case "enum":
       return node.values.map((v) => JSON.stringify(v)).join(" | ");
     case "list":
@@ -118,7 +118,7 @@ function baseTypeDoc(node: Node): string {
     case "range":
       return `[low, high] of ${typeDoc(node.items)}`;
     case "map":
-      return `map ${node.keyDoc} -> ${typeDoc(node.values)}`;
+      return `map ${node.keyDoc} -> ${typeDoc(node.values)}${node.maxEntries === undefined ? "" : ` (<= ${node.maxEntries} entries)`}`;
     case "object":
       return "mapping";
     case "union":

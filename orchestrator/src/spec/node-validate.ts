@@ -77,7 +77,8 @@ export function validate(node: Node, value: unknown, path: Path, issues: Issue[]
       return value;
     case "string": {
       const v = value as string;
-      if (v === "" || (node.pattern !== undefined && !node.pattern.test(v))) return bad();
+      if (v === "" || (node.maxLength !== undefined && v.length > node.maxLength)) return bad();
+      if (node.pattern !== undefined && !node.pattern.test(v)) return bad();
       return v;
     }
     case "enum":
@@ -105,6 +106,10 @@ export function validate(node: Node, value: unknown, path: Path, issues: Issue[]
       const entries = Object.entries(value as Record<string, unknown>);
       if (node.minEntries !== undefined && entries.length < node.minEntries) {
         issues.push({ path, message: `expected at least ${node.minEntries} ${node.minEntries === 1 ? "entry" : "entries"}, got ${show(value)}` });
+        return undefined;
+      }
+      if (node.maxEntries !== undefined && entries.length > node.maxEntries) {
+        issues.push({ path, message: `expected at most ${node.maxEntries} entries, got ${entries.length}` });
         return undefined;
       }
       const out: Record<string, unknown> = {};

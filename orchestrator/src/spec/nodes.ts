@@ -56,6 +56,8 @@ export interface BooleanNode extends Common {
 export interface StringNode extends Common {
   readonly kind: "string";
   readonly pattern?: RegExp;
+  /** Longest value, in characters (UTF-16 code units, as JSON Schema's maxLength). */
+  readonly maxLength?: number;
 }
 
 export interface EnumNode extends Common {
@@ -83,6 +85,8 @@ export interface MapNode extends Common {
   readonly keyDoc: string;
   readonly values: Node;
   readonly minEntries?: number;
+  /** Most entries; checked before any entry is looked at, so a huge map costs nothing. */
+  readonly maxEntries?: number;
 }
 
 /** A mapping with known fields; any other key is an error. */

@@ -8,7 +8,7 @@
  */
 import { createHash } from "node:crypto";
 import * as nodePath from "node:path";
-import { type JobSpec, type SynthSpec } from "../domain/index.js";
+import { type JobSpec, MAX_RESOLVED_SPEC_BYTES, MAX_STAGES, type SynthSpec } from "../domain/index.js";
 import { canonicalJson } from "./canonical.js";
 import { type Issue, type Path, deepFreeze, expectation, formatPath, isMapping, show, unknownFieldMessage, validate } from "./nodes.js";
 import { type Presets } from "./presets.js";
@@ -100,6 +100,10 @@ function stageItems(raw: Readonly<Record<string, unknown>>, issues: Issue[]): St
   if (stages === undefined) return [{ index: null, name: "main", needs: [], overrides: {} }];
   if (!Array.isArray(stages) || stages.length === 0) {
     issues.push({ path: ["stages"], message: `expected a non-empty list of stages, got ${show(stages)}` });
+    return [];
+  }
+  if (stages.length > MAX_STAGES) {
+    issues.push({ path: ["stages"], message: `expected at most ${MAX_STAGES} stages, got ${stages.length}` });
     return [];
   }
   const items: StageItem[] = [];
@@ -242,12 +246,18 @@ export function resolveSpec(raw: unknown, ctx: SpecContext): Resolution {
   if (issues.length > 0) return { ok: false, issues };
 
   const stages = ordered.map((item) => results.get(item)!.stage!);
+  const canonical = canonicalJson(stages);
+  const bytes = Buffer.byteLength(canonical, "utf8");
+  if (bytes > MAX_RESOLVED_SPEC_BYTES) {
+    const mib = (n: number): string => `${(n / 1024 / 1024).toFixed(1)} MiB`;
+    return { ok: false, issues: [{ path: [], message: `expands to ${mib(bytes)} once every stage inherits the top-level fields (at most ${mib(MAX_RESOLVED_SPEC_BYTES)}): move large values into the stages that need them` }] };
+  }
   const job: JobSpec = {
     name: name!,
     priority: priority!,
     stages,
     base_dir: baseDir,
-    config_sha256: createHash("sha256").update(canonicalJson(stages)).digest("hex"),
+    config_sha256: createHash("sha256").update(canonical).digest("hex"),
   };
   return { ok: true, job: deepFreeze(job) };
 }

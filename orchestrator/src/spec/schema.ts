@@ -23,6 +23,9 @@ import {
   type TokenizerSpec,
   type TrainSpec,
   type WorkerSpec,
+  MAX_LABEL_CHARS,
+  MAX_LABEL_KEY_CHARS,
+  MAX_LABELS,
   TASKS,
 } from "../domain/index.js";
 import {
@@ -47,6 +50,21 @@ import {
   withDefault,
 } from "./nodes.js";
 import { type Presets } from "./presets.js";
+
+/**
+ * Labels (a stage's, a node selector's): bounded like Kubernetes' labels,
+ * since each may become a report column or a metric label and a spec arrives
+ * from the network.
+ */
+function labelMap(keyChars: RegExp): Node {
+  const keyPattern = new RegExp(`^(?=.{1,${MAX_LABEL_KEY_CHARS}}$)${keyChars.source.slice(1)}`);
+  return mapOf(string({ maxLength: MAX_LABEL_CHARS }), {
+    keyPattern,
+    keyDoc: `label of at most ${MAX_LABEL_KEY_CHARS} characters`,
+    maxEntries: MAX_LABELS,
+    typeDoc: `map label -> string (at most ${MAX_LABELS} entries; keys up to ${MAX_LABEL_KEY_CHARS} chars, values up to ${MAX_LABEL_CHARS})`,
+  });
+}
 
 /** Job names end up in paths, NATS subjects and metric labels. */
 export const JOB_NAME = /^[A-Za-z0-9._-]{1,64}$/;
@@ -213,7 +231,7 @@ const CLUSTER_FIELDS = {
   backend: withDefault(oneOf(["auto", "gloo", "nccl"]), "auto", "torch.distributed backend; `auto`: nccl with GPUs, gloo without; nccl needs `gpus_per_worker` >= 1."),
   gpus_per_worker: withDefault(count(), 0, "GPUs each rank needs on its node."),
   node_selector: withDefault(
-    mapOf(string(), { keyPattern: /^[A-Za-z0-9_./-]+$/, keyDoc: "label" }),
+    labelMap(/^[A-Za-z0-9_./-]+$/),
     {},
     "Only place ranks on nodes whose inventory labels match all of these.",
     { examples: [{ zone: "rack-1" }] },
@@ -310,7 +328,7 @@ export function stageFields(presets: Presets | null) {
     freeze_backbone: withDefault(boolean(), false, "Fine-tune tasks only: train the dense head with the image tower frozen."),
     dense: withDefault(object(DENSE_FIELDS), {}, "Dense heads and losses of the fine-tune tasks."),
     labels: withDefault(
-      mapOf(string(), { keyPattern: /^[A-Za-z0-9_.-]+$/, keyDoc: "label" }),
+      labelMap(/^[A-Za-z0-9_.-]+$/),
       {},
       "Free-form labels of the stage; `clipfleet report` groups and compares stages by them.",
       { examples: [{ variant: "vecap", data: "10%" }] },

@@ -1,7 +1,8 @@
 /** `clipfleet list`: every job, newest last. */
 import type { Command } from "../command.js";
 import { connectOrOpen } from "../offline.js";
-import { out, printJson } from "../context.js";
+import { MAX_REPLY_BYTES } from "../../domain/index.js";
+import { note, out, printJson } from "../context.js";
 import { jobSummary, stateName, table } from "../render.js";
 
 export const listCommand: Command<{ limit: number }> = (deps) => ({
@@ -14,7 +15,9 @@ export const listCommand: Command<{ limit: number }> = (deps) => ({
       .example("$0 list --json", "jobs of ./.clipfleet as JSON"),
   handler: async (args) => {
     await connectOrOpen(deps, args, async (client) => {
-      const jobs = await client.listJobs([], args.limit);
+      const { jobs, omitted } = await client.listJobs([], args.limit);
+      // To stderr, so `list --json | jq` still gets a plain array.
+      if (omitted > 0) note(`${omitted} older job${omitted === 1 ? "" : "s"} not shown: the reply holds what fits in ${MAX_REPLY_BYTES / 1024 / 1024} MiB (use --limit)`);
       if (args.json) {
         printJson(jobs.map((j) => jobSummary(j)));
         return;
