@@ -48,6 +48,9 @@ export function fromServiceError(err: ServiceError, address: string): ClipfleetE
       return new NotFoundError(message);
     case status.INVALID_ARGUMENT:
       return new InvalidArgumentError(message);
+    case status.RESOURCE_EXHAUSTED:
+      // The transport's size limit (either side's): the request, or a reply, is larger than allowed.
+      return new InvalidArgumentError(`${address}: ${message} (a request larger than the server accepts, or a reply larger than this client takes)`);
     default:
       return new ClipfleetError("INTERNAL", `${address}: ${message}`);
   }
