@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
+import { loadClientTls } from "../../orchestrator/src/auth/index.js";
 import { alive, freePort, ROOT, runCli, startServer, tempDir, writeTinySpec, type CliResult, type ServerHandle } from "../helpers/cli.js";
 
 /** A ControlService client built from the .proto at run time, independent of the generated code. */
@@ -29,10 +30,12 @@ interface DynamicControl extends grpc.Client {
   Watch(req: object): grpc.ClientReadableStream<unknown>;
 }
 
-function dynamicControlClient(address: string): DynamicControl {
+function dynamicControlClient(address: string, tlsDir: string): DynamicControl {
   const def = protoLoader.loadSync(join(ROOT, "proto/clipfleet/v1/control.proto"), { includeDirs: [join(ROOT, "proto")], keepCase: true, longs: Number, enums: Number });
   const pkg = grpc.loadPackageDefinition(def) as unknown as { clipfleet: { v1: { ControlService: grpc.ServiceClientConstructor } } };
-  return new pkg.clipfleet.v1.ControlService(address, grpc.credentials.createInsecure()) as unknown as DynamicControl;
+  const tls = tlsDir ? loadClientTls(tlsDir) : null;
+  const creds = tls ? grpc.credentials.createSsl(tls.ca, tls.key, tls.cert) : grpc.credentials.createInsecure();
+  return new pkg.clipfleet.v1.ControlService(address, creds) as unknown as DynamicControl;
 }
 
 function unary(fn: (req: object, cb: Callback) => void, req: object): Promise<{ err: grpc.ServiceError | null; res: Record<string, unknown> | null }> {
@@ -79,7 +82,7 @@ void describe("bad input against a real server", () => {
 
   before(async () => {
     server = await startServer({ stateDir: state });
-    rpc = dynamicControlClient(server.address);
+    rpc = dynamicControlClient(server.address, server.tlsDir);
   });
   after(async () => {
     rpc.close();

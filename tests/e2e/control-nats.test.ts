@@ -13,7 +13,7 @@ import { after, before, describe, it } from "node:test";
 import { connect, type NatsConnection } from "nats";
 import { natsSkipReason, startNatsServer, type NatsServer } from "../../orchestrator/test/helpers/nats.js";
 import { alive, runCli, startServer, tempDir, waitFor, writeTinySpec, type ServerHandle } from "../helpers/cli.js";
-import { attemptPids, ControlClient, stateName, statusJson, waitEnd } from "./control-helpers.js";
+import { attemptPids, stateName, statusJson, waitEnd } from "./control-helpers.js";
 
 /** An event as it travels on NATS (the domain JobEvent as JSON). */
 interface WireEvent {
@@ -57,7 +57,7 @@ void describe("clipfleet server with NATS events and a JetStream KV store", { sk
     const args = ["--store", nats.url, "--nats", nats.url];
     const first = await startServer({ stateDir: join(tmp.dir, "state-1"), args });
     servers.push(first);
-    const client = new ControlClient(first.address);
+    const client = first.client();
     const info = await client.serverInfo();
     client.close();
     assert.match(info.store, /nats/i, `ServerInfo.store: ${info.store}`);
@@ -67,7 +67,7 @@ void describe("clipfleet server with NATS events and a JetStream KV store", { sk
     const sub = await runCli(["submit", spec, "--server", first.address]);
     assert.equal(sub.code, 0, sub.stderr);
     const id = sub.stdout.trim();
-    const c1 = new ControlClient(first.address);
+    const c1 = first.client();
     const done = await waitEnd(c1, id, "SUCCEEDED").finally(() => c1.close());
 
     const s = await statusJson(id, { args: ["--server", first.address] });

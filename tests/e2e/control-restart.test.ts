@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import type { JobRecord } from "../../orchestrator/src/domain/index.js";
 import { alive, runCli, startServer, tempDir, waitFor, writeTinySpec, type ServerHandle } from "../helpers/cli.js";
-import { attemptPids, ControlClient, stateName, statusJson, waitEnd, waitJob } from "./control-helpers.js";
+import { attemptPids, stateName, statusJson, waitEnd, waitJob } from "./control-helpers.js";
 
 void describe("kill -9 of the server mid-run", () => {
   const tmp = tempDir("clipfleet-restart-");
@@ -30,7 +30,7 @@ void describe("kill -9 of the server mid-run", () => {
     assert.equal(sub.code, 0, sub.stderr);
     const id = sub.stdout.trim();
 
-    const c1 = new ControlClient(first.address);
+    const c1 = first.client();
     let before;
     try {
       before = await waitJob(
@@ -59,7 +59,7 @@ void describe("kill -9 of the server mid-run", () => {
 
     const second = await startServer({ stateDir: state, port: first.port });
     servers.push(second);
-    const c2 = new ControlClient(second.address);
+    const c2 = second.client();
     let done;
     try {
       done = await waitEnd(c2, id, "SUCCEEDED", 120_000);

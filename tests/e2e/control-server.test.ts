@@ -12,7 +12,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { alive, finished, runCli, startCli, startServer, tempDir, writeTinySpec, type ServerHandle } from "../helpers/cli.js";
-import { attemptPids, ControlClient, stateName, statusJson, waitEnd, waitJob } from "./control-helpers.js";
+import { attemptPids, type ControlClient, stateName, statusJson, waitEnd, waitJob } from "./control-helpers.js";
 
 void describe("clipfleet server with the CLI", () => {
   const tmp = tempDir("clipfleet-control-");
@@ -24,7 +24,7 @@ void describe("clipfleet server with the CLI", () => {
   before(async () => {
     // The server's policy names the slow interpreter one test's spec asks for (worker.python).
     server = await startServer({ stateDir: join(tmp.dir, "state"), args: ["--allow-python", join(tmp.dir, "slow-python")] });
-    client = new ControlClient(server.address);
+    client = server.client();
     viaFlag = ["--server", server.address];
     viaEnv = { CLIPFLEET_SERVER: server.address };
   });

@@ -2,12 +2,14 @@
  * Factories for end-to-end tests: run the real `bin/clipfleet`, make temp
  * dirs, write tiny specs, generate (once) the tiny synthetic dataset.
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { loadClientTls } from "../../orchestrator/src/auth/index.js";
+import { ControlClient } from "../../orchestrator/src/client/index.js";
 
 /** The repository root (tests compile to dist/tests/helpers). */
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
@@ -21,6 +23,28 @@ export interface CliResult {
   stderr: string;
 }
 
+/**
+ * The suites run with TLS on, as a server on a network does: one fixture CA
+ * per test process (`clipfleet certs init`), handed to every CLI through
+ * CLIPFLEET_TLS_DIR and to every server with --tls-dir, so control calls
+ * use mutual TLS and ranks reach the worker gateway over TLS, with
+ * `clipfleet run` as with `clipfleet server`. CLIPFLEET_TEST_TLS=0 runs
+ * them in the clear; a test that wants no identity passes CLIPFLEET_TLS_DIR="".
+ */
+export const TEST_TLS = process.env.CLIPFLEET_TEST_TLS !== "0";
+let fixtureTls: string | null = null;
+
+/** The fixture CA's folder (ca.crt, client.crt/key of an admin, server.crt/key for 127.0.0.1), made on first use. */
+export function fixtureTlsDir(): string {
+  if (fixtureTls === null) {
+    const dir = mkdtempSync(join(tmpdir(), "clipfleet-fixture-tls-"));
+    execFileSync(process.execPath, [BIN, "certs", "init", "--dir", join(dir, "tls"), "--host", "127.0.0.1", "--host", "localhost"], { stdio: ["ignore", "ignore", "pipe"] });
+    process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+    fixtureTls = join(dir, "tls");
+  }
+  return fixtureTls;
+}
+
 /** Runs `clipfleet ARGS` to completion. */
 export function runCli(args: string[], opts: { cwd?: string; env?: Record<string, string>; timeoutMs?: number } = {}): Promise<CliResult> {
   const child = startCli(args, opts);
@@ -31,7 +55,7 @@ export function runCli(args: string[], opts: { cwd?: string; env?: Record<string
 export function startCli(args: string[], opts: { cwd?: string; env?: Record<string, string> } = {}): ChildProcess & { output: { stdout: string; stderr: string } } {
   const child = spawn(process.execPath, [BIN, ...args], {
     cwd: opts.cwd ?? ROOT,
-    env: { ...process.env, CLIPFLEET_PYTHON: PYTHON, ...opts.env },
+    env: { ...process.env, CLIPFLEET_PYTHON: PYTHON, ...(TEST_TLS ? { CLIPFLEET_TLS_DIR: fixtureTlsDir() } : {}), ...opts.env },
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
   }) as ChildProcess & { output: { stdout: string; stderr: string } };
@@ -174,6 +198,10 @@ export interface ServerHandle {
   readonly address: string;
   readonly port: number;
   readonly stateDir: string;
+  /** The folder of the server's certificates and of the admin identity its clients use; "" without TLS. */
+  readonly tlsDir: string;
+  /** A control client with the admin identity of tlsDir (close it when done). */
+  client(): ControlClient;
   /** SIGTERM, then wait for the exit (the server stops its workers); SIGKILL after `timeoutMs`. */
   stop(timeoutMs?: number): Promise<CliResult>;
   /** SIGKILL of the server process alone (a crash: its workers are not signalled by anyone), then wait for the exit. */
@@ -189,7 +217,10 @@ let serverExitHook = false;
  */
 export async function startServer(opts: { stateDir: string; port?: number; args?: string[]; env?: Record<string, string>; readyTimeoutMs?: number }): Promise<ServerHandle> {
   const port = opts.port ?? (await freePort());
-  const child = startCli(["server", "--state-dir", opts.stateDir, "--listen", `127.0.0.1:${port}`, "--metrics-listen", "127.0.0.1:0", ...(opts.args ?? [])], { env: opts.env });
+  const args = opts.args ?? [];
+  // CLIPFLEET_TLS_DIR (the fixture's, or the caller's) gives the server its certificates unless --tls-dir names others.
+  const tlsDir = args.includes("--tls-dir") ? args[args.indexOf("--tls-dir") + 1]! : (opts.env?.CLIPFLEET_TLS_DIR ?? (TEST_TLS ? fixtureTlsDir() : ""));
+  const child = startCli(["server", "--state-dir", opts.stateDir, "--listen", `127.0.0.1:${port}`, "--metrics-listen", "127.0.0.1:0", ...args], { env: opts.env });
   liveServers.add(child);
   if (!serverExitHook) {
     serverExitHook = true;
@@ -224,6 +255,8 @@ export async function startServer(opts: { stateDir: string; port?: number; args?
     address: `127.0.0.1:${port}`,
     port,
     stateDir: opts.stateDir,
+    tlsDir,
+    client: () => new ControlClient(`127.0.0.1:${port}`, undefined, tlsDir ? loadClientTls(tlsDir) : null),
     stop: (timeoutMs = 30_000) => signalAndWait("SIGTERM", timeoutMs),
     kill9: () => signalAndWait("SIGKILL", 10_000),
   };

@@ -77,8 +77,10 @@ export function embedOptions(args: GlobalArgs & OrchestratorArgs, embedded: bool
     embedded,
     scope,
   };
-  if (embedded) return { ...common, listen: args.listen, controlListen: null };
-  const tlsDir = args["tls-dir"] ?? process.env.CLIPFLEET_TLS_DIR ?? null;
+  // An empty CLIPFLEET_TLS_DIR means none, as an unset one.
+  const tlsDir = (args["tls-dir"] ?? process.env.CLIPFLEET_TLS_DIR) || null;
+  // `run`: the control API is a socket only this user opens; with --tls-dir the ranks (over SSH too) reach the worker port over TLS.
+  if (embedded) return { ...common, listen: args.listen, controlListen: null, tlsDir };
   const workerListen = args["worker-listen"] ?? `${args.listen.replace(/:\d+$/, "")}:0`;
   // Secure by default: a server others can reach authenticates them, unless told not to.
   const exposed = [args.listen, workerListen].find((a) => !isLoopback(hostOf(a)));
