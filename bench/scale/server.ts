@@ -20,6 +20,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { parseArgs } from "node:util";
+import { loadOrCreateSigningKey } from "../../orchestrator/src/checkpoints/index.js";
 import { systemClock } from "../../orchestrator/src/domain/index.js";
 import { openEventBus } from "../../orchestrator/src/events/index.js";
 import { JobLedger, JobLogs, JobService } from "../../orchestrator/src/jobs/index.js";
@@ -237,6 +238,7 @@ async function main(): Promise<void> {
     clock,
     presets: loadPresets(PRESETS_PATH),
     stateDir,
+    manifestKey: await loadOrCreateSigningKey(stateDir),
     workerRuntimeDir: WORKER_RUNTIME_DIR,
     python: values.python,
     gatewayAddress: () => gateway,

@@ -16,6 +16,7 @@ import { JobLedger, JobLogs, JobService, ORCHESTRATOR_VERSION } from "./jobs/ind
 import { checkNodes, defaultKnownHostsPath, LocalLauncher, resolvePython, runSynth, runWorkerCli, SshLauncher } from "./launcher/index.js";
 import { DEFAULT_RETENTION_SECONDS, Metrics, serveMetrics, type MetricsServer } from "./metrics/index.js";
 import { AccessLog, ANONYMOUS, loadServerTls, localIdentity } from "./auth/index.js";
+import { KEYS_DIR, loadOrCreateSigningKey, PUBLIC_KEY_FILE } from "./checkpoints/index.js";
 import { startControlServer, startWorkerServer } from "./rpc/index.js";
 import { localInventory, parseInventory, Scheduler, type Node } from "./scheduler/index.js";
 import { loadPresets } from "./spec/index.js";
@@ -42,6 +43,7 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
   const logs = new JobLogs(stateDir);
   const ledger = new JobLedger(store, bus, clock);
   const tls = opts.tlsDir ? loadServerTls(opts.tlsDir) : null;
+  const manifestKey = await loadOrCreateSigningKey(stateDir);
   let gateway = "";
   const service = new JobService({
     ledger,
@@ -53,6 +55,7 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
     clock,
     presets: loadPresets(PRESETS_PATH),
     stateDir,
+    manifestKey,
     workerRuntimeDir: WORKER_RUNTIME_DIR,
     python: opts.python ?? process.env.CLIPFLEET_PYTHON ?? null,
     gatewayAddress: () => gateway,
@@ -65,7 +68,14 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
   let metricsServer: MetricsServer | null = null;
   if (opts.metricsListen) metricsServer = await serveMetrics(metrics, opts.metricsListen);
   if (opts.insecure) metrics.serverInsecure.set(1);
-  const info = { version: ORCHESTRATOR_VERSION, stateDir, metricsAddress: () => metricsServer?.address ?? "", store: store.describe(), events: opts.nats ?? "in-process" };
+  const info = {
+    version: ORCHESTRATOR_VERSION,
+    stateDir,
+    metricsAddress: () => metricsServer?.address ?? "",
+    store: store.describe(),
+    events: opts.nats ?? "in-process",
+    manifestKey: { publicKeyPem: manifestKey.publicKeyPem, fingerprint: manifestKey.fingerprint },
+  };
   // A server's control API on its TCP address; an embedded orchestrator's on a socket only this user opens.
   const control = await startControlServer(
     opts.controlListen ?? `unix:${localSocketPath(stateDir)}`,
@@ -93,6 +103,7 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
     address: controlAddress,
     workerAddress: gateway,
     metricsAddress: metricsServer?.address ?? null,
+    manifestKey: { fingerprint: manifestKey.fingerprint, publicKeyFile: join(stateDir, KEYS_DIR, PUBLIC_KEY_FILE) },
     close: () => {
       closing ??= (async () => {
         clearInterval(sweep);

@@ -8,24 +8,14 @@ import assert from "node:assert/strict";
 import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { runCli, tempDir, tinyDataset } from "../helpers/cli.js";
+import { runCli, tempDir, tinyDataset, tinyModelAndData } from "../helpers/cli.js";
 import { status, type JobView } from "../helpers/jobs.js";
 
 const STATE_SUCCEEDED = 6;
 
 function pipelineSpec(dir: string, name: string, segExtra = ""): string {
-  const data = tinyDataset();
   const text = `name: ${name}
-model:
-  image: vit-tiny
-  text: {preset: text-tiny, context_length: 48}
-  embed_dim: 64
-  tokenizer: byte
-data:
-  train: ${data}/train-{00000..00003}.tar
-  val: ${data}/val-{00000..00000}.tar
-  captions: {vecap: 1}
-cluster: {workers: 1}
+${tinyModelAndData("{vecap: 1}")}cluster: {workers: 1}
 train: {steps: 12, batch_size: 16, lr: 1.0e-3, warmup_steps: 2}
 checkpoint: {every_steps: 6}
 stages:

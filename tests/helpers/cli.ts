@@ -123,14 +123,10 @@ export interface TinySpec {
   everyMinutes?: number;
 }
 
-/** Writes a tiny pretraining spec over the shared dataset into `dir`; returns its path. */
-export function writeTinySpec(dir: string, o: TinySpec = {}): string {
+/** The `model` and `data` sections of the tiny specs (vit-tiny over the shared dataset), `data` last so a caller may add fields to it. */
+export function tinyModelAndData(captions: string): string {
   const data = tinyDataset();
-  const env = Object.entries(o.env ?? {}).map(([k, v]) => `    ${k}: "${v}"`).join("\n");
-  const failure = Object.entries(o.failure ?? {}).map(([k, v]) => `  ${k}: ${v}`).join("\n");
-  const text = `name: ${o.name ?? "tiny"}
-task: pretrain
-model:
+  return `model:
   image: vit-tiny
   text: {preset: text-tiny, context_length: 48}
   embed_dim: 64
@@ -138,8 +134,17 @@ model:
 data:
   train: ${data}/train-{00000..00003}.tar
   val: ${data}/val-{00000..00000}.tar
-  captions: {alt: 0.5, vecap: 0.5}
-  audit: ${o.audit ? "true" : "false"}
+  captions: ${captions}
+`;
+}
+
+/** Writes a tiny pretraining spec over the shared dataset into `dir`; returns its path. */
+export function writeTinySpec(dir: string, o: TinySpec = {}): string {
+  const env = Object.entries(o.env ?? {}).map(([k, v]) => `    ${k}: "${v}"`).join("\n");
+  const failure = Object.entries(o.failure ?? {}).map(([k, v]) => `  ${k}: ${v}`).join("\n");
+  const text = `name: ${o.name ?? "tiny"}
+task: pretrain
+${tinyModelAndData("{alt: 0.5, vecap: 0.5}")}  audit: ${o.audit ? "true" : "false"}
 train:
   steps: ${o.steps ?? 20}
   batch_size: ${o.batch ?? 32}

@@ -3,9 +3,12 @@
 Phase one of the two-phase commit happens here: every rank writes its files
 into the step's fresh directory (temp name, fsync, rename, fsync the
 directory) and reports their sha256 and sizes. The orchestrator writes the
-manifest (phase two) once every rank has reported. Loading verifies the
-digests first and uses torch.load(weights_only=True), which refuses pickled
-code. Rank 0 writes the model and trainer state (data-parallel ranks hold the
+manifest (phase two) once every rank has reported. A rank loads only the
+files of the checkpoint reference it is assigned (the files and digests of
+a manifest the orchestrator signed and verified), through VerifiedCheckpoint:
+every file is checked before any is loaded, and the bytes handed to
+torch.load(weights_only=True), which refuses pickled code, are the very
+bytes that were hashed, so a file swapped after the check is refused too. Rank 0 writes the model and trainer state (data-parallel ranks hold the
 same weights); every rank writes its own RNG states.
 """
 
@@ -220,9 +223,58 @@ def verify(directory: str, files: list[tuple[str, str, int]]) -> None:
 
 
 def load(path: str) -> Any:
-    """torch.load with weights_only (no pickled code), undoing serialize()'s float encoding."""
+    """torch.load with weights_only of a file this process wrote itself (tests, tools).
+
+    Tasks never call it on a checkpoint they are assigned: they load through
+    VerifiedCheckpoint, which reads only the manifest's files and checks them.
+    """
+    with open(path, "rb") as f:
+        return _load_bytes(f.read(), path)
+
+
+def _load_bytes(data: bytes, path: str) -> Any:
+    """torch.load with weights_only (no pickled code) of bytes in memory, undoing serialize()'s float encoding."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt file that passed no digest check (init from a bare path)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:
         raise CheckpointError(f"cannot be loaded: {err}", path) from err
     return _decode(obj)
+
+
+class VerifiedCheckpoint:
+    """A committed checkpoint as a rank may read it: its directory and the files of its signed manifest.
+
+    `files` maps a path (relative to `directory`) to its (sha256, size), as
+    the orchestrator sent them from the manifest it verified. Nothing else in
+    the directory is ever opened (a file dropped there later is not loaded),
+    and each load checks the bytes it hands to torch against the digest.
+    """
+
+    def __init__(self, directory: str, files: dict[str, tuple[str, int]]) -> None:
+        self.directory = directory
+        self.files = dict(files)
+
+    @classmethod
+    def of(cls, ref) -> "VerifiedCheckpoint":
+        """From an assignment's CheckpointRef; every file is verified before this returns."""
+        c = cls(ref.dir, {f.path: (f.sha256, int(f.size)) for f in ref.files})
+        verify(c.directory, [(path, digest, size) for path, (digest, size) in c.files.items()])
+        return c
+
+    def has(self, name: str) -> bool:
+        return name in self.files
+
+    def load(self, name: str) -> Any:
+        """The object in file `name`, which must be one of the manifest's and still match its digest."""
+        full = os.path.join(self.directory, name)
+        if name not in self.files:
+            raise CheckpointError("is not among the files of the checkpoint's signed manifest; not loaded", full)
+        digest, size = self.files[name]
+        with open(full, "rb") as f:
+            data = f.read()
+        if len(data) != size:
+            raise CheckpointError(f"has {len(data)} bytes, the manifest says {size} (changed since it was verified?)", full)
+        got = hashlib.sha256(data).hexdigest()
+        if got != digest:
+            raise CheckpointError(f"sha256 {got[:12]} does not match the manifest's {digest[:12]} (changed since it was verified?)", full)
+        return _load_bytes(data, full)

@@ -1,14 +1,23 @@
-/** checkpoints: two-phase commit, verification and retention of checkpoint directories. */
+/** checkpoints: two-phase commit, signed manifests, verification and retention of checkpoint directories. */
 export {
   checkpointDirName,
   commitManifest,
+  importCheckpoint,
   MANIFEST_NAME,
-  readManifest,
+  readForeignCheckpoint,
+  readImportedManifest,
+  readManifestBytes,
+  readRecordedManifest,
+  recordedManifestProblem,
+  readVerifiedManifest,
   removeCheckpointDir,
   retentionVictims,
   sha256File,
   sha256Hex,
+  signManifestBytes,
+  SIGNATURE_NAME,
   uncommittedDirs,
   verifyCheckpoint,
 } from "./catalogue.js";
-export type { CheckpointManifest } from "./catalogue.js";
+export type { CheckpointManifest, VerifiedManifest } from "./catalogue.js";
+export { KEYS_DIR, loadOrCreateSigningKey, ManifestSigner, ManifestVerifier, PUBLIC_KEY_FILE, readPublicKey, readSigningKey, SIGNING_KEY_FILE } from "./signing.js";

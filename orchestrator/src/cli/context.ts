@@ -49,6 +49,8 @@ export interface EmbeddedOrchestrator {
   /** host:port ranks dial for the worker gateway. */
   readonly workerAddress: string;
   readonly metricsAddress: string | null;
+  /** The key the orchestrator signs checkpoint manifests with: its fingerprint and its public key's file, for admins. */
+  readonly manifestKey: { readonly fingerprint: string; readonly publicKeyFile: string };
   close(): Promise<void>;
 }
 

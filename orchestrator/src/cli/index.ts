@@ -11,6 +11,7 @@ import { auditCommand } from "./commands/audit.js";
 import { cancelCommand } from "./commands/cancel.js";
 import { certsCommand } from "./commands/certs.js";
 import { checkpointCommand, checkpointsCommand } from "./commands/checkpoint.js";
+import { manifestsCommand } from "./commands/manifests.js";
 import { cordonCommand, uncordonCommand } from "./commands/cordon.js";
 import { completionCommand } from "./commands/completion.js";
 import { dataCommand } from "./commands/data.js";
@@ -44,6 +45,7 @@ const COMMANDS: Command<never>[] = [
   resumeCommand,
   checkpointCommand,
   checkpointsCommand,
+  manifestsCommand,
   nodesCommand,
   cordonCommand,
   uncordonCommand,

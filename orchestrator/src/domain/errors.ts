@@ -57,6 +57,20 @@ export class FailedPreconditionError extends ClipfleetError {
   }
 }
 
+/**
+ * A checkpoint manifest this orchestrator did not sign: no manifest.sig, or
+ * one that does not verify with its key (tampered, another orchestrator's,
+ * or committed before manifests were signed). Never handed to a rank.
+ */
+export class UntrustedCheckpointError extends FailedPreconditionError {
+  /** The checkpoint directory whose manifest is refused. */
+  readonly dir: string;
+  constructor(dir: string, message: string) {
+    super(message);
+    this.dir = dir;
+  }
+}
+
 export class UnavailableError extends ClipfleetError {
   constructor(message: string, options?: { cause?: unknown }) {
     super("UNAVAILABLE", message, options);

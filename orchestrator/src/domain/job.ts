@@ -96,6 +96,18 @@ export interface FailureRecord {
   atMs: number;
 }
 
+/**
+ * A manifest signed by this orchestrator and kept in a record rather than
+ * beside its files: an init checkpoint imported at submit (the files are
+ * the source directory's, hashed then). The store need not be trusted.
+ */
+export interface SignedManifestRecord {
+  /** The manifest's JSON text, exactly as signed. */
+  text: string;
+  /** Base64 of the Ed25519 signature of `text`'s UTF-8 bytes. */
+  signature: string;
+}
+
 export interface StageRecord {
   name: string;
   state: JobState;
@@ -114,6 +126,8 @@ export interface StageRecord {
   error: string;
   /** Earliest time a restart may start (backoff), ms since epoch. */
   notBeforeMs: number | null;
+  /** The stage's imported init checkpoint (`init: {checkpoint: DIR, import: true}`); absent otherwise and in records of earlier versions. */
+  initImport?: SignedManifestRecord;
 }
 
 /** A job event: every transition and notable fact, in order. Published on the event bus. */

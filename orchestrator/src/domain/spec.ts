@@ -163,8 +163,11 @@ export interface EvalSpec {
 /** Where a fine-tune or eval stage takes its image tower from. */
 export type InitSpec =
   | { readonly kind: "random" }
-  /** `ref` is a stage name of this pipeline, a job id (optionally job:stage), or a checkpoint path. */
-  | { readonly kind: "checkpoint"; readonly ref: string };
+  /**
+   * `ref` is a stage name of this pipeline, a job id (optionally job:stage), or a checkpoint path;
+   * `import`: a path whose files are hashed at submit into a manifest this orchestrator signs.
+   */
+  | { readonly kind: "checkpoint"; readonly ref: string; readonly import: boolean };
 
 export interface DenseSpec {
   /** Segmentation classes (ids 0..num_classes-1); null: read from the dataset's classes.json. */

@@ -4,7 +4,7 @@
  * sources present, outside init checkpoints intact), and only then persisted
  * as a PENDING job. Nothing is persisted on bad input.
  */
-import { InvalidArgumentError, MAX_SPEC_BYTES, newJobId, type JobEvent, type JobRecord, type JobSpec } from "../domain/index.js";
+import { InvalidArgumentError, MAX_SPEC_BYTES, newJobId, type JobEvent, type JobRecord, type JobSpec, type SignedManifestRecord } from "../domain/index.js";
 import { peekCaptionSources } from "../data/index.js";
 import { checkSpecPolicy, parseSpec } from "../spec/index.js";
 import type { CheckpointRefs } from "./checkpoint-refs.js";
@@ -44,9 +44,13 @@ export class Admission {
       const why = this.ctx.scheduler.unsatisfiable({ ...placementRequest("", st, 0, 0), allowShrink: true });
       if (why) throw new InvalidArgumentError(`${where}: ${stageField(st, "cluster.workers")}: ${why}`, "cluster.workers");
     }
-    await this.preflight(spec, where);
+    const imports = await this.preflight(spec, where);
     const now = this.ctx.now();
     const job = newJobRecord(spec, newJobId(new Date(now)), now);
+    for (const s of job.stages) {
+      const imported = imports.get(s.name);
+      if (imported) s.initImport = imported;
+    }
     if (input.submittedBy) job.submittedBy = input.submittedBy;
     const event: JobEvent = {
       schemaVersion: 1,
@@ -81,14 +85,19 @@ export class Admission {
     return parseSpec(raw, { specPath: where, baseDir: input.baseDir, presets: this.ctx.deps.presets });
   }
 
-  /** Before a job is accepted: generate synthetic data when asked, read manifests, check caption sources. */
-  private async preflight(spec: JobSpec, where: string): Promise<void> {
+  /**
+   * Before a job is accepted: generate synthetic data when asked, read manifests, check caption
+   * sources, hash imported init checkpoints; returns the imports' signed manifests by stage.
+   */
+  private async preflight(spec: JobSpec, where: string): Promise<Map<string, SignedManifestRecord>> {
     const localNodes = this.ctx.scheduler.nodes().filter((n) => n.node.launcher === "local");
+    const imports = new Map<string, SignedManifestRecord>();
     for (const st of spec.stages) {
       // Fail before anything runs when this machine has no interpreter with torch for local ranks.
       if (localNodes.length > 0) await this.ctx.resolvePython(st.worker.python ?? this.ctx.deps.python);
-      // A checkpoint from outside this pipeline must exist, be committed and intact, and fit the image tower.
-      if (st.init.kind === "checkpoint" && !spec.stages.some((x) => x.name === (st.init as { ref: string }).ref)) {
+      // A checkpoint from outside this pipeline must exist, be committed, signed (or imported now) and intact, and fit the image tower.
+      if (st.init.kind === "checkpoint" && st.init.import) imports.set(st.name, await this.refs.importInit(st, this.ctx.now()));
+      else if (st.init.kind === "checkpoint" && !spec.stages.some((x) => x.name === (st.init as { ref: string }).ref)) {
         await this.refs.resolveInit(null, st);
       }
       if (st.data.synth) await this.datasets.ensureSynth(st);
@@ -114,5 +123,6 @@ export class Admission {
         await this.datasets.manifest(st.data.val, 1, "data.val").catch(inStage);
       }
     }
+    return imports;
   }
 }

@@ -7,7 +7,7 @@
 import { lstatSync } from "node:fs";
 import { isAbsolute, join, normalize, resolve, sep } from "node:path";
 import type { CheckpointRecord, JobRecord, StageSpec } from "../domain/index.js";
-import { checkpointDirName, commitManifest, removeCheckpointDir, retentionVictims, type CheckpointManifest } from "../checkpoints/index.js";
+import { checkpointDirName, commitManifest, recordedManifestProblem, removeCheckpointDir, retentionVictims, type CheckpointManifest } from "../checkpoints/index.js";
 import type { CheckpointWritten } from "../gen/clipfleet/v1/worker.js";
 import type { Attempt } from "./attempt.js";
 import type { JobContext } from "./context.js";
@@ -77,7 +77,7 @@ export class CheckpointCommit {
       files,
       committedAtMs: now,
     };
-    const manifestSha256 = await commitManifest(expectedDir, manifest);
+    const manifestSha256 = await commitManifest(expectedDir, manifest, this.ctx.deps.manifestKey);
     const record: CheckpointRecord = {
       stage: a.stage,
       step,
@@ -111,14 +111,26 @@ export class CheckpointCommit {
     if (!stage) return;
     const victims = retentionVictims(stage.checkpoints, spec.checkpoint);
     if (victims.length === 0) return;
-    for (const v of victims) removeCheckpointDir(v.dir);
-    const dirs = new Set(victims.map((v) => v.dir));
+    // Only a directory whose signed manifest names this very checkpoint is deleted: a record
+    // edited in the store cannot turn retention into `rm -rf` of anything else.
+    const outcome = new Map<string, { status: "deleted" | "corrupt"; reason: string }>();
+    for (const v of victims) {
+      const refused = recordedManifestProblem(v, job.id, stageName, this.ctx.deps.manifestKey);
+      if (refused) {
+        this.ctx.log(job.id, stageName, 0, `retention: not deleting ${v.dir}: ${refused}`);
+        outcome.set(v.dir, { status: "corrupt", reason: refused });
+        continue;
+      }
+      removeCheckpointDir(v.dir);
+      outcome.set(v.dir, { status: "deleted", reason: "retention" });
+    }
     await this.ctx.ledger.update(job.id, (j) => {
       const s = j.stages.find((x) => x.name === stageName);
       for (const c of s?.checkpoints ?? []) {
-        if (dirs.has(c.dir) && c.status === "committed") {
-          c.status = "deleted";
-          c.reason = "retention";
+        const o = outcome.get(c.dir);
+        if (o && c.status === "committed") {
+          c.status = o.status;
+          c.reason = o.reason;
         }
       }
     });

@@ -5,6 +5,7 @@
  * for a scheduling pass (`wake`) or a graceful stop of a job (`requestStop`),
  * two hooks the facade connects once.
  */
+import type { ManifestSigner } from "../checkpoints/index.js";
 import { systemTimers, type Clock, type StageSpec, type Timers } from "../domain/index.js";
 import type { EventBus } from "../events/index.js";
 import { resolvePython, type Launcher } from "../launcher/index.js";
@@ -29,6 +30,8 @@ export interface JobServiceDeps {
   readonly timers?: Timers;
   readonly presets: Presets;
   readonly stateDir: string;
+  /** The state dir's manifest signing key: signs every commit and import, verifies every manifest before use. */
+  readonly manifestKey: ManifestSigner;
   /** Directory holding clipfleet_worker on this machine (local launches, synthetic data). */
   readonly workerRuntimeDir: string;
   /** Interpreter preference from the CLI or CLIPFLEET_PYTHON (the spec's worker.python wins). */

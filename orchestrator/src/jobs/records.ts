@@ -8,7 +8,6 @@ import {
   type StageRecord,
   type StageSpec,
 } from "../domain/index.js";
-import type { CheckpointRef } from "../gen/clipfleet/v1/worker.js";
 
 /** The spec of a job's stage; NOT_FOUND for an unknown stage. */
 export function stageSpecOf(job: JobRecord, stage: string): StageSpec {
@@ -36,11 +35,6 @@ export function needsMet(job: JobRecord, spec: StageSpec): boolean {
 /** The newest committed checkpoint of a stage. */
 export function newestCommitted(s: StageRecord): CheckpointRecord | undefined {
   return s.checkpoints.filter((c) => c.status === "committed").sort((a, b) => b.step - a.step)[0];
-}
-
-/** A checkpoint record as the assignment's reference to it. */
-export function toCheckpointRef(c: CheckpointRecord): CheckpointRef {
-  return { dir: c.dir, step: c.step, files: c.files.map((f) => ({ path: f.path, sha256: f.sha256, size: f.size })), manifestSha256: c.manifestSha256 };
 }
 
 /** A fresh job record for a validated spec. */

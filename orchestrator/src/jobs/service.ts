@@ -21,6 +21,7 @@ import {
   isTerminal,
   NotFoundError,
   type AttemptRecord,
+  type CheckpointRecord,
   type JobEvent,
   type JobRecord,
   type StageRecord,
@@ -56,13 +57,15 @@ export class JobService implements MetricsSource {
   private readonly gateway: Gateway;
   private readonly dispatcher: Dispatcher;
   private readonly admission: Admission;
+  private readonly refs: CheckpointRefs;
   private timers: TimerHandle[] = [];
 
   constructor(private readonly deps: JobServiceDeps) {
     const ctx = new JobContext(deps);
     this.ctx = ctx;
     this.datasets = new Datasets(ctx);
-    const refs = new CheckpointRefs(ctx.ledger);
+    const refs = new CheckpointRefs(ctx.ledger, deps.manifestKey);
+    this.refs = refs;
     this.progress = new Progress(ctx, this.datasets);
     this.ending = new Ending(ctx, this.progress);
     const commit = new CheckpointCommit(ctx, this.progress);
@@ -229,6 +232,10 @@ export class JobService implements MetricsSource {
       }
       throw new FailedPreconditionError(`job ${id} is ${job.state}; only FAILED or CANCELLED jobs can be resumed`);
     }
+    // Refused before anything changes: a manifest this orchestrator did not sign is never resumed from.
+    for (const stage of job.stages) {
+      if (stage.state === "FAILED" || stage.state === "CANCELLED") this.refs.checkSigned(job, stage, stageSpecOf(job, stage.name));
+    }
     await ledger.update(id, (j) => {
       j.cancelRequested = null;
     });
@@ -244,6 +251,16 @@ export class JobService implements MetricsSource {
     }
     this.dispatcher.wake();
     return ledger.get(id);
+  }
+
+  /**
+   * A job's checkpoints for ListCheckpoints, each committed one with why it
+   * would be refused (its manifest is unsigned, not this orchestrator's, or
+   * another's), or null: signatures are checked on every listing.
+   */
+  checkpoints(id: string): { record: CheckpointRecord; untrusted: string | null }[] {
+    const job = this.get(id);
+    return job.stages.flatMap((s) => s.checkpoints.map((record) => ({ record, untrusted: record.status === "committed" ? this.refs.problem(record, job.id, s.name) : null })));
   }
 
   /** Asks every rank of the job's running stage to checkpoint soon; returns the step. */

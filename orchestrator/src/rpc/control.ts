@@ -32,6 +32,8 @@ export interface ServerInfoSource {
   metricsAddress: () => string;
   store: string;
   events: string;
+  /** The manifest signing key's public half (SPKI PEM) and fingerprint. */
+  manifestKey: { publicKeyPem: string; fingerprint: string };
 }
 
 function nodeToProto(n: ReturnType<JobService["nodes"]>[number]): Node {
@@ -149,8 +151,8 @@ export function controlService(service: JobService, info: ServerInfoSource, secu
       return { jobId: id, stage: r.stage, step: r.step };
     }),
     listCheckpoints: unary("listCheckpoints", (req: JobRef) => {
-      const job = service.get(requireJobId(req.jobId));
-      return { checkpoints: job.stages.flatMap((s) => s.checkpoints.map(checkpointToProto)) };
+      const list = service.checkpoints(requireJobId(req.jobId));
+      return { checkpoints: list.map(({ record, untrusted }) => ({ ...checkpointToProto(record), ...(untrusted === null ? {} : { status: "untrusted", reason: untrusted }) })) };
     }),
     setNodeSchedulable: unary("setNodeSchedulable", (req: NodeSchedulableRequest) => {
       if (!req.name) throw new InvalidArgumentError("name: required", "name");
@@ -181,6 +183,8 @@ export function controlService(service: JobService, info: ServerInfoSource, secu
       metricsAddress: info.metricsAddress(),
       store: info.store,
       events: info.events,
+      manifestPublicKey: info.manifestKey.publicKeyPem,
+      manifestKeyFingerprint: info.manifestKey.fingerprint,
     })),
     streamLogs(call: ServerWritableStream<LogsRequest, LogLine>) {
       void Promise.resolve()

@@ -292,6 +292,11 @@ const EVAL_FIELDS = {
 
 const INIT_FIELDS = {
   checkpoint: required(string(), "A stage of this pipeline (among the stage's needs), a job id, `JOB:STAGE`, or a checkpoint directory (a path with a `/`)."),
+  import: withDefault(
+    boolean(),
+    false,
+    "Directories only: take a checkpoint this orchestrator did not sign (another orchestrator's, or one older than signed manifests). Its files are hashed at submit and the digests kept, signed, with the job; a file changed afterwards is refused.",
+  ),
 };
 
 const DENSE_FIELDS = {

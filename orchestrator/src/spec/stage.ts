@@ -237,7 +237,7 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
   const w = section(v.worker) as WorkerSpec;
 
   // init, freeze_backbone, dense
-  const init = clean("init", "task") && task !== undefined ? resolveInit(v.init as "random" | { checkpoint: string }, task, item, ctx, add) : undefined;
+  const init = clean("init", "task") && task !== undefined ? resolveInit(v.init as "random" | { checkpoint: string; import: boolean }, task, item, ctx, add) : undefined;
   if (clean("freeze_backbone", "task") && v.freeze_backbone === true && task !== undefined && !task.startsWith("finetune-")) {
     add(["freeze_backbone"], `only fine-tune tasks freeze the backbone (task is ${task})`);
   }
@@ -318,13 +318,19 @@ function ancestorsOf(name: string, byName: ReadonlyMap<string, StageItem>): Set<
  * path (has a `/` or starts with `.`; resolved), `JOB:STAGE`, a job id. A
  * bare word close to a stage name is taken for a typo, not a job id.
  */
-function resolveInit(value: "random" | { checkpoint: string }, task: Task, item: StageItem, ctx: StageContext, add: (p: Path, m: string) => void): InitSpec | undefined {
+function resolveInit(value: "random" | { checkpoint: string; import: boolean }, task: Task, item: StageItem, ctx: StageContext, add: (p: Path, m: string) => void): InitSpec | undefined {
   if (value === "random") {
     if (task === "eval") add(["init"], "task eval needs a checkpoint to evaluate (init: {checkpoint: REF})");
     return { kind: "random" };
   }
   const ref = value.checkpoint;
   const at = ["init", "checkpoint"];
+  const isPath = ref.includes("/") || ref.startsWith(".");
+  // Only a directory can come from outside: a stage or job is this orchestrator's own, and signed.
+  if (value.import && !isPath) {
+    add(["init", "import"], `only a checkpoint directory can be imported (a path with a \`/\`), got ${show(ref)}`);
+    return undefined;
+  }
   if (ctx.byName.has(ref)) {
     if (item.name === undefined) return undefined;
     if (!ancestorsOf(item.name, ctx.byName).has(ref)) {
@@ -335,12 +341,12 @@ function resolveInit(value: "random" | { checkpoint: string }, task: Task, item:
       add(at, `stage ${JSON.stringify(ref)} is an eval stage and writes no checkpoint`);
       return undefined;
     }
-    return { kind: "checkpoint", ref };
+    return { kind: "checkpoint", ref, import: false };
   }
-  if (ref.includes("/") || ref.startsWith(".")) return { kind: "checkpoint", ref: nodePath.resolve(ctx.baseDir, ref) };
+  if (isPath) return { kind: "checkpoint", ref: nodePath.resolve(ctx.baseDir, ref), import: value.import };
   const colon = ref.lastIndexOf(":");
   if (colon >= 0) {
-    if (isValidJobId(ref.slice(0, colon)) && STAGE_NAME.test(ref.slice(colon + 1))) return { kind: "checkpoint", ref };
+    if (isValidJobId(ref.slice(0, colon)) && STAGE_NAME.test(ref.slice(colon + 1))) return { kind: "checkpoint", ref, import: false };
     add(at, `expected JOB:STAGE (a job id and a stage name), got ${show(ref)}`);
     return undefined;
   }
@@ -349,7 +355,7 @@ function resolveInit(value: "random" | { checkpoint: string }, task: Task, item:
     add(at, `no stage ${JSON.stringify(ref)} in this spec (did you mean ${JSON.stringify(guess)}?)`);
     return undefined;
   }
-  if (isValidJobId(ref)) return { kind: "checkpoint", ref };
+  if (isValidJobId(ref)) return { kind: "checkpoint", ref, import: false };
   add(at, `expected a stage name, a job id, JOB:STAGE or a path, got ${show(ref)}`);
   return undefined;
 }

@@ -13,6 +13,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { loadOrCreateSigningKey } from "../../src/checkpoints/index.js";
 import type { Clock, JobRecord, TimerHandle, Timers } from "../../src/domain/index.js";
 import { InProcessEventBus } from "../../src/events/index.js";
 import type { Assignment, Command, WorkerMessage } from "../../src/gen/clipfleet/v1/worker.js";
@@ -344,6 +345,7 @@ export async function jobsHarness(opts: { nodes?: number; slotsPerNode?: number 
     timers: clock,
     presets: loadPresets(PRESETS),
     stateDir: join(dir, "state"),
+    manifestKey: await loadOrCreateSigningKey(join(dir, "state")),
     workerRuntimeDir: dir,
     python: "/usr/bin/python3",
     resolvePython: (explicit) => Promise.resolve(explicit ?? "/usr/bin/python3"),

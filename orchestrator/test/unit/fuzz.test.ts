@@ -136,7 +136,8 @@ void describe("fuzz: handlers", () => {
 
   void it("every ControlService method answers random requests with a response or a gRPC status", async () => {
     const security = { tls: false, plainIdentity: localIdentity(), accessLog: new AccessLog(null), now: () => h.clock.now() };
-    const service = controlService(h.service, { version: "0.1.0", stateDir: h.dir, metricsAddress: () => "", store: "memory", events: "in-process" }, security);
+    const manifestKey = { publicKeyPem: "", fingerprint: "SHA256:test" };
+    const service = controlService(h.service, { version: "0.1.0", stateDir: h.dir, metricsAddress: () => "", store: "memory", events: "in-process", manifestKey }, security);
     const methods = Object.keys(service) as (keyof typeof service)[];
     await fc.assert(
       fc.asyncProperty(fc.constantFrom(...methods), request, async (method, req) => {

@@ -179,13 +179,22 @@ void describe("defaults and presets", () => {
     const s = only(parse({ ...MINIMAL, checkpoint: { dir: "ckpt" }, worker: { python: "venv/bin/python" }, init: { checkpoint: "./runs/x" } }));
     assert.equal(s.checkpoint.dir, "/specs/ckpt");
     assert.equal(s.worker.python, "/specs/venv/bin/python");
-    assert.deepEqual(s.init, { kind: "checkpoint", ref: "/specs/runs/x" });
+    assert.deepEqual(s.init, { kind: "checkpoint", ref: "/specs/runs/x", import: false });
     assert.equal(only(parse({ ...MINIMAL, worker: { python: "python3" } })).worker.python, "python3");
   });
 
+  void it("imports only checkpoint directories (init.import)", () => {
+    assert.deepEqual(only(parse({ ...MINIMAL, init: { checkpoint: "./elsewhere/step-00000010-a1", import: true } })).init, {
+      kind: "checkpoint",
+      ref: "/specs/elsewhere/step-00000010-a1",
+      import: true,
+    });
+    assert.throws(() => parse({ ...MINIMAL, init: { checkpoint: "j-20261123-155955-a1b2c3", import: true } }), /init\.import: only a checkpoint directory can be imported/);
+  });
+
   void it("takes job ids and JOB:STAGE as checkpoint references", () => {
-    assert.deepEqual(only(parse({ ...MINIMAL, init: { checkpoint: "j-20261123-155955-a1b2c3" } })).init, { kind: "checkpoint", ref: "j-20261123-155955-a1b2c3" });
-    assert.deepEqual(only(parse({ ...MINIMAL, init: { checkpoint: "j-20261123-155955-a1b2c3:seg" } })).init, { kind: "checkpoint", ref: "j-20261123-155955-a1b2c3:seg" });
+    assert.deepEqual(only(parse({ ...MINIMAL, init: { checkpoint: "j-20261123-155955-a1b2c3" } })).init, { kind: "checkpoint", ref: "j-20261123-155955-a1b2c3", import: false });
+    assert.deepEqual(only(parse({ ...MINIMAL, init: { checkpoint: "j-20261123-155955-a1b2c3:seg" } })).init, { kind: "checkpoint", ref: "j-20261123-155955-a1b2c3:seg", import: false });
   });
 
   void it("gives eval stages eval defaults and no step count", () => {
@@ -277,7 +286,7 @@ void describe("pipelines", () => {
     assert.deepEqual(seg!.train.betas, [0.8, 0.9]);
     assert.deepEqual({ preset: seg!.model.image.preset, image_size: seg!.model.image.image_size }, { preset: "vit-tiny", image_size: 64 });
     assert.deepEqual([seg!.cluster.workers, seg!.cluster.min_workers], [2, 1]);
-    assert.deepEqual(seg!.init, { kind: "checkpoint", ref: "pretrain" });
+    assert.deepEqual(seg!.init, { kind: "checkpoint", ref: "pretrain", import: false });
     assert.deepEqual(seg!.needs, ["pretrain"]);
     assert.equal(seg!.freeze_backbone, true);
   });
@@ -314,7 +323,7 @@ void describe("pipelines", () => {
       task: "pretrain",
       stages: [{ name: "a" }, { name: "b", needs: ["a"] }, { name: "c", task: "eval", needs: ["b"], init: { checkpoint: "a" } }],
     });
-    assert.deepEqual(job.stages[2]!.init, { kind: "checkpoint", ref: "a" });
+    assert.deepEqual(job.stages[2]!.init, { kind: "checkpoint", ref: "a", import: false });
   });
 
   void it("resolves YAML anchors, merge keys and x- keys", () => {

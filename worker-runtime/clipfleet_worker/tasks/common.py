@@ -168,13 +168,12 @@ def failure_fingerprint(err: BaseException) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def load_resume(assignment: pb.Assignment) -> str | None:
-    """The directory of the checkpoint to resume from, verified; None to start fresh."""
+def load_resume(assignment: pb.Assignment) -> ckpt.VerifiedCheckpoint | None:
+    """The checkpoint to resume from, every file verified; None to start fresh."""
     ref = assignment.resume
     if not ref.dir:
         return None
-    ckpt.verify(ref.dir, [(f.path, f.sha256, f.size) for f in ref.files])
-    return ref.dir
+    return ckpt.VerifiedCheckpoint.of(ref)
 
 
 def load_init_weights(assignment: pb.Assignment) -> dict[str, torch.Tensor]:
@@ -182,8 +181,7 @@ def load_init_weights(assignment: pb.Assignment) -> dict[str, torch.Tensor]:
     ref = assignment.init
     if not ref.dir:
         raise ConfigError("the stage has no init checkpoint", "init")
-    ckpt.verify(ref.dir, [(f.path, f.sha256, f.size) for f in ref.files])
-    state = ckpt.load(os.path.join(ref.dir, ckpt.MODEL_FILE))
+    state = ckpt.VerifiedCheckpoint.of(ref).load(ckpt.MODEL_FILE)
     if not isinstance(state, dict):
         raise CheckpointError("model file does not hold a state dict", os.path.join(ref.dir, ckpt.MODEL_FILE))
     return state
@@ -266,18 +264,19 @@ def cursor_after(a, batch) -> tuple[int, int]:
     return batch.epoch, nxt
 
 
-def restore_trainer(ctx: TaskContext, resume_dir: str, model: torch.nn.Module, optimizer, scaler) -> None:
-    """Loads model, optimizer, grad scaler and this rank's RNG states from a committed checkpoint directory."""
+def restore_trainer(ctx: TaskContext, resume: ckpt.VerifiedCheckpoint, model: torch.nn.Module, optimizer, scaler) -> None:
+    """Loads model, optimizer, grad scaler and this rank's RNG states from a committed checkpoint."""
     ctx.phase(int(ctx.assignment.start_step), "loading")
-    model.load_state_dict(ckpt.load(os.path.join(resume_dir, ckpt.MODEL_FILE)))
-    trainer = ckpt.load(os.path.join(resume_dir, ckpt.TRAINER_FILE))
+    model.load_state_dict(resume.load(ckpt.MODEL_FILE))
+    trainer = resume.load(ckpt.TRAINER_FILE)
     optimizer.load_state_dict(trainer["optimizer"])
     if "scaler" in trainer:
         scaler.load_state_dict(trainer["scaler"])
-    rank_path = os.path.join(resume_dir, ckpt.rank_file(ctx.rank))
-    if os.path.exists(rank_path):
-        ckpt.set_rng_state(ckpt.load(rank_path)["rng"])
-    print(f"clipfleet worker: resumed from {resume_dir} at step {int(ctx.assignment.start_step)}", flush=True)
+    # A rank the checkpoint had no file for (the world grew) keeps its fresh RNG state; a file
+    # of that name in the directory but not in the manifest is never read.
+    if resume.has(ckpt.rank_file(ctx.rank)):
+        ckpt.set_rng_state(resume.load(ckpt.rank_file(ctx.rank))["rng"])
+    print(f"clipfleet worker: resumed from {resume.directory} at step {int(ctx.assignment.start_step)}", flush=True)
 
 
 def checkpoint_payload(ctx: TaskContext, model: torch.nn.Module, optimizer, scaler):

@@ -87,9 +87,9 @@ def run(ctx: TaskContext) -> None:
     total = int(a.total_steps)
     start = int(a.start_step)
 
-    resume_dir = load_resume(a)
-    if resume_dir:
-        restore_trainer(ctx, resume_dir, model, optimizer, scaler)
+    resume = load_resume(a)
+    if resume is not None:
+        restore_trainer(ctx, resume, model, optimizer, scaler)
     else:
         init_backbone(ctx, model)
         D.broadcast_parameters(model)

@@ -22,15 +22,15 @@ export const checkpointCommand: Command<{ job: string }> = () => ({
 
 export const checkpointsCommand: Command<{ job: string; all: boolean }> = (deps) => ({
   command: "checkpoints <job>",
-  describe: "List a job's checkpoints (committed ones can be resumed from)",
+  describe: "List a job's checkpoints (committed ones can be resumed from; untrusted ones, whose manifest this orchestrator did not sign, cannot)",
   builder: (y) =>
     y
       .positional("job", { type: "string", demandOption: true })
-      .option("all", { type: "boolean", default: false, describe: "include corrupt and deleted ones" })
+      .option("all", { type: "boolean", default: false, describe: "include corrupt and deleted ones (untrusted ones are always shown)" })
       .example("$0 checkpoints j-20261123-101500-a1b2c3 --json", "as JSON"),
   handler: async (args) => {
     await connectOrOpen(deps, args, async (client) => {
-      const list = (await client.checkpoints(args.job)).checkpoints.filter((c) => args.all || c.status === "committed");
+      const list = (await client.checkpoints(args.job)).checkpoints.filter((c) => args.all || c.status === "committed" || c.status === "untrusted");
       if (args.json) {
         printJson(list);
         return;

@@ -17,7 +17,8 @@ export const serverCommand: Command<OrchestratorArgs> = (deps) => ({
     if (opts.insecure) note("clipfleet server: WARNING: --insecure: no TLS and no authentication; anyone who reaches the ports can run code on every node");
     note(
       `clipfleet server ${deps.version}: listening on ${orch.address} (control${opts.tlsDir ? ", mutual TLS" : ""}), workers on ${orch.workerAddress}${opts.tlsDir ? " (TLS)" : ""}` +
-        `${orch.metricsAddress ? `, metrics on http://${orch.metricsAddress}/metrics` : ""}, state in ${args["state-dir"]}`,
+        `${orch.metricsAddress ? `, metrics on http://${orch.metricsAddress}/metrics` : ""}, state in ${args["state-dir"]}` +
+        `; checkpoint manifests signed with ${orch.manifestKey.fingerprint} (public key: ${orch.manifestKey.publicKeyFile})`,
     );
     await new Promise<void>((resolve) => {
       const stop = (sig: NodeJS.Signals): void => {
