@@ -354,9 +354,10 @@ async function main(): Promise<void> {
 
   // Cancel the jobs (their ranks are stopped through the launcher), then close like embed().close().
   await Promise.all(ids.map((id) => service.cancel(id, { checkpoint: false, graceSeconds: 0 })));
-  await service.close();
+  await service.quiesce();
   await rpc.close();
   await launcher.close();
+  await service.close();
   await metricsServer.close();
   logs.closeAll();
   await bus.close();

@@ -12,6 +12,7 @@ import { fileURLToPath } from "node:url";
 import { INFO_FILE, runCli, type CliDeps, type EmbedOptions, type EmbeddedOrchestrator, type OrchestratorInfoFile } from "./cli/index.js";
 import { systemClock, type NodeCheck } from "./domain/index.js";
 import { openEventBus } from "./events/index.js";
+import { loadNatsAccess, natsTarget, NO_NATS_ACCESS, redactNatsUrl } from "./nats/index.js";
 import { JobLedger, JobLogs, JobService, ORCHESTRATOR_VERSION } from "./jobs/index.js";
 import { checkNodes, defaultKnownHostsPath, LocalLauncher, resolvePython, runSynth, runWorkerCli, SshLauncher } from "./launcher/index.js";
 import { DEFAULT_RETENTION_SECONDS, Metrics, serveMetrics, type MetricsServer } from "./metrics/index.js";
@@ -33,8 +34,14 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
   const stateDir = resolve(opts.stateDir);
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const clock = systemClock;
-  const store = await openStore(opts.store ?? "file", stateDir);
-  const bus = await openEventBus(opts.nats ?? null);
+  const natsAccess = natsAccessFor(opts);
+  // Bad input is said before anything connects (the store's connect may take seconds to fail).
+  if (opts.nats) natsTarget(opts.nats, "nats", natsAccess);
+  const store = await openStore(opts.store ?? "file", stateDir, natsAccess);
+  const bus = await openEventBus(opts.nats ?? null, natsAccess).catch(async (err: unknown) => {
+    await store.close();
+    throw err;
+  });
   const metrics = new Metrics({ retentionSeconds: opts.metricsRetentionSeconds ?? DEFAULT_RETENTION_SECONDS });
   const nodes = loadInventory(opts.inventory ?? null);
   const scheduler = new Scheduler(nodes, clock);
@@ -73,7 +80,7 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
     stateDir,
     metricsAddress: () => metricsServer?.address ?? "",
     store: store.describe(),
-    events: opts.nats ?? "in-process",
+    events: opts.nats ? redactNatsUrl(opts.nats) : "in-process",
     manifestKey: { publicKeyPem: manifestKey.publicKeyPem, fingerprint: manifestKey.fingerprint },
   };
   // A server's control API on its TCP address; an embedded orchestrator's on a socket only this user opens.
@@ -108,11 +115,15 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
       closing ??= (async () => {
         clearInterval(sweep);
         if (!opts.readOnly) rmSync(infoFile, { force: true });
-        await service.close();
+        // Order matters: nothing new starts, then nobody can call in, then no rank is left, then
+        // the last writes land; only then the bus and the store close (a write still on its way
+        // to a slow NATS store would otherwise publish on a closed bus, or launch a rank late).
+        await service.quiesce();
         await control.close();
         await workers.close();
         await local.close();
         await ssh?.close();
+        await service.close();
         await metricsServer?.close();
         logs.closeAll();
         await bus.close();
@@ -121,6 +132,19 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
       return closing;
     },
   };
+}
+
+/**
+ * The --nats-* TLS files and credential, read once for both NATS connections;
+ * given without any NATS URL they have no effect, and the user is told so.
+ */
+function natsAccessFor(opts: EmbedOptions): ReturnType<typeof loadNatsAccess> {
+  const flags = opts.natsAccess ?? {};
+  const usesNats = (opts.store ?? "file") !== "file" && (opts.store ?? "") !== "" || (opts.nats ?? "") !== "";
+  if (usesNats) return loadNatsAccess(flags);
+  const given = Object.values(flags).some((v) => v !== null && v !== undefined && v !== "");
+  if (given) process.stderr.write("clipfleet: warning: the --nats-* flags have no effect without --store nats://... or --nats URL\n");
+  return NO_NATS_ACCESS;
 }
 
 /**

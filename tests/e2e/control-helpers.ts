@@ -4,9 +4,10 @@
  * process per poll) and through the real CLI (`status --json`).
  */
 import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
 import { ControlClient } from "../../orchestrator/src/client/index.js";
 import { JobState, type Job } from "../../orchestrator/src/gen/clipfleet/v1/control.js";
-import { runCli, waitFor } from "../helpers/cli.js";
+import { alive, runCli, waitFor } from "../helpers/cli.js";
 
 export { ControlClient, JobState, type Job };
 
@@ -69,4 +70,22 @@ export async function statusJson(jobId: string, how: { args?: string[]; env?: Re
   const r = await runCli(["status", jobId, "--json", ...(how.args ?? [])], { env: how.env, timeoutMs: 60_000 });
   assert.equal(r.code, 0, `status ${jobId}: ${r.stderr}`);
   return JSON.parse(r.stdout) as StatusJson;
+}
+
+/**
+ * Pids of every live process of this user whose environment names `jobId`
+ * (CLIPFLEET_JOB_ID): the job's ranks and their children, including any the
+ * job record never got to list (Linux /proc).
+ */
+export function rankPidsOf(jobId: string): number[] {
+  const pids: number[] = [];
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (readFileSync(`/proc/${name}/environ`, "latin1").split("\0").includes(`CLIPFLEET_JOB_ID=${jobId}`)) pids.push(Number(name));
+    } catch {
+      // gone meanwhile, or another user's
+    }
+  }
+  return pids.filter((p) => alive(p));
 }

@@ -25,6 +25,8 @@ export interface EmbedOptions {
   metricsListen?: string | null;
   store?: string | null;
   nats?: string | null;
+  /** File paths of --nats-ca, --nats-cert, --nats-key, --nats-creds, --nats-password-file, --nats-token-file and the --nats-user name: how both NATS connections authenticate (main.ts reads them). */
+  natsAccess?: NatsAccessArgs | null;
   inventory?: string | null;
   knownHosts?: string | null;
   python?: string | null;
@@ -40,6 +42,17 @@ export interface EmbedOptions {
   metricsRetentionSeconds?: number;
   /** Serve what the state dir holds without reconciling or scheduling anything (read commands). */
   readOnly?: boolean;
+}
+
+/** The --nats-* flags as given; CLIPFLEET_NATS_USER, CLIPFLEET_NATS_PASSWORD and CLIPFLEET_NATS_TOKEN are read where they are used. */
+export interface NatsAccessArgs {
+  ca: string | null;
+  cert: string | null;
+  key: string | null;
+  creds: string | null;
+  user: string | null;
+  passwordFile: string | null;
+  tokenFile: string | null;
 }
 
 export interface EmbeddedOrchestrator {

@@ -11,6 +11,13 @@ export interface OrchestratorArgs {
   "metrics-retention"?: number;
   store?: string;
   nats?: string;
+  "nats-ca"?: string;
+  "nats-cert"?: string;
+  "nats-key"?: string;
+  "nats-creds"?: string;
+  "nats-user"?: string;
+  "nats-password-file"?: string;
+  "nats-token-file"?: string;
   inventory?: string;
   "known-hosts"?: string;
   advertise?: string;
@@ -46,8 +53,16 @@ export function orchestratorOptions<T extends GlobalArgs>(y: Argv<T>, defaultLis
   return base
     .option("metrics-listen", { type: "string", describe: "serve Prometheus metrics on HOST:PORT (/metrics)" })
     .option("metrics-retention", { type: "number", describe: "seconds a finished job's metric series stay exported (default 3600)" })
-    .option("store", { type: "string", describe: "job store: file (default, under --state-dir) or nats://HOST:PORT (JetStream key-value)" })
-    .option("nats", { type: "string", describe: "publish job events on NATS at this URL (subjects clipfleet.jobs.<id>.events)" })
+    .option("store", { type: "string", describe: "job store: file (default, under --state-dir) or nats://HOST:PORT, tls://HOST:PORT (JetStream key-value; ?bucket=&replicas=&history=)" })
+    .option("nats", { type: "string", describe: "publish job events on NATS at this URL, nats://HOST:PORT or tls://HOST:PORT (subjects clipfleet.jobs.<id>.events)" })
+    // One access for both NATS connections (--store and --nats), named as the nats CLI names them.
+    .option("nats-ca", { type: "string", describe: "NATS: CA certificate (PEM) that signed the NATS server's certificate; TLS is then required" })
+    .option("nats-cert", { type: "string", describe: "NATS: client certificate (PEM) for mutual TLS, with --nats-key" })
+    .option("nats-key", { type: "string", describe: "NATS: the client certificate's private key (PEM, mode 0600)" })
+    .option("nats-creds", { type: "string", describe: "NATS: a .creds file (user JWT and nkey seed, mode 0600)" })
+    .option("nats-user", { type: "string", describe: "NATS: user name (or CLIPFLEET_NATS_USER); the password from --nats-password-file or CLIPFLEET_NATS_PASSWORD" })
+    .option("nats-password-file", { type: "string", describe: "NATS: file (mode 0600) holding the user's password; never put it on a command line" })
+    .option("nats-token-file", { type: "string", describe: "NATS: file (mode 0600) holding an authorization token (or CLIPFLEET_NATS_TOKEN)" })
     .option("inventory", { type: "string", describe: "nodes.yaml describing the fleet (default: this machine)" })
     .option("known-hosts", { type: "string", describe: "known_hosts file for SSH nodes (default ~/.ssh/known_hosts)" })
     .option("advertise", { type: "string", describe: "host workers use to reach this orchestrator (default: the worker gateway's listen host)" });
@@ -71,6 +86,15 @@ export function embedOptions(args: GlobalArgs & OrchestratorArgs, embedded: bool
     metricsRetentionSeconds: args["metrics-retention"],
     store: args.store ?? null,
     nats: args.nats ?? null,
+    natsAccess: {
+      ca: args["nats-ca"] ?? null,
+      cert: args["nats-cert"] ?? null,
+      key: args["nats-key"] ?? null,
+      creds: args["nats-creds"] ?? null,
+      user: args["nats-user"] ?? null,
+      passwordFile: args["nats-password-file"] ?? null,
+      tokenFile: args["nats-token-file"] ?? null,
+    },
     inventory: args.inventory ?? null,
     knownHosts: args["known-hosts"] ?? null,
     python: args.python ?? null,

@@ -11,8 +11,9 @@
  * them, in order, once reconnected. Events already handed to a socket that
  * then died are lost; subscribers detect gaps by `seq`.
  */
-import { connect, Events, type NatsConnection, type Subscription } from "nats";
+import { Events, type NatsConnection, type Subscription } from "nats";
 import { ClipfleetError, UnavailableError, type JobEvent } from "../domain/index.js";
+import { connectNats, natsTarget, type NatsTarget } from "../nats/index.js";
 import {
   decodeEvent,
   deliver,
@@ -53,24 +54,18 @@ export class NatsEventBus implements EventBus {
     void this.trackConnection();
   }
 
-  /** Connects to `url` (one server or a comma-separated list); rejects with UnavailableError naming it. */
-  static async connect(url: string, options: NatsEventBusOptions = {}): Promise<NatsEventBus> {
-    let nc: NatsConnection;
-    try {
-      nc = await connect({
-        servers: url.split(","),
-        name: "clipfleet-events",
-        // Publishes are buffered while reconnecting; never give up on a live server.
-        maxReconnectAttempts: -1,
-        reconnectTimeWait: 250,
-      });
-    } catch (err) {
-      throw new UnavailableError(`events: cannot connect to NATS at ${url}: ${(err as Error).message}`, {
-        cause: err,
-      });
-    }
+  /**
+   * Connects to `server` (a URL, one server or a comma-separated list, or a
+   * target with TLS and credentials from nats/); rejects with
+   * UnavailableError naming the URL (never its credentials), or
+   * UnauthenticatedError when NATS refuses the credentials or TLS fails.
+   */
+  static async connect(server: string | NatsTarget, options: NatsEventBusOptions = {}): Promise<NatsEventBus> {
+    const target = typeof server === "string" ? natsTarget(server, "nats") : server;
+    // Publishes are buffered while reconnecting; never give up on a live server.
+    const nc = await connectNats(target, "events", { name: "clipfleet-events", maxReconnectAttempts: -1, reconnectTimeWait: 250 });
     return new NatsEventBus(
-      url,
+      target.url,
       nc,
       options.onError ?? reportToStderr,
       options.closeTimeoutMs ?? 5000,

@@ -34,6 +34,8 @@ export class Dispatcher {
   private passAgain = false;
   private wakeTimer: TimerHandle | null = null;
   private closed = false;
+  /** The pass in flight (or the last one, settled): close() waits for it. */
+  private running: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly ctx: JobContext,
@@ -52,8 +54,9 @@ export class Dispatcher {
         this.passAgain = true;
         return;
       }
+      if (this.closed) return;
       this.passRunning = true;
-      void this.pass()
+      this.running = this.pass()
         .catch((err: unknown) => {
           process.stderr.write(`clipfleet: scheduling pass failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
         })
@@ -67,10 +70,11 @@ export class Dispatcher {
     });
   }
 
-  /** No pass after this. */
-  close(): void {
+  /** No pass after this; resolves once a pass in flight (and the launches it awaits) is over. */
+  async close(): Promise<void> {
     this.closed = true;
     this.wakeTimer?.cancel();
+    await this.running;
   }
 
   /** Takes a stage out of the scheduler's queue (a cancel of a waiting stage). */
@@ -108,6 +112,11 @@ export class Dispatcher {
     const { placements, waiting } = scheduler.schedule(now);
     for (const p of placements) {
       this.queued.delete(stageKey(p.jobId, p.stage));
+      // Shutting down: what was not started stays PENDING/RESTARTING in the store for the next start.
+      if (this.closed) {
+        scheduler.release(p.jobId, p.stage);
+        continue;
+      }
       await this.launch.start(p).catch(async (err: unknown) => {
         scheduler.release(p.jobId, p.stage);
         await this.failBeforeStart(ledger.get(p.jobId), p.stage, err);

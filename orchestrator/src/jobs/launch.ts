@@ -159,8 +159,10 @@ export class Launch {
     }
 
     for (const r of ranks) {
-      // Ended (stopped, failed) while earlier ranks were being launched: the rest never start.
-      if (a.over) {
+      // Ended (stopped, failed) while earlier ranks were being launched, or the orchestrator is
+      // shutting down (its launchers may already have killed what they had): the rest never start.
+      // The record says STARTING; the next start reconciles the attempt as lost.
+      if (a.over || this.ctx.closing) {
         this.neverStarted(a, r.rank);
         return;
       }

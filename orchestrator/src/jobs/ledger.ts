@@ -3,7 +3,7 @@
  * the store. Mutations of one job are serialised; each is persisted before
  * its events are published (and so before anyone acts on them).
  */
-import { isTerminal, NotFoundError, type Clock, type JobEvent, type JobRecord, type JobState } from "../domain/index.js";
+import { isTerminal, NotFoundError, UnavailableError, type Clock, type JobEvent, type JobRecord, type JobState } from "../domain/index.js";
 import type { EventBus } from "../events/index.js";
 import type { JobStore } from "../store/index.js";
 import { note, transition, type TransitionFacts, type TransitionResult } from "./lifecycle.js";
@@ -16,6 +16,8 @@ interface Entry {
 export class JobLedger {
   private readonly entries = new Map<string, Entry>();
   private readonly queues = new Map<string, Promise<unknown>>();
+  /** Set by close(): nothing reaches the store or the bus after it (they are closed next). */
+  private closed = false;
 
   constructor(
     private readonly store: JobStore,
@@ -100,8 +102,9 @@ export class JobLedger {
     });
   }
 
-  /** Publishes events that are not persisted in the record (step progress). */
+  /** Publishes events that are not persisted in the record (step progress); dropped once closed (nobody is left to watch). */
   async publishTransient(event: JobEvent): Promise<void> {
+    if (this.closed) return;
     await this.bus.publish(event);
   }
 
@@ -110,11 +113,25 @@ export class JobLedger {
     await Promise.allSettled([...this.queues.values()]);
   }
 
+  /**
+   * The orchestrator is going away: later mutations are refused (UNAVAILABLE)
+   * without touching the store or the bus, and this resolves once every
+   * mutation already queued has been persisted and published. The store and
+   * the bus may be closed after it; a straggler (a rank's last report, a
+   * write that was waiting on a slow store) can no longer reach them.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    // A mutation queued behind another is in that job's tail: loop until no tail is left.
+    while (this.queues.size > 0) await this.drain();
+  }
+
   private async publish(events: JobEvent[]): Promise<void> {
     for (const e of events) await this.bus.publish(e);
   }
 
   private serial<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    if (this.closed) return Promise.reject(new UnavailableError(`job ${id}: not changed, the orchestrator is shutting down`));
     const prev = this.queues.get(id) ?? Promise.resolve();
     const run = prev.then(fn, fn);
     const tail = run.catch(() => undefined);

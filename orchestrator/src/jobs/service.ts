@@ -157,13 +157,27 @@ export class JobService implements MetricsSource {
     }
   }
 
-  /** Stops timers and scheduling, and persists the last progress (the orchestrator is going away). */
-  async close(): Promise<void> {
+  /**
+   * First step of a shutdown: no scheduling pass, no timer, no ending and no
+   * rank launched after this resolves (a pass in flight is waited for, and a
+   * launch in it starts no further rank). Ranks already running are the
+   * launchers' to kill next; only then `close()`.
+   */
+  async quiesce(): Promise<void> {
     this.ctx.closing = true;
-    this.dispatcher.close();
     for (const t of this.timers) t.cancel();
+    await this.dispatcher.close();
+  }
+
+  /**
+   * Last step of a shutdown, once the servers are closed and the ranks are
+   * gone: persists the last progress and closes the ledger (every queued write
+   * lands, later ones are refused), so the store and the bus can be closed.
+   */
+  async close(): Promise<void> {
+    await this.quiesce();
     await this.progress.flush();
-    await this.ctx.ledger.drain();
+    await this.ctx.ledger.close();
   }
 
   // ---------------------------------------------------------------- control API

@@ -12,8 +12,9 @@
  * within the same budget.
  */
 import { setTimeout as delay } from "node:timers/promises";
-import { connect, Events, type KV, type NatsConnection } from "nats";
+import { Events, type KV, type NatsConnection } from "nats";
 import { ClipfleetError, EnvironmentError, UnavailableError, type JobRecord } from "../domain/index.js";
+import { connectNats, natsTarget, type NatsTarget } from "../nats/index.js";
 import { decodeJob, encodeJob, parseJson } from "./codec.js";
 import { checkExpectedRevision, checkJobId, RevisionConflictError, type JobStore, type StoredJob } from "./store.js";
 
@@ -59,27 +60,19 @@ export class NatsKvJobStore implements JobStore {
   }
 
   /**
-   * Connects to `url` (one server or a comma-separated list) and binds the
-   * bucket, creating it if absent. Unreachable servers reject with an
-   * UnavailableError naming the URL; a server without JetStream with an
-   * EnvironmentError.
+   * Connects to `server` (a URL, one server or a comma-separated list, or a
+   * target with TLS and credentials from nats/) and binds the bucket,
+   * creating it if absent. Unreachable servers reject with an
+   * UnavailableError naming the URL (never its credentials), refused
+   * credentials or TLS with an UnauthenticatedError; a server without
+   * JetStream with an EnvironmentError.
    */
-  static async open(url: string, options: NatsKvStoreOptions = {}): Promise<NatsKvJobStore> {
+  static async open(server: string | NatsTarget, options: NatsKvStoreOptions = {}): Promise<NatsKvJobStore> {
+    const target = typeof server === "string" ? natsTarget(server, "store") : server;
+    const url = target.url;
     const bucket = options.bucket ?? DEFAULT_BUCKET;
-    let nc: NatsConnection;
-    try {
-      nc = await connect({
-        servers: url.split(","),
-        name: "clipfleet-store",
-        // The store is the system of record: ride out NATS outages rather than give up.
-        maxReconnectAttempts: -1,
-        reconnectTimeWait: 250,
-      });
-    } catch (err) {
-      throw new UnavailableError(`job store: cannot connect to NATS at ${url}: ${(err as Error).message}`, {
-        cause: err,
-      });
-    }
+    // The store is the system of record: ride out NATS outages rather than give up.
+    const nc = await connectNats(target, "job store", { name: "clipfleet-store", maxReconnectAttempts: -1, reconnectTimeWait: 250 });
     const timeoutMs = options.timeoutMs ?? 5000;
     // A cluster that is still forming answers "no suitable peers for placement" or "JetStream
     // system temporarily unavailable": both pass within seconds, so retry them until a deadline.

@@ -1,21 +1,22 @@
 /** Turns the `--store` option into a store. */
 import { InvalidArgumentError } from "../domain/index.js";
+import { NO_NATS_ACCESS, natsTarget, type NatsAccess } from "../nats/index.js";
 import { FileJobStore } from "./file-store.js";
 import { NatsKvJobStore, type NatsKvStoreOptions } from "./nats-kv-store.js";
 import type { JobStore } from "./store.js";
 
 /**
  * `spec` is "file" (or empty: the default, files under `stateDir`) or
- * `nats://host:port[,nats://host2:port...][?bucket=name&replicas=3&history=5]`;
- * the query sets the bucket options used when the bucket is created.
+ * `nats://host:port[,nats://host2:port...][?bucket=name&replicas=3&history=5]`
+ * (tls:// for TLS; see nats/ for credentials); the query sets the bucket
+ * options used when the bucket is created. `access` is the --nats-* TLS
+ * files and credential.
  */
-export async function openStore(spec: string, stateDir: string): Promise<JobStore> {
+export async function openStore(spec: string, stateDir: string, access: NatsAccess = NO_NATS_ACCESS): Promise<JobStore> {
   if (spec === "" || spec === "file") return FileJobStore.open(stateDir);
-  if (!spec.startsWith("nats://")) {
-    throw new InvalidArgumentError(`--store: expected "file" or nats://host:port, got ${JSON.stringify(spec)}`, "store");
-  }
   const q = spec.indexOf("?");
-  const url = q < 0 ? spec : spec.slice(0, q);
+  // Parsed (and refused, naming --store) before the query, so a bad scheme is said first.
+  const target = natsTarget(q < 0 ? spec : spec.slice(0, q), "store", access);
   const options: NatsKvStoreOptions = {};
   for (const [name, value] of new URLSearchParams(q < 0 ? "" : spec.slice(q + 1))) {
     if (name === "bucket") {
@@ -33,7 +34,7 @@ export async function openStore(spec: string, stateDir: string): Promise<JobStor
       );
     }
   }
-  return NatsKvJobStore.open(url, options);
+  return NatsKvJobStore.open(target, options);
 }
 
 function badParam(name: string, value: string, expected: string): InvalidArgumentError {

@@ -137,7 +137,7 @@ void describe("events helpers", () => {
     await b.close();
     await assert.rejects(openEventBus("http://x:4222"), {
       code: "INVALID_ARGUMENT",
-      message: '--nats: expected nats://host:port, got "http://x:4222"',
+      message: '--nats: expected nats://HOST:PORT or tls://HOST:PORT, got "http://x:4222"',
     });
   });
 });

@@ -234,7 +234,7 @@ void describe("openStore", () => {
       }
       await assert.rejects(openStore("redis://x", dir), {
         code: "INVALID_ARGUMENT",
-        message: '--store: expected "file" or nats://host:port, got "redis://x"',
+        message: '--store: expected "file", nats://HOST:PORT or tls://HOST:PORT, got "redis://x"',
       });
       await assert.rejects(openStore("nats://127.0.0.1:1?replicas=2x", dir), /--store: replicas must be an integer/);
       await assert.rejects(openStore("nats://127.0.0.1:1?bucket=a.b", dir), /--store: bucket must be/);

@@ -10,7 +10,8 @@ export const serverCommand: Command<OrchestratorArgs> = (deps) => ({
     orchestratorOptions(y, "127.0.0.1:7070", "server")
       .example("$0 certs init --dir /etc/clipfleet/tls --host head.example.org --host 10.0.0.5", "make a CA, the server's certificate and an admin identity")
       .example("$0 server --tls-dir /etc/clipfleet/tls --listen 0.0.0.0:7070 --worker-listen 0.0.0.0:7071 --metrics-listen 0.0.0.0:9400", "serve users and ranks on all interfaces over TLS")
-      .example("$0 server --store nats://10.0.0.5:4222 --nats nats://10.0.0.5:4222 --inventory nodes.yaml --tls-dir DIR --listen 0.0.0.0:7070", "jobs in JetStream, events on NATS, a fleet over SSH"),
+      .example("$0 server --store nats://10.0.0.5:4222 --nats nats://10.0.0.5:4222 --inventory nodes.yaml --tls-dir DIR --listen 0.0.0.0:7070", "jobs in JetStream, events on NATS, a fleet over SSH")
+      .example("$0 server --store tls://10.0.0.5:4222 --nats tls://10.0.0.5:4222 --nats-ca nats/ca.crt --nats-cert nats/client.crt --nats-key nats/client.key --nats-user clipfleet --nats-password-file /etc/clipfleet/nats-password --tls-dir DIR", "the same over TLS with a client certificate and a password (never on the command line; or CLIPFLEET_NATS_PASSWORD)"),
   handler: async (args) => {
     const opts = embedOptions(args, false);
     const orch = await deps.embed(opts);
