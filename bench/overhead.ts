@@ -10,6 +10,10 @@
  * spend per steady-state step (Linux /proc), which is what explains a gap:
  * on a machine whose cores the ranks fill, every CPU millisecond another
  * process takes delays a rank, and the all-reduce makes the other wait.
+ *
+ * Each pair is a triple: `clipfleet run` is also run with --tls-dir (the
+ * ranks' reports, heartbeats and plan requests over TLS), and the figure
+ * "TLS on vs off" is the median of the per-triple throughput ratios.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -17,7 +21,7 @@ import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { resolveManifest } from "../orchestrator/src/data/index.js";
 import { freePort } from "../tests/helpers/cli.js";
-import { BENCH_SRC, BIN, PYTHON, sleep, WORKER_RUNTIME } from "./lib/proc.js";
+import { BENCH_SRC, BIN, PYTHON, runProcess, sleep, WORKER_RUNTIME } from "./lib/proc.js";
 import { figure, median, type Figure } from "./lib/results.js";
 import { parseSummary, readSteps, resolvedStage, steadyStepSeconds, writeTinySpec } from "./lib/spec.js";
 
@@ -82,24 +86,30 @@ async function runConfig(c: Config, work: string): Promise<{ figures: Figure[]; 
     }),
   );
 
+  const tlsDir = join(work, "tls");
+  const certs = await runProcess(process.execPath, [BIN, "certs", "init", "--dir", tlsDir, "--host", "127.0.0.1"]);
+  if (certs.code !== 0) throw new Error(`clipfleet certs init: ${certs.stderr}`);
+
   const orchestrated: RunMeasure[] = [];
   const byHand: RunMeasure[] = [];
+  const overTls: RunMeasure[] = [];
   for (let i = 0; i < c.pairs; i++) {
-    // Alternate which goes first, so a trend in the machine's load does not favour one side.
-    if (i % 2 === 0) {
-      orchestrated.push(await runOrchestrated(spec, join(work, `orch-${i}`), c));
-      byHand.push(await runByHand(jobFile, join(work, `hand-${i}.json`), c));
-    } else {
-      byHand.push(await runByHand(jobFile, join(work, `hand-${i}.json`), c));
-      orchestrated.push(await runOrchestrated(spec, join(work, `orch-${i}`), c));
-    }
+    // Alternate the order, so a trend in the machine's load does not favour one side.
+    const runs = [
+      async () => orchestrated.push(await runOrchestrated(spec, join(work, `orch-${i}`), c, "")),
+      async () => byHand.push(await runByHand(jobFile, join(work, `hand-${i}.json`), c)),
+      async () => overTls.push(await runOrchestrated(spec, join(work, `tls-${i}`), c, tlsDir)),
+    ];
+    for (const run of i % 2 === 0 ? runs : runs.reverse()) await run();
   }
   // Same seed, data order, steps and code: anything but bit-identical parameters means the sides did different work.
-  const sameParams = orchestrated.every((o, i) => o.finalParamsSha256 === byHand[i]?.finalParamsSha256);
+  const sameParams = orchestrated.every((o, i) => o.finalParamsSha256 === byHand[i]?.finalParamsSha256 && o.finalParamsSha256 === overTls[i]?.finalParamsSha256);
   if (!sameParams) {
-    throw new Error(`final parameters differ between clipfleet run and by hand: ${orchestrated.map((o, i) => `${o.finalParamsSha256.slice(0, 12)} vs ${byHand[i]?.finalParamsSha256.slice(0, 12) ?? "?"}`).join(", ")}`);
+    const sha = (m: RunMeasure | undefined): string => m?.finalParamsSha256.slice(0, 12) ?? "?";
+    throw new Error(`final parameters differ between clipfleet run, by hand and over TLS: ${orchestrated.map((o, i) => `${sha(o)} vs ${sha(byHand[i])} vs ${sha(overTls[i])}`).join(", ")}`);
   }
   const ratios = orchestrated.map((o, i) => o.samplesPerSecond / (byHand[i] as RunMeasure).samplesPerSecond);
+  const tlsRatios = overTls.map((t, i) => t.samplesPerSecond / (orchestrated[i] as RunMeasure).samplesPerSecond);
   const tag = `batch ${c.batch}`;
   const steadyNote = `steps ${c.warmup + 1}-${c.steps} of ${c.steps}, global batch ${c.batch}, 2 ranks; median step time`;
   const figures = [
@@ -113,6 +123,25 @@ async function runConfig(c: Config, work: string): Promise<{ figures: Figure[]; 
       ratios,
       target: ">= 0.98",
       note: `median of per-pair ratios; ${steadyNote}; final parameters bit-identical between the two`,
+    }),
+    figure({
+      benchmark: "overhead",
+      figure: `training throughput, TLS on vs off, ${tag}`,
+      unit: "samples/s",
+      values: overTls.map((t) => t.samplesPerSecond),
+      baseline: orchestrated.map((o) => o.samplesPerSecond),
+      baselineWhat: "clipfleet run without TLS",
+      ratios: tlsRatios,
+      target: ">= 0.99",
+      note: `median of per-run ratios; clipfleet run --tls-dir: the ranks' reports, heartbeats and plan requests over TLS; ${steadyNote}`,
+    }),
+    figure({
+      benchmark: "overhead",
+      figure: `orchestrator process CPU per step, TLS on, ${tag}`,
+      unit: "ms",
+      values: overTls.map((t) => t.orchestratorCpuMsPerStep),
+      baseline: orchestrated.map((o) => o.orchestratorCpuMsPerStep),
+      baselineWhat: "TLS off",
     }),
     figure({
       benchmark: "overhead",
@@ -145,7 +174,7 @@ async function runConfig(c: Config, work: string): Promise<{ figures: Figure[]; 
       baselineWhat: "by hand (no agent threads, no RPCs)",
     }),
   ];
-  return { figures, details: { ...c, ratios, medianRatio: median(ratios), sameFinalParams: sameParams, orchestrated, byHand } };
+  return { figures, details: { ...c, ratios, medianRatio: median(ratios), tlsRatios, medianTlsRatio: median(tlsRatios), sameFinalParams: sameParams, orchestrated, byHand, overTls } };
 }
 
 /** CPU seconds (user + system) a process has used so far; 0 once it is gone. */
@@ -207,9 +236,10 @@ class CpuPerStep {
   }
 }
 
-/** `clipfleet run SPEC`; step times from rank 0's step history, CPU from /proc while it trains. */
-async function runOrchestrated(spec: string, stateDir: string, c: Config): Promise<RunMeasure> {
-  const child = spawn(process.execPath, [BIN, "run", spec, "--state-dir", stateDir, "--json"], { env: { ...process.env, CLIPFLEET_PYTHON: PYTHON }, stdio: ["ignore", "pipe", "pipe"] });
+/** `clipfleet run SPEC` (with TLS when `tlsDir` is set); step times from rank 0's step history, CPU from /proc while it trains. */
+async function runOrchestrated(spec: string, stateDir: string, c: Config, tlsDir: string): Promise<RunMeasure> {
+  const env = { ...process.env, CLIPFLEET_PYTHON: PYTHON, CLIPFLEET_TLS_DIR: tlsDir };
+  const child = spawn(process.execPath, [BIN, "run", spec, "--state-dir", stateDir, "--json"], { env, stdio: ["ignore", "pipe", "pipe"] });
   const out = collect(child);
   const acct = new CpuPerStep(c.warmup, c.steps - 2);
   let jobId: string | null = null;

@@ -15,7 +15,7 @@ import { after, before, describe, it } from "node:test";
 import { connect, type ConnectionOptions } from "nats";
 import { clipfleetPermissions, natsPki, natsSkipReason, startNatsServer, writeSecretFile, type NatsPki, type NatsServer } from "../../orchestrator/test/helpers/nats.js";
 import { runCli, startServer, tempDir, writeTinySpec, type ServerHandle } from "../helpers/cli.js";
-import { ControlClient, rankPidsOf, waitEnd } from "./control-helpers.js";
+import { rankPidsOf, waitEnd } from "./control-helpers.js";
 
 const PASSWORD = "e2e-pw-5b1d93";
 
@@ -53,7 +53,7 @@ void describe("clipfleet server with NATS over mutual TLS and passwords", { skip
     const args = ["--store", nats.tlsUrl, "--nats", nats.tlsUrl, "--nats-ca", pki.ca, "--nats-cert", pki.clientCert, "--nats-key", pki.clientKey, "--nats-user", "clipfleet", "--nats-password-file", passwordFile];
     const server = await startServer({ stateDir: join(tmp.dir, "state"), args });
     servers.push(server);
-    const client = new ControlClient(server.address);
+    const client = server.client();
     const info = await client.serverInfo();
     client.close();
     assert.equal(info.store, `nats-kv:${nats.tlsUrl} bucket=clipfleet-jobs replicas=1`);
@@ -63,7 +63,7 @@ void describe("clipfleet server with NATS over mutual TLS and passwords", { skip
     const sub = await runCli(["submit", spec, "--server", server.address]);
     assert.equal(sub.code, 0, sub.stderr);
     const id = sub.stdout.trim();
-    const c = new ControlClient(server.address);
+    const c = server.client();
     await waitEnd(c, id, "SUCCEEDED").finally(() => c.close());
     assert.deepEqual(rankPidsOf(id), []);
 

@@ -13,7 +13,7 @@ import { after, before, describe, it } from "node:test";
 import { connect, type NatsConnection } from "nats";
 import { natsSkipReason, startNatsServer, type NatsServer } from "../../orchestrator/test/helpers/nats.js";
 import { alive, runCli, startServer, tempDir, waitFor, writeTinySpec, type ServerHandle } from "../helpers/cli.js";
-import { attemptPids, ControlClient, rankPidsOf, stateName, waitJob } from "./control-helpers.js";
+import { attemptPids, rankPidsOf, stateName, waitJob } from "./control-helpers.js";
 
 void describe("SIGTERM of a server while a job runs", { skip: natsSkipReason() }, () => {
   const tmp = tempDir("clipfleet-shutdown-");
@@ -60,7 +60,7 @@ void describe("SIGTERM of a server while a job runs", { skip: natsSkipReason() }
     void it(`with the ${kind} store: every rank of a training job is gone once the server has exited`, { timeout: 180_000 }, async () => {
       const server = await serverOn(`running-${kind}`, kind === "nats" ? `${nats.url}?bucket=shutdown-${kind}` : "file");
       const id = await submitLong(server, `running-${kind}`);
-      const c = new ControlClient(server.address);
+      const c = server.client();
       // Training, with checkpoints being committed (writes in flight when the signal lands).
       const j = await waitJob(c, id, "training past a checkpoint", (x) => stateName(x.state) === "RUNNING" && (x.stages[0]?.progress?.step ?? 0) >= 4).finally(() => c.close());
       const pids = attemptPids(j);
@@ -89,6 +89,8 @@ void describe("SIGTERM of a server while a job runs", { skip: natsSkipReason() }
       server = s;
       const id = await submitLong(s, "launching-nats");
       await waitFor("the STARTING event", () => signalled, 60_000, 20);
+      // One signal only: a second SIGTERM during the shutdown kills the server outright (as a second Ctrl-C does).
+      await waitFor("the server to exit", () => s.child.exitCode !== null || s.child.signalCode !== null, 60_000);
       await stopAndCheck(s, id, []);
     } finally {
       sub.unsubscribe();

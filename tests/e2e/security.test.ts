@@ -58,7 +58,7 @@ void describe("a server with TLS, identities and roles, attacked while a job tra
     assert.equal(sub.code, 0, sub.stderr);
     victimId = sub.stdout.trim();
     alone = await startServer({ stateDir: join(tmp.dir, "alone") });
-    const solo = await runCli(["submit", victimSpec("victim"), "--server", alone.address]);
+    const solo = await runCli(["submit", victimSpec("victim"), "--server", alone.address], { env: { CLIPFLEET_TLS_DIR: alone.tlsDir } });
     assert.equal(solo.code, 0, solo.stderr);
     aloneId = solo.stdout.trim();
     await waitJob(ottoClient, victimId, "the victim training", (j) => (j.stages[0]?.progress?.step ?? 0) >= 1, 120_000);
@@ -72,7 +72,7 @@ void describe("a server with TLS, identities and roles, attacked while a job tra
   });
 
   void it("no client certificate, or one from another CA: refused (exit 3, saying why)", async () => {
-    const none = await runCli(["list", "--server", server.address]);
+    const none = await runCli(["list", "--server", server.address], { env: { CLIPFLEET_TLS_DIR: "" } });
     assert.equal(none.code, 3, none.stderr);
     assert.match(none.stderr, /needs --tls-dir or CLIPFLEET_TLS_DIR/);
     const foreign = await runCli(["list", ...as(other)]);
@@ -189,7 +189,7 @@ void describe("a server with TLS, identities and roles, attacked while a job tra
     const logs = await runCli(["logs", victimId, ...as(otto)]);
     assert.doesNotMatch(logs.stdout, /BEGIN CERTIFICATE/, "the CA handed to ranks is not logged");
 
-    const soloClient = new ControlClient(alone.address);
+    const soloClient = alone.client();
     const solo = await waitEnd(soloClient, aloneId, "SUCCEEDED", 240_000).finally(() => soloClient.close());
     assert.match(solo.stages[0]!.finalParamsSha256, /^[0-9a-f]{64}$/);
     assert.equal(victim.stages[0]!.finalParamsSha256, solo.stages[0]!.finalParamsSha256, "the attacks changed nothing of the victim's training");
@@ -224,13 +224,14 @@ void describe("secure by default", () => {
   after(() => tmp.cleanup());
 
   void it("a server on a non-loopback address without --tls-dir refuses to start, saying how; --insecure starts it with a warning and a metric", { timeout: 60_000 }, async () => {
-    const refused = await runCli(["server", "--state-dir", join(tmp.dir, "a"), "--listen", "0.0.0.0:0"]);
+    const plain = { env: { CLIPFLEET_TLS_DIR: "" } };
+    const refused = await runCli(["server", "--state-dir", join(tmp.dir, "a"), "--listen", "0.0.0.0:0"], plain);
     assert.equal(refused.code, 2, refused.stderr);
     assert.match(refused.stderr, /^clipfleet: --listen: 0\.0\.0\.0:0 is reachable from other machines, and no --tls-dir was given: make certificates with `clipfleet certs init/m);
     assert.equal(refused.stderr.trim().split("\n").length, 1);
     assert.ok(!existsSync(join(tmp.dir, "a", "jobs")), "nothing written");
 
-    const child = startCli(["server", "--state-dir", join(tmp.dir, "b"), "--listen", "0.0.0.0:0", "--insecure", "--metrics-listen", "127.0.0.1:0"]);
+    const child = startCli(["server", "--state-dir", join(tmp.dir, "b"), "--listen", "0.0.0.0:0", "--insecure", "--metrics-listen", "127.0.0.1:0"], plain);
     const done = finished(child, 60_000);
     const metrics = await waitFor("the insecure server to listen", () => /metrics on (http:\/\/\S+\/metrics)/.exec(child.output.stderr)?.[1], 30_000);
     assert.match(child.output.stderr, /WARNING: --insecure/);

@@ -17,7 +17,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { NodeCheck, NodeSpec } from "../../orchestrator/src/domain/index.js";
 import { HostKeyError, SshLauncher, type ExitInfo, type LaunchRequest } from "../../orchestrator/src/launcher/index.js";
-import { alive, finished, PYTHON, ROOT, runCli, startCli, tempDir, waitFor, writeTinySpec, type CliResult, type TinySpec } from "../helpers/cli.js";
+import { alive, finished, PYTHON, ROOT, runCli, startCli, tempDir, TEST_TLS, waitFor, writeTinySpec, type CliResult, type TinySpec } from "../helpers/cli.js";
 import { netnsSkipReason, startFleet, type Fleet, type SshHost } from "../helpers/netns.js";
 
 const WORKER_RUNTIME = join(ROOT, "worker-runtime");
@@ -93,12 +93,17 @@ const SKIP = netnsSkipReason() ?? false;
 void describe("SSH fleet on network namespaces", () => {
   let fleet: Fleet;
   let work: string;
+  let tlsDir = "";
   let removeWork: () => void = () => undefined;
 
   before(async () => {
     if (SKIP) return;
     fleet = await startFleet(3);
     ({ dir: work, cleanup: removeWork } = tempDir("cf-ssh-e2e-"));
+    // Ranks on the fleet reach the worker port at the bridge address, over TLS: a certificate for it.
+    tlsDir = join(work, "tls");
+    const certs = await runCli(["certs", "init", "--dir", tlsDir, "--host", fleet.bridgeAddress]);
+    assert.equal(certs.code, 0, certs.stderr);
   });
 
   after(() => {
@@ -119,7 +124,7 @@ void describe("SSH fleet on network namespaces", () => {
     const stateDir = join(dir, "state");
     const child = startCli(
       ["run", specFile, "--json", "--inventory", "nodes.yaml", "--known-hosts", "known_hosts", "--listen", "0.0.0.0:0", "--advertise", fleet.bridgeAddress, "--state-dir", stateDir],
-      { cwd: dir },
+      { cwd: dir, env: TEST_TLS ? { CLIPFLEET_TLS_DIR: tlsDir } : {} },
     );
     return { done: finished(child, timeoutMs), stateDir };
   }
