@@ -21,6 +21,7 @@ import { nodesCommand } from "./commands/nodes.js";
 import { reportCommand } from "./commands/report.js";
 import { resumeCommand } from "./commands/resume.js";
 import { runCommand } from "./commands/run.js";
+import { launchCommand } from "./commands/launch.js";
 import { serverCommand } from "./commands/server.js";
 import { statusCommand } from "./commands/status.js";
 import { submitCommand } from "./commands/submit.js";
@@ -34,6 +35,7 @@ export { INFO_FILE, type OrchestratorInfoFile } from "./offline.js";
 
 const COMMANDS: Command<never>[] = [
   runCommand,
+  launchCommand,
   serverCommand,
   certsCommand,
   submitCommand,

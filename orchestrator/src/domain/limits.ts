@@ -30,6 +30,12 @@ export const MAX_REPLY_BYTES = 4 * 1024 * 1024;
 /** Attempts of each stage a job reply holds (the latest; the others are counted). */
 export const REPLY_ATTEMPTS = 16;
 
+/** Most items of a command stage's `command`. */
+export const MAX_COMMAND_ARGS = 1024;
+
+/** Longest item of a command stage's `command`. */
+export const MAX_COMMAND_ARG_CHARS = 4096;
+
 /** Most entries of a stage's `labels` or a job's `cluster.node_selector`. */
 export const MAX_LABELS = 64;
 

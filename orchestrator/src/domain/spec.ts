@@ -6,8 +6,11 @@
  */
 
 /** What a stage does. */
-export type Task = "pretrain" | "finetune-seg" | "finetune-depth" | "eval";
-export const TASKS: readonly Task[] = ["pretrain", "finetune-seg", "finetune-depth", "eval"];
+export type Task = "pretrain" | "finetune-seg" | "finetune-depth" | "eval" | "command";
+export const TASKS: readonly Task[] = ["pretrain", "finetune-seg", "finetune-depth", "eval", "command"];
+
+/** What a first item of a command stage's `command` may say to run the worker interpreter. */
+export const COMMAND_PYTHON_NAMES: ReadonlySet<string> = new Set(["python", "python3"]);
 
 /** An image tower, resolved from a preset plus overrides. */
 export interface ImageTowerSpec {
@@ -81,6 +84,8 @@ export interface DataSpec {
   readonly audit: boolean;
   readonly loader_threads: number;
   readonly prefetch_steps: number;
+  /** task command: the size of the dataset the user's script indexes (the plan hands out its indices); null: no plan. */
+  readonly num_samples: number | null;
 }
 
 export interface TrainSpec {
@@ -183,6 +188,10 @@ export interface StageSpec {
   readonly name: string;
   readonly needs: readonly string[];
   readonly task: Task;
+  /** task command: the program every rank runs (no shell); a first item `python`/`python3` is the worker interpreter. Null for built-in tasks. */
+  readonly command: readonly string[] | null;
+  /** task command: the directory it runs in (absolute, resolved from the spec's folder). Null for built-in tasks. */
+  readonly workdir: string | null;
   readonly seed: number;
   readonly model: ModelSpec;
   readonly data: DataSpec;

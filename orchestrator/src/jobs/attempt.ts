@@ -125,6 +125,8 @@ export interface AttemptFacts {
   readonly recoveringSince: number | null;
   /** Samples the stage's earlier attempts skipped. */
   readonly skippedBefore: number;
+  /** Earlier attempts of this stage (torchrun's TORCHELASTIC_RESTART_COUNT). */
+  readonly restartCount: number;
 }
 
 /** Phase names of the wire's Phase enum, by number. */
@@ -287,6 +289,19 @@ export class Attempt {
     this.hooks.formed(this);
   }
 
+  /**
+   * task command: every process was started. A command's ranks need not
+   * connect (a plain script never does), so the gang is formed now; ranks
+   * that use the API still register and are then watched like built-in ones.
+   */
+  launched(): void {
+    if (this.phaseNow.kind !== "starting") return;
+    this.apply({ type: "formed" });
+    const now = this.env.now();
+    for (const r of this.ranks) r.lastProgressMs = now;
+    this.hooks.formed(this);
+  }
+
   /** A rank's session stream closed: a failure unless the attempt is ending, stopping, or the rank finished. */
   sessionClosed(rank: RankRuntime, handle: SessionHandle, why: string): void {
     if (rank.session === handle) rank.session = null;
@@ -362,6 +377,20 @@ export class Attempt {
     this.log(`rank ${rank.rank} (pid ${rank.proc?.pid ?? "?"}) ${how}`);
     // A stop in progress waits for every exit; an ending attempt expects them.
     if (this.over || this.phaseNow.kind === "stopping") return;
+    if (this.spec.command) {
+      // A command's success is its exit code; its failure, the traceback on its stderr when it printed one.
+      if (exit.code === 0 && !exit.lost) {
+        rank.finished ??= { step: rank.step, finalParamsSha256: "", metrics: {} };
+        if (this.ranks.every((r) => r.finished)) this.hooks.finished(this);
+        return;
+      }
+      // A non-zero exit of the program itself (not a signal, not a lost node) is the script's doing, not
+      // the node's: with no traceback, the exit code is its fingerprint for the repeated-user-error rule.
+      if (exit.code !== null && !exit.lost && !rank.failure) {
+        const tb = rank.stderr?.failure(rank.step) ?? { kind: "exit", message: `exited with code ${exit.code}`, traceback: "", step: rank.step, fingerprint: `exit-${exit.code}` };
+        rank.failure = causeOfReport(rank.rank, tb, this.attempt, this.env.now());
+      }
+    }
     const cause = causeOfExit(rank.rank, rank.node.name, exit, rank.finished !== null, rank.failure);
     if (cause) this.fail(cause);
   }
@@ -394,6 +423,7 @@ export class Attempt {
   overdue(now: number): { cause: FailureCause; failedAtMs?: number } | null {
     const f = this.spec.failure;
     if (this.phaseNow.kind === "starting") {
+      if (this.spec.command) return null; // formed once launched: its ranks need not connect
       const missing = this.ranks.filter((r) => !r.session).map((r) => r.rank);
       if (missing.length > 0 && now - this.startedMs > f.startup_timeout * 1000) {
         return { cause: { kind: "startup", missing, seconds: f.startup_timeout } };
@@ -403,6 +433,8 @@ export class Attempt {
     if (this.phaseNow.kind !== "running") return null;
     for (const r of this.ranks) {
       if (r.finished) continue;
+      // A command's rank is watched once it uses the API (registers); before that, only its exit tells.
+      if (this.spec.command && !r.registered) continue;
       const silent = (now - r.lastHeartbeatMs) / 1000;
       if (silent > f.heartbeat_timeout) return { cause: { kind: "heartbeat", rank: r.rank, silentSeconds: silent }, failedAtMs: r.lastHeartbeatMs };
       if (r.phase === "training" || r.phase === "registered") {

@@ -161,7 +161,7 @@ export class Ending {
     this.ctx.live.forgetSessions(a);
     const fin = a.ranks[0]?.finished;
     const metrics = this.progress.bounded(a, fin?.metrics ?? {});
-    await this.ctx.ledger.transition(a.jobId, a.stage, "SUCCEEDED", `finished ${fin?.step ?? a.totalSteps} steps`, {
+    await this.ctx.ledger.transition(a.jobId, a.stage, "SUCCEEDED", a.spec.command && !fin?.step ? `every rank exited 0` : `finished ${fin?.step ?? a.totalSteps} steps`, {
       attempt: a.attempt,
       data: { finalParamsSha256: fin?.finalParamsSha256 ?? "", metrics },
       update: (s) => {

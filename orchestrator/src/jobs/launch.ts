@@ -7,9 +7,9 @@
 import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { InvalidArgumentError, NotFoundError, type NodeSpec, type StageSpec } from "../domain/index.js";
+import { COMMAND_PYTHON_NAMES, InvalidArgumentError, NotFoundError, type NodeSpec, type StageSpec } from "../domain/index.js";
 import { removeCheckpointDir, sha256Hex, uncommittedDirs } from "../checkpoints/index.js";
-import { DataPlan } from "../data/index.js";
+import { DataPlan, manifestOf } from "../data/index.js";
 import type { Launcher } from "../launcher/index.js";
 import { rankEnv, type Placement } from "../scheduler/index.js";
 import { canonicalJson } from "../spec/index.js";
@@ -19,6 +19,7 @@ import type { JobContext } from "./context.js";
 import type { Datasets } from "./datasets.js";
 import { stageSpecOf } from "./records.js";
 import { rankRecordFields, tokenHash, type RankRuntime } from "./runtime.js";
+import { TracebackCatcher } from "./traceback.js";
 
 export class Launch {
   constructor(
@@ -41,7 +42,13 @@ export class Launch {
     if (!rank0) throw new Error("empty placement");
     const python = await this.pythonFor(spec, rank0.node);
 
-    const manifest = spec.data.train.length > 0 ? await this.datasets.manifest(spec.data.train, spec.data.fraction) : null;
+    // task command with data.num_samples: a dataset of that many samples the script indexes itself (one pseudo-shard).
+    const manifest =
+      spec.data.num_samples !== null
+        ? manifestOf([{ url: `num_samples:${spec.data.num_samples}`, samples: spec.data.num_samples }])
+        : spec.data.train.length > 0
+          ? await this.datasets.manifest(spec.data.train, spec.data.fraction)
+          : null;
     const valManifest = spec.data.val.length > 0 ? await this.datasets.manifest(spec.data.val, 1, "data.val") : null;
     const plan =
       manifest && spec.task !== "eval"
@@ -87,6 +94,7 @@ export class Launch {
       hostname: pr.node.host,
       pid: null,
       failure: null,
+      stderr: spec.command ? new TracebackCatcher() : null,
     }));
     const a = new Attempt(
       {
@@ -112,6 +120,7 @@ export class Launch {
         configSha256: sha256Hex(Buffer.from(canonicalJson(spec), "utf8")),
         recoveringSince: this.ctx.live.takeRecovering(job.id, p.stage),
         skippedBefore: stageRec.progress.skippedSamples,
+        restartCount: stageRec.attempts.length,
       },
       this.ctx,
       this.hooks,
@@ -175,9 +184,13 @@ export class Launch {
           node: r.node,
           python: r.node.launcher === "local" ? python : (r.node.python ?? "python3"),
           workdir: r.node.launcher === "local" ? deps.workerRuntimeDir : (r.node.workdir ?? "."),
+          command: spec.command ? { argv: spec.command, cwd: spec.workdir ?? "." } : null,
           env: this.rankEnvironment(a, r),
           secrets: { CLIPFLEET_TOKEN: tokens[r.rank] ?? "" },
-          onOutput: (stream, line) => deps.logs.append(job.id, { tsMs: this.ctx.now(), stage: p.stage, attempt, rank: r.rank, stream, line }),
+          onOutput: (stream, line) => {
+            if (stream === "stderr") r.stderr?.line(line);
+            deps.logs.append(job.id, { tsMs: this.ctx.now(), stage: p.stage, attempt, rank: r.rank, stream, line });
+          },
           onExit: (e) => {
             a.exited(r, e);
             a.processGone();
@@ -193,6 +206,8 @@ export class Launch {
         return;
       }
     }
+    // A command's ranks need not say anything: the gang is formed once every process runs.
+    if (spec.command) a.launched();
     await ledger.update(job.id, (j) => {
       const rec = j.stages.find((s) => s.name === p.stage)?.attempts.find((x) => x.number === attempt);
       for (const rr of rec?.ranks ?? []) rr.pid = ranks[rr.rank]?.pid ?? null;
@@ -225,6 +240,10 @@ export class Launch {
       CLIPFLEET_STAGE: a.stage,
       CLIPFLEET_ATTEMPT: String(a.attempt),
       CLIPFLEET_RANK: String(r.rank),
+      // The rest of torchrun's contract, for scripts written for it: which restart this is, of how many.
+      TORCHELASTIC_RUN_ID: a.jobId,
+      TORCHELASTIC_RESTART_COUNT: String(a.facts.restartCount),
+      TORCHELASTIC_MAX_RESTARTS: String(a.spec.failure.max_restarts),
       PYTHONUNBUFFERED: "1",
       OMP_NUM_THREADS: threads,
       CLIPFLEET_THREADS: threads,
@@ -241,6 +260,8 @@ export class Launch {
 
   private async pythonFor(spec: StageSpec, node: NodeSpec): Promise<string> {
     if (node.launcher === "ssh") return spec.worker.python ?? node.python ?? "python3";
+    // A command that is not a Python script runs without the worker interpreter: nothing to look for.
+    if (spec.command && !COMMAND_PYTHON_NAMES.has(spec.command[0] ?? "")) return spec.worker.python ?? node.python ?? "python3";
     return this.ctx.resolvePython(spec.worker.python ?? this.ctx.deps.python ?? node.python ?? null);
   }
 }

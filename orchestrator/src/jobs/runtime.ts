@@ -7,6 +7,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import type { NodeSpec, RankRecord } from "../domain/index.js";
 import type { Command, Finished } from "../gen/clipfleet/v1/worker.js";
 import type { FailureCause } from "./policy.js";
+import type { TracebackCatcher } from "./traceback.js";
 import type { LaunchedProcess, ExitInfo, Launcher } from "../launcher/index.js";
 
 /** The rpc layer's handle on one worker session stream. */
@@ -49,6 +50,8 @@ export interface RankRuntime {
   pid: number | null;
   /** What the rank reported before it went down (an exception, corrupt data), if anything. */
   failure: FailureCause | null;
+  /** task command: the last Python traceback on its stderr (a script without the API reports nothing else). */
+  readonly stderr: TracebackCatcher | null;
 }
 
 /** The digest a rank token is kept as. */

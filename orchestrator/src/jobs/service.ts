@@ -73,7 +73,7 @@ export class JobService implements MetricsSource {
     const progress = this.progress;
     const hooks: AttemptHooks = {
       formed: (a) =>
-        void ctx.ledger.transition(a.jobId, a.stage, "RUNNING", `all ${a.worldSize} ranks connected`, { attempt: a.attempt }).catch((err: unknown) => ending.internalError(a, err)),
+        void ctx.ledger.transition(a.jobId, a.stage, "RUNNING", `all ${a.worldSize} ranks ${a.spec.command ? "started" : "connected"}`, { attempt: a.attempt }).catch((err: unknown) => ending.internalError(a, err)),
       step: (a, rank, rep, now) => progress.step(a, rank, rep, now),
       heartbeat: (a, rank, hb) => progress.heartbeat(a, rank, hb),
       eval: (a, rank, result) => progress.eval(a, rank, result, (err) => ending.internalError(a, err)),

@@ -5,7 +5,7 @@
  */
 import { spawn } from "node:child_process";
 import { createServer } from "node:net";
-import type { NodeSpec } from "../domain/index.js";
+import { COMMAND_PYTHON_NAMES, type NodeSpec } from "../domain/index.js";
 import { forEachLine } from "./lines.js";
 import type { ExitInfo, LaunchedProcess, LaunchRequest, Launcher } from "./types.js";
 
@@ -14,8 +14,9 @@ export class LocalLauncher implements Launcher {
   private readonly live = new Set<LaunchedProcess>();
 
   launch(req: LaunchRequest): Promise<LaunchedProcess> {
-    const child = spawn(req.python, ["-m", "clipfleet_worker", "run"], {
-      cwd: req.workdir,
+    const [program, ...args] = req.command ? commandArgv(req.command.argv, req.python) : [req.python, "-m", "clipfleet_worker", "run"];
+    const child = spawn(program!, args, {
+      cwd: req.command?.cwd ?? req.workdir,
       env: { ...process.env, ...req.env, ...req.secrets, PYTHONPATH: prependPath(req.workdir, process.env.PYTHONPATH) },
       detached: true,
       stdio: ["ignore", "pipe", "pipe"],
@@ -62,6 +63,12 @@ export class LocalLauncher implements Launcher {
     for (const p of all) signalGroup(p.pid, "SIGKILL");
     await Promise.all(all.map((p) => p.exited));
   }
+}
+
+/** A command's argv with `python`/`python3` replaced by the worker interpreter. */
+export function commandArgv(argv: readonly string[], python: string): string[] {
+  const [first, ...rest] = argv;
+  return [first !== undefined && COMMAND_PYTHON_NAMES.has(first) ? python : (first ?? python), ...rest];
 }
 
 /** Signal a process group, ignoring one that is already gone. */

@@ -19,7 +19,12 @@ export const PID_LINE = /^CLIPFLEET_PID (\d+)$/;
  * after it stays for the worker), own session and process group, gloo bound
  * to the interface holding the node's address (unless GLOO_SOCKET_IFNAME is
  * set: hosts whose name resolves to 127.0.1.1 would otherwise offer peers a
- * loopback address), the pid line, then the worker.
+ * loopback address), the pid line, then the worker. For task command the
+ * environment names the program (CLIPFLEET_COMMAND, JSON argv) and its
+ * directory: the wrapper reads the token line itself (the user's program
+ * knows nothing of stdin), puts it in the environment the program's clipfleet
+ * API reads, and runs the program in the directory, `python`/`python3` as
+ * this interpreter.
  */
 const WRAPPER = [
   "import json, os, socket, sys",
@@ -50,7 +55,26 @@ const WRAPPER = [
   "    except (OSError, ImportError):",
   "        pass",
   'print("CLIPFLEET_PID", os.getpid(), flush=True)',
-  'os.execv(sys.executable, [sys.executable, "-m", "clipfleet_worker", "run"])',
+  'command = os.environ.pop("CLIPFLEET_COMMAND", None)',
+  "if command is None:",
+  '    os.execv(sys.executable, [sys.executable, "-m", "clipfleet_worker", "run"])',
+  "argv = json.loads(command)",
+  'token = b""',
+  "while not token.endswith(b'\\n'):",
+  "    c = os.read(0, 1)",
+  "    if not c:",
+  "        break",
+  "    token += c",
+  'os.environ["CLIPFLEET_TOKEN"] = token.decode().strip()',
+  'os.environ.pop("CLIPFLEET_TOKEN_STDIN", None)',
+  'os.chdir(os.environ.pop("CLIPFLEET_COMMAND_CWD"))',
+  'if argv[0] in ("python", "python3"):',
+  "    argv[0] = sys.executable",
+  "try:",
+  "    os.execvp(argv[0], argv)",
+  "except OSError as err:",
+  '    print(f"clipfleet: cannot run {argv[0]}: {err}", file=sys.stderr, flush=True)',
+  "    os._exit(127)",
 ].join("\n");
 
 /** Binds a port on the node's address (any address if that is not local) and prints it. */
@@ -98,10 +122,14 @@ export function workerCommand(req: Pick<LaunchRequest, "python" | "workdir" | "e
  * wrapper; PYTHONPATH led by the workdir), then its secrets, one line each,
  * in the order the worker reads them (the token).
  */
-export function workerStdin(req: Pick<LaunchRequest, "workdir" | "env" | "secrets">): string {
+export function workerStdin(req: Pick<LaunchRequest, "workdir" | "env" | "secrets" | "command">): string {
   const keys = Object.keys(req.secrets);
   assert(keys.every((k) => k === "CLIPFLEET_TOKEN"), `only CLIPFLEET_TOKEN can be passed over stdin, got ${keys.join(", ")}`);
   const env: Record<string, string> = { ...req.env, PYTHONPATH: req.env.PYTHONPATH ? `${req.workdir}:${req.env.PYTHONPATH}` : req.workdir };
+  if (req.command) {
+    env.CLIPFLEET_COMMAND = JSON.stringify(req.command.argv);
+    env.CLIPFLEET_COMMAND_CWD = req.command.cwd;
+  }
   return `${JSON.stringify(env)}\n${req.secrets.CLIPFLEET_TOKEN === undefined ? "" : `${req.secrets.CLIPFLEET_TOKEN}\n`}`;
 }
 

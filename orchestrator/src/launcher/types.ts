@@ -27,6 +27,12 @@ export interface LaunchRequest {
   readonly python: string;
   /** Directory containing the clipfleet_worker package on that node. */
   readonly workdir: string;
+  /**
+   * task command: the user's program (no shell) and the directory it runs
+   * in, instead of the worker; a first item `python`/`python3` means `python`
+   * above. The worker runtime stays on PYTHONPATH, for its Python API.
+   */
+  readonly command?: { readonly argv: readonly string[]; readonly cwd: string } | null;
   /** Environment for the worker (rank variables, orchestrator address). */
   readonly env: Readonly<Record<string, string>>;
   /**

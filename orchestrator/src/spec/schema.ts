@@ -23,6 +23,8 @@ import {
   type TokenizerSpec,
   type TrainSpec,
   type WorkerSpec,
+  MAX_COMMAND_ARG_CHARS,
+  MAX_COMMAND_ARGS,
   MAX_LABEL_CHARS,
   MAX_LABEL_KEY_CHARS,
   MAX_LABELS,
@@ -197,6 +199,11 @@ const DATA_FIELDS = {
   fraction: withDefault(number({ min: 0, max: 1, minExclusive: true }), 1, "Use this fraction of the training samples (a deterministic subset)."),
   shuffle: withDefault(boolean(), true, "Shuffle samples each epoch (seeded by `seed` and the epoch)."),
   audit: withDefault(boolean(), false, "Record which samples each step consumed, to audit exactly-once delivery."),
+  num_samples: withDefault(
+    nullable(integer({ min: 1, max: Number.MAX_SAFE_INTEGER })),
+    null,
+    "task command: the number of samples of the dataset the script indexes; with `train.batch_size` and `train.steps` or `train.epochs`, the orchestrator plans each step's sample indices per rank (`ctx.plan(step)`), for exact resume at any world size and `clipfleet audit`.",
+  ),
   loader_threads: withDefault(count(), 2, "Decoding threads per rank; 0 decodes on the training thread."),
   prefetch_steps: withDefault(count(), 4, "Steps of batches each rank decodes ahead."),
 } satisfies Record<keyof DataSpec, Field>;
@@ -310,7 +317,14 @@ const DENSE_FIELDS = {
 /** The fields of a stage; with presets, preset names are enums (for the JSON Schema). */
 export function stageFields(presets: Presets | null) {
   return {
-    task: required(oneOf(TASKS), "What the stage does: contrastive `pretrain`, `finetune-seg` / `finetune-depth` of the image tower, or `eval` of a checkpoint."),
+    task: required(oneOf(TASKS), "What the stage does: contrastive `pretrain`, `finetune-seg` / `finetune-depth` of the image tower, `eval` of a checkpoint, or `command`: your own program on every rank (see docs/byo.md)."),
+    command: withDefault(
+      nullable(list(string({ maxLength: MAX_COMMAND_ARG_CHARS }), { minItems: 1, maxItems: MAX_COMMAND_ARGS, typeDoc: "list of string" })),
+      null,
+      "task command: the program every rank runs, as a list (no shell). A first item `python` or `python3` is the worker interpreter (`worker.python`, or the node's); each rank gets torchrun's environment.",
+      { examples: [["python", "train.py", "--epochs", "3"]] },
+    ),
+    workdir: withDefault(nullable(string()), null, "task command: the directory the command runs in, relative to the spec file (the same path on every node); null: the spec's folder."),
     seed: withDefault(integer({ min: 0, max: MAX_SEED }), 0, "Seed of initialisation, data order, caption choice and augmentation."),
     model: withDefault(object(modelFields(presets)), {}, "The image and text towers, the embedding and the tokenizer."),
     data: withDefault(object(DATA_FIELDS), {}, "Training and validation data, captions and augmentation."),

@@ -5,7 +5,7 @@
  * init references). Problems are collected, never thrown.
  */
 import * as nodePath from "node:path";
-import { existsSync, statSync } from "node:fs";
+import { accessSync, constants as fsConstants, existsSync, statSync } from "node:fs";
 import {
   type AugmentSpec,
   type CheckpointSpec,
@@ -22,6 +22,7 @@ import {
   type TokenizerSpec,
   type TrainSpec,
   type WorkerSpec,
+  COMMAND_PYTHON_NAMES,
   countShardPattern,
   isValidJobId,
   MAX_SHARDS,
@@ -126,6 +127,9 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
 
   const task = v.task as Task | undefined;
   const training = task !== undefined && TRAINING_TASKS.has(task);
+  const d0 = section(v.data) as { num_samples?: number | null };
+  // A command stage with data.num_samples gets a data plan: its train section is checked as a training task's.
+  const planned = training || (task === "command" && clean("data.num_samples") && d0.num_samples != null);
   const seed = v.seed as number | undefined;
 
   // model
@@ -197,15 +201,15 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
   // train
   const t = section(v.train) as TrainRaw;
   let batchSize = t.batch_size;
-  if (training && clean("train.steps", "train.epochs")) {
-    if (t.steps === null && t.epochs === null) add(["train"], "set steps or epochs");
+  if (planned && clean("train.steps", "train.epochs")) {
+    if (t.steps === null && t.epochs === null) add(["train"], task === "command" ? "set steps or epochs (data.num_samples asks for a data plan)" : "set steps or epochs");
     if (t.steps !== null && t.epochs !== null) add(["train"], "set steps or epochs, not both");
   }
   if (clean("train.batch_size") && batchSize === undefined) {
-    if (training) add(["train", "batch_size"], `missing (expected ${expectation(fieldAt(STAGE_NODE, "train.batch_size").node)})`);
+    if (planned) add(["train", "batch_size"], `missing (expected ${expectation(fieldAt(STAGE_NODE, "train.batch_size").node)})`);
     else if (evalSpec) batchSize = evalSpec.batch_size;
   }
-  if (training && batchSize !== undefined && worldSizes && clean("train.batch_size")) {
+  if (planned && batchSize !== undefined && worldSizes && clean("train.batch_size")) {
     const global = batchSize;
     const sizes = Array.from({ length: c.workers - minWorkers + 1 }, (_, k) => minWorkers + k);
     const bad = sizes.filter((w) => global % w !== 0);
@@ -246,10 +250,15 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
     add(["dense", "ignore_index"], `${dense.ignore_index} is a class id (dense.num_classes is ${dense.num_classes}); use a value outside 0..${dense.num_classes - 1}`);
   }
 
+  const command = clean("command", "workdir") ? resolveCommand(v, task, d0.num_samples ?? null, section(v.data) as Record<string, unknown>, ctx.baseDir, add) : undefined;
+
   if (issues.length > 0) return { issues };
   const model: ModelSpec = { image: image!, text: text!, embed_dim: embedDim, tokenizer: tokenizer! };
   const data = inOrder<DataSpec>("data", { ...d, train: train!, val: val!, synth: synth!, augment: augment! });
-  const trainSpec = inOrder<TrainSpec>("train", training ? { ...t, batch_size: batchSize! } : { ...t, steps: null, epochs: null, batch_size: batchSize! });
+  const trainSpec = inOrder<TrainSpec>(
+    "train",
+    planned ? { ...t, batch_size: batchSize! } : task === "command" ? { ...t, batch_size: batchSize ?? 0 } : { ...t, steps: null, epochs: null, batch_size: batchSize! },
+  );
   const cluster = inOrder<ClusterSpec>("cluster", { ...c, min_workers: minWorkers });
   const worker: WorkerSpec = { ...w, python: w.python !== null && w.python.includes("/") ? nodePath.resolve(ctx.baseDir, w.python) : w.python };
   const checkpoint: CheckpointSpec = { ...k, dir: k.dir === null ? null : nodePath.resolve(ctx.baseDir, k.dir) };
@@ -257,6 +266,8 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
     name: item.name!,
     needs: [...item.needs],
     task: task!,
+    command: command?.argv ?? null,
+    workdir: command?.workdir ?? null,
     seed: seed!,
     model,
     data,
@@ -272,6 +283,70 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
     labels: v.labels as Record<string, string>,
   };
   return { stage, issues };
+}
+
+/**
+ * `command` and `workdir`: only task command has them (and needs a command);
+ * the workdir must exist, a script given to python must be in it, and a
+ * program must be a file or on PATH here (as for data paths, the nodes are
+ * assumed to see the same files), so a typo fails at validate, not on a node.
+ */
+function resolveCommand(
+  v: Record<string, unknown>,
+  task: Task | undefined,
+  numSamples: number | null,
+  data: Record<string, unknown>,
+  baseDir: string,
+  add: (p: Path, m: string) => void,
+): { argv: string[]; workdir: string } | undefined {
+  const given = v.command as string[] | null;
+  const wd = v.workdir as string | null;
+  if (task !== "command") {
+    if (given !== null) add(["command"], `only task command runs a command (task is ${task ?? "not set"})`);
+    if (wd !== null) add(["workdir"], `only task command has a workdir (task is ${task ?? "not set"})`);
+    if (numSamples !== null) add(["data", "num_samples"], `only task command takes it (task ${task ?? "?"} reads data.train)`);
+    return undefined;
+  }
+  for (const field of ["train", "val", "synth"]) {
+    const value = data[field];
+    if (value !== undefined && value !== null) add(["data", field], "task command reads its own data (set data.num_samples for a data plan)");
+  }
+  if (given === null) {
+    add(["command"], "missing (task command runs it: command: [python, train.py])");
+    return undefined;
+  }
+  const workdir = nodePath.resolve(baseDir, wd ?? ".");
+  if (!existsSync(workdir) || !statSync(workdir).isDirectory()) {
+    add(["workdir"], `no such directory: ${workdir}`);
+    return undefined;
+  }
+  const [program, first] = given as [string, ...string[]];
+  if (COMMAND_PYTHON_NAMES.has(program)) {
+    if (first !== undefined && first.endsWith(".py") && !first.startsWith("-")) {
+      const script = nodePath.resolve(workdir, first);
+      if (!existsSync(script)) add(["command", 1], `no such file: ${script}`);
+    }
+  } else if (program.includes("/")) {
+    const path = nodePath.resolve(workdir, program);
+    if (!existsSync(path)) add(["command", 0], `no such file: ${path}`);
+    else if (!isExecutable(path)) add(["command", 0], `not executable: ${path}`);
+  } else if (!onPath(program)) {
+    add(["command", 0], `${program}: not found on PATH`);
+  }
+  return { argv: [...given], workdir };
+}
+
+function isExecutable(path: string): boolean {
+  try {
+    accessSync(path, fsConstants.X_OK);
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+}
+
+function onPath(program: string): boolean {
+  return (process.env.PATH ?? "").split(nodePath.delimiter).some((dir) => dir !== "" && isExecutable(nodePath.join(dir, program)));
 }
 
 /** A section with its keys in schema order (derived fields were added last), so the worker's JSON reads like the docs. */

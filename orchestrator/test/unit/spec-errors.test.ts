@@ -53,6 +53,7 @@ function firstLine(file: string, dir: string): string {
   assert.fail(`${file} validated`);
 }
 
+const CMD = (lines: string): string => `task: command\ncluster: {workers: 2}\n${lines}`;
 const PIPE = (stages: string): string => spec({}, `stages:\n${stages}`);
 
 /** [what, spec text, exact first line]. */
@@ -72,8 +73,8 @@ const CASES: [string, string, string][] = [
     spec({ cluster: "{workers: 2, zone: a}" }),
     "spec.yaml:5:23: cluster.zone: unknown field (expected one of: workers, min_workers, backend, gpus_per_worker, node_selector)",
   ],
-  ["missing task", spec({ task: null }), 'spec.yaml: task: missing (expected one of "pretrain", "finetune-seg", "finetune-depth", "eval")'],
-  ["task typo", spec({ task: "pretrian" }), 'spec.yaml:1:1: task: expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", got "pretrian" (did you mean "pretrain"?)'],
+  ["missing task", spec({ task: null }), 'spec.yaml: task: missing (expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command")'],
+  ["task typo", spec({ task: "pretrian" }), 'spec.yaml:1:1: task: expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command", got "pretrian" (did you mean "pretrain"?)'],
   ["missing cluster", spec({ cluster: null }), "spec.yaml: cluster.workers: missing (expected an integer in [1, 4096])"],
   ["missing batch size", spec({ train: "{steps: 10}" }), "spec.yaml:4:1: train.batch_size: missing (expected an integer >= 1)"],
   ["neither steps nor epochs", spec({ train: "{batch_size: 8}" }), "spec.yaml:4:1: train: set steps or epochs"],
@@ -159,6 +160,15 @@ const CASES: [string, string, string][] = [
   ["stage override", PIPE("  - {name: a}\n  - {name: b, train: {lr: -1}}\n"), "spec.yaml:8:23: stages[1].train.lr: expected a positive number, got -1"],
   ["stage cluster vs shared batch", PIPE("  - {name: a}\n  - {name: b, cluster: {workers: 3}}\n"), "spec.yaml:8:5: stages[1].train.batch_size: 8 is not divisible by cluster.workers 3"],
   ["synth shared with different sizes", spec({ data: "{synth: {out: d, train: 64}}" }, "stages:\n  - {name: a}\n  - {name: b, model: {image: {image_size: 64}}}\n"), "spec.yaml:8:5: stages[1].data.synth: generates into d like stage \"a\" but differently (size 64 vs 32); set data.synth.size or use another out"],
+  ["command without a command", CMD(""), "spec.yaml: command: missing (task command runs it: command: [python, train.py])"],
+  ["a command on a built-in task", spec({}, "command: [python, train.py]\n"), "spec.yaml:6:1: command: only task command runs a command (task is pretrain)"],
+  ["a command's script missing", CMD("command: [python, nope.py, --fast]\n"), "spec.yaml:3:19: command[1]: no such file: nope.py"],
+  ["a command's program not on PATH", CMD("command: [no-such-program-here, x]\n"), "spec.yaml:3:11: command[0]: no-such-program-here: not found on PATH"],
+  ["a command's workdir missing", CMD("command: [python, x.py]\nworkdir: nowhere\n"), "spec.yaml:4:1: workdir: no such directory: nowhere"],
+  ["a data plan without steps", CMD("command: [\"true\"]\ndata: {num_samples: 64}\ntrain: {batch_size: 8}\n"), "spec.yaml:5:1: train: set steps or epochs (data.num_samples asks for a data plan)"],
+  ["a data plan whose batch the ranks cannot share", CMD("command: [\"true\"]\ndata: {num_samples: 64}\ntrain: {batch_size: 7, steps: 3}\n"), "spec.yaml:5:9: train.batch_size: 7 is not divisible by cluster.workers 2"],
+  ["a command with shards", CMD("command: [\"true\"]\ndata: {train: a.tar}\n"), "spec.yaml:4:8: data.train: task command reads its own data (set data.num_samples for a data plan)"],
+  ["num_samples on a built-in task", spec({ data: '{train: "a.tar", num_samples: 5}' }), "spec.yaml:3:24: data.num_samples: only task command takes it (task pretrain reads data.train)"],
   ["top level is a list", "- task: pretrain\n", "spec.yaml: top level must be a mapping of spec fields, got a list"],
   ["top level is a scalar", "hello\n", 'spec.yaml: top level must be a mapping of spec fields, got the string "hello"'],
   ["empty file", "# nothing here\n", "spec.yaml: top level must be a mapping of spec fields, got an empty document"],
@@ -288,7 +298,7 @@ void describe("spec errors: all of them at once", () => {
       assert.ok(err instanceof InvalidArgumentError);
       assert.equal(
         err.message.replaceAll(`${dir}/`, ""),
-        'spec.yaml:7:5: stages[1].task: missing (expected one of "pretrain", "finetune-seg", "finetune-depth", "eval")',
+        'spec.yaml:7:5: stages[1].task: missing (expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command")',
       );
     }
   });

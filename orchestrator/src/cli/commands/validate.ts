@@ -16,8 +16,12 @@ export const validateCommand: Command<{ spec: string }> = (deps) => ({
     }
     out(`${args.spec}: valid; job "${spec.name}" with ${spec.stages.length} stage(s)`);
     for (const s of spec.stages) {
-      const steps = s.train.steps !== null ? `${s.train.steps} steps` : `${s.train.epochs} epochs`;
-      out(`  ${s.name}: ${s.task}, ${s.cluster.workers} worker(s), batch ${s.train.batch_size}, ${steps}${s.needs.length ? `, needs ${s.needs.join(", ")}` : ""}`);
+      const steps = s.train.steps !== null ? `${s.train.steps} steps` : s.train.epochs !== null ? `${s.train.epochs} epochs` : null;
+      const needs = s.needs.length ? `, needs ${s.needs.join(", ")}` : "";
+      if (s.command !== null) {
+        const plan = s.data.num_samples !== null ? `, a plan of ${s.data.num_samples} samples, batch ${s.train.batch_size}` : "";
+        out(`  ${s.name}: command \`${s.command.join(" ")}\` in ${s.workdir}, ${s.cluster.workers} worker(s)${steps ? `, ${steps}` : ""}${plan}${needs}`);
+      } else out(`  ${s.name}: ${s.task}, ${s.cluster.workers} worker(s), batch ${s.train.batch_size}, ${steps}${needs}`);
     }
   },
 });
