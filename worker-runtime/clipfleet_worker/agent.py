@@ -131,6 +131,8 @@ class Agent:
         self._step = 0
         self._phase = "starting"
         self._closed = threading.Event()
+        # close() was called: what is sent from now on is dropped.
+        self.closing = False
         self._session_ok = threading.Event()
         self._lost_since: float | None = None
         self._threads: list[threading.Thread] = []
@@ -271,7 +273,10 @@ class Agent:
         return list(resp.steps)
 
     def close(self, drain_seconds: float = 5.0) -> None:
-        """Sends what is queued, half-closes the stream, and stops the threads."""
+        """Sends what is queued, half-closes the stream, and stops the threads; once (later calls return)."""
+        if self.closing:
+            return
+        self.closing = True
         self._out.put(None)
         deadline = time.monotonic() + drain_seconds
         while not self._out.empty() and time.monotonic() < deadline:

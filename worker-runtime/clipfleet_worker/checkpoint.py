@@ -41,6 +41,15 @@ def checkpoint_dir_name(step: int, attempt: int) -> str:
     return f"step-{step:08d}-a{attempt}"
 
 
+def cursor_after(epoch: int, sample_in_epoch: int, global_batch: int, steps_per_epoch: int) -> tuple[int, int]:
+    """Data cursor after a step that started at (epoch, sample_in_epoch): the next step's first sample
+    (the epoch rolls over at its end). A checkpoint records it; the orchestrator resumes the plan there."""
+    nxt = sample_in_epoch + global_batch
+    if steps_per_epoch and nxt >= steps_per_epoch * global_batch:
+        return epoch + 1, 0
+    return epoch, nxt
+
+
 @dataclass(frozen=True)
 class WrittenFile:
     path: str  # relative to the checkpoint directory
@@ -48,7 +57,8 @@ class WrittenFile:
     size: int
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_path(path: str) -> None:
+    """Makes a file's bytes, or a directory's entries (a rename into it), durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -66,7 +76,7 @@ def write_atomic(directory: str, name: str, data: bytes) -> WrittenFile:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)
-    _fsync_dir(directory)
+    fsync_path(directory)
     return WrittenFile(path=name, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
 
@@ -257,7 +267,12 @@ class VerifiedCheckpoint:
     @classmethod
     def of(cls, ref) -> "VerifiedCheckpoint":
         """From an assignment's CheckpointRef; every file is verified before this returns."""
-        c = cls(ref.dir, {f.path: (f.sha256, int(f.size)) for f in ref.files})
+        return cls.verified(ref.dir, {f.path: (f.sha256, int(f.size)) for f in ref.files})
+
+    @classmethod
+    def verified(cls, directory: str, files: dict[str, tuple[str, int]]) -> "VerifiedCheckpoint":
+        """From a directory and its manifest's {path: (sha256, size)}; every file is verified before this returns."""
+        c = cls(directory, files)
         verify(c.directory, [(path, digest, size) for path, (digest, size) in c.files.items()])
         return c
 
@@ -266,6 +281,10 @@ class VerifiedCheckpoint:
 
     def load(self, name: str) -> Any:
         """The object in file `name`, which must be one of the manifest's and still match its digest."""
+        return _load_bytes(self.read(name), os.path.join(self.directory, name))
+
+    def read(self, name: str) -> bytes:
+        """The bytes of file `name`, which must be one of the manifest's and still match its digest."""
         full = os.path.join(self.directory, name)
         if name not in self.files:
             raise CheckpointError("is not among the files of the checkpoint's signed manifest; not loaded", full)
@@ -277,4 +296,4 @@ class VerifiedCheckpoint:
         got = hashlib.sha256(data).hexdigest()
         if got != digest:
             raise CheckpointError(f"sha256 {got[:12]} does not match the manifest's {digest[:12]} (changed since it was verified?)", full)
-        return _load_bytes(data, full)
+        return data

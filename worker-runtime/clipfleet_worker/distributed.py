@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -36,11 +37,30 @@ def _bracket(host: str) -> str:
 
 def device_for(backend: str, local_rank: int) -> torch.device:
     """cuda:N for NCCL (the launcher already narrowed CUDA_VISIBLE_DEVICES to the rank's device), else CPU."""
+    device = rank_device(backend, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def rank_device(backend: str, local_rank: int) -> torch.device:
+    """The device a rank trains on, without selecting it (a user's script selects its own)."""
     if backend == "nccl" and torch.cuda.is_available():
-        idx = 0 if torch.cuda.device_count() == 1 else local_rank
-        torch.cuda.set_device(idx)
-        return torch.device("cuda", idx)
+        return torch.device("cuda", 0 if torch.cuda.device_count() == 1 else local_rank)
     return torch.device("cpu")
+
+
+def cuda_stats(device: torch.device) -> Callable[[], tuple[float, int]]:
+    """Heartbeat hook: (utilisation 0-1, bytes allocated) of the rank's GPU; utilisation needs pynvml, else 0."""
+
+    def stats() -> tuple[float, int]:
+        try:
+            util = float(torch.cuda.utilization(device)) / 100.0
+        except Exception:  # pynvml missing or NVML unavailable: memory is still worth reporting
+            util = 0.0
+        return util, int(torch.cuda.memory_allocated(device))
+
+    return stats
 
 
 def world() -> tuple[int, int]:

@@ -44,6 +44,14 @@ class DataError(ClipfleetWorkerError):
         self.key = key
 
 
+class ApiUsageError(ClipfleetWorkerError):
+    """A training script used the clipfleet_worker API in a way that cannot work (a symlink in a
+    checkpoint, two ranks writing one file name, local checkpoints of several ranks without a
+    process group); a bug in the script, reported with its fingerprint like any other."""
+
+    code = "FAILED_PRECONDITION"
+
+
 class CheckpointError(ClipfleetWorkerError):
     """A checkpoint file is missing, truncated, or fails its hash; the orchestrator may fall back to an older one."""
 

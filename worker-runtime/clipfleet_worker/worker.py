@@ -10,14 +10,9 @@ orchestrator for a graceful stop of the whole gang.
 
 from __future__ import annotations
 
-import ctypes
-import faulthandler
 import os
-import signal
 import sys
 import time
-import traceback
-from typing import Callable
 
 import torch
 
@@ -25,19 +20,8 @@ from . import checkpoint as ckpt
 from . import distributed as D
 from .agent import EXIT_CONFIG, EXIT_ERROR, EXIT_FENCED, EXIT_OK, Agent, SessionLost, WorkerEnv
 from .errors import ClipfleetWorkerError, ConfigError
-from .gen.clipfleet.v1 import worker_pb2 as pb
-from .tasks.common import FaultInjection, TaskContext, failure_fingerprint, json_config, set_threads
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when the launching process dies (no orphans pinning devices)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except OSError:
-        pass
+from .lifecycle import FaultInjection, die_with_parent, dump_stacks_on_sigusr1, report_failure, stop_gang_on_sigterm
+from .tasks.common import TaskContext, json_config, set_threads
 
 
 def _run_task(ctx: TaskContext) -> None:
@@ -61,9 +45,8 @@ def _run_task(ctx: TaskContext) -> None:
 def main() -> int:
     # Start-up phases with wall-clock times, so the cost of a restart can be broken down (bench/recovery.ts).
     print(f"clipfleet worker: phase imported at {time.time():.3f}", flush=True)
-    faulthandler.enable()
-    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
-    _die_with_parent()
+    dump_stacks_on_sigusr1()
+    die_with_parent()
     env = WorkerEnv.from_environ()
     agent = Agent(env)
     assignment = agent.register(torch.__version__, torch.cuda.device_count() if torch.cuda.is_available() else 0)
@@ -73,16 +56,7 @@ def main() -> int:
     if cfg["train"].get("deterministic", True):
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    def on_sigterm(signum, frame) -> None:
-        c = agent.commands
-        with c.lock:
-            stopping = c.fenced is not None or c.stop_at is not None
-        if stopping:
-            raise SystemExit(143)
-        print("clipfleet worker: SIGTERM: asking the orchestrator to checkpoint and stop the gang", file=sys.stderr, flush=True)
-        agent.send(pb.WorkerMessage(stop_requested=pb.StopRequested(reason="SIGTERM on rank %d" % env.rank)))
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    stop_gang_on_sigterm(agent, env.rank)
     step = int(assignment.start_step)
     try:
         agent.set_progress(step, "rendezvous")
@@ -90,7 +64,7 @@ def main() -> int:
         print(f"clipfleet worker: phase rendezvous at {time.time():.3f}", flush=True)
         device = D.device_for(assignment.backend, assignment.local_rank)
         if torch.cuda.is_available() and device.type == "cuda":
-            agent.gpu_stats = _cuda_stats(device)
+            agent.gpu_stats = D.cuda_stats(device)
         ctx = TaskContext(
             agent=agent,
             assignment=assignment,
@@ -107,77 +81,13 @@ def main() -> int:
         print(f"clipfleet worker: {err}", file=sys.stderr, flush=True)
         code = EXIT_FENCED
     except ClipfleetWorkerError as err:
-        _report(agent, err, err.failure_kind, step)
+        report_failure(agent, err)
         code = EXIT_CONFIG if isinstance(err, ConfigError) else EXIT_ERROR
     except SystemExit as err:
         code = int(err.code) if isinstance(err.code, int) else EXIT_ERROR
     except BaseException as err:  # the user's bug (or ours): report it with its traceback
-        _report(agent, err, "collective" if _is_collective_failure(err) else "exception", step)
+        report_failure(agent, err)
         code = EXIT_ERROR
     agent.close()
     D.destroy()
     return code
-
-
-def _cuda_stats(device: torch.device) -> Callable[[], tuple[float, int]]:
-    """Heartbeat hook: (utilisation 0-1, bytes allocated) of the rank's GPU; utilisation needs pynvml, else 0."""
-
-    def stats() -> tuple[float, int]:
-        try:
-            util = float(torch.cuda.utilization(device)) / 100.0
-        except Exception:  # pynvml missing or NVML unavailable: memory is still worth reporting
-            util = 0.0
-        return util, int(torch.cuda.memory_allocated(device))
-
-    return stats
-
-
-# What torch.distributed raises in a rank whose peer died or vanished: the failure is the
-# peer's, not this rank's code (and must not count as a repeated user error).
-_COLLECTIVE_MARKERS = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "NCCL", "Broken pipe", "ProcessGroup", "Socket Timeout", "timed out after")
-
-
-def _is_collective_failure(err: BaseException) -> bool:
-    text = f"{type(err).__name__}: {err}"
-    return isinstance(err, RuntimeError) and any(m in text for m in _COLLECTIVE_MARKERS)
-
-
-# The orchestrator keeps a failure's message and traceback at most this long (domain/limits.ts);
-# a real exception can carry megabytes (str() of a huge tensor), so they are cut here first.
-MAX_FAILURE_MESSAGE_BYTES = 4 * 1024
-MAX_TRACEBACK_BYTES = 16 * 1024
-
-
-def _head(text: str, limit: int) -> str:
-    """The first `limit` bytes of `text` as UTF-8, marked when cut."""
-    data = text.encode("utf-8")
-    if len(data) <= limit:
-        return text
-    return data[: limit - 15].decode("utf-8", "ignore") + " [...truncated]"
-
-
-def _tail(text: str, limit: int) -> str:
-    """The last `limit` bytes of `text` as UTF-8 (a traceback's end names the error), marked when cut."""
-    data = text.encode("utf-8")
-    if len(data) <= limit:
-        return text
-    return "[...truncated] " + data[len(data) - (limit - 15):].decode("utf-8", "ignore")
-
-
-def _report(agent: Agent, err: BaseException, kind: str, step: int) -> None:
-    tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    # The step being run when it failed (the agent knows the last completed one).
-    failed_step = agent._step + 1 if agent._phase == "training" else agent._step
-    sys.stderr.write(tb)
-    sys.stderr.flush()
-    agent.send(
-        pb.WorkerMessage(
-            failure=pb.WorkerFailure(
-                kind=kind,
-                message=_head(f"{type(err).__name__}: {err}", MAX_FAILURE_MESSAGE_BYTES),
-                traceback=_tail(tb, MAX_TRACEBACK_BYTES),
-                step=failed_step,
-                fingerprint=failure_fingerprint(err),
-            )
-        )
-    )

@@ -8,7 +8,6 @@ import sys
 import textwrap
 import threading
 import time
-from concurrent import futures
 
 import grpc
 import pytest
@@ -16,6 +15,8 @@ import pytest
 from clipfleet_worker.agent import WorkerEnv
 from clipfleet_worker.gen.clipfleet.v1 import worker_pb2 as pb
 from clipfleet_worker.gen.clipfleet.v1 import worker_pb2_grpc as pb_grpc
+
+from gateway_server import serve
 
 TOKEN = "s3cret-token"
 
@@ -43,13 +44,9 @@ class Gateway(pb_grpc.WorkerGatewayServicer):
 
 @pytest.fixture()
 def gateway():
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     gw = Gateway()
-    pb_grpc.add_WorkerGatewayServicer_to_server(gw, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield gw, f"127.0.0.1:{port}"
-    server.stop(0)
+    with serve(gw) as address:
+        yield gw, address
 
 
 AGENT = textwrap.dedent(

@@ -8,12 +8,9 @@ flags; a flag raised by any rank is acted on by all of them at that step.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import threading
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +23,7 @@ from ..data.loader import PlanLoader, StepSlice
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..gen.clipfleet.v1 import common_pb2 as cpb
 from ..gen.clipfleet.v1 import worker_pb2 as pb
+from ..lifecycle import FaultInjection
 
 
 @dataclass
@@ -122,52 +120,6 @@ def sync_step(ctx: TaskContext, step: int, loss_sum: float, valid: int) -> StepS
     )
 
 
-class FaultInjection:
-    """Test hooks from CLIPFLEET_FAULT, e.g. "raise@5" or "raise@5:rank=1" or "hang@3:rank=0:attempt=1".
-
-    Kinds: raise (a RuntimeError in the training loop, as a user bug would),
-    nan (a NaN loss), hang (block the training thread; heartbeats go on, as in a
-    stuck collective). Used by the fault-injection tests; inert when unset.
-    """
-
-    def __init__(self, spec: str, rank: int, attempt: int) -> None:
-        self.kind = ""
-        self.step = -1
-        if not spec:
-            return
-        head, *opts = spec.split(":")
-        kind, _, step = head.partition("@")
-        conds = dict(o.split("=", 1) for o in opts if "=" in o)
-        if "rank" in conds and int(conds["rank"]) != rank:
-            return
-        if "attempt" in conds and int(conds["attempt"]) != attempt:
-            return
-        if kind not in ("raise", "nan", "hang"):
-            raise ConfigError(f"CLIPFLEET_FAULT: unknown kind {kind!r} (raise, nan, hang)")
-        self.kind = kind
-        self.step = int(step)
-
-    def before_update(self, step: int) -> None:
-        """Called with the 1-based step about to complete."""
-        if step != self.step:
-            return
-        if self.kind == "raise":
-            raise RuntimeError(f"injected fault at step {step}")
-        if self.kind == "hang":
-            print(f"clipfleet worker: injected hang at step {step}", flush=True)
-            threading.Event().wait()
-
-    def loss(self, step: int, value: torch.Tensor) -> torch.Tensor:
-        return value * float("nan") if self.kind == "nan" and step == self.step else value
-
-
-def failure_fingerprint(err: BaseException) -> str:
-    """Type, message and the frames of the exception: the same bug at the same place gives the same print."""
-    frames = traceback.extract_tb(err.__traceback__)
-    parts = [type(err).__qualname__, str(err)] + [f"{os.path.basename(f.filename)}:{f.name}:{f.lineno}" for f in frames]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
 def load_resume(assignment: pb.Assignment) -> ckpt.VerifiedCheckpoint | None:
     """The checkpoint to resume from, every file verified; None to start fresh."""
     ref = assignment.resume
@@ -257,11 +209,7 @@ def grad_norm(params, clip: float | None) -> float:
 
 def cursor_after(a, batch) -> tuple[int, int]:
     """Data cursor after `batch`: the next step's first sample (epoch rolls over at the end)."""
-    nxt = batch.sample_in_epoch + int(a.global_batch)
-    spe = int(a.steps_per_epoch)
-    if spe and nxt >= spe * int(a.global_batch):
-        return batch.epoch + 1, 0
-    return batch.epoch, nxt
+    return ckpt.cursor_after(batch.epoch, batch.sample_in_epoch, int(a.global_batch), int(a.steps_per_epoch))
 
 
 def restore_trainer(ctx: TaskContext, resume: ckpt.VerifiedCheckpoint, model: torch.nn.Module, optimizer, scaler) -> None:
