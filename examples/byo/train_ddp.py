@@ -8,13 +8,19 @@ state go into each checkpoint, so a run resumed after a failure ends with
 the very parameters of an uninterrupted one (the printed sha256).
 """
 
+import argparse
+
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import clipfleet_worker
 
-ctx = clipfleet_worker.init(total_steps=40, every_steps=10, num_samples=640, batch_size=16)
+parser = argparse.ArgumentParser()
+parser.add_argument("--steps", type=int, default=40)
+args = parser.parse_args()
+# The script's defaults; a spec's train.steps, checkpoint.every_steps, data.num_samples, train.batch_size win.
+ctx = clipfleet_worker.init(total_steps=args.steps, every_steps=10, num_samples=640, batch_size=16)
 dist.init_process_group("gloo", init_method="env://")  # torchrun's variables; the orchestrator sets the same
 torch.manual_seed(0)
 

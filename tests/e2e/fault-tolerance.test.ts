@@ -10,39 +10,9 @@ import { readFileSync, truncateSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { alive, runCli, tempDir, waitFor, writeTinySpec, type TinySpec } from "../helpers/cli.js";
-import { allPids, currentAttempt, startRun, status, waitForStatus } from "../helpers/jobs.js";
+import { allPids, assertExactlyOnce, audit, currentAttempt, startRun, status, waitForStatus, type Summary } from "../helpers/jobs.js";
 
 const BASE: TinySpec = { steps: 80, batch: 32, everySteps: 10, audit: true, failure: { backoff_seconds: 0.2, heartbeat_timeout: 3 } };
-
-interface Summary {
-  jobId: string;
-  state: string;
-  steps: number;
-  restarts: number;
-  finalParamsSha256: string;
-}
-
-interface AuditJson {
-  stages: { stage: string; exactlyOnce: boolean; epochs: { epoch: number; expected: number; unique: number; duplicates: number; missing: number; dropped: number; exactlyOnce: boolean }[] }[];
-}
-
-async function audit(jobId: string, stateDir: string): Promise<AuditJson> {
-  const r = await runCli(["audit", jobId, "--json", "--state-dir", stateDir]);
-  assert.equal(r.code, 0, r.stderr);
-  return JSON.parse(r.stdout) as AuditJson;
-}
-
-function assertExactlyOnce(a: AuditJson, epochs: number): void {
-  const s = a.stages[0];
-  assert.ok(s, "an audited stage");
-  assert.equal(s.epochs.length, epochs);
-  for (const e of s.epochs) {
-    assert.equal(e.duplicates, 0, `epoch ${e.epoch}: ${JSON.stringify(e)}`);
-    assert.equal(e.missing, 0, `epoch ${e.epoch}: ${JSON.stringify(e)}`);
-    assert.equal(e.unique, e.expected, `epoch ${e.epoch}: ${JSON.stringify(e)}`);
-  }
-  assert.ok(s.exactlyOnce);
-}
 
 void describe("fault tolerance", () => {
   const tmp = tempDir();

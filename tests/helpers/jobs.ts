@@ -2,8 +2,42 @@
  * Driving a `clipfleet run` in the background and looking at its job from
  * outside, the way a user in another terminal would (`status --json`).
  */
+import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
 import { finished, runCli, startCli, waitFor, type CliResult } from "./cli.js";
+
+/** The parts of `run --json`'s summary the tests read. */
+export interface Summary {
+  jobId: string;
+  state: string;
+  steps: number;
+  restarts: number;
+  finalParamsSha256: string;
+}
+
+/** `clipfleet audit --json`. */
+export interface AuditJson {
+  stages: { stage: string; exactlyOnce: boolean; epochs: { epoch: number; expected: number; unique: number; duplicates: number; missing: number; dropped: number; exactlyOnce: boolean }[] }[];
+}
+
+export async function audit(jobId: string, stateDir: string): Promise<AuditJson> {
+  const r = await runCli(["audit", jobId, "--json", "--state-dir", stateDir]);
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout) as AuditJson;
+}
+
+/** The first audited stage consumed every sample of each of its `epochs` epochs exactly once. */
+export function assertExactlyOnce(a: AuditJson, epochs: number): void {
+  const s = a.stages[0];
+  assert.ok(s, "an audited stage");
+  assert.equal(s.epochs.length, epochs);
+  for (const e of s.epochs) {
+    assert.equal(e.duplicates, 0, `epoch ${e.epoch}: ${JSON.stringify(e)}`);
+    assert.equal(e.missing, 0, `epoch ${e.epoch}: ${JSON.stringify(e)}`);
+    assert.equal(e.unique, e.expected, `epoch ${e.epoch}: ${JSON.stringify(e)}`);
+  }
+  assert.ok(s.exactlyOnce);
+}
 
 /** The parts of `status --json` the tests read. */
 export interface JobView {

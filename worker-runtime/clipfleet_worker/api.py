@@ -247,6 +247,11 @@ class Context:
         cursor = self._cursor(step)
         if cursor is not None:
             msg.epoch, msg.sample_in_epoch = cursor
+        if self.settings.config.get("data", {}).get("audit") and self._plans is not None:
+            # data.audit: the samples this rank's slice of the plan held, for `clipfleet audit`.
+            p = self._plans.peek(step - 1)
+            if p is not None:
+                msg.samples.extend(int(i) for i in p.sample_ids)
         for k, v in metrics.items():
             msg.extra[k] = _number(k, v)
         self.agent.set_progress(step, "training")
@@ -377,38 +382,47 @@ def connect(agent: Agent, local: Mapping[str, int | None] | None = None) -> Cont
     device = D.rank_device(a.backend, int(a.local_rank))
     if device.type == "cuda":
         agent.gpu_stats = D.cuda_stats(device)
-    ck, train, data = cfg.get("checkpoint") or {}, cfg.get("train") or {}, cfg.get("data") or {}
+    ck, data = cfg.get("checkpoint") or {}, cfg.get("data") or {}
+    given = dict(local or {})
+    # The spec decides what it sets; what it leaves unset (a `clipfleet launch` sets nothing but the
+    # command) comes from init()'s arguments, the script's own defaults, as under plain torchrun.
+    spec = {"total_steps": ("train.steps", int(a.total_steps) or None), "every_steps": ("checkpoint.every_steps", ck.get("every_steps")),
+            "num_samples": ("data.num_samples", data.get("num_samples")), "batch_size": ("train.batch_size", int(a.global_batch) or None)}
+    chosen = {name: used if used is not None else given.get(name) for name, (_, used) in spec.items()}
+    if int(a.rank) == 0:
+        for name, value in given.items():
+            field, used = spec[name]
+            if value is not None and used is not None and value != used:
+                print(f"clipfleet: init({name}={value}) gives way to the spec's {field} ({used})", file=sys.stderr, flush=True)
+    samples, batch, world_size = chosen["num_samples"], chosen["batch_size"], int(a.world_size)
+    if data.get("num_samples") is None and batch is not None and batch % world_size:
+        raise ConfigError(f"{batch} is not divisible by the world size {world_size}", "init(batch_size)")
     settings = Settings(
         orchestrated=True,
         rank=int(a.rank),
-        world_size=int(a.world_size),
+        world_size=world_size,
         local_rank=int(a.local_rank),
         local_world_size=int(a.local_world_size),
         start_step=int(a.start_step),
-        total_steps=int(a.total_steps) or None,
-        every_steps=ck.get("every_steps"),
+        total_steps=chosen["total_steps"],
+        every_steps=chosen["every_steps"],
         final_checkpoint=bool(ck.get("final", True)),
-        global_batch=int(a.global_batch) or None,
-        num_samples=data.get("num_samples"),
-        steps_per_epoch=int(a.steps_per_epoch),
+        global_batch=batch,
+        num_samples=samples,
+        steps_per_epoch=int(a.steps_per_epoch) or (samples // batch if samples and batch else 0),
         checkpoint_root=a.checkpoint_root,
         attempt=int(a.attempt),
         config=cfg,
     )
-    if settings.rank == 0 and local:
-        spec = {"total_steps": ("train.steps", settings.total_steps), "every_steps": ("checkpoint.every_steps", settings.every_steps),
-                "num_samples": ("data.num_samples", settings.num_samples), "batch_size": ("train.batch_size", settings.global_batch)}
-        for name, value in local.items():
-            field, used = spec[name]
-            if value is not None and value != used:
-                print(f"clipfleet: init({name}={value}) has no effect under the orchestrator: the spec's {field} ({used}) is used", file=sys.stderr, flush=True)
 
     def fetch(from_step: int, count: int) -> list[pb.StepPlan]:
         return agent.plan(from_step, count)
 
+    # The orchestrator's plan when the spec has one (any world size, `clipfleet audit`); else the sequential one.
+    plans = fetch if data.get("num_samples") else (_sequential_plan(samples, batch, settings.rank, world_size) if samples and batch else None)
     agent.set_progress(settings.start_step, "training")
     fault = FaultInjection(os.environ.get("CLIPFLEET_FAULT", ""), settings.rank, settings.attempt)
-    return Context(settings, agent, _verified_resume(agent), fetch if settings.num_samples else None, fault)
+    return Context(settings, agent, _verified_resume(agent), plans, fault)
 
 
 def _verified_resume(agent: Agent) -> ckpt.VerifiedCheckpoint | None:

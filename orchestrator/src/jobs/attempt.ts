@@ -234,7 +234,8 @@ export class Attempt {
 
   /** A step every rank can still reach: ranks are in lockstep within one step of each other. */
   nextSafeStep(): number {
-    return Math.min(this.totalSteps, this.lastStep + 2);
+    // A command stage may not say how long it runs (totalSteps 0): then nothing caps the step.
+    return this.totalSteps > 0 || this.spec.command === null ? Math.min(this.totalSteps, this.lastStep + 2) : this.lastStep + 2;
   }
 
   /** Counts a rank's process exit (or failed start); resolves allExited with the last one. */
@@ -268,7 +269,7 @@ export class Attempt {
     if (!minutes || this.checkpointAt !== null || this.phaseNow.kind === "stopping" || this.over) return null;
     if (now - this.lastCommitMs < minutes * 60_000) return null;
     const step = this.nextSafeStep();
-    return step < this.totalSteps ? step : null;
+    return step < this.totalSteps || (this.totalSteps === 0 && this.spec.command !== null) ? step : null;
   }
 
   /** Sends a command to every rank with an open session. */

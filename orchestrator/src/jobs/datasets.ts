@@ -6,7 +6,7 @@
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { FailedPreconditionError, type JobRecord, type StageSpec } from "../domain/index.js";
-import { Audit, DataPlan, resolveManifest, trajectoryOf, type AuditReport, type Manifest } from "../data/index.js";
+import { Audit, DataPlan, manifestOf, resolveManifest, trajectoryOf, type AuditReport, type Manifest } from "../data/index.js";
 import type { JobContext } from "./context.js";
 import { stageSpecOf } from "./records.js";
 
@@ -51,6 +51,16 @@ export class Datasets {
   }
 
   /**
+   * The samples a stage trains on: its shards, or for task command the
+   * data.num_samples items its script indexes (one pseudo-shard); null
+   * when it has neither.
+   */
+  async trainManifest(spec: StageSpec): Promise<Manifest | null> {
+    if (spec.data.num_samples !== null) return manifestOf([{ url: `num_samples:${spec.data.num_samples}`, samples: spec.data.num_samples }]);
+    return spec.data.train.length > 0 ? this.manifest(spec.data.train, spec.data.fraction) : null;
+  }
+
+  /**
    * The data audit of a job's stages with data.audit: per epoch, samples
    * consumed once, twice or never, counting only the steps of the final
    * trajectory (steps redone after a restart replace the lost ones).
@@ -59,8 +69,8 @@ export class Datasets {
     const stages: (AuditReport & { stage: string })[] = [];
     for (const stage of job.stages) {
       const spec = stageSpecOf(job, stage.name);
-      if (!spec.data.audit || spec.task === "eval" || spec.data.train.length === 0) continue;
-      const manifest = await this.manifest(spec.data.train, spec.data.fraction);
+      const manifest = spec.data.audit && spec.task !== "eval" ? await this.trainManifest(spec) : null;
+      if (!manifest) continue;
       const audit = new Audit(new DataPlan({ manifest, seed: spec.seed, batchSize: spec.train.batch_size, shuffle: spec.data.shuffle, fraction: spec.data.fraction }));
       const file = this.auditPath(job.id, stage.name);
       if (existsSync(file)) {

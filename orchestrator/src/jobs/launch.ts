@@ -9,7 +9,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { COMMAND_PYTHON_NAMES, InvalidArgumentError, NotFoundError, type NodeSpec, type StageSpec } from "../domain/index.js";
 import { removeCheckpointDir, sha256Hex, uncommittedDirs } from "../checkpoints/index.js";
-import { DataPlan, manifestOf } from "../data/index.js";
+import { DataPlan } from "../data/index.js";
 import type { Launcher } from "../launcher/index.js";
 import { rankEnv, type Placement } from "../scheduler/index.js";
 import { canonicalJson } from "../spec/index.js";
@@ -42,13 +42,7 @@ export class Launch {
     if (!rank0) throw new Error("empty placement");
     const python = await this.pythonFor(spec, rank0.node);
 
-    // task command with data.num_samples: a dataset of that many samples the script indexes itself (one pseudo-shard).
-    const manifest =
-      spec.data.num_samples !== null
-        ? manifestOf([{ url: `num_samples:${spec.data.num_samples}`, samples: spec.data.num_samples }])
-        : spec.data.train.length > 0
-          ? await this.datasets.manifest(spec.data.train, spec.data.fraction)
-          : null;
+    const manifest = await this.datasets.trainManifest(spec);
     const valManifest = spec.data.val.length > 0 ? await this.datasets.manifest(spec.data.val, 1, "data.val") : null;
     const plan =
       manifest && spec.task !== "eval"

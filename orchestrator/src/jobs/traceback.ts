@@ -27,9 +27,10 @@ export class TracebackCatcher {
       return;
     }
     if (this.current === null) return;
-    if (this.current.length < MAX_LINES) this.current.push(text);
-    // The traceback ends at its first unindented line after the header: "ValueError: ...".
-    if (text.length > 0 && !/^\s/.test(text)) {
+    // The traceback ends at its first unindented line after the header: "ValueError: ..." (kept past the cap).
+    const ends = text.length > 0 && !/^\s/.test(text);
+    if (this.current.length < MAX_LINES || ends) this.current.push(text);
+    if (ends) {
       this.last = this.current;
       this.current = null;
     }

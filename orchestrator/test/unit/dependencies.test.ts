@@ -30,7 +30,7 @@ const ALLOWED: Record<string, readonly string[]> = {
   jobs: ["gen", "util", "domain", "spec", "data", "scheduler", "store", "events", "metrics", "launcher", "checkpoints"],
   rpc: ["jobs", "auth", "domain", "gen"],
   client: ["gen", "domain"],
-  cli: ["client", "auth", "domain", "spec", "jobs", "gen", "checkpoints"],
+  cli: ["client", "auth", "domain", "spec", "jobs", "gen", "checkpoints", "util"],
 };
 
 function files(dir: string): string[] {

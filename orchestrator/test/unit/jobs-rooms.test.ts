@@ -17,10 +17,11 @@ const ROOMS: Record<string, readonly string[]> = {
   // Pure or leaf: records, rules, in-memory shapes, the store's mirror.
   records: [],
   policy: [],
+  traceback: ["policy"],
   lifecycle: [],
   logs: [],
   "step-history": [],
-  runtime: ["policy"],
+  runtime: ["policy", "traceback"],
   ledger: ["lifecycle"],
   // The supervisor of one attempt: decides; its hooks act.
   attempt: ["policy", "runtime"],
@@ -31,7 +32,7 @@ const ROOMS: Record<string, readonly string[]> = {
   commit: ["attempt", "context", "progress", "runtime"],
   ending: ["attempt", "context", "policy", "progress", "records"],
   gateway: ["attempt", "context", "runtime"],
-  launch: ["attempt", "checkpoint-refs", "context", "datasets", "records", "runtime"],
+  launch: ["attempt", "checkpoint-refs", "context", "datasets", "records", "runtime", "traceback"],
   dispatch: ["context", "launch", "records"],
   admission: ["checkpoint-refs", "context", "datasets", "dispatch", "records"],
   // The facade wires every room; index re-exports.

@@ -14,6 +14,18 @@ import type { NodeSpec } from "../../src/domain/index.js";
 import { PID_LINE, hostKeyAlgorithms, killCommand, shellQuote, workerCommand, workerStdin } from "../../src/launcher/index.js";
 
 const PYTHON = "/usr/bin/python3";
+
+/** Runs `cmd` with a POSIX shell (as sshd would), `stdin` on its standard input. */
+async function shell(cmd: string, stdin: string): Promise<{ code: number | null; out: string; err: string }> {
+  const child = spawn("/bin/sh", ["-c", cmd], { stdio: ["pipe", "pipe", "pipe"] });
+  child.stdin.end(stdin);
+  let out = "";
+  let err = "";
+  child.stdout.on("data", (b: Buffer) => (out += b.toString()));
+  child.stderr.on("data", (b: Buffer) => (err += b.toString()));
+  const code = await new Promise<number | null>((r) => child.once("close", r));
+  return { code, out, err };
+}
 const TOKEN = "3f9c2a7d-token-never-on-a-command-line";
 
 function node(address: string): NodeSpec {
@@ -115,14 +127,7 @@ void describe("remote command run by a shell", () => {
         secrets: { CLIPFLEET_TOKEN: TOKEN },
         node: node(nic?.address ?? "127.0.0.1"),
       };
-      const cmd = workerCommand(req);
-      const child = spawn("/bin/sh", ["-c", cmd], { stdio: ["pipe", "pipe", "pipe"] });
-      child.stdin.end(workerStdin(req));
-      let out = "";
-      let err = "";
-      child.stdout.on("data", (b: Buffer) => (out += b.toString()));
-      child.stderr.on("data", (b: Buffer) => (err += b.toString()));
-      const code = await new Promise<number | null>((r) => child.once("close", r));
+      const { code, out, err } = await shell(workerCommand(req), workerStdin(req));
       assert.equal(code, 0, err);
       const [first, second] = out.trim().split("\n");
       const m = PID_LINE.exec(first ?? "");
@@ -141,5 +146,47 @@ void describe("remote command run by a shell", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+void describe("SSH command line of a task: command rank", () => {
+  void it("runs the user's program in its directory, python as the node's interpreter, the token in its environment, nothing of it on the command line", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "cf-sshcmd-byo-"));
+    try {
+      const script = "import json, os, sys; print(json.dumps({'exe': sys.executable, 'argv': sys.argv[1:], 'cwd': os.getcwd(), 'token': os.environ.get('CLIPFLEET_TOKEN'), 'stdin_flag': os.environ.get('CLIPFLEET_TOKEN_STDIN'), 'leaked': [k for k in os.environ if k.startswith('CLIPFLEET_COMMAND')], 'rank': os.environ.get('RANK'), 'pythonpath': os.environ.get('PYTHONPATH')}))";
+      const req = {
+        python: PYTHON,
+        workdir: "/opt/clipfleet/worker-runtime",
+        env: { RANK: "1" },
+        secrets: { CLIPFLEET_TOKEN: TOKEN },
+        node: node("127.0.0.1"),
+        command: { argv: ["python", "-c", script, "--epochs", "3"], cwd: dir },
+      };
+      const cmd = workerCommand(req);
+      assert.ok(!cmd.includes("--epochs") && !cmd.includes(dir), `the program and its directory travel on stdin: ${cmd}`);
+      // The workdir of the worker runtime need not exist here: only PYTHONPATH names it for a command rank.
+      const { code, out, err } = await shell(cmd.replace(/^cd \S+ && /, ""), workerStdin(req));
+      assert.equal(code, 0, err);
+      const [first, second] = out.trim().split("\n");
+      assert.match(first ?? "", PID_LINE);
+      const report = JSON.parse(second ?? "{}") as Record<string, unknown>;
+      assert.equal(report.exe, PYTHON);
+      assert.deepEqual(report.argv, ["--epochs", "3"]);
+      assert.equal(report.cwd, dir);
+      assert.equal(report.token, TOKEN);
+      assert.equal(report.stdin_flag, null);
+      assert.deepEqual(report.leaked, []);
+      assert.equal(report.rank, "1");
+      assert.equal(report.pythonpath, "/opt/clipfleet/worker-runtime");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  void it("a program that is not there: exit 127 with one line saying so", async () => {
+    const req = { python: PYTHON, workdir: "/", env: {}, secrets: { CLIPFLEET_TOKEN: TOKEN }, node: node("127.0.0.1"), command: { argv: ["no-such-program-xyz"], cwd: "/" } };
+    const { code, err } = await shell(workerCommand(req), workerStdin(req));
+    assert.equal(code, 127);
+    assert.match(err, /^clipfleet: cannot run no-such-program-xyz: /);
   });
 });

@@ -52,6 +52,8 @@ void describe("defaults and presets", () => {
     assert.equal(s.name, "main");
     assert.deepEqual(s.needs, []);
     assert.equal(s.seed, 0);
+    assert.equal(s.command, null, "built-in tasks run no command");
+    assert.equal(s.workdir, null);
     assert.deepEqual(s.model.image, { preset: "vit-b16", family: "vit", image_size: 224, width: 768, depth: 12, heads: 12, patch: 16, mlp_ratio: 4, layers: [], widths: [] });
     assert.deepEqual(s.model.text, { preset: "text-base", width: 512, depth: 12, heads: 8, mlp_ratio: 4, context_length: 77, causal: true });
     assert.equal(s.model.embed_dim, 512);
@@ -68,6 +70,7 @@ void describe("defaults and presets", () => {
       audit: false,
       loader_threads: 2,
       prefetch_steps: 4,
+      num_samples: null,
     });
     assert.deepEqual(s.train, {
       steps: 10,
