@@ -9,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { afterEach, beforeEach, describe, it } from "node:test";
-import type { sendUnaryData } from "@grpc/grpc-js";
+import { Metadata, type sendUnaryData } from "@grpc/grpc-js";
 import fc from "fast-check";
 import { AccessLog, localIdentity } from "../../src/auth/index.js";
 import {
@@ -23,6 +23,7 @@ import {
 } from "../../src/domain/index.js";
 import type { WorkerMessage } from "../../src/gen/clipfleet/v1/worker.js";
 import { controlService } from "../../src/rpc/control.js";
+import { workerGateway } from "../../src/rpc/worker.js";
 import { loadPresets, parseSpec } from "../../src/spec/index.js";
 import { jobsHarness, PRESETS, type Harness } from "../helpers/jobs-harness.js";
 
@@ -237,5 +238,56 @@ void describe("fuzz: handlers", () => {
       assert.ok(Buffer.byteLength(f.traceback) <= MAX_TRACEBACK_BYTES, "traceback bounded");
     }
     assert.ok(Object.keys(stage?.metrics ?? {}).every((k) => k.length <= 128));
+  });
+});
+
+void describe("fuzz: the worker gateway", () => {
+  let h: Harness;
+  beforeEach(async () => {
+    h = await jobsHarness();
+  });
+  afterEach(async () => {
+    await h.close();
+  });
+
+  const text = fc.oneof(fc.string({ maxLength: 40 }), fc.constantFrom("", "main", "j-20260101-000000-abcdef", "\u0000", "../x"), fc.string({ minLength: 5000, maxLength: 20000 }));
+  const count = fc.oneof(fc.nat(), fc.integer(), fc.constantFrom(0, 2 ** 31, Number.MAX_SAFE_INTEGER));
+  // What an HTTP/2 header value can hold (grpc-js refuses to send anything else).
+  const header = text.map((t) => t.replace(/[^\x20-\x7e]/g, "?"));
+  const authorization = fc.oneof(fc.constant(null), header, header.map((t) => `Bearer ${t}`), fc.uint8Array({ minLength: 32, maxLength: 32 }).map((b) => `Bearer ${Buffer.from(b).toString("hex")}`));
+
+  /** The status a unary handler answered with (0: a response). */
+  function unary(handler: (call: unknown, cb: sendUnaryData<unknown>) => void, request: unknown, auth: string | null): Promise<number> {
+    const metadata = new Metadata();
+    if (auth !== null) metadata.set("authorization", auth);
+    return new Promise((resolve) => handler({ request, metadata }, (err) => resolve(err ? ((err as { code?: number }).code ?? -1) : 0)));
+  }
+
+  void it("Register and GetPlan answer random requests and tokens with a typed refusal, never INTERNAL; a live job trains on", async () => {
+    const job = await h.submit({ failure: { heartbeat_timeout: 1000, hang_min_seconds: 1000, startup_timeout: 1000 } });
+    const ranks = await h.launched(1);
+    for (const r of ranks) r.connect();
+    await h.stageIn(job.id, "RUNNING");
+    const gateway = workerGateway(h.service);
+    const jobId = fc.oneof(text, fc.constant(job.id));
+    await fc.assert(
+      fc.asyncProperty(
+        fc.record({ jobId, stage: fc.oneof(text, fc.constant("main")), attempt: count, rank: count, hostname: text, pid: count, runtimeVersion: text, pythonVersion: text, torchVersion: text, cudaDevices: count }),
+        fc.record({ sessionId: text, fromStep: count, count, split: fc.oneof(text, fc.constant("train")) }),
+        authorization,
+        async (register, plan, auth) => {
+          for (const code of [
+            await unary(gateway.register as never, register, auth),
+            await unary(gateway.getPlan as never, plan, auth),
+          ]) {
+            assert.ok(code >= 0 && code <= 16, `status ${code}`);
+            assert.notEqual(code, 0, "nothing was granted to a forged caller");
+            assert.notEqual(code, 13, "INTERNAL");
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
+    assert.equal(h.job(job.id).stages[0]?.state, "RUNNING", "the live job was not disturbed");
   });
 });
