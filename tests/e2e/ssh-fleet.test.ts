@@ -115,10 +115,12 @@ void describe("SSH fleet on network namespaces", () => {
    * `clipfleet run` of a tiny spec (over the shared synthetic dataset: the
    * namespaces share this file system) on `inventoryText`, from a fresh state dir.
    */
-  function runJob(name: string, spec: TinySpec, inventoryText: string, timeoutMs: number): { done: Promise<CliResult>; stateDir: string } {
+  function runJob(name: string, spec: TinySpec | string, inventoryText: string, timeoutMs: number): { done: Promise<CliResult>; stateDir: string } {
     const dir = join(work, name);
     mkdirSync(dir);
-    const specFile = writeTinySpec(dir, { name, ...spec });
+    // A string is the spec's text (a task: command stage); a TinySpec, the tiny pretraining job.
+    const specFile = typeof spec === "string" ? join(dir, `${name}.yaml`) : writeTinySpec(dir, { name, ...spec });
+    if (typeof spec === "string") writeFileSync(specFile, spec);
     writeFileSync(join(dir, "nodes.yaml"), inventoryText);
     fleet.writeKnownHosts(join(dir, "known_hosts"));
     const stateDir = join(dir, "state");
@@ -368,6 +370,43 @@ void describe("SSH fleet on network namespaces", () => {
     const log = jobLog(job.stateDir, stored.id);
     for (const rank of [0, 1]) assert.ok(log.some((l) => l.startsWith(`rank ${rank} registered`)), `rank ${rank} registered`);
     for (const h of [ha, hb]) assert.match(readFileSync(join(h.dir, "sshd.log"), "utf8"), new RegExp(`Accepted publickey for root from ${fleet.bridgeAddress.replace(/\./g, "\\.")}`));
+  });
+
+  void it("runs a task: command stage across two hosts: the user's script over SSH with torchrun's environment and the API, the parameters of a local run", { skip: SKIP, timeout: 120_000 }, async () => {
+    const [ha, hb] = [fleet.hosts[0]!, fleet.hosts[1]!];
+    const text = [
+      "name: byo-ssh",
+      "task: command",
+      "command: [python, train_ddp.py]",
+      `workdir: ${JSON.stringify(join(ROOT, "examples", "byo"))}`,
+      "train: {steps: 30, batch_size: 16}",
+      "data: {num_samples: 320}",
+      "cluster: {workers: 2}",
+      "checkpoint: {every_steps: 10}",
+      "",
+    ].join("\n");
+    const job = runJob("byo-ssh", text, inventory(fleet, [ha, hb]), 110_000);
+    const where = await waitFor(
+      "both ranks to start",
+      () => {
+        const pids = storedJob(job.stateDir)?.stages[0]?.attempts[0]?.ranks.map((r) => r.pid);
+        return pids && pids.every((p) => p) ? pids.map((p) => fleet.namespaceOf(p!)) : null;
+      },
+      60_000,
+      50,
+    );
+    const r = await job.done;
+    assert.equal(r.code, 0, r.stderr.slice(-3000));
+    assert.deepEqual(where, [ha.ns, hb.ns], "rank 0 ran on host a, rank 1 on host b");
+    const summary = JSON.parse(r.stdout) as { state: string; steps: number; finalParamsSha256: string };
+    assert.equal(summary.steps, 30);
+    const stored = storedJob(job.stateDir)!;
+    assert.equal(stored.stages[0]!.checkpoints.filter((c) => c.status === "committed").length, 3, "the API's checkpoints committed from both hosts");
+    const local = join(work, "byo-ssh", "local.yaml");
+    writeFileSync(local, text);
+    const here = await runCli(["run", local, "--json", "--state-dir", join(work, "byo-ssh", "local-state")]);
+    assert.equal(here.code, 0, here.stderr);
+    assert.equal(summary.finalParamsSha256, (JSON.parse(here.stdout) as { finalParamsSha256: string }).finalParamsSha256, "over SSH as here");
   });
 
   void it("recovers when a host's sshd and worker are killed mid-run", { skip: SKIP, timeout: 120_000 }, async () => {

@@ -250,11 +250,13 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
     add(["dense", "ignore_index"], `${dense.ignore_index} is a class id (dense.num_classes is ${dense.num_classes}); use a value outside 0..${dense.num_classes - 1}`);
   }
 
-  const command = clean("command", "workdir") ? resolveCommand(v, task, d0.num_samples ?? null, section(v.data) as Record<string, unknown>, ctx.baseDir, add) : undefined;
+  // The data a stage sets itself (a pipeline's top-level data.train is for its built-in stages, not a command's).
+  const ownData = section((item.index === null ? merged : item.overrides).data) as Record<string, unknown>;
+  const command = clean("command", "workdir") ? resolveCommand(v, task, d0.num_samples ?? null, ownData, ctx.baseDir, add) : undefined;
 
   if (issues.length > 0) return { issues };
   const model: ModelSpec = { image: image!, text: text!, embed_dim: embedDim, tokenizer: tokenizer! };
-  const data = inOrder<DataSpec>("data", { ...d, train: train!, val: val!, synth: synth!, augment: augment! });
+  const data = inOrder<DataSpec>("data", task === "command" ? { ...d, train: [], val: [], synth: null, augment: augment! } : { ...d, train: train!, val: val!, synth: synth!, augment: augment! });
   const trainSpec = inOrder<TrainSpec>(
     "train",
     planned ? { ...t, batch_size: batchSize! } : task === "command" ? { ...t, batch_size: batchSize ?? 0 } : { ...t, steps: null, epochs: null, batch_size: batchSize! },

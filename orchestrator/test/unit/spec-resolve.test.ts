@@ -438,3 +438,30 @@ void describe("presets", () => {
     assert.match(errorOf(() => loadPresets(file)).message, /^.*bad-presets\.json: invalid JSON \(/);
   });
 });
+
+void describe("task: command stages", () => {
+  void it("in a pipeline after a built-in stage: the command and its workdir, none of the top-level shards, its own data plan", () => {
+    const job = parse({
+      ...MINIMAL,
+      stages: [
+        { name: "pretrain" },
+        { name: "byo", task: "command", needs: ["pretrain"], command: ["sh", "-c", "exit 0"], workdir: "/", data: { num_samples: 64 }, train: { steps: 4, batch_size: 8 } },
+      ],
+    });
+    const [pre, byo] = job.stages;
+    assert.equal(pre?.command, null);
+    assert.deepEqual(pre?.data.train, ["/specs/shards/{00000..00003}.tar"]);
+    assert.deepEqual(byo?.command, ["sh", "-c", "exit 0"]);
+    assert.equal(byo?.workdir, "/");
+    assert.deepEqual(byo?.needs, ["pretrain"]);
+    assert.deepEqual([byo?.data.train, byo?.data.val, byo?.data.synth, byo?.data.num_samples], [[], [], null, 64]);
+    assert.deepEqual([byo?.train.steps, byo?.train.batch_size], [4, 8]);
+  });
+
+  void it("a stage's own shards are refused; a command without a plan keeps what it says of steps", () => {
+    const own = errorOf(() => parse({ ...MINIMAL, stages: [{ name: "byo", task: "command", command: ["sh"], workdir: "/", data: { train: "x.tar" } }] }));
+    assert.match(own.message, /stages\[0\]\.data\.train: task command reads its own data/);
+    const s = only(parse({ task: "command", command: ["sh"], workdir: "/", cluster: { workers: 3 }, train: { steps: 7 } }));
+    assert.deepEqual([s.train.steps, s.train.batch_size, s.data.num_samples], [7, 0, null]);
+  });
+});
