@@ -1,4 +1,6 @@
 /** Options shared by the commands that start an orchestrator (run, resume without --server, server). */
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import type { Argv } from "yargs";
 import { InvalidArgumentError } from "../domain/index.js";
 import { DEFAULT_ALLOWED_ENV, DEFAULT_SPEC_POLICY, type SpecPolicy } from "../spec/index.js";
@@ -103,8 +105,13 @@ export function embedOptions(args: GlobalArgs & OrchestratorArgs, embedded: bool
   };
   // An empty CLIPFLEET_TLS_DIR means none, as an unset one.
   const tlsDir = (args["tls-dir"] ?? process.env.CLIPFLEET_TLS_DIR) || null;
-  // `run`: the control API is a socket only this user opens; with --tls-dir the ranks (over SSH too) reach the worker port over TLS.
-  if (embedded) return { ...common, listen: args.listen, controlListen: null, tlsDir };
+  // `run`: the control API is a socket only this user opens; with --tls-dir the ranks (over SSH too) reach
+  // the worker port over TLS. CLIPFLEET_TLS_DIR often names a client identity only (for a remote server):
+  // `run` takes it as a server's certificates only when it holds them.
+  if (embedded) {
+    const own = args["tls-dir"] || (tlsDir && existsSync(join(tlsDir, "server.crt")) ? tlsDir : null);
+    return { ...common, listen: args.listen, controlListen: null, tlsDir: own || null };
+  }
   const workerListen = args["worker-listen"] ?? `${args.listen.replace(/:\d+$/, "")}:0`;
   // Secure by default: a server others can reach authenticates them, unless told not to.
   const exposed = [args.listen, workerListen].find((a) => !isLoopback(hostOf(a)));
