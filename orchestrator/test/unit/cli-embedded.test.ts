@@ -28,7 +28,7 @@ const serverDir = folder("server", ["ca.crt", "server.crt", "server.key", "clien
 const clientDir = folder("client", ["ca.crt", "client.crt", "client.key"]);
 
 function args(extra: Partial<GlobalArgs & OrchestratorArgs> = {}): GlobalArgs & OrchestratorArgs {
-  return { "state-dir": join(tmp, "state"), json: false, verbose: false, listen: "127.0.0.1:0", "metrics-retention": 3600, ...extra } as GlobalArgs & OrchestratorArgs;
+  return { "state-dir": join(tmp, "state"), json: false, verbose: false, listen: "127.0.0.1:0", "metrics-retention": 3600, ...extra };
 }
 
 void describe("embedOptions: TLS folders", () => {
