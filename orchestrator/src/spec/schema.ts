@@ -204,8 +204,8 @@ const DATA_FIELDS = {
     null,
     "task command: the number of samples of the dataset the script indexes; with `train.batch_size` and `train.steps` or `train.epochs`, the orchestrator plans each step's sample indices per rank (`ctx.plan(step)`), for exact resume at any world size and `clipfleet audit`.",
   ),
-  loader_threads: withDefault(count(), 2, "Decoding threads per rank; 0 decodes on the training thread."),
-  prefetch_steps: withDefault(count(), 4, "Steps of batches each rank decodes ahead."),
+  loader_threads: withDefault(count(), 2, "Decoding threads per rank (a pool beside the training thread); 0: the default, 2."),
+  prefetch_steps: withDefault(count(), 4, "Steps of batches each rank decodes ahead; 0: the default, 4."),
 } satisfies Record<keyof DataSpec, Field>;
 
 const TRAIN_FIELDS = {

@@ -164,6 +164,9 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
   const shardList = (given: string | string[] | undefined, split: "train" | "val"): string[] | undefined => {
     if (given !== undefined) {
       const patterns = typeof given === "string" ? [given] : given;
+      // Remote sources are not read yet: say so here, not later as "directory .../https:/host does not exist".
+      const remote = patterns.flatMap((p) => p.split("::")).find((p) => /^[A-Za-z][A-Za-z0-9+.-]*:/.test(p) && !p.startsWith("file:"));
+      if (remote !== undefined) add(["data", split], `${show(remote.slice(0, 80))}: only local shard paths are read today (http(s)://, pipe: and object stores are planned; see docs/data.md)`);
       // Counted, never expanded, here: the count alone tells a brace bomb from a dataset.
       const total = patterns.reduce((acc, p) => acc + safeCount(p), 0);
       if (total > MAX_SHARDS) add(["data", split], `the patterns stand for ${Number.isFinite(total) && total < 1e15 ? total.toLocaleString("en-US") : total.toExponential(2)} shards, more than the limit of ${MAX_SHARDS.toLocaleString("en-US")}`);

@@ -123,6 +123,7 @@ const CASES: [string, string, string][] = [
     spec({ data: `{train: "/x/${"a".repeat(60_000)}.tar"}` }, `stages:\n${Array.from({ length: 80 }, (_, i) => `  - {name: s${i}}\n`).join("")}`),
     "spec.yaml: expands to 4.7 MiB once every stage inherits the top-level fields (at most 2.0 MiB): move large values into the stages that need them",
   ],
+  ["a remote shard source", spec({ data: '{train: "pipe:aws s3 cp s3://b/{00000..00003}.tar -"}' }), 'spec.yaml:3:8: data.train: "pipe:aws s3 cp s3://b/{00000..00003}.tar -": only local shard paths are read today (http(s)://, pipe: and object stores are planned; see docs/data.md)'],
   ["env values are strings", spec({}, "worker: {env: {OMP_NUM_THREADS: 1}}\n"), "spec.yaml:6:16: worker.env.OMP_NUM_THREADS: expected a non-empty string, got 1"],
   ["keep_every_steps cadence", spec({}, "checkpoint: {every_steps: 20, keep_every_steps: 50}\n"), "spec.yaml:6:31: checkpoint.keep_every_steps: 50 is not a multiple of checkpoint.every_steps 20, so it would keep no checkpoint"],
   ["template placeholder", spec({}, 'eval: {templates: ["a photo"]}\n'), 'spec.yaml:6:20: eval.templates[0]: expected a template containing "{}", got "a photo"'],
