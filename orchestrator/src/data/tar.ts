@@ -159,6 +159,8 @@ export class TarReader {
 
   private notTar(at: number): InvalidArgumentError {
     const gz = this.window[0] === 0x1f && this.window[1] === 0x8b && this.windowStart === 0;
+    // A .tar that is really gzip: say so, since a sizes.json would only move the failure to the worker.
+    if (gz && !/\.(tar\.gz|tgz)$/i.test(this.path)) return this.fail("gzip-compressed data, but the name does not end in .tar.gz or .tgz; decompress it (gzip -dc < FILE > NEW.tar)");
     if (gz) return this.fail("not a tar file (gzip-compressed; give a sizes.json next to it or decompress it)");
     return this.fail(`not a tar file (no valid tar header at byte ${at})`);
   }

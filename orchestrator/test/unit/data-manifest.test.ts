@@ -229,6 +229,10 @@ void test("truncated, corrupt and non-tar shards are named with what is wrong", 
       countTarSamples(gz),
       `${gz}: not a tar file (gzip-compressed; give a sizes.json next to it or decompress it)`,
     );
+    // gzip data under a plain .tar name: the message says what is wrong with the file.
+    const gzTar = join(dir, "really-gzip.tar");
+    writeFileSync(gzTar, gzipSync(full));
+    await rejectsWith(countTarSamples(gzTar), `${gzTar}: gzip-compressed data, but the name does not end in .tar.gz or .tgz; decompress it (gzip -dc < FILE > NEW.tar)`);
     const empty = join(dir, "empty.tar");
     writeFileSync(empty, "");
     await rejectsWith(countTarSamples(empty), `${empty}: not a tar file (it is empty)`);

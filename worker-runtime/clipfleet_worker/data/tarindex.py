@@ -222,6 +222,12 @@ def _build(path: str, file_size: int) -> tuple:
     current_exts: set[str] = set()
     with open(path, "rb") as f:
         head = f.read(2)
+        if head == b"\x1f\x8b" and not path.lower().endswith((".tar.gz", ".tgz")):
+            raise DataError(
+                "shard holds gzip-compressed data, but its name does not end in .tar.gz or .tgz; "
+                "decompress it (gzip -dc < FILE > NEW.tar)",
+                shard=path,
+            )
         if head == b"\x1f\x8b":
             raise DataError(
                 "shard is gzip-compressed; random access needs uncompressed .tar shards", shard=path
