@@ -15,6 +15,7 @@ import { synthOutState } from "../../orchestrator/src/jobs/datasets.js";
 import { runSynth } from "../../orchestrator/src/launcher/index.js";
 import { synthShards } from "../../orchestrator/src/spec/resolve.js";
 import { PYTHON, ROOT, runCli, tempDir } from "../helpers/cli.js";
+import { writeSpec } from "./report-fixture.js";
 
 /**
  * `n` 32 px images with captions, a quarter of them under nested folders:
@@ -74,26 +75,7 @@ void describe("clipfleet data convert: an image-caption folder", () => {
     assert.equal(v.code, 0, v.stderr);
     assert.deepEqual(JSON.parse(readFileSync(join(out, "sizes.json"), "utf8")), { "train-00000.tar": 64, "train-00001.tar": 64, "val-00000.tar": 32 });
 
-    const spec = join(tmp.dir, "own.yaml");
-    writeFileSync(
-      spec,
-      `name: own-data
-task: pretrain
-model:
-  image: vit-tiny
-  text: {preset: text-tiny, context_length: 32}
-  embed_dim: 64
-  tokenizer: byte
-data:
-  train: ${out}/train-{00000..00001}.tar
-  val: ${out}/val-00000.tar
-  captions: {alt: 0.5, vecap: 0.5}
-train: {steps: 8, batch_size: 32, lr: 1.0e-3, warmup_steps: 2}
-cluster: {workers: 1}
-checkpoint: {every_steps: null}
-eval: {}
-`,
-    );
+    const spec = writeSpec(tmp.dir, out, { name: "own-data", steps: 8, eval: true, captions: "{alt: 0.5, vecap: 0.5}" });
     const run = await runCli(["run", spec, "--json", "--state-dir", join(tmp.dir, "state")], { timeoutMs: 300_000 });
     assert.equal(run.code, 0, run.stderr);
     const s = JSON.parse(run.stdout) as { state: string; steps: number; skippedSamples: number; metrics: Record<string, number> };
