@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { expandShardPattern, type SynthSpec } from "../../orchestrator/src/domain/index.js";
@@ -132,26 +132,44 @@ void describe("synthetic data: generator and orchestrator agree", () => {
     assert.equal(synthOutState({ out, ...params }), "reuse");
   });
 
+  /** A 2-step pretraining spec over data.synth into `out` (48 train samples, 8 shards, 32 px); returns its path. */
+  function synthSpec(out: string): string {
+    const spec = join(tmp.dir, "synth.yaml");
+    writeFileSync(
+      spec,
+      `name: synth-data
+task: pretrain
+model: {image: vit-tiny, text: {preset: text-tiny, context_length: 32}, embed_dim: 64, tokenizer: byte}
+data:
+  synth: {out: ${out}, train: 48, val: 20, shards: 8, seed: 0}
+train: {steps: 2, batch_size: 8}
+cluster: {workers: 1}
+checkpoint: {every_steps: null}
+`,
+    );
+    return spec;
+  }
+
+  void it("clipfleet run generates data.synth.out once, then reuses it", async () => {
+    const out = join(tmp.dir, "run-synth");
+    const first = await runCli(["run", synthSpec(out), "--json", "--state-dir", join(tmp.dir, "state")], { timeoutMs: 300_000 });
+    assert.equal(first.code, 0, first.stderr);
+    assert.equal((JSON.parse(first.stdout) as { state: string }).state, "SUCCEEDED");
+    assert.deepEqual(readdirSync(out).filter((n) => n.startsWith("val-")).sort(), ["val-00000.tar", "val-00001.tar"]);
+    const marker = statSync(join(out, "synth.json")).mtimeMs;
+    const second = await runCli(["run", synthSpec(out), "--json", "--state-dir", join(tmp.dir, "state")], { timeoutMs: 300_000 });
+    assert.equal(second.code, 0, second.stderr);
+    assert.equal(statSync(join(out, "synth.json")).mtimeMs, marker, "not generated again");
+  });
+
   void it("clipfleet run refuses a data.synth.out made with other parameters, or holding a user's files, naming the field", async () => {
     mkdirSync(join(tmp.dir, "mine"));
     writeFileSync(join(tmp.dir, "mine", "notes.txt"), "my own files");
     for (const [out, message] of [
-      [join(tmp.dir, "cli"), /data\.synth\.out: .*cli holds a synthetic dataset made with train 40, but this stage asks for train 48/],
+      [join(tmp.dir, "cli"), /data\.synth\.out: .*cli holds a synthetic dataset made with train 40, size 16, but this stage asks for train 48, size 32/],
       [join(tmp.dir, "mine"), /data\.synth\.out: .*mine holds files but no readable synth\.json/],
     ] as const) {
-      const spec = join(tmp.dir, "synth.yaml");
-      writeFileSync(
-        spec,
-        `name: synth-refused
-task: pretrain
-model: {image: vit-tiny, text: {preset: text-tiny, context_length: 32}, embed_dim: 64, tokenizer: byte}
-data:
-  synth: {out: ${out}, train: 48, val: 20, shards: 8, size: 16, seed: 0}
-train: {steps: 2, batch_size: 8}
-cluster: {workers: 1}
-`,
-      );
-      const r = await runCli(["run", spec, "--state-dir", join(tmp.dir, "state")]);
+      const r = await runCli(["run", synthSpec(out), "--state-dir", join(tmp.dir, "state")]);
       assert.equal(r.code, 2, r.stderr);
       assert.match(r.stderr, message);
     }
