@@ -95,17 +95,22 @@ class ConvertResult:
         }
 
 
-def _walk(directory: str, what: str) -> list[str]:
-    """Relative paths of the non-hidden files under directory, sorted (so the order does not depend on the filesystem)."""
+def _walk(directory: str, what: str, exclude: tuple[str | None, ...] = ()) -> list[str]:
+    """Relative paths of the non-hidden files under directory, sorted (so the order does not depend on the filesystem).
+
+    Folders in `exclude` (the masks, depth and output folders, when nested in
+    the images folder) are not searched.
+    """
     if not os.path.isdir(directory):
         raise ConfigError(f"not a directory: {directory}", field=f"--{what}")
+    skip = {os.path.realpath(d) for d in exclude if d is not None}
     found: list[str] = []
 
     def fail(e: OSError) -> None:
         raise ConfigError(f"cannot list {e.filename} ({e.strerror})", field=f"--{what}")
 
     for root, dirs, files in os.walk(directory, onerror=fail):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) not in skip)
         rel = os.path.relpath(root, directory)
         for name in files:
             if not name.startswith("."):
@@ -258,7 +263,7 @@ def convert(params: ConvertParams, log: Callable[[str], None] = _stderr) -> Conv
     """Write the shards of one split into params.out, all or nothing; progress and omissions go to `log`."""
     if params.shards < 1:
         raise ConfigError(f"expected at least 1 shard, got {params.shards}", field="--shards")
-    files = _walk(params.images, "images")
+    files = _walk(params.images, "images", exclude=(params.masks, params.depth, params.out))
     images = _by_stem(files, params.images, IMAGE_SUFFIXES)
     if not images:
         raise ConfigError(f"no .jpg/.jpeg/.png/.webp files in {params.images}", field="--images")

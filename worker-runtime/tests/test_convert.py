@@ -232,6 +232,20 @@ def test_nested_masks_pair_by_relative_stem(tmp_path):
     assert list(_read_all(tmp_path / "out", result.sizes)) == ["city/x"]
 
 
+def test_masks_and_output_folders_inside_the_images_folder_are_not_read_as_images(tmp_path):
+    images = tmp_path / "images"
+    (images / "masks").mkdir(parents=True)
+    Image.new("RGB", (8, 6)).save(images / "x.jpg")
+    Image.new("L", (8, 6)).save(images / "masks" / "x.png")
+    out = images / "shards"
+    result = convert(ConvertParams(str(images), str(images / "masks"), None, str(out), shards=1), log=lambda line: None)
+    assert list(_read_all(out, result.sizes)) == ["x"]
+    # Again, now that the output folder (with its sizes.json) is inside the images folder: nothing new is read.
+    (images / "x.txt").write_text("a caption")
+    result = convert(ConvertParams(str(images), None, None, str(out), shards=1), log=lambda line: None)
+    assert result.sizes == {"train-00000.tar": 1} and result.ignored == {}
+
+
 def _assert_untouched(tmp_path, out, before):
     assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
     assert not [p for p in tmp_path.iterdir() if ".convert-" in p.name], "no staging folder left beside out"
