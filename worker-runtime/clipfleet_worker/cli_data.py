@@ -39,7 +39,7 @@ def add_subcommands(sub: "argparse._SubParsersAction") -> None:
     c.add_argument("--masks", help="directory of .png class-id masks (same relative stems)")
     c.add_argument("--depth", help="directory of 16-bit .png depth maps in millimetres (same relative stems)")
     c.add_argument("--out", required=True, help="output directory")
-    c.add_argument("--shards", type=int, required=True)
+    c.add_argument("--shards", type=int, default=1, help="shards to split the samples over, 1 to the sample count (default 1)")
     c.add_argument("--split", default="train", help="shard name prefix (train, val, ...)")
     c.add_argument(
         "--reduce-zero-label",
