@@ -310,3 +310,30 @@ void test("peekCaptionSources reports alt, string json keys and syn", async () =
     cleanup();
   }
 });
+
+void test("peekCaptionSources reads gzipped members and list-valued json fields", async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const bomb = gzipSync(Buffer.alloc(65 * 1024 * 1024));
+    writeFileSync(
+      join(dir, "0.tar"),
+      tarBytes([
+        { name: "a.jpg", data: "" },
+        { name: "a.txt.gz", data: gzipSync("gzipped alt") },
+        { name: "a.json.gz", data: gzipSync(JSON.stringify({ vecap: "v", coco: ["one", "two"], sizes: [1, 2], none: [] })) },
+        { name: "a.syn.json.gz", data: gzipSync(JSON.stringify({ syn_text: ["s"] })) },
+        { name: "b.jpg", data: "" },
+        { name: "b.json.gz", data: "not gzip" },
+        { name: "c.jpg", data: "" },
+        { name: "c.json.gz", data: bomb },
+        { name: "d.jpg", data: "" },
+        { name: "d.json", data: JSON.stringify({ listed: ["x", 3] }) },
+      ]),
+    );
+    const m = await resolveManifest([`${dir}/0.tar`]);
+    // A list with a string is a source (the worker reads each string); a list of numbers is not.
+    assert.deepEqual([...(await peekCaptionSources(m))].sort(), ["alt", "coco", "listed", "syn", "vecap"]);
+  } finally {
+    cleanup();
+  }
+});
