@@ -80,24 +80,20 @@ with open(f"{out}/cb/zeroshot_classification_templates.txt", "w") as f:
   assert.equal(r.status, 0, r.stderr);
 }
 
+/** A 4-step, 1-worker pretraining spec (JSON is YAML) over DIR's shards, evaluating on the CLIP_benchmark-style set at the end. */
 function spec(dir: string, name: string, data: string, emptyCaptions: "skip" | "keep"): string {
   const path = join(dir, `${name}.yaml`);
-  writeFileSync(
-    path,
-    `name: ${name}
-task: pretrain
-model: {image: vit-tiny, text: {preset: text-tiny, context_length: 32}, embed_dim: 32, tokenizer: byte}
-data:
-  train: "${data}/train/train-{00000..00000}.tar"
-  val: "${data}/cb/test/{0..0}.tar"
-  captions: {alt: 1}
-  empty_captions: ${emptyCaptions}
-train: {steps: 4, batch_size: 8, lr: 1.0e-3, warmup_steps: 1}
-cluster: {workers: 1}
-checkpoint: {every_steps: null}
-eval: {at_end: true}
-`,
-  );
+  const body = {
+    name,
+    task: "pretrain",
+    model: { image: "vit-tiny", text: { preset: "text-tiny", context_length: 32 }, embed_dim: 32, tokenizer: "byte" },
+    data: { train: `${data}/train/train-{00000..00000}.tar`, val: `${data}/cb/test/{0..0}.tar`, captions: { alt: 1 }, empty_captions: emptyCaptions },
+    train: { steps: 4, batch_size: 8, lr: 1e-3, warmup_steps: 1 },
+    cluster: { workers: 1 },
+    checkpoint: { every_steps: null },
+    eval: { at_end: true },
+  };
+  writeFileSync(path, JSON.stringify(body, null, 2));
   return path;
 }
 

@@ -142,7 +142,7 @@ export interface JobEvent {
   seq: number;
   jobId: string;
   stage: string;
-  /** state | attempt | checkpoint | eval | failure | step | node */
+  /** state | attempt | checkpoint | eval | warning | failure | step | node */
   type: string;
   state: JobState;
   reason: string;
