@@ -100,6 +100,8 @@ export class Progress {
     for (const [k, v] of Object.entries(metrics)) this.ctx.metrics.evalResult.set({ job: a.jobId, stage: a.stage, metric: k }, v);
     const skippedByReason = addSkips({}, result.skippedByReason);
     const warnings = result.warnings.slice(0, MAX_EVAL_WARNINGS).map((w) => truncateHead(w, MAX_WARNING_BYTES));
+    // Evaluations during training repeat their warnings: an event only for one the previous evaluation did not give.
+    let fresh: string[] = [];
     void this.ctx.ledger
       .note(a.jobId, a.stage, "eval", `evaluation at step ${result.step}`, {
         attempt: a.attempt,
@@ -107,12 +109,13 @@ export class Progress {
         data: { step: result.step, split: result.split, metrics, skippedByReason, warnings },
         update: (s) => {
           Object.assign(s.metrics, metrics);
+          fresh = warnings.filter((w) => !(s.warnings ?? []).includes(w));
           s.evalSkippedByReason = skippedByReason;
           s.warnings = warnings;
         },
       })
       .then(async () => {
-        for (const w of warnings) await this.ctx.ledger.note(a.jobId, a.stage, "warning", w, { attempt: a.attempt, rank: rank.rank, data: { step: result.step } });
+        for (const w of fresh) await this.ctx.ledger.note(a.jobId, a.stage, "warning", w, { attempt: a.attempt, rank: rank.rank, data: { step: result.step } });
       })
       .catch(onError);
   }

@@ -155,8 +155,12 @@ void describe("job machinery with fake ranks and a fake clock", () => {
     assert.deepEqual(stage?.evalSkippedByReason, { "no image": 2, other: 1 });
     const ev = h.job(id).recentEvents.find((e) => e.type === "warning");
     assert.match(ev?.reason ?? "", /^zero-shot skipped: no classnames.txt/);
+    evalReport(8, { "no image": 2 }, [ev?.reason ?? ""]);
+    await until(() => h.job(id).stages[0]?.evalSkippedByReason?.other === undefined, "second evaluation recorded");
+    assert.equal(h.job(id).recentEvents.filter((e) => e.type === "warning").length, 1, "a repeated warning is not a new event");
     evalReport(10, {}, ["w".repeat(5000), ...Array.from({ length: 20 }, (_, i) => `w${i}`)]);
     await until(() => (h.job(id).stages[0]?.warnings ?? []).length === 8, "bounded warnings");
+    await until(() => h.job(id).recentEvents.filter((e) => e.type === "warning").length === 9, "an event for each new warning");
     assert.deepEqual(h.job(id).stages[0]?.evalSkippedByReason, {});
     assert.ok((h.job(id).stages[0]?.warnings?.[0]?.length ?? 0) <= 1024);
   });
