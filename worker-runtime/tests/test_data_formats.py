@@ -278,3 +278,16 @@ def test_zero_shot_skipped_says_why(tmp_path):
     (tmp_path / "cifar" / "classnames.txt").write_text("cat\ndog\nbird\n")
     (w,) = _zero_shot(model, ByteTokenizer(), {}, shard, img, torch.full_like(lab, -1), 77, metrics)
     assert metrics == {} and w.startswith("zero-shot skipped: no val sample has a class label")
+
+
+def test_zero_shot_labels_outside_the_classes_are_left_out_with_a_warning(tmp_path):
+    torch.manual_seed(0)
+    shard = _clip_benchmark(tmp_path)
+    model, img, lab = _features(shard)
+    lab[0] = 7  # 3 classes in classnames.txt
+    metrics = {}
+    (w,) = _zero_shot(model, ByteTokenizer(), {"templates": ["a {}"]}, shard, img, lab, 77, metrics)
+    assert w.startswith("zero-shot: 1 val samples have a class label outside the 3 classes of ") and "classnames.txt" in w
+    expected = zero_shot_classifier(model, ByteTokenizer(), ["cat", "dog", "bird"], ["a {}"], 77)
+    top1 = ((img[1:] @ expected).argmax(1) == lab[1:]).float().mean().item()
+    assert metrics["zeroshot/top1"] == pytest.approx(top1)
