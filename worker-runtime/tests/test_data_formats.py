@@ -4,6 +4,7 @@ metadata names, CLIP_benchmark's classification layout."""
 import gzip
 import io
 import json
+import os
 import tarfile
 
 import numpy as np
@@ -291,3 +292,11 @@ def test_zero_shot_labels_outside_the_classes_are_left_out_with_a_warning(tmp_pa
     expected = zero_shot_classifier(model, ByteTokenizer(), ["cat", "dog", "bird"], ["a {}"], 77)
     top1 = ((img[1:] @ expected).argmax(1) == lab[1:]).float().mean().item()
     assert metrics["zeroshot/top1"] == pytest.approx(top1)
+
+
+def test_split_member_name_agrees_with_the_orchestrator_on_the_shared_cases():
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "fixtures", "member-names.json")
+    with open(path, encoding="utf-8") as f:
+        cases = json.load(f)["cases"]
+    for name, key, ext in cases:
+        assert split_member_name(name) == (None if key is None else (key, ext)), name

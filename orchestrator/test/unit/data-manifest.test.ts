@@ -1,7 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { truncateSync, utimesSync, writeFileSync, mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync, truncateSync, utimesSync, writeFileSync, mkdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
 import { InvalidArgumentError } from "../../src/domain/index.js";
 import {
@@ -53,6 +54,12 @@ void test("sample keys follow webdataset's base_plus_ext and metadata rules", ()
   assert.equal(sampleKeyOf("README"), null);
   assert.equal(sampleKeyOf("__key__"), null);
   assert.equal(sampleKeyOf("__meta__/x.json"), null);
+});
+
+void test("sampleKeyOf agrees with the worker's split_member_name on the shared cases", () => {
+  const file = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "..", "tests", "fixtures", "member-names.json");
+  const { cases } = JSON.parse(readFileSync(file, "utf8")) as { cases: [string, string | null, string | null][] };
+  for (const [name, key, ext] of cases) assert.deepEqual(sampleKeyOf(name), key === null ? null : { key, ext }, name);
 });
 
 void test("counts from sizes.json next to the shards", async () => {
