@@ -8,9 +8,10 @@ ready yet, and that blocked time is reported as data-wait. iterate_split does
 the same for sequential evaluation over a whole split.
 
 Failure policy: a sample that cannot be decoded (corrupt image bytes, no
-caption, missing label map) is skipped and counted, its slot zero-filled and
-marked invalid so batch shapes never change. A broken shard (truncated, not a
-tar, index past its end) is a DataError naming the shard, raised to the
+caption, missing label map, a bad gzipped member) is skipped and counted by
+reason (SKIP_REASONS), its slot zero-filled and marked invalid so batch
+shapes never change. A broken shard (truncated, not a tar, index past its
+end) is a DataError naming the shard, raised to the
 consumer. A label map with a wrong layout (8-bit depth, RGB mask, size
 mismatch) is a dataset error, also a DataError.
 """
