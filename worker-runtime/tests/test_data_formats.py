@@ -300,3 +300,13 @@ def test_split_member_name_agrees_with_the_orchestrator_on_the_shared_cases():
         cases = json.load(f)["cases"]
     for name, key, ext in cases:
         assert split_member_name(name) == (None if key is None else (key, ext)), name
+
+
+def test_skip_reasons_are_the_orchestrators():
+    """The orchestrator counts any reason it does not list as "other": the two lists must match."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "orchestrator", "src", "domain", "limits.ts")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    block = text[text.index("export const SKIP_REASONS"):]
+    block = block[block.index("[") + 1 : block.index("];")]
+    assert json.loads("[" + block.rstrip().rstrip(",") + "]") == [*SKIP_REASONS, "other"]
