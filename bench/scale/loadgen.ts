@@ -213,6 +213,7 @@ class SimRank {
           samples: [],
           extra: this.opts.probe ? { [SENT_AT_KEY]: wallMs(), [PROBE_KEY]: 1 } : { [SENT_AT_KEY]: wallMs() },
           outOfRangeLabels: 0,
+          skippedByReason: {},
         },
       },
     });

@@ -50,18 +50,37 @@ def retrieval_metrics(img_feats: Tensor, txt_feats: Tensor, txt_to_img: Tensor, 
     return out
 
 
+# CLIP-style prompt templates for zero-shot classification when neither eval.templates
+# nor the dataset's zeroshot_classification_templates.txt gives any.
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+
+def fill_template(template: str, name: str) -> str:
+    """The prompt for one class: `{}` (open_clip) or `{c}` (CLIP_benchmark) replaced by its name."""
+    return template.replace("{c}", name).replace("{}", name)
+
+
 @torch.no_grad()
 def zero_shot_classifier(model: nn.Module, tokenizer: Any, classnames: Sequence[str], templates: Sequence[str],
                          context_length: int) -> Tensor:
     """[D, num_classes] weights: per class, the mean of the normalised template embeddings, re-normalised.
 
-    Templates contain "{}" for the class name ("a photo of a {}."), as EvalSpec.templates.
+    Templates contain "{}" or "{c}" for the class name ("a photo of a {}."), as EvalSpec.templates.
     """
     inner = model.module if isinstance(getattr(model, "module", None), nn.Module) else model
     device = next(inner.parameters()).device
     weights = []
     for name in classnames:
-        tokens = tokenizer([t.replace("{}", name) for t in templates], context_length).to(device)
+        tokens = tokenizer([fill_template(t, name) for t in templates], context_length).to(device)
         emb = inner.encode_text(tokens, normalize=True)
         weights.append(F.normalize(emb.mean(dim=0), dim=-1))
     return torch.stack(weights, dim=1)

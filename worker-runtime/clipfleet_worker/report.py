@@ -221,6 +221,14 @@ def _summary_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if s.get("finalParamsSha256"):
         rows.append(("final params sha256", str(s["finalParamsSha256"])))
+    for label, total, reasons in (("skipped samples", s.get("skippedSamples"), s.get("skippedByReason")),
+                                  ("skipped val samples", None, s.get("evalSkippedByReason"))):
+        reasons = reasons if isinstance(reasons, dict) else {}
+        n = max(int(total or 0), sum(int(v) for v in reasons.values()))
+        if n:
+            rows.append((label, f"{n}" + (": " + ", ".join(f"{r} {c}" for r, c in sorted(reasons.items(), key=lambda x: (-x[1], x[0]))) if reasons else "")))
+    for w in s.get("warnings") or []:
+        rows.append(("warning", str(w)))
     return rows
 
 

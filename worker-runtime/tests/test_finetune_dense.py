@@ -9,6 +9,7 @@ checkpoint files and the gloo process group are the real ones.
 from __future__ import annotations
 
 import bisect
+import gzip
 import io
 import json
 import os
@@ -351,24 +352,31 @@ def test_frozen_backbone_from_checkpoint_keeps_its_weights(group, data, tmp_path
 # ---------------------------------------------------------------- bad labels
 
 
-def test_out_of_range_class_ids_are_counted_ignored_and_warned_once(group, tmp_path, capsys):
-    out = str(tmp_path / "bad")
+def one_shard(out: str, edit) -> dict:
+    """8 synthetic samples in one shard used as train and val; edit(i, members) changes sample i's members."""
     os.makedirs(out)
     samples = []
     for i in range(8):
         members = dict(synth.encode_scene(synth.render_scene(5, "train", i, SIZE)))
+        edit(i, members)
+        samples.append((f"train{i:08d}", list(members.items())))
+    path = os.path.join(out, "train-00000.tar")
+    write_shard(path, samples)
+    sizes = merge_sizes(out, {"train-00000.tar": 8})
+    write_atomic(os.path.join(out, "classes.json"), json_bytes(synth.class_names()))
+    return {"train": [path], "val": [path], "sizes": sizes}
+
+
+def test_out_of_range_class_ids_are_counted_ignored_and_warned_once(group, tmp_path, capsys):
+    def edit(i, members):
         if i == 2:
             seg = np.array(Image.open(io.BytesIO(members["seg.png"])))
             seg[4:8, 10:14] = 200  # a class id the dataset does not have (9 classes), not the ignore label
             buf = io.BytesIO()
             Image.fromarray(seg, mode="L").save(buf, "PNG")
             members["seg.png"] = buf.getvalue()
-        samples.append((f"train{i:08d}", list(members.items())))
-    path = os.path.join(out, "train-00000.tar")
-    write_shard(path, samples)
-    sizes = merge_sizes(out, {"train-00000.tar": 8})
-    write_atomic(os.path.join(out, "classes.json"), json_bytes(synth.class_names()))
-    data = {"train": [path], "val": [path], "sizes": sizes}
+
+    data = one_shard(str(tmp_path / "bad"), edit)
     cfg = stage_cfg("finetune-seg", data, train__steps=4, train__batch_size=4, data__augment__crop_scale=None,
                     data__augment__hflip=0.0, checkpoint__final=False)
     ctx = make_ctx(cfg, data, str(tmp_path))
@@ -377,6 +385,25 @@ def test_out_of_range_class_ids_are_counted_ignored_and_warned_once(group, tmp_p
     assert [s.out_of_range_labels for s in ctx.agent.of("step")] == [16, 0, 16, 0]
     assert capsys.readouterr().out.count("dense.num_classes (9)") == 1
     assert ctx.agent.of("eval")[0].metrics["seg/out_of_range_labels"] == 16
+
+
+def test_skipped_samples_reported_by_reason_in_steps_and_evaluation_with_gzipped_maps(group, tmp_path):
+    def edit(i, members):
+        if i == 3:
+            del members["seg.png"]
+        if i == 5:
+            members["seg.png.gz"] = gzip.compress(members.pop("seg.png"))  # read as seg.png
+
+    data = one_shard(str(tmp_path / "gz"), edit)
+    cfg = stage_cfg("finetune-seg", data, train__steps=2, train__batch_size=4, checkpoint__final=False)
+    ctx = make_ctx(cfg, data, str(tmp_path))
+    finetune_dense.run(ctx)
+    steps = ctx.agent.of("step")
+    # One epoch of 2 steps: the sample without a mask is met once, in whichever step the plan puts it.
+    assert sorted(tuple(dict(s.skipped_by_reason).items()) for s in steps) == [(), (("no seg.png", 1),)]
+    assert sorted(s.skipped_samples for s in steps) == [0, 1]
+    (ev,) = ctx.agent.of("eval")
+    assert dict(ev.skipped_by_reason) == {"no seg.png": 1}
 
 
 # ---------------------------------------------------------------- two ranks
@@ -415,5 +442,6 @@ def test_two_gloo_ranks_agree_and_reduce_the_metrics(data, tmp_path):
     model, n = finetune_dense.build_model(ctx)
     model.load_state_dict(ckpt.load(os.path.join(r0["dirs"][0], ckpt.MODEL_FILE)))
     assert params_sha256(model) == r0["finished"][0][0]
-    one = finetune_dense.evaluate_dense(ctx, model, n)
+    one, skipped = finetune_dense.evaluate_dense(ctx, model, n)
+    assert skipped == {}
     assert one == pytest.approx(r0["evals"][0], abs=1e-6)

@@ -44,7 +44,9 @@ def _data(restart: bool = True) -> dict:
         "schema": report.SCHEMA,
         "generatedAtMs": 1_800_000_100_000,
         "job": {"id": "j-20270115-080000-abcdef", "name": "tiny <&> run", "state": "SUCCEEDED", "reason": "finished 40 steps", "createdAtMs": 1_800_000_000_000, "updatedAtMs": 1_800_000_050_000},
-        "summary": {"steps": 40, "totalSteps": 40, "samplesSeen": 2560, "firstLoss": 3.9, "finalLoss": 0.6, "restarts": 1 if restart else 0, "wallSeconds": 41.5, "finalParamsSha256": "ab" * 32},
+        "summary": {"steps": 40, "totalSteps": 40, "samplesSeen": 2560, "firstLoss": 3.9, "finalLoss": 0.6, "restarts": 1 if restart else 0, "wallSeconds": 41.5, "finalParamsSha256": "ab" * 32,
+                    "skippedSamples": 12, "skippedByReason": {"undecodable image": 2, "no caption": 10},
+                    "warnings": ["zero-shot skipped: no class label"]},
         "stages": [
             {
                 "name": "main",
@@ -108,6 +110,8 @@ def test_index_files_reference_every_plot_and_tabulate_summary_attempts_and_metr
         assert f'<img src="{p.file}"' in page
     assert md.startswith("# clipfleet report: tiny <&> run (j-20270115-080000-abcdef)")
     assert "| restarts | 1 |" in md
+    assert "| skipped samples | 12: no caption 10, undecodable image 2 |" in md
+    assert "| warning | zero-shot skipped: no class label |" in md
     assert "| 2 | 2 | 20 | 40 | succeeded | finished |" in md
     assert "| retrieval/i2t_R@1 | 0.25 |" in md
     assert "| depth/RMSE | 1.25 |" in md

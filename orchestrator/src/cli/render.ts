@@ -29,6 +29,9 @@ export function jobSummary(job: Job): Record<string, unknown> {
     totalSteps: job.stages.reduce((a, s) => a + (s.progress?.totalSteps ?? 0), 0),
     samplesSeen: job.stages.reduce((a, s) => a + (s.progress?.samplesSeen ?? 0), 0),
     skippedSamples: job.stages.reduce((a, s) => a + (s.progress?.skippedSamples ?? 0), 0),
+    skippedByReason: sumCounts(job.stages.map((s) => s.progress?.skippedByReason ?? {})),
+    evalSkippedByReason: sumCounts(job.stages.map((s) => s.evalSkippedByReason)),
+    warnings: job.stages.flatMap((s) => s.warnings.map((w) => (single ? w : `${s.name}: ${w}`))),
     restarts: job.stages.reduce((a, s) => a + s.restarts, 0),
     firstLoss: (lastWithLoss ?? single)?.progress?.firstLoss ?? null,
     finalLoss: lastWithLoss?.progress?.loss ?? null,
@@ -57,8 +60,33 @@ function stageSummary(s: Stage): Record<string, unknown> {
     finalLoss: s.progress?.loss ?? null,
     metrics: s.metrics,
     finalParamsSha256: s.finalParamsSha256,
+    skippedSamples: s.progress?.skippedSamples ?? 0,
+    skippedByReason: { ...(s.progress?.skippedByReason ?? {}) },
+    evalSkippedByReason: { ...s.evalSkippedByReason },
+    warnings: [...s.warnings],
     error: s.error || undefined,
   };
+}
+
+/** Key-wise sum of count maps. */
+function sumCounts(maps: readonly Readonly<Record<string, number>>[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const m of maps) for (const [k, n] of Object.entries(m)) out[k] = (out[k] ?? 0) + n;
+  return out;
+}
+
+/** "12 samples: no caption 10, undecodable image 2" (largest first), or null when none. */
+export function fmtSkips(total: number, byReason: Readonly<Record<string, number>>, noun = "samples"): string | null {
+  const counted = Object.values(byReason).reduce((a, n) => a + n, 0);
+  const n = Math.max(total, counted);
+  if (n === 0) return null;
+  const parts = Object.entries(byReason)
+    .filter(([, c]) => c > 0)
+    .sort(([a, x], [b, y]) => y - x || a.localeCompare(b))
+    .map(([r, c]) => `${r} ${c}`);
+  // Reports of workers from before reasons were counted leave some unexplained.
+  if (counted < n) parts.push(`unknown ${n - counted}`);
+  return `${n} ${n === 1 ? noun.replace(/s$/, "") : noun}: ${parts.join(", ")}`;
 }
 
 /** A table with left-aligned columns. */
@@ -107,6 +135,11 @@ export function renderStatus(job: Job, now: number): string {
     );
     const metrics = Object.entries(s.metrics);
     if (metrics.length > 0) lines.push(`metrics: ${metrics.map(([k, v]) => `${k}=${fmtMetric(v)}`).join(" ")}`);
+    const skipped = fmtSkips(s.progress?.skippedSamples ?? 0, s.progress?.skippedByReason ?? {});
+    if (skipped) lines.push(`skipped ${skipped}`);
+    const evalSkipped = fmtSkips(0, s.evalSkippedByReason, "val samples");
+    if (evalSkipped) lines.push(`evaluation skipped ${evalSkipped}`);
+    for (const w of s.warnings) lines.push(`warning: ${w}`);
     const ckpt = s.checkpoints.filter((c) => c.status === "committed").at(-1);
     if (ckpt) lines.push(`newest checkpoint: step ${ckpt.step}, ${ckpt.dir}`);
     if (s.error) {

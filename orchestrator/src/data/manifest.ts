@@ -11,6 +11,7 @@
  */
 import { readdir, readFile } from "node:fs/promises";
 import { basename, dirname, resolve } from "node:path";
+import { gunzipSync } from "node:zlib";
 import { expandShardPattern, InvalidArgumentError } from "../domain/index.js";
 import { countTarSamples, firstSamples, ioError, statFile, TarReader } from "./tar.js";
 
@@ -143,9 +144,11 @@ export async function resolveManifest(
 
 /**
  * Which caption sources the first `n` samples of the dataset carry: "alt" for
- * a .txt member, each string-valued key of the .json member, "syn" when a
- * syn.json has syn_text. Lets the orchestrator reject `data.captions` naming a
- * source no sample has before any worker starts.
+ * a .txt member, each key of the .json member holding a string or a list with
+ * a string, "syn" when a syn.json has syn_text. Members gzipped one by one
+ * (`.txt.gz`, `.json.gz`) count as the worker reads them. Lets the
+ * orchestrator reject `data.captions` naming a source no sample has before
+ * any worker starts.
  */
 export async function peekCaptionSources(manifest: Manifest, n = 8): Promise<Set<string>> {
   const sources = new Set<string>();
@@ -154,13 +157,15 @@ export async function peekCaptionSources(manifest: Manifest, n = 8): Promise<Set
   const reader = await TarReader.open(toPath(shard.url));
   try {
     for (const sample of await firstSamples(reader, n)) {
-      for (const [ext, entry] of sample.members) {
+      for (const [member, entry] of sample.members) {
+        const gz = member.endsWith(".gz");
+        const ext = gz ? member.slice(0, -".gz".length) : member;
+        const json = async (): Promise<Record<string, unknown> | null> => parseObject(gz ? gunzipped(await reader.read(entry)) : await reader.read(entry));
         if (ext === "txt") sources.add("alt");
         else if (ext === "json") {
-          const obj = parseObject(await reader.read(entry));
-          for (const [k, v] of Object.entries(obj ?? {})) if (typeof v === "string") sources.add(k);
+          for (const [k, v] of Object.entries((await json()) ?? {})) if (isCaption(v)) sources.add(k);
         } else if (ext === "syn.json") {
-          const obj = parseObject(await reader.read(entry));
+          const obj = await json();
           if (obj !== null && "syn_text" in obj) sources.add("syn");
         }
       }
@@ -244,6 +249,23 @@ async function indexedCount(path: string): Promise<number> {
   const n = await countTarSamples(path);
   indexCache.set(key, n);
   return n;
+}
+
+/** A `.json` field the worker reads as a caption source: a string, or a list holding one. */
+function isCaption(v: unknown): boolean {
+  return typeof v === "string" || (Array.isArray(v) && v.some((x) => typeof x === "string"));
+}
+
+/** Decompressed bytes a peeked `.json.gz` member may take (as the worker's cap on any member). */
+const MAX_GUNZIP_BYTES = 64 * 1024 * 1024;
+
+/** A gzipped member's bytes; an empty buffer (no captions) when it is not gzip or expands past the cap. */
+function gunzipped(buf: Buffer): Buffer {
+  try {
+    return gunzipSync(buf, { maxOutputLength: MAX_GUNZIP_BYTES });
+  } catch {
+    return Buffer.alloc(0); // the worker skips such a sample (undecodable gzip member)
+  }
 }
 
 function parseObject(buf: Buffer): Record<string, unknown> | null {

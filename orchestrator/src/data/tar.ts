@@ -11,7 +11,7 @@
  * - names matching `__[^/]*__($|/)` (webdataset metadata) are skipped;
  * - key = path up to the first dot of the basename, extension = the rest,
  *   lower-cased (`d/0001.syn.json` -> key `d/0001`, extension `syn.json`);
- *   names without such a dot are skipped;
+ *   names without such a dot, and dot-files in any directory, are skipped;
  * - consecutive members with the same key form one sample.
  */
 import { type FileHandle, open, stat } from "node:fs/promises";
@@ -35,6 +35,8 @@ export interface TarEntry {
 export function sampleKeyOf(name: string): { key: string; ext: string } | null {
   if (!name.includes("/") && name.startsWith("__") && name.endsWith("__")) return null;
   if (/^__[^/]*__($|\/)/.test(name)) return null;
+  // A dot-file is not a member in any directory (webdataset's pattern alone would read `d/.x` as key `d/`).
+  if (name.slice(name.lastIndexOf("/") + 1).startsWith(".")) return null;
   const m = /^((?:.*\/|)[^.]+)[.]([^/]*)$/.exec(name);
   if (!m) return null;
   return { key: m[1] ?? "", ext: (m[2] ?? "").toLowerCase() };

@@ -81,6 +81,8 @@ export interface ProgressRecord {
   samplesPerSecond: number;
   stepSeconds: number;
   skippedSamples: number;
+  /** skippedSamples by reason (see SKIP_REASONS); absent in records of earlier versions. */
+  skippedByReason?: Record<string, number>;
   worldSize: number;
 }
 
@@ -126,6 +128,10 @@ export interface StageRecord {
   error: string;
   /** Earliest time a restart may start (backoff), ms since epoch. */
   notBeforeMs: number | null;
+  /** The latest evaluation's warnings (a metric left out and why); absent in records of earlier versions. */
+  warnings?: string[];
+  /** Val samples the latest evaluation skipped, by reason; absent in records of earlier versions. */
+  evalSkippedByReason?: Record<string, number>;
   /** The stage's imported init checkpoint (`init: {checkpoint: DIR, import: true}`); absent otherwise and in records of earlier versions. */
   initImport?: SignedManifestRecord;
 }
@@ -136,7 +142,7 @@ export interface JobEvent {
   seq: number;
   jobId: string;
   stage: string;
-  /** state | attempt | checkpoint | eval | failure | step | node */
+  /** state | attempt | checkpoint | eval | warning | failure | step | node */
   type: string;
   state: JobState;
   reason: string;

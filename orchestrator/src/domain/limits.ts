@@ -98,3 +98,42 @@ export function boundedMetrics(incoming: Readonly<Record<string, number>>, known
   }
   return { kept, dropped };
 }
+
+/**
+ * Why a worker skips a sample (worker-runtime/clipfleet_worker/data/loader.py SKIP_REASONS).
+ * Reports carry counts by these names; any other name is counted as "other", so the
+ * set a stage record and a metric label can hold stays fixed.
+ */
+export const SKIP_REASONS: readonly string[] = [
+  "no image",
+  "undecodable image",
+  "no caption",
+  "undecodable gzip member",
+  "gzip member too large",
+  "no seg.png",
+  "undecodable seg.png",
+  "no depth.png",
+  "undecodable depth.png",
+  "other",
+];
+
+/** Warnings of one evaluation report kept (each cut to MAX_WARNING_BYTES). */
+export const MAX_EVAL_WARNINGS = 8;
+
+/** Longest evaluation warning kept (bytes of UTF-8). */
+export const MAX_WARNING_BYTES = 1024;
+
+/** A worker's skip reason as kept: one of SKIP_REASONS, else "other". */
+export function skipReasonOf(reason: string): string {
+  return SKIP_REASONS.includes(reason) ? reason : "other";
+}
+
+/** `into` plus the counts of `add` (reasons bounded by skipReasonOf; non-counts ignored); returns `into`. */
+export function addSkips(into: Record<string, number>, add: Readonly<Record<string, number>>): Record<string, number> {
+  for (const [reason, n] of Object.entries(add)) {
+    if (!Number.isSafeInteger(n) || n <= 0) continue;
+    const r = skipReasonOf(reason);
+    into[r] = (into[r] ?? 0) + n;
+  }
+  return into;
+}

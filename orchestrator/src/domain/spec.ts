@@ -87,6 +87,8 @@ export interface DataSpec {
   /** caption source -> probability, summing to 1 (`alt` is the .txt AltText). */
   readonly captions: Readonly<Record<string, number>>;
   readonly caption_mode: "sample" | "both";
+  /** skip: an empty caption is missing; keep: it is the caption "". */
+  readonly empty_captions: "skip" | "keep";
   readonly augment: AugmentSpec;
   readonly fraction: number;
   readonly shuffle: boolean;
@@ -167,7 +169,8 @@ export interface EvalSpec {
   readonly zero_shot: boolean;
   readonly retrieval: boolean;
   readonly batch_size: number;
-  readonly templates: readonly string[];
+  /** null: the dataset's zeroshot_classification_templates.txt, else the worker's CLIP templates. */
+  readonly templates: readonly string[] | null;
   /** Retrieval R@k values reported. */
   readonly recall_at: readonly number[];
   /** Caption sources used as retrieval queries; null: each image's captions other than its AltText when it has any, else the AltText. */

@@ -7,6 +7,7 @@
  * into it except through its own methods.
  */
 import type { StageSpec, Timers, TimerHandle } from "../domain/index.js";
+import { addSkips } from "../domain/index.js";
 import type { Manifest, DataPlan } from "../data/index.js";
 import type { CheckpointRef, CheckpointWritten, EvalResult, Heartbeat, StepReport, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
 import type { ExitInfo } from "../launcher/index.js";
@@ -125,6 +126,8 @@ export interface AttemptFacts {
   readonly recoveringSince: number | null;
   /** Samples the stage's earlier attempts skipped. */
   readonly skippedBefore: number;
+  /** skippedBefore by reason. */
+  readonly skippedByReasonBefore: Readonly<Record<string, number>>;
   /** Earlier attempts of this stage (torchrun's TORCHELASTIC_RESTART_COUNT). */
   readonly restartCount: number;
 }
@@ -148,6 +151,8 @@ export class Attempt {
   firstLoss: number | null = null;
   /** Undecodable samples skipped by this attempt's ranks. */
   skippedSamples = 0;
+  /** skippedSamples by reason (bounded, see addSkips). */
+  readonly skippedByReason: Record<string, number> = {};
 
   private phaseNow: AttemptPhase = { kind: "starting" };
   /** The step of a requested checkpoint (on demand or timed) not yet committed. */
@@ -331,6 +336,7 @@ export class Attempt {
         if (Number.isFinite(rep.stepSeconds) && rep.stepSeconds >= 0) rank.stepSeconds.push(rep.stepSeconds);
         if (rank.stepSeconds.length > 200) rank.stepSeconds.shift();
         this.skippedSamples += rep.skippedSamples;
+        addSkips(this.skippedByReason, rep.skippedByReason);
         if (rank.rank === 0) {
           // Rank 0 speaks for the stage: the loss is all-reduced, so every rank has the same.
           this.lastReport = rep;

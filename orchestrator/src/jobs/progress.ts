@@ -6,7 +6,7 @@
  * record with its running attempts' progress laid over it.
  */
 import { appendFileSync } from "node:fs";
-import { boundedMetrics, type JobRecord, type ProgressRecord, type StageRecord } from "../domain/index.js";
+import { addSkips, boundedMetrics, MAX_EVAL_WARNINGS, MAX_WARNING_BYTES, truncateHead, type JobRecord, type ProgressRecord, type StageRecord } from "../domain/index.js";
 import type { EvalResult, Heartbeat, StepReport } from "../gen/clipfleet/v1/worker.js";
 import type { Attempt } from "./attempt.js";
 import type { JobContext } from "./context.js";
@@ -41,6 +41,7 @@ export class Progress {
     if (duration(rep.dataWaitSeconds)) m.dataWait.inc({ ...labels, rank: String(rank.rank) }, rep.dataWaitSeconds);
     if (duration(rep.computeSeconds) && rep.computeSeconds > 0) m.computeTime.inc(labels, rep.computeSeconds);
     if (rep.skippedSamples > 0) m.skipped.inc(labels, rep.skippedSamples);
+    for (const [reason, n] of Object.entries(addSkips({}, rep.skippedByReason))) m.skippedByReason.inc({ ...labels, reason }, n);
     if (rep.outOfRangeLabels > 0) m.outOfRangeLabels.inc(labels, rep.outOfRangeLabels);
     if (rank.rank !== 0) {
       if (dropped > 0) m.valuesDropped.inc(labels, dropped);
@@ -89,16 +90,32 @@ export class Progress {
     this.ctx.metrics.gpuMemory.set(labels, hb.gpuMemoryBytes);
   }
 
-  /** Evaluation results: a gauge per metric, an event, and the stage's metrics (names and count bounded). */
+  /**
+   * Evaluation results: a gauge per metric, an event, and the stage's metrics (names and count
+   * bounded); the val samples skipped by reason and the warnings (a metric left out and why) replace
+   * the stage's previous ones, and each warning is also a `warning` event.
+   */
   eval(a: Attempt, rank: RankRuntime, result: EvalResult, onError: (err: unknown) => void): void {
     const metrics = this.bounded(a, result.metrics);
     for (const [k, v] of Object.entries(metrics)) this.ctx.metrics.evalResult.set({ job: a.jobId, stage: a.stage, metric: k }, v);
+    const skippedByReason = addSkips({}, result.skippedByReason);
+    const warnings = result.warnings.slice(0, MAX_EVAL_WARNINGS).map((w) => truncateHead(w, MAX_WARNING_BYTES));
+    // Evaluations during training repeat their warnings: an event only for one the previous evaluation did not give.
+    let fresh: string[] = [];
     void this.ctx.ledger
       .note(a.jobId, a.stage, "eval", `evaluation at step ${result.step}`, {
         attempt: a.attempt,
         rank: rank.rank,
-        data: { step: result.step, split: result.split, metrics },
-        update: (s) => Object.assign(s.metrics, metrics),
+        data: { step: result.step, split: result.split, metrics, skippedByReason, warnings },
+        update: (s) => {
+          Object.assign(s.metrics, metrics);
+          fresh = warnings.filter((w) => !(s.warnings ?? []).includes(w));
+          s.evalSkippedByReason = skippedByReason;
+          s.warnings = warnings;
+        },
+      })
+      .then(async () => {
+        for (const w of fresh) await this.ctx.ledger.note(a.jobId, a.stage, "warning", w, { attempt: a.attempt, rank: rank.rank, data: { step: result.step } });
       })
       .catch(onError);
   }
@@ -129,6 +146,7 @@ export class Progress {
     p.samplesPerSecond = rep.samplesPerSecond;
     p.stepSeconds = rep.stepSeconds;
     p.skippedSamples = a.facts.skippedBefore + a.skippedSamples;
+    p.skippedByReason = addSkips(addSkips({}, a.facts.skippedByReasonBefore), a.skippedByReason);
     const rec = s.attempts.find((x) => x.number === a.attempt);
     if (rec) rec.lastStep = rep.step;
   }

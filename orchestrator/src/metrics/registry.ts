@@ -61,6 +61,7 @@ export class Metrics {
   readonly outOfRangeLabels = this.counter("clipfleet_dense_labels_out_of_range_total", "Segmentation label pixels with a class id outside dense.num_classes (ignored in the loss), summed over ranks.", ["job", "stage"]);
   readonly valuesDropped = this.counter("clipfleet_report_values_dropped_total", "Values in ranks' reports that were dropped: NaN, infinite or negative numbers, and evaluation metrics past the name length or per-stage count limits.", ["job", "stage"]);
   readonly skipped = this.counter("clipfleet_train_samples_skipped_total", "Samples skipped as undecodable.", ["job", "stage"]);
+  readonly skippedByReason = this.counter("clipfleet_train_samples_skipped_by_reason_total", "Training samples skipped, by reason (`no caption`, `undecodable image`, ...; a fixed set, unknown reasons count as `other`).", ["job", "stage", "reason"]);
   readonly nanSkipped = this.counter("clipfleet_train_nan_steps_skipped_total", "Steps whose update was skipped for a NaN or Inf loss.", ["job", "stage"]);
   readonly checkpointSave = this.histogram("clipfleet_checkpoint_save_duration_seconds", "Time a rank's training loop stalled to save a checkpoint.", ["job", "stage"], SAVE_BUCKETS);
   readonly checkpointsCommitted = this.counter("clipfleet_checkpoints_committed_total", "Checkpoints committed (every rank wrote its files, the manifest is on disk).", ["job", "stage"]);

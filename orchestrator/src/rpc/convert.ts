@@ -62,6 +62,7 @@ function stageToProto(job: JobRecord, s: StageRecord): Stage {
       stepSeconds: p.stepSeconds,
       etaSeconds: Math.max(0, p.totalSteps - p.step) * p.stepSeconds,
       skippedSamples: p.skippedSamples,
+      skippedByReason: { ...(p.skippedByReason ?? {}) },
       worldSize: p.worldSize,
     },
     attempts: s.attempts.map((a) => ({
@@ -93,6 +94,8 @@ function stageToProto(job: JobRecord, s: StageRecord): Stage {
     startedAtMs: s.startedAtMs ?? 0,
     endedAtMs: s.endedAtMs ?? 0,
     attemptsOmitted: 0,
+    warnings: [...(s.warnings ?? [])],
+    evalSkippedByReason: { ...(s.evalSkippedByReason ?? {}) },
   };
 }
 

@@ -6,7 +6,7 @@
 export { loadSpecDocument, loadSpecFile, parseSpec, type LoadOptions } from "./load.js";
 export { type SpecContext } from "./resolve.js";
 export { loadPresets, type Presets, type ImagePreset, type VitPreset, type MciPreset, type TextPreset } from "./presets.js";
-export { SPEC_FIELDS, DEFAULT_TEMPLATES } from "./schema.js";
+export { SPEC_FIELDS } from "./schema.js";
 export { jsonSchema } from "./json-schema.js";
 export { canonicalJson } from "./canonical.js";
 export { SpecValidationError, type SpecIssue } from "./issues.js";

@@ -79,17 +79,6 @@ export const MAX_WORKERS = 4096;
 /** MCi towers downsample by 32 overall (stem 4, then 2 per stage transition). */
 export const MCI_STRIDE = 32;
 
-/** CLIP-style prompt templates used for zero-shot classification by default. */
-export const DEFAULT_TEMPLATES: readonly string[] = [
-  "a photo of a {}.",
-  "itap of a {}.",
-  "a bad photo of the {}.",
-  "a origami {}.",
-  "a photo of the large {}.",
-  "a {} in a video game.",
-  "art of the {}.",
-  "a photo of the small {}.",
-];
 
 const count = (min = 0): Node => integer({ min });
 const seconds = (doc: string, value: number): Field => withDefault(number({ min: 0 }), value, doc);
@@ -190,6 +179,11 @@ const DATA_FIELDS = {
     "Caption source -> probability of being picked for a sample (per sample, reproducibly); must sum to 1. `alt` is the `.txt` AltText; other sources are keys of the sample's `.json`.",
     { examples: [{ alt: 0.5, vecap: 0.5 }] },
   ),
+  empty_captions: withDefault(
+    oneOf(["skip", "keep"]),
+    "skip",
+    "A caption that is empty or only whitespace (img2dataset writes an empty `.txt` for an image without alt text): `skip` counts it as missing (a sample with no other caption is skipped, reason `no caption`); `keep` trains on it as the caption \"\". Evaluation never uses an empty caption as a retrieval query.",
+  ),
   caption_mode: withDefault(oneOf(["sample", "both"]), "sample", "`sample`: one caption per sample, drawn by `captions`; `both`: each image with both of exactly two sources, losses summed."),
   augment: withDefault(
     union([boolean(), object(AUGMENT_FIELDS)], { expect: "true, false or a mapping", typeDoc: "boolean or mapping" }),
@@ -283,10 +277,9 @@ const EVAL_FIELDS = {
   retrieval: withDefault(boolean(), true, "Image-text retrieval (R@k in both directions) on the validation set."),
   batch_size: withDefault(integer({ min: 1 }), 256, "Evaluation batch size."),
   templates: withDefault(
-    list(string({ pattern: /\{\}/, expect: 'a template containing "{}"' }), { minItems: 1 }),
-    [...DEFAULT_TEMPLATES],
-    'Zero-shot prompt templates; `{}` is replaced by the class name and the class embedding is their mean.',
-    { defaultDoc: `${DEFAULT_TEMPLATES.length} CLIP templates ("a photo of a {}.", ...)` },
+    nullable(list(string({ pattern: /\{c?\}/, expect: 'a template containing "{}" or "{c}"' }), { minItems: 1 })),
+    null,
+    'Zero-shot prompt templates; `{}` (or CLIP_benchmark\'s `{c}`) is replaced by the class name and the class embedding is their mean. null: the dataset\'s `zeroshot_classification_templates.txt` (one a line, next to the val shards or in their parent directory), else 8 CLIP templates ("a photo of a {}.", ...).',
   ),
   recall_at: withDefault(list(integer({ min: 1 }), { minItems: 1 }), [1, 5, 10], "Retrieval R@k values reported."),
   captions: withDefault(

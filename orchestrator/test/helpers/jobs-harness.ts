@@ -238,7 +238,7 @@ export class FakeRank {
     this.send({ $case: "heartbeat", value: { phase: 4, gpuUtilization: 0, gpuMemoryBytes: 0 } });
   }
 
-  step(step: number, loss = 4 - step * 0.01): void {
+  step(step: number, loss = 4 - step * 0.01, skippedByReason: Record<string, number> = {}): void {
     this.send({
       $case: "step",
       value: {
@@ -253,11 +253,12 @@ export class FakeRank {
         stepSeconds: 0.1,
         dataWaitSeconds: 0.01,
         computeSeconds: 0.09,
-        skippedSamples: 0,
         nanSkipped: false,
         samples: [],
         extra: {},
         outOfRangeLabels: 0,
+        skippedSamples: Object.values(skippedByReason).reduce((a, n) => a + n, 0),
+        skippedByReason,
       },
     });
   }

@@ -1,7 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { truncateSync, utimesSync, writeFileSync, mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync, truncateSync, utimesSync, writeFileSync, mkdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
 import { InvalidArgumentError } from "../../src/domain/index.js";
 import {
@@ -53,6 +54,12 @@ void test("sample keys follow webdataset's base_plus_ext and metadata rules", ()
   assert.equal(sampleKeyOf("README"), null);
   assert.equal(sampleKeyOf("__key__"), null);
   assert.equal(sampleKeyOf("__meta__/x.json"), null);
+});
+
+void test("sampleKeyOf agrees with the worker's split_member_name on the shared cases", () => {
+  const file = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "..", "tests", "fixtures", "member-names.json");
+  const { cases } = JSON.parse(readFileSync(file, "utf8")) as { cases: [string, string | null, string | null][] };
+  for (const [name, key, ext] of cases) assert.deepEqual(sampleKeyOf(name), key === null ? null : { key, ext }, name);
 });
 
 void test("counts from sizes.json next to the shards", async () => {
@@ -310,6 +317,33 @@ void test("peekCaptionSources reports alt, string json keys and syn", async () =
     // The first non-empty shard is read.
     assert.deepEqual([...(await peekCaptionSources(plain))], ["alt"]);
     assert.deepEqual([...(await peekCaptionSources(manifestOf([])))], []);
+  } finally {
+    cleanup();
+  }
+});
+
+void test("peekCaptionSources reads gzipped members and list-valued json fields", async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const bomb = gzipSync(Buffer.alloc(65 * 1024 * 1024));
+    writeFileSync(
+      join(dir, "0.tar"),
+      tarBytes([
+        { name: "a.jpg", data: "" },
+        { name: "a.txt.gz", data: gzipSync("gzipped alt") },
+        { name: "a.json.gz", data: gzipSync(JSON.stringify({ vecap: "v", coco: ["one", "two"], sizes: [1, 2], none: [] })) },
+        { name: "a.syn.json.gz", data: gzipSync(JSON.stringify({ syn_text: ["s"] })) },
+        { name: "b.jpg", data: "" },
+        { name: "b.json.gz", data: "not gzip" },
+        { name: "c.jpg", data: "" },
+        { name: "c.json.gz", data: bomb },
+        { name: "d.jpg", data: "" },
+        { name: "d.json", data: JSON.stringify({ listed: ["x", 3] }) },
+      ]),
+    );
+    const m = await resolveManifest([`${dir}/0.tar`]);
+    // A list with a string is a source (the worker reads each string); a list of numbers is not.
+    assert.deepEqual([...(await peekCaptionSources(m))].sort(), ["alt", "coco", "listed", "syn", "vecap"]);
   } finally {
     cleanup();
   }

@@ -195,9 +195,19 @@ void describe("fuzz: handlers", () => {
           samples: fc.array(fc.nat(), { maxLength: 4 }),
           extra: fc.dictionary(fc.string(), num, { maxKeys: 3 }),
           outOfRangeLabels: count,
+          skippedByReason: fc.dictionary(fc.string(), count, { maxKeys: 3 }),
         }),
       }),
-      fc.record({ $case: fc.constant("eval" as const), value: fc.record({ step: count, split: fc.string(), metrics: fc.dictionary(fc.string({ maxLength: 300 }), num, { maxKeys: 40 }) }) }),
+      fc.record({
+        $case: fc.constant("eval" as const),
+        value: fc.record({
+          step: count,
+          split: fc.string(),
+          metrics: fc.dictionary(fc.string({ maxLength: 300 }), num, { maxKeys: 40 }),
+          skippedByReason: fc.dictionary(fc.string(), count, { maxKeys: 3 }),
+          warnings: fc.array(fc.string({ maxLength: 2000 }), { maxLength: 12 }),
+        }),
+      }),
       fc.record({
         $case: fc.constant("failure" as const),
         value: fc.record({ kind: fc.constantFrom("exception", "collective", "data", "x".repeat(500)), message: fc.string({ maxLength: 30_000 }), traceback: fc.string({ maxLength: 60_000 }), step: count, fingerprint: fc.string({ maxLength: 500 }) }),

@@ -119,6 +119,52 @@ void describe("job machinery with fake ranks and a fake clock", () => {
     assert.throws(() => ranks[0]?.connect(), FencedError, "the old attempt's ranks are fenced");
   });
 
+  void it("skipped samples by reason: summed over ranks and attempts, unknown reasons as other, a reason-labelled counter", async () => {
+    const { id, ranks } = await running();
+    const [r0, r1] = ranks as [FakeRank, FakeRank];
+    r0.step(1, 3.9, { "no caption": 2 });
+    r1.step(1, 3.9, { "undecodable image": 1, "a reason from a newer worker": 4 });
+    steps(ranks, 2, 10);
+    const p = h.job(id).stages[0]?.progress;
+    assert.equal(p?.skippedSamples, 7);
+    assert.deepEqual(p?.skippedByReason, { "no caption": 2, "undecodable image": 1, other: 4 });
+    const counted = (await h.metrics.skippedByReason.get()).values.map((v) => [v.labels.reason, v.value]);
+    assert.deepEqual(counted.sort(), [["no caption", 2], ["other", 4], ["undecodable image", 1]]);
+    for (const r of ranks) r.checkpoint(10);
+    await until(() => h.job(id).stages[0]?.checkpoints.length === 1, "checkpoint committed");
+    ranks[1]?.proc.exit({ code: null, signal: "SIGKILL" });
+    await h.stageIn(id, "RESTARTING");
+    await h.clock.advance(1100);
+    const next = await h.launched(2);
+    for (const r of next) r.connect();
+    await h.stageIn(id, "RUNNING");
+    next[0]?.step(11, 3.8, { "no caption": 1 });
+    next[1]?.step(11, 3.8);
+    assert.deepEqual(h.job(id).stages[0]?.progress.skippedByReason, { "no caption": 3, "undecodable image": 1, other: 4 });
+  });
+
+  void it("an evaluation's skipped val samples and warnings replace the stage's; each warning is an event", async () => {
+    const { id, ranks } = await running();
+    const r0 = ranks[0] as FakeRank;
+    const evalReport = (step: number, skippedByReason: Record<string, number>, warnings: string[]): void =>
+      r0.send({ $case: "eval", value: { step, split: "val", metrics: { "retrieval/t2i_R@1": 0.5 }, skippedByReason, warnings } });
+    evalReport(5, { "no image": 2, odd: 1 }, ["zero-shot skipped: no classnames.txt or classes.json (zero_shot) next to /x/test/0.tar or in its parent directory"]);
+    await until(() => (h.job(id).stages[0]?.warnings ?? []).length === 1, "warning recorded");
+    await until(() => h.job(id).recentEvents.some((e) => e.type === "warning"), "warning event");
+    const stage = h.job(id).stages[0];
+    assert.deepEqual(stage?.evalSkippedByReason, { "no image": 2, other: 1 });
+    const ev = h.job(id).recentEvents.find((e) => e.type === "warning");
+    assert.match(ev?.reason ?? "", /^zero-shot skipped: no classnames.txt/);
+    evalReport(8, { "no image": 2 }, [ev?.reason ?? ""]);
+    await until(() => h.job(id).stages[0]?.evalSkippedByReason?.other === undefined, "second evaluation recorded");
+    assert.equal(h.job(id).recentEvents.filter((e) => e.type === "warning").length, 1, "a repeated warning is not a new event");
+    evalReport(10, {}, ["w".repeat(5000), ...Array.from({ length: 20 }, (_, i) => `w${i}`)]);
+    await until(() => (h.job(id).stages[0]?.warnings ?? []).length === 8, "bounded warnings");
+    await until(() => h.job(id).recentEvents.filter((e) => e.type === "warning").length === 9, "an event for each new warning");
+    assert.deepEqual(h.job(id).stages[0]?.evalSkippedByReason, {});
+    assert.ok((h.job(id).stages[0]?.warnings?.[0]?.length ?? 0) <= 1024);
+  });
+
   void it("a lost session waits out the settle window; a rank's exit within it is blamed instead", async () => {
     const { id, ranks } = await running();
     steps(ranks, 1, 3);

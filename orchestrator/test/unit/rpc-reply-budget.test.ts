@@ -30,6 +30,8 @@ function stage(name: string, attempts: number, reasonBytes: number, errorBytes: 
     startedAtMs: 1,
     endedAtMs: 2,
     attemptsOmitted: 0,
+    warnings: [],
+    evalSkippedByReason: {},
   };
 }
 

@@ -126,7 +126,7 @@ const CASES: [string, string, string][] = [
   ["a remote shard source", spec({ data: '{train: "pipe:aws s3 cp s3://b/{00000..00003}.tar -"}' }), 'spec.yaml:3:8: data.train: "pipe:aws s3 cp s3://b/{00000..00003}.tar -": only local shard paths are read today (http(s)://, pipe: and object stores are planned; see docs/data.md)'],
   ["env values are strings", spec({}, "worker: {env: {OMP_NUM_THREADS: 1}}\n"), "spec.yaml:6:16: worker.env.OMP_NUM_THREADS: expected a non-empty string, got 1"],
   ["keep_every_steps cadence", spec({}, "checkpoint: {every_steps: 20, keep_every_steps: 50}\n"), "spec.yaml:6:31: checkpoint.keep_every_steps: 50 is not a multiple of checkpoint.every_steps 20, so it would keep no checkpoint"],
-  ["template placeholder", spec({}, 'eval: {templates: ["a photo"]}\n'), 'spec.yaml:6:20: eval.templates[0]: expected a template containing "{}", got "a photo"'],
+  ["template placeholder", spec({}, 'eval: {templates: ["a photo"]}\n'), 'spec.yaml:6:20: eval.templates[0]: expected a template containing "{}" or "{c}", got "a photo"'],
   ["eval shorthand", spec({}, "eval: yes\n"), 'spec.yaml:6:1: eval: expected true, false, a mapping or null, got "yes"'],
   ["freeze_backbone on pretrain", spec({}, "freeze_backbone: true\n"), "spec.yaml:6:1: freeze_backbone: only fine-tune tasks freeze the backbone (task is pretrain)"],
   ["eval needs a checkpoint", spec({ task: "eval", data: '{val: "v.tar"}' }), "spec.yaml: init: task eval needs a checkpoint to evaluate (init: {checkpoint: REF})"],

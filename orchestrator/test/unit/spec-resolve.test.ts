@@ -63,6 +63,7 @@ void describe("defaults and presets", () => {
       val: [],
       synth: null,
       captions: { alt: 1 },
+      empty_captions: "skip",
       caption_mode: "sample",
       augment: { crop_scale: [0.9, 1.0], crop_ratio: [0.75, 1.3333333], hflip: 0 },
       fraction: 1,
@@ -149,8 +150,10 @@ void describe("defaults and presets", () => {
     assert.equal(only(parse({ ...MINIMAL, data: { ...MINIMAL.data, val: "v.tar" }, eval: false })).eval, null);
     const withEval = only(parse({ ...MINIMAL, data: { ...MINIMAL.data, val: "v.tar" }, eval: true }));
     assert.deepEqual(withEval.eval, only(parse({ ...MINIMAL, data: { ...MINIMAL.data, val: "v.tar" }, eval: {} })).eval);
-    assert.equal(withEval.eval?.templates.length, 8);
-    assert.ok(withEval.eval?.templates.every((t) => t.includes("{}")));
+    // null: the dataset's zeroshot_classification_templates.txt, else the worker's 8 CLIP templates.
+    assert.equal(withEval.eval?.templates, null);
+    const cb = only(parse({ ...MINIMAL, data: { ...MINIMAL.data, val: "v.tar" }, eval: { templates: ["a photo of a {c}.", "a {} drawing."] } }));
+    assert.deepEqual(cb.eval?.templates, ["a photo of a {c}.", "a {} drawing."]);
     assert.deepEqual(only(parse({ ...MINIMAL, data: { ...MINIMAL.data, augment: false } })).data.augment, { crop_scale: null, crop_ratio: [0.75, 1.3333333], hflip: 0 });
     assert.deepEqual(only(parse({ ...MINIMAL, data: { ...MINIMAL.data, augment: { hflip: 0.5 } } })).data.augment, { crop_scale: [0.9, 1.0], crop_ratio: [0.75, 1.3333333], hflip: 0.5 });
   });

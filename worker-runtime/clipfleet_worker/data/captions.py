@@ -1,11 +1,13 @@
 """Caption sources of a sample and the per-sample, per-epoch caption choice.
 
 Sources (the keys of DataSpec.captions):
-- `alt`: the `.txt` member, the web AltText;
+- `alt`: the `.txt` member, the web AltText: one caption per line (blank
+  lines ignored), as CLIP_benchmark's retrieval sets keep several;
 - `syn`: one element of `syn.json`'s `syn_text` list (DataCompDR layout),
   picked by a keyed draw so it too is a pure function of (seed, epoch, key);
 - any other name: a string field of the `.json` member (`vecap` for VeCLIP).
-Empty or whitespace-only captions count as missing.
+Empty or whitespace-only captions count as missing, unless the caller keeps
+them (`data.empty_captions: keep`): then one is the caption "".
 """
 
 from __future__ import annotations
@@ -31,52 +33,63 @@ def _json_member(members: Mapping[str, bytes], ext: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _clean(text: object) -> str | None:
-    if not isinstance(text, str):
-        return None
-    text = text.strip()
-    return text or None
+def _cleaned(items: Iterable[object]) -> list[str]:
+    return [t for t in (x.strip() for x in items if isinstance(x, str)) if t]
 
 
-def all_captions(members: Mapping[str, bytes], sources: Iterable[str]) -> dict[str, list[str]]:
+def all_captions(
+    members: Mapping[str, bytes], sources: Iterable[str], keep_empty: bool = False
+) -> dict[str, list[str]]:
     """Every caption of each requested source (evaluation: retrieval uses all of them).
 
-    A `.json` field may hold a string or a list of strings (COCO-style multi-caption).
+    A `.txt` holds one caption per line (so a caption cannot contain a
+    newline); a `.json` field may hold a string or a list of strings
+    (COCO-style multi-caption). keep_empty: a source that is present but has
+    only empty or whitespace captions gives the one caption "".
     """
     meta: dict | None = None
     out: dict[str, list[str]] = {}
     for source in sources:
-        texts: list[str] = []
+        items: list[object] | None = None
         if source == ALT:
             raw = members.get("txt")
             if raw is not None:
-                t = _clean(raw.decode("utf-8", errors="replace"))
-                texts = [t] if t else []
+                items = list(raw.decode("utf-8", errors="replace").splitlines())
         elif source == SYN:
             syn = _json_member(members, "syn.json").get("syn_text")
             if isinstance(syn, list):
-                texts = [t for t in (_clean(x) for x in syn) if t]
+                items = syn
         else:
             if meta is None:
                 meta = _json_member(members, "json")
             value = meta.get(source)
-            items = value if isinstance(value, list) else [value]
-            texts = [t for t in (_clean(x) for x in items) if t]
+            if value is not None:
+                items = value if isinstance(value, list) else [value]
+        if items is None:
+            continue
+        texts = _cleaned(items)
+        if not texts and keep_empty and (not items or any(isinstance(x, str) for x in items)):
+            texts = [""]
         if texts:
             out[source] = texts
     return out
 
 
 def caption_sources(
-    members: Mapping[str, bytes], sources: Iterable[str], seed: int, epoch: int, key: str
+    members: Mapping[str, bytes],
+    sources: Iterable[str],
+    seed: int,
+    epoch: int,
+    key: str,
+    keep_empty: bool = False,
 ) -> dict[str, str]:
     """One caption per available source, as choose_caption expects.
 
-    Sources holding several captions (syn_text, a list field) contribute one,
-    picked by a keyed draw.
+    Sources holding several captions (a multi-line `.txt`, syn_text, a list
+    field) contribute one, picked by a keyed draw.
     """
     out: dict[str, str] = {}
-    for source, texts in all_captions(members, sources).items():
+    for source, texts in all_captions(members, sources, keep_empty).items():
         if len(texts) == 1:
             out[source] = texts[0]
         else:

@@ -8,9 +8,10 @@ ready yet, and that blocked time is reported as data-wait. iterate_split does
 the same for sequential evaluation over a whole split.
 
 Failure policy: a sample that cannot be decoded (corrupt image bytes, no
-caption, missing label map) is skipped and counted, its slot zero-filled and
-marked invalid so batch shapes never change. A broken shard (truncated, not a
-tar, index past its end) is a DataError naming the shard, raised to the
+caption, missing label map, a bad gzipped member) is skipped and counted by
+reason (SKIP_REASONS), its slot zero-filled and marked invalid so batch
+shapes never change. A broken shard (truncated, not a tar, index past its
+end) is a DataError naming the shard, raised to the
 consumer. A label map with a wrong layout (8-bit depth, RGB mask, size
 mismatch) is a dataset error, also a DataError.
 """
@@ -35,6 +36,7 @@ from PIL import Image
 
 from ..errors import ConfigError, DataError
 from .captions import all_captions, caption_sources, choose_caption, choose_caption_pair
+from .members import BAD_GZIP, GZIP_TOO_LARGE, MemberError, decoded_members
 from .shards import read_classes
 from .tarindex import TarIndex
 from .transforms import AugmentParams, image_transform, joint_transform
@@ -43,6 +45,20 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SEG_EXT = "seg.png"
 DEPTH_EXT = "depth.png"
 TASKS = ("pretrain", "finetune-seg", "finetune-depth", "eval")
+EMPTY_CAPTIONS = ("skip", "keep")
+# Every reason a sample is skipped for: step and eval reports carry counts by these names,
+# and the orchestrator keeps them as a bounded label set.
+SKIP_REASONS = (
+    "no image",
+    "undecodable image",
+    "no caption",
+    BAD_GZIP,
+    GZIP_TOO_LARGE,
+    f"no {SEG_EXT}",
+    f"undecodable {SEG_EXT}",
+    f"no {DEPTH_EXT}",
+    f"undecodable {DEPTH_EXT}",
+)
 
 Tokenize = Callable[[list[str]], torch.Tensor]
 
@@ -111,6 +127,7 @@ class LoaderConfig:
     augment: AugmentParams | None  # None: val transform
     num_classes: int | None
     ignore_index: int
+    empty_captions: str = "skip"  # "keep": an empty caption is the caption ""
 
     @property
     def wants_captions(self) -> bool:
@@ -139,7 +156,15 @@ class LoaderConfig:
             augment=AugmentParams.from_cfg(data["augment"]) if split == "train" else None,
             num_classes=num_classes,
             ignore_index=int(dense.get("ignore_index", 255)),
+            empty_captions=_empty_captions(data),
         )
+
+
+def _empty_captions(data: dict) -> str:
+    mode = str(data.get("empty_captions") or "skip")
+    if mode not in EMPTY_CAPTIONS:
+        raise ConfigError(f"expected one of {', '.join(EMPTY_CAPTIONS)}, got {mode!r}", field="data.empty_captions")
+    return mode
 
 
 def resolve_num_classes(cfg: dict, shard_urls: Sequence[str]) -> int:
@@ -269,8 +294,12 @@ def _decode_sample(
     """Read and decode one sample. DataError for a broken shard; a skip reason otherwise."""
     idx = shardset.index(s)
     key = idx.key(i)
-    members = idx.read(i)
     out = _Sample(key=key)
+    try:
+        members = decoded_members(idx.read(i))
+    except MemberError as e:
+        out.reason = e.reason
+        return out
     data = _find_image(members)
     if data is None:
         out.reason = "no image"
@@ -279,7 +308,7 @@ def _decode_sample(
         out.captions = all_captions(members, eval_sources)
         out.label = _label_of(members)
     elif cfg.wants_captions:
-        available = caption_sources(members, cfg.captions, cfg.seed, epoch, key)
+        available = caption_sources(members, cfg.captions, cfg.seed, epoch, key, cfg.empty_captions == "keep")
         if cfg.caption_mode == "both":
             pair = choose_caption_pair(available, cfg.captions, cfg.seed, epoch, key)
             if pair is None:
@@ -465,6 +494,18 @@ def _stack_dense(samples: list[_Sample], cfg: LoaderConfig) -> tuple[torch.Tenso
             depth[j] = torch.from_numpy(smp.depth)
         oor += smp.out_of_range
     return seg, depth, oor
+
+
+def skip_counts(reasons: dict[str, int]) -> list[float]:
+    """Counts in SKIP_REASONS order, then "other": a fixed-length vector ranks can all-reduce."""
+    out = [float(reasons.get(r, 0)) for r in SKIP_REASONS]
+    out.append(float(sum(n for r, n in reasons.items() if r not in SKIP_REASONS)))
+    return out
+
+
+def skips_by_reason(counts: Sequence[float]) -> dict[str, int]:
+    """The non-zero entries of a skip_counts vector, by reason."""
+    return {r: int(n) for r, n in zip((*SKIP_REASONS, "other"), counts) if n}
 
 
 def _skips(samples: list[_Sample]) -> tuple[int, dict[str, int]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 
 from ..errors import ConfigError
 
@@ -136,6 +137,60 @@ def read_sizes(urls: list[str]) -> list[int | None]:
 def read_classes(url: str) -> dict | None:
     """The dataset's `classes.json` (written by synth/convert) next to a shard, if any."""
     return _load_json(os.path.join(os.path.dirname(local_path(url)), "classes.json"))
+
+
+CLASSNAMES_TXT = "classnames.txt"
+TEMPLATES_TXT = "zeroshot_classification_templates.txt"
+
+
+@dataclass(frozen=True)
+class ZeroShotClasses:
+    """A val set's class names, and its own prompt templates when it ships them."""
+
+    names: list[str]
+    templates: list[str] | None
+    source: str  # the file the names came from
+
+
+def read_zero_shot(url: str) -> ZeroShotClasses | None:
+    """The zero-shot class names of the dataset a val shard belongs to, or None.
+
+    `classes.json`'s `zero_shot` list next to the shard; else CLIP_benchmark's
+    `classnames.txt` (one class a line) next to the shard or in the parent
+    directory (its webdataset layout is `<dataset>/test/0.tar` with the text
+    files in `<dataset>/`). Templates come from `zeroshot_classification_templates.txt`
+    found the same way (one a line, `{c}` or `{}` for the class name).
+    """
+    directory = os.path.dirname(local_path(url))
+    places = [directory, os.path.dirname(directory)]
+    names: list[str] | None = None
+    source = ""
+    classes = _load_json(os.path.join(directory, "classes.json"))
+    if classes is not None and isinstance(classes.get("zero_shot"), list) and classes["zero_shot"]:
+        names, source = [str(n) for n in classes["zero_shot"]], os.path.join(directory, "classes.json")
+    else:
+        found = _first_lines_file(places, CLASSNAMES_TXT)
+        if found is not None:
+            source, names = found
+    if not names:
+        return None
+    templates = _first_lines_file(places, TEMPLATES_TXT)
+    return ZeroShotClasses(names, templates[1] if templates else None, source)
+
+
+def _first_lines_file(places: list[str], name: str) -> tuple[str, list[str]] | None:
+    """(path, non-blank stripped lines) of the first `name` in places that has any."""
+    for place in places:
+        path = os.path.join(place, name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = [line.strip() for line in f]
+        except FileNotFoundError:
+            continue
+        lines = [line for line in lines if line]
+        if lines:
+            return path, lines
+    return None
 
 
 def _load_json(path: str) -> dict | None:

@@ -13,16 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tarfile
 import threading
 from array import array
 
 from ..errors import DataError
+from .members import gz_stripped
 from .shards import local_path
 
-# Bumped whenever the cached layout or the grouping rule changes.
-_CACHE_VERSION = 1
+# Bumped whenever the cached layout or the grouping rule changes (2: metadata names skipped).
+_CACHE_VERSION = 2
 _BLOCK = 512
+# webdataset's metadata names (`__index__`, anything under `__name__/`), as the orchestrator's tar.ts.
+_METADATA = re.compile(r"__[^/]*__($|/)")
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
@@ -30,9 +34,12 @@ def split_member_name(name: str) -> tuple[str, str] | None:
 
     The key is the path with everything from the first dot of the basename
     removed, so `a/0001.syn.json` is key `a/0001`, extension `syn.json`;
-    extensions are lower-cased. Names without a dot in the basename are not
-    sample members (WebDataset skips them too).
+    extensions are lower-cased. Names without a dot in the basename and
+    webdataset metadata names (`__index__`, `__name__/...`) are not sample
+    members (WebDataset skips them too).
     """
+    if _METADATA.match(name):
+        return None
     slash = name.rfind("/")
     dot = name.find(".", slash + 1)
     if dot <= slash + 1:
@@ -256,9 +263,10 @@ def _build(path: str, file_size: int) -> tuple:
                     current_exts = set()
                     keys.append(key)
                     sample_start.append(len(member_offset))
-                elif ext in current_exts:
-                    raise DataError(f"sample has two {ext!r} members", shard=path, key=key)
-                current_exts.add(ext)
+                # `k.txt` and `k.txt.gz` both read as `txt` (members.py), so they clash too.
+                elif gz_stripped(ext) in current_exts:
+                    raise DataError(f"sample has two {gz_stripped(ext)!r} members", shard=path, key=key)
+                current_exts.add(gz_stripped(ext))
                 if ext not in ext_ids:
                     ext_ids[ext] = len(exts)
                     exts.append(ext)

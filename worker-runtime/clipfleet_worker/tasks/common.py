@@ -50,18 +50,31 @@ class TaskContext:
     def report_step(self, **fields: Any) -> None:
         samples = fields.pop("samples", None) or []
         extra = fields.pop("extra", None) or {}
+        reasons = fields.pop("skipped_by_reason", None) or {}
         msg = pb.StepReport(**fields)
+        for k, n in reasons.items():
+            msg.skipped_by_reason[k] = int(n)
         msg.samples.extend(int(s) for s in samples)
         for k, v in extra.items():
             msg.extra[k] = float(v)
         self.agent.send(pb.WorkerMessage(step=msg))
 
-    def report_eval(self, step: int, metrics: dict[str, float], split: str = "val") -> None:
+    def report_eval(
+        self,
+        step: int,
+        metrics: dict[str, float],
+        split: str = "val",
+        skipped_by_reason: dict[str, int] | None = None,
+        warnings: list[str] | tuple[str, ...] = (),
+    ) -> None:
         if self.rank != 0:
             return
         msg = pb.EvalResult(step=step, split=split)
         for k, v in metrics.items():
             msg.metrics[k] = float(v)
+        for k, n in (skipped_by_reason or {}).items():
+            msg.skipped_by_reason[k] = int(n)
+        msg.warnings.extend(warnings)
         self.agent.send(pb.WorkerMessage(eval=msg))
         print(f"clipfleet worker: evaluation at step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())), flush=True)
 

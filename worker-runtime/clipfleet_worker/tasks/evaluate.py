@@ -21,9 +21,9 @@ import torch
 import torch.distributed as dist
 
 from .. import distributed as D
-from ..data.loader import iterate_split
-from ..data.shards import read_classes
-from ..evaluation import retrieval_metrics, zero_shot_classifier, zero_shot_counts
+from ..data.loader import iterate_split, skip_counts, skips_by_reason
+from ..data.shards import read_zero_shot
+from ..evaluation import DEFAULT_TEMPLATES, retrieval_metrics, zero_shot_classifier, zero_shot_counts
 from ..models import build_clip, params_sha256
 from ..tokenizers import build_tokenizer
 from .common import TaskContext, load_init_weights
@@ -48,11 +48,16 @@ def gather_rows(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_clip(ctx: TaskContext, model: torch.nn.Module, tokenizer: Any, step: int) -> dict[str, float]:
-    """Retrieval and zero-shot metrics on the val shards (rank 0 gets them; other ranks get {})."""
+    """Retrieval and zero-shot metrics on the val shards, reported to the orchestrator.
+
+    Rank 0 gets the metrics; other ranks get {}. The report also carries the
+    val samples skipped, by reason, and a warning for each metric left out.
+    """
     cfg, a = ctx.cfg, ctx.assignment
     ev = cfg.get("eval") or {}
     shards = [(s.url, s.samples) for s in a.val_shards]
     if not shards:
+        ctx.report_eval(step, {})
         return {}
     device = ctx.device
     context_length = int(cfg["model"]["text"]["context_length"])
@@ -62,6 +67,7 @@ def evaluate_clip(ctx: TaskContext, model: torch.nn.Module, tokenizer: Any, step
     model.eval()
     img_feats, labels, img_ids = [], [], []
     txt_feats, txt_owner = [], []
+    reasons: dict[str, int] = {}
     for b in iterate_split(
         shards,
         int(ev.get("batch_size", 256)),
@@ -71,6 +77,8 @@ def evaluate_clip(ctx: TaskContext, model: torch.nn.Module, tokenizer: Any, step
         world_size=ctx.world_size,
         threads=int(cfg["data"].get("loader_threads") or 2),
     ):
+        for r, n in b.skip_reasons.items():
+            reasons[r] = reasons.get(r, 0) + n
         keep = [i for i, ok in enumerate(b.valid.tolist()) if ok]
         if not keep:
             continue
@@ -92,7 +100,9 @@ def evaluate_clip(ctx: TaskContext, model: torch.nn.Module, tokenizer: Any, step
     lab = gather_rows(torch.cat(labels) if labels else torch.zeros((0,), dtype=torch.long, device=device), device)
     txt = gather_rows(torch.cat(txt_feats) if txt_feats else torch.zeros((0, dim), device=device), device)
     own = gather_rows(torch.cat(txt_owner) if txt_owner else torch.zeros((0,), dtype=torch.long, device=device), device)
+    skipped = skips_by_reason(D.all_reduce_sum(skip_counts(reasons), device))
     metrics: dict[str, float] = {}
+    warnings: list[str] = []
     if ctx.rank == 0 and img.shape[0] > 0:
         position = {int(s): i for i, s in enumerate(ids.tolist())}
         if ev.get("retrieval", True) and txt.shape[0] > 0:
@@ -101,20 +111,46 @@ def evaluate_clip(ctx: TaskContext, model: torch.nn.Module, tokenizer: Any, step
             for k, v in retrieval_metrics(img, txt, txt_to_img, ks).items():
                 if "_R@" in k:
                     metrics[f"retrieval/{k}"] = v
-        classes = read_classes(shards[0][0])
-        names = (classes or {}).get("zero_shot")
-        if ev.get("zero_shot", True) and names and bool((lab >= 0).any()):
-            sel = lab >= 0
-            classifier = zero_shot_classifier(model, tokenizer, names, list(ev.get("templates") or ["a photo of a {}."]), context_length)
-            ks = tuple(k for k in (1, 5) if k < len(names) or k == 1)
-            counts = zero_shot_counts(img[sel], classifier, lab[sel], ks)
-            n = max(1, counts.pop("count"))
-            for k, v in counts.items():
-                metrics[f"zeroshot/{k}"] = v / n
+        if ev.get("retrieval", True) and txt.shape[0] == 0:
+            warnings.append(f"retrieval skipped: no val sample has a caption from {', '.join(explicit or sources)}")
+        if ev.get("zero_shot", True):
+            warnings += _zero_shot(model, tokenizer, ev, shards[0][0], img, lab, context_length, metrics)
+    if ctx.rank == 0 and img.shape[0] == 0:
+        warnings.append("evaluation skipped: no val sample could be read")
+    for w in warnings:
+        print(f"clipfleet worker: warning: {w}", flush=True)
+    ctx.report_eval(step, metrics, skipped_by_reason=skipped, warnings=warnings)
     D.barrier()
     if was_training:
         model.train()
     return metrics
+
+
+def _zero_shot(model: torch.nn.Module, tokenizer: Any, ev: dict, shard: str, img: torch.Tensor, lab: torch.Tensor,
+               context_length: int, metrics: dict[str, float]) -> list[str]:
+    """Adds zeroshot/top-k to metrics; returns why it was left out or partial (warnings)."""
+    classes = read_zero_shot(shard)
+    if classes is None:
+        return [f"zero-shot skipped: no classnames.txt or classes.json (zero_shot) next to {shard} or in its parent directory"]
+    names = classes.names
+    labelled = lab >= 0
+    if not bool(labelled.any()):
+        return ["zero-shot skipped: no val sample has a class label (.json label/cls or a .cls member)"]
+    warnings = []
+    sel = labelled & (lab < len(names))
+    if int(labelled.sum()) != int(sel.sum()):
+        warnings.append(f"zero-shot: {int(labelled.sum()) - int(sel.sum())} val samples have a class label outside the "
+                        f"{len(names)} classes of {classes.source}; left out of the accuracy")
+        if not bool(sel.any()):
+            return warnings
+    templates = list(ev.get("templates") or classes.templates or DEFAULT_TEMPLATES)
+    classifier = zero_shot_classifier(model, tokenizer, names, templates, context_length)
+    ks = tuple(k for k in (1, 5) if k < len(names) or k == 1)
+    counts = zero_shot_counts(img[sel], classifier, lab[sel], ks)
+    n = max(1, counts.pop("count"))
+    for k, v in counts.items():
+        metrics[f"zeroshot/{k}"] = v / n
+    return warnings
 
 
 def run(ctx: TaskContext) -> None:
@@ -126,6 +162,5 @@ def run(ctx: TaskContext) -> None:
     model.load_state_dict(state)
     ctx.phase(0, "evaluating")
     metrics = evaluate_clip(ctx, model, tokenizer, 0)
-    ctx.report_eval(0, metrics)
     ctx.report_finished(0, params_sha256(model), metrics)
     print(f"clipfleet worker: evaluated {os.path.basename(ctx.assignment.init.dir)}", flush=True)

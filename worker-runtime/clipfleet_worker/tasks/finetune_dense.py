@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import distributed as D
-from ..data.loader import iterate_split, resolve_num_classes, seg_class_names
+from ..data.loader import iterate_split, resolve_num_classes, seg_class_names, skip_counts, skips_by_reason
 from ..evaluation import DEPTH_KEYS, add_sums, depth_metric_sums, depth_metrics_from_sums, seg_class_iou, seg_confusion, seg_metrics
 from ..losses import depth_loss, seg_loss
 from ..models import DenseModel, TowerLoadReport, build_dense_model, load_image_tower, params_sha256
@@ -108,8 +108,8 @@ def run(ctx: TaskContext) -> None:
 
     def evaluate(step: int) -> dict[str, float]:
         ctx.phase(step, "evaluating")
-        metrics = evaluate_dense(ctx, model, num_classes)
-        ctx.report_eval(step, metrics)
+        metrics, skipped = evaluate_dense(ctx, model, num_classes)
+        ctx.report_eval(step, metrics, skipped_by_reason=skipped)
         ctx.phase(step, "training")
         return metrics
 
@@ -160,6 +160,7 @@ def run(ctx: TaskContext) -> None:
                 data_wait_seconds=data_wait,
                 compute_seconds=now - t_compute,
                 skipped_samples=batch.skipped,
+                skipped_by_reason=batch.skip_reasons,
                 nan_skipped=nan_skipped,
                 out_of_range_labels=batch.seg_out_of_range,
                 samples=[sid for sid, ok in zip(batch.sample_ids, batch.valid.tolist()) if ok] if audit else None,
@@ -247,8 +248,9 @@ def _sync_buffers(model: torch.nn.Module) -> None:
 
 
 @torch.no_grad()
-def evaluate_dense(ctx: TaskContext, model: DenseModel, num_classes: int | None) -> dict[str, float]:
-    """Dense metrics over the whole val split (every rank a block; sums reduced), identical on every rank.
+def evaluate_dense(ctx: TaskContext, model: DenseModel, num_classes: int | None) -> tuple[dict[str, float], dict[str, int]]:
+    """Dense metrics over the whole val split (every rank a block; sums reduced), identical on every rank,
+    and the val samples skipped (all ranks) by reason.
 
     seg: "seg/mIoU", "seg/mAcc", "seg/pixel_acc" from one confusion matrix;
     depth: "depth/rmse", "depth/abs_rel", "depth/delta1..3" averaged over images.
@@ -259,7 +261,7 @@ def evaluate_dense(ctx: TaskContext, model: DenseModel, num_classes: int | None)
     if not shards:
         if ctx.rank == 0:
             print("clipfleet worker: no val shards: dense evaluation skipped", flush=True)
-        return {}
+        return {}, {}
     kind = DENSE_KIND[cfg["task"]]
     dense, device = cfg["dense"], ctx.device
     ignore_index, max_depth = int(dense["ignore_index"]), float(dense["max_depth"])
@@ -269,7 +271,8 @@ def evaluate_dense(ctx: TaskContext, model: DenseModel, num_classes: int | None)
     model.eval()
     confusion = torch.zeros((num_classes or 0, num_classes or 0), dtype=torch.int64)
     sums: dict[str, float] = {k: 0.0 for k in (*DEPTH_KEYS, "count")}
-    out_of_range = skipped = 0
+    out_of_range = 0
+    reasons: dict[str, int] = {}
     for b in iterate_split(
         shards,
         batch_size,
@@ -281,7 +284,8 @@ def evaluate_dense(ctx: TaskContext, model: DenseModel, num_classes: int | None)
         world_size=ctx.world_size,
         threads=int(cfg["data"].get("loader_threads") or 2),
     ):
-        skipped += b.skipped
+        for r, n in b.skip_reasons.items():
+            reasons[r] = reasons.get(r, 0) + n
         out_of_range += b.seg_out_of_range
         if not bool(b.valid.any()):
             continue
@@ -294,7 +298,8 @@ def evaluate_dense(ctx: TaskContext, model: DenseModel, num_classes: int | None)
             assert b.depth is not None
             target = b.depth.to(device)
             sums = add_sums(sums, depth_metric_sums(out, target, depth_mask(target, b.valid.to(device), max_depth)))
-    counts = D.all_reduce_sum([float(out_of_range), float(skipped)], device)
+    counts = D.all_reduce_sum([float(out_of_range), *skip_counts(reasons)], device)
+    skipped = skips_by_reason(counts[1:])
     metrics: dict[str, float] = {}
     if kind == "seg":
         confusion = confusion.to(device)
@@ -313,9 +318,9 @@ def evaluate_dense(ctx: TaskContext, model: DenseModel, num_classes: int | None)
         reduced = dict(zip(keys, D.all_reduce_sum([sums[k] for k in keys], device)))
         metrics = {f"depth/{k}": v for k, v in depth_metrics_from_sums(reduced).items()}
     undefined = sorted(k for k, v in metrics.items() if not math.isfinite(v))
-    if ctx.rank == 0 and (undefined or counts[0] or counts[1]):
-        print(f"clipfleet worker: dense evaluation: {int(counts[1])} val samples skipped, {int(counts[0])} out-of-range label pixels ignored"
+    if ctx.rank == 0 and (undefined or counts[0] or skipped):
+        print(f"clipfleet worker: dense evaluation: {sum(skipped.values())} val samples skipped, {int(counts[0])} out-of-range label pixels ignored"
               + (f"; undefined (no labelled pixels): {', '.join(undefined)}" if undefined else ""), flush=True)
     if was_training:
         model.train()
-    return {k: v for k, v in metrics.items() if k not in undefined}
+    return {k: v for k, v in metrics.items() if k not in undefined}, skipped

@@ -104,6 +104,7 @@ def run(ctx: TaskContext) -> None:
                 data_wait_seconds=data_wait,
                 compute_seconds=compute,
                 skipped_samples=batch.skipped,
+                skipped_by_reason=batch.skip_reasons,
                 nan_skipped=nan_skipped,
                 samples=[sid for sid, ok in zip(batch.sample_ids, batch.valid.tolist()) if ok] if audit else None,
             )
@@ -115,7 +116,6 @@ def run(ctx: TaskContext) -> None:
             if eval_cfg and eval_cfg.get("every_steps") and step % int(eval_cfg["every_steps"]) == 0 and step != total:
                 ctx.phase(step, "evaluating")
                 last_metrics = evaluate_clip(ctx, model, tokenizer, step)
-                ctx.report_eval(step, last_metrics)
                 ctx.phase(step, "training")
                 t_last = time.perf_counter()
             if sync.stop and step < total:
@@ -131,7 +131,6 @@ def run(ctx: TaskContext) -> None:
     if eval_cfg and eval_cfg.get("at_end", True):
         ctx.phase(step, "evaluating")
         last_metrics = evaluate_clip(ctx, model, tokenizer, step)
-        ctx.report_eval(step, last_metrics)
     ctx.report_finished(step, params_sha256(model), last_metrics)
 
 
