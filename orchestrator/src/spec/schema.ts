@@ -159,7 +159,7 @@ const SYNTH_FIELDS = {
   train: required(integer({ min: 1 }), "Training samples."),
   val: withDefault(integer({ min: 1 }), 256, "Validation samples."),
   shards: withDefault(integer({ min: 1 }), 4, "Training shards; the validation split gets ceil(shards / 4), and `val` must fill them."),
-  size: derived(integer({ min: 1 }), "`model.image.image_size`", "Image side in pixels."),
+  size: derived(integer({ min: 16 }), "`model.image.image_size`", "Image side in pixels."),
   seed: derived(integer({ min: 0, max: MAX_SEED }), "the stage `seed`", "Generator seed: the same seed gives the same dataset."),
 } satisfies Record<keyof SynthSpec, Field>;
 

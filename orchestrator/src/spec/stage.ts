@@ -158,6 +158,8 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
     const size = s.size ?? image?.image_size;
     const synthSeed = s.seed ?? seed;
     synth = size === undefined || synthSeed === undefined ? undefined : { ...s, out: nodePath.resolve(ctx.baseDir, s.out), size, seed: synthSeed };
+    // The generator draws shapes that need 16 px; an image_size under that must not reach it as a derived size.
+    if (s.size === undefined && size !== undefined && size < 16) add(["data", "synth", "size"], `the generator needs images of at least 16 px; model.image.image_size is ${size}: set data.synth.size >= 16`);
     if (s.shards > s.train) add(["data", "synth", "shards"], `${s.shards} shards need at least ${s.shards} train samples, got data.synth.train ${s.train}`);
     const valShards = synthValShards(s.shards);
     if (s.val < valShards) add(["data", "synth", "val"], `${s.val} samples cannot fill the ${valShards} val shards (ceil(shards / 4)); set val >= ${valShards}`);

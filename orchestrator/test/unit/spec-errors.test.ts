@@ -161,6 +161,8 @@ const CASES: [string, string, string][] = [
   ["stage override", PIPE("  - {name: a}\n  - {name: b, train: {lr: -1}}\n"), "spec.yaml:8:23: stages[1].train.lr: expected a positive number, got -1"],
   ["stage cluster vs shared batch", PIPE("  - {name: a}\n  - {name: b, cluster: {workers: 3}}\n"), "spec.yaml:8:5: stages[1].train.batch_size: 8 is not divisible by cluster.workers 3"],
   ["synth shared with different sizes", spec({ data: "{synth: {out: d, train: 64}}" }, "stages:\n  - {name: a}\n  - {name: b, model: {image: {image_size: 64}}}\n"), "spec.yaml:8:5: stages[1].data.synth: generates into d like stage \"a\" but differently (size 64 vs 32); set data.synth.size or use another out"],
+  ["synth size too small", spec({ data: "{synth: {out: d, train: 64, size: 8}}" }), "spec.yaml:3:35: data.synth.size: expected an integer >= 16, got 8"],
+  ["synth derived size too small", spec({ data: "{synth: {out: d, train: 64}}", model: "{image: {preset: vit-tiny, image_size: 8, patch: 4}, text: text-tiny, embed_dim: 64}" }), "spec.yaml:3:8: data.synth.size: the generator needs images of at least 16 px; model.image.image_size is 8: set data.synth.size >= 16"],
   ["command without a command", CMD(""), "spec.yaml: command: missing (task command runs it: command: [python, train.py])"],
   ["a command on a built-in task", spec({}, "command: [python, train.py]\n"), "spec.yaml:6:1: command: only task command runs a command (task is pretrain)"],
   ["a command's script missing", CMD("command: [python, nope.py, --fast]\n"), "spec.yaml:3:19: command[1]: no such file: nope.py"],
