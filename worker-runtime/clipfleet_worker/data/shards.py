@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.error
+import urllib.request
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
+# Small JSON sidecars (classes.json) read over HTTP: hostile input, so capped.
+MAX_SIDECAR_BYTES = 16 << 20
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?$")
 
 
@@ -134,7 +138,16 @@ def read_sizes(urls: list[str]) -> list[int | None]:
 
 
 def read_classes(url: str) -> dict | None:
-    """The dataset's `classes.json` (written by synth/convert) next to a shard, if any."""
+    """The dataset's `classes.json` (written by synth/convert) next to a shard, if any.
+
+    Next to an http(s) shard it is fetched (small, size-capped); a pipe:
+    source has no "next to", so it has none.
+    """
+    if url.startswith(("http://", "https://")):
+        data = http_get_json(url.rsplit("/", 1)[0] + "/classes.json")
+        return data if isinstance(data, dict) else None
+    if url.startswith("pipe:"):
+        return None
     return _load_json(os.path.join(os.path.dirname(local_path(url)), "classes.json"))
 
 
@@ -149,3 +162,22 @@ def _load_json(path: str) -> dict | None:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def http_get_json(url: str, timeout: float = 30.0, limit: int = MAX_SIDECAR_BYTES) -> object | None:
+    """A small JSON document over HTTP (classes.json next to remote shards); None on 404."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body = resp.read(limit + 1)
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise DataError(f"HTTP {e.code} {e.reason}", shard=url) from None
+    except (urllib.error.URLError, OSError) as e:
+        raise DataError(f"{type(e).__name__}: {getattr(e, 'reason', None) or e}", shard=url) from None
+    if len(body) > limit:
+        raise DataError(f"larger than {limit} bytes", shard=url)
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise DataError(f"invalid JSON ({e})", shard=url) from None

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from .. import distributed as D
 from ..data.loader import iterate_split
 from ..data.shards import read_classes
+from ..data.sources import ShardSource
 from ..evaluation import retrieval_metrics, zero_shot_classifier, zero_shot_counts
 from ..models import build_clip, params_sha256
 from ..tokenizers import build_tokenizer
@@ -70,6 +71,7 @@ def evaluate_clip(ctx: TaskContext, model: torch.nn.Module, tokenizer: Any, step
         rank=ctx.rank,
         world_size=ctx.world_size,
         threads=int(cfg["data"].get("loader_threads") or 2),
+        source=ShardSource.from_cfg(cfg),
     ):
         keep = [i for i, ok in enumerate(b.valid.tolist()) if ok]
         if not keep:

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from .. import distributed as D
 from ..data.loader import iterate_split, resolve_num_classes, seg_class_names
+from ..data.sources import ShardSource
 from ..evaluation import DEPTH_KEYS, add_sums, depth_metric_sums, depth_metrics_from_sums, seg_class_iou, seg_confusion, seg_metrics
 from ..losses import depth_loss, seg_loss
 from ..models import DenseModel, TowerLoadReport, build_dense_model, load_image_tower, params_sha256
@@ -280,6 +281,7 @@ def evaluate_dense(ctx: TaskContext, model: DenseModel, num_classes: int | None)
         rank=ctx.rank,
         world_size=ctx.world_size,
         threads=int(cfg["data"].get("loader_threads") or 2),
+        source=ShardSource.from_cfg(cfg),
     ):
         skipped += b.skipped
         out_of_range += b.seg_out_of_range
