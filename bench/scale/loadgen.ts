@@ -213,6 +213,10 @@ class SimRank {
           samples: [],
           extra: this.opts.probe ? { [SENT_AT_KEY]: wallMs(), [PROBE_KEY]: 1 } : { [SENT_AT_KEY]: wallMs() },
           outOfRangeLabels: 0,
+          shardBytesFetched: 0,
+          shardCacheHits: 0,
+          shardCacheMisses: 0,
+          shardFetchSeconds: 0,
         },
       },
     });

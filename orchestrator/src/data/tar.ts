@@ -49,21 +49,22 @@ export class TarReader {
   private lastName: string | null = null;
 
   private constructor(
+    /** The name messages give the file (the shard's path, also for a decompressed copy of a .tar.gz). */
     readonly path: string,
     private readonly fh: FileHandle,
     readonly fileSize: number,
   ) {}
 
   /** Opens `path`; a missing file is the user's error, other I/O failures the environment's. */
-  static async open(path: string): Promise<TarReader> {
+  static async open(path: string, name = path): Promise<TarReader> {
     let fh: FileHandle;
     try {
       fh = await open(path, "r");
     } catch (err) {
-      throw ioError(path, err);
+      throw ioError(name, err);
     }
     const st = await fh.stat();
-    return new TarReader(path, fh, st.size);
+    return new TarReader(name, fh, st.size);
   }
 
   async close(): Promise<void> {
@@ -169,8 +170,8 @@ export class TarReader {
 }
 
 /** Number of WebDataset samples in the tar file at `path` (headers only). */
-export async function countTarSamples(path: string): Promise<number> {
-  const reader = await TarReader.open(path);
+export async function countTarSamples(path: string, name = path): Promise<number> {
+  const reader = await TarReader.open(path, name);
   try {
     let samples = 0;
     let key: string | null = null;

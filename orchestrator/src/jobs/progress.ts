@@ -42,6 +42,10 @@ export class Progress {
     if (duration(rep.computeSeconds) && rep.computeSeconds > 0) m.computeTime.inc(labels, rep.computeSeconds);
     if (rep.skippedSamples > 0) m.skipped.inc(labels, rep.skippedSamples);
     if (rep.outOfRangeLabels > 0) m.outOfRangeLabels.inc(labels, rep.outOfRangeLabels);
+    if (rep.shardBytesFetched > 0) m.shardFetchBytes.inc(labels, rep.shardBytesFetched);
+    if (rep.shardCacheHits > 0) m.shardCacheHits.inc(labels, rep.shardCacheHits);
+    if (rep.shardCacheMisses > 0) m.shardCacheMisses.inc(labels, rep.shardCacheMisses);
+    if (duration(rep.shardFetchSeconds) && rep.shardFetchSeconds > 0) m.shardFetchSeconds.inc(labels, rep.shardFetchSeconds);
     if (rank.rank !== 0) {
       if (dropped > 0) m.valuesDropped.inc(labels, dropped);
       return;

@@ -258,6 +258,10 @@ export class FakeRank {
         samples: [],
         extra: {},
         outOfRangeLabels: 0,
+        shardBytesFetched: 0,
+        shardCacheHits: 0,
+        shardCacheMisses: 0,
+        shardFetchSeconds: 0,
       },
     });
   }

@@ -296,7 +296,7 @@ void test("peekCaptionSources reports alt, string json keys and syn", async () =
       ),
     );
     const m = await resolveManifest([`${dir}/0.tar`]);
-    assert.deepEqual([...(await peekCaptionSources(m))].sort(), ["alt", "caption", "syn", "url", "vecap"]);
+    assert.deepEqual([...((await peekCaptionSources(m)) ?? [])].sort(), ["alt", "caption", "syn", "url", "vecap"]);
 
     mkdirSync(join(dir, "plain"));
     writeFileSync(join(dir, "plain", "0.tar"), tarBytes([{ name: "x.jpg", data: "" }]));
@@ -304,8 +304,8 @@ void test("peekCaptionSources reports alt, string json keys and syn", async () =
     writeFileSync(join(dir, "plain", "sizes.json"), JSON.stringify({ "0.tar": 0, "1.tar": 1 }));
     const plain = await resolveManifest([`${dir}/plain/{0..1}.tar`]);
     // The first non-empty shard is read.
-    assert.deepEqual([...(await peekCaptionSources(plain))], ["alt"]);
-    assert.deepEqual([...(await peekCaptionSources(manifestOf([])))], []);
+    assert.deepEqual([...((await peekCaptionSources(plain)) ?? [])], ["alt"]);
+    assert.deepEqual([...((await peekCaptionSources(manifestOf([]))) ?? [])], []);
   } finally {
     cleanup();
   }
