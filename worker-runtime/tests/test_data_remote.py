@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import json
 import io
 import os
 import signal
@@ -300,3 +301,34 @@ def test_parse_bytes():
     for bad in ("lots", "-1", 0, True, "5 XB"):
         with pytest.raises(ConfigError, match="data.cache.max_bytes"):
             parse_bytes(bad)
+
+
+def test_index_of_a_tar_gz_addresses_its_decompressed_copy(server, tmp_path):
+    from clipfleet_worker.cli_data import build_index
+
+    local = tmp_path / "s.tar.gz"
+    local.write_bytes(gzip.compress(_shard(4)))
+    summary = build_index([str(local), server.url + "/a.tar.gz"], str(tmp_path / "idx"), jobs=2, log=lambda s: None)
+    assert summary["samples"] == 9
+    index = load_index_dir(str(tmp_path / "idx"))
+    assert index[str(local)].bytes == local.stat().st_size
+    source = ShardSource(CacheConfig(dir=str(tmp_path / "cache"), base_delay=0.0), index)
+    for url, n in ((str(local), 4), (server.url + "/a.tar.gz", 5)):
+        idx = source.open(url)
+        assert idx.num_samples == n and idx.read(n - 1)["txt"] == f"caption {n - 1}".encode()
+        idx.close()
+
+
+def test_index_command_needs_out_for_remote_shards_and_names_failures(server, tmp_path):
+    from clipfleet_worker.cli_data import build_index
+
+    with pytest.raises(ConfigError, match="--out is required for remote shards"):
+        build_index([server.url + "/a.tar"], None)
+    with pytest.raises(DataError, match=r"/missing\.tar: HTTP 404"):
+        build_index([server.url + "/missing.tar"], str(tmp_path / "idx"), jobs=1)
+    with pytest.raises(DataError, match=r"pipe:exit 3: command exited with status 3"):
+        build_index(["pipe:exit 3"], str(tmp_path / "idx"), jobs=1)
+    shard = tmp_path / "l.tar"
+    shard.write_bytes(_shard(2))
+    assert build_index([str(shard)], None, jobs=1)["out"] == str(tmp_path)
+    assert json.loads((tmp_path / "sizes.json").read_text()) == {"l.tar": 2}

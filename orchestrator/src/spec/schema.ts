@@ -184,7 +184,7 @@ const AUGMENT_FIELDS = {
 const BYTES_PATTERN = /^\s*\d+(\.\d+)?\s*([KMGT]i?B?|B)?\s*$/i;
 
 const CACHE_FIELDS = {
-  dir: withDefault(nullable(path()), null, "Shard cache directory on each node (absolute, or `~/...`); null: `CLIPFLEET_SHARD_CACHE`, else `${XDG_CACHE_HOME:-~/.cache}/clipfleet/shards`. The ranks of a node share it."),
+  dir: withDefault(nullable(path()), null, "Shard cache directory on each node (absolute, or `~/...`); null: `${XDG_CACHE_HOME:-~/.cache}/clipfleet/shards`. `CLIPFLEET_SHARD_CACHE` in the ranks' environment overrides both. The ranks of a node share it."),
   max_bytes: withDefault(
     union([integer({ min: 1 }), string({ pattern: BYTES_PATTERN, expect: 'bytes like "50GB", "64GiB" or "500M"' })], { expect: 'an integer or a string like "50GB"', typeDoc: 'integer or string ("50GB")' }),
     "64GiB",
@@ -194,7 +194,7 @@ const CACHE_FIELDS = {
 } satisfies Record<keyof ShardCacheSpec, Field>;
 
 const DATA_FIELDS = {
-  train: derived(shards, "from `data.synth`", "Training shards: WebDataset tar patterns with brace ranges (`shards/{00000..00099}.tar`) or `::`-joined lists, relative to the spec file. Required by training tasks unless `data.synth` is set."),
+  train: derived(shards, "from `data.synth`", "Training shards: WebDataset tar patterns with brace ranges (`shards/{00000..00099}.tar`) or `::`-joined lists, relative to the spec file; `.tar.gz` too, and remote sources: `https://host/{00000..00099}.tar`, `pipe:aws s3 cp s3://b/{0..9}.tar -` (see docs/data.md). Required by training tasks unless `data.synth` is set."),
   val: derived(shards, "from `data.synth`, else none", "Validation shards, as `train`; required by `eval` stages and by `eval` sections."),
   synth: withDefault(nullable(object(SYNTH_FIELDS)), null, "Generate a synthetic dataset; fills in `train` and `val` when they are not given."),
   captions: withDefault(
