@@ -121,10 +121,10 @@ class ShardSource:
             try:
                 if entry is not None and entry.index_file is not None:
                     # For a .tar.gz the index describes the decompressed tar, which is what the cache holds.
-                    idx = TarIndex.from_file(path, entry.index_file, os.fstat(fd).st_size, fd=fd)
+                    idx = TarIndex.from_file(url, entry.index_file, os.fstat(fd).st_size, fd=fd)
                 else:
                     idx = TarIndex.open_fd(path, fd, name=url)
-                idx.path = url
+                    idx.path = url  # errors name the shard, not its cache entry
                 return idx
             except BaseException:
                 os.close(fd)
