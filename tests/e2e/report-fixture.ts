@@ -1,5 +1,5 @@
 /**
- * Shared by the observability e2e tests (prometheus-scrape, report-run): a
+ * Shared by the observability e2e tests (prometheus-scrape, report-run; data-convert uses the spec): a
  * small synthetic dataset made with `clipfleet data synth` in the test's own
  * temp dir, and a tiny one-rank pretraining spec over it.
  */
@@ -23,6 +23,8 @@ export interface ObsSpec {
   /** CLIPFLEET_FAULT for the ranks (see worker-runtime tasks/common.py FaultInjection). */
   fault?: string;
   eval?: boolean;
+  /** data.captions (flow YAML); the spec default when absent. */
+  captions?: string;
 }
 
 /** Writes a vit-tiny (32 px) pretraining spec with 1 rank, batch 16, a checkpoint every 10 steps; returns its path. */
@@ -37,7 +39,7 @@ model:
 data:
   train: ${data}/train-{00000..00001}.tar
   val: ${data}/val-{00000..00000}.tar
-train:
+${o.captions ? `  captions: ${o.captions}\n` : ""}train:
   steps: ${o.steps}
   batch_size: 16
   lr: 1.0e-3

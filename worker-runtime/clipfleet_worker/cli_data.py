@@ -14,7 +14,7 @@ from .convert import ConvertParams, convert
 from .data.indexer import build_index
 from .data.shards import expand_urls
 from .errors import ClipfleetWorkerError, ConfigError
-from .synth import SynthParams, generate
+from .synth import SYNTH_DEFAULTS, SynthParams, generate
 
 EXIT_USER_ERROR = 2
 
@@ -22,20 +22,26 @@ EXIT_USER_ERROR = 2
 def add_subcommands(sub: "argparse._SubParsersAction") -> None:
     """Register `synth` and `convert` on an existing subparsers object (for __main__.py)."""
     p = sub.add_parser("synth", help="generate the synthetic shapes dataset (WebDataset shards)")
+    d = SYNTH_DEFAULTS
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--train", type=int, required=True, help="number of train samples")
-    p.add_argument("--val", type=int, default=0, help="number of val samples")
-    p.add_argument("--shards", type=int, required=True, help="number of train shards")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=32, help="image side in pixels")
+    p.add_argument("--train", type=int, default=d["train"], help=f"number of train samples (default {d['train']})")
+    p.add_argument("--val", type=int, default=d["val"], help=f"number of val samples (default {d['val']})")
+    p.add_argument("--shards", type=int, default=d["shards"], help=f"number of train shards (default {d['shards']})")
+    p.add_argument("--val-shards", type=int, help="number of val shards (default ceil(shards / 4); 0 without val samples)")
+    p.add_argument("--seed", type=int, default=d["seed"], help=f"generator seed (default {d['seed']})")
+    p.add_argument("--size", type=int, default=d["size"], help=f"image side in pixels (default {d['size']})")
     p.set_defaults(run=_run_synth)
 
-    c = sub.add_parser("convert", help="pack image + mask/depth folders into WebDataset shards")
-    c.add_argument("--images", required=True, help="directory of .jpg/.png/.webp images")
-    c.add_argument("--masks", help="directory of .png class-id masks (same stems)")
-    c.add_argument("--depth", help="directory of 16-bit .png depth maps in millimetres (same stems)")
+    c = sub.add_parser("convert", help="pack a folder of images with captions and/or masks/depth into WebDataset shards")
+    c.add_argument(
+        "--images",
+        required=True,
+        help="directory of .jpg/.jpeg/.png/.webp images (searched recursively), with same-stem .txt/.json caption files",
+    )
+    c.add_argument("--masks", help="directory of .png class-id masks (same relative stems)")
+    c.add_argument("--depth", help="directory of 16-bit .png depth maps in millimetres (same relative stems)")
     c.add_argument("--out", required=True, help="output directory")
-    c.add_argument("--shards", type=int, required=True)
+    c.add_argument("--shards", type=int, default=1, help="shards to split the samples over, 1 to the sample count (default 1)")
     c.add_argument("--split", default="train", help="shard name prefix (train, val, ...)")
     c.add_argument(
         "--reduce-zero-label",
@@ -54,7 +60,7 @@ def add_subcommands(sub: "argparse._SubParsersAction") -> None:
 
 def _run_synth(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
-    result = generate(SynthParams(args.out, args.train, args.val, args.shards, args.size, args.seed))
+    result = generate(SynthParams(args.out, args.train, args.val, args.shards, args.size, args.seed, args.val_shards))
     return {
         "out": result.out,
         "train_shards": len(result.train_shards),
@@ -65,7 +71,7 @@ def _run_synth(args: argparse.Namespace) -> dict:
 
 
 def _run_convert(args: argparse.Namespace) -> dict:
-    sizes = convert(
+    result = convert(
         ConvertParams(
             images=args.images,
             masks=args.masks,
@@ -77,7 +83,7 @@ def _run_convert(args: argparse.Namespace) -> dict:
             classes=args.classes,
         )
     )
-    return {"out": args.out, "shards": sizes}
+    return result.summary(args.out)
 
 
 def _run_index(args: argparse.Namespace) -> dict:

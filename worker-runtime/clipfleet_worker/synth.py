@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -34,7 +35,10 @@ from PIL import Image, ImageDraw
 from .data.writer import json_bytes, merge_sizes, read_json_object, write_atomic, write_shard
 from .errors import ConfigError
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2  # 2: val shards are ceil(shards / 4), as the spec's data.val default expects; synth.json records val_shards
+
+# `clipfleet data synth` and `python3 -m clipfleet_worker synth` defaults (the spec's data.synth has the same val and shards).
+SYNTH_DEFAULTS = {"train": 2048, "val": 256, "shards": 4, "seed": 0, "size": 64}
 
 SHAPES = ("circle", "square", "triangle", "star", "ring", "cross", "diamond", "hexagon")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -93,6 +97,7 @@ class SynthParams:
     shards: int
     size: int
     seed: int
+    val_shards: int | None = None  # None: val_shard_count(shards)
 
     @staticmethod
     def from_spec(spec: dict) -> "SynthParams":
@@ -104,7 +109,14 @@ class SynthParams:
             shards=int(spec["shards"]),
             size=int(spec["size"]),
             seed=int(spec["seed"]),
+            val_shards=int(spec["val_shards"]) if spec.get("val_shards") is not None else None,
         )
+
+    def val_shard_count(self) -> int:
+        """The val shards written: as given, else ceil(shards / 4) (0 without val samples)."""
+        if self.val_shards is not None:
+            return self.val_shards
+        return default_val_shards(self.shards) if self.val else 0
 
     def validate(self) -> None:
         """Reject values that cannot produce a usable dataset."""
@@ -117,6 +129,14 @@ class SynthParams:
                 f"expected 1..{self.train} shards (one sample per shard at least), got {self.shards}",
                 field="data.synth.shards",
             )
+        vs = self.val_shard_count()
+        if self.val and not 1 <= vs <= self.val:
+            raise ConfigError(
+                f"{self.val} samples cannot fill {vs} val shards (ceil(shards / 4)); give at least {vs} val samples",
+                field="data.synth.val",
+            )
+        if not self.val and vs:
+            raise ConfigError(f"{vs} val shards but no val samples", field="data.synth.val")
         if self.size < 16:
             raise ConfigError(f"expected an image size >= 16 px, got {self.size}", field="data.synth.size")
 
@@ -156,36 +176,58 @@ def class_names() -> dict:
     }
 
 
+def default_val_shards(shards: int) -> int:
+    """How many val shards go with `shards` train shards: ceil(shards / 4).
+
+    The orchestrator's default data.val (orchestrator/src/spec/stage.ts,
+    synthValShards) expects this many and passes it as --val-shards; the
+    test_synth tests pin the two together.
+    """
+    return math.ceil(shards / 4)
+
+
 def shard_layout(params: SynthParams) -> dict[str, list[tuple[int, int]]]:
-    """Per split, the [lo, hi) sample range of each shard; val shards hold as many as train ones."""
-    per_shard = math.ceil(params.train / params.shards)
+    """Per split, the [lo, hi) sample range of each shard, samples split evenly."""
     out = {}
     for split, n, k in (
         ("train", params.train, params.shards),
-        ("val", params.val, math.ceil(params.val / per_shard) if params.val else 0),
+        ("val", params.val, params.val_shard_count()),
     ):
         out[split] = [(n * i // k, n * (i + 1) // k) for i in range(k)]
     return out
 
 
 def generate(params: SynthParams) -> SynthResult:
-    """Write the whole dataset into params.out; every file is written atomically."""
+    """Write the whole dataset into params.out; every file is written atomically.
+
+    A new (or empty) out is built in a staging folder beside it and renamed
+    into place at the end, so an interrupted run leaves nothing behind; into a
+    folder with files the shards are written in place.
+    """
     params.validate()
     out = os.path.abspath(params.out)
-    os.makedirs(out, exist_ok=True)
-    sizes: dict[str, int] = {}
-    paths: dict[str, list[str]] = {"train": [], "val": []}
-    for split, ranges in shard_layout(params).items():
-        for i, (lo, hi) in enumerate(ranges):
-            name = f"{split}-{i:05d}.tar"
-            path = os.path.join(out, name)
-            write_shard(path, _shard_samples(split, range(lo, hi), params))
-            sizes[name] = hi - lo
-            paths[split].append(path)
-    merge_sizes(out, sizes)
-    write_atomic(os.path.join(out, "classes.json"), json_bytes(class_names()))
-    # Written last: its presence means the dataset is complete.
-    write_atomic(os.path.join(out, "synth.json"), json_bytes(_marker(params)))
+    staged = not os.path.exists(out) or (os.path.isdir(out) and not os.listdir(out))
+    parent, base = os.path.split(out)
+    target = os.path.join(parent, f".{base}.synth-{os.getpid()}.tmp") if staged else out
+    os.makedirs(target, exist_ok=not staged)
+    try:
+        sizes: dict[str, int] = {}
+        paths: dict[str, list[str]] = {"train": [], "val": []}
+        for split, ranges in shard_layout(params).items():
+            for i, (lo, hi) in enumerate(ranges):
+                name = f"{split}-{i:05d}.tar"
+                write_shard(os.path.join(target, name), _shard_samples(split, range(lo, hi), params))
+                sizes[name] = hi - lo
+                paths[split].append(os.path.join(out, name))
+        merge_sizes(target, sizes)
+        write_atomic(os.path.join(target, "classes.json"), json_bytes(class_names()))
+        # Written last: its presence means the dataset is complete.
+        write_atomic(os.path.join(target, "synth.json"), json_bytes(_marker(params)))
+        if staged:
+            os.rename(target, out)  # onto an empty directory too (POSIX rename)
+    finally:
+        if staged and os.path.exists(target):
+            shutil.rmtree(target, ignore_errors=True)
     return SynthResult(out, paths["train"], paths["val"], sizes, generated=True)
 
 
@@ -211,6 +253,7 @@ def ensure(params: SynthParams) -> SynthResult:
 def _marker(params: SynthParams) -> dict:
     d = asdict(params)
     del d["out"]
+    d["val_shards"] = params.val_shard_count()
     d["version"] = SYNTH_VERSION
     return d
 

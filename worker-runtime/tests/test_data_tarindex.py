@@ -176,6 +176,11 @@ def test_non_tar_and_gzip_shards(tmp_path):
         TarIndex.open(str(gz))
     with pytest.raises(DataError, match="no such file"):
         TarIndex.open(str(tmp_path / "missing.tar"))
+    # gzip data under a plain .tar name: the message says the name is wrong for the content.
+    gz_tar = tmp_path / "really-gzip.tar"
+    gz_tar.write_bytes(gz.read_bytes())
+    with pytest.raises(DataError, match=r"really-gzip.tar.*gzip-compressed data, but its name does not end in .tar.gz or .tgz"):
+        TarIndex.open(str(gz_tar))
 
 
 def test_index_out_of_range_names_the_mismatch(tmp_path):

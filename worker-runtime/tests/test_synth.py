@@ -1,7 +1,10 @@
+import argparse
 import io
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -125,7 +128,7 @@ def test_ensure_reuses_matching_dataset(dataset, tmp_path):
 def test_bad_params_and_cli(tmp_path, capsys):
     with pytest.raises(ConfigError, match="data.synth.shards"):
         synth.generate(synth.SynthParams(str(tmp_path), train=2, val=0, shards=3, size=32, seed=0))
-    assert cli_data.main(["synth", "--out", str(tmp_path / "c"), "--train", "4", "--shards", "2", "--seed", "3"]) == 0
+    assert cli_data.main(["synth", "--out", str(tmp_path / "c"), "--train", "4", "--val", "0", "--shards", "2", "--seed", "3"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["samples"] == 4 and summary["train_shards"] == 2
     assert cli_data.main(["synth", "--out", str(tmp_path / "c"), "--train", "1", "--shards", "2"]) == 2
@@ -138,3 +141,51 @@ def test_generation_speed_at_32px(tmp_path):
     rate = 300 / (time.perf_counter() - t0)
     # Target is >= 300 samples/s on one core (measured ~750); a loose bound keeps the test stable.
     assert rate > 150, rate
+
+
+@pytest.mark.parametrize(
+    "train,val,shards,val_shards",
+    [(60, 20, 3, 1), (40, 20, 8, 2), (80, 12, 9, 3), (16, 4, 4, 1), (10, 0, 2, 0)],
+)
+def test_val_shards_are_ceil_shards_over_4(tmp_path, train, val, shards, val_shards):
+    # The orchestrator's default data.val names ceil(shards / 4) val shards (synthValShards in domain/spec.ts).
+    params = synth.SynthParams(str(tmp_path / "d"), train=train, val=val, shards=shards, size=16, seed=0)
+    layout = synth.shard_layout(params)
+    assert len(layout["val"]) == val_shards == params.val_shard_count()
+    assert sum(hi - lo for lo, hi in layout["val"]) == val and all(hi > lo for lo, hi in layout["val"])
+    assert synth._marker(params)["val_shards"] == val_shards
+
+
+def test_val_shards_given_and_too_few_val_samples(tmp_path):
+    params = synth.SynthParams(str(tmp_path / "d"), train=8, val=6, shards=2, size=16, seed=0, val_shards=3)
+    assert [hi - lo for lo, hi in synth.shard_layout(params)["val"]] == [2, 2, 2]
+    with pytest.raises(ConfigError, match="data.synth.val: 2 samples cannot fill 3 val shards"):
+        synth.SynthParams(str(tmp_path / "d"), train=12, val=2, shards=12, size=16, seed=0).validate()
+
+
+def test_synth_json_records_the_parameters_and_generation_is_all_or_nothing(tmp_path):
+    out = tmp_path / "d"
+    synth.generate(synth.SynthParams(str(out), train=8, val=4, shards=8, size=16, seed=2))
+    assert json.loads((out / "synth.json").read_text()) == {"train": 8, "val": 4, "shards": 8, "val_shards": 2, "size": 16, "seed": 2, "version": 2}
+    assert sorted(json.loads((out / "sizes.json").read_text())) == [f"train-{i:05d}.tar" for i in range(8)] + ["val-00000.tar", "val-00001.tar"]
+    # A generation that fails midway into a new folder (a real EFBIG: a file size limit below one shard's size)
+    # leaves neither the folder nor its staging folder.
+    script = (
+        "import resource, signal, sys\n"
+        "from clipfleet_worker import synth\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+        "synth.generate(synth.SynthParams(sys.argv[1], train=64, val=8, shards=2, size=64, seed=0))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "new")], capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode != 0 and "File too large" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_cli_defaults_are_the_documented_ones(tmp_path):
+    parser = argparse.ArgumentParser()
+    cli_data.add_subcommands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["synth", "--out", str(tmp_path)])
+    # The same defaults as `clipfleet data synth` (which passes only the flags given) and docs/data.md.
+    assert (args.train, args.val, args.shards, args.seed, args.size, args.val_shards) == (2048, 256, 4, 0, 64, None)
+    assert synth.SYNTH_DEFAULTS == {"train": 2048, "val": 256, "shards": 4, "seed": 0, "size": 64}

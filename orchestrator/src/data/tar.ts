@@ -160,7 +160,10 @@ export class TarReader {
 
   private notTar(at: number): InvalidArgumentError {
     const gz = this.window[0] === 0x1f && this.window[1] === 0x8b && this.windowStart === 0;
-    if (gz) return this.fail("not a tar file (gzip-compressed; give a sizes.json next to it or decompress it)");
+    // A .tar that is really gzip: say so, since a sizes.json would only move the failure to the worker.
+    if (gz && !/\.(tar\.gz|tgz)$/i.test(this.path)) return this.fail("gzip-compressed data, but the name does not end in .tar.gz or .tgz; decompress it (gzip -dc < FILE > NEW.tar)");
+    // A .tar.gz reaches here decompressed (manifest.ts withPlainTar): gzip again inside.
+    if (gz) return this.fail("not a tar file once decompressed (it holds gzip data again)");
     return this.fail(`not a tar file (no valid tar header at byte ${at})`);
   }
 

@@ -62,6 +62,15 @@ export interface SynthSpec {
   readonly seed: number;
 }
 
+/**
+ * How many val shards a synthetic dataset has: ceil(shards / 4). The spec's
+ * default data.val names this many and the generator is told to write this
+ * many (`--val-shards`), so the two cannot disagree.
+ */
+export function synthValShards(shards: number): number {
+  return Math.ceil(shards / 4);
+}
+
 export interface AugmentSpec {
   /** random resized crop scale range; null disables the crop (resize only). */
   readonly crop_scale: readonly [number, number] | null;

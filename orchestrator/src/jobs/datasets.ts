@@ -3,9 +3,9 @@
  * shard list and cached), synthetic datasets generated on demand (once per
  * output folder, however many stages ask), and the data audit's log.
  */
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { FailedPreconditionError, type JobRecord, type StageSpec } from "../domain/index.js";
+import { FailedPreconditionError, InvalidArgumentError, synthValShards, type JobRecord, type StageSpec, type SynthSpec } from "../domain/index.js";
 import { Audit, DataPlan, manifestOf, resolveManifest, trajectoryOf, type AuditReport, type Manifest } from "../data/index.js";
 import type { JobContext } from "./context.js";
 import { stageSpecOf } from "./records.js";
@@ -28,19 +28,30 @@ export class Datasets {
     return m;
   }
 
-  /** Generates the stage's data.synth dataset unless its folder already has one. */
+  /**
+   * Generates the stage's data.synth dataset unless its folder already holds
+   * the one these parameters make (see synthOutState); one generation per
+   * folder at a time, and a stage waiting on another's re-checks afterwards.
+   */
   async ensureSynth(st: StageSpec): Promise<void> {
     const synth = st.data.synth;
     if (!synth) return;
-    if (existsSync(join(synth.out, "sizes.json"))) return;
-    let run = this.synthRuns.get(synth.out);
-    if (!run) {
-      const python = await this.ctx.resolvePython(st.worker.python ?? this.ctx.deps.python);
-      run = this.ctx.deps.synthesize(python, synth, (line) => process.stderr.write(`synth: ${line}\n`));
+    for (;;) {
+      const running = this.synthRuns.get(synth.out);
+      if (running) {
+        await running.catch(() => undefined);
+        continue;
+      }
+      // Checked and claimed with no await in between, so two stages never generate into one folder at once.
+      if (synthOutState(synth) === "reuse") return;
+      const run = (async () => {
+        const python = await this.ctx.resolvePython(st.worker.python ?? this.ctx.deps.python);
+        await this.ctx.deps.synthesize(python, synth, (line) => process.stderr.write(`synth: ${line}\n`));
+      })();
       this.synthRuns.set(synth.out, run);
       run.finally(() => this.synthRuns.delete(synth.out)).catch(() => undefined);
+      return run;
     }
-    await run;
   }
 
   /** The data audit's log of a stage: one JSON line per rank step, `{a: attempt, s: step, ids}`. */
@@ -89,4 +100,44 @@ export class Datasets {
     if (stages.length === 0) throw new FailedPreconditionError(`job ${job.id} has no stage with data.audit: true`);
     return { jobId: job.id, stages };
   }
+}
+
+/** The parameters a synthetic dataset's synth.json records (the generator writes it last, so it also marks a complete dataset). */
+const SYNTH_MARKER_FIELDS = ["train", "val", "shards", "val_shards", "size", "seed"] as const;
+
+/**
+ * What ensureSynth does with data.synth.out: `generate` into a folder that is
+ * absent or empty, `reuse` one whose synth.json records these parameters.
+ * Anything else is refused (exit 2, naming data.synth.out) rather than
+ * overwritten: a folder without synth.json may be a user's own data, and one
+ * made with other parameters may be another spec's dataset.
+ */
+export function synthOutState(synth: SynthSpec): "generate" | "reuse" {
+  const out = synth.out;
+  if (!existsSync(out)) return "generate";
+  if (!statSync(out).isDirectory()) throw new InvalidArgumentError(`data.synth.out: ${out} exists and is not a directory`);
+  let marker: unknown = null;
+  try {
+    marker = JSON.parse(readFileSync(join(out, "synth.json"), "utf8"));
+  } catch {
+    // absent or unreadable: not a complete generated dataset
+  }
+  if (marker === null || typeof marker !== "object" || Array.isArray(marker)) {
+    if (readdirSync(out).length === 0) return "generate";
+    throw new InvalidArgumentError(
+      `data.synth.out: ${out} holds files but no readable synth.json (not a dataset clipfleet generated, or a generation that was interrupted); clipfleet does not write into it: remove it or choose another folder`,
+    );
+  }
+  const recorded = marker as Record<string, unknown>;
+  const wanted: Record<(typeof SYNTH_MARKER_FIELDS)[number], number> = { ...synth, val_shards: synthValShards(synth.shards) };
+  // synth.json from before val_shards was recorded: the manifest still checks that the val shards exist.
+  const differ = SYNTH_MARKER_FIELDS.filter((k) => !(k === "val_shards" && recorded[k] === undefined) && recorded[k] !== wanted[k]);
+  if (differ.length > 0) {
+    const had = differ.map((k) => `${k} ${JSON.stringify(recorded[k] ?? null)}`).join(", ");
+    const want = differ.map((k) => `${k} ${wanted[k]}`).join(", ");
+    throw new InvalidArgumentError(
+      `data.synth.out: ${out} holds a synthetic dataset made with ${had}, but this stage asks for ${want}; clipfleet does not overwrite it: remove the folder or choose another data.synth.out`,
+    );
+  }
+  return "reuse";
 }

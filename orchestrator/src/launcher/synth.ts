@@ -1,6 +1,6 @@
 /** Running worker-runtime tools (synthetic data, conversion) as one-off local processes. */
 import { spawn } from "node:child_process";
-import { EnvironmentError, type SynthSpec } from "../domain/index.js";
+import { EnvironmentError, synthValShards, type SynthSpec } from "../domain/index.js";
 import { forEachLine } from "./lines.js";
 
 /**
@@ -20,6 +20,8 @@ export function runSynth(python: string, workerRuntimeDir: string, synth: SynthS
     String(synth.val),
     "--shards",
     String(synth.shards),
+    "--val-shards",
+    String(synthValShards(synth.shards)),
     "--seed",
     String(synth.seed),
     "--size",

@@ -167,10 +167,10 @@ function modelFields(presets: Presets | null) {
 }
 
 const SYNTH_FIELDS = {
-  out: required(path(), "Directory the dataset is generated into (relative to the spec file); left alone when it already holds the shards."),
+  out: required(path(), "Directory the dataset is generated into (relative to the spec file) when absent or empty; reused when its `synth.json` records the same parameters; any other folder is refused (never overwritten)."),
   train: required(integer({ min: 1 }), "Training samples."),
   val: withDefault(integer({ min: 1 }), 256, "Validation samples."),
-  shards: withDefault(integer({ min: 1 }), 4, "Training shards; the validation split gets ceil(shards / 4)."),
+  shards: withDefault(integer({ min: 1 }), 4, "Training shards; the validation split gets ceil(shards / 4), and `val` must fill them."),
   size: derived(integer({ min: 1 }), "`model.image.image_size`", "Image side in pixels."),
   seed: derived(integer({ min: 0, max: MAX_SEED }), "the stage `seed`", "Generator seed: the same seed gives the same dataset."),
 } satisfies Record<keyof SynthSpec, Field>;

@@ -26,6 +26,7 @@ import {
   countShardPattern,
   isValidJobId,
   MAX_SHARDS,
+  synthValShards,
 } from "../domain/index.js";
 import { type Issue, type Path, expectation, fieldAt, isMapping, objectShapes, show, validate } from "./nodes.js";
 import { type Presets } from "./presets.js";
@@ -86,7 +87,7 @@ function safeCount(pattern: string): number {
 
 /** The shard patterns `synth` writes: `{split}-{i:05d}.tar`, `shards` train shards and ceil(shards / 4) val shards. */
 export function synthShards(out: string, split: "train" | "val", shards: number): string {
-  const n = split === "train" ? shards : Math.ceil(shards / 4);
+  const n = split === "train" ? shards : synthValShards(shards);
   return `${out}/${split}-{00000..${String(n - 1).padStart(5, "0")}}.tar`;
 }
 
@@ -160,7 +161,7 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
     const synthSeed = s.seed ?? seed;
     synth = size === undefined || synthSeed === undefined ? undefined : { ...s, out: nodePath.resolve(ctx.baseDir, s.out), size, seed: synthSeed };
     if (s.shards > s.train) add(["data", "synth", "shards"], `${s.shards} shards need at least ${s.shards} train samples, got data.synth.train ${s.train}`);
-    const valShards = Math.ceil(s.shards / 4);
+    const valShards = synthValShards(s.shards);
     if (s.val < valShards) add(["data", "synth", "val"], `${s.val} samples cannot fill the ${valShards} val shards (ceil(shards / 4)); set val >= ${valShards}`);
   }
   const shardList = (given: string | string[] | undefined, split: "train" | "val"): string[] | undefined => {

@@ -225,10 +225,13 @@ void test("truncated, corrupt and non-tar shards are named with what is wrong", 
     await rejectsWith(countTarSamples(text), `${text}: not a tar file (no valid tar header at byte 0)`);
     const gz = join(dir, "s.tar.gz");
     writeFileSync(gz, gzipSync(full));
-    await rejectsWith(
-      countTarSamples(gz),
-      `${gz}: not a tar file (gzip-compressed; give a sizes.json next to it or decompress it)`,
-    );
+    // countTarSamples reads tars; resolveManifest decompresses a .tar.gz first (data-remote.test.ts).
+    await rejectsWith(countTarSamples(gz), `${gz}: not a tar file once decompressed (it holds gzip data again)`);
+    assert.equal((await resolveManifest([gz])).totalSamples, 8);
+    // gzip data under a plain .tar name: the message says what is wrong with the file.
+    const gzTar = join(dir, "really-gzip.tar");
+    writeFileSync(gzTar, gzipSync(full));
+    await rejectsWith(countTarSamples(gzTar), `${gzTar}: gzip-compressed data, but the name does not end in .tar.gz or .tgz; decompress it (gzip -dc < FILE > NEW.tar)`);
     const empty = join(dir, "empty.tar");
     writeFileSync(empty, "");
     await rejectsWith(countTarSamples(empty), `${empty}: not a tar file (it is empty)`);

@@ -265,8 +265,15 @@ def _build(path: str, file_size: int) -> tuple:
 
 def _build_file(f, path: str, file_size: int) -> tuple:
     head = f.read(2)
+    if head == b"\x1f\x8b" and path.lower().endswith((".tar.gz", ".tgz")):
+        # Named .tar.gz/.tgz shards are decompressed into the shard cache first (sources.ShardSource).
+        raise DataError("shard is gzip-compressed; read it through the shard cache", shard=path)
     if head == b"\x1f\x8b":
-        raise DataError("shard is gzip-compressed; random access needs uncompressed .tar shards", shard=path)
+        raise DataError(
+            "shard holds gzip-compressed data, but its name does not end in .tar.gz or .tgz; "
+            "decompress it (gzip -dc < FILE > NEW.tar) or rename it",
+            shard=path,
+        )
     f.seek(0)
     try:
         tar = tarfile.open(fileobj=f, mode="r:")
