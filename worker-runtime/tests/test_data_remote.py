@@ -332,3 +332,24 @@ def test_index_command_needs_out_for_remote_shards_and_names_failures(server, tm
     shard.write_bytes(_shard(2))
     assert build_index([str(shard)], None, jobs=1)["out"] == str(tmp_path)
     assert json.loads((tmp_path / "sizes.json").read_text()) == {"l.tar": 2}
+
+
+def test_range_reads_retry_and_fail_naming_the_url(server, tmp_path):
+    from clipfleet_worker.data.remote import RangeReader
+
+    stats = FetchStats()
+    reader = RangeReader(server.url + "/a.tar", CacheConfig(dir=str(tmp_path), retries=3, base_delay=0.0), stats)
+    server.fail["/a.tar"] = [503, 429]
+    assert reader.pread(100, 512) == server.files["/a.tar"][512:612]
+    assert stats.bytes_fetched == 100
+    with pytest.raises(DataError, match=r"/nope\.tar: HTTP 404"):
+        RangeReader(server.url + "/nope.tar", reader.config).pread(10, 0)
+
+
+def test_stats_delta_is_per_report():
+    stats = FetchStats()
+    stats.add(fetched=10, misses=1, seconds=0.5)
+    stats.add(hits=2)
+    assert stats.delta() == (10, 2, 1, 0.5)
+    stats.add(hits=1)
+    assert stats.delta() == (0, 1, 0, 0.0)
