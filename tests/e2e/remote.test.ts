@@ -9,7 +9,7 @@ import { spawnSync } from "node:child_process";
 import { cpSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { PYTHON, ROOT, runCli, tempDir, waitFor } from "../helpers/cli.js";
+import { freePort, PYTHON, ROOT, runCli, tempDir, waitFor } from "../helpers/cli.js";
 import { assertExactlyOnce, audit, type Summary } from "../helpers/jobs.js";
 import { ShardServer } from "../helpers/shard-server.js";
 
@@ -50,8 +50,8 @@ checkpoint: {every_steps: null}
   return path;
 }
 
-async function run(specPath: string, stateDir: string): Promise<{ code: number; s: Summary & { reason: string }; stderr: string }> {
-  const r = await runCli(["run", specPath, "--json", "--state-dir", stateDir]);
+async function run(specPath: string, stateDir: string, args: string[] = []): Promise<{ code: number; s: Summary & { reason: string }; stderr: string }> {
+  const r = await runCli(["run", specPath, "--json", "--state-dir", stateDir, ...args]);
   return { code: r.code ?? -1, s: JSON.parse(r.stdout || "{}") as Summary & { reason: string }, stderr: r.stderr };
 }
 
@@ -99,9 +99,20 @@ void describe("remote shards", () => {
       void server.stop().then(() => server.refuseWhileStopped());
       return true; // this request's connection is dropped too
     };
-    const job = run(spec(tmp.dir, "outage", `${server.url}/${SHARDS}`, { cache: "fetch_retries: 12" }), join(tmp.dir, "s-outage"));
+    const metricsPort = await freePort();
+    const job = run(spec(tmp.dir, "outage", `${server.url}/${SHARDS}`, { cache: "fetch_retries: 12" }), join(tmp.dir, "s-outage"), ["--metrics-listen", `127.0.0.1:${metricsPort}`]);
     try {
       await waitFor("a rank retrying against the stopped server", () => server.refused >= 2, 240_000);
+      // The steps before the outage reported their fetches: shards 0-2 were misses of some rank.
+      const counter = (text: string, name: string): number =>
+        text
+          .split("\n")
+          .filter((l) => l.startsWith(`${name}{`))
+          .reduce((a, l) => a + Number(l.split(" ").at(-1)), 0);
+      await waitFor("the shard cache counters", async () => {
+        const text = await fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text(), () => "");
+        return counter(text, "clipfleet_shard_cache_misses_total") >= 1 && counter(text, "clipfleet_shard_fetch_bytes_total") > 0;
+      });
     } finally {
       server.onRequest = null;
       await server.start();
