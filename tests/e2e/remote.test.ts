@@ -79,6 +79,10 @@ void describe("remote shards", () => {
     assert.equal(r.s.finalParamsSha256, reference.finalParamsSha256);
     assert.equal(server.requests("/sizes.json").length, 1, "the counts came from sizes.json, one request");
     for (let k = 0; k < 8; k++) assert.ok(server.requests(`/train-0000${k}.tar`).length >= 1);
+    // Each rank opened each shard once; one of the two filled it, the other found it in the cache.
+    const bytes = Array.from({ length: 8 }, (_, k) => statSync(join(data, `train-0000${k}.tar`)).size).reduce((a, b) => a + b, 0);
+    const cache = (r.s as Summary & { shardCache?: { bytesFetched: number; hits: number; misses: number; fetchSeconds: number } }).shardCache;
+    assert.deepEqual({ ...cache, fetchSeconds: 0 }, { bytesFetched: bytes, hits: 8, misses: 8, fetchSeconds: 0 });
     assertExactlyOnce(await audit(r.s.jobId, join(tmp.dir, "s-http")), 1);
   });
 

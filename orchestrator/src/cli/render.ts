@@ -29,6 +29,7 @@ export function jobSummary(job: Job): Record<string, unknown> {
     totalSteps: job.stages.reduce((a, s) => a + (s.progress?.totalSteps ?? 0), 0),
     samplesSeen: job.stages.reduce((a, s) => a + (s.progress?.samplesSeen ?? 0), 0),
     skippedSamples: job.stages.reduce((a, s) => a + (s.progress?.skippedSamples ?? 0), 0),
+    ...shardCacheSummary(job),
     restarts: job.stages.reduce((a, s) => a + s.restarts, 0),
     firstLoss: (lastWithLoss ?? single)?.progress?.firstLoss ?? null,
     finalLoss: lastWithLoss?.progress?.loss ?? null,
@@ -62,6 +63,18 @@ function stageSummary(s: Stage): Record<string, unknown> {
 }
 
 /** A table with left-aligned columns. */
+/** `shardCache` of the summary (bytes fetched, hits, misses, fetch seconds over every stage), when any shard went through a cache. */
+function shardCacheSummary(job: Job): { shardCache?: Record<string, number> } {
+  const sum = job.stages.reduce(
+    (acc, s) => {
+      const p = s.progress;
+      return p ? { bytesFetched: acc.bytesFetched + p.shardBytesFetched, hits: acc.hits + p.shardCacheHits, misses: acc.misses + p.shardCacheMisses, fetchSeconds: acc.fetchSeconds + p.shardFetchSeconds } : acc;
+    },
+    { bytesFetched: 0, hits: 0, misses: 0, fetchSeconds: 0 },
+  );
+  return sum.hits + sum.misses > 0 ? { shardCache: sum } : {};
+}
+
 export function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
   const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join("  ").trimEnd();

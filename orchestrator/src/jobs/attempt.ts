@@ -6,7 +6,7 @@
  * given (the commit, the ending, the progress sink), which never call back
  * into it except through its own methods.
  */
-import type { StageSpec, Timers, TimerHandle } from "../domain/index.js";
+import { addShardCache, type ShardCacheStats, type StageSpec, type Timers, type TimerHandle } from "../domain/index.js";
 import type { Manifest, DataPlan } from "../data/index.js";
 import type { CheckpointRef, CheckpointWritten, EvalResult, Heartbeat, StepReport, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
 import type { ExitInfo } from "../launcher/index.js";
@@ -125,6 +125,8 @@ export interface AttemptFacts {
   readonly recoveringSince: number | null;
   /** Samples the stage's earlier attempts skipped. */
   readonly skippedBefore: number;
+  /** The shard cache counters of the stage's earlier attempts. */
+  readonly shardCacheBefore: ShardCacheStats | undefined;
   /** Earlier attempts of this stage (torchrun's TORCHELASTIC_RESTART_COUNT). */
   readonly restartCount: number;
 }
@@ -148,6 +150,8 @@ export class Attempt {
   firstLoss: number | null = null;
   /** Undecodable samples skipped by this attempt's ranks. */
   skippedSamples = 0;
+  /** This attempt's ranks' shard cache counters. */
+  shardCache: ShardCacheStats = addShardCache(undefined, undefined);
 
   private phaseNow: AttemptPhase = { kind: "starting" };
   /** The step of a requested checkpoint (on demand or timed) not yet committed. */
@@ -331,6 +335,10 @@ export class Attempt {
         if (Number.isFinite(rep.stepSeconds) && rep.stepSeconds >= 0) rank.stepSeconds.push(rep.stepSeconds);
         if (rank.stepSeconds.length > 200) rank.stepSeconds.shift();
         this.skippedSamples += rep.skippedSamples;
+        if (rep.shardCacheHits > 0 || rep.shardCacheMisses > 0 || rep.shardBytesFetched > 0) {
+          const seconds = Number.isFinite(rep.shardFetchSeconds) && rep.shardFetchSeconds > 0 ? rep.shardFetchSeconds : 0;
+          this.shardCache = addShardCache(this.shardCache, { bytesFetched: rep.shardBytesFetched, hits: rep.shardCacheHits, misses: rep.shardCacheMisses, fetchSeconds: seconds });
+        }
         if (rank.rank === 0) {
           // Rank 0 speaks for the stage: the loss is all-reduced, so every rank has the same.
           this.lastReport = rep;

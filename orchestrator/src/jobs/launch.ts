@@ -114,6 +114,7 @@ export class Launch {
         configSha256: sha256Hex(Buffer.from(canonicalJson(spec), "utf8")),
         recoveringSince: this.ctx.live.takeRecovering(job.id, p.stage),
         skippedBefore: stageRec.progress.skippedSamples,
+        shardCacheBefore: stageRec.progress.shardCache,
         restartCount: stageRec.attempts.length,
       },
       this.ctx,

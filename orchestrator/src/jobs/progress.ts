@@ -6,7 +6,7 @@
  * record with its running attempts' progress laid over it.
  */
 import { appendFileSync } from "node:fs";
-import { boundedMetrics, type JobRecord, type ProgressRecord, type StageRecord } from "../domain/index.js";
+import { addShardCache, boundedMetrics, type JobRecord, type ProgressRecord, type StageRecord } from "../domain/index.js";
 import type { EvalResult, Heartbeat, StepReport } from "../gen/clipfleet/v1/worker.js";
 import type { Attempt } from "./attempt.js";
 import type { JobContext } from "./context.js";
@@ -133,6 +133,7 @@ export class Progress {
     p.samplesPerSecond = rep.samplesPerSecond;
     p.stepSeconds = rep.stepSeconds;
     p.skippedSamples = a.facts.skippedBefore + a.skippedSamples;
+    if (a.facts.shardCacheBefore !== undefined || a.shardCache.hits + a.shardCache.misses > 0) p.shardCache = addShardCache(a.facts.shardCacheBefore, a.shardCache);
     const rec = s.attempts.find((x) => x.number === a.attempt);
     if (rec) rec.lastStep = rep.step;
   }

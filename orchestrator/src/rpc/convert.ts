@@ -62,6 +62,10 @@ function stageToProto(job: JobRecord, s: StageRecord): Stage {
       stepSeconds: p.stepSeconds,
       etaSeconds: Math.max(0, p.totalSteps - p.step) * p.stepSeconds,
       skippedSamples: p.skippedSamples,
+      shardBytesFetched: p.shardCache?.bytesFetched ?? 0,
+      shardCacheHits: p.shardCache?.hits ?? 0,
+      shardCacheMisses: p.shardCache?.misses ?? 0,
+      shardFetchSeconds: p.shardCache?.fetchSeconds ?? 0,
       worldSize: p.worldSize,
     },
     attempts: s.attempts.map((a) => ({
