@@ -16,6 +16,7 @@ import { PYTHON, ROOT, scratchDir } from "./lib/proc.js";
 import { describeMachine, renderMarkdown, renderTable, type Figure, type ResultsFile } from "./lib/results.js";
 import { benchOverhead } from "./overhead.js";
 import { benchRecovery } from "./recovery.js";
+import { benchRemote } from "./remote.js";
 import { benchScale } from "./scale.js";
 
 /** One benchmark: its id (for --only) and how to run it in a scratch directory. */
@@ -32,6 +33,7 @@ const BENCHMARKS: readonly Benchmark[] = [
   { id: "datapath", run: benchDataPath },
   { id: "checkpoint", run: benchCheckpoint },
   { id: "dataplan", run: benchDataPlan },
+  { id: "remote", run: benchRemote },
 ];
 
 const RESULTS_DIR = join(ROOT, "bench", "results");

@@ -25,6 +25,10 @@ export interface TinyJob {
   readonly shuffle: boolean;
   /** failure.* overrides. */
   readonly failure?: Readonly<Record<string, number>>;
+  /** data.train instead of the shared dataset's local shards (e.g. an http:// pattern). */
+  readonly train?: string;
+  /** More lines of the data section (indented), such as `  cache: {dir: ...}`. */
+  readonly dataLines?: readonly string[];
 }
 
 /** Writes the spec into `dir`; returns its path. */
@@ -41,10 +45,11 @@ export function writeTinySpec(dir: string, j: TinyJob): string {
     "  embed_dim: 64",
     "  tokenizer: byte",
     "data:",
-    `  train: ${data}/train-{00000..00003}.tar`,
+    `  train: "${j.train ?? `${data}/train-{00000..00003}.tar`}"`,
     `  val: ${data}/val-{00000..00000}.tar`,
     "  captions: {alt: 0.5, vecap: 0.5}",
     `  shuffle: ${j.shuffle}`,
+    ...(j.dataLines ?? []),
     "train:",
     `  steps: ${j.steps}`,
     `  batch_size: ${j.batch}`,

@@ -214,6 +214,10 @@ class SimRank {
           extra: this.opts.probe ? { [SENT_AT_KEY]: wallMs(), [PROBE_KEY]: 1 } : { [SENT_AT_KEY]: wallMs() },
           outOfRangeLabels: 0,
           skippedByReason: {},
+          shardBytesFetched: 0,
+          shardCacheHits: 0,
+          shardCacheMisses: 0,
+          shardFetchSeconds: 0,
         },
       },
     });

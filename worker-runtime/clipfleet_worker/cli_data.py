@@ -1,4 +1,4 @@
-"""`synth` and `convert` subcommands of `python3 -m clipfleet_worker` (merged by __main__.py).
+"""`synth`, `convert` and `index` subcommands of `python3 -m clipfleet_worker` (merged by __main__.py).
 
 Kept apart from the worker entry so dataset tooling needs no orchestrator.
 """
@@ -11,7 +11,9 @@ import sys
 import time
 
 from .convert import ConvertParams, convert
-from .errors import ClipfleetWorkerError
+from .data.indexer import build_index
+from .data.shards import expand_urls
+from .errors import ClipfleetWorkerError, ConfigError
 from .synth import SYNTH_DEFAULTS, SynthParams, generate
 
 EXIT_USER_ERROR = 2
@@ -49,6 +51,12 @@ def add_subcommands(sub: "argparse._SubParsersAction") -> None:
     c.add_argument("--classes", help="class names: one per line, or a JSON list; written to classes.json")
     c.set_defaults(run=_run_convert)
 
+    x = sub.add_parser("index", help="count, hash and index shards (local, http(s)://, pipe:) for data.index")
+    x.add_argument("patterns", nargs="+", help="shard patterns (brace ranges, :: lists)")
+    x.add_argument("--out", help="output directory (default: the shards' directory; required for remote shards)")
+    x.add_argument("--jobs", type=int, default=8, help="shards read at once")
+    x.set_defaults(run=_run_index)
+
 
 def _run_synth(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
@@ -76,6 +84,14 @@ def _run_convert(args: argparse.Namespace) -> dict:
         )
     )
     return result.summary(args.out)
+
+
+def _run_index(args: argparse.Namespace) -> dict:
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs: expected an integer >= 1, got {args.jobs}")
+    return build_index(
+        expand_urls(args.patterns), args.out, jobs=args.jobs, log=lambda line: print(line, file=sys.stderr, flush=True)
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ export function jobSummary(job: Job): Record<string, unknown> {
     skippedByReason: sumCounts(job.stages.map((s) => s.progress?.skippedByReason ?? {})),
     evalSkippedByReason: sumCounts(job.stages.map((s) => s.evalSkippedByReason)),
     warnings: job.stages.flatMap((s) => s.warnings.map((w) => (single ? w : `${s.name}: ${w}`))),
+    ...shardCacheSummary(job),
     restarts: job.stages.reduce((a, s) => a + s.restarts, 0),
     firstLoss: (lastWithLoss ?? single)?.progress?.firstLoss ?? null,
     finalLoss: lastWithLoss?.progress?.loss ?? null,
@@ -90,6 +91,18 @@ export function fmtSkips(total: number, byReason: Readonly<Record<string, number
 }
 
 /** A table with left-aligned columns. */
+/** `shardCache` of the summary (bytes fetched, hits, misses, fetch seconds over every stage), when any shard went through a cache. */
+function shardCacheSummary(job: Job): { shardCache?: Record<string, number> } {
+  const sum = job.stages.reduce(
+    (acc, s) => {
+      const p = s.progress;
+      return p ? { bytesFetched: acc.bytesFetched + p.shardBytesFetched, hits: acc.hits + p.shardCacheHits, misses: acc.misses + p.shardCacheMisses, fetchSeconds: acc.fetchSeconds + p.shardFetchSeconds } : acc;
+    },
+    { bytesFetched: 0, hits: 0, misses: 0, fetchSeconds: 0 },
+  );
+  return sum.hits + sum.misses > 0 ? { shardCache: sum } : {};
+}
+
 export function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
   const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join("  ").trimEnd();

@@ -1,6 +1,6 @@
 /**
  * data: the dataset manifest (shard patterns, sizes.json, _stats.json, tar
- * indexing), the data plan (which samples each step and rank consume), data
+ * indexing, remote shards' counts and `data.index` directories), the data plan (which samples each step and rank consume), data
  * cursors, and the exactly-once audit.
  */
 export { expandShardPattern } from "../domain/index.js";
@@ -16,6 +16,7 @@ export {
   type ResolveManifestOptions,
   type ShardInfo,
 } from "./manifest.js";
+export { fetchJson, indexKey, isGzipName, isRemote, parseIndex, parseSizes, parseStats, readIndexDir, type IndexEntry } from "./remote.js";
 export { Permutation, permutationKey } from "./permutation.js";
 export {
   allowedWorldSizes,

@@ -7,12 +7,18 @@
  * Sample counts come, per shard, from the first source that has it:
  * `sizes.json` next to the shard (open_clip's basename -> count map),
  * img2dataset's `<shard>_stats.json` (`successes`), or indexing the tar's
- * headers (cached in memory by path, size and mtime).
+ * headers (cached in memory by path, size and mtime). A `data.index`
+ * directory comes first for any shard; remote shards (http(s)://, pipe:)
+ * are counted from it or their sidecars only (remote.ts).
  */
-import { readdir, readFile } from "node:fs/promises";
-import { basename, dirname, resolve } from "node:path";
-import { gunzipSync } from "node:zlib";
+import { createReadStream, createWriteStream } from "node:fs";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { basename, dirname, join, resolve } from "node:path";
+import { pipeline } from "node:stream/promises";
+import { createGunzip, gunzipSync } from "node:zlib";
 import { expandShardPattern, InvalidArgumentError } from "../domain/index.js";
+import { indexKey, isGzipName, isRemote, parseSizes, parseStats, readIndexDir, remoteCounts } from "./remote.js";
 import { countTarSamples, firstSamples, ioError, statFile, TarReader } from "./tar.js";
 
 /** One shard of a manifest (the wire's `Shard`). */
@@ -35,6 +41,8 @@ export interface ResolveManifestOptions {
   readonly field?: string;
   /** Shards indexed at once when their tar headers must be read. */
   readonly concurrency?: number;
+  /** data.index: a `clipfleet data index` directory (absolute), consulted first for every shard. */
+  readonly index?: string | null;
 }
 
 /** Builds a manifest from known shard counts (also how jobs/ restores a persisted one). */
@@ -91,44 +99,50 @@ export async function resolveManifest(
   const field = opts.field ?? "data.train";
   if (patterns.length === 0) throw new InvalidArgumentError(`${field}: no shard patterns given`, field);
   const expanded = patterns.map((p) => ({ pattern: p, urls: expandShardPattern(p, field) }));
-  const listings = await listDirectories(expanded.flatMap((e) => e.urls.map((u) => dirname(toPath(u)))));
+  const urls = expanded.flatMap((e) => e.urls);
+  const patternOf = expanded.flatMap((e) => e.urls.map(() => e.pattern));
+  const index = opts.index ? await readIndexDir(opts.index) : null;
+  const counts = new Array<number>(urls.length).fill(-1);
+  const remote = urls.flatMap((u, i) => (isRemote(u) ? [i] : []));
+  for (const [i, n] of await remoteCounts(urls, remote, index, field, (i) => patternOf[i] as string)) counts[i] = n;
 
-  for (const { pattern, urls } of expanded) {
-    const missing = urls.map(toPath).filter((p) => !listings.get(dirname(p))?.has(basename(p)));
+  const local = expanded.map((e) => ({ pattern: e.pattern, urls: e.urls.filter((u) => !isRemote(u)) })).filter((e) => e.urls.length > 0);
+  const listings = await listDirectories(local.flatMap((e) => e.urls.map((u) => dirname(toPath(u)))));
+  for (const { pattern, urls: some } of local) {
+    const missing = some.map(toPath).filter((p) => !listings.get(dirname(p))?.has(basename(p)));
     if (missing.length === 0) continue;
     const first = missing[0] as string;
-    if (missing.length === urls.length) {
+    if (missing.length === some.length) {
       const dir = dirname(first);
       const why =
         listings.get(dir) === null
           ? `directory ${dir} does not exist`
-          : urls.length === 1
+          : some.length === 1
             ? `${first} does not exist`
-            : `none of its ${urls.length} files exist in ${dir}`;
+            : `none of its ${some.length} files exist in ${dir}`;
       throw new InvalidArgumentError(`${field}: no shard matches ${JSON.stringify(pattern)} (${why})`, field);
     }
     throw new InvalidArgumentError(
-      `${field}: shard ${first} does not exist (${missing.length} of the ${urls.length} shards of ${JSON.stringify(pattern)} are missing)`,
+      `${field}: shard ${first} does not exist (${missing.length} of the ${some.length} shards of ${JSON.stringify(pattern)} are missing)`,
       field,
     );
   }
 
-  const urls = expanded.flatMap((e) => e.urls);
   const sizes = new Map<string, Map<string, number> | null>();
   for (const [dir, names] of listings) {
     sizes.set(dir, names?.has("sizes.json") ? await readSizesJson(`${dir}/sizes.json`) : null);
   }
-  const counts = new Array<number>(urls.length).fill(-1);
   const toIndex: number[] = [];
   urls.forEach((url, i) => {
+    if (isRemote(url)) return;
     const path = toPath(url);
-    const known = sizes.get(dirname(path))?.get(basename(path));
+    const known = index?.get(indexKey(url))?.samples ?? sizes.get(dirname(path))?.get(basename(path));
     if (known !== undefined) counts[i] = known;
     else toIndex.push(i);
   });
   await forEachLimited(toIndex, opts.concurrency ?? 8, async (i) => {
     const path = toPath(urls[i] as string);
-    const stats = `${basename(path).replace(/\.tar$/, "")}_stats.json`;
+    const stats = `${basename(path).replace(/\.(tar|tar\.gz|tgz)$/i, "")}_stats.json`;
     counts[i] = listings.get(dirname(path))?.has(stats)
       ? await readStatsJson(`${dirname(path)}/${stats}`)
       : await indexedCount(path);
@@ -150,11 +164,18 @@ export async function resolveManifest(
  * orchestrator reject `data.captions` naming a source no sample has before
  * any worker starts.
  */
-export async function peekCaptionSources(manifest: Manifest, n = 8): Promise<Set<string>> {
+export async function peekCaptionSources(manifest: Manifest, n = 8): Promise<Set<string> | null> {
   const sources = new Set<string>();
   const shard = manifest.shards.find((s) => s.samples > 0);
   if (shard === undefined) return sources;
-  const reader = await TarReader.open(toPath(shard.url));
+  // Submit never downloads a shard: the check is left to the workers for remote data (null: unknown).
+  if (isRemote(shard.url)) return null;
+  return withPlainTar(toPath(shard.url), (path) => peekTar(path, n, toPath(shard.url)));
+}
+
+async function peekTar(path: string, n: number, name: string): Promise<Set<string>> {
+  const sources = new Set<string>();
+  const reader = await TarReader.open(path, name);
   try {
     for (const sample of await firstSamples(reader, n)) {
       for (const [member, entry] of sample.members) {
@@ -176,9 +197,31 @@ export async function peekCaptionSources(manifest: Manifest, n = 8): Promise<Set
   return sources;
 }
 
-/** Shard URLs are local paths; a `file://` prefix is accepted. */
+/** Local shard URLs are paths; a `file://` prefix is accepted. */
 function toPath(url: string): string {
   return resolve(url.startsWith("file://") ? url.slice("file://".length) : url);
+}
+
+/**
+ * Runs `fn` on an uncompressed tar: `path` itself, or for a `.tar.gz`/`.tgz`
+ * its decompressed copy in a temporary directory (removed afterwards).
+ */
+async function withPlainTar<T>(path: string, fn: (tar: string) => Promise<T>): Promise<T> {
+  if (!isGzipName(path)) return fn(path);
+  const dir = await mkdtemp(join(tmpdir(), "clipfleet-gunzip-"));
+  try {
+    const tar = join(dir, "shard.tar");
+    try {
+      await pipeline(createReadStream(path), createGunzip(), createWriteStream(tar));
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "ENOENT" || code === "EACCES") throw ioError(path, err);
+      throw new InvalidArgumentError(`${path}: not a gzip-compressed tar (${(err as Error).message})`);
+    }
+    return await fn(tar);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 /** One readdir per directory (a 1e6-shard dataset is not 1e6 stats); null for a missing directory. */
@@ -210,32 +253,12 @@ async function readJson(path: string): Promise<unknown> {
   }
 }
 
-function isCount(v: unknown): v is number {
-  return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
-}
-
 async function readSizesJson(path: string): Promise<Map<string, number>> {
-  const data = await readJson(path);
-  if (typeof data !== "object" || data === null || Array.isArray(data)) {
-    throw new InvalidArgumentError(`${path}: expected an object mapping shard names to sample counts`);
-  }
-  const out = new Map<string, number>();
-  for (const [name, v] of Object.entries(data)) {
-    if (!isCount(v)) {
-      throw new InvalidArgumentError(`${path}: ${JSON.stringify(name)}: expected an integer >= 0, got ${JSON.stringify(v)}`);
-    }
-    out.set(name, v);
-  }
-  return out;
+  return parseSizes(await readJson(path), path);
 }
 
 async function readStatsJson(path: string): Promise<number> {
-  const data = await readJson(path);
-  const v = typeof data === "object" && data !== null ? (data as Record<string, unknown>).successes : undefined;
-  if (!isCount(v)) {
-    throw new InvalidArgumentError(`${path}: successes: expected an integer >= 0, got ${JSON.stringify(v) ?? "nothing"}`);
-  }
-  return v;
+  return parseStats(await readJson(path), path);
 }
 
 const indexCache = new Map<string, number>();
@@ -246,7 +269,7 @@ async function indexedCount(path: string): Promise<number> {
   const key = `${path}\0${st.size}\0${st.mtimeMs}`;
   const cached = indexCache.get(key);
   if (cached !== undefined) return cached;
-  const n = await countTarSamples(path);
+  const n = await withPlainTar(path, (tar) => countTarSamples(tar, path));
   indexCache.set(key, n);
   return n;
 }

@@ -51,21 +51,22 @@ export class TarReader {
   private lastName: string | null = null;
 
   private constructor(
+    /** The name messages give the file (the shard's path, also for a decompressed copy of a .tar.gz). */
     readonly path: string,
     private readonly fh: FileHandle,
     readonly fileSize: number,
   ) {}
 
   /** Opens `path`; a missing file is the user's error, other I/O failures the environment's. */
-  static async open(path: string): Promise<TarReader> {
+  static async open(path: string, name = path): Promise<TarReader> {
     let fh: FileHandle;
     try {
       fh = await open(path, "r");
     } catch (err) {
-      throw ioError(path, err);
+      throw ioError(name, err);
     }
     const st = await fh.stat();
-    return new TarReader(path, fh, st.size);
+    return new TarReader(name, fh, st.size);
   }
 
   async close(): Promise<void> {
@@ -163,7 +164,8 @@ export class TarReader {
     const gz = this.window[0] === 0x1f && this.window[1] === 0x8b && this.windowStart === 0;
     // A .tar that is really gzip: say so, since a sizes.json would only move the failure to the worker.
     if (gz && !/\.(tar\.gz|tgz)$/i.test(this.path)) return this.fail("gzip-compressed data, but the name does not end in .tar.gz or .tgz; decompress it (gzip -dc < FILE > NEW.tar)");
-    if (gz) return this.fail("not a tar file (gzip-compressed; give a sizes.json next to it or decompress it)");
+    // A .tar.gz reaches here decompressed (manifest.ts withPlainTar): gzip again inside.
+    if (gz) return this.fail("not a tar file once decompressed (it holds gzip data again)");
     return this.fail(`not a tar file (no valid tar header at byte ${at})`);
   }
 
@@ -173,8 +175,8 @@ export class TarReader {
 }
 
 /** Number of WebDataset samples in the tar file at `path` (headers only). */
-export async function countTarSamples(path: string): Promise<number> {
-  const reader = await TarReader.open(path);
+export async function countTarSamples(path: string, name = path): Promise<number> {
+  const reader = await TarReader.open(path, name);
   try {
     let samples = 0;
     let key: string | null = null;

@@ -84,6 +84,26 @@ export interface ProgressRecord {
   /** skippedSamples by reason (see SKIP_REASONS); absent in records of earlier versions. */
   skippedByReason?: Record<string, number>;
   worldSize: number;
+  /** The ranks' shard cache counters over every attempt; absent in records written before they existed. */
+  shardCache?: ShardCacheStats;
+}
+
+/** What the workers' node-local shard caches did for a stage (StepReport fields 17-20, summed). */
+export interface ShardCacheStats {
+  bytesFetched: number;
+  hits: number;
+  misses: number;
+  fetchSeconds: number;
+}
+
+/** The sum of two stages' or attempts' shard cache counters. */
+export function addShardCache(a: ShardCacheStats | undefined, b: ShardCacheStats | undefined): ShardCacheStats {
+  return {
+    bytesFetched: (a?.bytesFetched ?? 0) + (b?.bytesFetched ?? 0),
+    hits: (a?.hits ?? 0) + (b?.hits ?? 0),
+    misses: (a?.misses ?? 0) + (b?.misses ?? 0),
+    fetchSeconds: (a?.fetchSeconds ?? 0) + (b?.fetchSeconds ?? 0),
+  };
 }
 
 /** A failure of user code, kept to recognise the same one happening again. */

@@ -97,6 +97,20 @@ export interface DataSpec {
   readonly prefetch_steps: number;
   /** task command: the size of the dataset the user's script indexes (the plan hands out its indices); null: no plan. */
   readonly num_samples: number | null;
+  /** A `clipfleet data index` output directory (absolute): counts, sizes, digests and tar indices of the shards; null: none. */
+  readonly index: string | null;
+  /** The node-local shard cache of remote and compressed shards. */
+  readonly cache: ShardCacheSpec;
+}
+
+/** data.cache: where each node keeps fetched shards, how much, and how hard it tries. */
+export interface ShardCacheSpec {
+  /** Directory on each node; null: CLIPFLEET_SHARD_CACHE, else ~/.cache/clipfleet/shards. */
+  readonly dir: string | null;
+  /** Cap in bytes: an integer, or a string such as "50GB" / "64GiB". */
+  readonly max_bytes: number | string;
+  /** Attempts per shard fetch before the job fails naming the URL. */
+  readonly fetch_retries: number;
 }
 
 export interface TrainSpec {

@@ -106,11 +106,11 @@ export class Admission {
         throw new InvalidArgumentError(`${where}: ${stageField(st, "")}${(err as Error).message}`);
       };
       if (st.data.train.length > 0) {
-        const m = await this.datasets.manifest(st.data.train, st.data.fraction).catch(inStage);
+        const m = await this.datasets.manifest(st.data.train, st.data.fraction, "data.train", st.data.index).catch(inStage);
         if (st.task === "pretrain") {
           const sources = await peekCaptionSources(m);
           for (const source of Object.keys(st.data.captions)) {
-            if ((st.data.captions[source] ?? 0) > 0 && !sources.has(source)) {
+            if (sources !== null && (st.data.captions[source] ?? 0) > 0 && !sources.has(source)) {
               throw new InvalidArgumentError(
                 `${where}: ${stageField(st, "data.captions")}: no sample has a "${source}" caption (the shards have: ${[...sources].sort().join(", ") || "none"})`,
                 "data.captions",
@@ -120,7 +120,7 @@ export class Admission {
         }
       }
       if (st.data.val.length > 0) {
-        await this.datasets.manifest(st.data.val, 1, "data.val").catch(inStage);
+        await this.datasets.manifest(st.data.val, 1, "data.val", st.data.index).catch(inStage);
       }
     }
     return imports;

@@ -6,8 +6,7 @@
  * given (the commit, the ending, the progress sink), which never call back
  * into it except through its own methods.
  */
-import type { StageSpec, Timers, TimerHandle } from "../domain/index.js";
-import { addSkips } from "../domain/index.js";
+import { addShardCache, addSkips, type ShardCacheStats, type StageSpec, type Timers, type TimerHandle } from "../domain/index.js";
 import type { Manifest, DataPlan } from "../data/index.js";
 import type { CheckpointRef, CheckpointWritten, EvalResult, Heartbeat, StepReport, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
 import type { ExitInfo } from "../launcher/index.js";
@@ -128,6 +127,8 @@ export interface AttemptFacts {
   readonly skippedBefore: number;
   /** skippedBefore by reason. */
   readonly skippedByReasonBefore: Readonly<Record<string, number>>;
+  /** The shard cache counters of the stage's earlier attempts. */
+  readonly shardCacheBefore: ShardCacheStats | undefined;
   /** Earlier attempts of this stage (torchrun's TORCHELASTIC_RESTART_COUNT). */
   readonly restartCount: number;
 }
@@ -153,6 +154,8 @@ export class Attempt {
   skippedSamples = 0;
   /** skippedSamples by reason (bounded, see addSkips). */
   readonly skippedByReason: Record<string, number> = {};
+  /** This attempt's ranks' shard cache counters. */
+  shardCache: ShardCacheStats = addShardCache(undefined, undefined);
 
   private phaseNow: AttemptPhase = { kind: "starting" };
   /** The step of a requested checkpoint (on demand or timed) not yet committed. */
@@ -337,6 +340,10 @@ export class Attempt {
         if (rank.stepSeconds.length > 200) rank.stepSeconds.shift();
         this.skippedSamples += rep.skippedSamples;
         addSkips(this.skippedByReason, rep.skippedByReason);
+        if (rep.shardCacheHits > 0 || rep.shardCacheMisses > 0 || rep.shardBytesFetched > 0) {
+          const seconds = Number.isFinite(rep.shardFetchSeconds) && rep.shardFetchSeconds > 0 ? rep.shardFetchSeconds : 0;
+          this.shardCache = addShardCache(this.shardCache, { bytesFetched: rep.shardBytesFetched, hits: rep.shardCacheHits, misses: rep.shardCacheMisses, fetchSeconds: seconds });
+        }
         if (rank.rank === 0) {
           // Rank 0 speaks for the stage: the loss is all-reduced, so every rank has the same.
           this.lastReport = rep;

@@ -17,11 +17,11 @@ export class Datasets {
   constructor(private readonly ctx: JobContext) {}
 
   /** The (cached) manifest of a shard list; `field` names the spec field in error messages. */
-  manifest(patterns: readonly string[], fraction: number, field = "data.train"): Promise<Manifest> {
-    const key = JSON.stringify([patterns, fraction, field]);
+  manifest(patterns: readonly string[], fraction: number, field = "data.train", index: string | null = null): Promise<Manifest> {
+    const key = JSON.stringify([patterns, fraction, field, index]);
     let m = this.manifests.get(key);
     if (!m) {
-      m = resolveManifest([...patterns], { fraction, field });
+      m = resolveManifest([...patterns], { fraction, field, index });
       this.manifests.set(key, m);
       m.catch(() => this.manifests.delete(key));
     }
@@ -68,7 +68,7 @@ export class Datasets {
    */
   async trainManifest(spec: StageSpec): Promise<Manifest | null> {
     if (spec.data.num_samples !== null) return manifestOf([{ url: `num_samples:${spec.data.num_samples}`, samples: spec.data.num_samples }]);
-    return spec.data.train.length > 0 ? this.manifest(spec.data.train, spec.data.fraction) : null;
+    return spec.data.train.length > 0 ? this.manifest(spec.data.train, spec.data.fraction, "data.train", spec.data.index) : null;
   }
 
   /**

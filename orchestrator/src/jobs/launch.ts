@@ -43,7 +43,7 @@ export class Launch {
     const python = await this.pythonFor(spec, rank0.node);
 
     const manifest = await this.datasets.trainManifest(spec);
-    const valManifest = spec.data.val.length > 0 ? await this.datasets.manifest(spec.data.val, 1, "data.val") : null;
+    const valManifest = spec.data.val.length > 0 ? await this.datasets.manifest(spec.data.val, 1, "data.val", spec.data.index) : null;
     const plan =
       manifest && spec.task !== "eval"
         ? new DataPlan({ manifest, seed: spec.seed, batchSize: spec.train.batch_size, shuffle: spec.data.shuffle, fraction: spec.data.fraction })
@@ -115,6 +115,7 @@ export class Launch {
         recoveringSince: this.ctx.live.takeRecovering(job.id, p.stage),
         skippedBefore: stageRec.progress.skippedSamples,
         skippedByReasonBefore: { ...(stageRec.progress.skippedByReason ?? {}) },
+        shardCacheBefore: stageRec.progress.shardCache,
         restartCount: stageRec.attempts.length,
       },
       this.ctx,

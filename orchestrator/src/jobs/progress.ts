@@ -6,7 +6,7 @@
  * record with its running attempts' progress laid over it.
  */
 import { appendFileSync } from "node:fs";
-import { addSkips, boundedMetrics, MAX_EVAL_WARNINGS, MAX_WARNING_BYTES, truncateHead, type JobRecord, type ProgressRecord, type StageRecord } from "../domain/index.js";
+import { addShardCache, addSkips, boundedMetrics, MAX_EVAL_WARNINGS, MAX_WARNING_BYTES, truncateHead, type JobRecord, type ProgressRecord, type StageRecord } from "../domain/index.js";
 import type { EvalResult, Heartbeat, StepReport } from "../gen/clipfleet/v1/worker.js";
 import type { Attempt } from "./attempt.js";
 import type { JobContext } from "./context.js";
@@ -43,6 +43,10 @@ export class Progress {
     if (rep.skippedSamples > 0) m.skipped.inc(labels, rep.skippedSamples);
     for (const [reason, n] of Object.entries(addSkips({}, rep.skippedByReason))) m.skippedByReason.inc({ ...labels, reason }, n);
     if (rep.outOfRangeLabels > 0) m.outOfRangeLabels.inc(labels, rep.outOfRangeLabels);
+    if (rep.shardBytesFetched > 0) m.shardFetchBytes.inc(labels, rep.shardBytesFetched);
+    if (rep.shardCacheHits > 0) m.shardCacheHits.inc(labels, rep.shardCacheHits);
+    if (rep.shardCacheMisses > 0) m.shardCacheMisses.inc(labels, rep.shardCacheMisses);
+    if (duration(rep.shardFetchSeconds) && rep.shardFetchSeconds > 0) m.shardFetchSeconds.inc(labels, rep.shardFetchSeconds);
     if (rank.rank !== 0) {
       if (dropped > 0) m.valuesDropped.inc(labels, dropped);
       return;
@@ -147,6 +151,7 @@ export class Progress {
     p.stepSeconds = rep.stepSeconds;
     p.skippedSamples = a.facts.skippedBefore + a.skippedSamples;
     p.skippedByReason = addSkips(addSkips({}, a.facts.skippedByReasonBefore), a.skippedByReason);
+    if (a.facts.shardCacheBefore !== undefined || a.shardCache.hits + a.shardCache.misses > 0) p.shardCache = addShardCache(a.facts.shardCacheBefore, a.shardCache);
     const rec = s.attempts.find((x) => x.number === a.attempt);
     if (rec) rec.lastStep = rep.step;
   }

@@ -59,6 +59,10 @@ export class Metrics {
   readonly dataWait = this.counter("clipfleet_train_data_wait_seconds_total", "Time a rank waited for input data.", ["job", "stage", "rank"]);
   readonly computeTime = this.counter("clipfleet_train_compute_seconds_total", "Time ranks spent computing (forward, backward, update), summed over ranks: with the data wait it tells input-bound from compute-bound.", ["job", "stage"]);
   readonly outOfRangeLabels = this.counter("clipfleet_dense_labels_out_of_range_total", "Segmentation label pixels with a class id outside dense.num_classes (ignored in the loss), summed over ranks.", ["job", "stage"]);
+  readonly shardFetchBytes = this.counter("clipfleet_shard_fetch_bytes_total", "Bytes of remote shards (http(s)://, pipe:) fetched into the nodes' shard caches or read by range, summed over ranks.", ["job", "stage"]);
+  readonly shardCacheHits = this.counter("clipfleet_shard_cache_hits_total", "Remote or compressed shards a rank found in its node's shard cache.", ["job", "stage"]);
+  readonly shardCacheMisses = this.counter("clipfleet_shard_cache_misses_total", "Remote or compressed shards a rank fetched into its node's shard cache.", ["job", "stage"]);
+  readonly shardFetchSeconds = this.counter("clipfleet_shard_fetch_seconds_total", "Time ranks spent fetching shards (retries and backoff included), summed over ranks.", ["job", "stage"]);
   readonly valuesDropped = this.counter("clipfleet_report_values_dropped_total", "Values in ranks' reports that were dropped: NaN, infinite or negative numbers, and evaluation metrics past the name length or per-stage count limits.", ["job", "stage"]);
   readonly skipped = this.counter("clipfleet_train_samples_skipped_total", "Samples skipped as undecodable.", ["job", "stage"]);
   readonly skippedByReason = this.counter("clipfleet_train_samples_skipped_by_reason_total", "Training samples skipped, by reason (`no caption`, `undecodable image`, ...; a fixed set, unknown reasons count as `other`).", ["job", "stage", "reason"]);

@@ -63,6 +63,10 @@ function stageToProto(job: JobRecord, s: StageRecord): Stage {
       etaSeconds: Math.max(0, p.totalSteps - p.step) * p.stepSeconds,
       skippedSamples: p.skippedSamples,
       skippedByReason: { ...(p.skippedByReason ?? {}) },
+      shardBytesFetched: p.shardCache?.bytesFetched ?? 0,
+      shardCacheHits: p.shardCache?.hits ?? 0,
+      shardCacheMisses: p.shardCache?.misses ?? 0,
+      shardFetchSeconds: p.shardCache?.fetchSeconds ?? 0,
       worldSize: p.worldSize,
     },
     attempts: s.attempts.map((a) => ({

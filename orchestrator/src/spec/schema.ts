@@ -18,6 +18,7 @@ import {
   type JobSpec,
   type ModelSpec,
   type StageSpec,
+  type ShardCacheSpec,
   type SynthSpec,
   type TextTowerSpec,
   type TokenizerSpec,
@@ -169,8 +170,20 @@ const AUGMENT_FIELDS = {
   hflip: withDefault(number({ min: 0, max: 1 }), 0, "Probability of a horizontal flip (0 for CLIP: captions say left and right)."),
 } satisfies Record<keyof AugmentSpec, Field>;
 
+const BYTES_PATTERN = /^\s*\d+(\.\d+)?\s*([KMGT]i?B?|B)?\s*$/i;
+
+const CACHE_FIELDS = {
+  dir: withDefault(nullable(path()), null, "Shard cache directory on each node (absolute, or `~/...`); null: `${XDG_CACHE_HOME:-~/.cache}/clipfleet/shards`. `CLIPFLEET_SHARD_CACHE` in the ranks' environment overrides both. The ranks of a node share it."),
+  max_bytes: withDefault(
+    union([integer({ min: 1 }), string({ pattern: BYTES_PATTERN, expect: 'bytes like "50GB", "64GiB" or "500M"' })], { expect: 'an integer or a string like "50GB"', typeDoc: 'integer or string ("50GB")' }),
+    "64GiB",
+    "Size cap of the shard cache; least recently used shards are evicted beyond it. An http(s) shard larger than a quarter of it, with a tar index from `data.index`, is read sample by sample with range requests instead.",
+  ),
+  fetch_retries: withDefault(integer({ min: 1, max: 100 }), 6, "Attempts per shard fetch (exponential backoff with jitter, at most 10 s apart) before the job fails naming the URL."),
+} satisfies Record<keyof ShardCacheSpec, Field>;
+
 const DATA_FIELDS = {
-  train: derived(shards, "from `data.synth`", "Training shards: WebDataset tar patterns with brace ranges (`shards/{00000..00099}.tar`) or `::`-joined lists, relative to the spec file. Required by training tasks unless `data.synth` is set."),
+  train: derived(shards, "from `data.synth`", "Training shards: WebDataset tar patterns with brace ranges (`shards/{00000..00099}.tar`) or `::`-joined lists, relative to the spec file; `.tar.gz` too, and remote sources: `https://host/{00000..00099}.tar`, `pipe:aws s3 cp s3://b/{0..9}.tar -` (see docs/data.md). Required by training tasks unless `data.synth` is set."),
   val: derived(shards, "from `data.synth`, else none", "Validation shards, as `train`; required by `eval` stages and by `eval` sections."),
   synth: withDefault(nullable(object(SYNTH_FIELDS)), null, "Generate a synthetic dataset; fills in `train` and `val` when they are not given."),
   captions: withDefault(
@@ -198,6 +211,12 @@ const DATA_FIELDS = {
     null,
     "task command: the number of samples of the dataset the script indexes; with `train.batch_size` and `train.steps` or `train.epochs`, the orchestrator plans each step's sample indices per rank (`ctx.plan(step)`), for exact resume at any world size and `clipfleet audit`.",
   ),
+  index: withDefault(
+    nullable(path()),
+    null,
+    "A directory written by `clipfleet data index` (relative to the spec file): sample counts, sizes, sha256 digests and tar indices of the shards. Needed for `pipe:` shards and for http(s) shards without a `sizes.json` or `_stats.json` beside them.",
+  ),
+  cache: withDefault(object(CACHE_FIELDS), {}, "The node-local cache that remote (`http(s)://`, `pipe:`) and compressed (`.tar.gz`) shards are fetched into; see docs/data.md."),
   loader_threads: withDefault(count(), 2, "Decoding threads per rank (a pool beside the training thread); 0: the default, 2."),
   prefetch_steps: withDefault(count(), 4, "Steps of batches each rank decodes ahead; 0: the default, 4."),
 } satisfies Record<keyof DataSpec, Field>;

@@ -56,6 +56,8 @@ export function resolvePattern(pattern: string, baseDir: string): string {
   return pattern
     .split("::")
     .map((part) => {
+      // file://rel and file:rel resolve like plain paths; file:///abs is /abs.
+      if (/^file:/i.test(part)) part = part.replace(/^file:(\/\/)?/i, "");
       if (/^[A-Za-z][A-Za-z0-9+.-]*:/.test(part) || nodePath.isAbsolute(part)) return part; // a URL (pipe:, http:, s3:) or absolute
       const brace = part.indexOf("{");
       if (brace < 0) return nodePath.resolve(baseDir, part);
@@ -167,9 +169,14 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
   const shardList = (given: string | string[] | undefined, split: "train" | "val"): string[] | undefined => {
     if (given !== undefined) {
       const patterns = typeof given === "string" ? [given] : given;
-      // Remote sources are not read yet: say so here, not later as "directory .../https:/host does not exist".
-      const remote = patterns.flatMap((p) => p.split("::")).find((p) => /^[A-Za-z][A-Za-z0-9+.-]*:/.test(p) && !p.startsWith("file:"));
-      if (remote !== undefined) add(["data", split], `${show(remote.slice(0, 80))}: only local shard paths are read today (http(s)://, pipe: and object stores are planned; see docs/data.md)`);
+      // Object stores are read through pipe: commands; say so here, not later as "directory .../s3:/bucket does not exist".
+      for (const part of patterns.flatMap((p) => p.split("::"))) {
+        const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):/.exec(part)?.[1]?.toLowerCase();
+        if (scheme === undefined || ["http", "https", "pipe", "file"].includes(scheme)) continue;
+        const hint =
+          scheme === "s3" ? `"pipe:aws s3 cp ${part} -"` : scheme === "gs" ? `"pipe:gsutil cat ${part}"` : `"pipe:COMMAND" (a command writing the shard to stdout)`;
+        add(["data", split], `${show(part.slice(0, 80))}: ${scheme}:// is not read directly; use ${hint.length > 120 ? `${hint.slice(0, 117)}..."` : hint} (see docs/data.md)`);
+      }
       // Counted, never expanded, here: the count alone tells a brace bomb from a dataset.
       const total = patterns.reduce((acc, p) => acc + safeCount(p), 0);
       if (total > MAX_SHARDS) add(["data", split], `the patterns stand for ${Number.isFinite(total) && total < 1e15 ? total.toLocaleString("en-US") : total.toExponential(2)} shards, more than the limit of ${MAX_SHARDS.toLocaleString("en-US")}`);
@@ -262,7 +269,11 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
 
   if (issues.length > 0) return { issues };
   const model: ModelSpec = { image: image!, text: text!, embed_dim: embedDim, tokenizer: tokenizer! };
-  const data = inOrder<DataSpec>("data", task === "command" ? { ...d, train: [], val: [], synth: null, augment: augment! } : { ...d, train: train!, val: val!, synth: synth!, augment: augment! });
+  const index = d.index === null ? null : nodePath.resolve(ctx.baseDir, d.index);
+  const data = inOrder<DataSpec>(
+    "data",
+    task === "command" ? { ...d, index, train: [], val: [], synth: null, augment: augment! } : { ...d, index, train: train!, val: val!, synth: synth!, augment: augment! },
+  );
   const trainSpec = inOrder<TrainSpec>(
     "train",
     planned ? { ...t, batch_size: batchSize! } : task === "command" ? { ...t, batch_size: batchSize ?? 0 } : { ...t, steps: null, epochs: null, batch_size: batchSize! },

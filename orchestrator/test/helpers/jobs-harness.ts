@@ -259,6 +259,10 @@ export class FakeRank {
         outOfRangeLabels: 0,
         skippedSamples: Object.values(skippedByReason).reduce((a, n) => a + n, 0),
         skippedByReason,
+        shardBytesFetched: 0,
+        shardCacheHits: 0,
+        shardCacheMisses: 0,
+        shardFetchSeconds: 0,
       },
     });
   }

@@ -1,5 +1,5 @@
 /**
- * `clipfleet data synth|convert` hand their flags to the worker runtime's
+ * `clipfleet data synth|convert|index` hand their flags to the worker runtime's
  * CLI: every flag the Python side has is reachable, and synth passes only
  * the flags given so its defaults live in one place (synth.py).
  */
@@ -36,6 +36,19 @@ void describe("clipfleet data: flag wiring", () => {
 
   void it("convert of an image-caption folder needs only --images and --out", async () => {
     assert.deepEqual(await workerArgs(["data", "convert", "--images", "in", "--out", "o"]), ["convert", "--images", "in", "--out", "o", "--shards", "1", "--split", "train"]);
+  });
+
+  void it("index passes its patterns (one argument each, commands with spaces intact), --out and --jobs", async () => {
+    assert.deepEqual(await workerArgs(["data", "index", "pipe:aws s3 cp s3://b/{0..9}.tar -", "https://h/x-{0..1}.tar", "--out", "idx", "--jobs", "4"]), [
+      "index",
+      "pipe:aws s3 cp s3://b/{0..9}.tar -",
+      "https://h/x-{0..1}.tar",
+      "--jobs",
+      "4",
+      "--out",
+      "idx",
+    ]);
+    assert.deepEqual(await workerArgs(["data", "index", "shards/{0..3}.tar"]), ["index", "shards/{0..3}.tar", "--jobs", "8"]);
   });
 
   void it("synth passes only the flags given (the defaults are the worker's)", async () => {

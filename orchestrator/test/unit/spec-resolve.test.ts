@@ -69,6 +69,8 @@ void describe("defaults and presets", () => {
       fraction: 1,
       shuffle: true,
       audit: false,
+      index: null,
+      cache: { dir: null, max_bytes: "64GiB", fetch_retries: 6 },
       loader_threads: 2,
       prefetch_steps: 4,
       num_samples: null,
@@ -179,6 +181,14 @@ void describe("defaults and presets", () => {
     assert.equal(resolvePattern("{a,b}/x.tar", "/base"), "/base/{a,b}/x.tar");
     assert.equal(resolvePattern("a.tar::../b/{0..1}.tar::pipe:curl -s http://h/c.tar", "/base/d"), "/base/d/a.tar::/base/b/{0..1}.tar::pipe:curl -s http://h/c.tar");
     assert.equal(resolvePattern("s3://bucket/{0..9}.tar", "/base"), "s3://bucket/{0..9}.tar");
+    // file:// takes relative paths like plain ones; file:///abs is /abs.
+    assert.equal(resolvePattern("file://shards/{0..1}.tar::file:///abs/x.tar::file:y.tar", "/base"), "/base/shards/{0..1}.tar::/abs/x.tar::/base/y.tar");
+  });
+
+  void it("resolves data.index against the spec file and passes data.cache through", () => {
+    const s = only(parse({ ...MINIMAL, data: { ...MINIMAL.data, index: "idx", cache: { max_bytes: "5GB", dir: "/scratch/c" } } }));
+    assert.equal(s.data.index, "/specs/idx");
+    assert.deepEqual(s.data.cache, { dir: "/scratch/c", max_bytes: "5GB", fetch_retries: 6 });
   });
 
   void it("resolves the other paths: checkpoint.dir, worker.python with a slash, init paths", () => {

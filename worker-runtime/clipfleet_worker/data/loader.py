@@ -38,6 +38,7 @@ from ..errors import ConfigError, DataError
 from .captions import all_captions, caption_sources, choose_caption, choose_caption_pair
 from .members import BAD_GZIP, GZIP_TOO_LARGE, MemberError, decoded_members
 from .shards import read_classes
+from .sources import ShardSource
 from .tarindex import TarIndex
 from .transforms import AugmentParams, image_transform, joint_transform
 
@@ -195,9 +196,10 @@ def seg_class_names(shard_url: str, num_classes: int) -> list[str]:
 class ShardSet:
     """The job's shard list with lazily opened indexes, checked against the manifest counts."""
 
-    def __init__(self, shards: Sequence[tuple[str, int]], cache_dir: str | None = None) -> None:
+    def __init__(self, shards: Sequence[tuple[str, int]], cache_dir: str | None = None, source: ShardSource | None = None) -> None:
         self.shards = [(str(u), int(n)) for u, n in shards]
         self._cache_dir = cache_dir
+        self._source = source or ShardSource()
         self._indexes: dict[int, TarIndex] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -215,7 +217,7 @@ class ShardSet:
             idx = self._indexes.get(s)
             if idx is None:
                 url, expected = self.shards[s]
-                idx = TarIndex.open(url, self._cache_dir)
+                idx = self._source.open(url, self._cache_dir)
                 if idx.num_samples != expected:
                     raise DataError(
                         f"the manifest says {expected} samples but the shard has "
@@ -539,7 +541,7 @@ class PlanLoader:
         self.config = LoaderConfig.from_cfg(cfg, task, image_size, split, [u for u, _ in shards])
         if self.config.wants_captions and tokenize is None:
             raise ConfigError(f"task {task}: a tokenizer is required to load captions")
-        self._shardset = ShardSet(shards, cache_dir)
+        self._shardset = ShardSet(shards, cache_dir, ShardSource.from_cfg(cfg))
         self._tokenize = tokenize
         self._fetch_plan = fetch_plan
         self._start, self._end = int(start_step), int(end_step)
@@ -637,6 +639,7 @@ def iterate_split(
     threads: int = 2,
     prefetch_batches: int = 2,
     cache_dir: str | None = None,
+    source: ShardSource | None = None,
 ) -> Iterator[EvalBatch]:
     """Sequential scan of a split for evaluation, val transform, in shard order.
 
@@ -657,7 +660,7 @@ def iterate_split(
         num_classes=num_classes,
         ignore_index=ignore_index,
     )
-    shardset = ShardSet(shards, cache_dir)
+    shardset = ShardSet(shards, cache_dir, source)
     starts = [0]
     for _, n in shardset.shards:
         starts.append(starts[-1] + n)

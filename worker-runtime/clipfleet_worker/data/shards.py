@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
+# Small JSON sidecars (classes.json) read over HTTP: hostile input, so capped.
+MAX_SIDECAR_BYTES = 16 << 20
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?$")
 
 
@@ -135,7 +139,16 @@ def read_sizes(urls: list[str]) -> list[int | None]:
 
 
 def read_classes(url: str) -> dict | None:
-    """The dataset's `classes.json` (written by synth/convert) next to a shard, if any."""
+    """The dataset's `classes.json` (written by synth/convert) next to a shard, if any.
+
+    Next to an http(s) shard it is fetched (small, size-capped); a pipe:
+    source has no "next to", so it has none.
+    """
+    if url.startswith(("http://", "https://")):
+        data = http_get_json(url.rsplit("/", 1)[0] + "/classes.json")
+        return data if isinstance(data, dict) else None
+    if url.startswith("pipe:"):
+        return None
     return _load_json(os.path.join(os.path.dirname(local_path(url)), "classes.json"))
 
 
@@ -161,13 +174,16 @@ def read_zero_shot(url: str) -> ZeroShotClasses | None:
     files in `<dataset>/`). Templates come from `zeroshot_classification_templates.txt`
     found the same way (one a line, `{c}` or `{}` for the class name).
     """
-    directory = os.path.dirname(local_path(url))
-    places = [directory, os.path.dirname(directory)]
+    if url.startswith("pipe:"):
+        return None  # a command has no "next to": zero-shot needs local or http metadata
+    remote = url.startswith(("http://", "https://"))
+    directory = url.rsplit("/", 1)[0] if remote else os.path.dirname(local_path(url))
+    places = [directory, directory.rsplit("/", 1)[0] if remote else os.path.dirname(directory)]
     names: list[str] | None = None
     source = ""
-    classes = _load_json(os.path.join(directory, "classes.json"))
+    classes = read_classes(url)
     if classes is not None and isinstance(classes.get("zero_shot"), list) and classes["zero_shot"]:
-        names, source = [str(n) for n in classes["zero_shot"]], os.path.join(directory, "classes.json")
+        names, source = [str(n) for n in classes["zero_shot"]], f"{directory}/classes.json"
     else:
         found = _first_lines_file(places, CLASSNAMES_TXT)
         if found is not None:
@@ -179,18 +195,29 @@ def read_zero_shot(url: str) -> ZeroShotClasses | None:
 
 
 def _first_lines_file(places: list[str], name: str) -> tuple[str, list[str]] | None:
-    """(path, non-blank stripped lines) of the first `name` in places that has any."""
+    """(path, non-blank stripped lines) of the first `name` in places that has any (http(s) places are fetched)."""
     for place in places:
-        path = os.path.join(place, name)
-        try:
-            with open(path, encoding="utf-8") as f:
-                lines = [line.strip() for line in f]
-        except FileNotFoundError:
+        path = f"{place}/{name}" if place.startswith(("http://", "https://")) else os.path.join(place, name)
+        text = _read_text(path)
+        if text is None:
             continue
+        lines = [line.strip() for line in text.splitlines()]
         lines = [line for line in lines if line]
         if lines:
             return path, lines
     return None
+
+
+def _read_text(path: str) -> str | None:
+    """A small UTF-8 text file, local or over http(s) (size-capped); None when absent."""
+    if path.startswith(("http://", "https://")):
+        body = http_get(path)
+        return None if body is None else body.decode("utf-8", errors="replace")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read(MAX_SIDECAR_BYTES)
+    except FileNotFoundError:
+        return None
 
 
 def _load_json(path: str) -> dict | None:
@@ -204,3 +231,30 @@ def _load_json(path: str) -> dict | None:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def http_get(url: str, timeout: float = 30.0, limit: int = MAX_SIDECAR_BYTES) -> bytes | None:
+    """A small document over HTTP (sidecars next to remote shards), at most `limit` bytes; None on 404."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body = resp.read(limit + 1)
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise DataError(f"HTTP {e.code} {e.reason}", shard=url) from None
+    except (urllib.error.URLError, OSError) as e:
+        raise DataError(f"{type(e).__name__}: {getattr(e, 'reason', None) or e}", shard=url) from None
+    if len(body) > limit:
+        raise DataError(f"larger than {limit} bytes", shard=url)
+    return body
+
+
+def http_get_json(url: str, timeout: float = 30.0, limit: int = MAX_SIDECAR_BYTES) -> object | None:
+    """A small JSON document over HTTP (classes.json next to remote shards); None on 404."""
+    body = http_get(url, timeout, limit)
+    if body is None:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise DataError(f"invalid JSON ({e})", shard=url) from None

@@ -16,6 +16,7 @@ import os
 import re
 import tarfile
 import threading
+import zlib
 from array import array
 
 from ..errors import DataError
@@ -77,6 +78,43 @@ class TarIndex:
         self._member_size = member_size
         self._fd: int | None = None
         self._lock = threading.Lock()
+        self._reader = None  # an object with pread(size, offset), e.g. remote.RangeReader
+
+    @classmethod
+    def from_file(cls, path: str, index_file: str, shard_size: int, fd: int | None = None, reader=None) -> "TarIndex":
+        """A shard indexed by `clipfleet data index`: the same layout as the cached index, checked by size only.
+
+        `fd` is an already open descriptor of the shard (it stays valid if the
+        file is evicted from the shard cache); `reader` reads remotely instead.
+        """
+        try:
+            with open(index_file, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise DataError(f"index file {index_file} is unreadable ({e})", shard=path) from None
+        if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION or data.get("shard_size") != shard_size:
+            raise DataError(
+                f"index file {index_file} does not describe this shard ({shard_size} bytes; rerun clipfleet data index)",
+                shard=path,
+            )
+        idx = cls(path, *_arrays(data))
+        idx._fd = fd
+        idx._reader = reader
+        return idx
+
+    @classmethod
+    def open_fd(cls, path: str, fd: int, name: str | None = None) -> "TarIndex":
+        """Index an open shard descriptor (a shard cache entry), caching the index next to it."""
+        st = os.fstat(fd)
+        cache = _cache_path(path, None)
+        cached = _load_cache(cache, st)
+        if cached is None:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                cached = _build_file(f, name or path, st.st_size)
+            _write_cache(cache, st, *cached)
+        idx = cls(path, *cached)
+        idx._fd = fd
+        return idx
 
     @classmethod
     def open(cls, path: str, cache_dir: str | None = None) -> "TarIndex":
@@ -116,11 +154,12 @@ class TarIndex:
     def read(self, i: int) -> dict[str, bytes]:
         """The members of sample i as {extension: bytes}; thread-safe."""
         self._check(i)
-        fd = self._descriptor()
+        reader = self._reader
+        fd = self._descriptor() if reader is None else -1
         out: dict[str, bytes] = {}
         for m in range(self._sample_start[i], self._sample_start[i + 1]):
             offset, size = self._member_offset[m], self._member_size[m]
-            data = os.pread(fd, size, offset)
+            data = reader.pread(size, offset) if reader is not None else os.pread(fd, size, offset)
             if len(data) != size:
                 raise DataError(
                     f"shard is truncated: sample {i} member at offset {offset} needs "
@@ -180,6 +219,10 @@ def _load_cache(cache: str, st: os.stat_result) -> tuple | None:
         or data.get("shard_mtime_ns") != st.st_mtime_ns
     ):
         return None
+    return _arrays(data)
+
+
+def _arrays(data: dict) -> tuple:
     return (
         data["keys"],
         data["exts"],
@@ -190,11 +233,12 @@ def _load_cache(cache: str, st: os.stat_result) -> tuple | None:
     )
 
 
-def _write_cache(cache: str, st: os.stat_result, keys, exts, sample_start, member_ext, member_offset, member_size) -> None:
-    data = {
+def index_json(shard_size: int, shard_mtime_ns: int | None, keys, exts, sample_start, member_ext, member_offset, member_size) -> dict:
+    """The index file's JSON (the cached `.idx.json` and `clipfleet data index`'s files share it)."""
+    return {
         "version": _CACHE_VERSION,
-        "shard_size": st.st_size,
-        "shard_mtime_ns": st.st_mtime_ns,
+        "shard_size": shard_size,
+        "shard_mtime_ns": shard_mtime_ns,
         "keys": keys,
         "exts": exts,
         "sample_start": sample_start.tolist(),
@@ -202,6 +246,10 @@ def _write_cache(cache: str, st: os.stat_result, keys, exts, sample_start, membe
         "member_offset": member_offset.tolist(),
         "member_size": member_size.tolist(),
     }
+
+
+def _write_cache(cache: str, st: os.stat_result, *built) -> None:
+    data = index_json(st.st_size, st.st_mtime_ns, *built)
     tmp = f"{cache}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)
@@ -218,6 +266,53 @@ def _write_cache(cache: str, st: os.stat_result, keys, exts, sample_start, membe
 
 
 def _build(path: str, file_size: int) -> tuple:
+    with open(path, "rb") as f:
+        return _build_file(f, path, file_size)
+
+
+def _build_file(f, path: str, file_size: int) -> tuple:
+    head = f.read(2)
+    if head == b"\x1f\x8b" and path.lower().endswith((".tar.gz", ".tgz")):
+        # Named .tar.gz/.tgz shards are decompressed into the shard cache first (sources.ShardSource).
+        raise DataError("shard is gzip-compressed; read it through the shard cache", shard=path)
+    if head == b"\x1f\x8b":
+        raise DataError(
+            "shard holds gzip-compressed data, but its name does not end in .tar.gz or .tgz; "
+            "decompress it (gzip -dc < FILE > NEW.tar) or rename it",
+            shard=path,
+        )
+    f.seek(0)
+    try:
+        tar = tarfile.open(fileobj=f, mode="r:")
+    except tarfile.ReadError as e:
+        raise DataError(f"shard is not a tar file ({e})", shard=path) from None
+    try:
+        built = _group(_members(tar, path), path, file_size)
+        end = tar.offset
+    finally:
+        tar.close()
+    _check_tail(f, path, end, file_size)
+    return built
+
+
+def build_stream(fileobj, path: str, gz: bool = False) -> tuple:
+    """Index a shard read once from a stream (an HTTP body, a pipe): the tuple TarIndex takes.
+
+    Offsets are in the uncompressed tar, so a `.tar.gz` indexed this way
+    addresses its decompressed copy in the shard cache.
+    """
+    try:
+        tar = tarfile.open(fileobj=fileobj, mode="r|gz" if gz else "r|")
+    except (tarfile.ReadError, OSError, EOFError) as e:
+        raise DataError(f"shard is not a {'gzip-compressed ' if gz else ''}tar file ({e})", shard=path) from None
+    try:
+        return _group(_members(tar, path), path, None)
+    finally:
+        tar.close()
+
+
+def _group(infos, path: str, file_size: int | None) -> tuple:
+    """WebDataset grouping of tar members into samples (see split_member_name)."""
     keys: list[str] = []
     exts: list[str] = []
     ext_ids: dict[str, int] = {}
@@ -227,56 +322,34 @@ def _build(path: str, file_size: int) -> tuple:
     member_size = array("q")
     current_key: str | None = None
     current_exts: set[str] = set()
-    with open(path, "rb") as f:
-        head = f.read(2)
-        if head == b"\x1f\x8b" and not path.lower().endswith((".tar.gz", ".tgz")):
+    for info in infos:
+        if file_size is not None and info.offset_data + info.size > file_size:
             raise DataError(
-                "shard holds gzip-compressed data, but its name does not end in .tar.gz or .tgz; "
-                "decompress it (gzip -dc < FILE > NEW.tar)",
+                f"shard is truncated: member {info.name!r} ends at byte "
+                f"{info.offset_data + info.size} but the file has {file_size}",
                 shard=path,
             )
-        if head == b"\x1f\x8b":
-            raise DataError(
-                "shard is gzip-compressed; random access needs uncompressed .tar shards", shard=path
-            )
-        f.seek(0)
-        try:
-            tar = tarfile.open(fileobj=f, mode="r:")
-        except tarfile.ReadError as e:
-            raise DataError(f"shard is not a tar file ({e})", shard=path) from None
-        try:
-            for info in _members(tar, path):
-                if info.offset_data + info.size > file_size:
-                    raise DataError(
-                        f"shard is truncated: member {info.name!r} ends at byte "
-                        f"{info.offset_data + info.size} but the file has {file_size}",
-                        shard=path,
-                    )
-                if not info.isreg():
-                    continue
-                split = split_member_name(info.name)
-                if split is None:
-                    continue
-                key, ext = split
-                if key != current_key:
-                    current_key = key
-                    current_exts = set()
-                    keys.append(key)
-                    sample_start.append(len(member_offset))
-                # `k.txt` and `k.txt.gz` both read as `txt` (members.py), so they clash too.
-                elif gz_stripped(ext) in current_exts:
-                    raise DataError(f"sample has two {gz_stripped(ext)!r} members", shard=path, key=key)
-                current_exts.add(gz_stripped(ext))
-                if ext not in ext_ids:
-                    ext_ids[ext] = len(exts)
-                    exts.append(ext)
-                member_ext.append(ext_ids[ext])
-                member_offset.append(info.offset_data)
-                member_size.append(info.size)
-            end = tar.offset
-        finally:
-            tar.close()
-        _check_tail(f, path, end, file_size)
+        if not info.isreg():
+            continue
+        split = split_member_name(info.name)
+        if split is None:
+            continue
+        key, ext = split
+        if key != current_key:
+            current_key = key
+            current_exts = set()
+            keys.append(key)
+            sample_start.append(len(member_offset))
+        # `k.txt` and `k.txt.gz` both read as `txt` (members.py), so they clash too.
+        elif gz_stripped(ext) in current_exts:
+            raise DataError(f"sample has two {gz_stripped(ext)!r} members", shard=path, key=key)
+        current_exts.add(gz_stripped(ext))
+        if ext not in ext_ids:
+            ext_ids[ext] = len(exts)
+            exts.append(ext)
+        member_ext.append(ext_ids[ext])
+        member_offset.append(info.offset_data)
+        member_size.append(info.size)
     sample_start.append(len(member_offset))
     return keys, exts, sample_start, member_ext, member_offset, member_size
 
@@ -285,7 +358,7 @@ def _members(tar: tarfile.TarFile, path: str):
     while True:
         try:
             info = tar.next()
-        except tarfile.TarError as e:
+        except (tarfile.TarError, EOFError, zlib.error) as e:
             raise DataError(f"shard is corrupt ({e})", shard=path) from None
         if info is None:
             return

@@ -20,6 +20,7 @@ from .. import checkpoint as ckpt
 from .. import distributed as D
 from ..agent import Agent
 from ..data.loader import PlanLoader, StepSlice
+from ..data.remote import STATS as SHARD_STATS
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..gen.clipfleet.v1 import common_pb2 as cpb
 from ..gen.clipfleet.v1 import worker_pb2 as pb
@@ -54,6 +55,8 @@ class TaskContext:
         msg = pb.StepReport(**fields)
         for k, n in reasons.items():
             msg.skipped_by_reason[k] = int(n)
+        fetched, hits, misses, seconds = SHARD_STATS.delta()
+        msg.shard_bytes_fetched, msg.shard_cache_hits, msg.shard_cache_misses, msg.shard_fetch_seconds = fetched, hits, misses, seconds
         msg.samples.extend(int(s) for s in samples)
         for k, v in extra.items():
             msg.extra[k] = float(v)

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from .. import distributed as D
 from ..data.loader import iterate_split, skip_counts, skips_by_reason
 from ..data.shards import read_zero_shot
+from ..data.sources import ShardSource
 from ..evaluation import DEFAULT_TEMPLATES, retrieval_metrics, zero_shot_classifier, zero_shot_counts
 from ..models import build_clip, params_sha256
 from ..tokenizers import build_tokenizer
@@ -76,6 +77,7 @@ def evaluate_clip(ctx: TaskContext, model: torch.nn.Module, tokenizer: Any, step
         rank=ctx.rank,
         world_size=ctx.world_size,
         threads=int(cfg["data"].get("loader_threads") or 2),
+        source=ShardSource.from_cfg(cfg),
     ):
         for r, n in b.skip_reasons.items():
             reasons[r] = reasons.get(r, 0) + n
@@ -131,6 +133,8 @@ def _zero_shot(model: torch.nn.Module, tokenizer: Any, ev: dict, shard: str, img
     """Adds zeroshot/top-k to metrics; returns why it was left out or partial (warnings)."""
     classes = read_zero_shot(shard)
     if classes is None:
+        if shard.startswith("pipe:"):
+            return ["zero-shot skipped: a pipe: val source has no files next to it (classnames.txt, classes.json); serve it over http(s) or keep the val set local"]
         return [f"zero-shot skipped: no classnames.txt or classes.json (zero_shot) next to {shard} or in its parent directory"]
     names = classes.names
     labelled = lab >= 0

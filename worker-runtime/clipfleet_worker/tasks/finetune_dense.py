@@ -33,6 +33,7 @@ from torch import Tensor
 
 from .. import distributed as D
 from ..data.loader import iterate_split, resolve_num_classes, seg_class_names, skip_counts, skips_by_reason
+from ..data.sources import ShardSource
 from ..evaluation import DEPTH_KEYS, add_sums, depth_metric_sums, depth_metrics_from_sums, seg_class_iou, seg_confusion, seg_metrics
 from ..losses import depth_loss, seg_loss
 from ..models import DenseModel, TowerLoadReport, build_dense_model, load_image_tower, params_sha256
@@ -283,6 +284,7 @@ def evaluate_dense(ctx: TaskContext, model: DenseModel, num_classes: int | None)
         rank=ctx.rank,
         world_size=ctx.world_size,
         threads=int(cfg["data"].get("loader_threads") or 2),
+        source=ShardSource.from_cfg(cfg),
     ):
         for r, n in b.skip_reasons.items():
             reasons[r] = reasons.get(r, 0) + n

@@ -1,4 +1,4 @@
-/** `clipfleet data synth|convert`: make WebDataset shards (the worker runtime does the work). */
+/** `clipfleet data synth|convert|index`: make and index WebDataset shards (the worker runtime does the work). */
 import type { Argv } from "yargs";
 import type { Command } from "../command.js";
 import type { GlobalArgs } from "../context.js";
@@ -46,9 +46,15 @@ export function convertArgs(a: ConvertArgs): string[] {
   return args;
 }
 
+interface IndexArgs {
+  patterns: string[];
+  out?: string;
+  jobs: number;
+}
+
 export const dataCommand: Command = (deps, state) => ({
   command: "data <command>",
-  describe: "Dataset tools: synthetic scenes with captions, masks and depth; conversion of image folders into shards",
+  describe: "Dataset tools: synthetic scenes with captions, masks and depth; conversion of image folders into shards; indexing shards",
   builder: (y: Argv<GlobalArgs>) =>
     y
       .command<SynthArgs>({
@@ -87,7 +93,22 @@ export const dataCommand: Command = (deps, state) => ({
           state.exitCode = await deps.runWorkerCli(typeof a.python === "string" ? a.python : null, convertArgs(a));
         },
       })
-      .demandCommand(1, "name a data command: synth or convert")
+      .command<IndexArgs>({
+        command: "index <patterns..>",
+        describe: "Read shards once (local, http(s)://, pipe:) and write their sample counts, sizes, sha256 digests and tar indices for data.index",
+        builder: (s) =>
+          s
+            .positional("patterns", { type: "string", array: true, demandOption: true, describe: "shard patterns (brace ranges, :: lists); quote them" })
+            .option("out", { type: "string", describe: "output directory (default: the shards' directory; required for remote shards)" })
+            .option("jobs", { type: "number", default: 8, describe: "shards read at once" })
+            .example('$0 data index "https://host/shards/{00000..00099}.tar" --out data/idx', "then set data.index: data/idx"),
+        handler: async (a) => {
+          const args = ["index", ...a.patterns, "--jobs", String(a.jobs)];
+          if (a.out) args.push("--out", a.out);
+          state.exitCode = await deps.runWorkerCli(typeof a.python === "string" ? a.python : null, args);
+        },
+      })
+      .demandCommand(1, "name a data command: synth, convert or index")
       .example("$0 data synth --out data/tiny --train 2048 --val 256 --size 32", "a tiny synthetic dataset")
       .example("$0 data convert --images imgs --out data/captioned --shards 4", "shards from an image-caption folder"),
   handler: () => undefined,
