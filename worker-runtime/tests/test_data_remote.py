@@ -47,11 +47,12 @@ class Server:
 
             def do_GET(self):
                 server.requests.append((self.path, self.headers.get("Range")))
-                queue = server.fail.get(self.path)
+                path = self.path.split("?", 1)[0]  # a signed URL's query names the same file
+                queue = server.fail.get(path)
                 if queue:
                     self.send_error(queue.pop(0))
                     return
-                body = server.files.get(self.path)
+                body = server.files.get(path)
                 if body is None:
                     self.send_error(404)
                     return
@@ -326,12 +327,26 @@ def test_index_command_needs_out_for_remote_shards_and_names_failures(server, tm
         build_index([server.url + "/a.tar"], None)
     with pytest.raises(DataError, match=r"/missing\.tar: HTTP 404"):
         build_index([server.url + "/missing.tar"], str(tmp_path / "idx"), jobs=1)
-    with pytest.raises(DataError, match=r"pipe:exit 3: command exited with status 3"):
-        build_index(["pipe:exit 3"], str(tmp_path / "idx"), jobs=1)
+    with pytest.raises(DataError, match=r"pipe:exit 3: failed after 2 attempts: command exited with status 3"):
+        build_index(["pipe:exit 3"], str(tmp_path / "idx"), jobs=1, attempts=2)
     shard = tmp_path / "l.tar"
     shard.write_bytes(_shard(2))
     assert build_index([str(shard)], None, jobs=1)["out"] == str(tmp_path)
     assert json.loads((tmp_path / "sizes.json").read_text()) == {"l.tar": 2}
+
+
+def test_index_command_retries_transient_failures(server, tmp_path):
+    from clipfleet_worker.cli_data import build_index
+
+    server.fail["/a.tar"] = [503, 429]
+    summary = build_index([server.url + "/a.tar?X-Amz-Signature=abc"], str(tmp_path / "idx"), jobs=1, attempts=3)
+    assert summary["shards"] == 1
+    # A signed URL's query is not part of the shard's name.
+    assert json.loads((tmp_path / "idx" / "sizes.json").read_text()) == {"a.tar": 5}
+    assert [p for p, _ in server.requests].count("/a.tar?X-Amz-Signature=abc") == 3
+    with pytest.raises(DataError, match=r"failed after 2 attempts: HTTP 503"):
+        server.fail["/b.tar"] = [503, 503]
+        build_index([server.url + "/b.tar"], str(tmp_path / "idx"), jobs=1, attempts=2)
 
 
 def test_range_reads_retry_and_fail_naming_the_url(server, tmp_path):
@@ -353,3 +368,15 @@ def test_stats_delta_is_per_report():
     assert stats.delta() == (10, 2, 1, 0.5)
     stats.add(hits=1)
     assert stats.delta() == (0, 1, 0, 0.0)
+
+
+def test_zero_shot_class_files_next_to_http_val_shards(server):
+    from clipfleet_worker.data.shards import read_zero_shot
+
+    server.files["/ds/classnames.txt"] = b"cat\ndog\n"
+    server.files["/ds/zeroshot_classification_templates.txt"] = b"a photo of a {c}.\n"
+    classes = read_zero_shot(server.url + "/ds/test/0.tar?sig=a/b")
+    assert classes is not None and classes.names == ["cat", "dog"] and classes.templates == ["a photo of a {c}."]
+    assert classes.source == server.url + "/ds/classnames.txt"
+    assert read_zero_shot("pipe:cat /x/test/0.tar") is None
+    assert read_zero_shot(server.url + "/other/test/0.tar") is None

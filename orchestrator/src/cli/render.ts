@@ -90,7 +90,6 @@ export function fmtSkips(total: number, byReason: Readonly<Record<string, number
   return `${n} ${n === 1 ? noun.replace(/s$/, "") : noun}: ${parts.join(", ")}`;
 }
 
-/** A table with left-aligned columns. */
 /** `shardCache` of the summary (bytes fetched, hits, misses, fetch seconds over every stage), when any shard went through a cache. */
 function shardCacheSummary(job: Job): { shardCache?: Record<string, number> } {
   const sum = job.stages.reduce(
@@ -103,6 +102,21 @@ function shardCacheSummary(job: Job): { shardCache?: Record<string, number> } {
   return sum.hits + sum.misses > 0 ? { shardCache: sum } : {};
 }
 
+/** 1.5 GiB, 12.0 MiB, 300 B. */
+export function fmtBytes(n: number): string {
+  if (n >= 1 << 30) return `${(n / (1 << 30)).toFixed(1)} GiB`;
+  if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(1)} MiB`;
+  if (n >= 1 << 10) return `${(n / (1 << 10)).toFixed(1)} KiB`;
+  return `${n} B`;
+}
+
+/** The shard cache line of a stage: what its ranks fetched and found cached (remote and .tar.gz shards). */
+function fmtShardCache(p: Stage["progress"]): string | null {
+  if (!p || p.shardCacheHits + p.shardCacheMisses === 0) return null;
+  return `shard cache: ${p.shardCacheMisses} fetched (${fmtBytes(p.shardBytesFetched)} in ${p.shardFetchSeconds.toFixed(1)} s), ${p.shardCacheHits} found cached`;
+}
+
+/** A table with left-aligned columns. */
 export function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
   const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join("  ").trimEnd();
@@ -153,6 +167,8 @@ export function renderStatus(job: Job, now: number): string {
     const evalSkipped = fmtSkips(0, s.evalSkippedByReason, "val samples");
     if (evalSkipped) lines.push(`evaluation skipped ${evalSkipped}`);
     for (const w of s.warnings) lines.push(`warning: ${w}`);
+    const cache = fmtShardCache(s.progress);
+    if (cache) lines.push(cache);
     const ckpt = s.checkpoints.filter((c) => c.status === "committed").at(-1);
     if (ckpt) lines.push(`newest checkpoint: step ${ckpt.step}, ${ckpt.dir}`);
     if (s.error) {

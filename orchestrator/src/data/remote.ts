@@ -166,9 +166,7 @@ export async function remoteCounts(urls: readonly string[], which: readonly numb
     while (next < http.length) {
       const i = http[next++] as number;
       const url = urls[i] as string;
-      const cut = url.lastIndexOf("/");
-      const dir = url.slice(0, cut);
-      const name = url.slice(cut + 1);
+      const { dir, name } = splitHttpUrl(url, field);
       const n = (await sizesOf(dir))?.get(name);
       if (n !== undefined) {
         out.set(i, n);
@@ -182,6 +180,22 @@ export async function remoteCounts(urls: readonly string[], which: readonly numb
   };
   await Promise.all(Array.from({ length: Math.min(concurrency, http.length) }, lane));
   return out;
+}
+
+/**
+ * The directory URL and file name of an http(s) shard, without its query or
+ * fragment: a signed URL (`.../00001.tar?X-Amz-Signature=...`) has its
+ * sidecars at `.../sizes.json` and is named `00001.tar` there.
+ */
+export function splitHttpUrl(url: string, field = "data.train"): { dir: string; name: string } {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new InvalidArgumentError(`${field}: ${JSON.stringify(url.slice(0, 200))} is not a valid URL`, field);
+  }
+  const cut = u.pathname.lastIndexOf("/");
+  return { dir: `${u.origin}${u.pathname.slice(0, cut)}`, name: decodeURIComponent(u.pathname.slice(cut + 1)) };
 }
 
 function needIndex(field: string, url: string, pattern: string, haveIndex: boolean): InvalidArgumentError {

@@ -6,7 +6,16 @@ import { fmtSkips, jobSummary, renderStatus } from "../../src/cli/render.js";
 import { Job, JobState, Progress, Stage } from "../../src/gen/clipfleet/v1/control.js";
 
 interface StageFields {
-  progress: { step: number; totalSteps: number; skippedSamples?: number; skippedByReason?: Record<string, number> };
+  progress: {
+    step: number;
+    totalSteps: number;
+    skippedSamples?: number;
+    skippedByReason?: Record<string, number>;
+    shardBytesFetched?: number;
+    shardCacheHits?: number;
+    shardCacheMisses?: number;
+    shardFetchSeconds?: number;
+  };
   evalSkippedByReason?: Record<string, number>;
   warnings?: string[];
 }
@@ -68,5 +77,18 @@ void describe("job summaries", () => {
     assert.deepEqual(json.skippedByReason, { "no caption": 3 });
     assert.deepEqual(json.warnings, ["b: retrieval skipped: no val sample has a caption from alt"]);
     assert.equal(renderStatus(job, Date.now()).match(/^skipped /gm)?.length, 2);
+  });
+
+  void it("the shard cache: a status line per stage and shardCache in --json, only when shards went through it", () => {
+    const job = Job.fromPartial({ id: "j-3", name: "remote", state: JobState.JOB_STATE_SUCCEEDED });
+    job.stages = [
+      stage("a", { progress: { step: 2, totalSteps: 2, shardBytesFetched: 3 << 20, shardCacheHits: 5, shardCacheMisses: 8, shardFetchSeconds: 0.42 } }),
+      stage("b", { progress: { step: 2, totalSteps: 2 } }),
+    ];
+    const text = renderStatus(job, Date.now());
+    assert.deepEqual(text.match(/^shard cache: .*$/gm), ["shard cache: 8 fetched (3.0 MiB in 0.4 s), 5 found cached"]);
+    assert.deepEqual(jobSummary(job).shardCache, { bytesFetched: 3 << 20, hits: 5, misses: 8, fetchSeconds: 0.42 });
+    job.stages = [stage("b", { progress: { step: 2, totalSteps: 2 } })];
+    assert.equal(jobSummary(job).shardCache, undefined);
   });
 });

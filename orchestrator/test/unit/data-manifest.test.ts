@@ -342,7 +342,7 @@ void test("peekCaptionSources reads gzipped members and list-valued json fields"
     );
     const m = await resolveManifest([`${dir}/0.tar`]);
     // A list with a string is a source (the worker reads each string); a list of numbers is not.
-    assert.deepEqual([...(await peekCaptionSources(m))].sort(), ["alt", "coco", "listed", "syn", "vecap"]);
+    assert.deepEqual([...((await peekCaptionSources(m)) ?? [])].sort(), ["alt", "coco", "listed", "syn", "vecap"]);
   } finally {
     cleanup();
   }

@@ -57,6 +57,23 @@ void test("http shards: counts from sizes.json (one request per directory), else
   }
 });
 
+void test("signed http shard URLs: sidecars are looked up without the query, under the file's name", async () => {
+  const { url, log, server } = await serve({
+    "/a/sizes.json": JSON.stringify({ "s-0.tar": 3 }),
+    "/b/00000_stats.json": JSON.stringify({ successes: 7 }),
+  });
+  try {
+    const m = await resolveManifest([`${url}/a/s-0.tar?X-Amz-Signature=ab%2Fcd&X-Amz-Expires=60`, `${url}/b/00000.tar?sig=1/2`]);
+    assert.deepEqual(
+      m.shards.map((s) => s.samples),
+      [3, 7],
+    );
+    assert.deepEqual(log.sort(), ["/a/sizes.json", "/b/00000_stats.json", "/b/sizes.json"]);
+  } finally {
+    server.close();
+  }
+});
+
 void test("remote shards without counts: one-line error naming the field and the data index command", async () => {
   const { url, server } = await serve({});
   try {

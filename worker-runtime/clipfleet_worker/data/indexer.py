@@ -15,8 +15,10 @@ file is written atomically.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
+import random
 import subprocess
 import threading
 import time
@@ -27,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from ..errors import ConfigError, DataError
-from .remote import entry_name, is_gzip_name, is_remote
+from .remote import entry_name, is_gzip_name, is_remote, shard_name
 from .sources import INDEX_VERSION, index_key
 from .tarindex import build_stream, index_json
 
@@ -80,6 +82,14 @@ class _Tee:
             pass
 
 
+class _Transient(DataError):
+    """A failure another attempt may not meet: a connection error, a 5xx/408/429, a pipe command exiting non-zero."""
+
+    def __init__(self, message: str, shard: str | None = None) -> None:
+        super().__init__(message, shard=shard)
+        self.reason = message
+
+
 def _open_stream(url: str, timeout: float):
     """(readable, close) for a shard URL; close() raises DataError when a pipe command failed."""
     if url.startswith("pipe:"):
@@ -94,16 +104,17 @@ def _open_stream(url: str, timeout: float):
             t.join()
             if code != 0:
                 lines = [ln for ln in b"".join(err).decode("utf-8", "replace").splitlines() if ln.strip()]
-                raise DataError(f"command exited with status {code}" + (f": {lines[-1].strip()[:300]}" if lines else ""), shard=url)
+                raise _Transient(f"command exited with status {code}" + (f": {lines[-1].strip()[:300]}" if lines else ""), shard=url)
 
         return proc.stdout, close
     if is_remote(url):
         try:
             resp = urllib.request.urlopen(url, timeout=timeout)
         except urllib.error.HTTPError as e:
-            raise DataError(f"HTTP {e.code} {e.reason}", shard=url) from None
+            err = _Transient if e.code >= 500 or e.code in (408, 429) else DataError
+            raise err(f"HTTP {e.code} {e.reason}", shard=url) from None
         except (urllib.error.URLError, OSError) as e:
-            raise DataError(f"{type(e).__name__}: {getattr(e, 'reason', None) or e}", shard=url) from None
+            raise _Transient(f"{type(e).__name__}: {getattr(e, 'reason', None) or e}", shard=url) from None
         return resp, resp.close
     try:
         f = open(index_key(url), "rb")
@@ -112,7 +123,30 @@ def _open_stream(url: str, timeout: float):
     return f, f.close
 
 
-def _index_one(url: str, out: str, timeout: float) -> tuple[dict, bool]:
+def _read_once(url: str, timeout: float) -> tuple[tuple, "_Tee"]:
+    """One pass over the shard: its tar index and the tee that hashed and counted it."""
+    raw, close = _open_stream(url, timeout)
+    tee = _Tee(raw, is_gzip_name(url))
+    try:
+        try:
+            built = build_stream(tee, url)
+            tee.drain()
+        except (OSError, http.client.HTTPException) as e:
+            raise _Transient(f"read failed ({type(e).__name__}: {e})", shard=url) from None
+        except zlib.error as e:
+            raise DataError(f"read failed ({e})", shard=url) from None
+        except DataError:
+            # A stream cut short reads as a corrupt tar: say so as a transient failure when the body was short.
+            if is_remote(url) and not url.startswith("pipe:") and getattr(raw, "length", None):
+                raise _Transient("the response ended early", shard=url) from None
+            raise
+    finally:
+        close()
+    return built, tee
+
+
+def _index_one(url: str, out: str, timeout: float, attempts: int = 4, max_delay: float = 10.0,
+               sleep: Callable[[float], None] = time.sleep) -> tuple[dict, bool]:
     """(index.json entry, skipped) of one shard."""
     name = entry_name(url) + ".idx.json"
     target = os.path.join(out, name)
@@ -124,16 +158,18 @@ def _index_one(url: str, out: str, timeout: float) -> tuple[dict, bool]:
             return {"samples": len(old["sample_start"]) - 1, "bytes": old["bytes"], "sha256": old["sha256"], "index": name}, True
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    raw, close = _open_stream(url, timeout)
-    tee = _Tee(raw, is_gzip_name(url))
-    try:
+    last: DataError | None = None
+    for attempt in range(attempts):
+        if attempt:
+            sleep(min(max_delay, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2))
         try:
-            built = build_stream(tee, url)
-            tee.drain()
-        except (OSError, zlib.error) as e:
-            raise DataError(f"read failed ({e})", shard=url) from None
-    finally:
-        close()
+            built, tee = _read_once(url, timeout)
+            break
+        except _Transient as e:
+            last = e
+    else:
+        assert last is not None
+        raise DataError(f"failed after {attempts} attempts: {last.reason}", shard=url)
     data = index_json(tee.out_bytes, None, *built)
     data.update(url=url, bytes=tee.raw_bytes, sha256=tee.sha.hexdigest())
     _write_json(target, data)
@@ -149,8 +185,14 @@ def _write_json(path: str, data: object) -> None:
     os.replace(tmp, path)
 
 
-def build_index(urls: list[str], out: str | None, jobs: int = 8, log: Callable[[str], None] | None = None, timeout: float = 120.0) -> dict:
-    """Index `urls` into `out` (default: the directory of local shards); returns a summary."""
+def build_index(urls: list[str], out: str | None, jobs: int = 8, log: Callable[[str], None] | None = None, timeout: float = 120.0,
+                attempts: int = 4) -> dict:
+    """Index `urls` into `out` (default: the directory of local shards); returns a summary.
+
+    Each shard gets `attempts` tries with backoff against transient failures
+    (connection errors, 5xx/408/429, a pipe command exiting non-zero); a shard
+    that still fails stops the run naming it, and a rerun resumes.
+    """
     if not urls:
         raise ConfigError("no shards given")
     if out is None:
@@ -167,7 +209,7 @@ def build_index(urls: list[str], out: str | None, jobs: int = 8, log: Callable[[
     lock = threading.Lock()
 
     def one(key: str) -> tuple[dict, bool]:
-        entry, skipped = _index_one(key, out, timeout)
+        entry, skipped = _index_one(key, out, timeout, attempts=max(1, attempts))
         with lock:
             done[0] += 1
             if log is not None:
@@ -193,7 +235,7 @@ def build_index(urls: list[str], out: str | None, jobs: int = 8, log: Callable[[
     except (OSError, ValueError):
         sizes = {}
     for k, e in shards.items():
-        sizes[k.rsplit("/", 1)[-1]] = e["samples"]
+        sizes[shard_name(k)] = e["samples"]
     _write_json(sizes_path, sizes)
     seconds = time.perf_counter() - t0
     read = [e for e, skipped in results if not skipped]

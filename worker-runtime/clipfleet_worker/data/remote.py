@@ -34,6 +34,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -54,9 +55,24 @@ def is_remote(url: str) -> bool:
     return url.startswith(("http://", "https://", "pipe:"))
 
 
+def shard_name(url: str) -> str:
+    """The file name a shard URL ends in: its path's basename, without a query or fragment.
+
+    A signed object-store URL (`https://b.s3.amazonaws.com/x/00001.tar?X-Amz-Signature=...`)
+    is still named `00001.tar`; a pipe: command is named by its last word
+    (`pipe:aws s3 cp s3://b/x/00001.tar -` -> `00001.tar` when the last word is `-`).
+    """
+    if url.startswith(("http://", "https://")):
+        return urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
+    if url.startswith("pipe:"):
+        words = [w for w in url[len("pipe:") :].split() if w != "-"]
+        return words[-1].rsplit("/", 1)[-1] if words else ""
+    return url.rsplit("/", 1)[-1]
+
+
 def is_gzip_name(url: str) -> bool:
     """`.tar.gz` / `.tgz` shards, which are decompressed into the cache before random access."""
-    return url.lower().endswith((".tar.gz", ".tgz"))
+    return shard_name(url).lower().endswith((".tar.gz", ".tgz"))
 
 
 def parse_bytes(value: object, field: str = "data.cache.max_bytes") -> int:
@@ -156,7 +172,7 @@ class _Fatal(Exception):
 def entry_name(url: str) -> str:
     """A cache file name for `url`: a digest of it plus its (sanitised) basename; `.tar.gz` becomes `.tar`."""
     digest = hashlib.sha256(url.encode()).hexdigest()[:24]
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", url.rsplit("/", 1)[-1])[-80:]
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", shard_name(url))[-80:]
     for ext in (".tar.gz", ".tgz"):
         if base.lower().endswith(ext):
             base = base[: -len(ext)] + ".tar"

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -145,7 +146,7 @@ def read_classes(url: str) -> dict | None:
     source has no "next to", so it has none.
     """
     if url.startswith(("http://", "https://")):
-        data = http_get_json(url.rsplit("/", 1)[0] + "/classes.json")
+        data = http_get_json(http_dir(url) + "/classes.json")
         return data if isinstance(data, dict) else None
     if url.startswith("pipe:"):
         return None
@@ -177,7 +178,7 @@ def read_zero_shot(url: str) -> ZeroShotClasses | None:
     if url.startswith("pipe:"):
         return None  # a command has no "next to": zero-shot needs local or http metadata
     remote = url.startswith(("http://", "https://"))
-    directory = url.rsplit("/", 1)[0] if remote else os.path.dirname(local_path(url))
+    directory = http_dir(url) if remote else os.path.dirname(local_path(url))
     places = [directory, directory.rsplit("/", 1)[0] if remote else os.path.dirname(directory)]
     names: list[str] | None = None
     source = ""
@@ -231,6 +232,12 @@ def _load_json(path: str) -> dict | None:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def http_dir(url: str) -> str:
+    """The directory URL of an http(s) file, without the file's query (a signed URL's) or fragment."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rsplit("/", 1)[0], "", ""))
 
 
 def http_get(url: str, timeout: float = 30.0, limit: int = MAX_SIDECAR_BYTES) -> bytes | None:

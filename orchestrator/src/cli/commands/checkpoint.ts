@@ -2,7 +2,7 @@
 import type { Command } from "../command.js";
 import { out, printJson } from "../context.js";
 import { connectLive, connectOrOpen } from "../offline.js";
-import { table } from "../render.js";
+import { fmtBytes, table } from "../render.js";
 
 export const checkpointCommand: Command<{ job: string }> = () => ({
   command: "checkpoint <job>",
@@ -45,9 +45,3 @@ export const checkpointsCommand: Command<{ job: string; all: boolean }> = (deps)
   },
 });
 
-function fmtBytes(n: number): string {
-  if (n >= 1 << 30) return `${(n / (1 << 30)).toFixed(1)} GiB`;
-  if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(1)} MiB`;
-  if (n >= 1 << 10) return `${(n / (1 << 10)).toFixed(1)} KiB`;
-  return `${n} B`;
-}
