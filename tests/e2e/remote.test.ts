@@ -6,7 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { cpSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { gzipSync } from "node:zlib";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { freePort, PYTHON, ROOT, runCli, tempDir, waitFor } from "../helpers/cli.js";
@@ -157,5 +158,32 @@ void describe("remote shards", () => {
     assert.equal(f.s.state, "FAILED");
     assert.ok(f.s.reason.includes(`pipe:cat ${moved}/train-0000`), f.s.reason);
     assert.match(f.s.reason, /command exited with status 1: cat: .*No such file/);
+  });
+
+  void it("range reads with a data index, and .tar.gz shards, train the same", async () => {
+    // Shards larger than a quarter of the cap are read one sample per Range request, not cached.
+    const idx = join(tmp.dir, "idx-http");
+    const ix = await runCli(["data", "index", `${server.url}/${SHARDS}`, "--out", idx]);
+    assert.equal(ix.code, 0, ix.stderr);
+    const before = server.requests("/train-00003.tar").length;
+    const cap = 2 * statSync(join(data, "train-00000.tar")).size;
+    const r = await run(spec(tmp.dir, "ranges", `${server.url}/${SHARDS}`, { index: idx, cache: `max_bytes: ${cap}` }), join(tmp.dir, "s-ranges"));
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.s.finalParamsSha256, reference.finalParamsSha256);
+    const ranged = server.requests("/train-00003.tar").slice(before);
+    assert.ok(ranged.length >= 32 && ranged.every((q) => q.status === 206), `one Range request per sample: ${ranged.length}`);
+    const cacheDir = join(tmp.dir, "cache-ranges");
+    assert.deepEqual(existsSync(cacheDir) ? readdirSync(cacheDir).filter((n) => n.endsWith(".tar")) : [], [], "nothing cached");
+
+    const gz = join(tmp.dir, "gz");
+    mkdirSync(gz);
+    for (let k = 0; k < 8; k++) {
+      const name = `train-0000${k}.tar`;
+      writeFileSync(join(gz, `${name}.gz`), gzipSync(readFileSync(join(data, name))));
+    }
+    const g = await run(spec(tmp.dir, "targz", `${gz}/train-{00000..00007}.tar.gz`), join(tmp.dir, "s-targz"));
+    assert.equal(g.code, 0, g.stderr);
+    assert.equal(g.s.finalParamsSha256, reference.finalParamsSha256);
+    assert.equal(readdirSync(join(tmp.dir, "cache-targz")).filter((n) => n.endsWith(".tar")).length, 8, "decompressed into the cache");
   });
 });
