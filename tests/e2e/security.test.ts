@@ -33,8 +33,10 @@ void describe("a server with TLS, identities and roles, attacked while a job tra
   let victimId = "";
   let ottoClient: ControlClient;
   const as = (who: string): string[] => ["--server", server.address, "--tls-dir", who];
-  // Long enough to outlast every attack below (about 2x on this machine); it checkpoints meanwhile.
-  const victimSpec = (name: string): string => writeTinySpec(tmp.dir, { name, steps: 600, workers: 1, batch: 16, everySteps: 200 });
+  // It checkpoints meanwhile, and waits before its step 590 until the attacks are over (the gate file),
+  // so they surely hit a training job however slow the machine. The job alone has no gate.
+  const gate = join(tmp.dir, "attacks-over");
+  const victimSpec = (name: string, env?: Record<string, string>): string => writeTinySpec(tmp.dir, { name, steps: 600, workers: 1, batch: 16, everySteps: 200, ...(env ? { env } : {}) });
   // The same spec on a server of its own, run meanwhile: the parameters the victim must end with.
   let alone: ServerHandle;
   let aloneId = "";
@@ -51,10 +53,10 @@ void describe("a server with TLS, identities and roles, attacked while a job tra
     }
     // The rogue's "interpreter": passes the launcher's torch probe, then runs the rogue instead of the worker.
     writeFileSync(rogueWrapper, `#!/bin/sh\nif [ "$1" = "-m" ]; then exec ${PYTHON} ${join(ROOT, "tests", "fixtures", "rogue_rank.py")}; fi\nexec ${PYTHON} "$@"\n`, { mode: 0o755 });
-    const policy = ["--allow-python", rogueWrapper, ...["ROGUE_MODE", "ROGUE_OUT", "ROGUE_VICTIM"].flatMap((n) => ["--allow-env", n])];
+    const policy = ["--allow-python", rogueWrapper, ...["ROGUE_MODE", "ROGUE_OUT", "ROGUE_VICTIM", "CLIPFLEET_FAULT"].flatMap((n) => ["--allow-env", n])];
     server = await startServer({ stateDir: join(tmp.dir, "state"), args: ["--tls-dir", tls, "--worker-listen", "127.0.0.1:0", ...policy] });
     ottoClient = new ControlClient(server.address, undefined, loadClientTls(otto));
-    const sub = await runCli(["submit", victimSpec("victim"), ...as(otto)]);
+    const sub = await runCli(["submit", victimSpec("victim", { CLIPFLEET_FAULT: `gate@590:file=${gate}` }), ...as(otto)]);
     assert.equal(sub.code, 0, sub.stderr);
     victimId = sub.stdout.trim();
     alone = await startServer({ stateDir: join(tmp.dir, "alone") });
@@ -179,6 +181,7 @@ void describe("a server with TLS, identities and roles, attacked while a job tra
 
   void it("the job that trained through it all SUCCEEDED with the same parameters as when run alone; the access log has every change and refusal", { timeout: 300_000 }, async () => {
     const attacksOver = Date.now();
+    writeFileSync(gate, "");
     const victim = await waitEnd(ottoClient, victimId, "SUCCEEDED", 240_000);
     assert.ok(Number(victim.stages[0]!.endedAtMs) > attacksOver, "the victim was still training when the attacks ended");
     assert.equal(victim.submittedBy, "otto");

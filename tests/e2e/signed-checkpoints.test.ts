@@ -30,14 +30,16 @@ function newest(v: JobView): { step: number; dir: string } {
 }
 
 /** A spec of one eval stage (or a short pretrain first, when `warmFirst`) starting from `init`. */
-function evalSpec(dir: string, name: string, init: string, warmFirst: boolean): string {
+/** An eval stage from `init`, after an 8-step warm-up stage when `warmFirst` (held before its step 4 until `gate` exists, when given). */
+function evalSpec(dir: string, name: string, init: string, warmFirst: boolean, gate?: string): string {
   const evalStage = `task: eval\n    init: ${init}\n    eval: {captions: [vecap], zero_shot: false}\n    cluster: {workers: 1}`;
   const stages = warmFirst
     ? `stages:\n  - name: warm\n    task: pretrain\n    train: {steps: 8, batch_size: 16, lr: 1.0e-3, warmup_steps: 2}\n  - name: ev\n    needs: [warm]\n    ${evalStage}\n`
     : `stages:\n  - name: ev\n    ${evalStage}\n`;
   const text = `name: ${name}
 ${tinyModelAndData("{vecap: 1}")}cluster: {workers: 1}
-${stages}`;
+${gate ? `worker: {env: {CLIPFLEET_FAULT: "gate@4:file=${gate}"}}
+` : ""}${stages}`;
   const path = join(dir, `${name}.yaml`);
   writeFileSync(path, text);
   return path;
@@ -128,11 +130,14 @@ void describe("signed checkpoint manifests", () => {
     assert.equal((JSON.parse(r.stdout) as Summary).state, "SUCCEEDED");
 
     // Submitted (the digests taken), then model.pt swapped for another of the same size while the first stage runs.
-    const run = await startRun(evalSpec(tmp.dir, "swapped", `{checkpoint: ${copied}, import: true}`, true), state, ["--json"]);
+    // The warm-up waits before its step 4 until the swap is done, so the swap surely lands before the eval stage starts.
+    const gate = join(tmp.dir, "swapped-go");
+    const run = await startRun(evalSpec(tmp.dir, "swapped", `{checkpoint: ${copied}, import: true}`, true, gate), state, ["--json"]);
     await waitForStatus(run.jobId, state, "the first stage training", (v) => (v.job.stages[0]?.progress?.step ?? 0) >= 1);
     const older = reference.checkpoints.sort((a, b) => a.step - b.step)[0];
     assert.ok(older && older.dir !== final.dir);
     cpSync(join(older.dir, "model.pt"), join(copied, "model.pt"));
+    writeFileSync(gate, "");
     const done = await run.done;
     assert.equal(done.code, 1, done.stderr);
     const v = await status(run.jobId, state);

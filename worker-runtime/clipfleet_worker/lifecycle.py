@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -134,7 +135,9 @@ class FaultInjection:
 
     Kinds: raise (a RuntimeError in the training loop, as a user bug would),
     nan (a NaN loss), hang (block the training thread; heartbeats go on, as in a
-    stuck collective). Used by the fault-injection tests; inert when unset.
+    stuck collective), gate (`gate@5:file=/tmp/go`: wait before step 5 until the
+    file exists, so a test acts while a job is surely still training, whatever
+    the machine's load). Used by the fault-injection tests; inert when unset.
     Built-in tasks fire it before a step's update, the script API when the
     script reports the step.
     """
@@ -142,6 +145,7 @@ class FaultInjection:
     def __init__(self, spec: str, rank: int, attempt: int) -> None:
         self.kind = ""
         self.step = -1
+        self.gate_file = ""
         if not spec:
             return
         head, *opts = spec.split(":")
@@ -151,10 +155,13 @@ class FaultInjection:
             return
         if "attempt" in conds and int(conds["attempt"]) != attempt:
             return
-        if kind not in ("raise", "nan", "hang"):
-            raise ConfigError(f"CLIPFLEET_FAULT: unknown kind {kind!r} (raise, nan, hang)")
+        if kind not in ("raise", "nan", "hang", "gate"):
+            raise ConfigError(f"CLIPFLEET_FAULT: unknown kind {kind!r} (raise, nan, hang, gate)")
+        if kind == "gate" and not conds.get("file"):
+            raise ConfigError("CLIPFLEET_FAULT: gate needs file=PATH (the step waits until it exists)")
         self.kind = kind
         self.step = int(step)
+        self.gate_file = conds.get("file", "")
 
     def before_update(self, step: int) -> None:
         """Called with the 1-based step about to complete."""
@@ -165,6 +172,10 @@ class FaultInjection:
         if self.kind == "hang":
             print(f"clipfleet worker: injected hang at step {step}", flush=True)
             threading.Event().wait()
+        if self.kind == "gate":
+            print(f"clipfleet worker: gate at step {step}: waiting for {self.gate_file}", flush=True)
+            while not os.path.exists(self.gate_file):
+                time.sleep(0.05)  # a test hook polling a file it is told about; no event to wait on across processes
 
     def loss(self, step: int, value: Any) -> Any:
         """`value` times NaN at the nan fault's step (a tensor stays a tensor)."""
