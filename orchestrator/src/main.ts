@@ -5,7 +5,7 @@
  * and never reaches into the other modules' internals.
  */
 import { randomBytes } from "node:crypto";
-import { chmodSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -70,6 +70,7 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
     synthesize: (python, synth, log) => runSynth(python, WORKER_RUNTIME_DIR, synth, log),
     scope: opts.embedded ? new Set(opts.scope ?? []) : null,
     policy: opts.policy ?? null,
+    deleteGate: deleteGateFromEnv(),
   });
   metrics.setSource(service);
   let metricsServer: MetricsServer | null = null;
@@ -200,4 +201,17 @@ const deps: CliDeps = {
 /** The CLI entry (bin/clipfleet calls it); returns the exit code. */
 export function main(argv: string[]): Promise<number> {
   return runCli(argv, deps);
+}
+
+/**
+ * Test hook: CLIPFLEET_FAULT=delete-gate:file=PATH holds every `delete` after
+ * its tombstone until PATH exists, so a test can kill the orchestrator midway.
+ */
+function deleteGateFromEnv(): ((jobId: string) => Promise<void>) | undefined {
+  const m = /(?:^|,)delete-gate:file=([^,]+)/.exec(process.env.CLIPFLEET_FAULT ?? "");
+  const file = m?.[1];
+  if (!file) return undefined;
+  return async () => {
+    while (!existsSync(file)) await new Promise((r) => setTimeout(r, 50));
+  };
 }

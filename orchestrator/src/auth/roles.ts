@@ -18,6 +18,7 @@ export const METHOD_ROLES = {
   getJob: "viewer",
   listJobs: "viewer",
   cancelJob: "operator",
+  deleteJob: "operator",
   resumeJob: "operator",
   requestCheckpoint: "operator",
   streamLogs: "viewer",

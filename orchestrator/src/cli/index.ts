@@ -15,6 +15,7 @@ import { manifestsCommand } from "./commands/manifests.js";
 import { cordonCommand, uncordonCommand } from "./commands/cordon.js";
 import { completionCommand } from "./commands/completion.js";
 import { dataCommand } from "./commands/data.js";
+import { deleteCommand } from "./commands/delete.js";
 import { listCommand } from "./commands/list.js";
 import { logsCommand } from "./commands/logs.js";
 import { nodesCommand } from "./commands/nodes.js";
@@ -45,6 +46,7 @@ const COMMANDS: Command<never>[] = [
   watchCommand,
   cancelCommand,
   resumeCommand,
+  deleteCommand,
   checkpointCommand,
   checkpointsCommand,
   manifestsCommand,

@@ -25,7 +25,14 @@ export interface OrchestratorInfoFile {
 
 export const INFO_FILE = "orchestrator.json";
 
-export async function connectOrOpen(deps: CliDeps, args: GlobalArgs, fn: (client: ControlClient) => Promise<void>): Promise<void> {
+/**
+ * Runs `fn` against the orchestrator of --server, of a `clipfleet run` on the
+ * state dir, or one opened on the state dir here. `reconcile`: the one opened
+ * here first ends the jobs its dead owner left active (as `resume` would), for
+ * commands that change jobs (`delete --force`); otherwise it only reads.
+ * `writes`: the command changes the state dir, so no "showing what it last recorded" note.
+ */
+export async function connectOrOpen(deps: CliDeps, args: GlobalArgs, fn: (client: ControlClient) => Promise<void>, opts: { reconcile?: boolean; writes?: boolean } = {}): Promise<void> {
   if (args.server ?? process.env.CLIPFLEET_SERVER) {
     const client = await connect(args);
     try {
@@ -51,8 +58,8 @@ export async function connectOrOpen(deps: CliDeps, args: GlobalArgs, fn: (client
   if (!existsSync(join(args["state-dir"], "jobs"))) {
     throw new ClipfleetError("UNAVAILABLE", `no orchestrator to ask: no --server, and ${args["state-dir"]} holds no jobs (pass --state-dir or --server)`);
   }
-  const orch = await deps.embed({ stateDir: args["state-dir"], listen: "127.0.0.1:0", embedded: true, scope: [], readOnly: true });
-  if (!args.json) note(`clipfleet: no orchestrator is running on ${args["state-dir"]}; showing what it last recorded`);
+  const orch = await deps.embed({ stateDir: args["state-dir"], listen: "127.0.0.1:0", embedded: true, scope: [], readOnly: opts.reconcile !== true });
+  if (!args.json && !opts.writes) note(`clipfleet: no orchestrator is running on ${args["state-dir"]}; showing what it last recorded`);
   const client = new ControlClient(orch.address);
   try {
     await fn(client);

@@ -16,6 +16,7 @@ import {
   type AuditReport,
   type CheckpointList,
   type CheckpointRequested,
+  type DeleteReply,
   type Job,
   type JobEvent,
   type JobState,
@@ -105,6 +106,9 @@ export class ControlClient {
   }
   cancel(jobId: string, checkpoint: boolean, graceSeconds: number): Promise<Job> {
     return this.call(this.client.cancelJob.bind(this.client) as Unary<object, Job>, { jobId, checkpoint, graceSeconds }, 10 * 60_000);
+  }
+  delete(jobId: string, keepCheckpoints: boolean): Promise<DeleteReply> {
+    return this.call(this.client.deleteJob.bind(this.client) as Unary<object, DeleteReply>, { jobId, keepCheckpoints }, 10 * 60_000);
   }
   resume(jobId: string): Promise<Job> {
     return this.call(this.client.resumeJob.bind(this.client) as Unary<object, Job>, { jobId });

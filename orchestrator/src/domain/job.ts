@@ -194,4 +194,9 @@ export interface JobRecord {
   cancelRequested: { checkpoint: boolean; atMs: number } | null;
   /** Who submitted the job (the client identity's name); absent in records written before it was kept. */
   submittedBy?: string;
+  /**
+   * Set (a tombstone) before `delete` removes any file: the job is hidden from
+   * every read from then on, and a delete interrupted midway is finished by the next.
+   */
+  deletingSinceMs?: number;
 }

@@ -25,3 +25,4 @@ export { confined as confinedFile } from "./commit.js";
 export { Attempt, nextPhase, SETTLE_MS, type AttemptEvent, type AttemptPhase, type StopAt } from "./attempt.js";
 export type { RankRuntime, SessionHandle } from "./runtime.js";
 export { appendStepPoint, readStepHistory, stepHistoryPath, stepPointOf, thinPoints, type StepPointRecord } from "./step-history.js";
+export { checkpointRoots, type DeleteResult } from "./deletion.js";

@@ -39,15 +39,34 @@ export class JobLedger {
     return this.entries.has(id);
   }
 
-  /** The current record; throws NOT_FOUND for an unknown id. */
+  /** The current record; throws NOT_FOUND for an unknown id or a job being deleted (tombstoned). */
   get(id: string): JobRecord {
+    const job = this.getTombstoned(id);
+    if (job.deletingSinceMs !== undefined) throw new NotFoundError(`job ${id} not found (its deletion was interrupted; \`clipfleet delete ${id}\` finishes it)`);
+    return job;
+  }
+
+  /** The current record, a tombstoned one too (for `delete`, which finishes it); NOT_FOUND for an unknown id. */
+  getTombstoned(id: string): JobRecord {
     const e = this.entries.get(id);
     if (!e) throw new NotFoundError(`job ${id} not found`);
     return e.job;
   }
 
+  /** Every job but those being deleted, oldest first. */
   list(): JobRecord[] {
-    return [...this.entries.values()].map((e) => e.job).sort((a, b) => a.createdAtMs - b.createdAtMs);
+    return [...this.entries.values()]
+      .map((e) => e.job)
+      .filter((j) => j.deletingSinceMs === undefined)
+      .sort((a, b) => a.createdAtMs - b.createdAtMs);
+  }
+
+  /** Removes a job's record from the store, then from memory (the last step of `delete`). */
+  async remove(id: string): Promise<void> {
+    await this.serial(id, async () => {
+      await this.store.delete(id);
+      this.entries.delete(id);
+    });
   }
 
   /** Persists a new job, then publishes its first events. */

@@ -37,6 +37,7 @@ import { CheckpointRefs } from "./checkpoint-refs.js";
 import { CheckpointCommit } from "./commit.js";
 import { JobContext, type JobServiceDeps } from "./context.js";
 import { Datasets } from "./datasets.js";
+import { Deletion, type DeleteResult } from "./deletion.js";
 import { Dispatcher } from "./dispatch.js";
 import { Ending } from "./ending.js";
 import { Gateway } from "./gateway.js";
@@ -58,6 +59,7 @@ export class JobService implements MetricsSource {
   private readonly dispatcher: Dispatcher;
   private readonly admission: Admission;
   private readonly refs: CheckpointRefs;
+  private readonly deletion: Deletion;
   private timers: TimerHandle[] = [];
 
   constructor(private readonly deps: JobServiceDeps) {
@@ -85,6 +87,7 @@ export class JobService implements MetricsSource {
     this.gateway = new Gateway(ctx);
     this.dispatcher = new Dispatcher(ctx, new Launch(ctx, this.datasets, refs, hooks));
     this.admission = new Admission(ctx, this.datasets, refs);
+    this.deletion = new Deletion(ctx);
     ctx.connect({
       wake: () => this.dispatcher.wake(),
       requestStop: (jobId) => {
@@ -265,6 +268,15 @@ export class JobService implements MetricsSource {
     }
     this.dispatcher.wake();
     return ledger.get(id);
+  }
+
+  /**
+   * Removes an ended job: record, logs, step history, metric series and
+   * (unless kept) its checkpoint directories; refuses a live job. Finishes a
+   * delete that was interrupted (see deletion.ts).
+   */
+  delete(id: string, opts: { keepCheckpoints: boolean }): Promise<DeleteResult> {
+    return this.deletion.delete(id, opts);
   }
 
   /**

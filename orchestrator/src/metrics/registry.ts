@@ -159,6 +159,15 @@ export class Metrics {
     const jobs = this.source?.jobs() ?? [];
     for (const j of jobs) if (isTerminal(j.state) && nowMs - j.updatedAtMs >= retentionMs) due.add(j.job);
     for (const j of jobs) if (!isTerminal(j.state)) due.delete(j.job);
+    return this.removeSeries(due);
+  }
+
+  /** A deleted job: every series of it goes now, whatever the retention. */
+  async forgetJob(jobId: string): Promise<number> {
+    return this.removeSeries(new Set([jobId]));
+  }
+
+  private async removeSeries(due: Set<string>): Promise<number> {
     if (due.size === 0) return 0;
     let removed = 0;
     for (const { metric, labelNames } of this.jobMetrics) {

@@ -8,6 +8,7 @@ import { authorize, changesState, identityFromSubject, type AccessLog, type Cont
 import { asClipfleetError, InvalidArgumentError, isTerminal, isValidJobId, type JobEvent as DomainEvent } from "../domain/index.js";
 import type {
   CancelRequest,
+  DeleteRequest,
   ControlServiceServer,
   JobEvent,
   JobRef,
@@ -143,6 +144,10 @@ export function controlService(service: JobService, info: ServerInfoSource, secu
       if (req.graceSeconds < 0 || req.graceSeconds > 86400) throw new InvalidArgumentError(`grace_seconds: expected 0..86400, got ${req.graceSeconds}`, "grace_seconds");
       const job = await service.cancel(requireJobId(req.jobId), { checkpoint: req.checkpoint, graceSeconds: req.graceSeconds > 0 ? req.graceSeconds : null });
       return fitJob(jobToProto(job));
+    }),
+    deleteJob: unary("deleteJob", async (req: DeleteRequest) => {
+      const r = await service.delete(requireJobId(req.jobId), { keepCheckpoints: req.keepCheckpoints });
+      return { jobId: r.jobId, freedBytes: r.freedBytes, checkpointsKept: r.checkpointsKept };
     }),
     resumeJob: unary("resumeJob", async (req: JobRef) => fitJob(jobToProto(await service.resume(requireJobId(req.jobId))))),
     requestCheckpoint: unary("requestCheckpoint", (req: JobRef) => {
