@@ -3,7 +3,7 @@
  * commands/. Errors become one line and an exit code here, in one place;
  * --verbose adds the stack.
  */
-import yargs from "yargs";
+import yargs, { type Argv } from "yargs";
 import { asClipfleetError, ClipfleetError, InvalidArgumentError } from "../domain/index.js";
 import type { CliState, Command } from "./command.js";
 import { EXIT, exitCodeOf, type CliDeps, type GlobalArgs } from "./context.js";
@@ -75,6 +75,22 @@ export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
     });
   }
   const verbose = argv.includes("--verbose");
+  const parser = buildParser(argv, deps, state, Math.min(110, process.stdout.columns || 100));
+  try {
+    await parser.parseAsync();
+    return state.exitCode;
+  } catch (err) {
+    const e = asClipfleetError(err);
+    const line = e.message.split("\n")[0] ?? e.message;
+    process.stderr.write(`clipfleet: ${e instanceof ClipfleetError && e.code !== "INTERNAL" ? line : `internal error: ${line}`}\n`);
+    if (e.code === "INTERNAL" && !verbose) process.stderr.write("clipfleet: run again with --verbose for details\n");
+    if (verbose && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
+    return exitCodeOf(e);
+  }
+}
+
+/** The root parser with every command; `width`: the columns help is wrapped to. */
+function buildParser(argv: string[], deps: CliDeps, state: CliState, width: number): Argv {
   const parser = yargs(argv)
     .scriptName("clipfleet")
     .usage("$0 <command> [options]\n\nTrain CLIP-style models data-parallel on a fleet of nodes.")
@@ -92,25 +108,84 @@ export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
     .version(deps.version)
     .help()
     .alias("h", "help")
-    .wrap(Math.min(110, process.stdout.columns || 100))
+    .wrap(width)
     .epilogue("Exit codes: 0 succeeded, 1 the job failed, 2 invalid input, 3 orchestrator unreachable or job not found, 4 not allowed (your identity's role is too low).")
     .fail((msg, err) => {
       // Usage errors (a missing argument, an unknown flag) are invalid input: exit 2.
       throw err ?? new InvalidArgumentError(usageMessage(msg, argv, modules));
     });
   const modules = COMMANDS.map((c) => c(deps, state));
+  wholeExamples(parser, width);
   for (const m of modules) parser.command(m as never);
-  try {
-    await parser.parseAsync();
-    return state.exitCode;
-  } catch (err) {
-    const e = asClipfleetError(err);
-    const line = e.message.split("\n")[0] ?? e.message;
-    process.stderr.write(`clipfleet: ${e instanceof ClipfleetError && e.code !== "INTERNAL" ? line : `internal error: ${line}`}\n`);
-    if (e.code === "INTERNAL" && !verbose) process.stderr.write("clipfleet: run again with --verbose for details\n");
-    if (verbose && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
-    return exitCodeOf(e);
+  return parser;
+}
+
+/**
+ * yargs puts an example's description in a second column and wraps the command
+ * in the first, mid-command on a narrow terminal; instead each example is a
+ * comment line, then the command alone (as kubectl shows them), a long one
+ * broken before a flag into shell continuation lines (` \\`) that fit
+ * `width`. Applies to every command's parser (they share this instance).
+ */
+function wholeExamples(parser: Argv, width: number): void {
+  const example = parser.example.bind(parser);
+  const whole = (cmd: string | [string, string?][], desc?: string): Argv => {
+    if (Array.isArray(cmd)) {
+      for (const [c, d] of cmd) whole(c, d);
+      return parser;
+    }
+    for (const line of commentLines(desc ?? "", width - 4)) example(line, "");
+    for (const line of continuationLines(cmd.replace(/\$0/g, "clipfleet"), width - 4)) example(line, "");
+    return parser;
+  };
+  Object.assign(parser, { example: whole });
+}
+
+/**
+ * A shell command as lines of at most `width` columns (every line but the
+ * last ending in ` \\`), broken before a flag or `--`, so a flag stays with
+ * its value (between words only where that does not fit). yargs trims leading
+ * blanks, so continuations are not indented.
+ */
+export function continuationLines(cmd: string, width: number): string[] {
+  if (cmd.length <= width) return [cmd];
+  const units: string[] = [];
+  for (const word of cmd.split(" ")) {
+    if (units.length === 0 || word.startsWith("-")) units.push(word);
+    else units[units.length - 1] += ` ${word}`;
   }
+  const lines: string[] = [];
+  let current = "";
+  // A flag and its value stay together unless that alone is too long (a long path): then words.
+  for (const unit of units.flatMap((u) => (u.length + 2 > width ? u.split(" ") : [u]))) {
+    if (current !== "" && current.length + 1 + unit.length + 2 > width) {
+      lines.push(current);
+      current = unit;
+    } else {
+      current = current === "" ? unit : `${current} ${unit}`;
+    }
+  }
+  lines.push(current);
+  return lines.map((l, i) => (i < lines.length - 1 ? `${l} \\` : l));
+}
+
+/** A description as `# ` comment lines of at most `width` columns (none for an empty one). */
+function commentLines(desc: string, width: number): string[] {
+  const lines: string[] = [];
+  for (const word of desc.split(" ").filter((w) => w !== "")) {
+    const last = lines.at(-1);
+    if (last !== undefined && last.length + 1 + word.length <= width) lines[lines.length - 1] = `${last} ${word}`;
+    else lines.push(`# ${word}`);
+  }
+  return lines;
+}
+
+/** Help as `clipfleet ARGV --help` prints it at `width` columns (for tests). */
+export async function renderHelp(argv: string[], deps: CliDeps, width: number): Promise<string> {
+  const parser = buildParser([...argv, "--help"], deps, { exitCode: EXIT.OK }, width).exitProcess(false);
+  return new Promise((resolve, reject) => {
+    void parser.parse([...argv, "--help"], {}, (err, _args, output) => (err ? reject(err) : resolve(output)));
+  });
 }
 
 /**
