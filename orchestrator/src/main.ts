@@ -204,12 +204,12 @@ export function main(argv: string[]): Promise<number> {
 }
 
 /**
- * Test hook: CLIPFLEET_FAULT=delete-gate:file=PATH holds every `delete` after
- * its tombstone until PATH exists, so a test can kill the orchestrator midway.
+ * Test hook: CLIPFLEET_DELETE_GATE=PATH holds every `delete` after its
+ * tombstone until PATH exists, so a test can kill the orchestrator midway.
+ * (Not CLIPFLEET_FAULT: ranks inherit the environment and parse that one.)
  */
 function deleteGateFromEnv(): ((jobId: string) => Promise<void>) | undefined {
-  const m = /(?:^|,)delete-gate:file=([^,]+)/.exec(process.env.CLIPFLEET_FAULT ?? "");
-  const file = m?.[1];
+  const file = process.env.CLIPFLEET_DELETE_GATE;
   if (!file) return undefined;
   return async () => {
     while (!existsSync(file)) await new Promise((r) => setTimeout(r, 50));

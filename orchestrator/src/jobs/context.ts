@@ -52,7 +52,7 @@ export interface JobServiceDeps {
   readonly scope: Set<string> | null;
   /** What a spec may reach (a server's policy); null: none (an embedded orchestrator runs its user's own specs). */
   readonly policy?: SpecPolicy | null;
-  /** Test hook (CLIPFLEET_FAULT=delete-gate:file=PATH): `delete` waits here after its tombstone, so a test can kill the orchestrator midway. */
+  /** Test hook (CLIPFLEET_DELETE_GATE=PATH): `delete` waits here after its tombstone, so a test can kill the orchestrator midway. */
   readonly deleteGate?: (jobId: string) => Promise<void>;
   /** How often the watchdog looks at heartbeats and progress. */
   readonly watchdogIntervalMs?: number;

@@ -35,8 +35,9 @@ const ROOMS: Record<string, readonly string[]> = {
   launch: ["attempt", "checkpoint-refs", "context", "datasets", "records", "runtime", "traceback"],
   dispatch: ["context", "launch", "records"],
   admission: ["checkpoint-refs", "context", "datasets", "dispatch", "records"],
+  deletion: ["context"],
   // The facade wires every room; index re-exports.
-  service: ["admission", "attempt", "checkpoint-refs", "commit", "context", "datasets", "dispatch", "ending", "gateway", "launch", "logs", "progress", "records", "runtime", "step-history"],
+  service: ["admission", "attempt", "checkpoint-refs", "commit", "context", "datasets", "deletion", "dispatch", "ending", "gateway", "launch", "logs", "progress", "records", "runtime", "step-history"],
   index: ["*"],
 };
 
