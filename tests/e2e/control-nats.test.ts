@@ -4,7 +4,7 @@
  * sees every state transition in order (the same seq/state sequence the job
  * record keeps), as JSON with a schema version; `--store nats://` keeps the
  * job record in JetStream KV, where a new server (with an empty state dir)
- * finds it after a restart.
+ * finds it after a restart; `delete` removes it from the bucket.
  */
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
@@ -120,5 +120,16 @@ void describe("clipfleet server with NATS events and a JetStream KV store", { sk
     const list = await runCli(["list", "--json", "--server", second.address]);
     assert.deepEqual((JSON.parse(list.stdout) as { jobId: string; state: string }[]).map((j) => [j.jobId, j.state]), [[id, "SUCCEEDED"]]);
     for (const pid of attemptPids(done)) assert.equal(alive(pid), false);
+
+    // delete through the second server: the record leaves the KV bucket, the checkpoints the first server wrote go too.
+    assert.ok(existsSync(join(tmp.dir, "state-1", "checkpoints", id, "main")));
+    const del = await runCli(["delete", id, "--json", "--server", second.address]);
+    assert.equal(del.code, 0, del.stderr);
+    assert.equal((JSON.parse(del.stdout) as { deleted: string }).deleted, id);
+    assert.equal(existsSync(join(tmp.dir, "state-1", "checkpoints", id)), false, "the job's checkpoints, under the first server's state dir, are gone");
+    const third = await startServer({ stateDir: join(tmp.dir, "state-3"), args });
+    servers.push(third);
+    const none = await runCli(["list", "--json", "--server", third.address]);
+    assert.deepEqual(JSON.parse(none.stdout), [], "a new server on the same KV bucket finds no job");
   });
 });

@@ -7,7 +7,7 @@
  * is removed, and no symlink is followed out of them.
  */
 import { lstatSync, readdirSync, realpathSync, rmSync, type Stats } from "node:fs";
-import { isAbsolute, join, relative, resolve, sep } from "node:path";
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { FailedPreconditionError, isTerminal, type JobRecord } from "../domain/index.js";
 import type { JobContext } from "./context.js";
 import { JOB_FILE as JOB_RECORD_FILE } from "../store/index.js";
@@ -51,13 +51,25 @@ export class Deletion {
   }
 }
 
-/** Each stage's checkpoint root for this job (`<checkpoint.dir or state-dir/checkpoints>/<job id>`), once each. */
+/**
+ * The job's checkpoint roots, once each: `<checkpoint.dir or state-dir/checkpoints>/<job id>`
+ * of each stage, and the root of every recorded checkpoint laid out as
+ * `<base>/<job id>/<stage>/<step dir>` (written under another state dir, e.g.
+ * by a server that shared a NATS store). Other recorded folders (imports) are not the job's.
+ */
 export function checkpointRoots(job: JobRecord, stateDir: string): { base: string; dir: string }[] {
   const seen = new Map<string, { base: string; dir: string }>();
-  for (const st of job.spec.stages) {
-    const base = resolve(st.checkpoint.dir ?? join(stateDir, "checkpoints"));
+  const add = (base: string): void => {
     const dir = join(base, job.id);
     seen.set(dir, { base, dir });
+  };
+  for (const st of job.spec.stages) add(resolve(st.checkpoint.dir ?? join(stateDir, "checkpoints")));
+  for (const stage of job.stages) {
+    for (const c of stage.checkpoints) {
+      const stageDir = dirname(resolve(c.dir));
+      const jobDir = dirname(stageDir);
+      if (basename(stageDir) === stage.name && basename(jobDir) === job.id) add(dirname(jobDir));
+    }
   }
   return [...seen.values()];
 }
