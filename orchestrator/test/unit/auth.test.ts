@@ -29,7 +29,7 @@ const METHODS = Object.keys(METHOD_ROLES) as ControlMethod[];
 
 void describe("roles", () => {
   void it("viewers read, operators also run jobs, admins also change the fleet", () => {
-    const writes: ControlMethod[] = ["submit", "cancelJob", "resumeJob", "requestCheckpoint"];
+    const writes: ControlMethod[] = ["submit", "cancelJob", "deleteJob", "resumeJob", "requestCheckpoint"];
     for (const m of METHODS) {
       const isWrite = writes.includes(m);
       const isFleet = m === "setNodeSchedulable";
@@ -38,7 +38,7 @@ void describe("roles", () => {
       assert.equal(allows("admin", m), true, `admin ${m}`);
       assert.equal(changesState(m), isWrite || isFleet, `changesState ${m}`);
     }
-    assert.equal(METHODS.length, 14, "every ControlService method has a role");
+    assert.equal(METHODS.length, 15, "every ControlService method has a role");
   });
 
   void it("authorize: no identity is UNAUTHENTICATED; a low role is PERMISSION_DENIED naming the role needed", () => {

@@ -147,6 +147,18 @@ void describe("Metrics", () => {
     assert.equal(await m.sweep(t0 + 10_000_000), 0, "a job is swept once");
   });
 
+  void it("forgetJob (a deleted job) drops every series of that job at once, whatever the retention, and only those", async () => {
+    const m = new Metrics({ defaultMetrics: false, retentionSeconds: 3600 });
+    feedJob(m, "j-a");
+    feedJob(m, "j-b");
+    const removed = await m.forgetJob("j-b");
+    const body = (await m.scrape()).body;
+    assert.ok(removed >= 20, `removed only ${removed} series`);
+    assert.deepEqual(body.split("\n").filter((l) => l.includes('job="j-b"')), [], "series of the deleted job remain");
+    assert.match(body, /^clipfleet_train_loss\{job="j-a",stage="main"\} 2$/m);
+    assert.equal(await m.forgetJob("j-b"), 0, "nothing left to forget");
+  });
+
   void it("sweep also drops jobs the source shows terminal for the retention time, however they ended, and never active ones", async () => {
     const { metrics, source } = populatedMetrics({ defaultMetrics: false, retentionSeconds: 600 });
     // j-b ended (SUCCEEDED) 5 s before source.nowMs without a jobFinished call (e.g. cancelled while waiting to restart).
