@@ -186,7 +186,7 @@ void describe("bad input against a real server", () => {
   void it("an unknown job id: exit 3 from every command that takes one", { timeout: 60_000 }, async () => {
     const id = "j-20260101-000000-abcdef";
     const env = { CLIPFLEET_SERVER: server.address };
-    const commands = [["status", id], ["logs", id], ["watch", id], ["checkpoints", id], ["cancel", id], ["resume", id], ["checkpoint", id]];
+    const commands = [["status", id], ["logs", id], ["watch", id], ["checkpoints", id], ["cancel", id], ["resume", id], ["checkpoint", id], ["delete", id], ["delete", id, "--force"]];
     const results = await Promise.all(commands.map((c) => runCli(c, { env })));
     results.forEach((r, i) => {
       assert.equal(r.code, 3, `${commands[i]!.join(" ")}: exit ${r.code}\n${r.stderr}`);
