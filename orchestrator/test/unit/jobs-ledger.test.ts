@@ -246,3 +246,27 @@ void describe("ledger: serialisation", () => {
     await ledger.drain();
   });
 });
+
+void describe("ledger: delete's tombstone", () => {
+  void it("a tombstoned job is hidden from get and list (get says how to finish it), reloads hidden, and remove drops it from the store", async () => {
+    const { store, bus, clock, ledger } = setup();
+    for (const id of [A, B]) {
+      const j = job(id);
+      await ledger.create(j.job, j.events);
+    }
+    await ledger.update(A, (rec) => {
+      rec.deletingSinceMs = T0;
+    });
+    assert.throws(() => ledger.get(A), /job j-20260101-000000-aaaaaa not found \(its deletion was interrupted; `clipfleet delete j-20260101-000000-aaaaaa` finishes it\)/);
+    assert.deepEqual(ledger.list().map((j) => j.id), [B]);
+    assert.equal(ledger.getTombstoned(A).deletingSinceMs, T0);
+    // A new orchestrator on the same store (a crash after the tombstone): still hidden, still there to finish.
+    const reloaded = new JobLedger(store, bus, clock);
+    await reloaded.load();
+    assert.deepEqual(reloaded.list().map((j) => j.id), [B]);
+    assert.equal(reloaded.getTombstoned(A).id, A);
+    await reloaded.remove(A);
+    assert.equal(store.records.has(A), false);
+    assert.throws(() => reloaded.getTombstoned(A), /job j-20260101-000000-aaaaaa not found$/);
+  });
+});
