@@ -5,7 +5,7 @@
  * --offline skips.
  */
 import assert from "node:assert/strict";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { runCli, tempDir, tinyModelAndData } from "../helpers/cli.js";
@@ -144,9 +144,11 @@ cluster:
     assert.doesNotMatch(v.stdout, /null/);
   });
 
-  void it("a valid spec still validates, with its data counted; --json prints the frozen config", async () => {
+  void it("a valid spec still validates, with its data counted, creating nothing in a new state dir; --json prints the frozen config", async () => {
     const spec = write("good.yaml", good);
-    const r = await runCli(["validate", spec, "--inventory", cpuOnly, "--state-dir", state], { cwd: tmp.dir });
+    const fresh = join(tmp.dir, "fresh-state");
+    const r = await runCli(["validate", spec, "--inventory", cpuOnly, "--state-dir", fresh], { cwd: tmp.dir });
+    assert.equal(existsSync(fresh), false, "validate created the state dir");
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /good\.yaml: valid; job "checked" with 1 stage\(s\)\n {2}main: pretrain, 2 worker\(s\), batch 32, 20 steps, train 1024 samples in 4 shard\(s\), val 128 samples in 1 shard\(s\)\n$/);
     const j = await runCli(["validate", spec, "--json", "--inventory", cpuOnly, "--state-dir", state], { cwd: tmp.dir });

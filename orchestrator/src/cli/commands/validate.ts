@@ -1,9 +1,13 @@
 /** `clipfleet validate SPEC` and `clipfleet schema`. */
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { JobSpec, StageSpec } from "../../domain/index.js";
 import type { StageData } from "../../jobs/index.js";
 import { issueAtField, jsonSchema, loadPresets, loadSpecDocument, SpecValidationError, type SpecLocator } from "../../spec/index.js";
 import type { Command } from "../command.js";
-import { out, printJson, EXIT } from "../context.js";
+import { EXIT, note, out, printJson } from "../context.js";
+import { pidAlive, readInfo } from "../offline.js";
 
 interface ValidateArgs {
   spec: string;
@@ -37,8 +41,9 @@ export const validateCommand: Command<ValidateArgs> = (deps, state) => ({
     let data = new Map<string, StageData>();
     if (!args.offline) {
       // The checks of submit itself, on an orchestrator of this state dir and inventory that schedules nothing.
+      const scratch = scratchStateDir(args["state-dir"]);
       const orch = await deps.embed({
-        stateDir: args["state-dir"],
+        stateDir: scratch?.dir ?? args["state-dir"],
         listen: "127.0.0.1:0",
         embedded: true,
         scope: [],
@@ -56,6 +61,7 @@ export const validateCommand: Command<ValidateArgs> = (deps, state) => ({
         }
       } finally {
         await orch.close();
+        scratch?.remove();
       }
     }
     if (args.json) {
@@ -66,6 +72,22 @@ export const validateCommand: Command<ValidateArgs> = (deps, state) => ({
     for (const s of spec.stages) out(`  ${stageLine(s, data.get(s.name) ?? null)}`);
   },
 });
+
+/**
+ * A throwaway state dir for the dry run when the user's holds no jobs (so
+ * validate creates nothing there) or a live orchestrator holds its lock (a
+ * `run` or server on it: checkpoints of its jobs and signed by it cannot be
+ * checked then, and a note says so); null: use the user's.
+ */
+function scratchStateDir(stateDir: string): { dir: string; remove: () => void } | null {
+  if (existsSync(join(stateDir, "jobs"))) {
+    const info = readInfo(stateDir);
+    if (info === null || !pidAlive(info.pid)) return null;
+    note(`clipfleet: ${stateDir} is in use by a running orchestrator (pid ${info.pid}); init checkpoints of its jobs, or signed by it, are checked as if unknown`);
+  }
+  const dir = mkdtempSync(join(tmpdir(), "clipfleet-validate-"));
+  return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
 
 /** The problems: one line each on stderr (through the error), or `{valid: false, errors}` on stdout with --json; exit 2. */
 function refuse(args: { json: boolean }, err: SpecValidationError): number {
