@@ -108,6 +108,11 @@ cluster:
     const offline = await runCli(["validate", "runnable-not.yaml", "--offline", "--inventory", cpuOnly, "--state-dir", state], { cwd: tmp.dir });
     assert.equal(offline.code, 0, offline.stderr);
     assert.match(offline.stdout, /runnable-not\.yaml: valid; job "checked" with 1 stage\(s\) \(--offline: data, checkpoints and nodes not checked\)/);
+
+    // For a server (never contacted), this machine's data and nodes are not the job's: the server checks them at submit.
+    const forServer = await runCli(["validate", "runnable-not.yaml", "--state-dir", state], { cwd: tmp.dir, env: { CLIPFLEET_SERVER: "127.0.0.1:1" } });
+    assert.equal(forServer.code, 0, forServer.stderr);
+    assert.match(forServer.stdout, /valid; .*the server checks them at submit; --inventory checks them here/);
   });
 
   void it("a pipeline's problems name the stage's field; a valid pipeline shows each stage's length and data truthfully", async () => {

@@ -22,10 +22,10 @@ export const validateCommand: Command<ValidateArgs> = (deps, state) => ({
   builder: (y) =>
     y
       .positional("spec", { type: "string", demandOption: true })
-      .option("offline", { type: "boolean", default: false, describe: "check the spec only, not its data, checkpoints or nodes" })
+      .option("offline", { type: "boolean", default: false, describe: "check the spec only, not its data, checkpoints or nodes (the default with --server and no --inventory)" })
       .option("inventory", { type: "string", describe: "nodes.yaml the stages must fit (default: this machine), as for `run`" })
       .option("known-hosts", { type: "string", describe: "known_hosts file for SSH nodes (default ~/.ssh/known_hosts)" })
-      .example("$0 validate spec.yaml --inventory nodes.yaml", "every problem `run` would meet, one line each")
+      .example("$0 validate spec.yaml", "every problem `run` would meet here, one line each")
       .example("$0 validate spec.yaml --offline --json", "the spec alone; print the frozen config"),
   handler: async (args) => {
     let loaded: { spec: JobSpec; raw: unknown; locate: SpecLocator };
@@ -39,7 +39,10 @@ export const validateCommand: Command<ValidateArgs> = (deps, state) => ({
     }
     const { spec, raw, locate } = loaded;
     let data = new Map<string, StageData>();
-    if (!args.offline) {
+    // Specs for a server (--server, CLIPFLEET_SERVER) are placed on its nodes, not this machine's: without
+    // --inventory, its data and nodes are left to the server's own checks at submit.
+    const skipped = args.offline ? "--offline" : (args.server ?? process.env.CLIPFLEET_SERVER) && !args.inventory ? "for a server" : null;
+    if (skipped === null) {
       // The checks of submit itself, on an orchestrator of this state dir and inventory that schedules nothing.
       const scratch = scratchStateDir(args["state-dir"]);
       const orch = await deps.embed({
@@ -68,7 +71,7 @@ export const validateCommand: Command<ValidateArgs> = (deps, state) => ({
       printJson(spec);
       return;
     }
-    out(`${args.spec}: valid; job "${spec.name}" with ${spec.stages.length} stage(s)${args.offline ? " (--offline: data, checkpoints and nodes not checked)" : ""}`);
+    out(`${args.spec}: valid; job "${spec.name}" with ${spec.stages.length} stage(s)${skipped === "--offline" ? " (--offline: data, checkpoints and nodes not checked)" : skipped ? " (data, checkpoints and nodes: the server checks them at submit; --inventory checks them here)" : ""}`);
     for (const s of spec.stages) out(`  ${stageLine(s, data.get(s.name) ?? null)}`);
   },
 });
