@@ -104,6 +104,12 @@ void describe("stageLine", () => {
     assert.equal(stageLine(ft!, { train: { samples: 20, shards: 2 }, val: { samples: 5, shards: 1 }, synth: null }), "ft: pretrain, 1 worker(s), batch 8, 10 steps, train 20 samples in 2 shard(s), val 5 samples in 1 shard(s), needs pre");
   });
 
+  void it("data.synth still to generate: said, nothing counted", () => {
+    const synthSpec = load(PIPELINE.replace(/data:\n  train: .*\n  val: .*\n/, "data:\n  synth: {out: gen, train: 64, val: 16, shards: 2, size: 32, seed: 0}\n")).spec;
+    const line = stageLine(synthSpec.stages[0]!, { train: null, val: null, synth: "generate" });
+    assert.match(line, /^pre: pretrain, 1 worker\(s\), batch 8, 10 steps, data\.synth: run first generates 64 train samples into \/.*\/gen$/);
+  });
+
   void it("an eval stage: no length, only its val data", () => {
     assert.equal(stageLine(zs!, { train: { samples: 20, shards: 2 }, val: { samples: 5, shards: 1 }, synth: null }), "zs: eval, 1 worker(s), batch 8, evaluation only, val 5 samples in 1 shard(s), needs ft");
   });
