@@ -45,16 +45,21 @@ export const validateCommand: Command<ValidateArgs> = (deps, state) => ({
     if (skipped === null) {
       // The checks of submit itself, on an orchestrator of this state dir and inventory that schedules nothing.
       const scratch = scratchStateDir(args["state-dir"]);
-      const orch = await deps.embed({
-        stateDir: scratch?.dir ?? args["state-dir"],
-        listen: "127.0.0.1:0",
-        embedded: true,
-        scope: [],
-        readOnly: true,
-        inventory: args.inventory ?? null,
-        knownHosts: args["known-hosts"] ?? null,
-        python: args.python ?? null,
-      });
+      const orch = await deps
+        .embed({
+          stateDir: scratch?.dir ?? args["state-dir"],
+          listen: "127.0.0.1:0",
+          embedded: true,
+          scope: [],
+          readOnly: true,
+          inventory: args.inventory ?? null,
+          knownHosts: args["known-hosts"] ?? null,
+          python: args.python ?? null,
+        })
+        .catch((err: unknown) => {
+          scratch?.remove();
+          throw err;
+        });
       try {
         const checked = await orch.service.check(spec, args.spec);
         data = checked.data;
