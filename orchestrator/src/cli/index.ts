@@ -7,6 +7,7 @@ import yargs, { type Argv } from "yargs";
 import { asClipfleetError, ClipfleetError, InvalidArgumentError } from "../domain/index.js";
 import type { CliState, Command } from "./command.js";
 import { EXIT, exitCodeOf, type CliDeps, type GlobalArgs } from "./context.js";
+import { SpecValidationError } from "../spec/index.js";
 import { auditCommand } from "./commands/audit.js";
 import { cancelCommand } from "./commands/cancel.js";
 import { certsCommand } from "./commands/certs.js";
@@ -81,8 +82,9 @@ export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
     return state.exitCode;
   } catch (err) {
     const e = asClipfleetError(err);
-    const line = e.message.split("\n")[0] ?? e.message;
-    process.stderr.write(`clipfleet: ${e instanceof ClipfleetError && e.code !== "INTERNAL" ? line : `internal error: ${line}`}\n`);
+    // A spec's problems are all told at once, one line each (as kubectl and compilers do); other errors by their first line.
+    const lines = e instanceof SpecValidationError ? e.message.split("\n") : [e.message.split("\n")[0] ?? e.message];
+    for (const line of lines) process.stderr.write(`clipfleet: ${e instanceof ClipfleetError && e.code !== "INTERNAL" ? line : `internal error: ${line}`}\n`);
     if (e.code === "INTERNAL" && !verbose) process.stderr.write("clipfleet: run again with --verbose for details\n");
     if (verbose && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
     return exitCodeOf(e);

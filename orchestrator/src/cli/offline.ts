@@ -97,7 +97,8 @@ function clientFor(info: OrchestratorInfoFile, args: GlobalArgs): ControlClient 
   return new ControlClient(info.address, undefined, info.tls ? clientTls(args) : null);
 }
 
-function readInfo(stateDir: string): OrchestratorInfoFile | null {
+/** The info file of the orchestrator that last ran on a state dir, or null. */
+export function readInfo(stateDir: string): OrchestratorInfoFile | null {
   try {
     return JSON.parse(readFileSync(join(stateDir, INFO_FILE), "utf8")) as OrchestratorInfoFile;
   } catch {
@@ -105,7 +106,8 @@ function readInfo(stateDir: string): OrchestratorInfoFile | null {
   }
 }
 
-function pidAlive(pid: number): boolean {
+/** Whether a process exists (EPERM: it does, as another user's). */
+export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

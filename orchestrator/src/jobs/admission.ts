@@ -4,12 +4,12 @@
  * sources present, outside init checkpoints intact), and only then persisted
  * as a PENDING job. Nothing is persisted on bad input.
  */
-import { InvalidArgumentError, MAX_SPEC_BYTES, newJobId, type JobEvent, type JobRecord, type JobSpec, type SignedManifestRecord } from "../domain/index.js";
-import { peekCaptionSources } from "../data/index.js";
+import { ClipfleetError, InvalidArgumentError, MAX_SPEC_BYTES, newJobId, type JobEvent, type JobRecord, type JobSpec, type SignedManifestRecord, type StageSpec } from "../domain/index.js";
+import { peekCaptionSources, type Manifest } from "../data/index.js";
 import { checkSpecPolicy, parseSpec } from "../spec/index.js";
 import type { CheckpointRefs } from "./checkpoint-refs.js";
 import type { JobContext } from "./context.js";
-import type { Datasets } from "./datasets.js";
+import { synthOutState, type Datasets } from "./datasets.js";
 import { placementRequest } from "./dispatch.js";
 import { newJobRecord, stageField } from "./records.js";
 
@@ -40,11 +40,7 @@ export class Admission {
     const where = input.specPath || "spec";
     const spec = input.validated ?? this.validate(input, where);
     if (this.ctx.deps.policy) checkSpecPolicy(spec, this.ctx.deps.policy, where);
-    for (const st of spec.stages) {
-      const why = this.ctx.scheduler.unsatisfiable({ ...placementRequest("", st, 0, 0), allowShrink: true });
-      if (why) throw new InvalidArgumentError(`${where}: ${stageField(st, "cluster.workers")}: ${why}`, "cluster.workers");
-    }
-    const imports = await this.preflight(spec, where);
+    const { imports } = await this.preflight(spec, where, { collect: false, dryRun: false });
     const now = this.ctx.now();
     const job = newJobRecord(spec, newJobId(new Date(now)), now);
     for (const s of job.stages) {
@@ -86,43 +82,159 @@ export class Admission {
   }
 
   /**
-   * Before a job is accepted: generate synthetic data when asked, read manifests, check caption
-   * sources, hash imported init checkpoints; returns the imports' signed manifests by stage.
+   * What submit would check, without persisting or generating anything (for
+   * `clipfleet validate`): every problem of every stage, and what each
+   * stage's data holds.
    */
-  private async preflight(spec: JobSpec, where: string): Promise<Map<string, SignedManifestRecord>> {
+  async check(spec: JobSpec, where: string): Promise<AdmissionCheck> {
+    const problems: AdmissionProblem[] = [];
+    if (this.ctx.deps.policy) {
+      try {
+        checkSpecPolicy(spec, this.ctx.deps.policy, where);
+      } catch (err) {
+        problems.push(problemOf(null, "", err, where));
+      }
+    }
+    const { data } = await this.preflight(spec, where, { collect: true, dryRun: true }, problems);
+    return { problems, data };
+  }
+
+  /**
+   * Before a job is accepted: the inventory can place every stage; generate synthetic data when
+   * asked, read manifests, check caption sources, hash imported init checkpoints; returns the
+   * imports' signed manifests by stage. `collect`: problems go into `problems` instead of being
+   * thrown at the first; `dryRun`: no synthetic data is generated (a folder that would be
+   * generated is only checked to be free, and its manifests are not read).
+   */
+  private async preflight(
+    spec: JobSpec,
+    where: string,
+    mode: { collect: boolean; dryRun: boolean },
+    problems: AdmissionProblem[] = [],
+  ): Promise<{ imports: Map<string, SignedManifestRecord>; data: Map<string, StageData> }> {
+    const data = new Map<string, StageData>();
+    // Each check of a stage runs even when an earlier one failed, when collecting.
+    const attempt = async (st: StageSpec, field: string, fn: () => Promise<void> | void): Promise<boolean> => {
+      try {
+        await fn();
+        return true;
+      } catch (err) {
+        if (!mode.collect || !(err instanceof ClipfleetError) || err.code === "INTERNAL") throw err;
+        problems.push(problemOf(st, field, err, where));
+        return false;
+      }
+    };
+    for (const st of spec.stages) {
+      const why = this.ctx.scheduler.unsatisfiable({ ...placementRequest("", st, 0, 0), allowShrink: true });
+      if (why) {
+        const err = new InvalidArgumentError(`${where}: ${stageField(st, "cluster.workers")}: ${why}`, "cluster.workers");
+        if (!mode.collect) throw err;
+        problems.push({ stage: st.name, field: "cluster.workers", message: why });
+      }
+    }
     const localNodes = this.ctx.scheduler.nodes().filter((n) => n.node.launcher === "local");
     const imports = new Map<string, SignedManifestRecord>();
     for (const st of spec.stages) {
+      const counted: StageData = { train: null, val: null, synth: null };
+      data.set(st.name, counted);
       // Fail before anything runs when this machine has no interpreter with torch for local ranks.
-      if (localNodes.length > 0) await this.ctx.resolvePython(st.worker.python ?? this.ctx.deps.python);
+      if (localNodes.length > 0) await attempt(st, "worker.python", () => this.ctx.resolvePython(st.worker.python ?? this.ctx.deps.python).then(() => undefined));
       // A checkpoint from outside this pipeline must exist, be committed, signed (or imported now) and intact, and fit the image tower.
-      if (st.init.kind === "checkpoint" && st.init.import) imports.set(st.name, await this.refs.importInit(st, this.ctx.now()));
-      else if (st.init.kind === "checkpoint" && !spec.stages.some((x) => x.name === (st.init as { ref: string }).ref)) {
-        await this.refs.resolveInit(null, st);
+      const init = st.init;
+      if (init.kind === "checkpoint" && init.import) {
+        await attempt(st, "init.checkpoint", async () => {
+          imports.set(st.name, await this.refs.importInit(st, this.ctx.now()));
+        });
+      } else if (init.kind === "checkpoint" && !spec.stages.some((x) => x.name === init.ref)) {
+        await attempt(st, "init.checkpoint", () => this.refs.resolveInit(null, st).then(() => undefined));
       }
-      if (st.data.synth) await this.datasets.ensureSynth(st);
+      let readData = true;
+      const synth = st.data.synth;
+      if (synth) {
+        // A dry run generates nothing: data still to be generated is not there to read yet.
+        if (mode.dryRun) {
+          await attempt(st, "data.synth", () => {
+            counted.synth = synthOutState(synth);
+          });
+          readData = counted.synth === "reuse";
+        } else await this.datasets.ensureSynth(st);
+      }
+      if (!readData) continue;
       // Manifest errors start with the field they name (data.train, data.val).
       const inStage = (err: unknown): never => {
         throw new InvalidArgumentError(`${where}: ${stageField(st, "")}${(err as Error).message}`);
       };
       if (st.data.train.length > 0) {
-        const m = await this.datasets.manifest(st.data.train, st.data.fraction, "data.train", st.data.index).catch(inStage);
-        if (st.task === "pretrain") {
-          const sources = await peekCaptionSources(m);
-          for (const source of Object.keys(st.data.captions)) {
-            if (sources !== null && (st.data.captions[source] ?? 0) > 0 && !sources.has(source)) {
-              throw new InvalidArgumentError(
-                `${where}: ${stageField(st, "data.captions")}: no sample has a "${source}" caption (the shards have: ${[...sources].sort().join(", ") || "none"})`,
-                "data.captions",
-              );
+        let train: Manifest | null = null;
+        await attempt(st, "data.train", async () => {
+          const read = this.datasets.manifest(st.data.train, st.data.fraction, "data.train", st.data.index);
+          train = await (mode.collect ? read : read.catch(inStage));
+          counted.train = { samples: train.totalSamples, shards: train.shards.length };
+        });
+        const m: Manifest | null = train;
+        if (m !== null && st.task === "pretrain") {
+          await attempt(st, "data.captions", async () => {
+            const sources = await peekCaptionSources(m);
+            for (const source of Object.keys(st.data.captions)) {
+              if (sources !== null && (st.data.captions[source] ?? 0) > 0 && !sources.has(source)) {
+                throw new InvalidArgumentError(
+                  `${where}: ${stageField(st, "data.captions")}: no sample has a "${source}" caption (the shards have: ${[...sources].sort().join(", ") || "none"})`,
+                  "data.captions",
+                );
+              }
             }
-          }
+          });
         }
       }
       if (st.data.val.length > 0) {
-        await this.datasets.manifest(st.data.val, 1, "data.val", st.data.index).catch(inStage);
+        await attempt(st, "data.val", async () => {
+          const read = this.datasets.manifest(st.data.val, 1, "data.val", st.data.index);
+          const m = await (mode.collect ? read : read.catch(inStage));
+          counted.val = { samples: m.totalSamples, shards: m.shards.length };
+        });
       }
     }
-    return imports;
+    return { imports, data };
   }
+}
+
+/** One problem submit would refuse a spec for: the stage ("" the job) and its field, and what is wrong (without the field). */
+export interface AdmissionProblem {
+  /** The stage's name; null for the job as a whole. */
+  readonly stage: string | null;
+  /** The field within the stage (data.train, init.checkpoint, cluster.workers); "" when none is named. */
+  readonly field: string;
+  readonly message: string;
+}
+
+/** A stage's data as submit would count it: samples and shards of data.train and data.val (null: none, or not readable yet). */
+export interface StageData {
+  train: { samples: number; shards: number } | null;
+  val: { samples: number; shards: number } | null;
+  /** data.synth's folder: to be generated by run (then not read now), or holding the dataset already; null without data.synth. */
+  synth: "generate" | "reuse" | null;
+}
+
+/** What Admission.check found: every problem, and each stage's data. */
+export interface AdmissionCheck {
+  readonly problems: AdmissionProblem[];
+  readonly data: Map<string, StageData>;
+}
+
+/**
+ * The field and message of a check's error. Messages start with the spec file
+ * (`where: `), the stage's prefix, and the field they name when they name one
+ * (`data.train: no shard matches ...`, `data.synth.out: ...`); that field wins
+ * over the check's own when it is the same or inside it.
+ */
+export function problemOf(st: StageSpec | null, field: string, err: unknown, where: string): AdmissionProblem {
+  let message = err instanceof Error ? err.message : String(err);
+  if (message.startsWith(`${where}: `)) message = message.slice(where.length + 2);
+  const prefix = st ? stageField(st, "") : "";
+  if (prefix && message.startsWith(prefix)) message = message.slice(prefix.length);
+  const named = /^([A-Za-z_][\w.]*(?:\[\d+\])?[\w.]*): /.exec(message);
+  if (named && (field === "" || named[1] === field || named[1]!.startsWith(`${field}.`))) {
+    return { stage: st?.name ?? null, field: named[1]!, message: message.slice(named[0].length) };
+  }
+  return { stage: st?.name ?? null, field, message };
 }

@@ -18,7 +18,7 @@ export {
 } from "./policy.js";
 export { JobService } from "./service.js";
 export type { JobServiceDeps } from "./context.js";
-export type { SubmitInput } from "./admission.js";
+export { problemOf, type AdmissionCheck, type AdmissionProblem, type StageData, type SubmitInput } from "./admission.js";
 export { ORCHESTRATOR_VERSION } from "./gateway.js";
 export { newJobRecord } from "./records.js";
 export { confined as confinedFile } from "./commit.js";

@@ -24,6 +24,7 @@ import {
   type CheckpointRecord,
   type JobEvent,
   type JobRecord,
+  type JobSpec,
   type StageRecord,
   type TimerHandle,
 } from "../domain/index.js";
@@ -31,7 +32,7 @@ import type { AuditReport } from "../data/index.js";
 import type { Assignment, PlanRequest, PlanResponse, RegisterRequest, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
 import type { MetricsSource } from "../metrics/index.js";
 import type { Scheduler } from "../scheduler/index.js";
-import { Admission, type SubmitInput } from "./admission.js";
+import { Admission, type AdmissionCheck, type SubmitInput } from "./admission.js";
 import type { AttemptHooks } from "./attempt.js";
 import { CheckpointRefs } from "./checkpoint-refs.js";
 import { CheckpointCommit } from "./commit.js";
@@ -191,6 +192,15 @@ export class JobService implements MetricsSource {
     this.deps.scope?.add(job.id);
     this.dispatcher.wake();
     return job;
+  }
+
+  /**
+   * A dry run of submit for a spec validated by the caller (`clipfleet validate`): every problem
+   * submit would refuse it for (placement, data, init checkpoints, policy), and each stage's
+   * data counted. Nothing is persisted, generated or scheduled.
+   */
+  check(spec: JobSpec, where: string): Promise<AdmissionCheck> {
+    return this.admission.check(spec, where);
   }
 
   /** A job as persisted, with the live progress of its running attempts laid over it (not persisted). */

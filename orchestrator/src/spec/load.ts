@@ -36,11 +36,22 @@ export function loadSpecFile(file: string, opts: LoadOptions): JobSpec {
  * (anchors and merge keys resolved): what a client sends to a server, which
  * validates it again with parseSpec.
  */
-export function loadSpecDocument(file: string, opts: LoadOptions): { spec: JobSpec; raw: unknown } {
+export function loadSpecDocument(file: string, opts: LoadOptions): { spec: JobSpec; raw: unknown; locate: SpecLocator } {
   const text = readTextFile(file);
   const { value, locate } = parseText(file, text);
-  return { spec: compile(value, { specPath: file, baseDir: nodePath.dirname(nodePath.resolve(file)), presets: opts.presets }, locate), raw: value };
+  const spec = compile(value, { specPath: file, baseDir: nodePath.dirname(nodePath.resolve(file)), presets: opts.presets }, locate);
+  // Exact: a path not written in the file (its nearest ancestor found instead) is null.
+  const located: SpecLocator = (path) => {
+    const at = locate(path);
+    if (at === null || path.length === 0) return null;
+    const parent = path.length > 1 ? locate(path.slice(0, -1)) : null;
+    return parent !== null && parent.line === at.line && parent.col === at.col ? null : { line: at.line, column: at.col };
+  };
+  return { spec, raw: value, locate: located };
 }
+
+/** Where a path of the document is written in its file (1-based line and column of its key); null when it is not written there. */
+export type SpecLocator = (path: Path) => { line: number; column: number } | null;
 
 /**
  * Validate an already parsed spec (e.g. the JSON a client sent) into a
