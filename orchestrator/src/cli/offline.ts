@@ -25,11 +25,16 @@ export interface OrchestratorInfoFile {
 
 export const INFO_FILE = "orchestrator.json";
 
-export async function connectOrOpen(deps: CliDeps, args: GlobalArgs, fn: (client: ControlClient) => Promise<void>): Promise<void> {
+/**
+ * Runs `fn` with a client of the orchestrator that has the jobs: --server, the
+ * live orchestrator of the state dir, or (`live` false) a read-only one over
+ * the state dir, whose unfinished jobs show as interrupted (their orchestrator is gone).
+ */
+export async function connectOrOpen(deps: CliDeps, args: GlobalArgs, fn: (client: ControlClient, live: boolean) => Promise<void>): Promise<void> {
   if (args.server ?? process.env.CLIPFLEET_SERVER) {
     const client = await connect(args);
     try {
-      await fn(client);
+      await fn(client, true);
     } finally {
       client.close();
     }
@@ -40,7 +45,7 @@ export async function connectOrOpen(deps: CliDeps, args: GlobalArgs, fn: (client
     const client = clientFor(info, args);
     try {
       await client.ping(3000);
-      await fn(client);
+      await fn(client, true);
       return;
     } catch (err) {
       if ((err as { code?: string }).code !== "UNAVAILABLE") throw err;
@@ -55,7 +60,7 @@ export async function connectOrOpen(deps: CliDeps, args: GlobalArgs, fn: (client
   if (!args.json) note(`clipfleet: no orchestrator is running on ${args["state-dir"]}; showing what it last recorded`);
   const client = new ControlClient(orch.address);
   try {
-    await fn(client);
+    await fn(client, false);
   } finally {
     client.close();
     await orch.close();

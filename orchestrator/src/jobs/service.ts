@@ -17,6 +17,9 @@
  */
 import {
   ACTIVE_STATES,
+  checkJobRef,
+  resolveJobRef,
+  type JobRefResolution,
   FailedPreconditionError,
   isTerminal,
   NotFoundError,
@@ -43,7 +46,7 @@ import { Gateway } from "./gateway.js";
 import { Launch } from "./launch.js";
 import type { LogEntry } from "./logs.js";
 import { Progress } from "./progress.js";
-import { newestCommitted, stageSpecOf } from "./records.js";
+import { interruptedView, newestCommitted, stageSpecOf } from "./records.js";
 import { rankState, type SessionHandle } from "./runtime.js";
 import { readStepHistory, stepHistoryPath, type StepPointRecord } from "./step-history.js";
 
@@ -59,6 +62,8 @@ export class JobService implements MetricsSource {
   private readonly admission: Admission;
   private readonly refs: CheckpointRefs;
   private timers: TimerHandle[] = [];
+  /** Set by start({ orphaned: true }): no orchestrator runs these jobs, so unfinished ones are shown interrupted. */
+  private orphaned = false;
 
   constructor(private readonly deps: JobServiceDeps) {
     const ctx = new JobContext(deps);
@@ -101,9 +106,13 @@ export class JobService implements MetricsSource {
    * Loads every job from the store and reconciles those that were active when
    * the previous orchestrator died: their workers are gone or fenced, so the
    * attempt is over; the stage restarts from its last committed checkpoint.
+   * `orphaned` (with reconcile false): a read-only look at the records of an
+   * orchestrator known to be gone (its state-dir lock was stale); unfinished
+   * jobs are shown interrupted (interruptedView), nothing is changed.
    */
-  async start(opts: { reconcile: boolean } = { reconcile: true }): Promise<void> {
+  async start(opts: { reconcile: boolean; orphaned?: boolean } = { reconcile: true }): Promise<void> {
     const jobs = await this.ctx.ledger.load();
+    this.orphaned = !opts.reconcile && opts.orphaned === true;
     if (!opts.reconcile) return;
     for (const job of jobs) {
       for (const stage of job.stages) {
@@ -192,11 +201,25 @@ export class JobService implements MetricsSource {
 
   /** A job as persisted, with the live progress of its running attempts laid over it (not persisted). */
   get(id: string): JobRecord {
-    return this.progress.liveView(this.ctx.ledger.get(id));
+    const job = this.progress.liveView(this.ctx.ledger.get(id));
+    return this.orphaned ? interruptedView(job) : job;
   }
 
   list(): JobRecord[] {
-    return this.ctx.ledger.list();
+    const jobs = this.ctx.ledger.list();
+    return this.orphaned ? jobs.map(interruptedView) : jobs;
+  }
+
+  /**
+   * The job a reference names: its id, a job name (the newest of that name)
+   * or a unique prefix of an id (domain resolveJobRef). NOT_FOUND names the
+   * reference; an ambiguous prefix lists the candidates.
+   */
+  resolve(ref: string): JobRefResolution<JobRecord> {
+    checkJobRef(ref);
+    if (this.ctx.ledger.has(ref)) return { job: this.get(ref), by: "id", sameName: 0 };
+    const r = resolveJobRef(ref, this.ctx.ledger.list());
+    return { ...r, job: this.get(r.job.id) };
   }
 
   /**
