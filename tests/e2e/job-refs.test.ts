@@ -10,7 +10,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { alive, runCli, tempDir, waitFor, writeTinySpec } from "../helpers/cli.js";
-import { allPids, startRun, waitForStatus, type Summary } from "../helpers/jobs.js";
+import { allPids, startRun, status, waitForStatus, type Summary } from "../helpers/jobs.js";
 
 interface Listed {
   jobId: string;
@@ -117,6 +117,12 @@ void describe("job references and an orchestrator killed with SIGKILL", () => {
     const now = st.stdout.split("recent events:")[0] ?? "";
     assert.doesNotMatch(now, /launching|RUNNING|STARTING/);
     assert.match(now, /attempt 1 \(lost: the orchestrator is gone\)/);
+    // Nothing will ever happen to it here: watch and logs -f end at once instead of waiting forever.
+    const watch = await runCli(["watch", killed, "--state-dir", state], { timeoutMs: 60_000 });
+    assert.equal(watch.code, 1, watch.stderr);
+    assert.match(watch.stdout, new RegExp(`^${killed}: FAILED - interrupted: `, "m"));
+    const follow = await runCli(["logs", killed, "-f", "--state-dir", state], { timeoutMs: 60_000 });
+    assert.equal(follow.code, 0, follow.stderr);
   });
 
   void it("a local cancel of an interrupted or ended job exits 0 and says what it found, every time", async () => {
@@ -138,5 +144,10 @@ void describe("job references and an orchestrator killed with SIGKILL", () => {
     const s = JSON.parse(r.stdout) as Summary;
     assert.equal(s.jobId, killed);
     assert.equal(s.state, "SUCCEEDED");
+    // Resumed as the job of this invocation (restarted from its checkpoint), not first failed as another's.
+    const v = await status(killed, state);
+    const reasons = v.job.recentEvents.filter((e) => e.type === "state").map((e) => e.reason);
+    assert.ok(!reasons.some((r) => r.startsWith("interrupted")), reasons.join("\n"));
+    assert.ok(reasons.some((r) => r.startsWith("orchestrator restarted")), reasons.join("\n"));
   });
 });

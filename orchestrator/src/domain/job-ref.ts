@@ -55,7 +55,7 @@ export function resolveJobRef<J extends JobRefCandidate>(ref: string, jobs: Iter
 /** Refuses what cannot be a reference (empty, too long, a character no id or name has: "/", spaces). */
 export function checkJobRef(ref: string): string {
   if (!ref) throw new InvalidArgumentError("job_id: required", "job_id");
-  if (!JOB_REF.test(ref)) throw new InvalidArgumentError(`job_id: not a job id, name or id prefix: ${JSON.stringify(ref.slice(0, 80))}`, "job_id");
+  if (!JOB_REF.test(ref)) throw new InvalidArgumentError(`job_id: not a job id: "${ref.slice(0, 80)}" (ids, job names and id prefixes have only A-Z a-z 0-9 . _ -)`, "job_id");
   return ref;
 }
 

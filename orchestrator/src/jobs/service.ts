@@ -114,6 +114,15 @@ export class JobService implements MetricsSource {
     const jobs = await this.ctx.ledger.load();
     this.orphaned = !opts.reconcile && opts.orphaned === true;
     if (!opts.reconcile) return;
+    // `clipfleet resume PREFIX`: the scope names the job as the user did; reconcile must know it is in scope.
+    for (const ref of [...(this.deps.scope ?? [])]) {
+      if (this.ctx.ledger.has(ref)) continue;
+      try {
+        this.deps.scope?.add(resolveJobRef(ref, jobs).job.id);
+      } catch {
+        // unknown or ambiguous: resume itself says so
+      }
+    }
     for (const job of jobs) {
       for (const stage of job.stages) {
         if (ACTIVE_STATES.has(stage.state) || stage.state === "RESTARTING") await this.reconcile(job, stage);

@@ -206,8 +206,8 @@ export function controlService(service: JobService, info: ServerInfoSource, secu
 
 async function streamLogs(service: JobService, call: ServerWritableStream<LogsRequest, LogLine>): Promise<void> {
   const req = call.request;
-  const id = jobIdOf(service, req.jobId);
   if (req.rank < -1) throw new InvalidArgumentError(`rank: expected -1 (all ranks) or a rank >= 0, got ${req.rank}`, "rank");
+  const id = jobIdOf(service, req.jobId);
   const match = (e: { stage: string; rank: number }): boolean => (!req.stage || e.stage === req.stage) && (req.rank === -1 || e.rank === req.rank);
   const toLine = (e: { stage: string; attempt: number; rank: number; stream: string; line: string; tsMs: number }): LogLine => ({
     stage: e.stage,
@@ -282,7 +282,8 @@ function watch(service: JobService, call: ServerWritableStream<WatchRequest, Job
   for (const e of job.recentEvents) if (e.seq >= req.fromSeq) send(e);
   buffering = false;
   for (const e of buffered) send(e);
-  if (!ended && isTerminal(service.get(id).state) && job.recentEvents.length === 0) {
+  // Over with no terminal event to send: none stored, --from past it, or a view (a job shown interrupted) that no event made.
+  if (!ended && isTerminal(service.get(id).state)) {
     ended = true;
     unsub();
     call.end();

@@ -67,7 +67,7 @@ void describe("resolveJobRef", () => {
 
   void it("refuses what cannot be a reference", () => {
     assert.match(codeOf(() => checkJobRef("")), /^INVALID_ARGUMENT: job_id: required/);
-    assert.match(codeOf(() => checkJobRef("a b")), /^INVALID_ARGUMENT: job_id: not a job id, name or id prefix/);
+    assert.match(codeOf(() => checkJobRef("a b")), /^INVALID_ARGUMENT: job_id: not a job id: "a b"/);
     assert.match(codeOf(() => checkJobRef("../etc")), /^INVALID_ARGUMENT/);
     assert.match(codeOf(() => checkJobRef("x".repeat(129))), /^INVALID_ARGUMENT/);
   });
