@@ -86,7 +86,7 @@ export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
       global: true,
     })
     .option("json", { type: "boolean", default: false, describe: "machine-readable output", global: true })
-    .option("verbose", { type: "boolean", default: false, describe: "show stack traces of errors", global: true })
+    .option("verbose", { type: "boolean", default: false, describe: "show stack traces of errors, and which job a name or id prefix named", global: true })
     .option("tls-dir", { type: "string", describe: "client identity for a server with TLS: a folder with ca.crt, client.crt, client.key (default: $CLIPFLEET_TLS_DIR; `clipfleet certs issue` makes one)", global: true })
     .option("python", { type: "string", describe: "worker interpreter with torch (default: $CLIPFLEET_PYTHON, else the first of python3, /usr/bin/python3 that imports torch)", global: true })
     // Hidden: answers the script's --get-yargs-completions; the visible `completion` command prints the script.
