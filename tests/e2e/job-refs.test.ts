@@ -72,11 +72,18 @@ void describe("job references and an orchestrator killed with SIGKILL", () => {
     assert.match(unknown.stderr, /^clipfleet: job no-such-job not found$/m);
   });
 
-  void it("a job name finds the newest job of that name (--verbose says which)", async () => {
-    const r = await runCli(["status", "twin", "--json", "--verbose", "--state-dir", state]);
+  void it("a job name finds the newest job of that name (stderr says which when several have it, or with --verbose)", async () => {
+    const r = await runCli(["status", "twin", "--json", "--state-dir", state]);
     assert.equal(r.code, 0, r.stderr);
     assert.equal((JSON.parse(r.stdout) as { jobId: string }).jobId, newer);
-    assert.ok(r.stderr.includes(`twin is ${newer} (the newest job of that name)`), r.stderr);
+    assert.ok(r.stderr.includes(`clipfleet: twin is ${newer}, the newest of 2 jobs of that name (give an id for another)`), r.stderr);
+    const one = await runCli(["status", "gated", "--verbose", "--state-dir", state]);
+    assert.equal(one.code, 0, one.stderr);
+    assert.ok(one.stderr.includes(`clipfleet: gated is ${killed} (the job of that name)`), one.stderr);
+    const quiet = await runCli(["status", "gated", "--state-dir", state]);
+    assert.doesNotMatch(quiet.stderr, /gated is/);
+    const prefix = await runCli(["status", killed.slice(-6), "--verbose", "--state-dir", state]);
+    assert.ok(prefix.stderr.includes(`clipfleet: ${killed.slice(-6)} is ${killed} (id prefix)`), prefix.stderr);
     const audit = await runCli(["checkpoints", "twin", "--json", "--state-dir", state]);
     assert.equal(audit.code, 0, audit.stderr);
   });
