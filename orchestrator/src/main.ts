@@ -98,7 +98,8 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
   gateway = `${advertiseHost}:${workers.port}`;
   const controlAddress = control.address.replace(/^(0\.0\.0\.0|\[::\]|::):/, "127.0.0.1:");
   const sweep = setInterval(() => void metrics.sweep(clock.now()), 30_000);
-  await service.start({ reconcile: !opts.readOnly });
+  // Read-only: the file store took the state-dir lock, so whoever ran these jobs is gone (shown interrupted).
+  await service.start({ reconcile: !opts.readOnly, orphaned: opts.readOnly === true });
   const infoFile = join(stateDir, INFO_FILE);
   if (!opts.readOnly) {
     const record: OrchestratorInfoFile = { address: controlAddress, workerAddress: gateway, tls: tls !== null && opts.controlListen !== null, pid: process.pid, metricsAddress: metricsServer?.address ?? null, startedAtMs: clock.now() };

@@ -40,7 +40,7 @@ export interface EmbedOptions {
   embedded: boolean;
   scope?: string[];
   metricsRetentionSeconds?: number;
-  /** Serve what the state dir holds without reconciling or scheduling anything (read commands). */
+  /** Serve what the state dir holds without reconciling or scheduling anything (read commands); its lock was stale, so unfinished jobs show as interrupted. */
   readOnly?: boolean;
 }
 

@@ -14,7 +14,7 @@ import { certsCommand } from "./commands/certs.js";
 import { checkpointCommand, checkpointsCommand } from "./commands/checkpoint.js";
 import { manifestsCommand } from "./commands/manifests.js";
 import { cordonCommand, uncordonCommand } from "./commands/cordon.js";
-import { completionCommand } from "./commands/completion.js";
+import { completeJobRefs, completionCommand, type CompletionArgs } from "./commands/completion.js";
 import { dataCommand } from "./commands/data.js";
 import { deleteCommand } from "./commands/delete.js";
 import { listCommand } from "./commands/list.js";
@@ -97,13 +97,22 @@ function buildParser(argv: string[], deps: CliDeps, state: CliState, width: numb
     .scriptName("clipfleet")
     .usage("$0 <command> [options]\n\nTrain CLIP-style models data-parallel on a fleet of nodes.")
     .option("server", { type: "string", describe: "orchestrator address HOST:PORT (default: $CLIPFLEET_SERVER)", global: true })
-    .option("state-dir", { type: "string", default: ".clipfleet", describe: "where an embedded orchestrator keeps jobs, logs and checkpoints", global: true })
+    .option("state-dir", {
+      type: "string",
+      // An empty CLIPFLEET_STATE_DIR means none, as an unset one; the flag wins over both.
+      default: process.env.CLIPFLEET_STATE_DIR || ".clipfleet",
+      defaultDescription: "$CLIPFLEET_STATE_DIR, else ./.clipfleet",
+      describe: "where an embedded orchestrator keeps jobs, logs and checkpoints",
+      global: true,
+    })
     .option("json", { type: "boolean", default: false, describe: "machine-readable output", global: true })
-    .option("verbose", { type: "boolean", default: false, describe: "show stack traces of errors", global: true })
+    .option("verbose", { type: "boolean", default: false, describe: "show stack traces of errors, and which job a name or id prefix named", global: true })
     .option("tls-dir", { type: "string", describe: "client identity for a server with TLS: a folder with ca.crt, client.crt, client.key (default: $CLIPFLEET_TLS_DIR; `clipfleet certs issue` makes one)", global: true })
     .option("python", { type: "string", describe: "worker interpreter with torch (default: $CLIPFLEET_PYTHON, else the first of python3, /usr/bin/python3 that imports torch)", global: true })
     // Hidden: answers the script's --get-yargs-completions; the visible `completion` command prints the script.
-    .completion(COMPLETION_HIDDEN_COMMAND, false)
+    .completion(COMPLETION_HIDDEN_COMMAND, false, (current: string, parsed: unknown, defaults: (cb?: (err: Error | null, c: string[] | undefined) => void) => unknown, done: (c: string[]) => void) => {
+      void completeJobRefs(deps, parsed as CompletionArgs, current).then((refs) => (refs ? done(refs) : defaults()));
+    })
     .strict()
     .demandCommand(1, "name a command (clipfleet --help lists them)")
     .recommendCommands()

@@ -26,17 +26,18 @@ export interface OrchestratorInfoFile {
 export const INFO_FILE = "orchestrator.json";
 
 /**
- * Runs `fn` against the orchestrator of --server, of a `clipfleet run` on the
- * state dir, or one opened on the state dir here. `reconcile`: the one opened
- * here first ends the jobs its dead owner left active (as `resume` would), for
- * commands that change jobs (`delete --force`); otherwise it only reads.
- * `writes`: the command changes the state dir, so no "showing what it last recorded" note.
+ * Runs `fn` with a client of the orchestrator that has the jobs: --server, the
+ * live orchestrator of the state dir, or (`live` false) one opened on the state
+ * dir here. That one only reads, and shows the unfinished jobs of its dead owner
+ * as interrupted; with `reconcile` it first ends them (as `resume` would), for
+ * commands that change jobs (`delete --force`). `writes`: the command changes
+ * the state dir, so no "showing what it last recorded" note.
  */
-export async function connectOrOpen(deps: CliDeps, args: GlobalArgs, fn: (client: ControlClient) => Promise<void>, opts: { reconcile?: boolean; writes?: boolean } = {}): Promise<void> {
+export async function connectOrOpen(deps: CliDeps, args: GlobalArgs, fn: (client: ControlClient, live: boolean) => Promise<void>, opts: { reconcile?: boolean; writes?: boolean } = {}): Promise<void> {
   if (args.server ?? process.env.CLIPFLEET_SERVER) {
     const client = await connect(args);
     try {
-      await fn(client);
+      await fn(client, true);
     } finally {
       client.close();
     }
@@ -47,7 +48,7 @@ export async function connectOrOpen(deps: CliDeps, args: GlobalArgs, fn: (client
     const client = clientFor(info, args);
     try {
       await client.ping(3000);
-      await fn(client);
+      await fn(client, true);
       return;
     } catch (err) {
       if ((err as { code?: string }).code !== "UNAVAILABLE") throw err;
@@ -62,7 +63,7 @@ export async function connectOrOpen(deps: CliDeps, args: GlobalArgs, fn: (client
   if (!args.json && !opts.writes) note(`clipfleet: no orchestrator is running on ${args["state-dir"]}; showing what it last recorded`);
   const client = new ControlClient(orch.address);
   try {
-    await fn(client);
+    await fn(client, false);
   } finally {
     client.close();
     await orch.close();

@@ -3,6 +3,7 @@ export * from "./clock.js";
 export * from "./errors.js";
 export * from "./ids.js";
 export * from "./job.js";
+export * from "./job-ref.js";
 export * from "./limits.js";
 export * from "./node.js";
 export * from "./shard-patterns.js";

@@ -20,7 +20,7 @@ export { JobService } from "./service.js";
 export type { JobServiceDeps } from "./context.js";
 export { problemOf, type AdmissionCheck, type AdmissionProblem, type StageData, type SubmitInput } from "./admission.js";
 export { ORCHESTRATOR_VERSION } from "./gateway.js";
-export { newJobRecord } from "./records.js";
+export { interruptedView, newJobRecord } from "./records.js";
 export { confined as confinedFile } from "./commit.js";
 export { Attempt, nextPhase, SETTLE_MS, type AttemptEvent, type AttemptPhase, type StopAt } from "./attempt.js";
 export type { RankRuntime, SessionHandle } from "./runtime.js";

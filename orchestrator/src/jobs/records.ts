@@ -1,5 +1,7 @@
 /** Pure helpers on job records and specs, shared by the job machinery's rooms. */
 import {
+  isTerminal,
+  jobStateOf,
   NotFoundError,
   RECORD_SCHEMA_VERSION,
   type CheckpointRecord,
@@ -85,4 +87,35 @@ export function newJobRecord(spec: JobSpec, id: string, nowMs: number): JobRecor
     recentEvents: [],
     cancelRequested: null,
   };
+}
+
+/**
+ * How a job looks once the orchestrator that ran it is gone (a read command
+ * on a state dir whose lock holder died): every unfinished stage is FAILED
+ * as interrupted, its live attempt lost, with the command that continues it.
+ * A view only: nothing is persisted, so a restarted server still restarts it.
+ */
+export function interruptedView(job: JobRecord): JobRecord {
+  if (isTerminal(job.state)) return job;
+  const view = structuredClone(job);
+  const reason = `interrupted: the orchestrator running it is gone; \`clipfleet resume ${job.id}\` continues from the last committed checkpoint`;
+  for (const s of view.stages) {
+    if (isTerminal(s.state)) continue;
+    s.state = "FAILED";
+    s.reason = reason;
+    const a = s.attempts.at(-1);
+    if (a && a.outcome === "running") {
+      a.outcome = "lost";
+      a.reason = "the orchestrator is gone";
+      for (const r of a.ranks) {
+        if (r.state === "exited") continue;
+        r.state = "lost";
+        r.phase = "-"; // its last phase (launching, training) is no longer going on
+      }
+    }
+  }
+  view.state = jobStateOf(view.stages.map((s) => s.state));
+  view.reason = reason;
+  view.pendingReason = "";
+  return view;
 }

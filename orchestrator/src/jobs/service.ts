@@ -17,6 +17,9 @@
  */
 import {
   ACTIVE_STATES,
+  checkJobRef,
+  resolveJobRef,
+  type JobRefResolution,
   FailedPreconditionError,
   isTerminal,
   NotFoundError,
@@ -45,7 +48,7 @@ import { Gateway } from "./gateway.js";
 import { Launch } from "./launch.js";
 import type { LogEntry } from "./logs.js";
 import { Progress } from "./progress.js";
-import { newestCommitted, stageSpecOf } from "./records.js";
+import { interruptedView, newestCommitted, stageSpecOf } from "./records.js";
 import { rankState, type SessionHandle } from "./runtime.js";
 import { readStepHistory, stepHistoryPath, type StepPointRecord } from "./step-history.js";
 
@@ -62,6 +65,8 @@ export class JobService implements MetricsSource {
   private readonly refs: CheckpointRefs;
   private readonly deletion: Deletion;
   private timers: TimerHandle[] = [];
+  /** Set by start({ orphaned: true }): no orchestrator runs these jobs, so unfinished ones are shown interrupted. */
+  private orphaned = false;
 
   constructor(private readonly deps: JobServiceDeps) {
     const ctx = new JobContext(deps);
@@ -105,10 +110,23 @@ export class JobService implements MetricsSource {
    * Loads every job from the store and reconciles those that were active when
    * the previous orchestrator died: their workers are gone or fenced, so the
    * attempt is over; the stage restarts from its last committed checkpoint.
+   * `orphaned` (with reconcile false): a read-only look at the records of an
+   * orchestrator known to be gone (its state-dir lock was stale); unfinished
+   * jobs are shown interrupted (interruptedView), nothing is changed.
    */
-  async start(opts: { reconcile: boolean } = { reconcile: true }): Promise<void> {
+  async start(opts: { reconcile: boolean; orphaned?: boolean } = { reconcile: true }): Promise<void> {
     const jobs = await this.ctx.ledger.load();
+    this.orphaned = !opts.reconcile && opts.orphaned === true;
     if (!opts.reconcile) return;
+    // `clipfleet resume PREFIX`: the scope names the job as the user did; reconcile must know it is in scope.
+    for (const ref of [...(this.deps.scope ?? [])]) {
+      if (this.ctx.ledger.has(ref)) continue;
+      try {
+        this.deps.scope?.add(resolveJobRef(ref, jobs).job.id);
+      } catch {
+        // unknown or ambiguous: resume itself says so
+      }
+    }
     for (const job of jobs) {
       for (const stage of job.stages) {
         if (ACTIVE_STATES.has(stage.state) || stage.state === "RESTARTING") await this.reconcile(job, stage);
@@ -205,11 +223,31 @@ export class JobService implements MetricsSource {
 
   /** A job as persisted, with the live progress of its running attempts laid over it (not persisted). */
   get(id: string): JobRecord {
-    return this.progress.liveView(this.ctx.ledger.get(id));
+    const job = this.progress.liveView(this.ctx.ledger.get(id));
+    return this.orphaned ? interruptedView(job) : job;
   }
 
   list(): JobRecord[] {
-    return this.ctx.ledger.list();
+    const jobs = this.ctx.ledger.list();
+    return this.orphaned ? jobs.map(interruptedView) : jobs;
+  }
+
+  /**
+   * The job a reference names: its id, a job name (the newest of that name)
+   * or a unique prefix of an id (domain resolveJobRef). NOT_FOUND names the
+   * reference; an ambiguous prefix lists the candidates.
+   */
+  /** True when `id` is a job whose deletion began and did not finish (hidden from get, list and references). */
+  deleting(id: string): boolean {
+    const { ledger } = this.ctx;
+    return ledger.has(id) && ledger.getTombstoned(id).deletingSinceMs !== undefined;
+  }
+
+  resolve(ref: string): JobRefResolution<JobRecord> {
+    checkJobRef(ref);
+    if (this.ctx.ledger.has(ref)) return { job: this.get(ref), by: "id", sameName: 0 };
+    const r = resolveJobRef(ref, this.ctx.ledger.list());
+    return { ...r, job: this.get(r.job.id) };
   }
 
   /**

@@ -5,7 +5,7 @@
  */
 import type { handleUnaryCall, sendUnaryData, ServerUnaryCall, ServerWritableStream } from "@grpc/grpc-js";
 import { authorize, changesState, identityFromSubject, type AccessLog, type ControlMethod, type Identity } from "../auth/index.js";
-import { asClipfleetError, InvalidArgumentError, isTerminal, isValidJobId, type JobEvent as DomainEvent } from "../domain/index.js";
+import { asClipfleetError, InvalidArgumentError, isTerminal, type JobEvent as DomainEvent } from "../domain/index.js";
 import type {
   CancelRequest,
   DeleteRequest,
@@ -53,10 +53,9 @@ function nodeToProto(n: ReturnType<JobService["nodes"]>[number]): Node {
   };
 }
 
-function requireJobId(id: string): string {
-  if (!id) throw new InvalidArgumentError("job_id: required", "job_id");
-  if (!isValidJobId(id)) throw new InvalidArgumentError(`job_id: not a job id: "${id.slice(0, 80)}"`, "job_id");
-  return id;
+/** The id of the job a request names: its id, a name or a unique id prefix (see JobService.resolve); every RPC taking a job goes through here. */
+function jobIdOf(service: JobService, ref: string): string {
+  return service.resolve(ref).job.id;
 }
 
 /**
@@ -131,7 +130,7 @@ export function controlService(service: JobService, info: ServerInfoSource, secu
       if (!req.specJson) throw new InvalidArgumentError("spec_json: required", "spec_json");
       return fitJob(jobToProto(await service.submit({ specJson: req.specJson, specPath: req.specPath, baseDir: req.baseDir || process.cwd(), submittedBy: who.name })));
     }),
-    getJob: unary("getJob", (req: JobRef) => fitJob(jobToProto(service.get(requireJobId(req.jobId))))),
+    getJob: unary("getJob", (req: JobRef) => fitJob(jobToProto(service.get(jobIdOf(service, req.jobId))))),
     listJobs: unary("listJobs", (req: ListJobsRequest) => {
       const states = new Set(req.states.map(stateFromProto));
       if (states.has(null)) throw new InvalidArgumentError("states: unknown job state", "states");
@@ -142,21 +141,22 @@ export function controlService(service: JobService, info: ServerInfoSource, secu
     }),
     cancelJob: unary("cancelJob", async (req: CancelRequest) => {
       if (req.graceSeconds < 0 || req.graceSeconds > 86400) throw new InvalidArgumentError(`grace_seconds: expected 0..86400, got ${req.graceSeconds}`, "grace_seconds");
-      const job = await service.cancel(requireJobId(req.jobId), { checkpoint: req.checkpoint, graceSeconds: req.graceSeconds > 0 ? req.graceSeconds : null });
+      const job = await service.cancel(jobIdOf(service, req.jobId), { checkpoint: req.checkpoint, graceSeconds: req.graceSeconds > 0 ? req.graceSeconds : null });
       return fitJob(jobToProto(job));
     }),
     deleteJob: unary("deleteJob", async (req: DeleteRequest) => {
-      const r = await service.delete(requireJobId(req.jobId), { keepCheckpoints: req.keepCheckpoints });
+      // A job whose deletion was interrupted is hidden from references (NOT_FOUND says so); its exact id still finishes it.
+      const r = await service.delete(service.deleting(req.jobId) ? req.jobId : jobIdOf(service, req.jobId), { keepCheckpoints: req.keepCheckpoints });
       return { jobId: r.jobId, freedBytes: r.freedBytes, checkpointsKept: r.checkpointsKept };
     }),
-    resumeJob: unary("resumeJob", async (req: JobRef) => fitJob(jobToProto(await service.resume(requireJobId(req.jobId))))),
+    resumeJob: unary("resumeJob", async (req: JobRef) => fitJob(jobToProto(await service.resume(jobIdOf(service, req.jobId))))),
     requestCheckpoint: unary("requestCheckpoint", (req: JobRef) => {
-      const id = requireJobId(req.jobId);
+      const id = jobIdOf(service, req.jobId);
       const r = service.requestCheckpoint(id);
       return { jobId: id, stage: r.stage, step: r.step };
     }),
     listCheckpoints: unary("listCheckpoints", (req: JobRef) => {
-      const list = service.checkpoints(requireJobId(req.jobId));
+      const list = service.checkpoints(jobIdOf(service, req.jobId));
       return { checkpoints: list.map(({ record, untrusted }) => ({ ...checkpointToProto(record), ...(untrusted === null ? {} : { status: "untrusted", reason: untrusted }) })) };
     }),
     setNodeSchedulable: unary("setNodeSchedulable", (req: NodeSchedulableRequest) => {
@@ -164,9 +164,9 @@ export function controlService(service: JobService, info: ServerInfoSource, secu
       return nodeToProto(service.setNodeSchedulable(req.name, req.schedulable));
     }),
     listNodes: unary("listNodes", () => ({ nodes: service.nodes().map(nodeToProto) })),
-    audit: unary("audit", async (req: JobRef) => ({ json: JSON.stringify(await service.audit(requireJobId(req.jobId))) })),
+    audit: unary("audit", async (req: JobRef) => ({ json: JSON.stringify(await service.audit(jobIdOf(service, req.jobId))) })),
     stepHistory: unary("stepHistory", (req: StepHistoryRequest) => {
-      const h = service.stepHistory(requireJobId(req.jobId), req.stage, req.maxPoints);
+      const h = service.stepHistory(jobIdOf(service, req.jobId), req.stage, req.maxPoints);
       return {
         points: h.points,
         attempts: h.attempts.map(({ stage, attempt: a }) => ({
@@ -212,8 +212,8 @@ export function controlService(service: JobService, info: ServerInfoSource, secu
 
 async function streamLogs(service: JobService, call: ServerWritableStream<LogsRequest, LogLine>): Promise<void> {
   const req = call.request;
-  const id = requireJobId(req.jobId);
   if (req.rank < -1) throw new InvalidArgumentError(`rank: expected -1 (all ranks) or a rank >= 0, got ${req.rank}`, "rank");
+  const id = jobIdOf(service, req.jobId);
   const match = (e: { stage: string; rank: number }): boolean => (!req.stage || e.stage === req.stage) && (req.rank === -1 || e.rank === req.rank);
   const toLine = (e: { stage: string; attempt: number; rank: number; stream: string; line: string; tsMs: number }): LogLine => ({
     stage: e.stage,
@@ -260,7 +260,7 @@ async function streamLogs(service: JobService, call: ServerWritableStream<LogsRe
 
 function watch(service: JobService, call: ServerWritableStream<WatchRequest, JobEvent>): void {
   const req = call.request;
-  const id = requireJobId(req.jobId);
+  const id = jobIdOf(service, req.jobId);
   let lastSeq = -1;
   let buffering = true;
   const buffered: DomainEvent[] = [];
@@ -288,7 +288,8 @@ function watch(service: JobService, call: ServerWritableStream<WatchRequest, Job
   for (const e of job.recentEvents) if (e.seq >= req.fromSeq) send(e);
   buffering = false;
   for (const e of buffered) send(e);
-  if (!ended && isTerminal(service.get(id).state) && job.recentEvents.length === 0) {
+  // Over with no terminal event to send: none stored, --from past it, or a view (a job shown interrupted) that no event made.
+  if (!ended && isTerminal(service.get(id).state)) {
     ended = true;
     unsub();
     call.end();

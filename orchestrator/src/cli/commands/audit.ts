@@ -1,6 +1,7 @@
 /** `clipfleet audit JOB`: which samples each epoch consumed, counting only the final trajectory. */
 import type { Command } from "../command.js";
 import { out, printJson } from "../context.js";
+import { resolveJob } from "../job-ref.js";
 import { connectOrOpen } from "../offline.js";
 import { table } from "../render.js";
 
@@ -16,10 +17,10 @@ interface EpochAudit {
 export const auditCommand: Command<{ job: string }> = (deps) => ({
   command: "audit <job>",
   describe: "Report per epoch how many samples were consumed once, twice or never (needs data.audit: true)",
-  builder: (y) => y.positional("job", { type: "string", demandOption: true }).example("$0 audit j-20261123-101500-a1b2c3 --json", "as JSON"),
+  builder: (y) => y.positional("job", { type: "string", demandOption: true, describe: "job id, unique id prefix, or job name (its newest job)" }).example("$0 audit j-20261123-101500-a1b2c3 --json", "as JSON"),
   handler: async (args) => {
     await connectOrOpen(deps, args, async (client) => {
-      const report = JSON.parse((await client.audit(args.job)).json) as { stages: { stage: string; epochs: EpochAudit[] }[] };
+      const report = JSON.parse((await client.audit((await resolveJob(client, args.job, args)).id)).json) as { stages: { stage: string; epochs: EpochAudit[] }[] };
       if (args.json) {
         printJson(report);
         return;

@@ -6,6 +6,7 @@
  */
 import type { Command } from "../command.js";
 import { note, out, printJson } from "../context.js";
+import { resolveJob } from "../job-ref.js";
 import { connectOrOpen } from "../offline.js";
 import { fmtBytes, stateName } from "../render.js";
 
@@ -31,11 +32,20 @@ export const deleteCommand: Command<DeleteArgs> = (deps) => ({
       deps,
       args,
       async (client) => {
+        // Resolved once (a prefix or a name), so the cancel and the delete reach the same job; a job whose
+        // deletion was interrupted is hidden from references, and its exact id (as the error says) finishes it.
+        let id: string;
+        try {
+          id = (await resolveJob(client, args.job, args)).id;
+        } catch (err) {
+          if (!isInterruptedDelete(err)) throw err;
+          id = args.job;
+        }
         if (args.force) {
-          const job = await client.cancel(args.job, false, 0);
+          const job = await client.cancel(id, false, 0);
           if (!args.json && job.state !== undefined) note(`${job.id}: ${stateName(job.state)}`);
         }
-        const r = await client.delete(args.job, args["keep-checkpoints"]);
+        const r = await client.delete(id, args["keep-checkpoints"]);
         if (args.json) printJson({ deleted: r.jobId, freedBytes: r.freedBytes, checkpointsKept: r.checkpointsKept });
         else out(`deleted ${r.jobId}: freed ${fmtBytes(r.freedBytes)}${r.checkpointsKept ? " (checkpoints kept)" : ""}`);
       },
@@ -43,3 +53,8 @@ export const deleteCommand: Command<DeleteArgs> = (deps) => ({
     );
   },
 });
+
+/** The NOT_FOUND of a job whose deletion began and did not finish (the ledger's message). */
+function isInterruptedDelete(err: unknown): boolean {
+  return err instanceof Error && /its deletion was interrupted/.test(err.message);
+}

@@ -2,6 +2,7 @@
 import type { Command } from "../command.js";
 import { out } from "../context.js";
 import { stepSample } from "../follow.js";
+import { resolveJob } from "../job-ref.js";
 import { connectOrOpen } from "../offline.js";
 import { ProgressView } from "../progress.js";
 
@@ -18,7 +19,7 @@ export const logsCommand: Command<LogsArgs> = (deps) => ({
   describe: "Print a job's logs (all ranks, all attempts); -f follows until the job ends",
   builder: (y) =>
     y
-      .positional("job", { type: "string", demandOption: true })
+      .positional("job", { type: "string", demandOption: true, describe: "job id, unique id prefix, or job name (its newest job)" })
       .option("follow", { alias: "f", type: "boolean", default: false, describe: "keep printing new lines until the job ends" })
       .option("stage", { type: "string", describe: "only this stage" })
       .option("rank", { type: "number", describe: "only the lines of this rank (the orchestrator's own lines show as rank -1 and are kept only without --rank)" })
@@ -26,6 +27,7 @@ export const logsCommand: Command<LogsArgs> = (deps) => ({
       .example("$0 logs j-20261123-101500-a1b2c3 -f --rank 0", "follow rank 0"),
   handler: async (args) => {
     await connectOrOpen(deps, args, async (client) => {
+      const jobId = (await resolveJob(client, args.job, args)).id;
       const ac = new AbortController();
       const onSig = (): void => ac.abort();
       process.once("SIGINT", onSig);
@@ -34,7 +36,7 @@ export const logsCommand: Command<LogsArgs> = (deps) => ({
       const progressAc = new AbortController();
       const progress = view
         ? client
-            .watch(args.job, (e) => {
+            .watch(jobId, (e) => {
               const sample = stepSample(e);
               if (sample) view.update(sample);
             }, 0, progressAc.signal)
@@ -42,7 +44,7 @@ export const logsCommand: Command<LogsArgs> = (deps) => ({
         : null;
       try {
         await client.logs(
-          { jobId: args.job, follow: args.follow, stage: args.stage ?? "", rank: args.rank ?? -1, tail: args.tail },
+          { jobId, follow: args.follow, stage: args.stage ?? "", rank: args.rank ?? -1, tail: args.tail },
           (l) => {
             if (args.json) out(JSON.stringify(l)); // JSON Lines: one log line per line
             else {

@@ -17,6 +17,7 @@ import type { Argv } from "yargs";
 import type { ControlClient } from "../../client/index.js";
 import type { Command } from "../command.js";
 import type { CliDeps } from "../context.js";
+import { resolveJob } from "../job-ref.js";
 import { connectOrOpen } from "../offline.js";
 import { jobSummary, stateName } from "../render.js";
 
@@ -51,7 +52,7 @@ export async function writeJobReport(deps: CliDeps, client: ControlClient, jobId
   const maxPoints = opts["max-points"];
   if (!Number.isInteger(maxPoints) || maxPoints < 0) throw new InvalidArgumentError(`--max-points: expected a non-negative integer, got ${maxPoints}`, "max-points");
   const job = await client.getJob(jobId);
-  const data = reportData(job, await client.stepHistory(jobId, "", maxPoints), Date.now());
+  const data = reportData(job, await client.stepHistory(job.id, "", maxPoints), Date.now());
   if (opts.compare) data.compare = { by: opts.compare, metrics: (opts.metrics ?? "").split(",").map((m) => m.trim()).filter(Boolean) };
   const dir = resolve(out);
   mkdirSync(dir, { recursive: true });
@@ -65,14 +66,14 @@ export const reportCommand: Command<ReportArgs> = (deps, state) => ({
   describe: "Write PNG plots of a job's loss, learning rate, throughput and step time (restarts marked) and of its evaluation results, with index.md and index.html",
   builder: (y) =>
     reportOptions(y)
-      .positional("job", { type: "string", demandOption: true, describe: "job id" })
+      .positional("job", { type: "string", demandOption: true, describe: "job id, unique id prefix, or job name (its newest job)" })
       .option("out", { type: "string", demandOption: true, describe: "directory for report.json, the PNGs, index.md and index.html (created if missing)" })
       .example("$0 report j-20261123-101500-a1b2c3 --out report/", "from the state dir of `clipfleet run` (.clipfleet)")
       .example("$0 report j-20261123-101500-a1b2c3 --out report/ --server 127.0.0.1:7070 --json", "from a server; print the files written as JSON")
       .example("$0 report j-20261123-101500-a1b2c3 --out results/ --compare variant --metrics seg/mIoU,depth/rmse", "compare the stages of an experiment by their `variant` label"),
   handler: async (args) => {
     await connectOrOpen(deps, args, async (client) => {
-      state.exitCode = await writeJobReport(deps, client, args.job, args.out, { ...args, python: typeof args.python === "string" ? args.python : undefined });
+      state.exitCode = await writeJobReport(deps, client, (await resolveJob(client, args.job, args)).id, args.out, { ...args, python: typeof args.python === "string" ? args.python : undefined });
     });
   },
 });

@@ -3,6 +3,7 @@ import type { Command } from "../command.js";
 import { connect, out, printJson } from "../context.js";
 import { embedOptions, orchestratorOptions, type OrchestratorArgs } from "../embedded.js";
 import { jobSummary, stateName } from "../render.js";
+import { resolveJob } from "../job-ref.js";
 import { runJob } from "./run.js";
 
 interface ResumeArgs extends OrchestratorArgs {
@@ -15,7 +16,7 @@ export const resumeCommand: Command<ResumeArgs> = (deps, state) => ({
   describe: "Resume a job from its last committed checkpoints (finished stages are kept); without --server, runs it here like `run`",
   builder: (y) =>
     orchestratorOptions(y, "127.0.0.1:0", "embedded")
-      .positional("job", { type: "string", demandOption: true })
+      .positional("job", { type: "string", demandOption: true, describe: "job id, unique id prefix, or job name (its newest job)" })
       .option("grace", { type: "number", describe: "seconds to wait for ranks to checkpoint and exit on Ctrl-C/SIGTERM" })
       .example("$0 resume j-20261123-101500-a1b2c3 --state-dir .clipfleet", "continue a job whose `clipfleet run` died")
       .example("$0 resume j-20261123-101500-a1b2c3 --server 127.0.0.1:7070", "ask a server to resume a failed job"),
@@ -23,7 +24,7 @@ export const resumeCommand: Command<ResumeArgs> = (deps, state) => ({
     if (args.server ?? process.env.CLIPFLEET_SERVER) {
       const client = await connect(args);
       try {
-        const job = await client.resume(args.job);
+        const job = await client.resume((await resolveJob(client, args.job, args)).id);
         if (args.json) printJson(jobSummary(job));
         else out(`${job.id}: ${stateName(job.state)}${job.reason ? ` - ${job.reason}` : ""}`);
       } finally {
@@ -33,7 +34,7 @@ export const resumeCommand: Command<ResumeArgs> = (deps, state) => ({
     }
     const orch = await deps.embed(embedOptions(args, true, [args.job]));
     try {
-      state.exitCode = await runJob(deps, args, orch, (client) => client.resume(args.job), true);
+      state.exitCode = await runJob(deps, args, orch, async (client) => client.resume((await resolveJob(client, args.job, args)).id), true);
     } finally {
       await orch.close();
     }
