@@ -34,4 +34,7 @@ for name in sorted(state):
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 if rank == 0:
     print(f"loss {loss.item():.5f} params sha256 {h.hexdigest()}", flush=True)
+# Every rank past its last collective before any tears gloo down: a peer closing its sockets
+# mid-teardown can abort the other rank ("terminate called without an active exception").
+dist.barrier()
 dist.destroy_process_group()

@@ -62,4 +62,7 @@ sha = clipfleet_worker.params_sha256(net)
 if ctx.rank == 0:
     print(f"step {step} params sha256 {sha}", flush=True)
 ctx.finish(params_sha256=sha)
+# Every rank past its last collective before any tears gloo down: a peer closing its sockets
+# mid-teardown can abort the other rank ("terminate called without an active exception").
+dist.barrier()
 dist.destroy_process_group()
