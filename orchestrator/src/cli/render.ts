@@ -1,6 +1,7 @@
 /** Text and JSON views of jobs for the CLI (status, list, summaries). */
 import type { Job, JobEvent, Stage } from "../gen/clipfleet/v1/control.js";
 import { JobState } from "../gen/clipfleet/v1/control.js";
+import { describeTally, type AttemptTally } from "../domain/index.js";
 import { fmtDuration } from "./progress.js";
 
 /** "RUNNING" for JobState.JOB_STATE_RUNNING. */
@@ -33,7 +34,10 @@ export function jobSummary(job: Job): Record<string, unknown> {
     evalSkippedByReason: sumCounts(job.stages.map((s) => s.evalSkippedByReason)),
     warnings: job.stages.flatMap((s) => s.warnings.map((w) => (single ? w : `${s.name}: ${w}`))),
     ...shardCacheSummary(job),
-    restarts: job.stages.reduce((a, s) => a + s.restarts, 0),
+    // Counted from the stages' attempt outcomes: restarts after failures, user stops and preemptions apart.
+    restarts: job.stages.reduce((a, s) => a + s.failureRestarts, 0),
+    userStops: job.stages.reduce((a, s) => a + s.userStops, 0),
+    preemptions: job.stages.reduce((a, s) => a + s.preemptedAttempts, 0),
     firstLoss: (lastWithLoss ?? single)?.progress?.firstLoss ?? null,
     finalLoss: lastWithLoss?.progress?.loss ?? null,
     metrics,
@@ -55,7 +59,9 @@ function stageSummary(s: Stage): Record<string, unknown> {
     needs: s.needs,
     steps: s.progress?.step ?? 0,
     totalSteps: s.progress?.totalSteps ?? 0,
-    restarts: s.restarts,
+    restarts: s.failureRestarts,
+    userStops: s.userStops,
+    preemptions: s.preemptedAttempts,
     attempts: s.attempts.length + s.attemptsOmitted,
     firstLoss: s.progress?.firstLoss ?? null,
     finalLoss: s.progress?.loss ?? null,
@@ -143,8 +149,8 @@ export function renderStatus(job: Job, now: number): string {
         s.task,
         stateName(s.state),
         `${s.progress?.step ?? 0}/${s.progress?.totalSteps ?? 0}`,
-        s.progress && s.progress.step > 0 ? s.progress.loss.toFixed(4) : "-",
-        String(s.restarts),
+        fmtLossRange(s),
+        String(s.failureRestarts),
         s.reason,
       ]),
     ),
@@ -160,6 +166,8 @@ export function renderStatus(job: Job, now: number): string {
         a.ranks.map((r) => [String(r.rank), r.node, r.pid ? String(r.pid) : "-", r.state, r.phase, String(r.step), ago(r.lastHeartbeatMs, now)]),
       ),
     );
+    const tally = describeTally(stageTally(s));
+    if (tally) lines.push(`attempts: ${s.attempts.length + s.attemptsOmitted}, ${tally}`);
     const metrics = Object.entries(s.metrics);
     if (metrics.length > 0) lines.push(`metrics: ${metrics.map(([k, v]) => `${k}=${fmtMetric(v)}`).join(" ")}`);
     const skipped = fmtSkips(s.progress?.skippedSamples ?? 0, s.progress?.skippedByReason ?? {});
@@ -183,6 +191,42 @@ export function renderStatus(job: Job, now: number): string {
     for (const e of events) lines.push(`  ${renderEvent(e)}`);
   }
   return lines.join("\n");
+}
+
+/** A stage's attempt tally as the control API reports it (counted over every attempt, see domain attemptTally). */
+export function stageTally(s: Stage): AttemptTally {
+  return { failureRestarts: s.failureRestarts, userStops: s.userStops, preemptions: s.preemptedAttempts };
+}
+
+/** "4.1234 -> 3.2100": a stage's first and last training loss, "-" before its first step (an eval stage has none). */
+export function fmtLossRange(s: Stage): string {
+  const p = s.progress;
+  if (!p || p.step === 0) return "-";
+  return p.firstLoss !== undefined && p.firstLoss !== 0 ? `${p.firstLoss.toFixed(4)} -> ${p.loss.toFixed(4)}` : p.loss.toFixed(4);
+}
+
+// The headline metric of each kind of evaluation, in this order (the rest are in `status` and reports).
+const KEY_METRICS = [/retrieval\/i2t_R@1$/, /retrieval\/t2i_R@1$/, /zeroshot\/top1$/, /seg\/mIoU$/, /depth\/rmse$/, /depth\/abs_rel$/];
+
+/** A stage's key metrics: the headline ones it has, else its first three by name. */
+export function keyMetrics(metrics: Readonly<Record<string, number>>): [string, number][] {
+  const entries = Object.entries(metrics);
+  const key = KEY_METRICS.flatMap((re) => entries.filter(([k]) => re.test(k)));
+  return key.length > 0 ? key : entries.sort(([a], [b]) => a.localeCompare(b)).slice(0, 3);
+}
+
+/**
+ * One line per stage of a pipeline: steps, first and last loss, restarts and
+ * stops apart, key metrics ("pretrain (pretrain): 12 steps, loss 4.1 -> 3.2; retrieval/i2t_R@1 0.031").
+ */
+export function stageSummaryLine(s: Stage): string {
+  const parts = [`${s.name} (${s.task}): ${stateName(s.state)}`];
+  const steps = s.progress?.step ?? 0;
+  if (steps > 0) parts.push(`${steps} steps`, `loss ${fmtLossRange(s)}`);
+  const tally = describeTally(stageTally(s));
+  if (tally) parts.push(tally);
+  const key = keyMetrics(s.metrics);
+  return parts.join(", ") + (key.length > 0 ? `; ${key.map(([k, v]) => `${k} ${fmtMetric(v)}`).join(", ")}` : "");
 }
 
 export function fmtMetric(v: number): string {

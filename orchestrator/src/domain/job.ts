@@ -200,3 +200,45 @@ export interface JobRecord {
    */
   deletingSinceMs?: number;
 }
+
+/**
+ * Why a stage ran more than once, from how its attempts ended: restarts after
+ * a failure (`failed`, `lost`: the orchestrator or a resume started it again),
+ * user stops (`cancelled`) and preemptions (`preempted`), each counted only
+ * when a later attempt followed. The one place these are told apart; the
+ * stage's `restarts` counter is the failure budget, reset by `resume`.
+ */
+export interface AttemptTally {
+  /** Attempts that ended `failed` or `lost` and were followed by another. */
+  failureRestarts: number;
+  /** Attempts a user stopped (`cancelled`) that were followed by another (resumed). */
+  userStops: number;
+  /** Attempts that ended `preempted` and were followed by another. */
+  preemptions: number;
+}
+
+/**
+ * The tally of a stage's attempts (any order; sorted by number here). The
+ * last attempt counts too when the stage is waiting to start again
+ * (`RESTARTING`, or `PENDING` after a resume): its successor is on the way.
+ */
+export function attemptTally(attempts: readonly Pick<AttemptRecord, "number" | "outcome">[], stageState?: JobState): AttemptTally {
+  const sorted = [...attempts].sort((a, b) => a.number - b.number);
+  const again = stageState === "RESTARTING" || stageState === "PENDING";
+  const tally: AttemptTally = { failureRestarts: 0, userStops: 0, preemptions: 0 };
+  for (const a of again ? sorted : sorted.slice(0, -1)) {
+    if (a.outcome === "failed" || a.outcome === "lost") tally.failureRestarts += 1;
+    else if (a.outcome === "cancelled") tally.userStops += 1;
+    else if (a.outcome === "preempted") tally.preemptions += 1;
+  }
+  return tally;
+}
+
+/** "1 restart after a failure, 2 user stops (resumed)", or "" when the stage ran once. */
+export function describeTally(t: AttemptTally): string {
+  const parts: string[] = [];
+  if (t.failureRestarts) parts.push(`${t.failureRestarts} restart${t.failureRestarts === 1 ? "" : "s"} after a failure`);
+  if (t.userStops) parts.push(`${t.userStops} user stop${t.userStops === 1 ? "" : "s"} (resumed)`);
+  if (t.preemptions) parts.push(`${t.preemptions} preemption${t.preemptions === 1 ? "" : "s"} (resumed)`);
+  return parts.join(", ");
+}

@@ -85,9 +85,9 @@ export function transition(
   if (jobState !== next.state) {
     const jobFrom = next.state;
     next.state = jobState;
-    next.reason = reason;
+    next.reason = jobReason(next.stages, jobState, stageName, reason);
     events.push(
-      makeEvent(next, { stage: "", type: "state", state: jobState, reason, tsMs: nowMs, attempt: 0, rank: -1, data: { from: jobFrom } }),
+      makeEvent(next, { stage: "", type: "state", state: jobState, reason: next.reason, tsMs: nowMs, attempt: 0, rank: -1, data: { from: jobFrom } }),
     );
   }
   next.updatedAtMs = nowMs;
@@ -119,6 +119,28 @@ export function note(
   });
   next.updatedAtMs = nowMs;
   return { job: next, events: [event] };
+}
+
+/**
+ * The job's reason when its state changes. A single stage's reason is the
+ * job's; a pipeline that has ended says so for the whole pipeline ("all 3
+ * stages succeeded", "stage seg failed: ..."), not in the words of whichever
+ * stage happened to end last (an eval stage's "finished 0 steps").
+ */
+export function jobReason(stages: readonly StageRecord[], jobState: JobState, stageName: string, reason: string): string {
+  if (stages.length < 2 || !isTerminal(jobState)) return reason;
+  if (jobState === "SUCCEEDED") return `all ${stages.length} stages succeeded`;
+  const ended = stages.filter((s) => s.state === jobState);
+  const first = ended.find((s) => s.name === stageName) ?? ended[0];
+  if (!first) return reason;
+  const verb = jobState === "FAILED" ? "failed" : "cancelled";
+  const others = ended.length - 1;
+  const done = stages.filter((s) => s.state === "SUCCEEDED").length;
+  return (
+    `stage ${first.name} ${verb}${first.reason ? `: ${first.reason}` : ""}` +
+    (others > 0 ? ` (and ${others} other stage${others === 1 ? "" : "s"})` : "") +
+    `; ${done} of ${stages.length} stages succeeded`
+  );
 }
 
 type EventFields = Omit<JobEvent, "schemaVersion" | "seq" | "jobId">;

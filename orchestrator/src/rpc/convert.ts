@@ -1,6 +1,6 @@
 /** Conversions between domain records and control-API messages (the wire never leaks into jobs/). */
-import type { CheckpointRecord, JobEvent as DomainEvent, JobRecord, JobState as DomainState, StageRecord } from "../domain/index.js";
-import { JOB_STATES } from "../domain/index.js";
+import type { AttemptTally, CheckpointRecord, JobEvent as DomainEvent, JobRecord, JobState as DomainState, StageRecord } from "../domain/index.js";
+import { attemptTally, JOB_STATES } from "../domain/index.js";
 import { JobState, type CheckpointInfo, type Job, type JobEvent, type Stage } from "../gen/clipfleet/v1/control.js";
 
 const STATE_TO_PROTO: Record<DomainState, JobState> = {
@@ -100,7 +100,13 @@ function stageToProto(job: JobRecord, s: StageRecord): Stage {
     attemptsOmitted: 0,
     warnings: [...(s.warnings ?? [])],
     evalSkippedByReason: { ...(s.evalSkippedByReason ?? {}) },
+    ...tallyFields(attemptTally(s.attempts, s.state)),
   };
+}
+
+/** The Stage fields of an attempt tally (counted over every attempt, before a reply keeps only the latest). */
+function tallyFields(t: AttemptTally): Pick<Stage, "failureRestarts" | "userStops" | "preemptedAttempts"> {
+  return { failureRestarts: t.failureRestarts, userStops: t.userStops, preemptedAttempts: t.preemptions };
 }
 
 export function eventToProto(e: DomainEvent): JobEvent {

@@ -2,7 +2,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { renderSummary } from "../../src/cli/commands/run.js";
-import { fmtSkips, jobSummary, renderStatus } from "../../src/cli/render.js";
+import { fmtSkips, jobSummary, keyMetrics, renderStatus } from "../../src/cli/render.js";
+import { attemptTally, describeTally } from "../../src/domain/index.js";
 import { Job, JobState, Progress, Stage } from "../../src/gen/clipfleet/v1/control.js";
 
 interface StageFields {
@@ -90,5 +91,57 @@ void describe("job summaries", () => {
     assert.deepEqual(jobSummary(job).shardCache, { bytesFetched: 3 << 20, hits: 5, misses: 8, fetchSeconds: 0.42 });
     job.stages = [stage("b", { progress: { step: 2, totalSteps: 2 } })];
     assert.equal(jobSummary(job).shardCache, undefined);
+  });
+
+  void it("a pipeline's summary: the job's outcome, then each stage's steps, first and last loss, restarts apart from stops, key metrics", () => {
+    const job = Job.fromPartial({ id: "j-4", name: "pipe", state: JobState.JOB_STATE_SUCCEEDED, reason: "all 3 stages succeeded" });
+    const pre = stage("pretrain", { progress: { step: 12, totalSteps: 12 } });
+    pre.progress = Progress.fromPartial({ step: 12, totalSteps: 12, firstLoss: 4.25, loss: 3.5, samplesSeen: 192 });
+    pre.metrics = { "retrieval/i2t_R@1": 0.0625, "retrieval/i2t_R@10": 0.5, "retrieval/t2i_R@1": 0.125 };
+    pre.failureRestarts = 1;
+    pre.userStops = 2;
+    const depth = stage("depth", { progress: { step: 8, totalSteps: 8 } });
+    depth.task = "finetune-depth";
+    depth.progress = Progress.fromPartial({ step: 8, totalSteps: 8, firstLoss: 0.5345, loss: 0.415, samplesSeen: 128 });
+    depth.metrics = { "depth/rmse": 0.77, "depth/abs_rel": 0.125, "depth/delta1": 0.9 };
+    const zs = stage("zs", { progress: { step: 0, totalSteps: 0 } });
+    zs.task = "eval";
+    zs.reason = "finished 0 steps";
+    zs.metrics = { "zeroshot/top1": 0.15 };
+    job.stages = [pre, depth, zs];
+    const text = renderSummary(job);
+    assert.match(text, /^job j-4 \(pipe\): SUCCEEDED - all 3 stages succeeded$/m);
+    assert.match(text, /^pretrain\s+pretrain\s+SUCCEEDED\s+12\/12\s+4\.2500 -> 3\.5000\s+1\s/m);
+    assert.match(text, /^attempts: 1, 1 restart after a failure, 2 user stops \(resumed\)$/m);
+    assert.match(text, /^SUCCEEDED: all 3 stages succeeded; 20 steps, 320 samples, 1 restart\(s\) after failures, 2 user stop\(s\)/m);
+    assert.match(text, /^ {2}pretrain \(pretrain\): SUCCEEDED, 12 steps, loss 4\.2500 -> 3\.5000, 1 restart after a failure, 2 user stops \(resumed\); retrieval\/i2t_R@1 0\.0625, retrieval\/t2i_R@1 0\.1250$/m);
+    assert.match(text, /^ {2}depth \(finetune-depth\): SUCCEEDED, 8 steps, loss 0\.5345 -> 0\.4150; depth\/rmse 0\.7700, depth\/abs_rel 0\.1250$/m);
+    assert.match(text, /^ {2}zs \(eval\): SUCCEEDED; zeroshot\/top1 0\.1500$/m);
+    const json = jobSummary(job);
+    assert.equal(json.restarts, 1);
+    assert.equal(json.userStops, 2);
+    const stages = json.stages as Record<string, unknown>[];
+    assert.deepEqual(stages.map((s) => [s.name, s.firstLoss, s.finalLoss, s.restarts, s.userStops]), [
+      ["pretrain", 4.25, 3.5, 1, 2],
+      ["depth", 0.5345, 0.415, 0, 0],
+      ["zs", 0, 0, 0, 0],
+    ]);
+    assert.deepEqual(keyMetrics({ b: 2, a: 1, c: 3, d: 4 }), [["a", 1], ["b", 2], ["c", 3]]);
+  });
+
+  void it("attemptTally tells restarts after failures, user stops and preemptions apart, by attempt outcome", () => {
+    const a = (number: number, outcome: "failed" | "cancelled" | "preempted" | "lost" | "succeeded" | "running") => ({ number, outcome });
+    assert.deepEqual(attemptTally([a(1, "succeeded")]), { failureRestarts: 0, userStops: 0, preemptions: 0 });
+    // Out of order on purpose; the last attempt is the one running, so every earlier one led to a new start.
+    const t = attemptTally([a(4, "running"), a(1, "failed"), a(2, "cancelled"), a(3, "preempted")]);
+    assert.deepEqual(t, { failureRestarts: 1, userStops: 1, preemptions: 1 });
+    assert.equal(describeTally(t), "1 restart after a failure, 1 user stop (resumed), 1 preemption (resumed)");
+    // A stage that failed for good or was stopped and not resumed: its last attempt started nothing.
+    assert.deepEqual(attemptTally([a(1, "lost"), a(2, "failed")], "FAILED"), { failureRestarts: 1, userStops: 0, preemptions: 0 });
+    assert.deepEqual(attemptTally([a(1, "cancelled")], "CANCELLED"), { failureRestarts: 0, userStops: 0, preemptions: 0 });
+    // Waiting to start again: the last attempt counts already.
+    assert.deepEqual(attemptTally([a(1, "failed")], "RESTARTING"), { failureRestarts: 1, userStops: 0, preemptions: 0 });
+    assert.deepEqual(attemptTally([a(1, "cancelled")], "PENDING"), { failureRestarts: 0, userStops: 1, preemptions: 0 });
+    assert.equal(describeTally(attemptTally([a(1, "succeeded")])), "");
   });
 });

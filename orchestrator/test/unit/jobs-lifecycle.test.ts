@@ -210,7 +210,23 @@ void describe("lifecycle: job state derived from its stages", () => {
     assert.equal(r.events.filter((e) => e.stage === "").length, 0);
     r = transition(r.job, "pretrain", "CANCELLED", "cancelled by user", T0 + 21_000);
     assert.equal(r.job.state, "FAILED", "FAILED wins over CANCELLED once nothing is active");
-    assert.equal(r.job.reason, "cancelled by user");
+    // The job's reason names the pipeline's outcome, not the words of the stage that ended last.
+    assert.equal(r.job.reason, "stage score failed: rank 0 raised; 0 of 2 stages succeeded");
+  });
+
+  void it("a pipeline's job reason: all stages succeeded, or which stage failed or was cancelled", () => {
+    const pre = walk(pipelineJob(), "pretrain", ["STARTING", "RUNNING", "SUCCEEDED"]).job;
+    // The eval stage ends last with its own reason ("finished 0 steps"); the job says the pipeline succeeded.
+    const ok = walk(pre, "score", ["STARTING", "RUNNING"]).job;
+    const done = transition(ok, "score", "SUCCEEDED", "finished 0 steps", T0 + 30_000);
+    assert.equal(done.job.reason, "all 2 stages succeeded");
+    assert.equal(done.job.stages[1]!.reason, "finished 0 steps", "the stage keeps its own reason");
+    assert.equal(done.events.find((e) => e.stage === "")?.reason, "all 2 stages succeeded");
+    const cancelled = transition(walk(pre, "score", ["STARTING"]).job, "score", "CANCELLED", "cancelled by user", T0 + 30_000);
+    assert.equal(cancelled.job.reason, "stage score cancelled: cancelled by user; 1 of 2 stages succeeded");
+    // A single stage's reason stays the job's.
+    const single = walk(singleJob(), "main", ["STARTING", "RUNNING", "SUCCEEDED"]).job;
+    assert.equal(single.reason, "to SUCCEEDED");
   });
 });
 

@@ -32,6 +32,9 @@ function stage(name: string, attempts: number, reasonBytes: number, errorBytes: 
     attemptsOmitted: 0,
     warnings: [],
     evalSkippedByReason: {},
+    failureRestarts: attempts - 1,
+    userStops: 0,
+    preemptedAttempts: 0,
   };
 }
 

@@ -8,7 +8,7 @@ import type { Command } from "../command.js";
 import { EXIT, note, out, printJson, type CliDeps, type EmbeddedOrchestrator, type GlobalArgs } from "../context.js";
 import { embedOptions, orchestratorOptions, type OrchestratorArgs } from "../embedded.js";
 import { followJob } from "../follow.js";
-import { jobSummary, renderStatus, stateName } from "../render.js";
+import { jobSummary, renderStatus, stageSummaryLine, stateName } from "../render.js";
 import { readSpecInput } from "../spec-input.js";
 import { reportOptions, writeJobReport, type ReportOptions } from "./report.js";
 
@@ -111,11 +111,20 @@ export function renderSummary(job: Job): string {
   const s = jobSummary(job);
   const lines = [renderStatus(job, Date.now()).split("\n\nrecent events:")[0] ?? ""];
   const loss = (x: unknown): string => (typeof x === "number" && x !== 0 ? x.toFixed(4) : "-");
+  const wall = typeof s.wallSeconds === "number" ? `, ${s.wallSeconds.toFixed(1)} s` : "";
+  const userStops = Number(s.userStops);
+  const preemptions = Number(s.preemptions);
+  const stops = [userStops ? `${userStops} user stop(s)` : "", preemptions ? `${preemptions} preemption(s)` : ""].filter(Boolean).join(", ");
   lines.push("");
-  lines.push(
-    `${String(s.state)}: ${String(s.steps)} steps, ${String(s.samplesSeen)} samples, loss ${loss(s.firstLoss)} -> ${loss(s.finalLoss)}, ${String(s.restarts)} restart(s)` +
-      (typeof s.wallSeconds === "number" ? `, ${s.wallSeconds.toFixed(1)} s` : ""),
-  );
+  if (job.stages.length > 1) {
+    // A pipeline: the job's outcome, then each stage's own numbers (pretraining's loss is not the fine-tune's).
+    lines.push(`${String(s.state)}: ${job.reason || "-"}; ${String(s.steps)} steps, ${String(s.samplesSeen)} samples, ${String(s.restarts)} restart(s) after failures${stops ? `, ${stops}` : ""}${wall}`);
+    for (const st of job.stages) lines.push(`  ${stageSummaryLine(st)}`);
+  } else {
+    lines.push(
+      `${String(s.state)}: ${String(s.steps)} steps, ${String(s.samplesSeen)} samples, loss ${loss(s.firstLoss)} -> ${loss(s.finalLoss)}, ${String(s.restarts)} restart(s)${stops ? `, ${stops}` : ""}${wall}`,
+    );
+  }
   if (typeof s.finalParamsSha256 === "string" && s.finalParamsSha256) lines.push(`final params sha256: ${s.finalParamsSha256}`);
   return lines.join("\n");
 }
