@@ -93,8 +93,15 @@ def load(path: str) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         got = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise ConfigError(f"report data {path}: expected schema {SCHEMA!r}, got {got!r}")
+    if isinstance(data.get("jobs"), list):
+        for i, j in enumerate(data["jobs"]):
+            if not isinstance(j, dict) or not isinstance(j.get("stages"), list) or not isinstance(j.get("job"), dict):
+                raise ConfigError(f"report data {path}: jobs[{i}] needs a `job` mapping and a `stages` list")
+        if len(data["jobs"]) < 2:
+            raise ConfigError(f"report data {path}: `jobs` compares two or more jobs, got {len(data['jobs'])}")
+        return data
     if not isinstance(data.get("stages"), list) or not isinstance(data.get("job"), dict):
-        raise ConfigError(f"report data {path}: needs a `job` mapping and a `stages` list")
+        raise ConfigError(f"report data {path}: needs a `job` mapping and a `stages` list (or a `jobs` list to compare)")
     return data
 
 
@@ -130,10 +137,52 @@ def _attempt_series(points: list[dict[str, Any]], field: str) -> dict[int, tuple
     return out
 
 
-def _restarts(stage: dict[str, Any]) -> list[tuple[int, int]]:
-    """(attempt, step it resumed from) of every attempt after the stage's first."""
+# Why a new attempt started, from how the one before it ended (Attempt.outcome): the kind of its mark in plots.
+RESTART_KINDS: dict[str, tuple[str, str, str, str]] = {
+    # outcome before: (kind, legend label, colour, line style)
+    "failed": ("failure", "restart after a failure", RESTART_COLOR, "--"),
+    "lost": ("failure", "restart after a failure", RESTART_COLOR, "--"),
+    "cancelled": ("user stop", "resumed after a user stop", "black", ":"),
+    "preempted": ("preemption", "resumed after a preemption", "darkgoldenrod", "-."),
+}
+UNKNOWN_RESTART = ("other", "new attempt", "tab:gray", "--")
+
+
+@dataclass(frozen=True)
+class Restart:
+    """An attempt after a stage's first: where it resumed and why the previous one ended."""
+
+    attempt: int
+    step: int
+    kind: str  # failure | user stop | preemption | other
+    label: str
+    color: str
+    style: str
+
+
+def _restarts(stage: dict[str, Any]) -> list[Restart]:
+    """Every attempt after the stage's first, with the kind of restart its predecessor's outcome makes it."""
     attempts = sorted(stage.get("attempts") or [], key=lambda a: int(a.get("attempt", 0)))
-    return [(int(a["attempt"]), int(a.get("resumedFromStep", 0))) for a in attempts[1:]]
+    out = []
+    for prev, a in zip(attempts, attempts[1:]):
+        kind, label, color, style = RESTART_KINDS.get(str(prev.get("outcome", "")), UNKNOWN_RESTART)
+        out.append(Restart(int(a["attempt"]), int(a.get("resumedFromStep", 0)), kind, label, color, style))
+    return out
+
+
+def restart_counts(stage: dict[str, Any]) -> dict[str, int]:
+    """Restarts of a stage by kind ("failure", "user stop", "preemption", "other"), counted from its attempts."""
+    counts: dict[str, int] = {}
+    for r in _restarts(stage):
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+    return counts
+
+
+def describe_restarts(counts: dict[str, int]) -> str:
+    """"1 restart after a failure, 2 user stops (resumed)", or "" when there were none."""
+    words = [("failure", "restart after a failure", "restarts after a failure"), ("user stop", "user stop (resumed)", "user stops (resumed)"),
+             ("preemption", "preemption (resumed)", "preemptions (resumed)"), ("other", "other new attempt", "other new attempts")]
+    return ", ".join(f"{counts[k]} {one if counts[k] == 1 else many}" for k, one, many in words if counts.get(k))
 
 
 def _curve(plt: Any, stage: dict[str, Any], title: str, ylabel: str, fields: list[tuple[str, str]], path: str) -> None:
@@ -146,46 +195,102 @@ def _curve(plt: Any, stage: dict[str, Any], title: str, ylabel: str, fields: lis
             name = f"{label} (attempt {attempt})" if many_attempts else label
             ax.plot(xs, ys, color=COLORS[i % len(COLORS)], linewidth=1.4, label=name, marker="." if len(xs) < 60 else None)
             i += 1
-    for n, (attempt, step) in enumerate(_restarts(stage)):
-        ax.axvline(step, color=RESTART_COLOR, linestyle="--", linewidth=1.6, label="restart" if n == 0 else None)
+    labelled: set[str] = set()
+    for r in _restarts(stage):
+        ax.axvline(r.step, color=r.color, linestyle=r.style, linewidth=1.6, label=None if r.label in labelled else r.label)
+        labelled.add(r.label)
         ax.annotate(
-            f"attempt {attempt}\nfrom step {step}",
-            xy=(step, 1.0),
+            f"attempt {r.attempt}\nfrom step {r.step}",
+            xy=(r.step, 1.0),
             xycoords=("data", "axes fraction"),
             xytext=(3, -3),
             textcoords="offset points",
             va="top",
             fontsize=8,
-            color=RESTART_COLOR,
+            color=r.color,
         )
     ax.set_title(f"{title}: stage {stage.get('name', '?')}")
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize=8)
+    handles = ax.get_legend_handles_labels()[0]
+    if handles:
+        # Below the axes: inside, it would hide the curves or the restart marks' labels at the top.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=min(4, len(handles)), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
-def _eval_bars(plt: Any, stage: dict[str, Any], path: str) -> None:
-    metrics = sorted((k, _finite(v)) for k, v in (stage.get("metrics") or {}).items())
-    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
-    names = [k for k, _ in metrics]
-    values = [0.0 if math.isnan(v) else v for _, v in metrics]
-    bars = ax.barh(range(len(names)), values, color="tab:blue")
-    ax.set_yticks(range(len(names)))
-    ax.set_yticklabels(names, fontsize=8)
-    ax.invert_yaxis()
-    for bar, (_, v) in zip(bars, metrics):
-        ax.annotate(_fmt(v), xy=(bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
-    ax.set_title(f"Evaluation results: stage {stage.get('name', '?')}")
-    ax.set_xlabel("value")
-    ax.grid(True, axis="x", alpha=0.3)
+def has_series(points: list[dict[str, Any]], field: str) -> bool:
+    """Whether a stage reported `field` at all: some finite, non-zero value (a depth stage's logit scale is all zeros)."""
+    return any(math.isfinite(v) and v != 0 for v in (_finite(p.get(field)) for p in points))
+
+
+# Units of evaluation metrics, in chart order: (unit, axis label, name pattern). Others: "value".
+METRIC_UNITS: list[tuple[str, str, re.Pattern[str]]] = [
+    ("ratio", "fraction (0 to 1)", re.compile(r"(R@\d+|top\d+|mIoU|mAcc|pixel_acc|/IoU\.|abs_rel|delta\d+)$|/IoU\.")),
+    ("metres", "metres", re.compile(r"^depth/(rmse|mae)$", re.IGNORECASE)),
+    ("count", "count", re.compile(r"(out_of_range_labels|_count|/count)$")),
+]
+
+
+def metric_unit(name: str) -> str:
+    """The unit of an evaluation metric: "ratio" (recall, accuracy, IoU, AbsRel, delta), "metres" (depth RMSE), "count", else "value"."""
+    for unit, _, pattern in METRIC_UNITS:
+        if pattern.search(name):
+            return unit
+    return "value"
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders numbers inside names by value: R@1, R@5, R@10 (not R@1, R@10, R@5); top1 before top5."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def eval_groups(metrics: dict[str, Any]) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Metrics grouped by unit (ratios, then metres, counts, other values), each group sorted naturally by name."""
+    order = [u for u, _, _ in METRIC_UNITS] + ["value"]
+    groups: dict[str, list[tuple[str, float]]] = {}
+    for k, v in metrics.items():
+        groups.setdefault(metric_unit(k), []).append((k, _finite(v)))
+    return [(u, sorted(groups[u], key=lambda kv: natural_key(kv[0]))) for u in order if u in groups]
+
+
+def _unit_label(unit: str) -> str:
+    return next((label for u, label, _ in METRIC_UNITS if u == unit), "value")
+
+
+def _eval_bars(plt: Any, stage: dict[str, Any], path: str) -> tuple[int, int]:
+    """One horizontal bar panel per unit, each with its own axis (a depth RMSE in metres never shares one with ratios); returns the pixel size."""
+    groups = eval_groups(stage.get("metrics") or {})
+    n = sum(len(g) for _, g in groups)
+    height = max(FIGSIZE[1], 0.28 * n + 0.9 * len(groups) + 0.6)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(FIGSIZE[0], height), dpi=DPI, squeeze=False,
+                             gridspec_kw={"height_ratios": [len(g) + 1 for _, g in groups]})
+    for (unit, metrics), row in zip(groups, axes):
+        ax = row[0]
+        names = [k for k, _ in metrics]
+        values = [0.0 if math.isnan(v) else v for _, v in metrics]
+        bars = ax.barh(range(len(names)), values, color=COLORS[[u for u, _ in groups].index(unit) % len(COLORS)])
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names, fontsize=8)
+        ax.invert_yaxis()
+        for bar, (_, v) in zip(bars, metrics):
+            ax.annotate(_fmt(v), xy=(bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+        top = max([v for v in values if math.isfinite(v)] + [0.0])
+        if unit == "ratio":
+            ax.set_xlim(0, max(1.0, top) * 1.08)
+        elif top > 0:
+            ax.set_xlim(0, top * 1.15)
+        ax.set_xlabel(_unit_label(unit), fontsize=9)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(f"Evaluation results: stage {stage.get('name', '?')}")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
+    w, h = fig.get_size_inches()
     plt.close(fig)
+    return round(w * DPI), round(h * DPI)
 
 
 def _fmt(v: Any) -> str:
@@ -216,7 +321,9 @@ def _summary_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
         ("steps", f"{s.get('steps', '-')} / {s.get('totalSteps', '-')}"),
         ("samples seen", _fmt(s.get("samplesSeen"))),
         ("loss", f"{_fmt(s.get('firstLoss'))} -> {_fmt(s.get('finalLoss'))}"),
-        ("restarts", _fmt(s.get("restarts"))),
+        ("restarts after failures", _fmt(s.get("restarts"))),
+        ("user stops (resumed)", _fmt(s.get("userStops", 0))),
+        ("preemptions (resumed)", _fmt(s.get("preemptions", 0))),
         ("wall time", f"{wall:.1f} s" if isinstance(wall, (int, float)) else "-"),
     ]
     if s.get("finalParamsSha256"):
@@ -250,9 +357,13 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+def _html_table(header: list[str], rows: list[list[str]], link_column: int | None = None) -> str:
+    """An HTML table, every cell escaped; the cells of `link_column` become links to their own text."""
+    def cell(i: int, c: str) -> str:
+        return f'<td><a href="{html.escape(c)}">{html.escape(c)}</a></td>' if i == link_column else f"<td>{html.escape(c)}</td>"
+
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -266,15 +377,18 @@ def write_report(data: dict[str, Any], out: str) -> Report:
         curves: list[Plot] = []
         evals: list[Plot] = []
         base = _safe(str(stage.get("name", "stage")))
-        if stage.get("points"):
-            for suffix, title, ylabel, fields in CURVES:
+        points = stage.get("points") or []
+        for suffix, title, ylabel, fields in CURVES:
+            # Only the series the stage's task reports: no flat-zero logit scale for a dense fine-tune.
+            kept = [(f, label) for f, label in fields if has_series(points, f)]
+            if kept:
                 name = f"{base}_{suffix}.png"
-                _curve(plt, stage, title, ylabel, fields, os.path.join(out, name))
+                _curve(plt, stage, title, ylabel, kept, os.path.join(out, name))
                 curves.append(Plot(name, f"{title} over steps", WIDTH_PX, HEIGHT_PX))
         if stage.get("metrics"):
             name = f"{base}_eval.png"
-            _eval_bars(plt, stage, os.path.join(out, name))
-            evals.append(Plot(name, "Evaluation results", WIDTH_PX, HEIGHT_PX))
+            w, h = _eval_bars(plt, stage, os.path.join(out, name))
+            evals.append(Plot(name, "Evaluation results", w, h))
         plots_by_stage.append((stage, curves, evals))
 
     title = f"clipfleet report: {job.get('name', '?')} ({job.get('id', '?')})"
@@ -286,7 +400,9 @@ def write_report(data: dict[str, Any], out: str) -> Report:
     cmp_parts: list[str] = []
     extra_plots: list[Plot] = []
     if cmp is not None:
-        cmp_md, cmp_html, cmp_plot = _comparison_outputs(plt, cmp, data, out)
+        heading = f"{job.get('name', '?')}: comparison by {cmp.by}"
+        subtitle = f"Job {job.get('id', '?')} ({job.get('state', '?')}), report generated {_when(data.get('generatedAtMs'))}."
+        cmp_md, cmp_html, cmp_plot = _comparison_outputs(plt, cmp, heading, subtitle, out)
         extra_plots.append(cmp_plot)
         md += ["", f"## Comparison by {cmp.by}", ""] + cmp_md + ["", f"![{cmp_plot.caption}]({cmp_plot.file})"]
         cmp_parts = [f"<h2>Comparison by {html.escape(cmp.by)}</h2>", cmp_html, f'<img src="{cmp_plot.file}" alt="{html.escape(cmp_plot.caption)}" width="{cmp_plot.width}" height="{cmp_plot.height}">']
@@ -305,11 +421,12 @@ def write_report(data: dict[str, Any], out: str) -> Report:
     ]
     for stage, curves, evals in plots_by_stage:
         head = f"Stage {stage.get('name', '?')} ({stage.get('task', '?')}): {stage.get('state', '?')}"
-        restarts = _restarts(stage)
+        told = describe_restarts(restart_counts(stage))
         note = (
-            f"{len(restarts)} restart(s), marked by dashed red lines at the step each new attempt resumed from."
-            if restarts
-            else "No restarts."
+            f"{told[0].upper()}{told[1:]}; each new attempt is marked at the step it resumed from"
+            " (dashed red: after a failure, dotted black: after a user stop, dash-dot gold: after a preemption)."
+            if told
+            else "One attempt: no restarts, stops or preemptions."
         )
         md += ["", f"## {head}", ""]
         if stage.get("reason"):
@@ -325,11 +442,11 @@ def write_report(data: dict[str, Any], out: str) -> Report:
         for p in curves:
             md += ["", f"### {p.caption}", "", f"![{p.caption}]({p.file})"]
             parts += [f"<h3>{html.escape(p.caption)}</h3>", f'<img src="{html.escape(p.file)}" alt="{html.escape(p.caption)}" width="{p.width}" height="{p.height}">']
-        metrics = sorted((stage.get("metrics") or {}).items())
-        if metrics:
-            rows = [[k, _fmt(v)] for k, v in metrics]
-            md += ["", "### Evaluation results", ""] + _md_table(["metric", "value"], rows)
-            parts += ["<h3>Evaluation results</h3>", _html_table(["metric", "value"], rows)]
+        groups = eval_groups(stage.get("metrics") or {})
+        if groups:
+            rows = [[k, _fmt((stage.get("metrics") or {})[k]), _unit_label(unit)] for unit, ms in groups for k, _ in ms]
+            md += ["", "### Evaluation results", ""] + _md_table(["metric", "value", "unit"], rows)
+            parts += ["<h3>Evaluation results</h3>", _html_table(["metric", "value", "unit"], rows)]
             for p in evals:
                 md += ["", f"![{p.caption}]({p.file})"]
                 parts += [f'<img src="{html.escape(p.file)}" alt="{html.escape(p.caption)}" width="{p.width}" height="{p.height}">']
@@ -344,7 +461,7 @@ def write_report(data: dict[str, Any], out: str) -> Report:
 
 
 # Metrics where lower is better (the rest: higher is better), for the "best" marks.
-LOWER_IS_BETTER = re.compile(r"(rmse|abs_rel|mean_rank|median_rank|loss)$")
+LOWER_IS_BETTER = re.compile(r"(rmse|abs_rel|mean_rank|median_rank|loss)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -395,13 +512,13 @@ def compare(data: dict[str, Any]) -> Comparison | None:
             cells[(row, (m, qual))] = _finite(v)
     if not rows:
         raise ConfigError(f"--compare {by}: no stage has a label {by!r} (set `labels: {{{by}: ...}}` on the stages)")
-    order = [m for m in wanted if m in metrics_seen] if wanted else sorted(metrics_seen)
+    order = [m for m in wanted if m in metrics_seen] if wanted else sorted(metrics_seen, key=natural_key)
     columns = [(m, q) for m in order for q in quals if any((r, (m, q)) in cells for r in rows)]
     values = [[cells.get((r, c)) for c in columns] for r in rows]
     return Comparison(by, rows, columns, values)
 
 
-def _comparison_outputs(plt: Any, cmp: Comparison, data: dict[str, Any], out: str) -> tuple[list[str], str, Plot]:
+def _comparison_outputs(plt: Any, cmp: Comparison, heading: str, subtitle: str, out: str) -> tuple[list[str], str, Plot]:
     """Writes comparison.json, comparison.md and comparison.png; returns (markdown lines, html, plot)."""
     header = [cmp.by] + [cmp.column_label(c) for c in cmp.columns]
     rows_md, rows_txt = [], []
@@ -429,37 +546,40 @@ def _comparison_outputs(plt: Any, cmp: Comparison, data: dict[str, Any], out: st
     md = _md_table(header, rows_md)
     lower = ", ".join(sorted({m for m, _ in cmp.columns if LOWER_IS_BETTER.search(m)})) or "none"
     legend = f"Best value of each column in bold ({lower}: lower is better; the rest: higher)."
-    job = data["job"]
     with open(os.path.join(out, "comparison.md"), "w", encoding="utf-8") as f:
         f.write(
             "\n".join(
-                [f"# {job.get('name', '?')}: comparison by {cmp.by}", "", f"Job {job.get('id', '?')} ({job.get('state', '?')}), report generated {_when(data.get('generatedAtMs'))}.", ""]
+                [f"# {heading}", "", subtitle, ""]
                 + md
                 + ["", legend, "", f"![Comparison by {cmp.by}](comparison.png)"]
             )
             + "\n"
         )
 
-    # One panel per metric; bars per row value, one colour per combination of the other labels.
+    # One panel per metric, bars centred on each row value; a panel of one combination of the other labels
+    # names it in its title, a panel of several has a legend. Bars are coloured by combination (the same colour
+    # means the same one in every panel), or by row (as the side-by-side curves colour jobs) when no panel has several.
     metrics = list(dict.fromkeys(m for m, _ in cmp.columns))
     quals = list(dict.fromkeys(q for _, q in cmp.columns))
     ncols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(FIGSIZE[0], max(FIGSIZE[1], 2.8 * nrows)), dpi=DPI, squeeze=False)
-    width = 0.8 / max(1, len(quals))
+    by_row = all(sum(1 for q in quals if (m, q) in cmp.columns) == 1 for m in metrics)
     for k, m in enumerate(metrics):
         ax = axes[k // ncols][k % ncols]
-        for qi, q in enumerate(quals):
-            if (m, q) not in cmp.columns:
-                continue
+        own = [q for q in quals if (m, q) in cmp.columns]
+        width = 0.8 / len(own)
+        for qi, q in enumerate(own):
             j = cmp.columns.index((m, q))
             ys = [0.0 if row[j] is None or not math.isfinite(row[j]) else row[j] for row in cmp.values]
-            ax.bar([i + qi * width for i in range(len(cmp.rows))], ys, width, label=q or m, color=COLORS[qi % len(COLORS)])
-        ax.set_xticks([i + width * (len(quals) - 1) / 2 for i in range(len(cmp.rows))])
+            colors = [COLORS[i % len(COLORS)] for i in range(len(cmp.rows))] if by_row else COLORS[quals.index(q) % len(COLORS)]
+            ax.bar([i - 0.4 + width * (qi + 0.5) for i in range(len(cmp.rows))], ys, width, label=q or m, color=colors)
+        ax.set_xticks(range(len(cmp.rows)))
         ax.set_xticklabels(cmp.rows, fontsize=8)
-        ax.set_title(m + (" (lower is better)" if LOWER_IS_BETTER.search(m) else ""), fontsize=9)
+        qual = f" ({own[0]})" if len(own) == 1 and own[0] else ""
+        ax.set_title(m + qual + (", lower is better" if LOWER_IS_BETTER.search(m) else ""), fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
-        if len(quals) > 1 and k == 0:
+        if len(own) > 1:
             ax.legend(fontsize=7)
     for k in range(len(metrics), nrows * ncols):
         axes[k // ncols][k % ncols].axis("off")
@@ -471,6 +591,143 @@ def _comparison_outputs(plt: Any, cmp: Comparison, data: dict[str, Any], out: st
     plt.close(fig)
     plot = Plot("comparison.png", f"Comparison by {cmp.by}", round(w * DPI), round(h * DPI))
     return md, _html_table(header, rows_txt), plot
+
+
+# Curves drawn side by side across jobs (file suffix, title, y label, point field).
+COMPARED_CURVES: list[tuple[str, str, str, str]] = [
+    ("loss", "Training loss", "loss", "loss"),
+    ("lr", "Learning rate", "learning rate", "lr"),
+    ("throughput", "Throughput", "samples / s", "samplesPerSecond"),
+]
+
+
+def job_labels(jobs: list[dict[str, Any]]) -> list[str]:
+    """A short, unique label per job: its name, with the id's random part where names repeat, else its id."""
+    names = [str(j["job"].get("name") or j["job"].get("id", "?")) for j in jobs]
+    labels = [n if names.count(n) == 1 else f"{n} {str(j['job'].get('id', '?'))[-6:]}" for n, j in zip(names, jobs)]
+    return [lab if labels.count(lab) == 1 else str(j["job"].get("id", "?")) for lab, j in zip(labels, jobs)]
+
+
+def _latest_by_step(points: list[dict[str, Any]], field: str) -> tuple[list[int], list[float]]:
+    """One value per step (a step redone after a restart: the later attempt's), by step."""
+    by_step: dict[int, tuple[int, float]] = {}
+    for p in points:
+        step, attempt = int(p.get("step", 0)), int(p.get("attempt", 0))
+        if step not in by_step or attempt >= by_step[step][0]:
+            by_step[step] = (attempt, _finite(p.get(field)))
+    steps = sorted(by_step)
+    return steps, [by_step[s][1] for s in steps]
+
+
+def compare_jobs(data: dict[str, Any]) -> Comparison:
+    """The jobs' final metrics as one Comparison (the experiment's table, reused): a row per job by default,
+    a column per metric and stage; with compare.by a label, a row per value of that label over every job's stages."""
+    jobs = data["jobs"]
+    cfg = data.get("compare") or {}
+    by = str(cfg.get("by") or "job")
+    stage_names = {str(st.get("name")) for j in jobs for st in j["stages"]}
+    stages = []
+    for label, j in zip(job_labels(jobs), jobs):
+        for st in j["stages"]:
+            if by == "job":
+                labels = {"job": label, **({"stage": str(st.get("name"))} if len(stage_names) > 1 else {})}
+            else:
+                labels = {**(st.get("labels") or {}), "job": label}
+            stages.append({**st, "labels": labels})
+    return compare({"stages": stages, "compare": {"by": by, "metrics": cfg.get("metrics") or []}})
+
+
+def _compared_curve(plt: Any, stage: str, entries: list[tuple[str, list[dict[str, Any]]]], title: str, ylabel: str, field: str, path: str) -> None:
+    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
+    for i, (label, points) in enumerate(entries):
+        xs, ys = _latest_by_step(points, field)
+        ax.plot(xs, ys, color=COLORS[i % len(COLORS)], linewidth=1.4, label=label, marker="." if len(xs) < 60 else None)
+    ax.set_title(f"{title}: stage {stage}, {len(entries)} jobs")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=min(4, len(entries)), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+JOBS_HEADER = ["job", "id", "state", "steps", "loss", "restarts after failures", "user stops", "preemptions", "wall time", "report"]
+
+
+def write_jobs_report(data: dict[str, Any], out: str) -> Report:
+    """`clipfleet report JOB1 JOB2 ...`: each job's own report in a subdirectory, their curves side by side
+    (per stage name), and their final metrics compared (comparison.md/.json/.png, as the experiment's)."""
+    plt = _pyplot()
+    os.makedirs(out, exist_ok=True)
+    jobs = data["jobs"]
+    labels = job_labels(jobs)
+    plots: list[Plot] = []
+    rows: list[list[str]] = []
+    for label, j in zip(labels, jobs):
+        sub = _safe(str(j["job"].get("id", label)))
+        write_report({"schema": SCHEMA, "generatedAtMs": data.get("generatedAtMs"), **j}, os.path.join(out, sub))
+        s = j.get("summary") or {}
+        wall = s.get("wallSeconds")
+        rows.append([label, str(j["job"].get("id", "?")), str(j["job"].get("state", "?")), _fmt(s.get("steps")),
+                     f"{_fmt(s.get('firstLoss'))} -> {_fmt(s.get('finalLoss'))}", _fmt(s.get("restarts", 0)), _fmt(s.get("userStops", 0)),
+                     _fmt(s.get("preemptions", 0)), f"{wall:.1f} s" if isinstance(wall, (int, float)) else "-", f"{sub}/index.html"])
+
+    # Curves: one plot per stage name and series, a line per job that ran that stage and reported the series.
+    stage_order = list(dict.fromkeys(str(st.get("name")) for j in jobs for st in j["stages"]))
+    curves: list[Plot] = []
+    for stage in stage_order:
+        for suffix, title, ylabel, field in COMPARED_CURVES:
+            entries = [(label, st.get("points") or []) for label, j in zip(labels, jobs) for st in j["stages"]
+                       if str(st.get("name")) == stage and has_series(st.get("points") or [], field)]
+            if len(entries) < 1:
+                continue
+            name = f"compare_{_safe(stage)}_{suffix}.png"
+            _compared_curve(plt, stage, entries, title, ylabel, field, os.path.join(out, name))
+            curves.append(Plot(name, f"{title} of stage {stage}, side by side", WIDTH_PX, HEIGHT_PX))
+
+    title = f"clipfleet report: {len(jobs)} jobs compared ({', '.join(labels)})"
+    generated = _when(data.get("generatedAtMs"))
+    md: list[str] = [f"# {title}", "", f"Generated {generated}. Each job's own report is in the folder its row names.", "", "## Jobs", ""]
+    md += _md_table(JOBS_HEADER, [r[:-1] + [f"[{r[-1]}]({r[-1]})"] for r in rows])
+    parts: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
+        "img{max-width:100%;border:1px solid #eee;margin:.5em 0}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>Generated {html.escape(generated)}. Each job's own report is linked from its row.</p>",
+        "<h2>Jobs</h2>",
+        _html_table(JOBS_HEADER, rows, link_column=len(JOBS_HEADER) - 1),
+    ]
+    cmp = compare_jobs(data)
+    if cmp.columns:
+        heading = f"{len(jobs)} jobs: comparison by {cmp.by}"
+        subtitle = f"Jobs {', '.join(str(j['job'].get('id', '?')) for j in jobs)}; report generated {generated}."
+        cmp_md, cmp_html, cmp_plot = _comparison_outputs(plt, cmp, heading, subtitle, out)
+        plots.append(cmp_plot)
+        md += ["", f"## Final metrics, by {cmp.by}", ""] + cmp_md + ["", f"![{cmp_plot.caption}]({cmp_plot.file})"]
+        parts += [f"<h2>Final metrics, by {html.escape(cmp.by)}</h2>", cmp_html,
+                  f'<img src="{cmp_plot.file}" alt="{html.escape(cmp_plot.caption)}" width="{cmp_plot.width}" height="{cmp_plot.height}">']
+    else:
+        md += ["", "No job has evaluation metrics to compare."]
+        parts += ["<p>No job has evaluation metrics to compare.</p>"]
+    if curves:
+        md += ["", "## Training curves, side by side"]
+        parts += ["<h2>Training curves, side by side</h2>"]
+    for p in curves:
+        md += ["", f"### {p.caption}", "", f"![{p.caption}]({p.file})"]
+        parts += [f"<h3>{html.escape(p.caption)}</h3>", f'<img src="{html.escape(p.file)}" alt="{html.escape(p.caption)}" width="{p.width}" height="{p.height}">']
+    parts += ["</body></html>"]
+    index_md = os.path.join(out, "index.md")
+    index_html = os.path.join(out, "index.html")
+    with open(index_md, "w", encoding="utf-8") as f:
+        f.write("\n".join(md) + "\n")
+    with open(index_html, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts) + "\n")
+    return Report(out, index_md, index_html, plots + curves)
 
 
 def add_subcommand(sub: "argparse._SubParsersAction") -> None:
@@ -485,7 +742,8 @@ def add_subcommand(sub: "argparse._SubParsersAction") -> None:
 def run(args: argparse.Namespace) -> int:
     """Runs a parsed `report` command; user errors print one line and exit 2."""
     try:
-        report = write_report(load(args.data), args.out)
+        data = load(args.data)
+        report = write_jobs_report(data, args.out) if "jobs" in data else write_report(data, args.out)
     except ClipfleetWorkerError as err:
         print(f"clipfleet report: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -109,13 +109,14 @@ def test_index_files_reference_every_plot_and_tabulate_summary_attempts_and_metr
         assert f"]({p.file})" in md
         assert f'<img src="{p.file}"' in page
     assert md.startswith("# clipfleet report: tiny <&> run (j-20270115-080000-abcdef)")
-    assert "| restarts | 1 |" in md
+    assert "| restarts after failures | 1 |" in md
+    assert "| user stops (resumed) | 0 |" in md
     assert "| skipped samples | 12: no caption 10, undecodable image 2 |" in md
     assert "| warning | zero-shot skipped: no class label |" in md
     assert "| 2 | 2 | 20 | 40 | succeeded | finished |" in md
     assert "| retrieval/i2t_R@1 | 0.25 |" in md
-    assert "| depth/RMSE | 1.25 |" in md
-    assert "1 restart(s), marked by dashed red lines" in md
+    assert "| depth/RMSE | 1.25 | metres |" in md
+    assert "1 restart after a failure; each new attempt is marked at the step it resumed from (dashed red: after a failure" in md
     assert "No training steps were recorded for this stage." in md  # the eval stage
     # HTML escapes what it shows; the tables carry the same facts.
     assert "tiny &lt;&amp;&gt; run" in page and "tiny <&> run" not in page
@@ -191,3 +192,115 @@ def test_comparison_by_a_label_no_stage_has_is_a_clear_error(tmp_path):
     data["compare"] = {"by": "flavour"}
     with pytest.raises(ConfigError, match="--compare flavour: no stage has a label 'flavour'"):
         report.write_report(data, str(tmp_path))
+
+
+def _stage_with_attempts(outcomes: list[str], steps_per_attempt: int = 10) -> dict:
+    """A pretraining stage whose attempts ended with `outcomes` (the last one succeeded), each resuming where the last stopped."""
+    attempts, points = [], []
+    for i, outcome in enumerate(outcomes + ["succeeded"]):
+        start = i * steps_per_attempt
+        attempts.append({"attempt": i + 1, "resumedFromStep": start, "lastStep": start + steps_per_attempt, "outcome": outcome, "reason": outcome, "worldSize": 1})
+        points += _points(i + 1, range(start + 1, start + steps_per_attempt + 1))
+    return {"name": "main", "task": "pretrain", "state": "SUCCEEDED", "reason": "finished", "metrics": {}, "attempts": attempts, "checkpoints": [], "points": points}
+
+
+def test_restarts_user_stops_and_preemptions_are_told_apart_from_attempt_outcomes(tmp_path):
+    stage = _stage_with_attempts(["cancelled", "failed", "cancelled", "preempted", "lost"])
+    assert [(r.attempt, r.step, r.kind) for r in report._restarts(stage)] == [
+        (2, 10, "user stop"), (3, 20, "failure"), (4, 30, "user stop"), (5, 40, "preemption"), (6, 50, "failure")]
+    counts = report.restart_counts(stage)
+    assert counts == {"user stop": 2, "failure": 2, "preemption": 1}
+    assert report.describe_restarts(counts) == "2 restarts after a failure, 2 user stops (resumed), 1 preemption (resumed)"
+    data = _data(restart=False)
+    data["summary"].update({"restarts": 2, "userStops": 2, "preemptions": 1})
+    data["stages"] = [stage]
+    report.write_report(data, str(tmp_path))
+    md = (tmp_path / "index.md").read_text()
+    assert "| restarts after failures | 2 |" in md and "| user stops (resumed) | 2 |" in md and "| preemptions (resumed) | 1 |" in md
+    assert "2 restarts after a failure, 2 user stops (resumed), 1 preemption (resumed); each new attempt is marked" in md
+    # Only the failures are drawn in the restart red; a stop is a dotted black line.
+    only_stops = dict(data, stages=[_stage_with_attempts(["cancelled", "cancelled"])])
+    report.write_report(only_stops, str(tmp_path / "stops"))
+    assert _red_pixels(tmp_path / "stops" / "main_loss.png") == 0
+    assert "2 user stops (resumed); each new attempt" in (tmp_path / "stops" / "index.md").read_text()
+
+
+def test_a_stage_gets_plots_only_for_the_series_its_task_reports(tmp_path):
+    data = _data(restart=False)
+    depth = _stage_with_attempts([])
+    depth.update(name="depth", task="finetune-depth", metrics={"depth/rmse": 0.77, "depth/abs_rel": 0.12, "depth/delta1": 0.9})
+    for p in depth["points"]:
+        p["temperature"] = 0.0  # dense fine-tunes have no logit scale
+        p["dataWaitSeconds"] = 0.0
+    data["stages"] = [depth]
+    rep = report.write_report(data, str(tmp_path))
+    assert sorted(p.file for p in rep.plots) == ["depth_eval.png", "depth_loss.png", "depth_lr.png", "depth_step_time.png", "depth_throughput.png"]
+    assert not (tmp_path / "depth_logit_scale.png").exists()
+    assert "Logit scale" not in (tmp_path / "index.md").read_text()
+    assert report.has_series(depth["points"], "loss") and not report.has_series(depth["points"], "temperature")
+    assert not report.has_series([{"loss": float("nan")}, {"loss": None}], "loss")
+
+
+def test_evaluation_metrics_are_grouped_by_unit_and_sorted_numerically():
+    metrics = {"retrieval/i2t_R@10": 0.5, "retrieval/i2t_R@1": 0.1, "retrieval/i2t_R@5": 0.3, "retrieval/t2i_R@1": 0.2,
+               "zeroshot/top5": 0.6, "zeroshot/top1": 0.2, "depth/rmse": 0.77, "depth/abs_rel": 0.12, "depth/delta1": 0.9,
+               "depth/delta3": 0.99, "depth/delta2": 0.95, "seg/mIoU": 0.3, "seg/IoU.circle": 0.4, "seg/out_of_range_labels": 12, "custom/score": 7}
+    groups = report.eval_groups(metrics)
+    assert [u for u, _ in groups] == ["ratio", "metres", "count", "value"]
+    ratio = [k for k, _ in groups[0][1]]
+    assert ratio == ["depth/abs_rel", "depth/delta1", "depth/delta2", "depth/delta3", "retrieval/i2t_R@1", "retrieval/i2t_R@5",
+                     "retrieval/i2t_R@10", "retrieval/t2i_R@1", "seg/IoU.circle", "seg/mIoU", "zeroshot/top1", "zeroshot/top5"]
+    assert groups[1][1] == [("depth/rmse", 0.77)]
+    assert groups[2][1] == [("seg/out_of_range_labels", 12.0)]
+    assert groups[3][1] == [("custom/score", 7.0)]
+    assert sorted(["R@10", "R@1", "R@5"], key=report.natural_key) == ["R@1", "R@5", "R@10"]
+    assert report.metric_unit("depth/RMSE") == "metres" and report.metric_unit("zeroshot/top1") == "ratio"
+
+
+def _two_jobs() -> dict:
+    a, b = _data(restart=True), _data(restart=False)
+    b["job"] = dict(b["job"], id="j-20270115-090000-fedcba", name="other")
+    for st in b["stages"]:
+        st["metrics"] = {k: v * 1.3 for k, v in st["metrics"].items()}
+    return {"schema": report.SCHEMA, "generatedAtMs": 1_800_000_100_000,
+            "jobs": [{k: d[k] for k in ("job", "summary", "stages")} for d in (a, b)]}
+
+
+def test_jobs_are_compared_side_by_side_with_the_experiments_comparison(tmp_path, capsys):
+    data = _two_jobs()
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(data))
+    assert worker_main(["report", "--data", str(path), "--out", str(tmp_path / "out"), "--json"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    out = tmp_path / "out"
+    assert sorted(p["file"] for p in written["plots"]) == ["compare_main_loss.png", "compare_main_lr.png", "compare_main_throughput.png", "comparison.png"]
+    cmp = json.loads((out / "comparison.json").read_text())
+    assert cmp["by"] == "job" and cmp["rows"] == ["tiny <&> run", "other"]
+    # Columns sorted naturally, each metric qualified by its stage (the jobs have two).
+    assert [c["label"] for c in cmp["columns"]] == ["depth/RMSE (stage=eval)", "retrieval/i2t_R@1 (stage=main)", "retrieval/t2i_R@1 (stage=main)",
+                                                   "seg/mIoU (stage=eval)", "zeroshot/top1 (stage=main)"]
+    assert cmp["values"][1][1] == pytest.approx(0.325)
+    md = (out / "comparison.md").read_text()
+    first = next(line for line in md.splitlines() if line.startswith("| tiny"))
+    assert first.startswith("| tiny <&> run | **1.25** |"), "RMSE: lower is better, whatever its case"
+    index = (out / "index.md").read_text()
+    assert index.startswith("# clipfleet report: 2 jobs compared (tiny <&> run, other)")
+    assert "| tiny <&> run | j-20270115-080000-abcdef | SUCCEEDED | 40 | 3.9 -> 0.6 | 1 | 0 | 0 | 41.5 s | [j-20270115-080000-abcdef/index.html](j-20270115-080000-abcdef/index.html) |" in index
+    assert '<a href="j-20270115-090000-fedcba/index.html">' in (out / "index.html").read_text()
+    # Each job's own report beside the comparison.
+    for job_id in ("j-20270115-080000-abcdef", "j-20270115-090000-fedcba"):
+        assert (out / job_id / "index.html").exists() and (out / job_id / "main_loss.png").exists()
+    for p in written["plots"]:
+        with Image.open(out / p["file"]) as img:
+            assert img.size == (p["width"], p["height"])
+
+
+def test_job_labels_are_unique_and_a_single_job_is_no_comparison(tmp_path):
+    jobs = [{"job": {"id": "j-1-aaaaaa", "name": "x"}}, {"job": {"id": "j-2-bbbbbb", "name": "x"}}, {"job": {"id": "j-3-cccccc", "name": "y"}}]
+    assert report.job_labels(jobs) == ["x aaaaaa", "x bbbbbb", "y"]
+    one = _two_jobs()
+    one["jobs"] = one["jobs"][:1]
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(one))
+    with pytest.raises(ConfigError, match="`jobs` compares two or more jobs, got 1"):
+        report.load(str(path))
