@@ -367,6 +367,29 @@ def _html_table(header: list[str], rows: list[list[str]], link_column: int | Non
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _html_head(title: str) -> list[str]:
+    """The start of an index.html, through its <h1>."""
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
+        "img{max-width:100%;border:1px solid #eee;margin:.5em 0}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+
+
+def _write_index(out: str, md: list[str], parts: list[str]) -> tuple[str, str]:
+    """Writes index.md and index.html from their lines; returns their paths."""
+    index_md, index_html = os.path.join(out, "index.md"), os.path.join(out, "index.html")
+    with open(index_md, "w", encoding="utf-8") as f:
+        f.write("\n".join(md) + "\n")
+    with open(index_html, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts) + "\n")
+    return index_md, index_html
+
+
 def write_report(data: dict[str, Any], out: str) -> Report:
     """Writes the plots of every stage, then index.md and index.html referencing them."""
     plt = _pyplot()
@@ -407,13 +430,7 @@ def write_report(data: dict[str, Any], out: str) -> Report:
         md += ["", f"## Comparison by {cmp.by}", ""] + cmp_md + ["", f"![{cmp_plot.caption}]({cmp_plot.file})"]
         cmp_parts = [f"<h2>Comparison by {html.escape(cmp.by)}</h2>", cmp_html, f'<img src="{cmp_plot.file}" alt="{html.escape(cmp_plot.caption)}" width="{cmp_plot.width}" height="{cmp_plot.height}">']
     parts: list[str] = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
-        "img{max-width:100%;border:1px solid #eee;margin:.5em 0}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
+        *_html_head(title),
         f"<p>Generated {html.escape(generated)}.</p>",
         "<h2>Summary</h2>",
         _html_table(["", ""], [[k, v] for k, v in summary]),
@@ -451,12 +468,7 @@ def write_report(data: dict[str, Any], out: str) -> Report:
                 md += ["", f"![{p.caption}]({p.file})"]
                 parts += [f'<img src="{html.escape(p.file)}" alt="{html.escape(p.caption)}" width="{p.width}" height="{p.height}">']
     parts += ["</body></html>"]
-    index_md = os.path.join(out, "index.md")
-    index_html = os.path.join(out, "index.html")
-    with open(index_md, "w", encoding="utf-8") as f:
-        f.write("\n".join(md) + "\n")
-    with open(index_html, "w", encoding="utf-8") as f:
-        f.write("\n".join(parts) + "\n")
+    index_md, index_html = _write_index(out, md, parts)
     return Report(out, index_md, index_html, extra_plots + [p for _, c, e in plots_by_stage for p in c + e])
 
 
@@ -691,13 +703,7 @@ def write_jobs_report(data: dict[str, Any], out: str) -> Report:
     md: list[str] = [f"# {title}", "", f"Generated {generated}. Each job's own report is in the folder its row names.", "", "## Jobs", ""]
     md += _md_table(JOBS_HEADER, [r[:-1] + [f"[{r[-1]}]({r[-1]})"] for r in rows])
     parts: list[str] = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
-        "img{max-width:100%;border:1px solid #eee;margin:.5em 0}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
+        *_html_head(title),
         f"<p>Generated {html.escape(generated)}. Each job's own report is linked from its row.</p>",
         "<h2>Jobs</h2>",
         _html_table(JOBS_HEADER, rows, link_column=len(JOBS_HEADER) - 1),
@@ -721,12 +727,7 @@ def write_jobs_report(data: dict[str, Any], out: str) -> Report:
         md += ["", f"### {p.caption}", "", f"![{p.caption}]({p.file})"]
         parts += [f"<h3>{html.escape(p.caption)}</h3>", f'<img src="{html.escape(p.file)}" alt="{html.escape(p.caption)}" width="{p.width}" height="{p.height}">']
     parts += ["</body></html>"]
-    index_md = os.path.join(out, "index.md")
-    index_html = os.path.join(out, "index.html")
-    with open(index_md, "w", encoding="utf-8") as f:
-        f.write("\n".join(md) + "\n")
-    with open(index_html, "w", encoding="utf-8") as f:
-        f.write("\n".join(parts) + "\n")
+    index_md, index_html = _write_index(out, md, parts)
     return Report(out, index_md, index_html, plots + curves)
 
 
