@@ -2,10 +2,12 @@
  * Pipelines end to end (issue 6): a tiny pretrain -> {finetune-seg, eval}
  * DAG with real workers; stages start in order and hand over committed
  * checkpoints; a failed stage is resumed without re-running finished ones;
- * bad pipelines and bad init checkpoints are refused before anything runs.
+ * bad pipelines and bad init checkpoints are refused before anything runs;
+ * a pipeline's human summary names its outcome and each stage's own numbers,
+ * and its report plots only the series each stage has.
  */
 import assert from "node:assert/strict";
-import { existsSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { runCli, tempDir, tinyDataset, tinyModelAndData } from "../helpers/cli.js";
@@ -101,6 +103,75 @@ void describe("pipelines", () => {
     assert.equal(stage(v, "pretrain").attempts.length, 1, "the finished pretraining stage did not run again");
     assert.equal(stage(v, "seg").state, STATE_SUCCEEDED);
     assert.equal(stage(v, "seg").attempts.length, 2);
+  });
+
+  void it("pretrain -> depth with a restart in depth: the summary names the outcome and both stages' losses; per-stage attempt numbers; a report without a logit scale for depth", async () => {
+    const state = join(tmp.dir, "summary");
+    const spec = join(tmp.dir, "pipesum.yaml");
+    writeFileSync(
+      spec,
+      `name: pipesum
+${tinyModelAndData("{vecap: 1}")}cluster: {workers: 1}
+train: {steps: 12, batch_size: 16, lr: 1.0e-3, warmup_steps: 2}
+checkpoint: {every_steps: 6}
+failure: {backoff_seconds: 0.2}
+stages:
+  - name: pretrain
+    task: pretrain
+    eval: {captions: [vecap], zero_shot: false}
+  - name: depth
+    task: finetune-depth
+    needs: [pretrain]
+    init: {checkpoint: pretrain}
+    train: {steps: 8}
+    worker: {env: {CLIPFLEET_FAULT: "raise@8:attempt=2"}}
+`,
+    );
+    const r = await runCli(["run", spec, "--state-dir", state]);
+    assert.equal(r.code, 0, r.stderr);
+    const out = r.stdout;
+    const jobId = /^job (j-[0-9a-f-]+) \(pipesum\)/m.exec(out)?.[1] ?? "";
+    // The job line names the pipeline's outcome, not the last stage's reason.
+    assert.match(out, /^job j-[0-9a-f-]+ \(pipesum\): SUCCEEDED - all 2 stages succeeded$/m);
+    // The table: each stage's first and last loss, and the restart counted where it happened.
+    assert.match(out, /^pretrain\s+pretrain\s+SUCCEEDED\s+12\/12\s+\d+\.\d{4} -> \d+\.\d{4}\s+0\s/m);
+    assert.match(out, /^depth\s+finetune-depth\s+SUCCEEDED\s+8\/8\s+\d+\.\d{4} -> \d+\.\d{4}\s+1\s/m);
+    // The final summary: the outcome, then one line per stage (pretraining's loss is not lost behind depth's).
+    assert.match(out, /^SUCCEEDED: all 2 stages succeeded; 20 steps, \d+ samples, 1 restart\(s\) after failures, [0-9.]+ s$/m);
+    assert.match(out, /^ {2}pretrain \(pretrain\): SUCCEEDED, 12 steps, loss \d+\.\d{4} -> \d+\.\d{4}; retrieval\/i2t_R@1 [0-9.]+, retrieval\/t2i_R@1 [0-9.]+$/m);
+    assert.match(out, /^ {2}depth \(finetune-depth\): SUCCEEDED, 8 steps, loss \d+\.\d{4} -> \d+\.\d{4}, 1 restart after a failure; depth\/rmse [0-9.]+, depth\/abs_rel [0-9.]+$/m);
+    const v = await status(jobId, state);
+    const pre = stage(v, "pretrain") as unknown as { progress: { firstLoss: number; loss: number } };
+    const dep = stage(v, "depth") as unknown as { progress: { firstLoss: number; loss: number } };
+    assert.ok(out.includes(`${pre.progress.firstLoss.toFixed(4)} -> ${pre.progress.loss.toFixed(4)}`), "pretraining's own losses");
+    assert.ok(out.includes(`${dep.progress.firstLoss.toFixed(4)} -> ${dep.progress.loss.toFixed(4)}`), "depth's own losses");
+    // Attempt numbers count across the job; each start says which start of its stage it is, restarts included.
+    const starts = v.job.recentEvents.filter((e) => e.stage === "depth" && /^attempt \d+/.test(e.reason)).map((e) => e.reason);
+    assert.equal(starts.length, 2, starts.join("\n"));
+    assert.match(starts[0] ?? "", /^attempt 2 \(first start of this stage\): 1 rank\(s\)/);
+    assert.match(starts[1] ?? "", /^attempt 3 \(start 2 of this stage\): 1 rank\(s\) .*resuming from step 6$/);
+    assert.match(r.stderr, /\[depth\] STARTING: attempt 3 \(start 2 of this stage\)/, "the run's event lines say so too");
+    // status --json: restarts counted from attempt outcomes, per stage and for the job.
+    const json = JSON.parse((await runCli(["status", jobId, "--state-dir", state, "--json"])).stdout) as { job: { stages: { name: string; failureRestarts: number; userStops: number }[] } };
+    assert.deepEqual(json.job.stages.map((s) => [s.name, s.failureRestarts, s.userStops]), [["pretrain", 0, 0], ["depth", 1, 0]]);
+
+    // The report: depth has loss, lr, throughput and step time, but no logit scale (a dense fine-tune has none).
+    const dir = join(tmp.dir, "pipesum-report");
+    const rep = await runCli(["report", jobId, "--out", dir, "--state-dir", state, "--json"]);
+    assert.equal(rep.code, 0, rep.stderr);
+    const files = (JSON.parse(rep.stdout.trim().split("\n").at(-1) ?? "") as { plots: { file: string }[] }).plots.map((p) => p.file).sort();
+    assert.deepEqual(files, [
+      "depth_eval.png", "depth_loss.png", "depth_lr.png", "depth_step_time.png", "depth_throughput.png",
+      "pretrain_eval.png", "pretrain_logit_scale.png", "pretrain_loss.png", "pretrain_lr.png", "pretrain_step_time.png", "pretrain_throughput.png",
+    ]);
+    const md = readFileSync(join(dir, "index.md"), "utf8");
+    assert.match(md, /\| restarts after failures \| 1 \|/);
+    assert.match(md, /1 restart after a failure; each new attempt is marked at the step it resumed from/);
+    // Evaluation results grouped by unit: depth RMSE in metres, apart from the ratios.
+    assert.match(md, /\| depth\/rmse \| [0-9.]+ \| metres \|/);
+    assert.match(md, /\| depth\/abs_rel \| [0-9.]+ \| fraction \(0 to 1\) \|/);
+    const order = [...md.matchAll(/^\| (retrieval\/i2t_R@\d+) \|/gm)].map((m) => m[1]);
+    assert.deepEqual(order, ["retrieval/i2t_R@1", "retrieval/i2t_R@5", "retrieval/i2t_R@10"], "sorted numerically");
   });
 
   void it("a cycle or an unknown need: exit 2 naming the stages; nothing runs", async () => {

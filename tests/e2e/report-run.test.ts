@@ -3,13 +3,17 @@
  * fault) and recovers, then the report from its state dir (read through the
  * StepHistory RPC of a read-only orchestrator). Every PNG is opened: a real
  * PNG of the figure size (960x540), not trivially small; index.md and
- * index.html reference each; report.json holds both attempts' steps.
+ * index.html reference each; report.json holds both attempts' steps. A
+ * second job is stopped by the user (SIGINT to `clipfleet run`), resumed,
+ * and fails once in the resumed attempt: its report tells the user stop and
+ * the restart after a failure apart. `report J1 J2` compares the two jobs.
  */
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { runCli, tempDir } from "../helpers/cli.js";
+import { startRun, waitForStatus } from "../helpers/jobs.js";
 import { synthData, writeSpec } from "./report-fixture.js";
 
 const PNG_SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
@@ -72,7 +76,8 @@ void describe("clipfleet report", () => {
       assert.ok(html.includes(`<img src="${f}"`), `index.html does not reference ${f}`);
     }
     assert.match(md, new RegExp(`^# clipfleet report: report \\(${jobId}\\)`));
-    assert.match(md, /\| restarts \| 1 \|/);
+    assert.match(md, /\| restarts after failures \| 1 \|/);
+    assert.match(md, /\| user stops \(resumed\) \| 0 \|/);
     assert.match(md, /\| 1 \| 1 \| 0 \| 14 \| failed \| rank 0 raised RuntimeError: injected fault at step 15/);
     assert.match(md, /\| 2 \| 1 \| 10 \| 20 \| succeeded \| finished \|/);
     assert.match(md, /\| zeroshot\/top1 \| [0-9.]+ \|/);
@@ -127,5 +132,77 @@ void describe("clipfleet report", () => {
     assert.equal(missing.code, 3, missing.stderr);
     assert.match(missing.stderr, /j-20000101-000000-000000/);
     assert.equal(existsSync(join(tmp.dir, "none")), false, "nothing written for an unknown job");
+  });
+
+  void describe("a user stop, a resume and a failure in one job, then two jobs compared", () => {
+    let stopsId = "";
+
+    before(async () => {
+      const data = join(tmp.dir, "data");
+      const spec = writeSpec(tmp.dir, data, { name: "stops", steps: 20, eval: true });
+      // Attempt 1 waits before step 12 until the gate file exists: the user stops it there (SIGINT, as Ctrl-C).
+      const gate = join(tmp.dir, "go");
+      const run = await startRun(spec, state, [], { CLIPFLEET_FAULT: `gate@12:file=${gate}:attempt=1` });
+      stopsId = run.jobId;
+      await waitForStatus(stopsId, state, "step 11", (v) => (v.job.stages[0]?.attempts.at(-1)?.ranks[0]?.step ?? 0) >= 11);
+      process.kill(run.child.pid ?? 0, "SIGINT");
+      await waitForStatus(stopsId, state, "STOPPING", (v) => v.job.stages[0]?.state === 5 || v.job.stages[0]?.state === 8);
+      writeFileSync(gate, "");
+      const stopped = await run.done;
+      assert.equal(stopped.code, 1, stopped.stderr);
+      // Resumed, the second attempt raises at step 16 and the stage restarts after that failure.
+      const resumed = await runCli(["resume", stopsId, "--json", "--state-dir", state], { cwd: tmp.dir, env: { CLIPFLEET_FAULT: "raise@16:attempt=2" }, timeoutMs: 100_000 });
+      assert.equal(resumed.code, 0, resumed.stderr);
+      const s = JSON.parse(resumed.stdout) as { state: string; restarts: number; userStops: number; preemptions: number };
+      assert.deepEqual([s.state, s.restarts, s.userStops, s.preemptions], ["SUCCEEDED", 1, 1, 0]);
+    });
+
+    void it("the report tells the user stop and the restart after a failure apart", { timeout: 60_000 }, async () => {
+      const out = join(tmp.dir, "stops-report");
+      const r = await runCli(["report", "stops", "--out", out, "--state-dir", state], { cwd: tmp.dir, timeoutMs: 60_000 });
+      assert.equal(r.code, 0, r.stderr);
+      const md = readFileSync(join(out, "index.md"), "utf8");
+      assert.match(md, /\| restarts after failures \| 1 \|/);
+      assert.match(md, /\| user stops \(resumed\) \| 1 \|/);
+      assert.match(md, /\| preemptions \(resumed\) \| 0 \|/);
+      assert.match(md, /1 restart after a failure, 1 user stop \(resumed\); each new attempt is marked/);
+      const data = JSON.parse(readFileSync(join(out, "report.json"), "utf8")) as ReportJson & { stages: { restarts: number; userStops: number }[] };
+      const main = data.stages[0];
+      assert.ok(main);
+      assert.deepEqual(main.attempts.map((a) => a.outcome), ["cancelled", "failed", "succeeded"]);
+      assert.deepEqual([main.restarts, main.userStops], [1, 1]);
+      assert.match(md, /\| 1 \| 1 \| 0 \| 1[2-9] \| cancelled \|/);
+      assert.match(md, /\| 2 \| 1 \| 1[2-9] \| 1[56] \| failed \| rank 0 raised RuntimeError: injected fault at step 16/);
+    });
+
+    void it("report J1 J2 --out DIR compares the jobs: comparison.md/json/png, curves side by side, each job's report", { timeout: 90_000 }, async () => {
+      const out = join(tmp.dir, "compared");
+      const r = await runCli(["report", jobId, stopsId, "--out", out, "--state-dir", state, "--json"], { cwd: tmp.dir, timeoutMs: 90_000 });
+      assert.equal(r.code, 0, r.stderr);
+      const written = JSON.parse(r.stdout.trim().split("\n").at(-1) ?? "") as { plots: { file: string; width: number; height: number }[] };
+      assert.deepEqual(written.plots.map((p) => p.file).sort(), ["compare_main_loss.png", "compare_main_lr.png", "compare_main_throughput.png", "comparison.png"]);
+      for (const p of written.plots) assert.deepEqual(pngSize(join(out, p.file)), { width: p.width, height: p.height }, p.file);
+      const cmp = JSON.parse(readFileSync(join(out, "comparison.json"), "utf8")) as { by: string; rows: string[]; columns: { label: string }[]; values: (number | null)[][] };
+      assert.equal(cmp.by, "job");
+      assert.deepEqual(cmp.rows, ["report", "stops"]);
+      const labels = cmp.columns.map((c) => c.label);
+      assert.ok(labels.includes("retrieval/i2t_R@1") && labels.includes("zeroshot/top1"), labels.join(", "));
+      // Sorted numerically: R@1, R@5, R@10.
+      const i2t = labels.filter((l) => l.startsWith("retrieval/i2t_R@"));
+      assert.deepEqual(i2t, ["retrieval/i2t_R@1", "retrieval/i2t_R@5", "retrieval/i2t_R@10"]);
+      for (const row of cmp.values) assert.ok(row.every((v) => typeof v === "number"), JSON.stringify(row));
+      const md = readFileSync(join(out, "comparison.md"), "utf8");
+      assert.match(md, /^\| job \| retrieval\/i2t_R@1 \|/m);
+      assert.match(md, /^\| report \| /m);
+      assert.match(md, /^\| stops \| /m);
+      const index = readFileSync(join(out, "index.md"), "utf8");
+      assert.match(index, /^# clipfleet report: 2 jobs compared \(report, stops\)/);
+      assert.match(index, new RegExp(`\\| stops \\| ${stopsId} \\| SUCCEEDED \\| 20 \\| [0-9.]+ -> [0-9.]+ \\| 1 \\| 1 \\| 0 \\|`));
+      for (const id of [jobId, stopsId]) assert.ok(existsSync(join(out, id, "index.html")), `${id}'s own report`);
+      // The same job twice is refused (exit 2), naming it.
+      const twice = await runCli(["report", jobId, jobId.slice(-6), "--out", join(tmp.dir, "twice"), "--state-dir", state], { cwd: tmp.dir });
+      assert.equal(twice.code, 2, twice.stderr);
+      assert.match(twice.stderr, /named twice/);
+    });
   });
 });

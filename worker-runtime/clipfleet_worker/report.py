@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import struct
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -103,6 +104,13 @@ def load(path: str) -> dict[str, Any]:
     if not isinstance(data.get("stages"), list) or not isinstance(data.get("job"), dict):
         raise ConfigError(f"report data {path}: needs a `job` mapping and a `stages` list (or a `jobs` list to compare)")
     return data
+
+
+def png_size(path: str) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk: what matplotlib wrote (inches x DPI may round either way)."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    return struct.unpack(">II", head[16:24])
 
 
 def _pyplot() -> Any:
@@ -288,9 +296,8 @@ def _eval_bars(plt: Any, stage: dict[str, Any], path: str) -> tuple[int, int]:
     fig.suptitle(f"Evaluation results: stage {stage.get('name', '?')}")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
-    w, h = fig.get_size_inches()
     plt.close(fig)
-    return round(w * DPI), round(h * DPI)
+    return png_size(path)
 
 
 def _fmt(v: Any) -> str:
@@ -599,9 +606,8 @@ def _comparison_outputs(plt: Any, cmp: Comparison, heading: str, subtitle: str, 
     fig.tight_layout()
     path = os.path.join(out, "comparison.png")
     fig.savefig(path, dpi=DPI)
-    w, h = fig.get_size_inches()
     plt.close(fig)
-    plot = Plot("comparison.png", f"Comparison by {cmp.by}", round(w * DPI), round(h * DPI))
+    plot = Plot("comparison.png", f"Comparison by {cmp.by}", *png_size(path))
     return md, _html_table(header, rows_txt), plot
 
 
