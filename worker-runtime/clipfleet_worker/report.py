@@ -106,6 +106,13 @@ def load(path: str) -> dict[str, Any]:
     return data
 
 
+def _integer_ticks() -> Any:
+    """Tick positions on whole steps only (no "step 2.5")."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def png_size(path: str) -> tuple[int, int]:
     """(width, height) from a PNG's IHDR chunk: what matplotlib wrote (inches x DPI may round either way)."""
     with open(path, "rb") as f:
@@ -163,6 +170,7 @@ class Restart:
     attempt: int
     step: int
     kind: str  # failure | user stop | preemption | other
+    ordinal: int  # which start of the stage it is (attempt numbers count across a pipeline's stages)
     label: str
     color: str
     style: str
@@ -172,9 +180,9 @@ def _restarts(stage: dict[str, Any]) -> list[Restart]:
     """Every attempt after the stage's first, with the kind of restart its predecessor's outcome makes it."""
     attempts = sorted(stage.get("attempts") or [], key=lambda a: int(a.get("attempt", 0)))
     out = []
-    for prev, a in zip(attempts, attempts[1:]):
+    for n, (prev, a) in enumerate(zip(attempts, attempts[1:])):
         kind, label, color, style = RESTART_KINDS.get(str(prev.get("outcome", "")), UNKNOWN_RESTART)
-        out.append(Restart(int(a["attempt"]), int(a.get("resumedFromStep", 0)), kind, label, color, style))
+        out.append(Restart(int(a["attempt"]), int(a.get("resumedFromStep", 0)), kind, n + 2, label, color, style))
     return out
 
 
@@ -208,7 +216,7 @@ def _curve(plt: Any, stage: dict[str, Any], title: str, ylabel: str, fields: lis
         ax.axvline(r.step, color=r.color, linestyle=r.style, linewidth=1.6, label=None if r.label in labelled else r.label)
         labelled.add(r.label)
         ax.annotate(
-            f"attempt {r.attempt}\nfrom step {r.step}",
+            f"attempt {r.attempt}" + (f" (start {r.ordinal})" if r.ordinal != r.attempt else "") + f"\nfrom step {r.step}",
             xy=(r.step, 1.0),
             xycoords=("data", "axes fraction"),
             xytext=(3, -3),
@@ -218,6 +226,7 @@ def _curve(plt: Any, stage: dict[str, Any], title: str, ylabel: str, fields: lis
             color=r.color,
         )
     ax.set_title(f"{title}: stage {stage.get('name', '?')}")
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
@@ -282,7 +291,7 @@ def _eval_bars(plt: Any, stage: dict[str, Any], path: str) -> tuple[int, int]:
         values = [0.0 if math.isnan(v) else v for _, v in metrics]
         bars = ax.barh(range(len(names)), values, color=COLORS[[u for u, _ in groups].index(unit) % len(COLORS)])
         ax.set_yticks(range(len(names)))
-        ax.set_yticklabels(names, fontsize=8)
+        ax.set_yticklabels([f"{k} (lower is better)" if LOWER_IS_BETTER.search(k) else k for k in names], fontsize=8)
         ax.invert_yaxis()
         for bar, (_, v) in zip(bars, metrics):
             ax.annotate(_fmt(v), xy=(bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
@@ -661,6 +670,7 @@ def _compared_curve(plt: Any, stage: str, entries: list[tuple[str, list[dict[str
         xs, ys = _latest_by_step(points, field)
         ax.plot(xs, ys, color=COLORS[i % len(COLORS)], linewidth=1.4, label=label, marker="." if len(xs) < 60 else None)
     ax.set_title(f"{title}: stage {stage}, {len(entries)} jobs")
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)

@@ -168,7 +168,7 @@ export function renderStatus(job: Job, now: number): string {
     );
     const tally = describeTally(stageTally(s));
     if (tally) lines.push(`attempts: ${s.attempts.length + s.attemptsOmitted}, ${tally}`);
-    const metrics = Object.entries(s.metrics);
+    const metrics = Object.entries(s.metrics).sort(([a], [b]) => naturalCompare(a, b));
     if (metrics.length > 0) lines.push(`metrics: ${metrics.map(([k, v]) => `${k}=${fmtMetric(v)}`).join(" ")}`);
     const skipped = fmtSkips(s.progress?.skippedSamples ?? 0, s.progress?.skippedByReason ?? {});
     if (skipped) lines.push(`skipped ${skipped}`);
@@ -193,6 +193,11 @@ export function renderStatus(job: Job, now: number): string {
   return lines.join("\n");
 }
 
+/** Orders names with numbers in them by the numbers' values: R@1, R@5, R@10 (not R@1, R@10, R@5). */
+export function naturalCompare(a: string, b: string): number {
+  return a.localeCompare(b, "en", { numeric: true });
+}
+
 /** A stage's attempt tally as the control API reports it (counted over every attempt, see domain attemptTally). */
 export function stageTally(s: Stage): AttemptTally {
   return { failureRestarts: s.failureRestarts, userStops: s.userStops, preemptions: s.preemptedAttempts };
@@ -212,7 +217,7 @@ const KEY_METRICS = [/retrieval\/i2t_R@1$/, /retrieval\/t2i_R@1$/, /zeroshot\/to
 export function keyMetrics(metrics: Readonly<Record<string, number>>): [string, number][] {
   const entries = Object.entries(metrics);
   const key = KEY_METRICS.flatMap((re) => entries.filter(([k]) => re.test(k)));
-  return key.length > 0 ? key : entries.sort(([a], [b]) => a.localeCompare(b)).slice(0, 3);
+  return key.length > 0 ? key : entries.sort(([a], [b]) => naturalCompare(a, b)).slice(0, 3);
 }
 
 /**

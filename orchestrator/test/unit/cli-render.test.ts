@@ -97,7 +97,8 @@ void describe("job summaries", () => {
     const job = Job.fromPartial({ id: "j-4", name: "pipe", state: JobState.JOB_STATE_SUCCEEDED, reason: "all 3 stages succeeded" });
     const pre = stage("pretrain", { progress: { step: 12, totalSteps: 12 } });
     pre.progress = Progress.fromPartial({ step: 12, totalSteps: 12, firstLoss: 4.25, loss: 3.5, samplesSeen: 192 });
-    pre.metrics = { "retrieval/i2t_R@1": 0.0625, "retrieval/i2t_R@10": 0.5, "retrieval/t2i_R@1": 0.125 };
+    pre.metrics = { "retrieval/i2t_R@10": 0.5, "retrieval/i2t_R@1": 0.0625, "retrieval/t2i_R@1": 0.125, "retrieval/i2t_R@5": 0.25 };
+    pre.finalParamsSha256 = "ab".repeat(32);
     pre.failureRestarts = 1;
     pre.userStops = 2;
     const depth = stage("depth", { progress: { step: 8, totalSteps: 8 } });
@@ -117,6 +118,9 @@ void describe("job summaries", () => {
     assert.match(text, /^ {2}pretrain \(pretrain\): SUCCEEDED, 12 steps, loss 4\.2500 -> 3\.5000, 1 restart after a failure, 2 user stops \(resumed\); retrieval\/i2t_R@1 0\.0625, retrieval\/t2i_R@1 0\.1250$/m);
     assert.match(text, /^ {2}depth \(finetune-depth\): SUCCEEDED, 8 steps, loss 0\.5345 -> 0\.4150; depth\/rmse 0\.7700, depth\/abs_rel 0\.1250$/m);
     assert.match(text, /^ {2}zs \(eval\): SUCCEEDED; zeroshot\/top1 0\.1500$/m);
+    // Metrics in numeric order; each trained stage's final parameters named by stage.
+    assert.match(text, /^metrics: retrieval\/i2t_R@1=0\.0625 retrieval\/i2t_R@5=0\.2500 retrieval\/i2t_R@10=0\.5000 retrieval\/t2i_R@1=0\.1250$/m);
+    assert.match(text, new RegExp(`^final params sha256 \\(pretrain\\): ${"ab".repeat(32)}$`, "m"));
     const json = jobSummary(job);
     assert.equal(json.restarts, 1);
     assert.equal(json.userStops, 2);
