@@ -10,8 +10,8 @@ orchestrator.
 report.json (schema "clipfleet.report/v1"), camelCase as the control API:
   {"schema", "generatedAtMs",
    "job": {"id", "name", "state", "reason", "createdAtMs", "updatedAtMs"},
-   "summary": {...}  # the CLI's `status --json` summary (steps, samples, losses, restarts, wall time)
-   "stages": [{"name", "task", "state", "reason", "restarts", "metrics": {name: value},
+   "summary": {...}  # the CLI's `status --json` summary (steps, samples, losses, restarts, userStops, preemptions, wall time)
+   "stages": [{"name", "task", "state", "reason", "restarts", "userStops", "preemptions", "metrics": {name: value},
                "attempts": [{"attempt", "resumedFromStep", "lastStep", "startedAtMs", "endedAtMs",
                              "outcome", "reason", "worldSize"}],
                "checkpoints": [{"step", "committedAtMs", "sizeBytes"}],
@@ -19,6 +19,17 @@ report.json (schema "clipfleet.report/v1"), camelCase as the control API:
                            "stepSeconds", "dataWaitSeconds", "gradNorm", "tsMs"}],
                "labels": {name: value}}],           # the stage's spec labels
    "compare": {"by": LABEL, "metrics": [names]}}   # optional: `--compare LABEL [--metrics ...]`
+
+A stage's "restarts" are restarts after a failure, "userStops" attempts a user
+stopped that were resumed, "preemptions" preempted attempts started again: all
+counted by the orchestrator from attempt outcomes. The plots tell them apart
+from the attempts' outcomes too.
+
+`clipfleet report JOB1 JOB2 ...` writes {"schema", "generatedAtMs", "jobs":
+[{"job", "summary", "stages"}, ...], "compare"?}: each job's own report goes
+into a subfolder named by its id, the jobs' curves are drawn side by side per
+stage name, and their final metrics go through the same comparison as
+--compare (by "job" unless a label is given).
 
 With "compare", stages are compared by one of their labels (e.g. the variant of
 an experiment): comparison.md, comparison.json and comparison.png hold a table
