@@ -147,6 +147,18 @@ cluster:
     assert.match(v.stdout, /^ {2}ft: pretrain, 1 worker\(s\), batch 32, 20 steps, train 512 samples in 2 shard\(s\), val 128 samples in 1 shard\(s\), needs pre$/m);
     assert.match(v.stdout, /^ {2}zs: eval, 1 worker\(s\), batch 32, evaluation only, val 128 samples in 1 shard\(s\), needs ft$/m);
     assert.doesNotMatch(v.stdout, /null/);
+
+    // An epochs length with the steps it resolves to (data.fraction included); a batch larger than the data refused as run would.
+    const ftData = `    data: {train: "${shards}/train-{00000..00001}.tar"}`;
+    const epochs = write("pipe-epochs.yaml", pipeline(`${shards}/train-{00000..00001}.tar`).replace(ftData, `${ftData.slice(0, -1)}, fraction: 0.5}\n    train: {steps: null, epochs: 2}`));
+    const e = await runCli(["validate", epochs, "--inventory", cpuOnly, "--state-dir", state], { cwd: tmp.dir });
+    assert.equal(e.code, 0, e.stderr);
+    // 512 samples, half of them an epoch, in batches of 32: 8 steps an epoch, 16 in all.
+    assert.match(e.stdout, /^ {2}ft: pretrain, 1 worker\(s\), batch 32, 2 epochs \(16 steps\), train 512 samples in 2 shard\(s\)/m);
+    const big = write("pipe-big.yaml", pipeline(`${shards}/train-{00000..00001}.tar`).replace("    task: pretrain\n    needs: [pre]", "    task: pretrain\n    train: {batch_size: 1024}\n    needs: [pre]"));
+    const b = await runCli(["validate", big, "--inventory", cpuOnly, "--state-dir", state], { cwd: tmp.dir });
+    assert.equal(b.code, 2, b.stderr);
+    assert.match(b.stderr, /pipe-big\.yaml:\d+:\d+: stages\[1\]\.train\.batch_size: 1024 is larger than the 512 samples of the dataset/);
   });
 
   void it("a valid spec still validates, with its data counted, creating nothing in a new state dir; --json prints the frozen config", async () => {

@@ -17,7 +17,7 @@ import { Attempt, type AttemptHooks } from "./attempt.js";
 import type { CheckpointRefs } from "./checkpoint-refs.js";
 import type { JobContext } from "./context.js";
 import type { Datasets } from "./datasets.js";
-import { stageSpecOf } from "./records.js";
+import { stageSpecOf, totalStepsOf } from "./records.js";
 import { rankRecordFields, tokenHash, type RankRuntime } from "./runtime.js";
 import { TracebackCatcher } from "./traceback.js";
 
@@ -49,7 +49,7 @@ export class Launch {
         ? new DataPlan({ manifest, seed: spec.seed, batchSize: spec.train.batch_size, shuffle: spec.data.shuffle, fraction: spec.data.fraction })
         : null;
     const stepsPerEpoch = plan?.stepsPerEpoch ?? 0;
-    const totalSteps = spec.task === "eval" ? 0 : (spec.train.steps ?? Math.floor((spec.train.epochs ?? 1) * stepsPerEpoch));
+    const totalSteps = totalStepsOf(spec, stepsPerEpoch);
 
     const resume = await this.refs.pickResume(job, stageRec);
     const init = spec.init.kind === "checkpoint" ? await this.refs.resolveInit(job, spec) : undefined;

@@ -23,6 +23,11 @@ export function stageRecordOf(job: JobRecord, stage: string): StageRecord | unde
   return job.stages.find((s) => s.name === stage);
 }
 
+/** How many optimizer steps a stage runs: `train.steps`, else `train.epochs` (default 1) of its data plan's whole steps; an eval stage none. */
+export function totalStepsOf(spec: StageSpec, stepsPerEpoch: number): number {
+  return spec.task === "eval" ? 0 : (spec.train.steps ?? Math.floor((spec.train.epochs ?? 1) * stepsPerEpoch));
+}
+
 /** A spec field as users write it: `cluster.workers` for a single-stage spec, `stages.NAME.cluster.workers` in a pipeline ("" gives the prefix). */
 export function stageField(st: StageSpec, field: string): string {
   const prefix = st.name === "main" ? "" : `stages.${st.name}.`;

@@ -101,16 +101,23 @@ void describe("stageLine", () => {
 
   void it("a training stage: its length, and its data when counted", () => {
     assert.equal(stageLine(pre!, null), "pre: pretrain, 1 worker(s), batch 8, 10 steps");
-    assert.equal(stageLine(ft!, { train: { samples: 20, shards: 2 }, val: { samples: 5, shards: 1 }, synth: null }), "ft: pretrain, 1 worker(s), batch 8, 10 steps, train 20 samples in 2 shard(s), val 5 samples in 1 shard(s), needs pre");
+    assert.equal(stageLine(ft!, { train: { samples: 20, shards: 2 }, steps: 10, val: { samples: 5, shards: 1 }, synth: null }), "ft: pretrain, 1 worker(s), batch 8, 10 steps, train 20 samples in 2 shard(s), val 5 samples in 1 shard(s), needs pre");
+  });
+
+  void it("an epochs length: with the steps it resolves to once the data is counted", () => {
+    const epochs = load(PIPELINE.replace("train: {steps: 10, batch_size: 8}", "train: {epochs: 2, batch_size: 8}")).spec;
+    assert.equal(stageLine(epochs.stages[0]!, null), "pre: pretrain, 1 worker(s), batch 8, 2 epochs");
+    // 20 samples in batches of 8: 2 whole steps an epoch, 4 in all (what run will show as the total).
+    assert.equal(stageLine(epochs.stages[0]!, { train: { samples: 20, shards: 2 }, steps: 4, val: null, synth: null }), "pre: pretrain, 1 worker(s), batch 8, 2 epochs (4 steps), train 20 samples in 2 shard(s)");
   });
 
   void it("data.synth still to generate: said, nothing counted", () => {
     const synthSpec = load(PIPELINE.replace(/data:\n  train: .*\n  val: .*\n/, "data:\n  synth: {out: gen, train: 64, val: 16, shards: 2, size: 32, seed: 0}\n")).spec;
-    const line = stageLine(synthSpec.stages[0]!, { train: null, val: null, synth: "generate" });
+    const line = stageLine(synthSpec.stages[0]!, { train: null, steps: 10, val: null, synth: "generate" });
     assert.match(line, /^pre: pretrain, 1 worker\(s\), batch 8, 10 steps, data\.synth: run first generates 64 train samples into \/.*\/gen$/);
   });
 
   void it("an eval stage: no length, only its val data", () => {
-    assert.equal(stageLine(zs!, { train: { samples: 20, shards: 2 }, val: { samples: 5, shards: 1 }, synth: null }), "zs: eval, 1 worker(s), batch 8, evaluation only, val 5 samples in 1 shard(s), needs ft");
+    assert.equal(stageLine(zs!, { train: { samples: 20, shards: 2 }, steps: 0, val: { samples: 5, shards: 1 }, synth: null }), "zs: eval, 1 worker(s), batch 8, evaluation only, val 5 samples in 1 shard(s), needs ft");
   });
 });

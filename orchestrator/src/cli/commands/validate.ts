@@ -106,7 +106,9 @@ function refuse(args: { json: boolean }, err: SpecValidationError): number {
 
 /** One stage in words: its task, workers, batch, and the length that applies to it (an eval stage has none), with its data counted when known. */
 export function stageLine(s: StageSpec, data: StageData | null): string {
-  const length = s.train.steps !== null ? `${s.train.steps} steps` : s.train.epochs !== null ? `${s.train.epochs} epochs` : null;
+  // An epochs length is shown with the steps it resolves to over the counted data (what status will show as the total).
+  const resolved = data?.steps !== null && data?.steps !== undefined ? ` (${data.steps} steps)` : "";
+  const length = s.train.steps !== null ? `${s.train.steps} steps` : s.train.epochs !== null ? `${s.train.epochs} epochs${resolved}` : null;
   const needs = s.needs.length ? `, needs ${s.needs.join(", ")}` : "";
   const counted = (what: string, c: { samples: number; shards: number } | null): string => (c ? `, ${what} ${c.samples} samples in ${c.shards} shard(s)` : "");
   const generated = data?.synth === "generate" && s.data.synth ? `, data.synth: run first generates ${s.data.synth.train} train samples into ${s.data.synth.out}` : "";
