@@ -104,6 +104,9 @@ void describe("job references and an orchestrator killed with SIGKILL", () => {
     assert.deepEqual(names.stdout.trim().split("\n"), ["twin"]);
     const ids = await runCli(["--get-yargs-completions", "cancel", older.slice(0, -4)], { cwd: elsewhere, env: { CLIPFLEET_STATE_DIR: state } });
     assert.ok(ids.stdout.split("\n").includes(older), ids.stdout);
+    // `report JOB1 JOB2 ...`: every job completes, not only the first.
+    const second = await runCli(["--get-yargs-completions", "report", older, "tw"], { cwd: elsewhere, env: { CLIPFLEET_STATE_DIR: state } });
+    assert.deepEqual(second.stdout.trim().split("\n"), ["twin"]);
     const verbs = await runCli(["--get-yargs-completions", "sta"], { cwd: elsewhere });
     assert.ok(verbs.stdout.split("\n").some((l) => l.startsWith("status")), verbs.stdout);
   });

@@ -30,6 +30,9 @@ export const completionCommand: Command = () => {
 /** Commands whose first positional is a job (their JOB completes to ids and names). */
 const JOB_COMMANDS: ReadonlySet<string> = new Set(["status", "logs", "watch", "cancel", "resume", "checkpoint", "checkpoints", "audit", "report", "delete", "export"]);
 
+/** Commands that take several jobs (`report JOB1 JOB2 ...`): every positional completes to ids and names. */
+const MULTI_JOB_COMMANDS: ReadonlySet<string> = new Set(["report"]);
+
 /** What yargs hands a completion function: the words so far and the global options. */
 export type CompletionArgs = GlobalArgs & { _: (string | number)[] };
 
@@ -44,7 +47,8 @@ export async function completeJobRefs(deps: CliDeps, args: CompletionArgs, curre
   // words: [verb, ...positionals so far]; the word being completed is the last one when it is not empty.
   const before = current === "" ? words.length : words.length - 1;
   const verb = words[0];
-  if (current.startsWith("-") || verb === undefined || !JOB_COMMANDS.has(verb) || before !== 1) return null;
+  if (current.startsWith("-") || verb === undefined || !JOB_COMMANDS.has(verb)) return null;
+  if (before !== 1 && !(MULTI_JOB_COMMANDS.has(verb) && before > 1)) return null;
   const refs = new Set<string>();
   try {
     await connectOrOpen(deps, { ...args, json: true }, async (client) => {
