@@ -120,14 +120,13 @@ export function renderSummary(job: Job): string {
     // A pipeline: the job's outcome, then each stage's own numbers (pretraining's loss is not the fine-tune's).
     lines.push(`${String(s.state)}: ${job.reason || "-"}; ${String(s.steps)} steps, ${String(s.samplesSeen)} samples, ${String(s.restarts)} restart(s) after failures${stops ? `, ${stops}` : ""}${wall}`);
     for (const st of job.stages) lines.push(`  ${stageSummaryLine(st)}`);
+    // Each trained stage's own final parameters, named (the job's --json one is the last trained stage's).
+    for (const st of job.stages) if (st.finalParamsSha256 && (st.progress?.step ?? 0) > 0) lines.push(`final params sha256 (${st.name}): ${st.finalParamsSha256}`);
   } else {
     lines.push(
       `${String(s.state)}: ${String(s.steps)} steps, ${String(s.samplesSeen)} samples, loss ${loss(s.firstLoss)} -> ${loss(s.finalLoss)}, ${String(s.restarts)} restart(s)${stops ? `, ${stops}` : ""}${wall}`,
     );
+    if (typeof s.finalParamsSha256 === "string" && s.finalParamsSha256) lines.push(`final params sha256: ${s.finalParamsSha256}`);
   }
-  if (job.stages.length > 1) {
-    // Each trained stage's own final parameters, named (the job's is the last trained stage's).
-    for (const st of job.stages) if (st.finalParamsSha256 && (st.progress?.step ?? 0) > 0) lines.push(`final params sha256 (${st.name}): ${st.finalParamsSha256}`);
-  } else if (typeof s.finalParamsSha256 === "string" && s.finalParamsSha256) lines.push(`final params sha256: ${s.finalParamsSha256}`);
   return lines.join("\n");
 }
