@@ -257,7 +257,7 @@ def has_series(points: list[dict[str, Any]], field: str) -> bool:
 
 # Units of evaluation metrics, in chart order: (unit, axis label, name pattern). Others: "value".
 METRIC_UNITS: list[tuple[str, str, re.Pattern[str]]] = [
-    ("ratio", "fraction (0 to 1)", re.compile(r"(R@\d+|top\d+|mIoU|mAcc|pixel_acc|/IoU\.|abs_rel|delta\d+)$|/IoU\.")),
+    ("ratio", "fraction (0 to 1)", re.compile(r"(R@\d+|top\d+|mIoU|mAcc|pixel_acc|abs_rel|delta\d+)$|/IoU\.")),
     ("metres", "metres", re.compile(r"^depth/(rmse|mae)$", re.IGNORECASE)),
     ("count", "count", re.compile(r"(out_of_range_labels|_count|/count)$")),
 ]
