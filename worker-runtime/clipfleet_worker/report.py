@@ -557,8 +557,9 @@ def compare(data: dict[str, Any]) -> Comparison | None:
     return Comparison(by, rows, columns, values)
 
 
-def _comparison_outputs(plt: Any, cmp: Comparison, heading: str, subtitle: str, out: str) -> tuple[list[str], str, Plot]:
-    """Writes comparison.json, comparison.md and comparison.png; returns (markdown lines, html, plot)."""
+def _comparison_outputs(plt: Any, cmp: Comparison, heading: str, subtitle: str, out: str, panel_per_column: bool = False) -> tuple[list[str], str, Plot]:
+    """Writes comparison.json, comparison.md and comparison.png; returns (markdown lines, html, plot).
+    panel_per_column: a chart panel per table column (jobs compared: each bar a job, in its curves' colour)."""
     header = [cmp.by] + [cmp.column_label(c) for c in cmp.columns]
     rows_md, rows_txt = [], []
     for i, r in enumerate(cmp.rows):
@@ -595,18 +596,22 @@ def _comparison_outputs(plt: Any, cmp: Comparison, heading: str, subtitle: str, 
             + "\n"
         )
 
-    # One panel per metric, bars centred on each row value; a panel of one combination of the other labels
-    # names it in its title, a panel of several has a legend. Bars are coloured by combination (the same colour
-    # means the same one in every panel), or by row (as the side-by-side curves colour jobs) when no panel has several.
-    metrics = list(dict.fromkeys(m for m, _ in cmp.columns))
+    # One panel per metric (or per column with panel_per_column), bars centred on each row value; a panel of one
+    # combination of the other labels names it in its title, a panel of several has a legend. Bars are coloured by
+    # combination (the same colour means the same one in every panel), or by row (as the side-by-side curves colour
+    # jobs) when no panel has several.
     quals = list(dict.fromkeys(q for _, q in cmp.columns))
-    ncols = min(3, len(metrics))
-    nrows = math.ceil(len(metrics) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(FIGSIZE[0], max(FIGSIZE[1], 2.8 * nrows)), dpi=DPI, squeeze=False)
-    by_row = all(sum(1 for q in quals if (m, q) in cmp.columns) == 1 for m in metrics)
-    for k, m in enumerate(metrics):
+    if panel_per_column:
+        panels = [(m, [q]) for m, q in cmp.columns]
+    else:
+        panels = [(m, [q for q in quals if (m, q) in cmp.columns]) for m in dict.fromkeys(m for m, _ in cmp.columns)]
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    height = max(FIGSIZE[1], 2.8 * nrows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(FIGSIZE[0], height), dpi=DPI, squeeze=False)
+    by_row = all(len(own) == 1 for _, own in panels)
+    for k, (m, own) in enumerate(panels):
         ax = axes[k // ncols][k % ncols]
-        own = [q for q in quals if (m, q) in cmp.columns]
         width = 0.8 / len(own)
         for qi, q in enumerate(own):
             j = cmp.columns.index((m, q))
@@ -620,10 +625,10 @@ def _comparison_outputs(plt: Any, cmp: Comparison, heading: str, subtitle: str, 
         ax.grid(True, axis="y", alpha=0.3)
         if len(own) > 1:
             ax.legend(fontsize=7)
-    for k in range(len(metrics), nrows * ncols):
+    for k in range(len(panels), nrows * ncols):
         axes[k // ncols][k % ncols].axis("off")
     fig.suptitle(f"Comparison by {cmp.by}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # room for the suptitle
     path = os.path.join(out, "comparison.png")
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -739,7 +744,7 @@ def write_jobs_report(data: dict[str, Any], out: str) -> Report:
     if cmp.columns:
         heading = f"{len(jobs)} jobs: comparison by {cmp.by}"
         subtitle = f"Jobs {', '.join(str(j['job'].get('id', '?')) for j in jobs)}; report generated {generated}."
-        cmp_md, cmp_html, cmp_plot = _comparison_outputs(plt, cmp, heading, subtitle, out)
+        cmp_md, cmp_html, cmp_plot = _comparison_outputs(plt, cmp, heading, subtitle, out, panel_per_column=cmp.by == "job")
         plots.append(cmp_plot)
         md += ["", f"## Final metrics, by {cmp.by}", ""] + cmp_md + ["", f"![{cmp_plot.caption}]({cmp_plot.file})"]
         parts += [f"<h2>Final metrics, by {html.escape(cmp.by)}</h2>", cmp_html,
