@@ -46,9 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         print(f"clipfleet worker: phase started at {_STARTED_AT:.3f}", flush=True)
+        # Before torch is imported (seconds): a preemption signal in that window must not kill the rank.
+        from .lifecycle import PreemptionWatch
+
+        preemption = PreemptionWatch(os.environ)
+        preemption.install()
         from .worker import main as run_worker
 
-        return run_worker()
+        return run_worker(preemption)
     if args.command == "info":
         return _info()
     if args.command == "report":

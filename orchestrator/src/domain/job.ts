@@ -138,6 +138,8 @@ export interface StageRecord {
   endedAtMs: number | null;
   attempts: AttemptRecord[];
   restarts: number;
+  /** Restarts after a preemption (apart from `restarts`; docs/preemption.md); absent in records of earlier versions. */
+  preemptions?: number;
   checkpoints: CheckpointRecord[];
   progress: ProgressRecord;
   failures: FailureRecord[];

@@ -1,0 +1,85 @@
+"""The preemption signal in a rank: real signals to this process, a real Agent whose outgoing queue is read.
+
+A signal before the session is open is remembered and sent by attach(); one during a stop
+changes nothing; CLIPFLEET_PREEMPT_SIGNAL is checked (a bad one is reported at attach()).
+"""
+
+import os
+import signal
+
+import pytest
+
+from clipfleet_worker.agent import Agent, WorkerEnv
+from clipfleet_worker.errors import ConfigError
+from clipfleet_worker.lifecycle import STACK_DUMP_SIGNAL, PreemptionWatch, preempt_signal
+
+
+@pytest.fixture
+def restore_handlers():
+    saved = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGHUP)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+def _agent() -> Agent:
+    # No call is made: the channel is only created, and what the rank would send stays in its queue.
+    return Agent(WorkerEnv(address="127.0.0.1:9", token="t", job_id="j-1", stage="main", attempt=1, rank=1))
+
+
+def _sent(agent: Agent) -> list:
+    out = []
+    while not agent._out.empty():
+        out.append(agent._out.get_nowait())
+    return [m for m in out if m is not None and m.WhichOneof("body") == "preempt_requested"]
+
+
+def test_signal_names():
+    assert preempt_signal("") == signal.SIGUSR1
+    assert preempt_signal("usr1") == signal.SIGUSR1
+    assert preempt_signal("SIGHUP") == signal.SIGHUP
+    assert STACK_DUMP_SIGNAL == signal.SIGUSR2
+    for bad in ("USR2", "TERM", "KILL", "STOP", "10", "nonsense"):
+        with pytest.raises(ConfigError, match=r"^CLIPFLEET_PREEMPT_SIGNAL: expected one of USR1, HUP"):
+            preempt_signal(bad)
+
+
+def test_a_signal_before_the_session_is_sent_once_attached(restore_handlers):
+    watch = PreemptionWatch({})
+    watch.install()
+    os.kill(os.getpid(), signal.SIGUSR1)  # the handler runs before os.kill returns (main thread)
+    assert watch.pending.startswith("SIGUSR1 on rank ?")
+    agent = _agent()
+    watch.attach(agent, 1)
+    [msg] = _sent(agent)
+    assert msg.preempt_requested.reason.startswith("SIGUSR1 on rank ?")
+    os.kill(os.getpid(), signal.SIGUSR1)
+    [again] = _sent(agent)
+    assert again.preempt_requested.reason.startswith("SIGUSR1 on rank 1 (")
+
+
+def test_nothing_is_sent_while_stopping_or_fenced(restore_handlers):
+    watch = PreemptionWatch({"CLIPFLEET_PREEMPT_SIGNAL": "HUP"})
+    watch.install()
+    agent = _agent()
+    watch.attach(agent, 0)
+    agent.commands.stop_at = 7
+    os.kill(os.getpid(), signal.SIGHUP)
+    assert _sent(agent) == []
+    agent.commands.stop_at = None
+    agent.commands.fenced = "attempt over"
+    os.kill(os.getpid(), signal.SIGHUP)
+    assert _sent(agent) == []
+    agent.commands.fenced = None
+    os.kill(os.getpid(), signal.SIGHUP)
+    [msg] = _sent(agent)
+    assert msg.preempt_requested.reason.startswith("SIGHUP on rank 0 (")
+
+
+def test_a_bad_signal_name_installs_nothing_and_is_reported_at_attach(restore_handlers):
+    before = signal.getsignal(signal.SIGUSR1)
+    watch = PreemptionWatch({"CLIPFLEET_PREEMPT_SIGNAL": "TERM"})
+    watch.install()
+    assert signal.getsignal(signal.SIGUSR1) is before
+    with pytest.raises(ConfigError, match="CLIPFLEET_PREEMPT_SIGNAL: expected one of"):
+        watch.attach(_agent(), 0)
