@@ -6,9 +6,12 @@
  * a preemption into a failure.
  */
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
+import { PREEMPT_SIGNALS, preemptSignalName } from "../../src/domain/index.js";
 import { causeOfPreemptExit, decidePreemption } from "../../src/jobs/index.js";
-import { jobsHarness, runningJob, stepAll, until, type FakeRank, type Harness } from "../helpers/jobs-harness.js";
+import { jobsHarness, PRESETS, runningJob, stepAll, until, type FakeRank, type Harness } from "../helpers/jobs-harness.js";
 
 const FAILURE = { max_restarts: 3, backoff_seconds: 1, heartbeat_timeout: 10, hang_min_seconds: 30, startup_timeout: 60, grace_seconds: 5 };
 
@@ -28,6 +31,22 @@ void describe("preemption rules (policy.ts)", () => {
     assert.deepEqual(causeOfPreemptExit(1, "n1", { code: null, signal: "SIGKILL" }, null), { kind: "exit", rank: 1, code: null, signal: "SIGKILL" });
     assert.deepEqual(causeOfPreemptExit(1, "n1", { code: 143, signal: null }, null), { kind: "exit", rank: 1, code: 143, signal: null });
     assert.deepEqual(causeOfPreemptExit(0, "n2", { code: 0, signal: null, lost: "connection reset" }, null), { kind: "node", rank: 0, node: "n2", message: "connection reset" });
+  });
+});
+
+void describe("preemption signal names (domain/preemption.ts)", () => {
+  void it("takes USR1, SIGUSR1, usr1; refuses the graceful stop, the stack dump, the uncatchable and numbers", () => {
+    assert.equal(preemptSignalName("USR1"), "USR1");
+    assert.equal(preemptSignalName(" sigusr1 "), "USR1");
+    assert.equal(preemptSignalName("SIGHUP"), "HUP");
+    for (const bad of ["", "USR2", "TERM", "SIGKILL", "STOP", "10", "SIGSIGUSR1"]) assert.equal(preemptSignalName(bad), null, bad);
+  });
+
+  void it("is the worker's list (lifecycle.py PREEMPT_SIGNALS): a launcher never sets a name a rank refuses", () => {
+    const lifecycle = readFileSync(join(dirname(dirname(PRESETS)), "lifecycle.py"), "utf8");
+    const tuple = /^PREEMPT_SIGNALS = \(([^)]*)\)$/m.exec(lifecycle)?.[1];
+    assert.ok(tuple, "PREEMPT_SIGNALS in lifecycle.py");
+    assert.deepEqual([...tuple.matchAll(/"([A-Z0-9]+)"/g)].map((m) => m[1]), [...PREEMPT_SIGNALS]);
   });
 });
 
