@@ -162,9 +162,9 @@ export class Ending {
    * A rank received the preemption signal: every rank checkpoints at one
    * agreed step and exits; once that checkpoint is committed the stage
    * restarts from it at once, counted in `preemptions`, not `restarts`
-   * (policy.ts decidePreemption). A gang that has not formed has nothing new
-   * to save: it is torn down and restarts from the checkpoint it started
-   * from. A rank dying before the commit, or ranks still running
+   * (policy.ts decidePreemption). A gang that has not formed, or an
+   * evaluation, has nothing new to save: it is torn down and restarts from
+   * the checkpoint it started from. A rank dying before the commit, or ranks still running
    * grace_seconds after the stop command, fail the attempt instead (the
    * failure path and its budget). Later requests (other ranks got the same
    * signal) and requests during another ending are ignored.
@@ -173,13 +173,17 @@ export class Ending {
     const step = a.nextSafeStep();
     if (!a.apply({ type: "stop", stopAt: { step, checkpoint: true, preempt: true } })) return;
     const formed = a.phase.kind === "stopping";
+    // An evaluation keeps no state between its steps: like a gang that has not formed, it has nothing to save.
+    const saves = formed && a.spec.task !== "eval";
     const { ledger, metrics } = this.ctx;
     const why = `preempted: ${reason}`;
-    await ledger.transition(a.jobId, a.stage, "STOPPING", formed ? `${why}; checkpoint at step ${step}` : `${why}; before the gang formed, nothing to save`, {
+    const nothing = `${why}; ${formed ? "an evaluation" : "before the gang formed"}, nothing to save`;
+    await ledger.transition(a.jobId, a.stage, "STOPPING", saves ? `${why}; checkpoint at step ${step}` : nothing, {
       attempt: a.attempt,
-      data: { preempt: true, stopStep: formed ? step : 0 },
+      data: { preempt: true, stopStep: saves ? step : 0 },
     });
-    if (!formed) {
+    if (!saves) {
+      if (formed && !a.apply({ type: "end", why: "stopped" })) return;
       await this.teardown(a, why);
     } else {
       a.broadcast({ $case: "stopAt", value: { step, checkpoint: true, reason: why, preempt: true } });

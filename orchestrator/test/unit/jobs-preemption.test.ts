@@ -166,6 +166,33 @@ void describe("preemption through the job service (fake ranks, fake clock)", () 
     assert.match(h.job(job.id).recentEvents.find((e) => e.state === "STOPPING")?.reason ?? "", /before the gang formed, nothing to save/);
   });
 
+  void it("an evaluation stage keeps nothing between steps: torn down at once, restarted, counted as a preemption", async () => {
+    const job = await h.submit({
+      failure: FAILURE,
+      data: { train: "shards/{00000..00000}.tar", val: "shards/{00000..00000}.tar" },
+      stages: [{ name: "pretrain", task: "pretrain" }, { name: "score", task: "eval", needs: ["pretrain"], init: { checkpoint: "pretrain" } }],
+    });
+    const train = await h.launched(1);
+    for (const r of train) r.connect();
+    await h.stageIn(job.id, "RUNNING");
+    steps(train, 1, 20);
+    for (const r of train) r.checkpoint(20);
+    await until(() => h.job(job.id).stages[0]?.checkpoints.length === 1, "final checkpoint committed");
+    for (const r of train) r.finish(20);
+    for (const r of train) r.proc.exit({ code: 0, signal: null });
+    const score = await h.launched(2);
+    for (const r of score) r.connect();
+    await until(() => h.job(job.id).stages[1]?.state === "RUNNING", "the eval stage running");
+    preempt(score[1]);
+    await until(() => h.launcher.of(3).length === 2, "the eval stage restarted");
+    assert.ok(score.every((r) => !r.proc.alive && r.session.sent("stopAt").length === 0), "killed without a stop step");
+    const stage = h.job(job.id).stages[1];
+    assert.equal(stage?.preemptions, 1);
+    assert.equal(stage?.restarts, 0);
+    assert.equal(stage?.attempts[0]?.outcome, "preempted");
+    assert.match(h.job(job.id).recentEvents.find((e) => e.stage === "score" && e.state === "STOPPING")?.reason ?? "", /an evaluation, nothing to save$/);
+  });
+
   void it("beyond max_preemptions the stage fails with its checkpoint committed; resume gives a fresh bound", async () => {
     const { id, ranks } = await running({ ...FAILURE, max_preemptions: 0 });
     steps(ranks, 1, 5);
