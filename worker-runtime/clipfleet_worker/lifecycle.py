@@ -82,6 +82,10 @@ class PreemptionWatch:
     under way, or after the attempt was fenced, changes nothing. Every rank
     of a Slurm step gets the signal: the orchestrator acts on the first
     request and ignores the others.
+
+    The handler takes no lock: it runs in the main thread between two
+    bytecodes, possibly inside the very queue.put or Commands lock it would
+    need. It only writes a byte to a pipe; a thread sends the request.
     """
 
     def __init__(self, environ: Mapping[str, str]) -> None:
@@ -90,6 +94,7 @@ class PreemptionWatch:
         self.pending = ""
         self._agent: Agent | None = None
         self._rank = -1
+        self._wake = -1
         try:
             self.signum = preempt_signal(environ.get("CLIPFLEET_PREEMPT_SIGNAL", ""))
         except ConfigError as err:
@@ -105,23 +110,37 @@ class PreemptionWatch:
             raise self.error
         self._rank = rank
         self._agent = agent
+        read, self._wake = os.pipe()
+        threading.Thread(target=self._forward, args=(read,), name="clipfleet-preempt", daemon=True).start()
         if self.pending:
             self._request(self.pending)
 
+    def _reason(self) -> str:
+        assert self.signum is not None
+        return f"{self.signum.name} on rank {self._rank if self._rank >= 0 else '?'} ({socket.gethostname()})"
+
     def _on_signal(self, signum: int, frame: Any) -> None:
-        reason = f"{signal.Signals(signum).name} on rank {self._rank if self._rank >= 0 else '?'} ({socket.gethostname()})"
-        if self._agent is None:
-            self.pending = reason
-            _say(f"clipfleet worker: {signal.Signals(signum).name}: preemption noted; asked for once the session is open")
+        if self._wake < 0:
+            self.pending = self._reason()
+            _say(f"clipfleet worker: {self.signum.name if self.signum else signum}: preemption noted; asked for once the session is open")
             return
-        self._request(reason)
+        try:
+            os.write(self._wake, b"p")
+        except OSError:
+            pass
+
+    def _forward(self, read: int) -> None:
+        """The thread that sends a request for each signal the handler noted."""
+        while os.read(read, 64):
+            self._request(self._reason())
 
     def _request(self, reason: str) -> None:
         agent = self._agent
         assert agent is not None
         c = agent.commands
-        # Read without the lock: the handler may interrupt the very frame that holds it.
-        if c.fenced is not None or c.stop_at is not None:
+        with c.lock:
+            stopping = c.fenced is not None or c.stop_at is not None
+        if stopping:
             _say("clipfleet worker: preemption signal while already stopping: nothing more to do")
             return
         _say(f"clipfleet worker: {reason}: asking the orchestrator to checkpoint and stop the gang (preemption)")

@@ -5,7 +5,10 @@ changes nothing; CLIPFLEET_PREEMPT_SIGNAL is checked (a bad one is reported at a
 """
 
 import os
+import queue
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -27,10 +30,15 @@ def _agent() -> Agent:
     return Agent(WorkerEnv(address="127.0.0.1:9", token="t", job_id="j-1", stage="main", attempt=1, rank=1))
 
 
-def _sent(agent: Agent) -> list:
+def _sent(agent: Agent, wait: float = 5.0) -> list:
+    """The PreemptRequested messages the rank queued, waiting up to `wait` s for the first (a thread sends them)."""
     out = []
-    while not agent._out.empty():
-        out.append(agent._out.get_nowait())
+    try:
+        out.append(agent._out.get(timeout=wait))
+        while True:
+            out.append(agent._out.get(timeout=0.2))
+    except queue.Empty:
+        pass
     return [m for m in out if m is not None and m.WhichOneof("body") == "preempt_requested"]
 
 
@@ -65,11 +73,11 @@ def test_nothing_is_sent_while_stopping_or_fenced(restore_handlers):
     watch.attach(agent, 0)
     agent.commands.stop_at = 7
     os.kill(os.getpid(), signal.SIGHUP)
-    assert _sent(agent) == []
+    assert _sent(agent, wait=1.0) == []
     agent.commands.stop_at = None
     agent.commands.fenced = "attempt over"
     os.kill(os.getpid(), signal.SIGHUP)
-    assert _sent(agent) == []
+    assert _sent(agent, wait=1.0) == []
     agent.commands.fenced = None
     os.kill(os.getpid(), signal.SIGHUP)
     [msg] = _sent(agent)
@@ -83,3 +91,24 @@ def test_a_bad_signal_name_installs_nothing_and_is_reported_at_attach(restore_ha
     assert signal.getsignal(signal.SIGUSR1) is before
     with pytest.raises(ConfigError, match="CLIPFLEET_PREEMPT_SIGNAL: expected one of"):
         watch.attach(_agent(), 0)
+
+
+def test_a_signal_inside_the_lock_the_request_needs_does_not_deadlock():
+    # The handler interrupts the main thread wherever it is, here inside the Commands lock (as the training
+    # loop's step check is); run in a child so that a regression fails on the timeout instead of hanging pytest.
+    script = """
+import os, signal
+from clipfleet_worker.agent import Agent, WorkerEnv
+from clipfleet_worker.lifecycle import PreemptionWatch
+watch = PreemptionWatch({})
+watch.install()
+agent = Agent(WorkerEnv(address="127.0.0.1:9", token="t", job_id="j-1", stage="main", attempt=1, rank=0))
+watch.attach(agent, 0)
+with agent.commands.lock:
+    os.kill(os.getpid(), signal.SIGUSR1)
+msg = agent._out.get(timeout=10)
+print(msg.WhichOneof("body"))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "preempt_requested"

@@ -164,10 +164,10 @@ export class Ending {
    * restarts from it at once, counted in `preemptions`, not `restarts`
    * (policy.ts decidePreemption). A gang that has not formed, or an
    * evaluation, has nothing new to save: it is torn down and restarts from
-   * the checkpoint it started from. A rank dying before the commit, or ranks still running
-   * grace_seconds after the stop command, fail the attempt instead (the
-   * failure path and its budget). Later requests (other ranks got the same
-   * signal) and requests during another ending are ignored.
+   * the checkpoint it started from. A rank dying before the commit, or ranks
+   * still running grace_seconds after the stop command, fail the attempt
+   * instead (the failure path and its budget). Later requests (other ranks
+   * got the same signal) and requests during another ending are ignored.
    */
   async preempt(a: Attempt, reason: string): Promise<void> {
     const step = a.nextSafeStep();
@@ -214,7 +214,7 @@ export class Ending {
     } else {
       const decision = decidePreemption(stage.preemptions ?? 0, a.spec.failure, reason);
       metrics.preemptions.inc(labels);
-      await ledger.note(a.jobId, a.stage, "preemption", `${why}; checkpoint committed at step ${resumeStep}`, {
+      await ledger.note(a.jobId, a.stage, "preemption", `${why}; ${saves ? `checkpoint committed at step ${resumeStep}` : `nothing to save, resuming from step ${resumeStep}`}`, {
         attempt: a.attempt,
         data: { resumeStep, preemptions: (stage.preemptions ?? 0) + 1 },
       });
