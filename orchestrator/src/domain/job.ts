@@ -164,7 +164,7 @@ export interface JobEvent {
   seq: number;
   jobId: string;
   stage: string;
-  /** state | attempt | checkpoint | eval | warning | failure | step | node */
+  /** state | attempt | checkpoint | eval | warning | failure | preemption | step | node */
   type: string;
   state: JobState;
   reason: string;
