@@ -10,6 +10,8 @@ import shutil
 import sys
 import time
 
+from .preempt import PreemptionWatch
+
 # When the interpreter reached our code: the first phase of a rank's start-up (bench/recovery.ts reads it).
 _STARTED_AT = time.time()
 
@@ -34,6 +36,11 @@ def _info() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    preemption = None
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["run"]:
+        # A rank: before the imports below (torch: seconds during which the signal's default action would kill it).
+        preemption = PreemptionWatch(os.environ)
+        preemption.install()
     parser = argparse.ArgumentParser(prog="python -m clipfleet_worker", description="clipfleet worker runtime")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run one rank (started by the orchestrator)")
@@ -46,11 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         print(f"clipfleet worker: phase started at {_STARTED_AT:.3f}", flush=True)
-        # Before torch is imported (seconds): a preemption signal in that window must not kill the rank.
-        from .lifecycle import PreemptionWatch
-
-        preemption = PreemptionWatch(os.environ)
-        preemption.install()
         from .worker import main as run_worker
 
         return run_worker(preemption)

@@ -42,7 +42,8 @@ from .agent import Agent, Commands, WorkerEnv
 from .errors import ApiUsageError, CheckpointError, ConfigError
 from .gen.clipfleet.v1 import common_pb2 as cpb
 from .gen.clipfleet.v1 import worker_pb2 as pb
-from .lifecycle import FaultInjection, PreemptionWatch, die_with_parent, dump_stacks_on_sigusr2, report_failure, stop_gang_on_sigterm
+from .lifecycle import FaultInjection, die_with_parent, dump_stacks_on_sigusr2, report_failure, request_preemption, stop_gang_on_sigterm
+from .preempt import PreemptionWatch
 
 # Where plain-torchrun runs keep their checkpoints, unless CLIPFLEET_LOCAL_CHECKPOINTS says otherwise.
 DEFAULT_LOCAL_CHECKPOINTS = "clipfleet-checkpoints"
@@ -372,7 +373,8 @@ def init(*, total_steps: int | None = None, every_steps: int | None = None, num_
     _report_uncaught(agent)
     ctx = connect(agent, local)
     stop_gang_on_sigterm(agent, env.rank)
-    preemption.attach(agent, env.rank)  # a bad CLIPFLEET_PREEMPT_SIGNAL: ConfigError, reported by the excepthook
+    # A bad CLIPFLEET_PREEMPT_SIGNAL: ConfigError, reported by the excepthook.
+    preemption.attach(env.rank, lambda reason: request_preemption(agent, reason))
     return ctx
 
 

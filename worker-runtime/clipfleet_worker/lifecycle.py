@@ -3,8 +3,8 @@
 A rank dies with the process that launched it, dumps every thread's stack
 on SIGUSR2 (the orchestrator asks before killing a hung gang), turns SIGTERM
 into a request for a graceful stop of the whole gang and the preemption
-signal (SIGUSR1, or CLIPFLEET_PREEMPT_SIGNAL) into a request for a
-preemption (checkpoint at one step, exit, restart), and reports a Python
+signal (preempt.py) into a request for a preemption (checkpoint at one
+step, exit, restart), and reports a Python
 error with its traceback and a fingerprint, so that the orchestrator can
 tell the same bug at the same place twice from bad luck. No torch here:
 `import clipfleet_worker` stays cheap for scripts that only use the API.
@@ -17,12 +17,11 @@ import faulthandler
 import hashlib
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 import traceback
-from typing import Any, Mapping
+from typing import Any
 
 from .agent import Agent
 from .errors import ClipfleetWorkerError, ConfigError
@@ -40,111 +39,24 @@ def die_with_parent() -> None:
         pass
 
 
-# SIGUSR1 is the preemption signal (Slurm's --signal default, scancel --signal=USR1); stacks moved to SIGUSR2.
+# SIGUSR1 is the preemption signal (preempt.py: Slurm's --signal, scancel --signal=USR1); stacks moved to SIGUSR2.
 STACK_DUMP_SIGNAL = signal.SIGUSR2
-DEFAULT_PREEMPT_SIGNAL = "USR1"
-# Signals a launcher may name in CLIPFLEET_PREEMPT_SIGNAL: catchable, not fatal by nature, not taken by
-# something else here (TERM is the graceful stop, USR2 the stack dump, CHLD/PIPE/... the runtime's own).
-PREEMPT_SIGNALS = ("USR1", "HUP", "INT", "ALRM", "URG", "PWR", "XCPU")
-
-
 def dump_stacks_on_sigusr2() -> None:
     """SIGUSR2 prints every thread's stack on stderr: the orchestrator asks for it before killing a hung gang."""
     faulthandler.enable()
     faulthandler.register(STACK_DUMP_SIGNAL, all_threads=True, chain=False)
 
 
-def preempt_signal(value: str) -> signal.Signals:
-    """The signal CLIPFLEET_PREEMPT_SIGNAL names ("USR1", "SIGUSR1"; empty: SIGUSR1); ConfigError for any other."""
-    name = (value.strip() or DEFAULT_PREEMPT_SIGNAL).upper()
-    bare = name[3:] if name.startswith("SIG") else name
-    if bare not in PREEMPT_SIGNALS:
-        raise ConfigError(f"expected one of {', '.join(PREEMPT_SIGNALS)} (TERM is the graceful stop, USR2 the stack dump), got {value!r}", "CLIPFLEET_PREEMPT_SIGNAL")
-    return signal.Signals["SIG" + bare]
-
-
-def _say(line: str) -> None:
-    """One line on stderr from a signal handler: os.write, since print() may be mid-write in the interrupted frame."""
-    try:
-        os.write(2, (line + "\n").encode())
-    except OSError:
-        pass
-
-
-class PreemptionWatch:
-    """The preemption signal, turned into a PreemptRequested for the orchestrator.
-
-    Installed as early as the process can (a rank that starts while its
-    allocation is being preempted gets the signal at any moment: the default
-    action would kill it); a signal that arrives before the session is open
-    is remembered and sent once `attach` is called. The orchestrator answers
-    with a StopAt (preempt) for every rank; a signal while a stop is already
-    under way, or after the attempt was fenced, changes nothing. Every rank
-    of a Slurm step gets the signal: the orchestrator acts on the first
-    request and ignores the others.
-
-    The handler takes no lock: it runs in the main thread between two
-    bytecodes, possibly inside the very queue.put or Commands lock it would
-    need. It only writes a byte to a pipe; a thread sends the request.
-    """
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self.error: ConfigError | None = None
-        self.signum: signal.Signals | None = None
-        self.pending = ""
-        self._agent: Agent | None = None
-        self._rank = -1
-        self._wake = -1
-        try:
-            self.signum = preempt_signal(environ.get("CLIPFLEET_PREEMPT_SIGNAL", ""))
-        except ConfigError as err:
-            self.error = err  # raised by attach(), once the session can carry the report
-
-    def install(self) -> None:
-        if self.signum is not None:
-            signal.signal(self.signum, self._on_signal)
-
-    def attach(self, agent: Agent, rank: int) -> None:
-        """The session is open: a bad CLIPFLEET_PREEMPT_SIGNAL is reported now, a remembered signal is sent."""
-        if self.error is not None:
-            raise self.error
-        self._rank = rank
-        self._agent = agent
-        read, self._wake = os.pipe()
-        threading.Thread(target=self._forward, args=(read,), name="clipfleet-preempt", daemon=True).start()
-        if self.pending:
-            self._request(self.pending)
-
-    def _reason(self) -> str:
-        assert self.signum is not None
-        return f"{self.signum.name} on rank {self._rank if self._rank >= 0 else '?'} ({socket.gethostname()})"
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._wake < 0:
-            self.pending = self._reason()
-            _say(f"clipfleet worker: {self.signum.name if self.signum else signum}: preemption noted; asked for once the session is open")
-            return
-        try:
-            os.write(self._wake, b"p")
-        except OSError:
-            pass
-
-    def _forward(self, read: int) -> None:
-        """The thread that sends a request for each signal the handler noted."""
-        while os.read(read, 64):
-            self._request(self._reason())
-
-    def _request(self, reason: str) -> None:
-        agent = self._agent
-        assert agent is not None
-        c = agent.commands
-        with c.lock:
-            stopping = c.fenced is not None or c.stop_at is not None
-        if stopping:
-            _say("clipfleet worker: preemption signal while already stopping: nothing more to do")
-            return
-        _say(f"clipfleet worker: {reason}: asking the orchestrator to checkpoint and stop the gang (preemption)")
-        agent.send(pb.WorkerMessage(preempt_requested=pb.PreemptRequested(reason=reason)))
+def request_preemption(agent: Agent, reason: str) -> None:
+    """Asks the orchestrator for a preemption (PreemptionWatch calls it from its thread, never from the handler)."""
+    c = agent.commands
+    with c.lock:
+        stopping = c.fenced is not None or c.stop_at is not None
+    if stopping:
+        print("clipfleet worker: preemption signal while already stopping: nothing more to do", file=sys.stderr, flush=True)
+        return
+    print(f"clipfleet worker: {reason}: asking the orchestrator to checkpoint and stop the gang (preemption)", file=sys.stderr, flush=True)
+    agent.send(pb.WorkerMessage(preempt_requested=pb.PreemptRequested(reason=reason)))
 
 
 def stop_gang_on_sigterm(agent: Agent, rank: int) -> None:

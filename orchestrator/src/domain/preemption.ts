@@ -2,7 +2,7 @@
  * The preemption signal's names, shared by the launchers that set
  * CLIPFLEET_PREEMPT_SIGNAL (an inventory field checks its value with
  * preemptSignalName) and the worker, which checks the same list
- * (worker-runtime/clipfleet_worker/lifecycle.py PREEMPT_SIGNALS; a unit test
+ * (worker-runtime/clipfleet_worker/preempt.py PREEMPT_SIGNALS; a unit test
  * keeps the two equal). docs/preemption.md.
  */
 

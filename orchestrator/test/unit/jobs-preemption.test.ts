@@ -42,10 +42,10 @@ void describe("preemption signal names (domain/preemption.ts)", () => {
     for (const bad of ["", "USR2", "TERM", "SIGKILL", "STOP", "10", "SIGSIGUSR1"]) assert.equal(preemptSignalName(bad), null, bad);
   });
 
-  void it("is the worker's list (lifecycle.py PREEMPT_SIGNALS): a launcher never sets a name a rank refuses", () => {
-    const lifecycle = readFileSync(join(dirname(dirname(PRESETS)), "lifecycle.py"), "utf8");
-    const tuple = /^PREEMPT_SIGNALS = \(([^)]*)\)$/m.exec(lifecycle)?.[1];
-    assert.ok(tuple, "PREEMPT_SIGNALS in lifecycle.py");
+  void it("is the worker's list (preempt.py PREEMPT_SIGNALS): a launcher never sets a name a rank refuses", () => {
+    const worker = readFileSync(join(dirname(dirname(PRESETS)), "preempt.py"), "utf8");
+    const tuple = /^PREEMPT_SIGNALS = \(([^)]*)\)$/m.exec(worker)?.[1];
+    assert.ok(tuple, "PREEMPT_SIGNALS in preempt.py");
     assert.deepEqual([...tuple.matchAll(/"([A-Z0-9]+)"/g)].map((m) => m[1]), [...PREEMPT_SIGNALS]);
   });
 });
