@@ -4,7 +4,8 @@
  * --signal=USR1` or Slurm's `--signal` would). Every rank checkpoints at one
  * step and exits, the stage restarts from that checkpoint without spending
  * `failure.max_restarts`, and the run ends with the same parameters as one
- * that was never preempted.
+ * that was never preempted. A rank killed before the checkpoint makes it a
+ * failure instead.
  */
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
@@ -86,6 +87,32 @@ void describe("preemption", () => {
     for (const rank of [0, 1]) assert.match(logs.stdout, new RegExp(`\\[main/a1 rank ${rank}\\] clipfleet worker: stopped after step ${step} as asked \\(preempted: `));
     const text = await runCli(["status", run.jobId, "--state-dir", state]);
     assert.match(text.stdout, /preempted 1 time\(s\)/);
+  });
+
+  void it("a rank killed before the preemption's checkpoint: a failure (one restart spent, no preemption counted), the same parameters", { timeout: 240_000 }, async () => {
+    const gate = join(tmp.dir, "go-kill");
+    // Both ranks wait before step 20 of the first attempt: the stop step (21) cannot be reached before the kill.
+    const spec = writeTinySpec(tmp.dir, { ...BASE, name: "kill", failure: { ...BASE.failure, max_restarts: 1 }, env: { CLIPFLEET_FAULT: `gate@20:file=${gate}:attempt=1` } });
+    const state = join(tmp.dir, "kill");
+    const run = await startRun(spec, state, ["--json"]);
+    const v = await waitForStatus(run.jobId, state, "step 19", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 19);
+    const victim = currentAttempt(v).ranks.find((r) => r.rank === 1);
+    assert.ok(victim && victim.pid > 0);
+    process.kill(victim.pid, "SIGUSR1");
+    const stopping = await waitForStatus(run.jobId, state, "the stop command", (x) => x.job.recentEvents.some((e) => /^preempted: SIGUSR1 on rank 1 /.test(e.reason)), 60_000);
+    assert.equal(stopStep(stopping), 21);
+    process.kill(victim.pid, "SIGKILL");
+    writeFileSync(gate, "");
+    const r = await run.done;
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as PreemptSummary;
+    assert.equal(s.state, "SUCCEEDED");
+    assert.equal(s.restarts, 1);
+    assert.equal(s.preemptions, 0);
+    assert.equal(s.finalParamsSha256, reference.finalParamsSha256);
+    const first = (await status(run.jobId, state)).job.stages[0]?.attempts[0];
+    assert.equal(first?.outcome, "failed");
+    assert.match(first?.reason ?? "", /rank 1 was killed by SIGKILL/);
   });
 
   void it("CLIPFLEET_PREEMPT_SIGNAL=HUP to every rank at once (as Slurm signals a step): one preemption; SIGUSR2 still dumps stacks without stopping anything", { timeout: 240_000 }, async () => {
