@@ -70,8 +70,8 @@ def stop_gang_on_sigterm(agent: Agent, rank: int) -> None:
 
     def on_sigterm(signum: int, frame: Any) -> None:
         c = agent.commands
-        with c.lock:
-            stopping = c.fenced is not None or c.stop_at is not None
+        # Read without the lock: the handler may interrupt the very frame that holds it (the step's command check).
+        stopping = c.fenced is not None or c.stop_at is not None
         if stopping:
             raise SystemExit(143)
         print("clipfleet worker: SIGTERM: asking the orchestrator to checkpoint and stop the gang", file=sys.stderr, flush=True)

@@ -146,3 +146,20 @@ def test_a_rank_catches_the_signal_before_its_heavy_imports(tmp_path):
     assert proc.returncode == 1, (proc.returncode, err)
     assert "SIGUSR1: preemption noted" in err
     assert "missing environment CLIPFLEET_ADDR" in err
+
+
+def test_a_second_sigterm_inside_the_commands_lock_exits_at_once():
+    # The SIGTERM handler (a stop under way: exit 143) used to take the Commands lock the interrupted
+    # frame may hold, as the training loop's step check does: the rank then hung instead of exiting.
+    script = """
+import os, signal
+from clipfleet_worker.agent import Agent, WorkerEnv
+from clipfleet_worker.lifecycle import stop_gang_on_sigterm
+agent = Agent(WorkerEnv(address="127.0.0.1:9", token="t", job_id="j-1", stage="main", attempt=1, rank=0))
+stop_gang_on_sigterm(agent, 0)
+agent.commands.stop_at = 7
+with agent.commands.lock:
+    os.kill(os.getpid(), signal.SIGTERM)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 143, r.stderr
