@@ -168,6 +168,7 @@ export function renderStatus(job: Job, now: number): string {
     );
     const tally = describeTally(stageTally(s));
     if (tally) lines.push(`attempts: ${s.attempts.length + s.attemptsOmitted}, ${tally}`);
+    if (s.preemptions > 0) lines.push(`preempted ${s.preemptions} time(s): each checkpointed and restarted, not counted as a restart`);
     const metrics = Object.entries(s.metrics).sort(([a], [b]) => naturalCompare(a, b));
     if (metrics.length > 0) lines.push(`metrics: ${metrics.map(([k, v]) => `${k}=${fmtMetric(v)}`).join(" ")}`);
     const skipped = fmtSkips(s.progress?.skippedSamples ?? 0, s.progress?.skippedByReason ?? {});
