@@ -18,6 +18,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed as D
+from .accel import deterministic_setup
 from .agent import EXIT_CONFIG, EXIT_ERROR, EXIT_FENCED, EXIT_OK, Agent, SessionLost, WorkerEnv
 from .errors import ClipfleetWorkerError, ConfigError
 from .lifecycle import FaultInjection, die_with_parent, dump_stacks_on_sigusr1, report_failure, stop_gang_on_sigterm
@@ -53,8 +54,7 @@ def main() -> int:
     agent.start_session()
     cfg = json_config(assignment)
     set_threads(max(1, (os.cpu_count() or 1) // max(1, assignment.local_world_size)))
-    if cfg["train"].get("deterministic", True):
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_setup(bool(cfg["train"].get("deterministic", True)))
 
     stop_gang_on_sigterm(agent, env.rank)
     step = int(assignment.start_step)
