@@ -182,7 +182,9 @@ class DeviceFeeder:
             return
         with torch.cuda.stream(self._stream):
             for name in _tensor_fields(batch):
-                setattr(batch, name, getattr(batch, name).pin_memory().to(self.device, non_blocking=True))
+                t = getattr(batch, name)
+                host = t if t.is_pinned() else t.pin_memory()  # the loader stacks images pinned already
+                setattr(batch, name, host.to(self.device, non_blocking=True))
         self._next = batch
 
     def __iter__(self) -> Iterator[Any]:

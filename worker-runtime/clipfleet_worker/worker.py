@@ -60,9 +60,10 @@ def main() -> int:
     step = int(assignment.start_step)
     try:
         agent.set_progress(step, "rendezvous")
+        # The rank's GPU is selected before NCCL starts, so its communicator is built on it.
+        device = D.device_for(assignment.backend, assignment.local_rank)
         D.init_process_group(assignment.backend, assignment.master_addr, assignment.master_port, assignment.rank, assignment.world_size)
         print(f"clipfleet worker: phase rendezvous at {time.time():.3f}", flush=True)
-        device = D.device_for(assignment.backend, assignment.local_rank)
         if torch.cuda.is_available() and device.type == "cuda":
             agent.gpu_stats = D.cuda_stats(device)
         ctx = TaskContext(

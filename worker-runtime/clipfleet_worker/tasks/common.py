@@ -287,4 +287,5 @@ def plan_loader(ctx: TaskContext, task: str, tokenize) -> PlanLoader:
         image_size=int(cfg["model"]["image"]["image_size"]),
         threads=int(cfg["data"].get("loader_threads") or 2),
         prefetch_steps=int(cfg["data"].get("prefetch_steps") or 4),
+        pin_memory=ctx.device.type == "cuda",
     )
