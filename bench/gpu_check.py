@@ -82,9 +82,9 @@ def make_spec(name: str, smoke: bool, workers: int, steps: int, batch: int, comp
     }
 
 
-def write_spec(out: Path, spec: dict[str, Any]) -> Path:
+def write_spec(work: Path, spec: dict[str, Any]) -> Path:
     # JSON is YAML: the spec loader reads it as is.
-    path = out / f"{spec['name']}.yaml"
+    path = work / f"{spec['name']}.yaml"
     path.write_text(json.dumps(spec, indent=2) + "\n")
     return path
 
@@ -92,8 +92,13 @@ def write_spec(out: Path, spec: dict[str, Any]) -> Path:
 # --- the CLI -----------------------------------------------------------------------------------
 
 
+def cli_env() -> dict[str, str]:
+    """The CLI's environment: its ranks run on this interpreter (the one with CUDA torch), whatever is first on PATH."""
+    return {**os.environ, "CLIPFLEET_PYTHON": sys.executable}
+
+
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["node", str(ROOT / "bin" / "clipfleet"), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["node", str(ROOT / "bin" / "clipfleet"), *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=timeout)
 
 
 class Run:
@@ -104,7 +109,7 @@ class Run:
         self.stdout_path, self.stderr_path = state.with_suffix(".stdout"), state.with_suffix(".stderr")
         with open(self.stdout_path, "w") as so, open(self.stderr_path, "w") as se:
             self.proc = subprocess.Popen(["node", str(ROOT / "bin" / "clipfleet"), "run", str(spec), "--json", "--state-dir", str(state)],
-                                         cwd=ROOT, stdout=so, stderr=se, stdin=subprocess.DEVNULL)
+                                         cwd=ROOT, env=cli_env(), stdout=so, stderr=se, stdin=subprocess.DEVNULL)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
@@ -179,8 +184,8 @@ class Checks:
         return [k for k, v in self.results.items() if v["ok"] is False]
 
 
-def uninterrupted(checks: Checks, out: Path, spec: Path, name: str, budget: float, gpu: bool) -> dict[str, Any] | None:
-    state = out / "state" / name
+def uninterrupted(checks: Checks, work: Path, spec: Path, name: str, budget: float, gpu: bool) -> dict[str, Any] | None:
+    state = work / "state" / name
     t0 = time.monotonic()
     try:
         summary = Run(spec, state).finish(budget)
@@ -209,9 +214,9 @@ def uninterrupted(checks: Checks, out: Path, spec: Path, name: str, budget: floa
     return summary
 
 
-def kill_and_resume(checks: Checks, out: Path, spec: Path, reference: dict[str, Any] | None, kill_at: int, budget: float) -> None:
+def kill_and_resume(checks: Checks, work: Path, spec: Path, reference: dict[str, Any] | None, kill_at: int, budget: float) -> None:
     name = "kill9-resume"
-    state = out / "state" / name
+    state = work / "state" / name
     t0 = time.monotonic()
     run = Run(spec, state)
     job = None
@@ -408,6 +413,7 @@ def markdown(env: dict[str, Any], checks: Checks) -> str:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu-check"), help="where gpu-check.json and gpu-check.md go")
+    p.add_argument("--work", default=str(ROOT / "tmp" / "gpu-check-work"), help="specs, data and state dirs (emptied first)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch", type=int, default=64, help="global batch (per rank: batch / ranks)")
     p.add_argument("--cpu-smoke", action="store_true", help="the same flow on CPU with the tiny presets (tests the driver)")
@@ -421,9 +427,11 @@ def main(argv: list[str]) -> int:
         print("gpu-check: needs node and the build (make build; dist/ and node_modules/ beside bin/clipfleet)", file=sys.stderr)
         return 2
     out = Path(args.out).resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work).resolve()
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
     t_start = time.monotonic()
     env = environment()
     log(f"environment {json.dumps(env)}")
@@ -433,15 +441,15 @@ def main(argv: list[str]) -> int:
 
     steps, batch = (60, 16) if smoke else (args.steps, args.batch)
     gpu = not smoke
-    spec1 = write_spec(out, make_spec("gpu-check-1rank", smoke, 1, steps, batch))
+    spec1 = write_spec(work, make_spec("gpu-check-1rank", smoke, 1, steps, batch))
     budget = 300.0 if smoke else 240.0
-    reference = uninterrupted(checks, out, spec1, "pretrain-1rank", budget, gpu)
+    reference = uninterrupted(checks, work, spec1, "pretrain-1rank", budget, gpu)
     # Early enough that `status` polling (a CLI call each) cannot miss the run's end; the
     # kill lands after the step-10 checkpoint, so the resume starts from a committed one.
-    kill_and_resume(checks, out, spec1, reference, kill_at=12, budget=budget)
+    kill_and_resume(checks, work, spec1, reference, kill_at=12, budget=budget)
     if gpus >= 2:
-        spec2 = write_spec(out, make_spec("gpu-check-2rank", smoke, 2, steps, batch))
-        uninterrupted(checks, out, spec2, "pretrain-2rank-nccl", budget, gpu)
+        spec2 = write_spec(work, make_spec("gpu-check-2rank", smoke, 2, steps, batch))
+        uninterrupted(checks, work, spec2, "pretrain-2rank-nccl", budget, gpu)
     elif gpu:
         checks.record("pretrain-2rank-nccl", None, reason=f"{gpus} GPU on this machine; 2 needed")
     if gpu:
@@ -450,8 +458,8 @@ def main(argv: list[str]) -> int:
     if gpu and not args.no_compile:
         # Last, and only with time left: the first torch.compile of ViT-B/16 takes a minute or more.
         if time.monotonic() - t_start < 270:
-            spec3 = write_spec(out, make_spec("gpu-check-compile", smoke, 1, steps, batch, compiled=True))
-            uninterrupted(checks, out, spec3, "pretrain-1rank-compile", budget, gpu)
+            spec3 = write_spec(work, make_spec("gpu-check-compile", smoke, 1, steps, batch, compiled=True))
+            uninterrupted(checks, work, spec3, "pretrain-1rank-compile", budget, gpu)
         else:
             checks.record("pretrain-1rank-compile", None, reason="the checks before it took over 4.5 minutes: no time for a first torch.compile within 8")
 

@@ -43,7 +43,7 @@ void describe("make gpu-check without a GPU", () => {
 
   void it("--cpu-smoke: the same flow on CPU, kill -9 of rank 0 resumes to the uninterrupted run's parameters", async () => {
     const out = join(tmp.dir, "smoke");
-    const r = await run("bash", ["bench/gpu-check.sh", "--cpu-smoke", "--out", out], { PYTHON });
+    const r = await run("bash", ["bench/gpu-check.sh", "--cpu-smoke", "--out", out, "--work", join(tmp.dir, "work")], { PYTHON });
     assert.equal(r.code, 0, r.stdout + r.stderr);
     const result = JSON.parse(readFileSync(join(out, "gpu-check.json"), "utf8")) as GpuCheckResult;
     assert.deepEqual(result.failed, []);
