@@ -72,8 +72,9 @@ demo: build
 ## gpu-check: ViT-B/16 bf16 pretrain, kill -9 and resume, 2-rank NCCL, throughput vs torchvision, on CUDA
 ## (docs/benchmarks.md, "GPU check"); without CUDA it says so and exits 0. No build step: a GPU machine
 ## may have the build carried to it (PYTHON=... for the python with torch).
+GPU_CHECK_ARGS ?=
 gpu-check:
-	bash bench/gpu-check.sh
+	bash bench/gpu-check.sh $(GPU_CHECK_ARGS)
 
 ## experiment: the seeds' caption-quality experiment in miniature (about 15 minutes on 2 cores)
 EXPERIMENT_METRICS := retrieval/i2t_R@1,retrieval/t2i_R@1,zeroshot/top1,seg/mIoU,seg/pixel_acc,depth/rmse,depth/abs_rel,depth/delta1

@@ -12,7 +12,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { PYTHON, ROOT, runCli, tempDir, tinyModelAndData } from "../helpers/cli.js";
-import type { Summary } from "../helpers/jobs.js";
+import { status, type Summary } from "../helpers/jobs.js";
 
 /** Runs a command to completion with the repository as its working directory. */
 function run(cmd: string, args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -81,6 +81,8 @@ cluster:
     const torch = await run(PYTHON, ["-c", "import torch; print(torch.__version__)"]);
     if (/^1\./.test(torch.stdout.trim())) {
       assert.match(logs.stdout, /clipfleet worker: warning: train\.compile ignored: torch 1\.\S+ has no torch\.compile \(needs 2\.0 or later\); running eager/);
+      const events = (await status(s.jobId, state)).job.recentEvents.filter((e) => e.type === "warning").map((e) => e.reason);
+      assert.deepEqual(events, [`train.compile ignored: torch ${torch.stdout.trim()} has no torch.compile (needs 2.0 or later); running eager`]);
     } else {
       assert.match(logs.stdout, /train\.compile: compiling the model's forward with torch\.compile/);
     }

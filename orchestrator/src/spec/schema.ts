@@ -243,7 +243,7 @@ const TRAIN_FIELDS = {
   log_every: withDefault(integer({ min: 1 }), 1, "Report metrics every this many steps."),
   threads: withDefault(nullable(integer({ min: 1 })), null, "torch intra-op threads per rank; null: one per slot the rank holds on a CPU node (a CPU slot is a core, so jobs sharing a node do not oversubscribe it), 4 on a GPU node."),
   deterministic: withDefault(boolean(), true, "Ask torch for deterministic kernels, so a restarted run ends with the same parameters. Slower on GPU: `CUBLAS_WORKSPACE_CONFIG=:4096:8` (unless set) and attention without the fused SDPA kernels (docs/gpu.md)."),
-  compile: withDefault(boolean(), false, "Run the model's forward through `torch.compile` (torch >= 2.0). On torch 1.x the stage runs eager and each rank's log says `warning: train.compile ignored`. Checkpoints are the same either way."),
+  compile: withDefault(boolean(), false, "Run the model's forward through `torch.compile` (torch >= 2.0). On torch 1.x the stage runs eager, with a `warning` event (`train.compile ignored: ...`) and the same line in each rank's log (docs/gpu.md). Checkpoints are the same either way."),
 } satisfies Record<keyof TrainSpec, Field>;
 
 const CLUSTER_FIELDS = {
