@@ -146,6 +146,20 @@ def build_adamw(groups: list[dict[str, Any]], device_type: str, **kwargs: Any) -
     return torch.optim.AdamW(groups, **kwargs)
 
 
+def refit_fused(optimizer: torch.optim.Optimizer, device_type: str) -> None:
+    """After loading an optimizer state: this node's fused choice replaces the saved one.
+
+    load_state_dict keeps the saving rank's param-group options, `fused` among
+    them, so a checkpoint from a fused GPU run would ask for the fused kernel
+    on a CPU node (an error before torch 2.4) and a CPU checkpoint would turn
+    it off on a GPU node.
+    """
+    fused = use_fused_adamw(torch.__version__, device_type)
+    for group in optimizer.param_groups:
+        if "fused" in group:
+            group["fused"] = fused
+
+
 def _tensor_fields(batch: Any) -> list[str]:
     return [k for k, v in vars(batch).items() if isinstance(v, torch.Tensor)]
 

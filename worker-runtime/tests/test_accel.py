@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clipfleet_worker import accel
@@ -104,6 +105,22 @@ def test_cpu_optimizer_is_not_fused_and_steps():
     before = model.weight.detach().clone()
     opt.step()
     assert not torch.equal(before, model.weight)
+
+
+def test_a_fused_checkpoint_resumes_unfused_on_cpu():
+    """A GPU run's optimizer state (fused=True in its groups) loads and steps on a CPU node."""
+    model = nn.Linear(4, 2)
+    opt = build_optimizer(model, TRAIN, "cpu")
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:
+        group["fused"] = True  # as torch 2 saves it on CUDA
+    opt.load_state_dict(saved)
+    assert all(g["fused"] for g in opt.param_groups)
+    accel.refit_fused(opt, "cpu")
+    assert not any(g["fused"] for g in opt.param_groups)
+    opt.step()
 
 
 # --- precision --------------------------------------------------------------------------------------
@@ -227,3 +244,38 @@ def test_device_feeder_empty_loader():
 
 def test_cuda_memory_line_is_cuda_only():
     assert accel.cuda_memory_line(torch.device("cpu")) is None
+
+
+# --- the training step under autocast (bf16 on CPU: the dtype paths a GPU step takes) ------------
+
+
+def test_pretrain_step_under_bf16_autocast_tracks_fp32():
+    """The GPU step's dtype mix (bf16 matmuls, fp32 softmax and loss), run on CPU: whole slice and
+    micro-batches against cached features, loss and gradients close to fp32's."""
+    from types import SimpleNamespace
+
+    from clipfleet_worker.lifecycle import FaultInjection
+    from clipfleet_worker.losses import ClipLoss
+    from clipfleet_worker.tasks import pretrain
+
+    torch.manual_seed(0)
+    model = build_clip(resolve_model_cfg("vit-tiny", "text-tiny", embed_dim=32), 259)
+    images, tokens = torch.randn(8, 3, 32, 32), torch.randint(0, 256, (8, 77))
+    valid = torch.ones(8, dtype=torch.bool)
+    ctx = SimpleNamespace(fault=FaultInjection("", 0, 1))
+    scaler = accel.grad_scaler("bf16", torch.device("cpu"))
+
+    def step(micro: int, bf16: bool) -> tuple[float, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        amp = torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16)
+        with amp:
+            loss = pretrain._forward_backward(model, model, ClipLoss(0, 1), images, tokens, None, valid, micro, scaler, ctx, 1)
+        grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
+        return float(loss), grads
+
+    for micro in (8, 4):
+        loss32, g32 = step(micro, False)
+        loss16, g16 = step(micro, True)
+        assert abs(loss16 - loss32) < 0.02 * abs(loss32), (micro, loss16, loss32)
+        assert torch.isfinite(g16).all()
+        assert float(F.cosine_similarity(g16, g32, dim=0)) > 0.98, micro

@@ -18,7 +18,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import distributed as D
-from ..accel import use_fused_adamw
+from ..accel import refit_fused
 from ..agent import Agent
 from ..data.loader import PlanLoader, StepSlice
 from ..data.remote import STATS as SHARD_STATS
@@ -235,12 +235,7 @@ def restore_trainer(ctx: TaskContext, resume: ckpt.VerifiedCheckpoint, model: to
     model.load_state_dict(resume.load(ckpt.MODEL_FILE))
     trainer = resume.load(ckpt.TRAINER_FILE)
     optimizer.load_state_dict(trainer["optimizer"])
-    # The saved groups carry the saving rank's `fused` flag; this node's choice wins (a GPU
-    # checkpoint resumed on CPU, or the other way round).
-    fused = use_fused_adamw(torch.__version__, ctx.device.type)
-    for group in optimizer.param_groups:
-        if "fused" in group:
-            group["fused"] = fused
+    refit_fused(optimizer, ctx.device.type)
     if "scaler" in trainer:
         scaler.load_state_dict(trainer["scaler"])
     # A rank the checkpoint had no file for (the world grew) keeps its fresh RNG state; a file

@@ -234,6 +234,7 @@ def _forward_backward(model: Callable[[Tensor], Tensor], kind: str, dense: dict[
     with torch.no_grad():
         cached = [model(images[sl]).float() for sl in parts]
         value = loss_of(torch.cat(cached), target, mask)
+    torch.clear_autocast_cache()  # no_grad casts of the weights must not serve the passes with gradient (see pretrain)
     for j, sl in enumerate(parts):
         pred = torch.cat(cached[:j] + [model(images[sl]).float()] + cached[j + 1:])
         backward(ctx.fault.loss(step, loss_of(pred, target, mask)))

@@ -157,6 +157,10 @@ def _forward_backward(model, forward, loss_fn: ClipLoss, images, tokens, tokens_
         cached_b = [model.encode_text(tokens_b[i : i + micro]) for i in range(0, n, micro)] if tokens_b is not None else None
         scale0 = parts[0][2]
         loss_value = loss_of(torch.cat(cached_img), torch.cat(cached_txt), torch.cat(cached_b) if cached_b else None, scale0)
+    # Autocast caches its low-precision copies of the weights for the whole region, and the copies
+    # made under no_grad carry no autograd history: pass 2 would reuse them and the towers would get
+    # no gradient (pytorch/pytorch#112583, fixed only in recent torch). Drop them first.
+    torch.clear_autocast_cache()
     # Pass 2: re-forward each micro-batch with gradient, the others from the cache. The
     # temperature enters every micro-batch's loss; only the first passes its gradient,
     # or it would be counted once per micro-batch (an open_clip quirk).
