@@ -276,6 +276,24 @@ def test_depth_micro_batches_under_bf16_autocast_keep_every_gradient(data, tmp_p
     assert float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)) > 0.98
 
 
+
+def test_a_gpu_shaped_run_on_cpu_learns(group, data, tmp_path, monkeypatch, capsys):
+    """The whole task as a GPU rank runs it, as far as a CPU can: bf16 autocast (forced on for CPU),
+    micro-batches, train.compile (eager with its warning on torch 1.x), the device feeder."""
+    from clipfleet_worker import accel
+
+    real = accel.autocast_dtype
+    monkeypatch.setattr(accel, "autocast_dtype", lambda precision, device_type, bf16: real(precision, "cuda", True))
+    cfg = stage_cfg("finetune-seg", data, train__precision="bf16", train__micro_batch=4, train__compile=True)
+    ctx = make_ctx(cfg, data, str(tmp_path))
+    finetune_dense.run(ctx)
+    first, last = first_and_last_epoch(losses(ctx))
+    assert last < 0.7 * first, losses(ctx)
+    assert ctx.agent.of("finished")[0].step == 20
+    if not hasattr(torch, "compile"):
+        assert "warning: train.compile ignored: torch 1." in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- stop, resume, faults
 
 
