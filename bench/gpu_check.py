@@ -446,16 +446,20 @@ def main(argv: list[str]) -> int:
     reference = uninterrupted(checks, work, spec1, "pretrain-1rank", budget, gpu)
     # Early enough that `status` polling (a CLI call each) cannot miss the run's end; the
     # kill lands after the step-10 checkpoint, so the resume starts from a committed one.
-    kill_and_resume(checks, work, spec1, reference, kill_at=12, budget=budget)
-    if gpus >= 2:
+    if reference is None:
+        # Whatever broke the first run breaks the others: spend the time on the model-level checks.
+        checks.record("kill9-resume", None, reason="pretrain-1rank failed")
+    else:
+        kill_and_resume(checks, work, spec1, reference, kill_at=12, budget=budget)
+    if gpus >= 2 and reference is not None:
         spec2 = write_spec(work, make_spec("gpu-check-2rank", smoke, 2, steps, batch))
         uninterrupted(checks, work, spec2, "pretrain-2rank-nccl", budget, gpu)
     elif gpu:
-        checks.record("pretrain-2rank-nccl", None, reason=f"{gpus} GPU on this machine; 2 needed")
+        checks.record("pretrain-2rank-nccl", None, reason="pretrain-1rank failed" if reference is None else f"{gpus} GPU on this machine; 2 needed")
     if gpu:
         attention_agreement(checks, device)
     throughput(checks, device, smoke)
-    if gpu and not args.no_compile:
+    if gpu and not args.no_compile and reference is not None:
         # Last, and only with time left: the first torch.compile of ViT-B/16 takes a minute or more.
         if time.monotonic() - t_start < 270:
             spec3 = write_spec(work, make_spec("gpu-check-compile", smoke, 1, steps, batch, compiled=True))
