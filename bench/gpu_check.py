@@ -126,13 +126,23 @@ class Run:
             time.sleep(0.2)
         raise RuntimeError("no job id from clipfleet run; stderr:\n" + self.stderr()[-2000:])
 
+    def stop(self) -> None:
+        """SIGTERM (run cancels its job and tears the gang down), SIGKILL after a minute."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
     def finish(self, timeout: float) -> dict[str, Any]:
         """The run's JSON summary once it exits 0; RuntimeError otherwise."""
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
+            self.stop()
             raise RuntimeError(f"clipfleet run took over {timeout:.0f} s; stderr tail:\n{self.stderr()[-2000:]}")
         if self.proc.returncode != 0:
             raise RuntimeError(f"clipfleet run exited {self.proc.returncode}; stderr tail:\n{self.stderr()[-3000:]}")
@@ -230,9 +240,7 @@ def kill_and_resume(checks: Checks, work: Path, spec: Path, reference: dict[str,
         killed_at = time.monotonic()
         summary = run.finish(budget)
     except (RuntimeError, json.JSONDecodeError, TimeoutError) as err:
-        if run.proc.poll() is None:
-            run.proc.send_signal(signal.SIGTERM)
-            run.proc.wait(timeout=60)
+        run.stop()
         checks.record(name, False, error=str(err), job=job)
         return
     v = status(summary["jobId"], state) or {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 import torch
 
@@ -42,9 +42,9 @@ def use_fused_adamw(torch_version: str, device_type: str) -> bool:
 def autocast_dtype(precision: str, device_type: str, bf16_supported: bool) -> torch.dtype | None:
     """The autocast dtype for `train.precision` on a device; None: fp32, no autocast.
 
-    Autocast is a GPU feature here: CPU ranks train in fp32 whatever the
-    spec says (CPU bf16 autocast is slower than fp32 on most CPUs and would
-    change results between our CPU tests and the same spec elsewhere).
+    `precision` is a GPU setting: CPU ranks train in fp32 whatever the spec
+    says, so a spec gives the same parameters on every CPU node (and in the
+    CPU tests) whichever precision its GPU runs use.
     `auto` is bf16 where the GPU supports it (Ampere and later), else fp32;
     `bf16` on a GPU without it is fp32 too, rather than emulated.
     """
