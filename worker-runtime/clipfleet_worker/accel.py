@@ -140,7 +140,7 @@ def deterministic_setup(enabled: bool, environ: dict[str, str] | None = None) ->
 
 
 def build_adamw(groups: list[dict[str, Any]], device_type: str, **kwargs: Any) -> torch.optim.AdamW:
-    """AdamW, fused where use_fused_adamw says so (same update, one kernel), else torch's default."""
+    """AdamW, fused where use_fused_adamw says so (the same update up to float rounding, in one kernel), else torch's default."""
     if use_fused_adamw(torch.__version__, device_type):
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     return torch.optim.AdamW(groups, **kwargs)
