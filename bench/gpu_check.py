@@ -468,7 +468,7 @@ def main(argv: list[str]) -> int:
         attention_agreement(checks, device)
     throughput(checks, device, smoke)
     if gpu and not args.no_compile and reference is not None:
-        # Last, and only with time left: the first torch.compile of ViT-B/16 takes a minute or more.
+        # Last, and only with time left: the first torch.compile of a ViT-B/16 may take a minute or more.
         if time.monotonic() - t_start < 270:
             spec3 = write_spec(work, make_spec("gpu-check-compile", smoke, 1, steps, batch, compiled=True))
             uninterrupted(checks, work, spec3, "pretrain-1rank-compile", budget, gpu)
