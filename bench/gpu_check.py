@@ -48,6 +48,10 @@ import torch  # noqa: E402  (after the path: the worker package is imported belo
 NO_CUDA = "gpu-check: needs CUDA: torch {version} sees no CUDA device on this machine; nothing was run (see docs/benchmarks.md, \"GPU check\")"
 
 
+def torch_major() -> int:
+    return int(torch.__version__.split(".")[0])
+
+
 def log(msg: str) -> None:
     print(f"gpu-check: {msg}", flush=True)
 
@@ -161,6 +165,7 @@ def job_logs(job: str, state: Path) -> str:
 
 STEP_LINE = re.compile(r"step (\d+)/(\d+) .*? ([0-9.]+) samples/s")
 PEAK_LINE = re.compile(r"cuda peak memory allocated (\d+) bytes")
+PATH_LINE = re.compile(r"clipfleet worker: path: (.*)")
 REGISTERED = re.compile(r"rank (\d+) registered .*?, (\d+) CUDA devices\)")
 
 
@@ -194,7 +199,9 @@ class Checks:
         return [k for k, v in self.results.items() if v["ok"] is False]
 
 
-def uninterrupted(checks: Checks, work: Path, spec: Path, name: str, budget: float, gpu: bool) -> dict[str, Any] | None:
+def uninterrupted(checks: Checks, work: Path, spec: Path, name: str, budget: float, gpu: bool, expect: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """One run to its end: passes if it succeeds, the loss falls, (GPU) each rank sees one device, and
+    every rank's path line (accel.path_line) holds each of `expect`."""
     state = work / "state" / name
     t0 = time.monotonic()
     try:
@@ -208,6 +215,8 @@ def uninterrupted(checks: Checks, work: Path, spec: Path, name: str, budget: flo
     ok = summary["state"] == "SUCCEEDED" and first is not None and last is not None and last < first
     if gpu:
         ok = ok and devices == [1]  # one GPU per rank: CUDA_VISIBLE_DEVICES narrowed by the launcher
+    paths = sorted({m.group(1).strip() for m in PATH_LINE.finditer(logs)})
+    ok = ok and bool(paths) and all(e in p for p in paths for e in expect)
     checks.record(
         name,
         ok,
@@ -218,6 +227,7 @@ def uninterrupted(checks: Checks, work: Path, spec: Path, name: str, budget: flo
         samples_per_second=samples_per_second(logs, skip=5),
         peak_gpu_memory_bytes=peak_memory(logs),
         cuda_devices_per_rank=devices,
+        path=paths,
         wall_seconds=round(time.monotonic() - t0, 1),
         final_params_sha256=summary.get("finalParamsSha256"),
     )
@@ -400,7 +410,7 @@ def markdown(env: dict[str, Any], checks: Checks) -> str:
             return f"{v:.4g}"
         return str(v)
 
-    keep = ("first_loss", "final_loss", "samples_per_second", "peak_gpu_memory_bytes", "cuda_devices_per_rank", "restarts",
+    keep = ("first_loss", "final_loss", "samples_per_second", "peak_gpu_memory_bytes", "cuda_devices_per_rank", "path", "restarts",
             "resumed_from_step", "same_as_uninterrupted", "recovery_to_end_seconds", "ours_images_per_second",
             "reference_images_per_second", "ratio", "reference", "max_abs_diff", "wall_seconds", "reason", "error")
     for name, res in r.items():
@@ -451,7 +461,11 @@ def main(argv: list[str]) -> int:
     gpu = not smoke
     spec1 = write_spec(work, make_spec("gpu-check-1rank", smoke, 1, steps, batch))
     budget = 300.0 if smoke else 240.0
-    reference = uninterrupted(checks, work, spec1, "pretrain-1rank", budget, gpu)
+    # The path each run must take: deterministic bf16 runs use the math attention (bit-exact
+    # restarts), the compiled run the fused kernels; AdamW is fused on torch 2.
+    fused = ("AdamW fused",) if torch_major() >= 2 else ()
+    exact = ("bf16 autocast", "attention math", "compile off", *fused) if gpu else ("fp32", "compile off")
+    reference = uninterrupted(checks, work, spec1, "pretrain-1rank", budget, gpu, exact)
     # Early enough that `status` polling (a CLI call each) cannot miss the run's end; the
     # kill lands after the step-10 checkpoint, so the resume starts from a committed one.
     if reference is None:
@@ -461,7 +475,7 @@ def main(argv: list[str]) -> int:
         kill_and_resume(checks, work, spec1, reference, kill_at=12, budget=budget)
     if gpus >= 2 and reference is not None:
         spec2 = write_spec(work, make_spec("gpu-check-2rank", smoke, 2, steps, batch))
-        uninterrupted(checks, work, spec2, "pretrain-2rank-nccl", budget, gpu)
+        uninterrupted(checks, work, spec2, "pretrain-2rank-nccl", budget, gpu, exact)
     elif gpu:
         checks.record("pretrain-2rank-nccl", None, reason="pretrain-1rank failed" if reference is None else f"{gpus} GPU on this machine; 2 needed")
     if gpu:
@@ -471,7 +485,7 @@ def main(argv: list[str]) -> int:
         # Last, and only with time left: the first torch.compile of a ViT-B/16 may take a minute or more.
         if time.monotonic() - t_start < 270:
             spec3 = write_spec(work, make_spec("gpu-check-compile", smoke, 1, steps, batch, compiled=True))
-            uninterrupted(checks, work, spec3, "pretrain-1rank-compile", budget, gpu)
+            uninterrupted(checks, work, spec3, "pretrain-1rank-compile", budget, gpu, ("bf16 autocast", "attention sdpa", "compile on", *fused))
         else:
             checks.record("pretrain-1rank-compile", None, reason="the checks before it took over 4.5 minutes: no time for a first torch.compile within 8")
 

@@ -221,6 +221,27 @@ class DeviceFeeder:
         return batch
 
 
+def precision_label(precision: str, device_type: str, bf16_supported: bool) -> str:
+    """What `train.precision` becomes on a device, in words: "fp32", "bf16 autocast", "fp16 autocast with GradScaler"."""
+    dtype = autocast_dtype(precision, device_type, bf16_supported)
+    if dtype is None:
+        return "fp32"
+    label = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] + " autocast"
+    return label + " with GradScaler" if uses_grad_scaler(precision, device_type) else label
+
+
+def path_line(device: torch.device, train: dict[str, Any], sdpa: bool) -> str:
+    """One log line naming the path a rank takes (`make gpu-check` reads it): device, precision,
+    attention kernel (`sdpa`: whether models/attention.py will call SDPA), AdamW, compile."""
+    where = str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})"
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    precision = precision_label(str(train.get("precision", "auto")), device.type, bf16)
+    adamw = "fused" if use_fused_adamw(torch.__version__, device.type) else "for-each"
+    use, _ = compile_decision(bool(train.get("compile")), torch.__version__, hasattr(torch, "compile"))
+    return (f"clipfleet worker: path: device {where}, {precision}, attention {'sdpa' if sdpa else 'math'}, "
+            f"AdamW {adamw}, compile {'on' if use else 'off'}, torch {torch.__version__}")
+
+
 def cuda_memory_line(device: torch.device) -> str | None:
     """A log line with the rank's peak GPU memory (read by `make gpu-check`); None on CPU."""
     if device.type != "cuda":

@@ -279,3 +279,21 @@ def test_pretrain_step_under_bf16_autocast_tracks_fp32():
         assert abs(loss16 - loss32) < 0.02 * abs(loss32), (micro, loss16, loss32)
         assert torch.isfinite(g16).all()
         assert float(F.cosine_similarity(g16, g32, dim=0)) > 0.98, micro
+
+
+@pytest.mark.parametrize(
+    "precision,device,bf16,want",
+    [("auto", "cuda", True, "bf16 autocast"), ("auto", "cuda", False, "fp32"), ("fp16", "cuda", True, "fp16 autocast with GradScaler"),
+     ("bf16", "cpu", True, "fp32")],
+)
+def test_precision_label(precision, device, bf16, want):
+    """The words `make gpu-check` looks for in a GPU rank's path line."""
+    assert accel.precision_label(precision, device, bf16) == want
+
+
+def test_path_line_names_the_cpu_path():
+    line = accel.path_line(torch.device("cpu"), {"precision": "bf16", "compile": True}, sdpa=False)
+    assert line.startswith("clipfleet worker: path: device cpu, fp32, attention math, AdamW for-each, compile ")
+    assert line.endswith(f"torch {torch.__version__}")
+    assert ("compile on" in line) == hasattr(torch, "compile")
+    assert A.sdpa_in_use("cpu") is (A._SDPA is not None)

@@ -51,6 +51,11 @@ def use_sdpa(has_sdpa: bool, device_type: str, deterministic: bool) -> bool:
     return has_sdpa and not (device_type == "cuda" and deterministic)
 
 
+def sdpa_in_use(device_type: str) -> bool:
+    """Whether attention on this device type runs through SDPA now (torch has it; deterministic mode as set)."""
+    return use_sdpa(_SDPA is not None, device_type, torch.are_deterministic_algorithms_enabled())
+
+
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, causal: bool = False) -> Tensor:
     """Scaled dot-product attention on [B, H, N, d]; SDPA where use_sdpa says so, else attention_reference."""
     if _SDPA is None or not use_sdpa(True, q.device.type, torch.are_deterministic_algorithms_enabled()):

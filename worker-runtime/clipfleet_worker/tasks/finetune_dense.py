@@ -32,12 +32,13 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import distributed as D
-from ..accel import DeviceFeeder, autocast_for, cuda_memory_line, grad_scaler, maybe_compile
+from ..accel import DeviceFeeder, autocast_for, cuda_memory_line, grad_scaler, maybe_compile, path_line
 from ..data.loader import iterate_split, resolve_num_classes, seg_class_names, skip_counts, skips_by_reason
 from ..data.sources import ShardSource
 from ..evaluation import DEPTH_KEYS, add_sums, depth_metric_sums, depth_metrics_from_sums, seg_class_iou, seg_confusion, seg_metrics
 from ..losses import depth_loss, seg_loss
 from ..models import DenseModel, TowerLoadReport, build_dense_model, load_image_tower, params_sha256
+from ..models.attention import sdpa_in_use
 from ..optim import build_optimizer, lr_at, set_lr
 from .common import TaskContext, apply_update, checkpoint_payload, load_init_weights, load_resume, maybe_checkpoint, plan_loader, restore_trainer
 
@@ -107,6 +108,7 @@ def run(ctx: TaskContext) -> None:
 
     payload = checkpoint_payload(ctx, model, optimizer, scaler)
     forward = maybe_compile(model, bool(train.get("compile")))  # train.compile; checkpoints use `model`
+    print(path_line(device, train, sdpa_in_use(device.type)), flush=True)
 
     def evaluate(step: int) -> dict[str, float]:
         ctx.phase(step, "evaluating")

@@ -15,9 +15,10 @@ import time
 import torch
 
 from .. import distributed as D
-from ..accel import DeviceFeeder, autocast_for, cuda_memory_line, grad_scaler, maybe_compile
+from ..accel import DeviceFeeder, autocast_for, cuda_memory_line, grad_scaler, maybe_compile, path_line
 from ..losses import ClipLoss, clip_loss_both
 from ..models import build_clip, params_sha256
+from ..models.attention import sdpa_in_use
 from ..optim import build_optimizer, clamp_logit_scale, lr_at, set_lr
 from ..tokenizers import build_tokenizer
 from .common import TaskContext, apply_update, checkpoint_payload, load_resume, maybe_checkpoint, plan_loader, restore_trainer
@@ -57,6 +58,7 @@ def run(ctx: TaskContext) -> None:
     # The forward through torch.compile when train.compile (torch >= 2); checkpoints and the
     # other methods use `model` itself.
     forward = maybe_compile(model, bool(train.get("compile")))
+    print(path_line(device, train, sdpa_in_use(device.type)), flush=True)
 
     loader = plan_loader(ctx, "pretrain", lambda texts: tokenizer(texts, context_length))
     ctx.phase(start, "training")
