@@ -11,7 +11,7 @@ TS_GEN := orchestrator/src/gen
 PY_GEN := worker-runtime/clipfleet_worker/gen
 PROTOS := $(wildcard proto/clipfleet/v1/*.proto)
 
-.PHONY: deps gen build lint test test-unit test-py test-e2e test-deploy demo bench bench-quick experiment seg-diagnostics clean
+.PHONY: deps gen build lint test test-unit test-py test-e2e test-deploy demo bench bench-quick gpu-check experiment seg-diagnostics clean
 
 ## deps: install missing Debian packages, then node modules (idempotent)
 deps: node_modules/.clipfleet-stamp
@@ -68,6 +68,13 @@ test-e2e: build
 ## demo: a real 2-worker CLIP training job on synthetic data
 demo: build
 	bin/clipfleet run examples/tiny-pretrain.yaml
+
+## gpu-check: ViT-B/16 bf16 pretrain, kill -9 and resume, 2-rank NCCL, throughput vs torchvision, on CUDA
+## (docs/benchmarks.md, "GPU check"); without CUDA it says so and exits 0. No build step: a GPU machine
+## may have the build carried to it (PYTHON=... for the python with torch).
+GPU_CHECK_ARGS ?=
+gpu-check:
+	bash bench/gpu-check.sh $(GPU_CHECK_ARGS)
 
 ## experiment: the seeds' caption-quality experiment in miniature (about 15 minutes on 2 cores)
 EXPERIMENT_METRICS := retrieval/i2t_R@1,retrieval/t2i_R@1,zeroshot/top1,seg/mIoU,seg/pixel_acc,depth/rmse,depth/abs_rel,depth/delta1

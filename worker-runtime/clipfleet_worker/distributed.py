@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from .accel import cuda_index
+
 
 def init_process_group(backend: str, master_addr: str, master_port: int, rank: int, world_size: int, timeout_s: float = 1800.0) -> None:
     """Joins the group; also sets the torchrun variables for code that reads them."""
@@ -36,7 +38,7 @@ def _bracket(host: str) -> str:
 
 
 def device_for(backend: str, local_rank: int) -> torch.device:
-    """cuda:N for NCCL (the launcher already narrowed CUDA_VISIBLE_DEVICES to the rank's device), else CPU."""
+    """The rank's CUDA device for NCCL (selected as the current device), else CPU."""
     device = rank_device(backend, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -44,9 +46,13 @@ def device_for(backend: str, local_rank: int) -> torch.device:
 
 
 def rank_device(backend: str, local_rank: int) -> torch.device:
-    """The device a rank trains on, without selecting it (a user's script selects its own)."""
+    """The device a rank trains on, without selecting it (a user's script selects its own).
+
+    One GPU per rank: cuda:0 when the launcher narrowed CUDA_VISIBLE_DEVICES to the rank's
+    GPUs (what clipfleet's launchers do), cuda:LOCAL_RANK when every GPU is visible (accel.cuda_index).
+    """
     if backend == "nccl" and torch.cuda.is_available():
-        return torch.device("cuda", 0 if torch.cuda.device_count() == 1 else local_rank)
+        return torch.device("cuda", cuda_index(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count(), local_rank))
     return torch.device("cpu")
 
 

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .accel import build_adamw
 from .errors import ConfigError
 
 # exp(logit_scale) is capped at 100, as open_clip clamps after every step.
@@ -55,13 +56,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def build_optimizer(model: nn.Module, train_cfg: Mapping[str, Any]) -> torch.optim.AdamW:
-    """AdamW over param_groups with lr, betas, eps and weight_decay from the spec's train section."""
+def build_optimizer(model: nn.Module, train_cfg: Mapping[str, Any], device_type: str = "cpu") -> torch.optim.AdamW:
+    """AdamW over param_groups with lr, betas, eps and weight_decay from the spec's train section;
+    fused on CUDA with torch >= 2 (accel.use_fused_adamw)."""
     betas = tuple(train_cfg["betas"])
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
         raise ConfigError(f"expected two numbers in [0, 1), got {list(betas)}", "train.betas")
-    return torch.optim.AdamW(
+    return build_adamw(
         param_groups(model, float(train_cfg["weight_decay"])),
+        device_type,
         lr=float(train_cfg["lr"]),
         betas=(float(betas[0]), float(betas[1])),
         eps=float(train_cfg["eps"]),

@@ -19,6 +19,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed as D
+from .accel import deterministic_setup
 from .agent import EXIT_CONFIG, EXIT_ERROR, EXIT_FENCED, EXIT_OK, Agent, SessionLost, WorkerEnv
 from .errors import ClipfleetWorkerError, ConfigError
 from .lifecycle import FaultInjection, die_with_parent, dump_stacks_on_sigusr2, report_failure, request_preemption, stop_gang_on_sigterm
@@ -59,17 +60,17 @@ def main(preemption: PreemptionWatch | None = None) -> int:
     agent.start_session()
     cfg = json_config(assignment)
     set_threads(max(1, (os.cpu_count() or 1) // max(1, assignment.local_world_size)))
-    if cfg["train"].get("deterministic", True):
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_setup(bool(cfg["train"].get("deterministic", True)))
 
     stop_gang_on_sigterm(agent, env.rank)
     step = int(assignment.start_step)
     try:
         preemption.attach(env.rank, lambda reason: request_preemption(agent, reason))
         agent.set_progress(step, "rendezvous")
+        # The rank's GPU is selected before NCCL starts, so its communicator is built on it.
+        device = D.device_for(assignment.backend, assignment.local_rank)
         D.init_process_group(assignment.backend, assignment.master_addr, assignment.master_port, assignment.rank, assignment.world_size)
         print(f"clipfleet worker: phase rendezvous at {time.time():.3f}", flush=True)
-        device = D.device_for(assignment.backend, assignment.local_rank)
         if torch.cuda.is_available() and device.type == "cuda":
             agent.gpu_stats = D.cuda_stats(device)
         ctx = TaskContext(

@@ -254,6 +254,46 @@ def test_micro_batches_give_the_whole_slice_gradient(data, tmp_path, task):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+
+def test_depth_micro_batches_under_bf16_autocast_keep_every_gradient(data, tmp_path):
+    """The depth path's no-grad pass inside autocast (a GPU step's bf16, run on CPU) must not leave
+    the passes with gradient on weight copies without history: every parameter gets its gradient."""
+    cfg = stage_cfg("finetune-depth", data)
+    ctx = make_ctx(cfg, data, str(tmp_path))
+    model, _ = finetune_dense.build_model(ctx)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(6, 3, SIZE, SIZE, generator=g)
+    target = 1 + 3 * torch.rand(6, SIZE, SIZE, generator=g)
+    mask = finetune_dense.depth_mask(target, torch.ones(6, dtype=torch.bool), 10.0)
+    grads = []
+    for bf16 in (False, True):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16):
+            finetune_dense._forward_backward(model, "depth", cfg["dense"], images, target, mask, 2, torch.cuda.amp.GradScaler(enabled=False), ctx, 1)
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert missing == [], f"bf16={bf16}: no gradient for {missing[:3]}"
+        grads.append(torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None]))
+    assert float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)) > 0.98
+
+
+
+def test_a_gpu_shaped_run_on_cpu_learns(group, data, tmp_path, monkeypatch, capsys):
+    """The whole task as a GPU rank runs it, as far as a CPU can: bf16 autocast (forced on for CPU),
+    micro-batches, train.compile (eager with its warning on torch 1.x), the device feeder."""
+    from clipfleet_worker import accel
+
+    real = accel.autocast_dtype
+    monkeypatch.setattr(accel, "autocast_dtype", lambda precision, device_type, bf16: real(precision, "cuda", True))
+    cfg = stage_cfg("finetune-seg", data, train__precision="bf16", train__micro_batch=4, train__compile=True)
+    ctx = make_ctx(cfg, data, str(tmp_path))
+    finetune_dense.run(ctx)
+    first, last = first_and_last_epoch(losses(ctx))
+    assert last < 0.7 * first, losses(ctx)
+    assert ctx.agent.of("finished")[0].step == 20
+    if not hasattr(torch, "compile"):
+        assert "warning: train.compile ignored: torch 1." in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- stop, resume, faults
 
 

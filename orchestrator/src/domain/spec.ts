@@ -135,6 +135,8 @@ export interface TrainSpec {
   /** torch intra-op threads per rank; null: one per CPU slot the rank holds (4 on GPU nodes). */
   readonly threads: number | null;
   readonly deterministic: boolean;
+  /** torch.compile the model's forward (torch >= 2.0; eager with a warning in the rank's log on older torch). */
+  readonly compile: boolean;
 }
 
 export interface ClusterSpec {

@@ -56,6 +56,13 @@ export class Gateway {
     rank.lastProgressMs = now;
     rank.phase = "registered";
     this.ctx.log(a.jobId, a.stage, a.attempt, `rank ${req.rank} registered from ${req.hostname} pid ${req.pid} (python ${req.pythonVersion}, torch ${req.torchVersion}, ${req.cudaDevices} CUDA devices)`);
+    const warning = req.rank === 0 ? compileWarning(a.spec, req.torchVersion) : null;
+    if (warning !== null) {
+      // An event, so `run` and `watch` show it as it happens; each rank's log says it too.
+      this.ctx.ledger
+        .note(a.jobId, a.stage, "warning", warning, { attempt: a.attempt, rank: 0 })
+        .catch((err: unknown) => this.ctx.log(a.jobId, a.stage, a.attempt, `could not record a warning: ${String(err)}`));
+    }
     return assignment(a, rank);
   }
 
@@ -145,6 +152,17 @@ function assignment(a: Attempt, rank: RankRuntime): Assignment {
 
 function toProtoCursor(c: { epoch: number; sampleInEpoch: number }): { epoch: number; sampleInEpoch: number } {
   return { epoch: c.epoch, sampleInEpoch: c.sampleInEpoch };
+}
+
+/**
+ * `train.compile` on a rank whose torch predates torch.compile (2.0): the worker runs eager and
+ * logs why (clipfleet_worker/accel.py compile_decision); this is the same notice as a job event.
+ */
+export function compileWarning(spec: StageSpec, torchVersion: string): string | null {
+  if (!spec.train.compile) return null;
+  const major = /^(\d+)\./.exec(torchVersion)?.[1];
+  if (major === undefined || Number(major) >= 2) return null;
+  return `train.compile ignored: torch ${torchVersion} has no torch.compile (needs 2.0 or later); running eager`;
 }
 
 /** The process group's backend: NCCL for GPU ranks, gloo otherwise, unless the spec names one. */

@@ -238,11 +238,12 @@ const TRAIN_FIELDS = {
   betas: withDefault(list(number({ min: 0, max: 1, maxExclusive: true }), { minItems: 2, maxItems: 2, expect: "a list of 2 numbers in [0, 1)", typeDoc: "list of 2 numbers in [0, 1)" }), [0.9, 0.98], "AdamW betas."),
   eps: withDefault(positive(), 1e-6, "AdamW epsilon."),
   grad_clip: withDefault(nullable(positive()), null, "Clip the global gradient norm to this; null: no clipping."),
-  precision: withDefault(oneOf(["auto", "fp32", "bf16", "fp16"]), "auto", "Autocast precision; `auto`: bf16 where supported, else fp32."),
+  precision: withDefault(oneOf(["auto", "fp32", "bf16", "fp16"]), "auto", "Autocast precision of GPU ranks (CPU ranks train in fp32); `auto` and `bf16`: bf16 where the GPU supports it, else fp32; `fp16` adds loss scaling. See docs/gpu.md."),
   on_nan: withDefault(oneOf(["skip", "fail"]), "fail", "A non-finite loss: `skip` the step, or `fail` the attempt."),
   log_every: withDefault(integer({ min: 1 }), 1, "Report metrics every this many steps."),
   threads: withDefault(nullable(integer({ min: 1 })), null, "torch intra-op threads per rank; null: one per slot the rank holds on a CPU node (a CPU slot is a core, so jobs sharing a node do not oversubscribe it), 4 on a GPU node."),
-  deterministic: withDefault(boolean(), true, "Ask torch for deterministic kernels (slower on GPU)."),
+  deterministic: withDefault(boolean(), true, "Ask torch for deterministic kernels, so a restarted run ends with the same parameters. Slower on GPU: `CUBLAS_WORKSPACE_CONFIG=:4096:8` (unless set) and attention without the fused SDPA kernels (docs/gpu.md)."),
+  compile: withDefault(boolean(), false, "Run the model's forward through `torch.compile` (torch >= 2.0). On torch 1.x the stage runs eager, with a `warning` event (`train.compile ignored: ...`) and the same line in each rank's log (docs/gpu.md). Checkpoints are the same either way."),
 } satisfies Record<keyof TrainSpec, Field>;
 
 const CLUSTER_FIELDS = {

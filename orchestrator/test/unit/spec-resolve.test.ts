@@ -93,6 +93,7 @@ void describe("defaults and presets", () => {
       log_every: 1,
       threads: null,
       deterministic: true,
+      compile: false,
     });
     assert.deepEqual(s.cluster, { workers: 2, min_workers: 2, backend: "auto", gpus_per_worker: 0, node_selector: {} });
     assert.deepEqual(s.worker, { python: null, env: {} });

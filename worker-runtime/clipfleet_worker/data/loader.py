@@ -469,8 +469,9 @@ class _Prefetcher:
         self._thread.join(timeout=10.0)
 
 
-def _stack_images(samples: list[_Sample], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.zeros(len(samples), 3, size, size, dtype=torch.float32)
+def _stack_images(samples: list[_Sample], size: int, pin_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's images in one tensor (page-locked with pin_memory, so the copy to the GPU is asynchronous)."""
+    images = torch.zeros(len(samples), 3, size, size, dtype=torch.float32, pin_memory=pin_memory)
     valid = torch.zeros(len(samples), dtype=torch.bool)
     for j, smp in enumerate(samples):
         if smp.reason is None:
@@ -537,8 +538,10 @@ class PlanLoader:
         prefetch_steps: int,
         split: str = "train",
         cache_dir: str | None = None,
+        pin_memory: bool = False,
     ) -> None:
         self.config = LoaderConfig.from_cfg(cfg, task, image_size, split, [u for u, _ in shards])
+        self._pin = pin_memory  # images stacked into page-locked memory (a CUDA rank: accel.DeviceFeeder copies them)
         if self.config.wants_captions and tokenize is None:
             raise ConfigError(f"task {task}: a tokenizer is required to load captions")
         self._shardset = ShardSet(shards, cache_dir, ShardSource.from_cfg(cfg))
@@ -578,7 +581,7 @@ class PlanLoader:
             raise StopIteration
         sl, samples = got
         cfg = self.config
-        images, valid = _stack_images(samples, cfg.image_size)
+        images, valid = _stack_images(samples, cfg.image_size, self._pin)
         skipped, reasons = _skips(samples)
         batch = Batch(
             step=sl.step,

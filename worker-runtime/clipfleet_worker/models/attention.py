@@ -4,6 +4,12 @@ torch >= 2.0 has F.scaled_dot_product_attention (fused, memory-efficient on
 GPU); torch 1.13 (Debian's, used on our CPU nodes) does not, so the same
 math is spelled out. Both paths take the same arguments and agree to float
 rounding, so a checkpoint trained on one runs on the other.
+
+On CUDA under deterministic algorithms (`train.deterministic`, the default)
+the spelled-out math is used too: SDPA's flash and memory-efficient
+backwards are non-deterministic there (torch only warns under warn_only),
+which would break bit-exact restarts. `train.deterministic: false` gets the
+fused kernels.
 """
 
 from __future__ import annotations
@@ -40,9 +46,19 @@ def attention_reference(
     return torch.matmul(scores.softmax(dim=-1), v)
 
 
+def use_sdpa(has_sdpa: bool, device_type: str, deterministic: bool) -> bool:
+    """Whether attention runs through torch's SDPA: when torch has it, except on CUDA with deterministic algorithms on."""
+    return has_sdpa and not (device_type == "cuda" and deterministic)
+
+
+def sdpa_in_use(device_type: str) -> bool:
+    """Whether attention on this device type runs through SDPA now (torch has it; deterministic mode as set)."""
+    return use_sdpa(_SDPA is not None, device_type, torch.are_deterministic_algorithms_enabled())
+
+
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, causal: bool = False) -> Tensor:
-    """Scaled dot-product attention on [B, H, N, d]; SDPA when torch has it, else attention_reference."""
-    if _SDPA is None:
+    """Scaled dot-product attention on [B, H, N, d]; SDPA where use_sdpa says so, else attention_reference."""
+    if _SDPA is None or not use_sdpa(True, q.device.type, torch.are_deterministic_algorithms_enabled()):
         return attention_reference(q, k, v, attn_mask, causal)
     if causal and attn_mask is not None:
         # SDPA refuses is_causal together with a mask: fold the causal part into the mask.

@@ -18,6 +18,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import distributed as D
+from ..accel import refit_fused
 from ..agent import Agent
 from ..data.loader import PlanLoader, StepSlice
 from ..data.remote import STATS as SHARD_STATS
@@ -234,6 +235,7 @@ def restore_trainer(ctx: TaskContext, resume: ckpt.VerifiedCheckpoint, model: to
     model.load_state_dict(resume.load(ckpt.MODEL_FILE))
     trainer = resume.load(ckpt.TRAINER_FILE)
     optimizer.load_state_dict(trainer["optimizer"])
+    refit_fused(optimizer, ctx.device.type)
     if "scaler" in trainer:
         scaler.load_state_dict(trainer["scaler"])
     # A rank the checkpoint had no file for (the world grew) keeps its fresh RNG state; a file
@@ -280,4 +282,5 @@ def plan_loader(ctx: TaskContext, task: str, tokenize) -> PlanLoader:
         image_size=int(cfg["model"]["image"]["image_size"]),
         threads=int(cfg["data"].get("loader_threads") or 2),
         prefetch_steps=int(cfg["data"].get("prefetch_steps") or 4),
+        pin_memory=ctx.device.type == "cuda",
     )

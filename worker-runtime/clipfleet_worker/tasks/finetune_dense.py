@@ -25,21 +25,22 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from .. import distributed as D
+from ..accel import DeviceFeeder, autocast_for, cuda_memory_line, grad_scaler, maybe_compile, path_line
 from ..data.loader import iterate_split, resolve_num_classes, seg_class_names, skip_counts, skips_by_reason
 from ..data.sources import ShardSource
 from ..evaluation import DEPTH_KEYS, add_sums, depth_metric_sums, depth_metrics_from_sums, seg_class_iou, seg_confusion, seg_metrics
 from ..losses import depth_loss, seg_loss
 from ..models import DenseModel, TowerLoadReport, build_dense_model, load_image_tower, params_sha256
+from ..models.attention import sdpa_in_use
 from ..optim import build_optimizer, lr_at, set_lr
 from .common import TaskContext, apply_update, checkpoint_payload, load_init_weights, load_resume, maybe_checkpoint, plan_loader, restore_trainer
-from .pretrain import autocast_for
 
 # The label map each dense task trains on (the loader's and iterate_split's `dense` argument).
 DENSE_KIND = {"finetune-seg": "seg", "finetune-depth": "depth"}
@@ -83,8 +84,8 @@ def run(ctx: TaskContext) -> None:
     train, dense = cfg["train"], cfg["dense"]
     device = ctx.device
     model, num_classes = build_model(ctx)
-    optimizer = build_optimizer(model, train)
-    scaler = torch.cuda.amp.GradScaler(enabled=device.type == "cuda" and train["precision"] == "fp16")
+    optimizer = build_optimizer(model, train, device.type)
+    scaler = grad_scaler(train["precision"], device)
     total = int(a.total_steps)
     start = int(a.start_step)
 
@@ -106,6 +107,8 @@ def run(ctx: TaskContext) -> None:
     warned_out_of_range = False
 
     payload = checkpoint_payload(ctx, model, optimizer, scaler)
+    forward = maybe_compile(model, bool(train.get("compile")))  # train.compile; checkpoints use `model`
+    print(path_line(device, train, sdpa_in_use(device.type)), flush=True)
 
     def evaluate(step: int) -> dict[str, float]:
         ctx.phase(step, "evaluating")
@@ -121,20 +124,20 @@ def run(ctx: TaskContext) -> None:
     stopped = False
     t_last = time.perf_counter()
     try:
-        for batch in loader:
+        for batch in DeviceFeeder(loader, device):
             data_wait = batch.data_wait
             t_compute = time.perf_counter()
             step = batch.step + 1  # steps completed after this one
             set_lr(optimizer, lr_at(batch.step, train, total))
             model.train()
-            images = batch.images.to(device, non_blocking=True)
-            valid = batch.valid.to(device)
+            # On the device already (DeviceFeeder: pinned, copied on a side stream during the last step).
+            images, valid = batch.images, batch.valid
             if kind == "seg":
                 assert batch.seg is not None
-                target, mask = batch.seg.to(device), None
+                target, mask = batch.seg, None
             else:
                 assert batch.depth is not None
-                target = batch.depth.to(device)
+                target = batch.depth
                 mask = depth_mask(target, valid, max_depth)
             if batch.seg_out_of_range and not warned_out_of_range:
                 warned_out_of_range = True
@@ -142,7 +145,7 @@ def run(ctx: TaskContext) -> None:
                       f">= dense.num_classes ({num_classes}); they are ignored and counted in out_of_range_labels (reported once)", flush=True)
             optimizer.zero_grad(set_to_none=True)
             with autocast_for(train["precision"], device):
-                loss = _forward_backward(model, kind, dense, images, target, mask, micro, scaler, ctx, step)
+                loss = _forward_backward(forward, kind, dense, images, target, mask, micro, scaler, ctx, step)
             upd = apply_update(ctx, step, float(loss), int(valid.sum()), params, optimizer, scaler, train)
             sync, gnorm, nan_skipped = upd.sync, upd.grad_norm, upd.nan_skipped
             now = time.perf_counter()
@@ -164,7 +167,7 @@ def run(ctx: TaskContext) -> None:
                 skipped_by_reason=batch.skip_reasons,
                 nan_skipped=nan_skipped,
                 out_of_range_labels=batch.seg_out_of_range,
-                samples=[sid for sid, ok in zip(batch.sample_ids, batch.valid.tolist()) if ok] if audit else None,
+                samples=[sid for sid, ok in zip(batch.sample_ids, valid.tolist()) if ok] if audit else None,
             )
             if ctx.rank == 0 and (step % every == 0 or step == total):
                 print(f"step {step}/{total} epoch {batch.epoch} {kind} loss {sync.loss:.4f} lr {optimizer.param_groups[0]['lr']:.3g} "
@@ -181,6 +184,9 @@ def run(ctx: TaskContext) -> None:
         loader.close()
         ctx.writer.wait()
 
+    memory = cuda_memory_line(device)
+    if memory is not None:
+        print(memory, flush=True)
     if stopped:
         print(f"clipfleet worker: stopped after step {step} as asked ({ctx.agent.commands.stop_reason or 'stop'})", flush=True)
         return
@@ -195,7 +201,7 @@ def depth_mask(target: Tensor, valid: Tensor, max_depth: float) -> Tensor:
     return valid.reshape(-1, 1, 1).to(torch.bool) & (target > 0) & (target <= max_depth)
 
 
-def _forward_backward(model: DenseModel, kind: str, dense: dict[str, Any], images: Tensor, target: Tensor, mask: Tensor | None,
+def _forward_backward(model: Callable[[Tensor], Tensor], kind: str, dense: dict[str, Any], images: Tensor, target: Tensor, mask: Tensor | None,
                       micro: int, scaler: Any, ctx: TaskContext, step: int) -> Tensor:
     """This rank's loss (mean over its labelled pixels), with its gradient accumulated; exact with micro-batches."""
     ignore_index = int(dense["ignore_index"])
@@ -230,6 +236,7 @@ def _forward_backward(model: DenseModel, kind: str, dense: dict[str, Any], image
     with torch.no_grad():
         cached = [model(images[sl]).float() for sl in parts]
         value = loss_of(torch.cat(cached), target, mask)
+    torch.clear_autocast_cache()  # no_grad casts of the weights must not serve the passes with gradient (see pretrain)
     for j, sl in enumerate(parts):
         pred = torch.cat(cached[:j] + [model(images[sl]).float()] + cached[j + 1:])
         backward(ctx.fault.loss(step, loss_of(pred, target, mask)))

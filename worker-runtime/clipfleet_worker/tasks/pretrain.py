@@ -11,25 +11,18 @@ Gradients are averaged across ranks in a fixed order (bit-exact restarts).
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 
 import torch
 
 from .. import distributed as D
+from ..accel import DeviceFeeder, autocast_for, cuda_memory_line, grad_scaler, maybe_compile, path_line
 from ..losses import ClipLoss, clip_loss_both
 from ..models import build_clip, params_sha256
+from ..models.attention import sdpa_in_use
 from ..optim import build_optimizer, clamp_logit_scale, lr_at, set_lr
 from ..tokenizers import build_tokenizer
 from .common import TaskContext, apply_update, checkpoint_payload, load_resume, maybe_checkpoint, plan_loader, restore_trainer
 from .evaluate import evaluate_clip
-
-
-def autocast_for(precision: str, device: torch.device):
-    """bf16 autocast on CUDA for auto/bf16, fp16 for fp16; fp32 (no autocast) otherwise."""
-    if device.type != "cuda" or precision == "fp32":
-        return nullcontext()
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def run(ctx: TaskContext) -> None:
@@ -40,8 +33,8 @@ def run(ctx: TaskContext) -> None:
     tokenizer = build_tokenizer(cfg["model"]["tokenizer"])
     context_length = int(cfg["model"]["text"]["context_length"])
     model = build_clip(cfg["model"], tokenizer.vocab_size).to(device)
-    optimizer = build_optimizer(model, train)
-    scaler = torch.cuda.amp.GradScaler(enabled=device.type == "cuda" and train["precision"] == "fp16")
+    optimizer = build_optimizer(model, train, device.type)
+    scaler = grad_scaler(train["precision"], device)
     loss_fn = ClipLoss(rank=ctx.rank, world_size=ctx.world_size)
     total = int(a.total_steps)
     start = int(a.start_step)
@@ -62,6 +55,10 @@ def run(ctx: TaskContext) -> None:
     eval_cfg = cfg.get("eval")
 
     payload = checkpoint_payload(ctx, model, optimizer, scaler)
+    # The forward through torch.compile when train.compile (torch >= 2); checkpoints and the
+    # other methods use `model` itself.
+    forward = maybe_compile(model, bool(train.get("compile")))
+    print(path_line(device, train, sdpa_in_use(device.type)), flush=True)
 
     loader = plan_loader(ctx, "pretrain", lambda texts: tokenizer(texts, context_length))
     ctx.phase(start, "training")
@@ -70,19 +67,18 @@ def run(ctx: TaskContext) -> None:
     stopped = False
     t_last = time.perf_counter()
     try:
-        for batch in loader:
+        for batch in DeviceFeeder(loader, device):
             data_wait = batch.data_wait
             t_compute = time.perf_counter()
             step = batch.step + 1  # steps completed after this one
             set_lr(optimizer, lr_at(batch.step, train, total))
             model.train()
-            images = batch.images.to(device, non_blocking=True)
-            tokens = batch.tokens.to(device, non_blocking=True)
-            tokens_b = batch.tokens_b.to(device) if both and batch.tokens_b is not None else None
-            valid = batch.valid.to(device)
+            # On the device already (DeviceFeeder: pinned, copied on a side stream during the last step).
+            images, tokens, valid = batch.images, batch.tokens, batch.valid
+            tokens_b = batch.tokens_b if both else None
             optimizer.zero_grad(set_to_none=True)
             with autocast_for(train["precision"], device):
-                loss = _forward_backward(model, loss_fn, images, tokens, tokens_b, valid, micro, scaler, ctx, step)
+                loss = _forward_backward(model, forward, loss_fn, images, tokens, tokens_b, valid, micro, scaler, ctx, step)
             upd = apply_update(ctx, step, float(loss), int(valid.sum()), params, optimizer, scaler, train, after_step=lambda: clamp_logit_scale(model))
             sync, gnorm, nan_skipped = upd.sync, upd.grad_norm, upd.nan_skipped
             now = time.perf_counter()
@@ -106,7 +102,7 @@ def run(ctx: TaskContext) -> None:
                 skipped_samples=batch.skipped,
                 skipped_by_reason=batch.skip_reasons,
                 nan_skipped=nan_skipped,
-                samples=[sid for sid, ok in zip(batch.sample_ids, batch.valid.tolist()) if ok] if audit else None,
+                samples=[sid for sid, ok in zip(batch.sample_ids, valid.tolist()) if ok] if audit else None,
             )
             if ctx.rank == 0 and (step % every == 0 or step == total):
                 print(f"step {step}/{total} epoch {batch.epoch} loss {sync.loss:.4f} lr {optimizer.param_groups[0]['lr']:.3g} "
@@ -125,6 +121,9 @@ def run(ctx: TaskContext) -> None:
         loader.close()
         ctx.writer.wait()
 
+    memory = cuda_memory_line(device)
+    if memory is not None:
+        print(memory, flush=True)
     if stopped:
         print(f"clipfleet worker: stopped after step {step} as asked ({ctx.agent.commands.stop_reason or 'stop'})", flush=True)
         return
@@ -134,8 +133,10 @@ def run(ctx: TaskContext) -> None:
     ctx.report_finished(step, params_sha256(model), last_metrics)
 
 
-def _forward_backward(model, loss_fn: ClipLoss, images, tokens, tokens_b, valid, micro: int, scaler, ctx: TaskContext, step: int) -> torch.Tensor:
-    """Loss of this rank's slice, with gradients accumulated; micro-batches re-forward against cached features."""
+def _forward_backward(model, forward, loss_fn: ClipLoss, images, tokens, tokens_b, valid, micro: int, scaler, ctx: TaskContext, step: int) -> torch.Tensor:
+    """Loss of this rank's slice, with gradients accumulated; micro-batches re-forward against cached features.
+
+    `forward` is model's forward, compiled or not (train.compile); encode_text runs eager."""
     n = images.shape[0]
 
     def loss_of(img, txt, txt_b, scale):
@@ -144,7 +145,7 @@ def _forward_backward(model, loss_fn: ClipLoss, images, tokens, tokens_b, valid,
         return loss_fn(img, txt, scale, valid)
 
     if micro >= n:
-        img, txt, scale = model(images, tokens)
+        img, txt, scale = forward(images, tokens)
         txt_b = model.encode_text(tokens_b) if tokens_b is not None else None
         loss = ctx.fault.loss(step, loss_of(img, txt, txt_b, scale))
         scaler.scale(loss).backward() if scaler.is_enabled() else loss.backward()
@@ -152,17 +153,21 @@ def _forward_backward(model, loss_fn: ClipLoss, images, tokens, tokens_b, valid,
 
     # Pass 1: every micro-batch's features without gradient (the contrastive batch stays whole).
     with torch.no_grad():
-        parts = [model(images[i : i + micro], tokens[i : i + micro]) for i in range(0, n, micro)]
+        parts = [forward(images[i : i + micro], tokens[i : i + micro]) for i in range(0, n, micro)]
         cached_img = [p[0] for p in parts]
         cached_txt = [p[1] for p in parts]
         cached_b = [model.encode_text(tokens_b[i : i + micro]) for i in range(0, n, micro)] if tokens_b is not None else None
         scale0 = parts[0][2]
         loss_value = loss_of(torch.cat(cached_img), torch.cat(cached_txt), torch.cat(cached_b) if cached_b else None, scale0)
+    # Autocast caches its low-precision copies of the weights for the whole region, and the copies
+    # made under no_grad carry no autograd history: pass 2 would reuse them and the towers would get
+    # no gradient (pytorch/pytorch#112583, fixed only in recent torch). Drop them first.
+    torch.clear_autocast_cache()
     # Pass 2: re-forward each micro-batch with gradient, the others from the cache. The
     # temperature enters every micro-batch's loss; only the first passes its gradient,
     # or it would be counted once per micro-batch (an open_clip quirk).
     for j, i in enumerate(range(0, n, micro)):
-        img_j, txt_j, scale = model(images[i : i + micro], tokens[i : i + micro])
+        img_j, txt_j, scale = forward(images[i : i + micro], tokens[i : i + micro])
         if j > 0:
             scale = scale.detach()
         img = torch.cat(cached_img[:j] + [img_j] + cached_img[j + 1 :])
