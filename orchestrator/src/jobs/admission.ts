@@ -6,7 +6,7 @@
  */
 import { ClipfleetError, InvalidArgumentError, MAX_SPEC_BYTES, newJobId, type JobEvent, type JobRecord, type JobSpec, type SignedManifestRecord, type StageSpec } from "../domain/index.js";
 import { peekCaptionSources, type Manifest } from "../data/index.js";
-import { checkSpecPolicy, parseSpec } from "../spec/index.js";
+import { checkSpecPolicy, parseSpec, SpecValidationError } from "../spec/index.js";
 import type { CheckpointRefs } from "./checkpoint-refs.js";
 import type { JobContext } from "./context.js";
 import { synthOutState, type Datasets } from "./datasets.js";
@@ -97,6 +97,24 @@ export class Admission {
     }
     const { data } = await this.preflight(spec, where, { collect: true, dryRun: true }, problems);
     return { problems, data };
+  }
+
+  /**
+   * The dry run of submit for a spec from the network (ValidateJob): validated
+   * here, as submit validates it (size bound, JSON, every spec problem), then,
+   * when the spec itself is valid, `check`. Problems of the spec itself carry
+   * their full field path in `specPath`.
+   */
+  async checkInput(input: SubmitInput): Promise<AdmissionCheck> {
+    const where = input.specPath || "spec";
+    let spec: JobSpec;
+    try {
+      spec = this.validate(input, where);
+    } catch (err) {
+      if (!(err instanceof SpecValidationError)) throw err;
+      return { problems: err.issues.map((i) => ({ stage: null, field: "", message: i.message, specPath: i.path })), data: new Map() };
+    }
+    return this.check(spec, where);
   }
 
   /**
@@ -205,6 +223,8 @@ export interface AdmissionProblem {
   /** The field within the stage (data.train, init.checkpoint, cluster.workers); "" when none is named. */
   readonly field: string;
   readonly message: string;
+  /** A problem of the spec itself (before any check of its data): its full field path (`stages[1].train.lr`). */
+  readonly specPath?: string;
 }
 
 /** A stage's data as submit would count it: samples and shards of data.train and data.val (null: none, or not readable yet). */
