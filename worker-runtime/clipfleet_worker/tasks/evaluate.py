@@ -162,7 +162,7 @@ def run(ctx: TaskContext) -> None:
     cfg = ctx.cfg
     tokenizer = build_tokenizer(cfg["model"]["tokenizer"])
     model = build_clip(cfg["model"], tokenizer.vocab_size).to(ctx.device)
-    state = load_init_weights(ctx.assignment)
+    state = openclip.fit_state(load_init_weights(ctx.assignment), model.state_dict(), ctx.assignment.init.dir)
     model.load_state_dict(state)
     ctx.phase(0, "evaluating")
     metrics = evaluate_clip(ctx, model, tokenizer, 0)
