@@ -42,6 +42,7 @@ def _add_openclip(sub: "argparse._SubParsersAction") -> None:
     e.add_argument("--model-json", required=True, help="the stage's resolved model config (JSON)")
     e.add_argument("--meta-json", default="{}", help="where the weights came from (job, stage, step), kept in the config")
     e.add_argument("--out", required=True, help="the export directory (created)")
+    e.add_argument("--json", action="store_true", help="print what was written as one JSON line")
     c = ops.add_parser("check", help="check an open_clip weights file or export directory against a model config")
     c.add_argument("--ref", required=True, help="an open_clip export directory or weights file")
     c.add_argument("--model-json", required=True, help="the stage's resolved model config (JSON)")

@@ -283,8 +283,14 @@ def run(args: argparse.Namespace) -> int:
         cfg = json.loads(args.model_json)
         vocab_size = build_tokenizer(cfg["tokenizer"]).vocab_size
         if args.openclip_command == "export":
-            written = write_export(_checkpoint_state(args.checkpoint), cfg, vocab_size, args.out, json.loads(args.meta_json))
-            print(json.dumps({k: written[k] for k in ("dir", "files", "keys")}))
+            meta = json.loads(args.meta_json)
+            written = write_export(_checkpoint_state(args.checkpoint), cfg, vocab_size, args.out, meta)
+            if args.json:
+                print(json.dumps({k: written[k] for k in ("dir", "files", "keys")}))
+            else:
+                print(f"exported stage {meta.get('stage')} of {meta.get('job')} (step {meta.get('step')}) to {written['dir']}: "
+                      f"{', '.join(written['files'])}\n"
+                      f"  open_clip.create_model_and_transforms('local-dir:{written['dir']}')")
         else:
             load_init_state(args.ref, cfg, vocab_size)
             print(json.dumps({"ok": True, "weights": weights_file_of(args.ref)}))

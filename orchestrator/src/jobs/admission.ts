@@ -6,7 +6,7 @@
  */
 import { ClipfleetError, InvalidArgumentError, MAX_SPEC_BYTES, newJobId, type JobEvent, type JobRecord, type JobSpec, type SignedManifestRecord, type StageSpec } from "../domain/index.js";
 import { peekCaptionSources, type Manifest } from "../data/index.js";
-import { checkSpecPolicy, parseSpec, SpecValidationError } from "../spec/index.js";
+import { checkSpecPolicy, isOpenClipRef, parseSpec, SpecValidationError } from "../spec/index.js";
 import type { CheckpointRefs } from "./checkpoint-refs.js";
 import type { JobContext } from "./context.js";
 import { synthOutState, type Datasets } from "./datasets.js";
@@ -161,7 +161,7 @@ export class Admission {
       const init = st.init;
       if (init.kind === "checkpoint" && init.import) {
         await attempt(st, "init.checkpoint", async () => {
-          imports.set(st.name, await this.refs.importInit(st, this.ctx.now()));
+          imports.set(st.name, isOpenClipRef(init.ref) ? await this.importOpenClip(st, init.ref) : await this.refs.importInit(st, this.ctx.now()));
         });
       } else if (init.kind === "checkpoint" && !spec.stages.some((x) => x.name === init.ref)) {
         await attempt(st, "init.checkpoint", () => this.refs.resolveInit(null, st).then(() => undefined));
@@ -213,6 +213,18 @@ export class Admission {
       }
     }
     return { imports, data };
+  }
+
+  /**
+   * open_clip weights as init.checkpoint: the worker runtime loads them (weights_only) and checks
+   * every key and shape against the stage's towers, then the file is hashed into a signed manifest.
+   */
+  private async importOpenClip(st: StageSpec, ref: string): Promise<SignedManifestRecord> {
+    const check = this.ctx.deps.checkOpenClip;
+    if (!check) throw new InvalidArgumentError(`init.checkpoint: ${ref}: this orchestrator cannot read open_clip weights`, "init.checkpoint");
+    const python = await this.ctx.resolvePython(st.worker.python ?? this.ctx.deps.python);
+    const weights = await check(python, ref, JSON.stringify(st.model));
+    return this.refs.importOpenClip(st, weights, this.ctx.now());
   }
 }
 

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .. import distributed as D
+from .. import openclip
 from ..data.loader import iterate_split, skip_counts, skips_by_reason
 from ..data.shards import read_zero_shot
 from ..data.sources import ShardSource
