@@ -268,8 +268,29 @@ def load_init_state(ref: str, cfg: Mapping[str, Any], vocab_size: int) -> dict[s
     from .models import build_clip
 
     path = weights_file_of(ref)
+    if os.path.isdir(ref):
+        _check_config(os.path.join(ref, CONFIG_NAME), cfg)
     state = from_openclip_state(load_weights_file(path), path)
     return fit_state(state, build_clip(cfg, vocab_size).state_dict(), path)
+
+
+def _check_config(path: str, cfg: Mapping[str, Any]) -> None:
+    """What the weights' shapes cannot tell: an export whose blocks compute otherwise than the spec's towers."""
+    try:
+        with open(path) as f:
+            oc = json.load(f)
+        oc = oc.get("model_cfg", oc)
+        quick_gelu = bool(oc.get("quick_gelu", False))
+        no_causal_mask = bool(oc.get("text_cfg", {}).get("no_causal_mask", False))
+    except (OSError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"not an open_clip config ({err})", path) from None
+    if quick_gelu:
+        raise CheckpointError("quick_gelu: true (OpenAI-style QuickGELU blocks); clipfleet's towers use GELU, "
+                              "so these weights would compute other features", path)
+    if no_causal_mask == bool(cfg["text"]["causal"]):
+        want = "a causal" if cfg["text"]["causal"] else "a bidirectional"
+        raise CheckpointError(f"text_cfg.no_causal_mask: {str(no_causal_mask).lower()}, the spec's text tower is {want} one "
+                              "(model.text.causal)", path)
 
 
 def run(args: argparse.Namespace) -> int:

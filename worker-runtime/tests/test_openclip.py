@@ -188,3 +188,21 @@ def test_models_without_an_open_clip_equivalent_say_why(vocab):
     noncausal = resolve_model_cfg("vit-tiny", "text-base-noncausal", 32, {"type": "bpe", "vocab": vocab})
     assert openclip.export_problem(noncausal) is None
     assert openclip.model_cfg(noncausal, 600)["text_cfg"]["no_causal_mask"] is True
+
+
+def test_an_export_computing_otherwise_is_refused(tmp_path, vocab):
+    cfg = tiny_cfg(vocab)
+    tok = build_tokenizer(cfg["tokenizer"])
+    out = tmp_path / "export"
+    openclip.write_export(build_clip(cfg, tok.vocab_size).state_dict(), cfg, tok.vocab_size, str(out), {})
+    config_path = out / openclip.CONFIG_NAME
+    config = json.load(open(config_path))
+    config["model_cfg"]["quick_gelu"] = True
+    json.dump(config, open(config_path, "w"))
+    with pytest.raises(CheckpointError, match=r"open_clip_config\.json: quick_gelu: true"):
+        openclip.load_init_state(str(out), cfg, tok.vocab_size)
+    config["model_cfg"]["quick_gelu"] = False
+    config["model_cfg"]["text_cfg"]["no_causal_mask"] = True
+    json.dump(config, open(config_path, "w"))
+    with pytest.raises(CheckpointError, match=r"text_cfg\.no_causal_mask: true, the spec's text tower is a causal one"):
+        openclip.load_init_state(str(out), cfg, tok.vocab_size)
