@@ -185,4 +185,20 @@ print(json.dumps({"ok": "yes"}))
       }
     }
   });
+
+  void it("export of a model open_clip has no equivalent for says why (the byte tokenizer); a wrong --stage is named; exit 2", async () => {
+    const byteSpec = join(tmp.dir, "oc-byte.yaml");
+    writeFileSync(byteSpec, `name: oc-byte\nmodel: {image: vit-tiny, text: text-tiny, embed_dim: 64, tokenizer: byte}\ntask: pretrain\ndata:\n  train: ${data}/train-{00000..00003}.tar\ntrain: {steps: 2, batch_size: 16}\ncluster: {workers: 1}\n`);
+    const r = await runCli(["run", byteSpec, "--state-dir", state], { cwd: tmp.dir });
+    assert.equal(r.code, 0, r.stderr);
+    const out = join(tmp.dir, "byte-export");
+    const e = await runCli(["export", "oc-byte", "--format", "open_clip", "--out", out, "--state-dir", state], { cwd: tmp.dir });
+    assert.equal(e.code, 2, e.stderr);
+    // (The first line, from any read command on a state dir with no live orchestrator, says so.)
+    assert.match(e.stderr.trim(), /^clipfleet openclip: model\.tokenizer: the byte tokenizer has no open_clip equivalent \(open_clip's tokenizer would give other ids\); train with model\.tokenizer: \{type: bpe, vocab: bpe_simple_vocab_16e6\.txt\.gz\} to export to open_clip$/m);
+    assert.equal(existsSync(join(out, "open_clip_pytorch_model.bin")), false);
+    const s = await runCli(["export", "oc-byte", "--stage", "pre", "--format", "open_clip", "--out", out, "--state-dir", state], { cwd: tmp.dir });
+    assert.equal(s.code, 2, s.stderr);
+    assert.match(s.stderr.trim(), /^clipfleet: --stage: no stage "pre" in job oc-byte \(stages: main\)$/m);
+  });
 });

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { runCli, startServer, tempDir, tinyModelAndData, type ServerHandle } from "../helpers/cli.js";
+import { fixtureTlsDir, runCli, startServer, tempDir, TEST_TLS, tinyModelAndData, type ServerHandle } from "../helpers/cli.js";
 
 /** A valid 2-rank tiny pretraining spec (its data generated once for the test run). */
 function goodSpec(): string {
@@ -246,5 +246,13 @@ void describe("clipfleet validate --server: the server's dry run of submit (Vali
     } finally {
       client.close();
     }
+  });
+
+  void it("a viewer may not ask for the dry run (it tells what submit tells): exit 4 naming the role", { skip: !TEST_TLS && "CLIPFLEET_TEST_TLS=0: no identities" }, async () => {
+    const issued = await runCli(["certs", "issue", "--dir", fixtureTlsDir(), "--name", "valerie", "--role", "viewer"]);
+    assert.equal(issued.code, 0, issued.stderr);
+    const r = await runCli(["validate", write("viewer.yaml", good), "--server", server.address, "--tls-dir", join(fixtureTlsDir(), "clients", "valerie")]);
+    assert.equal(r.code, 4, r.stderr);
+    assert.match(r.stderr, /^clipfleet: permission denied: validateJob needs role operator; valerie is a viewer$/m);
   });
 });
