@@ -79,7 +79,7 @@ export function pickStage(spec: JobSpec, name: string | undefined, hasCheckpoint
   if (name !== undefined) {
     const st = spec.stages.find((s) => s.name === name);
     if (!st) throw new InvalidArgumentError(`--stage: no stage ${JSON.stringify(name)} in job ${spec.name} (stages: ${spec.stages.map((s) => s.name).join(", ")})`, "stage");
-    if (st.task !== "pretrain") throw new InvalidArgumentError(`--stage: stage ${st.name} is a ${st.task} stage; only a pretrain stage's checkpoint is a CLIP (image and text towers)`, "stage");
+    if (st.task !== "pretrain") throw new InvalidArgumentError(`--stage: stage ${st.name} is task ${st.task}; only a pretrain stage's checkpoint is a CLIP (image and text towers)`, "stage");
     return st;
   }
   const found = [...spec.stages].reverse().find((s) => s.task === "pretrain" && hasCheckpoint(s.name));
