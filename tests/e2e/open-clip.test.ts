@@ -169,7 +169,7 @@ print(json.dumps({"ok": "yes"}))
     );
     assert.deepEqual(made, { ok: "yes" });
     const cases: [string, RegExp][] = [
-      ["bad-shape.bin", /init\.checkpoint: \S*bad-shape\.bin: text\.positional_embedding: shape \(16, 64\), the spec's towers need \(32, 64\)$/],
+      ["bad-shape.bin", /init\.checkpoint: \S*bad-shape\.bin: positional_embedding: shape \(16, 64\), the spec's towers need \(32, 64\)$/],
       ["missing.pt", /init\.checkpoint: \S*missing\.pt: visual\.ln_post\.weight: missing \(the spec's towers need \(64,\)\)$/],
       ["code.pt", /init\.checkpoint: \S*code\.pt: not a PyTorch state_dict this worker may load \(torch\.load with weights_only: /],
     ];

@@ -23,7 +23,7 @@ import hashlib
 import json
 import io
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -134,33 +134,38 @@ def from_openclip_state(obj: Any, path: str) -> dict[str, Tensor]:
     return state
 
 
-def state_problems(state: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> list[str]:
-    """Every key of `state` that does not fit `reference` (a freshly built model's state dict), one line each."""
+def state_problems(state: Mapping[str, Tensor], reference: Mapping[str, Tensor],
+                   shown: Callable[[str], str] = lambda key: key) -> list[str]:
+    """Every key of `state` that does not fit `reference` (a freshly built model's state dict), one line each.
+
+    `shown` names a key as the file spells it (open_clip's CLIP layout has the text tower at the top level).
+    """
     problems = []
     for key in sorted(set(reference) - set(state)):
-        problems.append(f"{key}: missing (the spec's towers need {tuple(reference[key].shape)})")
+        problems.append(f"{shown(key)}: missing (the spec's towers need {tuple(reference[key].shape)})")
     for key in sorted(set(state) - set(reference)):
         why = " (a SigLIP-style bias; clipfleet's contrastive loss has none)" if key == "logit_bias" else ""
-        problems.append(f"{key}: unexpected key{why}")
+        problems.append(f"{shown(key)}: unexpected key{why}")
     for key in sorted(set(state) & set(reference)):
         if tuple(state[key].shape) != tuple(reference[key].shape):
-            problems.append(f"{key}: shape {tuple(state[key].shape)}, the spec's towers need {tuple(reference[key].shape)}")
+            problems.append(f"{shown(key)}: shape {tuple(state[key].shape)}, the spec's towers need {tuple(reference[key].shape)}")
     return problems
 
 
-def fit_state(state: dict[str, Tensor], reference: Mapping[str, Tensor], path: str) -> dict[str, Tensor]:
+def fit_state(state: dict[str, Tensor], reference: Mapping[str, Tensor], path: str,
+              shown: Callable[[str], str] = lambda key: key) -> dict[str, Tensor]:
     """`state` ready for load_state_dict(strict=True) into the model `reference` came from.
 
     A ViT positional embedding of another grid (same width) is bicubic-resampled, as open_clip
-    does at load; any other mismatch is a CheckpointError naming the file, the first key and how
-    many more there are.
+    does at load; any other mismatch is a CheckpointError naming the file, the first key (as
+    `shown` spells it) and how many more there are.
     """
     pos = "visual.positional_embedding"
     if pos in state and pos in reference and state[pos].shape != reference[pos].shape \
             and state[pos].ndim == 2 and state[pos].shape[-1] == reference[pos].shape[-1]:
         side = int(round((reference[pos].shape[0] - 1) ** 0.5))
         state = {**state, pos: resample_pos_embed(state[pos], (side, side))}
-    problems = state_problems(state, reference)
+    problems = state_problems(state, reference, shown)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CheckpointError(f"{problems[0]}{more}", path)
@@ -270,8 +275,19 @@ def load_init_state(ref: str, cfg: Mapping[str, Any], vocab_size: int) -> dict[s
     path = weights_file_of(ref)
     if os.path.isdir(ref):
         _check_config(os.path.join(ref, CONFIG_NAME), cfg)
-    state = from_openclip_state(load_weights_file(path), path)
-    return fit_state(state, build_clip(cfg, vocab_size).state_dict(), path)
+    raw = load_weights_file(path)
+    state = from_openclip_state(raw, path)
+    return fit_state(state, build_clip(cfg, vocab_size).state_dict(), path, key_namer(raw))
+
+
+def key_namer(obj: Any) -> Callable[[str], str]:
+    """How the file holding `obj` spells a clipfleet key: open_clip's CLIP layout keeps the text tower at the top level."""
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    top = {str(k)[len("module."):] if str(k).startswith("module.") else str(k) for k in obj} if isinstance(obj, Mapping) else set()
+    if "positional_embedding" not in top:
+        return lambda key: key
+    return lambda key: key[len("text."):] if key.startswith("text.") else key
 
 
 def _check_config(path: str, cfg: Mapping[str, Any]) -> None:

@@ -135,9 +135,9 @@ def test_open_clip_checkpoint_layouts_are_read(tmp_path, vocab):
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (lambda s: s.pop("text_projection"), r"text\.text_projection: missing \(the spec's towers need \(64, 32\)\)"),
-        (lambda s: s.__setitem__("text_projection", torch.zeros(32, 64)), r"text\.text_projection: shape \(32, 64\), the spec's towers need \(64, 32\)"),
-        (lambda s: s.__setitem__("logit_bias", torch.zeros([])), r"logit_bias: unexpected key \(a SigLIP-style bias"),
+        (lambda s: s.pop("text_projection"), r"bad\.bin: text_projection: missing \(the spec's towers need \(64, 32\)\)"),
+        (lambda s: s.__setitem__("text_projection", torch.zeros(32, 64)), r"bad\.bin: text_projection: shape \(32, 64\), the spec's towers need \(64, 32\)"),
+        (lambda s: s.__setitem__("logit_bias", torch.zeros([])), r"bad\.bin: logit_bias: unexpected key \(a SigLIP-style bias"),
         (lambda s: s.__setitem__("visual.conv1.weight", "not a tensor"), r"visual\.conv1\.weight: not a tensor \(str\)"),
     ],
 )
