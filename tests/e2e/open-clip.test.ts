@@ -149,7 +149,7 @@ with torch.no_grad():
     assert.equal(m.code, 0, m.stderr);
   });
 
-  void it("bad open_clip weights (wrong shape, missing key, a pickle with code) are refused at validate and run: one line naming the file and key, exit 2", async () => {
+  void it("bad open_clip weights (wrong shape, missing key, a value that is no tensor, a pickle with code) are refused at validate and run: one line naming the file and key, exit 2", async () => {
     const made = python<Record<string, string>>(
       `
 import json, os, sys, torch
@@ -163,6 +163,7 @@ class Payload:
     def __reduce__(self):
         return (os.getcwd, ())
 torch.save({"visual.proj": Payload()}, os.path.join(out, "code.pt"))
+torch.save(dict(state, **{"visual.proj": "not a tensor"}), os.path.join(out, "not-tensor.pt"))
 print(json.dumps({"ok": "yes"}))
 `,
       [join(exportDir, "open_clip_pytorch_model.bin"), tmp.dir],
@@ -171,6 +172,7 @@ print(json.dumps({"ok": "yes"}))
     const cases: [string, RegExp][] = [
       ["bad-shape.bin", /init\.checkpoint: \S*bad-shape\.bin: positional_embedding: shape \(16, 64\), the spec's towers need \(32, 64\)$/],
       ["missing.pt", /init\.checkpoint: \S*missing\.pt: visual\.ln_post\.weight: missing \(the spec's towers need \(64,\)\)$/],
+      ["not-tensor.pt", /init\.checkpoint: \S*not-tensor\.pt: visual\.proj: not a tensor \(str\)$/],
       ["code.pt", /init\.checkpoint: \S*code\.pt: not a PyTorch state_dict this worker may load \(torch\.load with weights_only: /],
     ];
     for (const [file, pattern] of cases) {
