@@ -36,6 +36,7 @@ interface Summary {
   jobId: string;
   metrics: Record<string, number>;
   finalParamsSha256: string;
+  firstLoss: number | null;
   checkpoints: { stage: string; step: number; dir: string }[];
 }
 
@@ -147,6 +148,11 @@ with torch.no_grad():
     const more = spec("oc-more", `task: pretrain\ndata:\n  train: ${data}/train-{00000..00003}.tar\ntrain: {steps: 2, batch_size: 16, lr: 1.0e-3}\ncluster: {workers: 1}\ninit: {checkpoint: ${join(exportDir, "open_clip_pytorch_model.bin")}}\n`);
     const m = await runCli(["run", more, "--json", "--state-dir", state], { cwd: tmp.dir });
     assert.equal(m.code, 0, m.stderr);
+    // Same seed, data plan and towers as the trained job: from a random init its first loss would be that job's
+    // first loss, bit for bit; from the trained weights it is another.
+    const continued = JSON.parse(m.stdout) as Summary;
+    assert.equal(typeof continued.firstLoss, "number");
+    assert.notEqual(continued.firstLoss, trained.firstLoss);
   });
 
   void it("bad open_clip weights (wrong shape, missing key, a value that is no tensor, a pickle with code) are refused at validate and run: one line naming the file and key, exit 2", async () => {
