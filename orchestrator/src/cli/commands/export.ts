@@ -10,7 +10,8 @@
  * read here, so export runs where they are (this machine, or a filesystem it
  * shares with the server). docs/open_clip.md has the details.
  */
-import { resolve } from "node:path";
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { FailedPreconditionError, InvalidArgumentError, type JobSpec, type StageSpec } from "../../domain/index.js";
 import type { Command } from "../command.js";
 import { resolveJob } from "../job-ref.js";
@@ -45,6 +46,10 @@ export const exportCommand: Command<ExportArgs> = (deps, state) => ({
       const stage = pickStage(spec, args.stage, (name) => committed.some((c) => c.stage === name));
       const ckpt = committed.filter((c) => c.stage === stage.name).sort((a, b) => b.step - a.step)[0];
       if (!ckpt) throw new FailedPreconditionError(`stage ${stage.name} of job ${job.id} has no committed checkpoint to export`);
+      // The files are read here: a server's checkpoints must be on this machine's filesystem too.
+      if (!existsSync(join(ckpt.dir, "manifest.json"))) {
+        throw new FailedPreconditionError(`${ckpt.dir} (stage ${stage.name}, step ${ckpt.step}) is not readable on this machine: run export where the checkpoints are (the server's machine, or a filesystem shared with it)`);
+      }
       const meta = {
         job: job.id,
         jobName: job.name,
