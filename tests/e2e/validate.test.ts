@@ -7,14 +7,12 @@
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { after, describe, it } from "node:test";
-import { runCli, tempDir, tinyModelAndData } from "../helpers/cli.js";
+import { after, before, describe, it } from "node:test";
+import { fixtureTlsDir, runCli, startServer, tempDir, TEST_TLS, tinyModelAndData, type ServerHandle } from "../helpers/cli.js";
 
-void describe("clipfleet validate", () => {
-  const tmp = tempDir();
-  after(() => tmp.cleanup());
-  const state = join(tmp.dir, "state");
-  const good = `name: checked
+/** A valid 2-rank tiny pretraining spec (its data generated once for the test run). */
+function goodSpec(): string {
+  return `name: checked
 task: pretrain
 ${tinyModelAndData("{alt: 0.5, vecap: 0.5}")}train:
   steps: 20
@@ -23,11 +21,23 @@ ${tinyModelAndData("{alt: 0.5, vecap: 0.5}")}train:
 cluster:
   workers: 2
 `;
-  const write = (name: string, text: string): string => {
-    const path = join(tmp.dir, name);
+}
+
+/** Writes a file into dir and returns its path. */
+function writer(dir: string): (name: string, text: string) => string {
+  return (name, text) => {
+    const path = join(dir, name);
     writeFileSync(path, text);
     return path;
   };
+}
+
+void describe("clipfleet validate", () => {
+  const tmp = tempDir();
+  after(() => tmp.cleanup());
+  const state = join(tmp.dir, "state");
+  const good = goodSpec();
+  const write = writer(tmp.dir);
   const edit = (from: string | RegExp, to: string): string => {
     assert.match(good, typeof from === "string" ? new RegExp(from.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")) : from);
     return good.replace(from, to);
@@ -109,10 +119,10 @@ cluster:
     assert.equal(offline.code, 0, offline.stderr);
     assert.match(offline.stdout, /runnable-not\.yaml: valid; job "checked" with 1 stage\(s\) \(--offline: data, checkpoints and nodes not checked\)/);
 
-    // For a server (never contacted), this machine's data and nodes are not the job's: the server checks them at submit.
-    const forServer = await runCli(["validate", "runnable-not.yaml", "--state-dir", state], { cwd: tmp.dir, env: { CLIPFLEET_SERVER: "127.0.0.1:1" } });
-    assert.equal(forServer.code, 0, forServer.stderr);
-    assert.match(forServer.stdout, /valid; .*the server checks them at submit; --inventory checks them here/);
+    // For a server, this machine's data and nodes are not the job's: the server must answer the dry run.
+    const noServer = await runCli(["validate", "runnable-not.yaml", "--state-dir", state], { cwd: tmp.dir, env: { CLIPFLEET_SERVER: "127.0.0.1:1" } });
+    assert.equal(noServer.code, 3, noServer.stderr);
+    assert.match(noServer.stderr, /cannot reach the orchestrator at 127\.0\.0\.1:1/);
   });
 
   void it("a pipeline's problems name the stage's field; a valid pipeline shows each stage's length and data truthfully", async () => {
@@ -173,5 +183,88 @@ cluster:
     const frozen = JSON.parse(j.stdout) as { name: string; stages: { name: string }[] };
     assert.equal(frozen.name, "checked");
     assert.deepEqual(frozen.stages.map((s) => s.name), ["main"]);
+  });
+});
+
+void describe("clipfleet validate --server: the server's dry run of submit (ValidateJob)", () => {
+  const tmp = tempDir();
+  let server: ServerHandle;
+  const write = writer(tmp.dir);
+  const good = goodSpec();
+  before(async () => {
+    // The server's fleet is CPU-only, whatever this machine has; the client passes no --inventory.
+    const cpuOnly = write("server-cpu-only.yaml", "nodes:\n  - {name: cpu1, slots: 4, gpus: 0}\n");
+    server = await startServer({ stateDir: join(tmp.dir, "state"), args: ["--inventory", cpuOnly] });
+  });
+  after(async () => {
+    const r = await server.stop();
+    tmp.cleanup();
+    assert.equal(r.code, 0, `the server did not shut down cleanly:\n${r.stderr}`);
+  });
+
+  void it("reports what submit would refuse (data, init checkpoint, placement on the server's nodes) at file:line:col, exit 2, creating no job", async () => {
+    const notCheckpoint = join(tmp.dir, "not-a-checkpoint");
+    mkdirSync(notCheckpoint, { recursive: true });
+    writeFileSync(join(notCheckpoint, "model.pt"), "not a checkpoint");
+    const text = good.replace(/\S+\/train-/, `${join(tmp.dir, "nowhere")}/train-`).replace("  workers: 2\n", `  workers: 2\n  gpus_per_worker: 1\ninit: {checkpoint: ${notCheckpoint}}\n`);
+    write("runnable-not.yaml", text);
+    const r = await runCli(["validate", "runnable-not.yaml", "--server", server.address], { cwd: tmp.dir });
+    assert.equal(r.code, 2, r.stderr);
+    assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
+    const lines = r.stderr.trim().split("\n");
+    assert.equal(lines.length, 3, r.stderr);
+    assert.match(r.stderr, /^clipfleet: runnable-not\.yaml:\d+:\d+: cluster\.workers: needs 2 slots on nodes with gpus>=1, the inventory's 0 such node\(s\) have 0$/m);
+    assert.match(r.stderr, /^clipfleet: runnable-not\.yaml:\d+:\d+: init\.checkpoint: .*not-a-checkpoint/m);
+    assert.match(r.stderr, /^clipfleet: runnable-not\.yaml:\d+:3: data\.train: no shard matches ".*nowhere\/train-\{00000\.\.00003\}\.tar" \(directory .*nowhere does not exist\)$/m);
+    // The same list, in the shape of a local `validate --json`.
+    const j = await runCli(["validate", "runnable-not.yaml", "--json", "--server", server.address], { cwd: tmp.dir });
+    assert.equal(j.code, 2, j.stderr);
+    const parsed = JSON.parse(j.stdout) as { valid: boolean; errors: { file: string; path: string; line: number | null; col: number | null; message: string }[] };
+    assert.equal(parsed.valid, false);
+    assert.deepEqual(parsed.errors.map((e) => e.path).sort(), ["cluster.workers", "data.train", "init.checkpoint"]);
+    assert.ok(parsed.errors.every((e) => typeof e.line === "number" && typeof e.col === "number" && e.file === "runnable-not.yaml"), j.stdout);
+    // Submit refuses the same spec; neither created a job.
+    const sub = await runCli(["submit", "runnable-not.yaml", "--server", server.address], { cwd: tmp.dir });
+    assert.equal(sub.code, 2, sub.stderr);
+    const client = server.client();
+    try {
+      assert.equal((await client.listJobs()).jobs.length, 0);
+    } finally {
+      client.close();
+    }
+  });
+
+  void it("a valid spec: the server counts its data and creates nothing; a spec the server itself refuses is reported the same way", async () => {
+    const spec = write("good.yaml", good);
+    const r = await runCli(["validate", spec, "--server", server.address]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`good\\.yaml: valid; job "checked" with 1 stage\\(s\\) \\(data, checkpoints and nodes checked by the server ${server.address.replace(/\./g, "\\.")}\\)\n {2}main: pretrain, 2 worker\\(s\\), batch 32, 20 steps, train 1024 samples in 4 shard\\(s\\), val 128 samples in 1 shard\\(s\\)\n$`));
+    // A data.synth folder the server would generate is only checked to be free: nothing is generated by a dry run.
+    const synthOut = join(tmp.dir, "to-generate");
+    const synth = write("synth.yaml", good.replace(/ {2}train: .*\n {2}val: .*\n/, `  synth: {out: ${synthOut}, train: 256, val: 64, shards: 2, size: 32, seed: 0}\n`));
+    const s = await runCli(["validate", synth, "--server", server.address]);
+    assert.equal(s.code, 0, s.stderr);
+    assert.match(s.stdout, /data\.synth: run first generates 256 train samples/);
+    assert.equal(existsSync(synthOut), false, "the dry run generated data");
+    const client = server.client();
+    try {
+      assert.equal((await client.listJobs()).jobs.length, 0);
+      // A client that skips local validation: the server validates the spec itself and lists every problem, with its path.
+      const reply = await client.validateJob(JSON.stringify({ name: "raw", task: "pretrain", train: { lr: "fast", step: 3 } }), "raw.json", tmp.dir);
+      const paths = reply.problems.map((p) => p.specPath);
+      for (const path of ["train.lr", "train.step", "data.train"]) assert.ok(paths.includes(path), `${path} not in ${paths.join(", ")}`);
+      assert.ok(reply.problems.every((p) => p.specPath !== "" && p.message.length > 0), JSON.stringify(reply.problems));
+      await assert.rejects(client.validateJob("x".repeat(1024 * 1024 + 1), "big.json", tmp.dir), /more than the limit of 1 MiB/);
+    } finally {
+      client.close();
+    }
+  });
+
+  void it("a viewer may not ask for the dry run (it tells what submit tells): exit 4 naming the role", { skip: !TEST_TLS && "CLIPFLEET_TEST_TLS=0: no identities" }, async () => {
+    const issued = await runCli(["certs", "issue", "--dir", fixtureTlsDir(), "--name", "valerie", "--role", "viewer"]);
+    assert.equal(issued.code, 0, issued.stderr);
+    const r = await runCli(["validate", write("viewer.yaml", good), "--server", server.address, "--tls-dir", join(fixtureTlsDir(), "clients", "valerie")]);
+    assert.equal(r.code, 4, r.stderr);
+    assert.match(r.stderr, /^clipfleet: permission denied: validateJob needs role operator; valerie is a viewer$/m);
   });
 });

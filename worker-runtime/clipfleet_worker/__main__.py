@@ -1,4 +1,4 @@
-"""python -m clipfleet_worker {run,synth,convert,info,report}."""
+"""python -m clipfleet_worker {run,synth,convert,info,report,openclip}."""
 
 from __future__ import annotations
 
@@ -35,6 +35,21 @@ def _info() -> int:
     return 0
 
 
+def _add_openclip(sub: "argparse._SubParsersAction") -> None:
+    """`openclip export` and `openclip check` (openclip.py; registered here so the other commands do not import torch)."""
+    p = sub.add_parser("openclip", help="open_clip interop: export a checkpoint, check open_clip weights against a model config")
+    ops = p.add_subparsers(dest="openclip_command", required=True)
+    e = ops.add_parser("export", help="write an open_clip model directory (clipfleet export --format open_clip runs this)")
+    e.add_argument("--checkpoint", required=True, help="a committed checkpoint directory (its model.pt)")
+    e.add_argument("--model-json", required=True, help="the stage's resolved model config (JSON)")
+    e.add_argument("--meta-json", default="{}", help="where the weights came from (job, stage, step), kept in the config")
+    e.add_argument("--out", required=True, help="the export directory (created)")
+    e.add_argument("--json", action="store_true", help="print what was written as one JSON line")
+    c = ops.add_parser("check", help="check an open_clip weights file or export directory against a model config")
+    c.add_argument("--ref", required=True, help="an open_clip export directory or weights file")
+    c.add_argument("--model-json", required=True, help="the stage's resolved model config (JSON)")
+
+
 def main(argv: list[str] | None = None) -> int:
     preemption = None
     if (sys.argv[1:] if argv is None else argv)[:1] == ["run"]:
@@ -50,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_subcommands(sub)
     add_report_subcommand(sub)
+    _add_openclip(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         print(f"clipfleet worker: phase started at {_STARTED_AT:.3f}", flush=True)
@@ -58,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_worker(preemption)
     if args.command == "info":
         return _info()
+    if args.command == "openclip":
+        from .openclip import run as run_openclip
+
+        return run_openclip(args)
     if args.command == "report":
         from .report import run as run_report
 

@@ -15,6 +15,9 @@ export const ROLES: readonly Role[] = ["viewer", "operator", "admin"];
 /** The lowest role allowed to call each ControlService method (named as grpc-js names its handler). */
 export const METHOD_ROLES = {
   submit: "operator",
+  // A dry run of submit tells what submit tells (which paths exist on the server, their sample counts,
+  // whether a spec fits the fleet), so it needs submit's role.
+  validateJob: "operator",
   getJob: "viewer",
   listJobs: "viewer",
   cancelJob: "operator",
@@ -45,9 +48,9 @@ export function allows(role: Role, method: ControlMethod): boolean {
   return ROLES.indexOf(role) >= ROLES.indexOf(METHOD_ROLES[method]);
 }
 
-/** Calls that change something: each one is written to the access log. */
+/** Calls that change something: each one is written to the access log. A dry run (validateJob) changes nothing. */
 export function changesState(method: ControlMethod): boolean {
-  return METHOD_ROLES[method] !== "viewer";
+  return METHOD_ROLES[method] !== "viewer" && method !== "validateJob";
 }
 
 /** A role named in a certificate or a flag, or null. */

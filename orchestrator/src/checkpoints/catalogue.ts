@@ -14,7 +14,7 @@
  */
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { InvalidArgumentError, UntrustedCheckpointError, type CheckpointRecord, type CheckpointSpec, type FileDigestRecord, type ImageTowerSpec, type SignedManifestRecord, type Task } from "../domain/index.js";
 import { writeFileAtomic } from "../util/index.js";
 import type { ManifestSigner, ManifestVerifier } from "./signing.js";
@@ -37,8 +37,11 @@ export interface CheckpointManifest {
   imageTower: ImageTowerSpec;
   files: FileDigestRecord[];
   committedAtMs: number;
-  /** Only in a manifest made by an import: the directory the files are in, and when they were hashed. */
-  importedFrom?: { dir: string; atMs: number };
+  /**
+   * Only in a manifest made by an import: the init.checkpoint it was made for, and when its files were hashed.
+   * `openClip`: open_clip weights (an export directory or a weights file), whose one file lies in `filesDir`.
+   */
+  importedFrom?: { dir: string; atMs: number; openClip?: { filesDir: string } };
 }
 
 /** A manifest whose signature verified, and the sha256 of its bytes. */
@@ -100,6 +103,35 @@ export function readVerifiedManifest(dir: string, verifier: ManifestVerifier): V
 export async function importCheckpoint(dir: string, signer: ManifestSigner, nowMs: number): Promise<SignedManifestRecord> {
   const source = await readForeignCheckpoint(dir, "init.checkpoint");
   const manifest: CheckpointManifest = { ...source, importedFrom: { dir, atMs: nowMs } };
+  const text = JSON.stringify(manifest, null, 2) + "\n";
+  return { text, signature: signer.sign(Buffer.from(text, "utf8")).toString("base64") };
+}
+
+/**
+ * Submit of open_clip weights as init.checkpoint `ref` (an export directory or
+ * a weights file; `weights` the file the worker runtime checked against the
+ * stage's towers): the file hashed now into a manifest this orchestrator
+ * signs, so the rank loads exactly these bytes. `imageTower` is the stage's
+ * own, since the check proved the weights fit it.
+ */
+export async function importOpenClipWeights(ref: string, weights: string, imageTower: ImageTowerSpec, signer: ManifestSigner, nowMs: number): Promise<SignedManifestRecord> {
+  const filesDir = dirname(weights);
+  if (weights !== ref && filesDir !== ref) throw new InvalidArgumentError(`init.checkpoint: ${weights} is not inside ${ref}`, "init.checkpoint");
+  const manifest: CheckpointManifest = {
+    schemaVersion: 1,
+    jobId: "",
+    stage: "",
+    task: "pretrain",
+    step: 0,
+    attempt: 0,
+    worldSize: 0,
+    configSha256: "",
+    cursor: { epoch: 0, sampleInEpoch: 0 },
+    imageTower,
+    files: [{ path: basename(weights), sha256: await sha256File(weights), size: statSync(weights).size }],
+    committedAtMs: nowMs,
+    importedFrom: { dir: ref, atMs: nowMs, openClip: { filesDir } },
+  };
   const text = JSON.stringify(manifest, null, 2) + "\n";
   return { text, signature: signer.sign(Buffer.from(text, "utf8")).toString("base64") };
 }
@@ -200,6 +232,11 @@ export function sha256File(path: string): Promise<string> {
  */
 export async function verifyCheckpoint(ckpt: Pick<CheckpointRecord, "dir" | "files">): Promise<string | null> {
   if (!existsSync(join(ckpt.dir, MANIFEST_NAME))) return `${ckpt.dir}: manifest.json missing`;
+  return verifyFiles(ckpt);
+}
+
+/** Checks that every file is in `dir` with its size and digest (an imported open_clip file has no manifest.json beside it). */
+export async function verifyFiles(ckpt: Pick<CheckpointRecord, "dir" | "files">): Promise<string | null> {
   for (const f of ckpt.files) {
     const path = join(ckpt.dir, f.path);
     if (!existsSync(path)) return `${f.path} missing`;

@@ -3,6 +3,7 @@ export {
   checkpointDirName,
   commitManifest,
   importCheckpoint,
+  importOpenClipWeights,
   MANIFEST_NAME,
   readForeignCheckpoint,
   readImportedManifest,
@@ -18,6 +19,7 @@ export {
   SIGNATURE_NAME,
   uncommittedDirs,
   verifyCheckpoint,
+  verifyFiles,
 } from "./catalogue.js";
 export type { CheckpointManifest, VerifiedManifest } from "./catalogue.js";
 export { KEYS_DIR, loadOrCreateSigningKey, ManifestSigner, ManifestVerifier, PUBLIC_KEY_FILE, readPublicKey, readSigningKey, SIGNING_KEY_FILE } from "./signing.js";

@@ -17,6 +17,7 @@ import { cordonCommand, uncordonCommand } from "./commands/cordon.js";
 import { completeJobRefs, completionCommand, type CompletionArgs } from "./commands/completion.js";
 import { dataCommand } from "./commands/data.js";
 import { deleteCommand } from "./commands/delete.js";
+import { exportCommand } from "./commands/export.js";
 import { listCommand } from "./commands/list.js";
 import { logsCommand } from "./commands/logs.js";
 import { nodesCommand } from "./commands/nodes.js";
@@ -56,6 +57,7 @@ const COMMANDS: Command<never>[] = [
   uncordonCommand,
   auditCommand,
   reportCommand,
+  exportCommand,
   validateCommand,
   schemaCommand,
   dataCommand,

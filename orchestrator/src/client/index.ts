@@ -26,6 +26,7 @@ import {
   type NodeList,
   type ServerInfo,
   type StepHistoryResponse,
+  type ValidateJobReply,
 } from "../gen/clipfleet/v1/control.js";
 
 const CODES: readonly ErrorCode[] = ["INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "UNAVAILABLE", "UNAUTHENTICATED", "PERMISSION_DENIED", "FENCED", "JOB_FAILED", "ENVIRONMENT", "INTERNAL"];
@@ -96,6 +97,10 @@ export class ControlClient {
 
   submit(specJson: string, specPath: string, baseDir: string, timeoutMs = 15 * 60_000): Promise<Job> {
     return this.call(this.client.submit.bind(this.client) as Unary<object, Job>, { specJson, specPath, baseDir }, timeoutMs);
+  }
+  /** ValidateJob: the server's dry run of submit (every problem, each stage's data counted); nothing is created. */
+  validateJob(specJson: string, specPath: string, baseDir: string, timeoutMs = 15 * 60_000): Promise<ValidateJobReply> {
+    return this.call(this.client.validateJob.bind(this.client) as Unary<object, ValidateJobReply>, { specJson, specPath, baseDir }, timeoutMs);
   }
   getJob(jobId: string): Promise<Job> {
     return this.call(this.client.getJob.bind(this.client) as Unary<object, Job>, { jobId });

@@ -6,7 +6,7 @@
  */
 import { ClipfleetError, InvalidArgumentError, MAX_SPEC_BYTES, newJobId, type JobEvent, type JobRecord, type JobSpec, type SignedManifestRecord, type StageSpec } from "../domain/index.js";
 import { DataPlan, peekCaptionSources, type Manifest } from "../data/index.js";
-import { checkSpecPolicy, parseSpec } from "../spec/index.js";
+import { checkSpecPolicy, isOpenClipRef, parseSpec, SpecValidationError } from "../spec/index.js";
 import type { CheckpointRefs } from "./checkpoint-refs.js";
 import type { JobContext } from "./context.js";
 import { synthOutState, type Datasets } from "./datasets.js";
@@ -100,6 +100,24 @@ export class Admission {
   }
 
   /**
+   * The dry run of submit for a spec from the network (ValidateJob): validated
+   * here, as submit validates it (size bound, JSON, every spec problem), then,
+   * when the spec itself is valid, `check`. Problems of the spec itself carry
+   * their full field path in `specPath`.
+   */
+  async checkInput(input: SubmitInput): Promise<AdmissionCheck> {
+    const where = input.specPath || "spec";
+    let spec: JobSpec;
+    try {
+      spec = this.validate(input, where);
+    } catch (err) {
+      if (!(err instanceof SpecValidationError)) throw err;
+      return { problems: err.issues.map((i) => ({ stage: null, field: "", message: i.message, specPath: i.path })), data: new Map() };
+    }
+    return this.check(spec, where);
+  }
+
+  /**
    * Before a job is accepted: the inventory can place every stage; generate synthetic data when
    * asked, read manifests, check caption sources, hash imported init checkpoints; returns the
    * imports' signed manifests by stage. `collect`: problems go into `problems` instead of being
@@ -143,7 +161,7 @@ export class Admission {
       const init = st.init;
       if (init.kind === "checkpoint" && init.import) {
         await attempt(st, "init.checkpoint", async () => {
-          imports.set(st.name, await this.refs.importInit(st, this.ctx.now()));
+          imports.set(st.name, isOpenClipRef(init.ref) ? await this.importOpenClip(st, init.ref) : await this.refs.importInit(st, this.ctx.now()));
         });
       } else if (init.kind === "checkpoint" && !spec.stages.some((x) => x.name === init.ref)) {
         await attempt(st, "init.checkpoint", () => this.refs.resolveInit(null, st).then(() => undefined));
@@ -207,6 +225,18 @@ export class Admission {
     }
     return { imports, data };
   }
+
+  /**
+   * open_clip weights as init.checkpoint: the worker runtime loads them (weights_only) and checks
+   * every key and shape against the stage's towers, then the file is hashed into a signed manifest.
+   */
+  private async importOpenClip(st: StageSpec, ref: string): Promise<SignedManifestRecord> {
+    const check = this.ctx.deps.checkOpenClip;
+    if (!check) throw new InvalidArgumentError(`init.checkpoint: ${ref}: this orchestrator cannot read open_clip weights`, "init.checkpoint");
+    const python = await this.ctx.resolvePython(st.worker.python ?? this.ctx.deps.python);
+    const weights = await check(python, ref, JSON.stringify(st.model));
+    return this.refs.importOpenClip(st, weights, this.ctx.now());
+  }
 }
 
 /** One problem submit would refuse a spec for: the stage ("" the job) and its field, and what is wrong (without the field). */
@@ -216,6 +246,8 @@ export interface AdmissionProblem {
   /** The field within the stage (data.train, init.checkpoint, cluster.workers); "" when none is named. */
   readonly field: string;
   readonly message: string;
+  /** A problem of the spec itself (before any check of its data): its full field path (`stages[1].train.lr`). */
+  readonly specPath?: string;
 }
 
 /** A stage's data as submit would count it: samples and shards of data.train and data.val (null: none, or not readable yet). */

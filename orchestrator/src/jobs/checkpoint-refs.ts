@@ -17,11 +17,14 @@ import {
 } from "../domain/index.js";
 import {
   importCheckpoint,
+  importOpenClipWeights,
   readImportedManifest,
   readRecordedManifest,
   readVerifiedManifest,
   recordedManifestProblem,
-  verifyCheckpoint,   type ManifestSigner,
+  verifyCheckpoint,
+  verifyFiles,
+  type ManifestSigner,
   type VerifiedManifest,
 } from "../checkpoints/index.js";
 import type { CheckpointRef } from "../gen/clipfleet/v1/worker.js";
@@ -82,9 +85,17 @@ export class CheckpointRefs {
    */
   async resolveInit(job: JobRecord | null, spec: StageSpec, imported?: SignedManifestRecord): Promise<CheckpointRef> {
     const { dir, verified } = this.trustedInit(job, spec, imported);
-    const problem = await verifyCheckpoint({ dir, files: verified.manifest.files });
+    // Imported open_clip weights: one file, in the export directory or beside the weights file named, with no manifest.json.
+    const filesDir = verified.manifest.importedFrom?.openClip?.filesDir;
+    const problem = filesDir !== undefined ? await verifyFiles({ dir: filesDir, files: verified.manifest.files }) : await verifyCheckpoint({ dir, files: verified.manifest.files });
     if (problem) throw new InvalidArgumentError(`init.checkpoint: ${dir} is corrupt: ${problem}`);
-    return refOf(dir, verified);
+    return refOf(filesDir ?? dir, verified);
+  }
+
+  /** Submit of open_clip weights as init.checkpoint: `weights` (checked by the worker runtime) hashed now, in a manifest this orchestrator signs. */
+  async importOpenClip(spec: StageSpec, weights: string, nowMs: number): Promise<SignedManifestRecord> {
+    if (spec.init.kind !== "checkpoint" || !spec.init.import) throw new Error("unreachable: not an import");
+    return importOpenClipWeights(spec.init.ref, weights, spec.model.image, this.key, nowMs);
   }
 
   /** Submit of `init: {checkpoint: DIR, import: true}`: the directory's files hashed now, in a manifest this orchestrator signs. */

@@ -45,6 +45,11 @@ export interface JobServiceDeps {
   /** Generates a synthetic dataset (python -m clipfleet_worker synth). */
   readonly synthesize: (python: string, synth: NonNullable<StageSpec["data"]["synth"]>, log: (line: string) => void) => Promise<void>;
   /**
+   * Checks open_clip weights (an export directory or a weights file) against a stage's model JSON with
+   * the worker runtime; resolves to the weights file. Absent: open_clip weights cannot be taken here.
+   */
+  readonly checkOpenClip?: (python: string, ref: string, modelJson: string) => Promise<string>;
+  /**
    * Embedded mode (`clipfleet run`/`resume` without a server): only jobs in
    * this set are scheduled; interrupted jobs outside it are marked FAILED
    * (resumable) instead of being restarted behind the user's back.

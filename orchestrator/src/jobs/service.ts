@@ -222,6 +222,14 @@ export class JobService implements MetricsSource {
     return this.admission.check(spec, where);
   }
 
+  /**
+   * The same dry run for a spec as submit receives it (ValidateJob, `validate --server`):
+   * validated here first, as submit would, then checked. Nothing is persisted or generated.
+   */
+  checkInput(input: SubmitInput): Promise<AdmissionCheck> {
+    return this.admission.checkInput(input);
+  }
+
   /** A job as persisted, with the live progress of its running attempts laid over it (not persisted). */
   get(id: string): JobRecord {
     const job = this.progress.liveView(this.ctx.ledger.get(id));

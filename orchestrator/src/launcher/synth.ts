@@ -1,6 +1,6 @@
 /** Running worker-runtime tools (synthetic data, conversion) as one-off local processes. */
 import { spawn } from "node:child_process";
-import { EnvironmentError, synthValShards, type SynthSpec } from "../domain/index.js";
+import { EnvironmentError, InvalidArgumentError, synthValShards, type SynthSpec } from "../domain/index.js";
 import { forEachLine } from "./lines.js";
 
 /**
@@ -60,5 +60,44 @@ export function runWorkerCli(python: string, workerRuntimeDir: string, args: rea
     });
     child.once("error", (err) => reject(new EnvironmentError(`could not run ${python}: ${err.message}`)));
     child.once("close", (code, signal) => resolve(code ?? (signal ? 128 + 15 : 1)));
+  });
+}
+
+/**
+ * `python -m clipfleet_worker openclip check`: loads open_clip weights (an
+ * export directory or a weights file) with weights_only and checks every key
+ * and shape against a CLIP of `modelJson`'s towers. Resolves to the weights
+ * file it read; a refusal is an InvalidArgumentError on `init.checkpoint`
+ * naming the file and the first bad key (the worker's one line).
+ */
+export function checkOpenClipWeights(python: string, workerRuntimeDir: string, ref: string, modelJson: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(python, ["-m", "clipfleet_worker", "openclip", "check", "--ref", ref, "--model-json", modelJson], {
+      env: { ...process.env, PYTHONPATH: workerRuntimeDir, PYTHONUNBUFFERED: "1" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const out: string[] = [];
+    const err: string[] = [];
+    forEachLine(child.stdout, (line) => out.push(line));
+    forEachLine(child.stderr, (line) => {
+      err.push(line);
+      if (err.length > 20) err.shift();
+    });
+    child.once("error", (e) => reject(new EnvironmentError(`could not run ${python}: ${e.message}`)));
+    child.once("close", (code, signal) => {
+      if (code === 0) {
+        try {
+          const weights = (JSON.parse(out.at(-1) ?? "") as { weights?: unknown }).weights;
+          if (typeof weights === "string") return resolve(weights);
+        } catch {
+          // reported below
+        }
+      }
+      if (code === 2) {
+        const line = err.find((l) => l.startsWith("clipfleet openclip: ")) ?? err.at(-1) ?? "refused";
+        return reject(new InvalidArgumentError(`init.checkpoint: ${line.replace(/^clipfleet openclip: /, "")}`, "init.checkpoint"));
+      }
+      reject(new EnvironmentError(`checking open_clip weights ${ref} failed (${signal ?? `exit ${code}`}): ${err.slice(-5).join(" | ")}`));
+    });
   });
 }

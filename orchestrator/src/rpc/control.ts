@@ -19,6 +19,7 @@ import type {
   NodeSchedulableRequest,
   StepHistoryRequest,
   SubmitRequest,
+  ValidateJobReply,
   WatchRequest,
 } from "../gen/clipfleet/v1/control.js";
 import type { JobService } from "../jobs/index.js";
@@ -129,6 +130,26 @@ export function controlService(service: JobService, info: ServerInfoSource, secu
     submit: unary("submit", async (req: SubmitRequest, who) => {
       if (!req.specJson) throw new InvalidArgumentError("spec_json: required", "spec_json");
       return fitJob(jobToProto(await service.submit({ specJson: req.specJson, specPath: req.specPath, baseDir: req.baseDir || process.cwd(), submittedBy: who.name })));
+    }),
+    validateJob: unary("validateJob", async (req: SubmitRequest): Promise<ValidateJobReply> => {
+      // Bounded as submit is: the spec is validated (size, JSON, fields) before any check of its data.
+      if (!req.specJson) throw new InvalidArgumentError("spec_json: required", "spec_json");
+      const checked = await service.checkInput({ specJson: req.specJson, specPath: req.specPath, baseDir: req.baseDir || process.cwd() });
+      return {
+        problems: checked.problems.map((p) => ({ stage: p.stage ?? "", field: p.field, message: p.message, specPath: p.specPath ?? "" })),
+        stages: [...checked.data].map(([stage, d]) => ({
+          stage,
+          trainSamples: d.train?.samples ?? 0,
+          trainShards: d.train?.shards ?? 0,
+          trainCounted: d.train !== null,
+          steps: d.steps ?? 0,
+          stepsKnown: d.steps !== null,
+          valSamples: d.val?.samples ?? 0,
+          valShards: d.val?.shards ?? 0,
+          valCounted: d.val !== null,
+          synth: d.synth ?? "",
+        })),
+      };
     }),
     getJob: unary("getJob", (req: JobRef) => fitJob(jobToProto(service.get(jobIdOf(service, req.jobId))))),
     listJobs: unary("listJobs", (req: ListJobsRequest) => {

@@ -1,5 +1,6 @@
 /** Reading spec and presets files: one place for the size limit and the text checks. */
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, openSync, readSync, statSync } from "node:fs";
+import { join } from "node:path";
 import { isUtf8 } from "node:buffer";
 import { InvalidArgumentError, MAX_SPEC_BYTES } from "../domain/index.js";
 
@@ -95,4 +96,21 @@ function openError(file: string, err: unknown): InvalidArgumentError {
   if (code === "EISDIR") return new InvalidArgumentError(`${file}: is a directory, not a file`, null, { cause: err });
   const detail = err instanceof Error ? err.message : String(err);
   return new InvalidArgumentError(`${file}: cannot read (${detail})`, null, { cause: err });
+}
+
+/** The config file of an open_clip model directory (what `clipfleet export --format open_clip` writes, and open_clip's `local-dir:` reads). */
+export const OPEN_CLIP_CONFIG_NAME = "open_clip_config.json";
+
+/**
+ * Whether an init.checkpoint path names open_clip weights: a file (a
+ * state_dict saved by torch, or an open_clip training checkpoint), or a
+ * directory holding open_clip_config.json. Such weights are never signed by
+ * an orchestrator, so they are always imported (hashed at submit).
+ */
+export function isOpenClipRef(path: string): boolean {
+  try {
+    return statSync(path).isFile() || existsSync(join(path, OPEN_CLIP_CONFIG_NAME));
+  } catch {
+    return false;
+  }
 }

@@ -316,11 +316,11 @@ const EVAL_FIELDS = {
 } satisfies Record<keyof EvalSpec, Field>;
 
 const INIT_FIELDS = {
-  checkpoint: required(string(), "A stage of this pipeline (among the stage's needs), a job id, `JOB:STAGE`, or a checkpoint directory (a path with a `/`)."),
+  checkpoint: required(string(), "A stage of this pipeline (among the stage's needs), a job id, `JOB:STAGE`, a checkpoint directory (a path with a `/`), or open_clip weights: an export folder (`open_clip_config.json`) or a weights file (docs/open_clip.md)."),
   import: withDefault(
     boolean(),
     false,
-    "Directories only: take a checkpoint this orchestrator did not sign (another orchestrator's, or one older than signed manifests). Its files are hashed at submit and the digests kept, signed, with the job; a file changed afterwards is refused.",
+    "Directories only: take a checkpoint this orchestrator did not sign (another orchestrator's, or one older than signed manifests). Its files are hashed at submit and the digests kept, signed, with the job; a file changed afterwards is refused. open_clip weights are always imported (and checked key by key at submit).",
   ),
 };
 

@@ -31,6 +31,7 @@ import {
 import { type Issue, type Path, expectation, fieldAt, isMapping, objectShapes, show, validate } from "./nodes.js";
 import { type Presets } from "./presets.js";
 import { AUGMENT_NODE, EVAL_NODE, STAGE_NAME, STAGE_NODE } from "./schema.js";
+import { isOpenClipRef } from "./files.js";
 import { didYouMean } from "./suggest.js";
 import { type TowerInput, resolveImageTower, resolveTextTower } from "./towers.js";
 
@@ -437,7 +438,11 @@ function resolveInit(value: "random" | { checkpoint: string; import: boolean }, 
     }
     return { kind: "checkpoint", ref, import: false };
   }
-  if (isPath) return { kind: "checkpoint", ref: nodePath.resolve(ctx.baseDir, ref), import: value.import };
+  if (isPath) {
+    const path = nodePath.resolve(ctx.baseDir, ref);
+    // open_clip weights carry no clipfleet manifest: they are imported (hashed at submit) without being asked.
+    return { kind: "checkpoint", ref: path, import: value.import || isOpenClipRef(path) };
+  }
   const colon = ref.lastIndexOf(":");
   if (colon >= 0) {
     if (isValidJobId(ref.slice(0, colon)) && STAGE_NAME.test(ref.slice(colon + 1))) return { kind: "checkpoint", ref, import: false };

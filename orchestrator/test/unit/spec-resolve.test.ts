@@ -210,6 +210,18 @@ void describe("defaults and presets", () => {
     assert.throws(() => parse({ ...MINIMAL, init: { checkpoint: "j-20261123-155955-a1b2c3", import: true } }), /init\.import: only a checkpoint directory can be imported/);
   });
 
+  void it("imports open_clip weights without being asked: a weights file, or a folder with open_clip_config.json", () => {
+    const dir = join(tmp, "oc-export");
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, "open_clip_config.json"), "{}");
+    writeFileSync(join(dir, "open_clip_pytorch_model.bin"), "x");
+    const at = (ref: string) => only(parseSpec({ ...MINIMAL, init: { checkpoint: ref } }, { specPath: join(tmp, "job.yaml"), baseDir: tmp, presets })).init;
+    assert.deepEqual(at("./oc-export"), { kind: "checkpoint", ref: dir, import: true });
+    assert.deepEqual(at("./oc-export/open_clip_pytorch_model.bin"), { kind: "checkpoint", ref: join(dir, "open_clip_pytorch_model.bin"), import: true });
+    // A directory without that config is a clipfleet checkpoint directory: signed by this orchestrator, or imported when asked.
+    assert.deepEqual(at("./nowhere"), { kind: "checkpoint", ref: join(tmp, "nowhere"), import: false });
+  });
+
   void it("takes job ids and JOB:STAGE as checkpoint references", () => {
     assert.deepEqual(only(parse({ ...MINIMAL, init: { checkpoint: "j-20261123-155955-a1b2c3" } })).init, { kind: "checkpoint", ref: "j-20261123-155955-a1b2c3", import: false });
     assert.deepEqual(only(parse({ ...MINIMAL, init: { checkpoint: "j-20261123-155955-a1b2c3:seg" } })).init, { kind: "checkpoint", ref: "j-20261123-155955-a1b2c3:seg", import: false });

@@ -19,6 +19,7 @@ import torch
 from .. import checkpoint as ckpt
 from .. import distributed as D
 from ..accel import refit_fused
+from .. import openclip
 from ..agent import Agent
 from ..data.loader import PlanLoader, StepSlice
 from ..data.remote import STATS as SHARD_STATS
@@ -146,11 +147,17 @@ def load_resume(assignment: pb.Assignment) -> ckpt.VerifiedCheckpoint | None:
 
 
 def load_init_weights(assignment: pb.Assignment) -> dict[str, torch.Tensor]:
-    """The model state dict of the init checkpoint (a committed pretraining checkpoint), verified."""
+    """The model state dict of the init checkpoint (a committed pretraining checkpoint, or imported open_clip weights), verified."""
     ref = assignment.init
     if not ref.dir:
         raise ConfigError("the stage has no init checkpoint", "init")
-    state = ckpt.VerifiedCheckpoint.of(ref).load(ckpt.MODEL_FILE)
+    checkpoint = ckpt.VerifiedCheckpoint.of(ref)
+    if not checkpoint.has(ckpt.MODEL_FILE) and len(checkpoint.files) == 1:
+        # open_clip weights (an export directory or a weights file), hashed at submit (docs/open_clip.md).
+        name = next(iter(checkpoint.files))
+        path = os.path.join(ref.dir, name)
+        return openclip.from_openclip_state(openclip.load_weights_bytes(checkpoint.read(name), path), path)
+    state = checkpoint.load(ckpt.MODEL_FILE)
     if not isinstance(state, dict):
         raise CheckpointError("model file does not hold a state dict", os.path.join(ref.dir, ckpt.MODEL_FILE))
     return state

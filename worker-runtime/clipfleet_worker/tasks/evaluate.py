@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .. import distributed as D
+from .. import openclip
 from ..data.loader import iterate_split, skip_counts, skips_by_reason
 from ..data.shards import read_zero_shot
 from ..data.sources import ShardSource
@@ -162,7 +163,7 @@ def run(ctx: TaskContext) -> None:
     cfg = ctx.cfg
     tokenizer = build_tokenizer(cfg["model"]["tokenizer"])
     model = build_clip(cfg["model"], tokenizer.vocab_size).to(ctx.device)
-    state = load_init_weights(ctx.assignment)
+    state = openclip.fit_state(load_init_weights(ctx.assignment), model.state_dict(), ctx.assignment.init.dir)
     model.load_state_dict(state)
     ctx.phase(0, "evaluating")
     metrics = evaluate_clip(ctx, model, tokenizer, 0)

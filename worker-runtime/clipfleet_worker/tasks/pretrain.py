@@ -16,12 +16,13 @@ import torch
 
 from .. import distributed as D
 from ..accel import DeviceFeeder, autocast_for, cuda_memory_line, grad_scaler, maybe_compile, path_line
+from .. import openclip
 from ..losses import ClipLoss, clip_loss_both
 from ..models import build_clip, params_sha256
 from ..models.attention import sdpa_in_use
 from ..optim import build_optimizer, clamp_logit_scale, lr_at, set_lr
 from ..tokenizers import build_tokenizer
-from .common import TaskContext, apply_update, checkpoint_payload, load_resume, maybe_checkpoint, plan_loader, restore_trainer
+from .common import TaskContext, apply_update, checkpoint_payload, load_init_weights, load_resume, maybe_checkpoint, plan_loader, restore_trainer
 from .evaluate import evaluate_clip
 
 
@@ -43,6 +44,9 @@ def run(ctx: TaskContext) -> None:
     if resume is not None:
         restore_trainer(ctx, resume, model, optimizer, scaler)
     else:
+        if (cfg.get("init") or {}).get("kind") == "checkpoint":
+            # Continue from a CLIP: an earlier stage's, another job's, or open_clip weights imported at submit.
+            model.load_state_dict(openclip.fit_state(load_init_weights(a), model.state_dict(), a.init.dir))
         D.broadcast_parameters(model)
     print(f"clipfleet worker: phase restored at {time.time():.3f}", flush=True)
 

@@ -1,12 +1,13 @@
 /** `clipfleet validate SPEC` and `clipfleet schema`. */
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import type { JobSpec, StageSpec } from "../../domain/index.js";
+import type { ValidateJobReply } from "../../gen/clipfleet/v1/control.js";
 import type { StageData } from "../../jobs/index.js";
-import { issueAtField, jsonSchema, loadPresets, loadSpecDocument, SpecValidationError, type SpecLocator } from "../../spec/index.js";
+import { issueAtField, jsonSchema, loadPresets, loadSpecDocument, SpecValidationError, type SpecIssue, type SpecLocator } from "../../spec/index.js";
 import type { Command } from "../command.js";
-import { EXIT, note, out, printJson } from "../context.js";
+import { connect, EXIT, note, out, printJson } from "../context.js";
 import { pidAlive, readInfo } from "../offline.js";
 
 interface ValidateArgs {
@@ -18,14 +19,15 @@ interface ValidateArgs {
 
 export const validateCommand: Command<ValidateArgs> = (deps, state) => ({
   command: "validate <spec>",
-  describe: "Check a job spec as `run` would before starting it (the spec, its data, init checkpoints, placement on the inventory); print every problem, or the resolved stages (exit 2 on problems)",
+  describe: "Check a job spec as `run` (or, with --server, the server's submit) would before starting it (the spec, its data, init checkpoints, placement on the inventory); print every problem, or the resolved stages (exit 2 on problems)",
   builder: (y) =>
     y
       .positional("spec", { type: "string", demandOption: true })
-      .option("offline", { type: "boolean", default: false, describe: "check the spec only, not its data, checkpoints or nodes (the default with --server and no --inventory)" })
+      .option("offline", { type: "boolean", default: false, describe: "check the spec only, not its data, checkpoints or nodes" })
       .option("inventory", { type: "string", describe: "nodes.yaml the stages must fit (default: this machine), as for `run`" })
       .option("known-hosts", { type: "string", describe: "known_hosts file for SSH nodes (default ~/.ssh/known_hosts)" })
       .example("$0 validate spec.yaml", "every problem `run` would meet here, one line each")
+      .example("$0 validate spec.yaml --server 10.0.0.5:7070", "the server's dry run of submit: its data, checkpoints and nodes")
       .example("$0 validate spec.yaml --offline --json", "the spec alone; print the frozen config"),
   handler: async (args) => {
     let loaded: { spec: JobSpec; raw: unknown; locate: SpecLocator };
@@ -39,10 +41,23 @@ export const validateCommand: Command<ValidateArgs> = (deps, state) => ({
     }
     const { spec, raw, locate } = loaded;
     let data = new Map<string, StageData>();
-    // Specs for a server (--server, CLIPFLEET_SERVER) are placed on its nodes, not this machine's: without
-    // --inventory, its data and nodes are left to the server's own checks at submit.
-    const skipped = args.offline ? "--offline" : (args.server ?? process.env.CLIPFLEET_SERVER) && !args.inventory ? "for a server" : null;
-    if (skipped === null) {
+    // Specs for a server (--server, CLIPFLEET_SERVER) are placed on its nodes and read its data: the server
+    // runs submit's checks as a dry run (ValidateJob), unless --inventory asks for them here.
+    const server = args.server ?? process.env.CLIPFLEET_SERVER;
+    const mode = args.offline ? "offline" : server && !args.inventory ? "server" : "local";
+    if (mode === "server") {
+      const client = await connect(args);
+      try {
+        const reply = await client.validateJob(JSON.stringify(raw), resolve(args.spec), dirname(resolve(args.spec)));
+        data = stageDataOf(reply);
+        if (reply.problems.length > 0) {
+          state.exitCode = refuse(args, new SpecValidationError(args.spec, reply.problems.map((p) => serverIssue(raw, p, locate))));
+          return;
+        }
+      } finally {
+        client.close();
+      }
+    } else if (mode === "local") {
       // The checks of submit itself, on an orchestrator of this state dir and inventory that schedules nothing.
       const scratch = scratchStateDir(args["state-dir"]);
       const orch = await deps
@@ -76,7 +91,8 @@ export const validateCommand: Command<ValidateArgs> = (deps, state) => ({
       printJson(spec);
       return;
     }
-    out(`${args.spec}: valid; job "${spec.name}" with ${spec.stages.length} stage(s)${skipped === "--offline" ? " (--offline: data, checkpoints and nodes not checked)" : skipped ? " (data, checkpoints and nodes: the server checks them at submit; --inventory checks them here)" : ""}`);
+    const how = mode === "offline" ? " (--offline: data, checkpoints and nodes not checked)" : mode === "server" ? ` (data, checkpoints and nodes checked by the server ${server})` : "";
+    out(`${args.spec}: valid; job "${spec.name}" with ${spec.stages.length} stage(s)${how}`);
     for (const s of spec.stages) out(`  ${stageLine(s, data.get(s.name) ?? null)}`);
   },
 });
@@ -95,6 +111,36 @@ function scratchStateDir(stateDir: string): { dir: string; remove: () => void } 
   }
   const dir = mkdtempSync(join(tmpdir(), "clipfleet-validate-"));
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** A problem the server found, at its place in the file: a spec problem at its full path, a later check's at its stage's field. */
+function serverIssue(raw: unknown, p: ValidateJobReply["problems"][number], locate: SpecLocator): SpecIssue {
+  if (p.specPath !== "") {
+    const at = locate(parsePath(p.specPath));
+    return { path: p.specPath, message: p.message, line: at?.line ?? null, column: at?.column ?? null };
+  }
+  return issueAtField(raw, p.stage === "" ? null : p.stage, p.field, p.message, locate);
+}
+
+/** `stages[1].train.lr` -> ["stages", 1, "train", "lr"]. */
+function parsePath(path: string): (string | number)[] {
+  return path.split(/\.|(?=\[)/).filter(Boolean).map((seg) => (/^\[\d+\]$/.test(seg) ? Number(seg.slice(1, -1)) : seg));
+}
+
+/** Each stage's data as the server counted it. */
+function stageDataOf(reply: ValidateJobReply): Map<string, StageData> {
+  const count = (counted: boolean, samples: number, shards: number) => (counted ? { samples, shards } : null);
+  return new Map(
+    reply.stages.map((d) => [
+      d.stage,
+      {
+        train: count(d.trainCounted, d.trainSamples, d.trainShards),
+        steps: d.stepsKnown ? d.steps : null,
+        val: count(d.valCounted, d.valSamples, d.valShards),
+        synth: d.synth === "generate" || d.synth === "reuse" ? d.synth : null,
+      },
+    ]),
+  );
 }
 
 /** The problems: one line each on stderr (through the error), or `{valid: false, errors}` on stdout with --json; exit 2. */
