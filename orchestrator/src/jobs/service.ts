@@ -188,7 +188,9 @@ export class JobService implements MetricsSource {
   async quiesce(): Promise<void> {
     this.ctx.closing = true;
     for (const t of this.timers) t.cancel();
+    const allocations = this.ctx.live.abortAllocations();
     await this.dispatcher.close();
+    await allocations;
   }
 
   /**
@@ -266,6 +268,8 @@ export class JobService implements MetricsSource {
     for (const stage of ledger.get(id).stages) {
       if (stage.state === "PENDING" || stage.state === "RESTARTING") {
         this.dispatcher.unqueue(id, stage.name);
+        // Waiting for a Slurm allocation: cancelled there too before cancel returns.
+        waits.push(this.ctx.live.abortAllocation(id, stage.name));
         await ledger.transition(id, stage.name, "CANCELLED", "cancelled by user", { unlessTerminal: true });
         continue;
       }
