@@ -185,8 +185,9 @@ function sshLauncherFor(nodes: readonly Node[], knownHosts: string | null): SshL
 async function checkInventory(opts: { inventory: string | null; knownHosts: string | null; python: string | null }): Promise<NodeCheck[]> {
   const nodes = loadInventory(opts.inventory);
   const ssh = sshLauncherFor(nodes, opts.knownHosts);
+  const slurm = nodes.some((n) => n.launcher === "slurm") ? new SlurmLauncher() : null;
   try {
-    return await checkNodes(nodes, { ssh, workerRuntimeDir: WORKER_RUNTIME_DIR, version: ORCHESTRATOR_VERSION, localPython: opts.python ?? process.env.CLIPFLEET_PYTHON ?? null });
+    return await checkNodes(nodes, { ssh, slurm, workerRuntimeDir: WORKER_RUNTIME_DIR, version: ORCHESTRATOR_VERSION, localPython: opts.python ?? process.env.CLIPFLEET_PYTHON ?? null });
   } finally {
     await ssh?.close();
   }

@@ -138,7 +138,7 @@ void describe("Slurm launcher on a real slurmctld and two slurmd hosts", () => {
     const started = Date.now();
     // Another user's job holds one of the two nodes: the gang's 2 nodes are not free.
     let running: ChildProcess | undefined;
-    const holder = cluster.cmd("sbatch", ["--parsable", "-N1", "-p", cluster.partition, "--job-name=holder", "--output=/dev/null", "--wrap=exec sleep 600"]).trim();
+    const holder = cluster.cmd("sbatch", ["--parsable", "-N1", "--exclusive", "-p", cluster.partition, "--job-name=holder", "--output=/dev/null", "--wrap=exec sleep 600"]).trim();
     try {
       await waitFor("the holder running", () => cluster.queue().some((j) => j.id === holder && j.state === "RUNNING"), 30_000);
       const state = join(tmp.dir, "pending");

@@ -83,3 +83,20 @@ export interface NodeCheck {
   /** Why it is not ok, one line each. */
   readonly problems: readonly string[];
 }
+
+/** One node of a Slurm partition, as sinfo shows it (`clipfleet nodes` with a Slurm inventory). */
+export interface SlurmNode {
+  readonly name: string;
+  readonly address: string;
+  /** idle, mixed, allocated, down, drained, draining, ... (a trailing `*`: not responding). */
+  readonly state: string;
+  readonly partition: string;
+  readonly cpusTotal: number;
+  readonly cpusIdle: number;
+  readonly gpusTotal: number;
+  readonly gpusUsed: number;
+  /** Free memory in MiB, null when sinfo does not know. */
+  readonly freeMemMiB: number | null;
+  /** Why it is down or drained ("none" otherwise). */
+  readonly reason: string;
+}

@@ -284,6 +284,8 @@ export class Launch {
       PYTHONUNBUFFERED: "1",
       OMP_NUM_THREADS: threads,
       CLIPFLEET_THREADS: threads,
+      // Slurm's warning signal (slurm.signal) is the preemption signal of its ranks.
+      ...(r.node.slurm?.signal ? { CLIPFLEET_PREEMPT_SIGNAL: r.node.slurm.signal.name } : {}),
       // Public: the CA that signed the gateway's certificate, so the rank dials it over TLS.
       ...(this.ctx.deps.gatewayCa ? { CLIPFLEET_TLS_CA: this.ctx.deps.gatewayCa } : {}),
     };

@@ -24,6 +24,6 @@ export type { HostKeyInfo, RemoteResult, SshLauncherOptions } from "./ssh.js";
 export { AllocationAborted, SlurmLauncher, sbatchArgs, srunArgs } from "./slurm.js";
 export type { AllocatedNode, Allocation, AllocationRequest, SlurmLauncherOptions } from "./slurm.js";
 export { allocationLive, expandHostlist, gresGpus, parseSbatch, parseScontrolJob, parseSinfo, parseSqueue, srunTaskSignal } from "./slurm-parse.js";
-export type { SlurmNode, SqueueJob } from "./slurm-parse.js";
+export type { SqueueJob } from "./slurm-parse.js";
 export { checkNodes } from "./preflight.js";
 export type { PreflightOptions } from "./preflight.js";

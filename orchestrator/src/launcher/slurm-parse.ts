@@ -5,6 +5,7 @@
  * outside: anything that does not parse is null or an error naming it,
  * never a guess.
  */
+import type { SlurmNode } from "../domain/index.js";
 
 /** Most names one hostlist may expand to: a bracket range such as `n[0-99999999]` is refused, not expanded. */
 export const MAX_HOSTLIST = 100_000;
@@ -113,23 +114,6 @@ export function parseSbatch(text: string): string | null {
 
 /** sinfo's per-node format (`sinfo -N -h -O SINFO_FIELDS`). */
 export const SINFO_FIELDS = "NodeList:0|,NodeAddr:0|,StateLong:0|,CPUsState:0|,Gres:0|,GresUsed:0|,Partition:0|,FreeMem:0|,Reason:0";
-
-/** One node of a partition, from sinfo. */
-export interface SlurmNode {
-  readonly name: string;
-  readonly address: string;
-  /** idle, mixed, allocated, down, drained, draining, ... (a trailing `*`: not responding). */
-  readonly state: string;
-  readonly partition: string;
-  readonly cpusTotal: number;
-  readonly cpusIdle: number;
-  readonly gpusTotal: number;
-  readonly gpusUsed: number;
-  /** Free memory in MiB, null when sinfo does not know. */
-  readonly freeMemMiB: number | null;
-  /** Why it is down or drained ("none" otherwise). */
-  readonly reason: string;
-}
 
 /** GPUs in a gres string: `gpu:8`, `gpu:a100:4(S:0-1)`, `gpu:a100:4(IDX:0-3),shard:8`; 0 for `(null)`. */
 export function gresGpus(gres: string): number | null {

@@ -18,7 +18,7 @@
  */
 import { execFile, spawn } from "node:child_process";
 import { constants } from "node:os";
-import { EnvironmentError, type NodeSpec, type SlurmOptions } from "../domain/index.js";
+import { EnvironmentError, type NodeSpec, type SlurmNode, type SlurmOptions } from "../domain/index.js";
 import { forEachLine } from "./lines.js";
 import {
   allocationLive,
@@ -29,7 +29,6 @@ import {
   SINFO_FIELDS,
   SQUEUE_FORMAT,
   srunTaskSignal,
-  type SlurmNode,
   type SqueueJob,
 } from "./slurm-parse.js";
 import { FREE_PORT, PID_LINE, WRAPPER, workerStdin } from "./ssh-command.js";
@@ -262,8 +261,10 @@ export class SlurmLauncher implements Launcher {
       release: () => {
         released ??= (async () => {
           await this.run("scancel", [jobId]).catch(() => undefined);
-          // Until squeue (pending, running, completing) no longer lists it: nothing of it is left.
-          for (let i = 0; i < 300; i++) {
+          // Until squeue (pending, running, completing) no longer lists it: nothing of it is left
+          // (at most a minute: a Slurm that stopped answering must not hold up a shutdown).
+          const deadline = Date.now() + 60_000;
+          while (Date.now() < deadline) {
             const r = await this.run("squeue", ["-h", "-j", jobId, "-o", "%i"]).catch(() => null);
             if (r !== null && (r.code !== 0 || r.stdout.trim() === "")) break;
             await sleep(100);

@@ -82,8 +82,12 @@ const SLURM_FIELDS = [
 const SLURM_TIME = /^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}|UNLIMITED|INFINITE)$/;
 /** What sbatch takes in a partition, account, qos, constraint or gres value: no spaces, no shell or option syntax. */
 const SLURM_WORD = /^[A-Za-z0-9_.:,@+=/|&()[\]*-]+$/;
-/** Signals Slurm's --signal takes by name. */
-const SLURM_SIGNALS = ["USR1", "USR2", "TERM", "INT", "HUP", "QUIT", "URG", "CONT", "ALRM"] as const;
+/**
+ * Warning signals an allocation may ask for: those the worker takes as the
+ * preemption signal (CLIPFLEET_PREEMPT_SIGNAL, docs/preemption.md). TERM is
+ * the graceful stop and USR2 the stack dump, so neither can be.
+ */
+const SLURM_SIGNALS = ["USR1", "HUP", "INT", "ALRM", "URG", "PWR", "XCPU"] as const;
 /** sbatch options the launcher sets itself: given in sbatch_options they would contradict it. */
 const OWN_SBATCH_OPTIONS = ["--nodes", "-N", "--ntasks", "-n", "--ntasks-per-node", "--job-name", "-J", "--output", "-o", "--error", "-e", "--wrap", "--export", "--parsable", "--signal", "--exclude", "-x", "--cpus-per-task", "-c"];
 const LOOPBACK = new Set(["localhost", "127.0.0.1", "::1"]);
