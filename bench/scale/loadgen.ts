@@ -248,7 +248,7 @@ class SimRank {
 
   /** A signal from the launcher: terminating ones end the rank as a killed process would end. */
   signal(sig: string): void {
-    if (sig !== "SIGKILL" && sig !== "SIGTERM") return; // SIGCONT, SIGUSR1 (stack dump): nothing to do
+    if (sig !== "SIGKILL" && sig !== "SIGTERM") return; // SIGCONT, SIGUSR2 (stack dump): nothing to do
     if (this.exited) return;
     this.exited = true;
     this.quiet();

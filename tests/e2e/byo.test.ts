@@ -3,8 +3,8 @@
  * stages running examples/byo/train_ddp.py (the clipfleet_worker API) and
  * plain torchrun scripts (no clipfleet import), under `clipfleet run` and
  * `clipfleet launch`. Failures are injected for real: kill -9 of a rank, a
- * cancel with a checkpoint, the same exception twice, a rank that stops
- * reporting. The API script resumes to the parameters of an uninterrupted
+ * cancel with a checkpoint, a preemption signal, the same exception twice, a
+ * rank that stops reporting. The API script resumes to the parameters of an uninterrupted
  * run with an exact data audit; a plain script restarts from scratch.
  */
 import assert from "node:assert/strict";
@@ -100,6 +100,32 @@ void describe("bring your own script: the clipfleet_worker API", () => {
     // Same data, same steps; the hung attempt resumed from step 10: the parameters of 60 uninterrupted steps.
     const ref = await runJson(["run", ddpSpec(tmp.dir, "ddp-hang", 60), "--json", "--state-dir", join(tmp.dir, "hang-ref")]);
     assert.equal(s.finalParamsSha256, ref.finalParamsSha256);
+  });
+
+  void it("kill -USR1 of a rank (a preemption): init() turned it into a request, every rank saves at one step, the stage restarts from it without spending a restart, the same final parameters", { timeout: 180_000 }, async () => {
+    const state = join(tmp.dir, "preempt");
+    const gate = join(tmp.dir, "go-preempt");
+    // Every rank waits at step 25 of the first attempt until the signal has been sent, so it lands mid-run.
+    const run = await startRun(ddpSpec(tmp.dir, "ddp", 60, { max_restarts: 0 }), state, ["--json"], { CLIPFLEET_FAULT: `gate@25:file=${gate}:attempt=1` });
+    const v = await waitForStatus(run.jobId, state, "step 24", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 24);
+    const victim = currentAttempt(v).ranks.find((r) => r.rank === 0);
+    assert.ok(victim && victim.pid > 0);
+    process.kill(victim.pid, "SIGUSR1");
+    await waitForStatus(run.jobId, state, "the stop command", (x) => x.job.recentEvents.some((e) => /^preempted: SIGUSR1 on rank 0 .*; checkpoint at step \d+$/.test(e.reason)), 60_000);
+    writeFileSync(gate, "");
+    const r = await run.done;
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary & { preemptions: number };
+    assert.equal(s.restarts, 0);
+    assert.equal(s.preemptions, 1);
+    assert.equal(s.finalParamsSha256, reference.finalParamsSha256, "bit-identical to the uninterrupted run");
+    const after = await status(run.jobId, state);
+    const [first, second] = after.job.stages[0]?.attempts ?? [];
+    assert.equal(first?.outcome, "preempted");
+    const stopStep = Number(/checkpoint at step (\d+)$/.exec(after.job.recentEvents.find((e) => /^preempted: .*checkpoint at step/.test(e.reason))?.reason ?? "")?.[1]);
+    assert.ok(stopStep >= 25, `stopped after the gate: ${stopStep}`);
+    assert.equal(second?.resumedFromStep, stopStep, "resumed from the preemption's checkpoint");
+    assertExactlyOnce(await audit(run.jobId, state), 3);
   });
 
   void it("cancel --checkpoint: the script sees should_stop, saves and exits; resume continues it to the same final parameters", { timeout: 240_000 }, async () => {

@@ -10,6 +10,8 @@ import shutil
 import sys
 import time
 
+from .preempt import PreemptionWatch
+
 # When the interpreter reached our code: the first phase of a rank's start-up (bench/recovery.ts reads it).
 _STARTED_AT = time.time()
 
@@ -34,6 +36,11 @@ def _info() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    preemption = None
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["run"]:
+        # A rank: before the imports below (torch: seconds during which the signal's default action would kill it).
+        preemption = PreemptionWatch(os.environ)
+        preemption.install()
     parser = argparse.ArgumentParser(prog="python -m clipfleet_worker", description="clipfleet worker runtime")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run one rank (started by the orchestrator)")
@@ -48,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clipfleet worker: phase started at {_STARTED_AT:.3f}", flush=True)
         from .worker import main as run_worker
 
-        return run_worker()
+        return run_worker(preemption)
     if args.command == "info":
         return _info()
     if args.command == "report":

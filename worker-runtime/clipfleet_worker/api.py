@@ -6,7 +6,7 @@ unchanged in both:
 - orchestrated (CLIPFLEET_ADDR set: the orchestrator launched this rank):
   the rank registers with its credentials and keeps the session the
   built-in worker keeps (heartbeats, commands, the data plan, failure
-  reports with fingerprints, SIGUSR1 stacks, SIGTERM -> graceful stop);
+  reports with fingerprints, SIGUSR2 stacks, SIGTERM -> graceful stop, SIGUSR1 -> preemption);
   checkpoints are reported file by file and committed by the orchestrator
   once every rank has reported; settings come from the stage spec.
 - local (plain torchrun, or python alone): the same calls; checkpoints go to
@@ -42,7 +42,8 @@ from .agent import Agent, Commands, WorkerEnv
 from .errors import ApiUsageError, CheckpointError, ConfigError
 from .gen.clipfleet.v1 import common_pb2 as cpb
 from .gen.clipfleet.v1 import worker_pb2 as pb
-from .lifecycle import FaultInjection, die_with_parent, dump_stacks_on_sigusr1, report_failure, stop_gang_on_sigterm
+from .lifecycle import FaultInjection, die_with_parent, dump_stacks_on_sigusr2, report_failure, request_preemption, stop_gang_on_sigterm
+from .preempt import PreemptionWatch
 
 # Where plain-torchrun runs keep their checkpoints, unless CLIPFLEET_LOCAL_CHECKPOINTS says otherwise.
 DEFAULT_LOCAL_CHECKPOINTS = "clipfleet-checkpoints"
@@ -363,13 +364,17 @@ def init(*, total_steps: int | None = None, every_steps: int | None = None, num_
             raise ConfigError(f"expected a positive integer, got {value!r}", f"init({name})")
     if "CLIPFLEET_ADDR" not in os.environ:
         return _local_context(dict(os.environ), local)
-    dump_stacks_on_sigusr1()
+    dump_stacks_on_sigusr2()
+    preemption = PreemptionWatch(os.environ)
+    preemption.install()
     die_with_parent()
     env = WorkerEnv.from_environ()
     agent = Agent(env)
     _report_uncaught(agent)
     ctx = connect(agent, local)
     stop_gang_on_sigterm(agent, env.rank)
+    # A bad CLIPFLEET_PREEMPT_SIGNAL: ConfigError, reported by the excepthook.
+    preemption.attach(env.rank, lambda reason: request_preemption(agent, reason))
     return ctx
 
 

@@ -1,8 +1,10 @@
 """What every rank process shares, whether it runs a built-in task or the user's own script.
 
 A rank dies with the process that launched it, dumps every thread's stack
-on SIGUSR1 (the orchestrator asks before killing a hung gang), turns SIGTERM
-into a request for a graceful stop of the whole gang, and reports a Python
+on SIGUSR2 (the orchestrator asks before killing a hung gang), turns SIGTERM
+into a request for a graceful stop of the whole gang and the preemption
+signal (preempt.py) into a request for a preemption (checkpoint at one
+step, exit, restart), and reports a Python
 error with its traceback and a fingerprint, so that the orchestrator can
 tell the same bug at the same place twice from bad luck. No torch here:
 `import clipfleet_worker` stays cheap for scripts that only use the API.
@@ -37,10 +39,24 @@ def die_with_parent() -> None:
         pass
 
 
-def dump_stacks_on_sigusr1() -> None:
-    """SIGUSR1 prints every thread's stack on stderr: the orchestrator asks for it before killing a hung gang."""
+# SIGUSR1 is the preemption signal (preempt.py: Slurm's --signal, scancel --signal=USR1); stacks moved to SIGUSR2.
+STACK_DUMP_SIGNAL = signal.SIGUSR2
+def dump_stacks_on_sigusr2() -> None:
+    """SIGUSR2 prints every thread's stack on stderr: the orchestrator asks for it before killing a hung gang."""
     faulthandler.enable()
-    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    faulthandler.register(STACK_DUMP_SIGNAL, all_threads=True, chain=False)
+
+
+def request_preemption(agent: Agent, reason: str) -> None:
+    """Asks the orchestrator for a preemption (PreemptionWatch calls it from its thread, never from the handler)."""
+    c = agent.commands
+    with c.lock:
+        stopping = c.fenced is not None or c.stop_at is not None
+    if stopping:
+        print("clipfleet worker: preemption signal while already stopping: nothing more to do", file=sys.stderr, flush=True)
+        return
+    print(f"clipfleet worker: {reason}: asking the orchestrator to checkpoint and stop the gang (preemption)", file=sys.stderr, flush=True)
+    agent.send(pb.WorkerMessage(preempt_requested=pb.PreemptRequested(reason=reason)))
 
 
 def stop_gang_on_sigterm(agent: Agent, rank: int) -> None:
@@ -54,8 +70,8 @@ def stop_gang_on_sigterm(agent: Agent, rank: int) -> None:
 
     def on_sigterm(signum: int, frame: Any) -> None:
         c = agent.commands
-        with c.lock:
-            stopping = c.fenced is not None or c.stop_at is not None
+        # Read without the lock: the handler may interrupt the very frame that holds it (the step's command check).
+        stopping = c.fenced is not None or c.stop_at is not None
         if stopping:
             raise SystemExit(143)
         print("clipfleet worker: SIGTERM: asking the orchestrator to checkpoint and stop the gang", file=sys.stderr, flush=True)

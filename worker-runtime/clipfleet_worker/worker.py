@@ -3,9 +3,10 @@
 Started by the orchestrator's launcher as `python -m clipfleet_worker run`
 with torchrun's environment plus CLIPFLEET_* variables. Python errors are
 reported to the orchestrator with a traceback and a fingerprint (so a
-repeated bug is not retried forever); SIGUSR1 prints every thread's stack
+repeated bug is not retried forever); SIGUSR2 prints every thread's stack
 (the orchestrator asks for it before killing a hung rank); SIGTERM asks the
-orchestrator for a graceful stop of the whole gang.
+orchestrator for a graceful stop of the whole gang; the preemption signal
+(SIGUSR1, or CLIPFLEET_PREEMPT_SIGNAL) for a preemption (preempt.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from . import checkpoint as ckpt
 from . import distributed as D
 from .agent import EXIT_CONFIG, EXIT_ERROR, EXIT_FENCED, EXIT_OK, Agent, SessionLost, WorkerEnv
 from .errors import ClipfleetWorkerError, ConfigError
-from .lifecycle import FaultInjection, die_with_parent, dump_stacks_on_sigusr1, report_failure, stop_gang_on_sigterm
+from .lifecycle import FaultInjection, die_with_parent, dump_stacks_on_sigusr2, report_failure, request_preemption, stop_gang_on_sigterm
+from .preempt import PreemptionWatch
 from .tasks.common import TaskContext, json_config, set_threads
 
 
@@ -42,10 +44,14 @@ def _run_task(ctx: TaskContext) -> None:
         raise ConfigError(f"unknown task {task!r}", "task")
 
 
-def main() -> int:
+def main(preemption: PreemptionWatch | None = None) -> int:
+    """Runs one rank; `preemption`: the watch __main__ installed before the heavy imports."""
+    if preemption is None:
+        preemption = PreemptionWatch(os.environ)
+        preemption.install()
     # Start-up phases with wall-clock times, so the cost of a restart can be broken down (bench/recovery.ts).
     print(f"clipfleet worker: phase imported at {time.time():.3f}", flush=True)
-    dump_stacks_on_sigusr1()
+    dump_stacks_on_sigusr2()
     die_with_parent()
     env = WorkerEnv.from_environ()
     agent = Agent(env)
@@ -59,6 +65,7 @@ def main() -> int:
     stop_gang_on_sigterm(agent, env.rank)
     step = int(assignment.start_step)
     try:
+        preemption.attach(env.rank, lambda reason: request_preemption(agent, reason))
         agent.set_progress(step, "rendezvous")
         D.init_process_group(assignment.backend, assignment.master_addr, assignment.master_port, assignment.rank, assignment.world_size)
         print(f"clipfleet worker: phase rendezvous at {time.time():.3f}", flush=True)

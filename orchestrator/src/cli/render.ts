@@ -34,6 +34,7 @@ export function jobSummary(job: Job): Record<string, unknown> {
     warnings: job.stages.flatMap((s) => s.warnings.map((w) => (single ? w : `${s.name}: ${w}`))),
     ...shardCacheSummary(job),
     restarts: job.stages.reduce((a, s) => a + s.restarts, 0),
+    preemptions: job.stages.reduce((a, s) => a + s.preemptions, 0),
     firstLoss: (lastWithLoss ?? single)?.progress?.firstLoss ?? null,
     finalLoss: lastWithLoss?.progress?.loss ?? null,
     metrics,
@@ -56,6 +57,7 @@ function stageSummary(s: Stage): Record<string, unknown> {
     steps: s.progress?.step ?? 0,
     totalSteps: s.progress?.totalSteps ?? 0,
     restarts: s.restarts,
+    preemptions: s.preemptions,
     attempts: s.attempts.length + s.attemptsOmitted,
     firstLoss: s.progress?.firstLoss ?? null,
     finalLoss: s.progress?.loss ?? null,
@@ -160,6 +162,7 @@ export function renderStatus(job: Job, now: number): string {
         a.ranks.map((r) => [String(r.rank), r.node, r.pid ? String(r.pid) : "-", r.state, r.phase, String(r.step), ago(r.lastHeartbeatMs, now)]),
       ),
     );
+    if (s.preemptions > 0) lines.push(`preempted ${s.preemptions} time(s): each checkpointed and restarted, not counted as a restart`);
     const metrics = Object.entries(s.metrics);
     if (metrics.length > 0) lines.push(`metrics: ${metrics.map(([k, v]) => `${k}=${fmtMetric(v)}`).join(" ")}`);
     const skipped = fmtSkips(s.progress?.skippedSamples ?? 0, s.progress?.skippedByReason ?? {});

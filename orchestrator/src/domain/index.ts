@@ -6,6 +6,7 @@ export * from "./job.js";
 export * from "./job-ref.js";
 export * from "./limits.js";
 export * from "./node.js";
+export * from "./preemption.js";
 export * from "./shard-patterns.js";
 export * from "./spec.js";
 export * from "./states.js";

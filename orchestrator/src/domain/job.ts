@@ -138,6 +138,8 @@ export interface StageRecord {
   endedAtMs: number | null;
   attempts: AttemptRecord[];
   restarts: number;
+  /** Restarts after a preemption (apart from `restarts`; docs/preemption.md); absent in records of earlier versions. */
+  preemptions?: number;
   checkpoints: CheckpointRecord[];
   progress: ProgressRecord;
   failures: FailureRecord[];
@@ -162,7 +164,7 @@ export interface JobEvent {
   seq: number;
   jobId: string;
   stage: string;
-  /** state | attempt | checkpoint | eval | warning | failure | step | node */
+  /** state | attempt | checkpoint | eval | warning | failure | preemption | step | node */
   type: string;
   state: JobState;
   reason: string;

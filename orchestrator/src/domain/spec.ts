@@ -165,6 +165,8 @@ export interface CheckpointSpec {
 
 export interface FailureSpec {
   readonly max_restarts: number;
+  /** Preemptions of a stage before it fails; null: no bound. They never spend max_restarts. */
+  readonly max_preemptions: number | null;
   readonly backoff_seconds: number;
   readonly backoff_max_seconds: number;
   readonly heartbeat_timeout: number;

@@ -10,10 +10,11 @@
  * - STARTING: ranks placed and launched; waiting for every rank to register
  *   and the process group to form.
  * - RUNNING: every rank registered; training or evaluating.
- * - RESTARTING: an attempt failed; its gang is torn down and the stage waits
- *   out its backoff before a new attempt from the last committed checkpoint.
- * - STOPPING: a graceful stop (cancel with --checkpoint, SIGTERM) is in
- *   progress: ranks save, then exit within the grace period.
+ * - RESTARTING: an attempt failed (or was preempted); its gang is torn down
+ *   and the stage waits out its backoff (none after a preemption) before a
+ *   new attempt from the last committed checkpoint.
+ * - STOPPING: a graceful stop (cancel with --checkpoint, SIGTERM) or a
+ *   preemption is in progress: ranks save, then exit within the grace period.
  * - SUCCEEDED: every step ran; final checkpoint committed; results recorded.
  * - FAILED: out of restarts, a repeated user error, or an unrecoverable
  *   input; the reason (and traceback, when there is one) is kept.

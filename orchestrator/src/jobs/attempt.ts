@@ -6,21 +6,22 @@
  * given (the commit, the ending, the progress sink), which never call back
  * into it except through its own methods.
  */
-import { addShardCache, addSkips, type ShardCacheStats, type StageSpec, type Timers, type TimerHandle } from "../domain/index.js";
+import { addShardCache, addSkips, truncateHead, type ShardCacheStats, type StageSpec, type Timers, type TimerHandle } from "../domain/index.js";
 import type { Manifest, DataPlan } from "../data/index.js";
 import type { CheckpointRef, CheckpointWritten, EvalResult, Heartbeat, StepReport, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
 import type { ExitInfo } from "../launcher/index.js";
 import type { Placement } from "../scheduler/index.js";
-import { boundedReport, causeOfExit, causeOfReport, hangBoundSeconds, isSecondary, type FailureCause } from "./policy.js";
+import { boundedReport, causeOfExit, causeOfPreemptExit, causeOfReport, hangBoundSeconds, isSecondary, type FailureCause } from "./policy.js";
 import type { RankRuntime, SessionHandle } from "./runtime.js";
 
 /** How long a secondary failure signal waits for the primary one. */
 export const SETTLE_MS = 1500;
 
-/** A graceful stop's agreed step, and whether ranks checkpoint there first. */
+/** A graceful stop's agreed step, whether ranks checkpoint there first, and whether it is a preemption (the stage restarts). */
 export interface StopAt {
   readonly step: number;
   readonly checkpoint: boolean;
+  readonly preempt?: boolean;
 }
 
 /** How an attempt came to end. */
@@ -32,7 +33,9 @@ export type EndReason = "failed" | "succeeded" | "stopped";
  * - running: the gang formed (every rank connected); it trains or evaluates.
  * - stopping: a graceful stop of a formed gang: ranks stop at `stopAt.step`
  *   (saving first when asked) and exit; their exits and closed sessions are
- *   expected, so they are not failures.
+ *   expected, so they are not failures. In a preemption's stop
+ *   (`stopAt.preempt`) only a clean exit is: a rank killed or crashing before
+ *   the checkpoint is committed fails the attempt.
  * - ending: the attempt is over (failed, succeeded, or stopped) and being torn
  *   down and recorded; every later signal of its ranks is ignored, their
  *   calls are fenced.
@@ -89,6 +92,8 @@ export interface AttemptHooks {
   finished(a: Attempt): void;
   /** A rank asks for the job to stop (it saves first). */
   stopRequested(a: Attempt, reason: string): void;
+  /** A rank received the preemption signal: stop the gang at one step with a checkpoint, then restart the stage. */
+  preemptRequested(a: Attempt, reason: string): void;
 }
 
 /** What an attempt needs of the world: time, timers and the job's log. */
@@ -164,6 +169,8 @@ export class Attempt {
   private settling: TimerHandle | null = null;
   private exits = 0;
   private resolveAllExited: () => void = () => undefined;
+  /** Waiters for a commit at or after a step (a preemption waits for its checkpoint). */
+  private commitWaiters: { step: number; resolve: () => void }[] = [];
 
   constructor(
     readonly facts: AttemptFacts,
@@ -265,6 +272,19 @@ export class Attempt {
     this.lastCommitMs = atMs;
     this.lastCommittedStep = Math.max(this.lastCommittedStep, step);
     if (this.checkpointAt !== null && step >= this.checkpointAt) this.checkpointAt = null;
+    const due = this.commitWaiters.filter((w) => this.lastCommittedStep >= w.step);
+    this.commitWaiters = this.commitWaiters.filter((w) => this.lastCommittedStep < w.step);
+    for (const w of due) w.resolve();
+  }
+
+  /**
+   * Resolves once this attempt has committed a checkpoint at or after `step`
+   * (a commit may land after the ranks' exits: the manifest is written once
+   * the last report is in). Never rejects; callers bound the wait.
+   */
+  committedAt(step: number): Promise<void> {
+    if (this.lastCommittedStep >= step) return Promise.resolve();
+    return new Promise<void>((resolve) => this.commitWaiters.push({ step, resolve }));
   }
 
   /**
@@ -380,6 +400,13 @@ export class Attempt {
         this.log(`rank ${rank.rank} asks to stop: ${body.value.reason}`);
         this.hooks.stopRequested(this, body.value.reason);
         return;
+      case "preemptRequested": {
+        // A rank's words: bounded before they reach a log line, an event and the store.
+        const reason = truncateHead(body.value.reason || `preemption signal on rank ${rank.rank}`, 200);
+        this.log(`rank ${rank.rank} asks for a preemption: ${reason}`);
+        this.hooks.preemptRequested(this, reason);
+        return;
+      }
     }
   }
 
@@ -389,8 +416,14 @@ export class Attempt {
     rank.phase = "exited";
     const how = exit.lost ? `was lost: ${exit.lost}` : exit.signal ? `killed by ${exit.signal}` : `exited with code ${exit.code}`;
     this.log(`rank ${rank.rank} (pid ${rank.proc?.pid ?? "?"}) ${how}`);
-    // A stop in progress waits for every exit; an ending attempt expects them.
-    if (this.over || this.phaseNow.kind === "stopping") return;
+    if (this.over) return;
+    if (this.phaseNow.kind === "stopping") {
+      // A stop in progress waits for every exit; a preemption's, for clean ones (a dead rank never saves).
+      if (!this.phaseNow.stopAt.preempt) return;
+      const cause = causeOfPreemptExit(rank.rank, rank.node.name, exit, rank.failure);
+      if (cause) this.fail(cause);
+      return;
+    }
     if (this.spec.command) {
       // A command's success is its exit code; its failure, the traceback on its stderr when it printed one.
       if (exit.code === 0 && !exit.lost) {

@@ -1,15 +1,16 @@
 /**
  * How attempts end: failed (tear the gang down, then restart with backoff or
  * fail the stage, per policy.ts), stopped (ranks save and exit, SIGTERM and
- * SIGKILL after the grace period), or succeeded (wait for clean exits,
- * record the results). Each path moves the attempt to `ending` first, so
+ * SIGKILL after the grace period), preempted (ranks save at one step and
+ * exit, then the stage restarts from that checkpoint without spending a
+ * restart), or succeeded (wait for clean exits, record the results). Each path moves the attempt to `ending` first, so
  * only the first of several racing endings acts; each ends by releasing the
  * attempt's slots and waking the dispatcher.
  */
 import { isTerminal, settlesWithin, sleepOn, type AttemptOutcome, type StageRecord } from "../domain/index.js";
 import type { Attempt } from "./attempt.js";
 import type { JobContext } from "./context.js";
-import { decide, describeCause, failureNode, type FailureCause } from "./policy.js";
+import { decide, decidePreemption, describeCause, failureNode, type FailureCause } from "./policy.js";
 import type { Progress } from "./progress.js";
 import { newestCommitted, stageRecordOf } from "./records.js";
 
@@ -17,6 +18,10 @@ const STACK_DUMP_WAIT_MS = 1500;
 const EXIT_WAIT_MS = 15000;
 /** After SIGTERM, how long ranks get before SIGKILL. */
 const TERM_WAIT_MS = 5000;
+/** After a preempted gang's exits, how long its checkpoint's commit (the manifest write) may still take. */
+const COMMIT_WAIT_MS = 10000;
+/** The signal that makes a rank print every thread's stack (faulthandler); SIGUSR1 is the preemption signal. */
+export const STACK_DUMP_SIGNAL = "SIGUSR2";
 
 export class Ending {
   constructor(
@@ -129,7 +134,7 @@ export class Ending {
     if (!formed) {
       await this.teardown(a, opts.reason);
     } else {
-      a.broadcast({ $case: "stopAt", value: { step: opts.checkpoint ? step : 0, checkpoint: opts.checkpoint, reason: opts.reason } });
+      a.broadcast({ $case: "stopAt", value: { step: opts.checkpoint ? step : 0, checkpoint: opts.checkpoint, reason: opts.reason, preempt: false } });
       const grace = (opts.graceSeconds ?? a.spec.failure.grace_seconds) * 1000;
       if (!(await settlesWithin(this.ctx.timers, a.allExited, grace))) {
         this.ctx.log(a.jobId, a.stage, a.attempt, `ranks still running ${grace / 1000} s after the stop command: SIGTERM`);
@@ -150,6 +155,91 @@ export class Ending {
       attempt: a.attempt,
       update: (s) => this.closeAttempt(s, a, "cancelled", opts.reason, lastStep),
     });
+    this.release(a);
+  }
+
+  /**
+   * A rank received the preemption signal: every rank checkpoints at one
+   * agreed step and exits; once that checkpoint is committed the stage
+   * restarts from it at once, counted in `preemptions`, not `restarts`
+   * (policy.ts decidePreemption). A gang that has not formed, or an
+   * evaluation, has nothing new to save: it is torn down and restarts from
+   * the checkpoint it started from. A rank dying before the commit, or ranks
+   * still running grace_seconds after the stop command, fail the attempt
+   * instead (the failure path and its budget). Later requests (other ranks
+   * got the same signal) and requests during another ending are ignored.
+   */
+  async preempt(a: Attempt, reason: string): Promise<void> {
+    const step = a.nextSafeStep();
+    if (!a.apply({ type: "stop", stopAt: { step, checkpoint: true, preempt: true } })) return;
+    const formed = a.phase.kind === "stopping";
+    // An evaluation keeps no state between its steps: like a gang that has not formed, it has nothing to save.
+    const saves = formed && a.spec.task !== "eval";
+    const { ledger, metrics } = this.ctx;
+    const why = `preempted: ${reason}`;
+    const nothing = `${why}; ${formed ? "an evaluation" : "before the gang formed"}, nothing to save`;
+    await ledger.transition(a.jobId, a.stage, "STOPPING", saves ? `${why}; checkpoint at step ${step}` : nothing, {
+      attempt: a.attempt,
+      data: { preempt: true, stopStep: saves ? step : 0 },
+    });
+    if (!saves) {
+      if (formed && !a.apply({ type: "end", why: "stopped" })) return;
+      await this.teardown(a, why);
+    } else {
+      a.broadcast({ $case: "stopAt", value: { step, checkpoint: true, reason: why, preempt: true } });
+      const grace = a.spec.failure.grace_seconds;
+      const saved = a.allExited.then(() => settlesWithin(this.ctx.timers, a.committedAt(step), COMMIT_WAIT_MS));
+      const inTime = await settlesWithin(this.ctx.timers, saved, grace * 1000);
+      if (a.over) return; // a rank died on the way (or the gang finished): that path owns the attempt
+      if (a.lastCommittedStep < step) {
+        a.fail({ kind: "checkpoint", message: `preemption: the checkpoint at step ${step} was not committed within ${grace} s (failure.grace_seconds)` });
+        return;
+      }
+      if (!a.apply({ type: "end", why: "stopped" })) return;
+      if (!inTime) await this.teardown(a, `${why}; checkpoint committed, stragglers killed`);
+      this.ctx.live.forgetSessions(a);
+    }
+    const job = ledger.get(a.jobId);
+    const stage = stageRecordOf(job, a.stage);
+    if (!stage) return;
+    const lastStep = a.lastStep;
+    const resumeStep = Math.max(a.lastCommittedStep, newestCommitted(stage)?.step ?? 0);
+    const labels = { job: a.jobId, stage: a.stage };
+    if (job.cancelRequested) {
+      await ledger.transition(a.jobId, a.stage, "CANCELLED", `cancelled by user (while preempted: ${reason})`, {
+        attempt: a.attempt,
+        unlessTerminal: true,
+        update: (s) => this.closeAttempt(s, a, "preempted", why, lastStep),
+      });
+    } else {
+      const decision = decidePreemption(stage.preemptions ?? 0, a.spec.failure, reason);
+      metrics.preemptions.inc(labels);
+      await ledger.note(a.jobId, a.stage, "preemption", `${why}; ${saves ? `checkpoint committed at step ${resumeStep}` : `nothing to save, resuming from step ${resumeStep}`}`, {
+        attempt: a.attempt,
+        data: { resumeStep, preemptions: (stage.preemptions ?? 0) + 1 },
+      });
+      if (decision.action === "fail") {
+        await ledger.transition(a.jobId, a.stage, "FAILED", decision.reason, {
+          attempt: a.attempt,
+          data: { cause: "preempt" },
+          update: (s) => {
+            this.closeAttempt(s, a, "preempted", why, lastStep);
+            s.preemptions = (s.preemptions ?? 0) + 1;
+          },
+        });
+      } else {
+        const n = (stage.preemptions ?? 0) + 1;
+        await ledger.transition(a.jobId, a.stage, "RESTARTING", `${decision.reason}; restarting from step ${resumeStep} (preemption ${n}, not a failure)`, {
+          attempt: a.attempt,
+          data: { cause: "preempt", resumeStep, delayMs: 0, preemptions: n },
+          update: (s) => {
+            this.closeAttempt(s, a, "preempted", why, lastStep);
+            s.preemptions = (s.preemptions ?? 0) + 1;
+            s.notBeforeMs = null;
+          },
+        });
+      }
+    }
     this.release(a);
   }
 
@@ -183,14 +273,14 @@ export class Ending {
     for (const r of a.ranks) r.session?.end();
   }
 
-  /** Before killing a hung gang: every rank prints the Python stack of each thread (faulthandler on SIGUSR1). */
+  /** Before killing a hung gang: every rank prints the Python stack of each thread (faulthandler on SIGUSR2). */
   private async dumpStacks(a: Attempt): Promise<void> {
-    this.ctx.log(a.jobId, a.stage, a.attempt, "asking every rank for a stack dump (SIGUSR1) before teardown");
+    this.ctx.log(a.jobId, a.stage, a.attempt, `asking every rank for a stack dump (${STACK_DUMP_SIGNAL}) before teardown`);
     await Promise.all(
       a.ranks.map(async (r) => {
         if (!r.proc || r.exit) return;
         await r.proc.signal("SIGCONT").catch(() => undefined);
-        await r.proc.signal("SIGUSR1").catch(() => undefined);
+        await r.proc.signal(STACK_DUMP_SIGNAL).catch(() => undefined);
       }),
     );
     await sleepOn(this.ctx.timers, STACK_DUMP_WAIT_MS);

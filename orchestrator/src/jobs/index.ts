@@ -5,8 +5,10 @@ export { transition, note, RECENT_EVENTS_KEPT } from "./lifecycle.js";
 export {
   backoffMs,
   causeOfExit,
+  causeOfPreemptExit,
   causeOfReport,
   decide,
+  decidePreemption,
   describeCause,
   failureNode,
   hangBoundSeconds,

@@ -95,6 +95,31 @@ export function decide(stage: StageRecord, spec: FailureSpec, cause: FailureCaus
   return { action: "restart", delayMs: backoffMs(spec, stage.restarts), reason };
 }
 
+/**
+ * What to do once a preemption's checkpoint is committed and its ranks have
+ * exited: restart at once (no backoff: nothing failed, and the resources come
+ * back when the launcher gets them), unless the stage already had
+ * `max_preemptions` (null: no bound). A preemption never spends max_restarts.
+ * `preemptions` is the stage's count before this one.
+ */
+export function decidePreemption(preemptions: number, spec: Pick<FailureSpec, "max_preemptions">, reason: string): Decision {
+  if (spec.max_preemptions !== null && preemptions >= spec.max_preemptions) {
+    return { action: "fail", reason: `preempted (${reason}); preemption bound reached (${preemptions}/${spec.max_preemptions}): \`clipfleet resume\` continues from the checkpoint`, error: "" };
+  }
+  return { action: "restart", delayMs: 0, reason: `preempted (${reason})` };
+}
+
+/**
+ * An exit of a rank while the gang stops for a preemption: a clean exit (0)
+ * is what the stop asks for; anything else (killed, lost, a non-zero code)
+ * means the rank died before its checkpoint at the stop step was committed,
+ * which is a failure (the restart budget applies), not a preemption.
+ */
+export function causeOfPreemptExit(rank: number, node: string, exit: ExitInfo, reported: FailureCause | null): FailureCause | null {
+  if (exit.code === 0 && !exit.lost) return null;
+  return causeOfExit(rank, node, exit, false, reported);
+}
+
 /** Nearest-rank percentile of a sample (p in [0, 1]); 0 for an empty one. */
 export function percentile(values: readonly number[], p: number): number {
   if (values.length === 0) return 0;

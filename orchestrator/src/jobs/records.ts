@@ -61,6 +61,7 @@ export function newJobRecord(spec: JobSpec, id: string, nowMs: number): JobRecor
       endedAtMs: null,
       attempts: [],
       restarts: 0,
+      preemptions: 0,
       checkpoints: [],
       progress: {
         step: 0,

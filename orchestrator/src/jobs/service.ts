@@ -90,6 +90,7 @@ export class JobService implements MetricsSource {
       failed: (a, cause, failedAtMs) => ending.failed(a, cause, failedAtMs),
       finished: (a) => ctx.background(a, () => ending.succeed(a)),
       stopRequested: (a) => ctx.requestStop(a.jobId),
+      preemptRequested: (a, reason) => ctx.background(a, () => ending.preempt(a, reason)),
     };
     this.gateway = new Gateway(ctx);
     this.dispatcher = new Dispatcher(ctx, new Launch(ctx, this.datasets, refs, hooks));
@@ -314,6 +315,7 @@ export class JobService implements MetricsSource {
       await ledger.transition(id, stage.name, "PENDING", "resumed by user", {
         update: (s) => {
           s.restarts = 0;
+          s.preemptions = 0;
           s.error = "";
           s.notBeforeMs = null;
         },

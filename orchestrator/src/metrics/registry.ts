@@ -47,6 +47,7 @@ export class Metrics {
 
   readonly attempts = this.counter("clipfleet_attempts_total", "Attempts started (gangs launched), the first one included.", ["job", "stage"]);
   readonly restarts = this.counter("clipfleet_restarts_total", "Restarts after a failure.", ["job", "stage"]);
+  readonly preemptions = this.counter("clipfleet_preemptions_total", "Restarts after a preemption (the preemption signal: checkpoint at one step, restart from it); not in clipfleet_restarts_total.", ["job", "stage"]);
   readonly failures = this.counter("clipfleet_failures_total", "Attempt failures, by the state the stage was in when it failed.", ["job", "stage", "state"]);
   readonly step = this.gauge("clipfleet_train_step", "Last completed optimizer step (1-based count).", ["job", "stage"]);
   readonly stepsTotal = this.gauge("clipfleet_train_steps_planned", "Optimizer steps the stage runs in all.", ["job", "stage"]);
@@ -138,7 +139,7 @@ export class Metrics {
     this.finished.delete(jobId);
     this.attempts.inc(labels);
     this.stepsTotal.set(labels, totalSteps);
-    for (const c of [this.restarts, this.stepsLost, this.samplesSeen, this.skipped, this.nanSkipped, this.checkpointsCommitted]) c.inc(labels, 0);
+    for (const c of [this.restarts, this.preemptions, this.stepsLost, this.samplesSeen, this.skipped, this.nanSkipped, this.checkpointsCommitted]) c.inc(labels, 0);
   }
 
   /** A job ended: its series are dropped after the retention time (see sweep). */

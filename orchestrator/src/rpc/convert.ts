@@ -91,6 +91,7 @@ function stageToProto(job: JobRecord, s: StageRecord): Stage {
       })),
     })),
     restarts: s.restarts,
+    preemptions: s.preemptions ?? 0,
     metrics: { ...s.metrics },
     finalParamsSha256: s.finalParamsSha256,
     error: s.error,

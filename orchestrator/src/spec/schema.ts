@@ -277,6 +277,11 @@ const CHECKPOINT_FIELDS = {
 
 const FAILURE_FIELDS = {
   max_restarts: withDefault(count(), 3, "Restarts after failures before the job fails."),
+  max_preemptions: withDefault(
+    nullable(count()),
+    100,
+    "Preemptions (the preemption signal, e.g. Slurm's `--signal`: checkpoint at one step, restart from it; docs/preemption.md) before the job fails; they never spend `max_restarts`. null: no bound.",
+  ),
   backoff_seconds: seconds("Wait before the first restart; doubles on each further restart.", 1),
   backoff_max_seconds: seconds("Longest wait between restarts; at least `backoff_seconds`.", 60),
   heartbeat_timeout: withDefault(positive(), 10, "Seconds without a heartbeat before a rank counts as lost."),

@@ -299,6 +299,20 @@ export class FakeRank {
   }
 }
 
+/** Submits `overrides`, launches attempt 1 and connects both ranks: the stage is RUNNING. */
+export async function runningJob(h: Harness, overrides: Record<string, unknown> = {}): Promise<{ id: string; ranks: FakeRank[] }> {
+  const job = await h.submit(overrides);
+  const ranks = await h.launched(1);
+  for (const r of ranks) r.connect();
+  await h.stageIn(job.id, "RUNNING");
+  return { id: job.id, ranks };
+}
+
+/** Every rank reports steps from..to. */
+export function stepAll(ranks: readonly FakeRank[], from: number, to: number): void {
+  for (let s = from; s <= to; s++) for (const r of ranks) r.step(s);
+}
+
 /** What a test gets: the service over fakes, the clock, the launcher, and a spec maker. */
 export interface Harness {
   readonly service: JobService;

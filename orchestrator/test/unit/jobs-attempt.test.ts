@@ -11,7 +11,7 @@ import { afterEach, beforeEach, describe, it } from "node:test";
 import { FencedError, UnauthenticatedError } from "../../src/domain/index.js";
 import { confinedFile, nextPhase, SETTLE_MS, type AttemptEvent, type AttemptPhase } from "../../src/jobs/index.js";
 import { loadPresets, parseSpec } from "../../src/spec/index.js";
-import { FakeSession, jobsHarness, PRESETS, until, type FakeRank, type Harness } from "../helpers/jobs-harness.js";
+import { FakeSession, jobsHarness, PRESETS, runningJob, stepAll, until, type FakeRank, type Harness } from "../helpers/jobs-harness.js";
 
 const STOP = { step: 12, checkpoint: true };
 const PHASES: AttemptPhase[] = [{ kind: "starting" }, { kind: "running" }, { kind: "stopping", stopAt: STOP }, { kind: "ending", why: "failed" }, { kind: "closed" }];
@@ -50,19 +50,8 @@ void describe("job machinery with fake ranks and a fake clock", () => {
     await h.close();
   });
 
-  /** Submits, launches attempt 1 and connects both ranks: the stage is RUNNING. */
-  async function running(overrides: Record<string, unknown> = {}): Promise<{ id: string; ranks: FakeRank[] }> {
-    const job = await h.submit(overrides);
-    const ranks = await h.launched(1);
-    for (const r of ranks) r.connect();
-    await h.stageIn(job.id, "RUNNING");
-    return { id: job.id, ranks };
-  }
-
-  /** Every rank reports steps 1..n. */
-  function steps(ranks: FakeRank[], from: number, to: number): void {
-    for (let s = from; s <= to; s++) for (const r of ranks) r.step(s);
-  }
+  const running = (overrides: Record<string, unknown> = {}): ReturnType<typeof runningJob> => runningJob(h, overrides);
+  const steps = stepAll;
 
   function events(id: string): string[] {
     return h.job(id).recentEvents.filter((e) => e.type === "state" && e.stage !== "").map((e) => e.state);
@@ -184,7 +173,7 @@ void describe("job machinery with fake ranks and a fake clock", () => {
     assert.match(h.job(id).stages[0]?.reason ?? "", /rank 0 lost its session/);
   });
 
-  void it("a stale heartbeat: stacks are dumped (SIGUSR1) before the gang is killed", async () => {
+  void it("a stale heartbeat: stacks are dumped (SIGUSR2) before the gang is killed", async () => {
     const { id, ranks } = await running();
     steps(ranks, 1, 2);
     for (let t = 0; t < 5; t++) {
@@ -192,12 +181,12 @@ void describe("job machinery with fake ranks and a fake clock", () => {
       await h.clock.advance(2000);
     }
     await h.clock.advance(600);
-    await until(() => ranks[1]?.proc.signals.includes("SIGUSR1") === true, "stack dump asked");
+    await until(() => ranks[1]?.proc.signals.includes("SIGUSR2") === true, "stack dump asked");
     assert.equal(h.job(id).stages[0]?.state, "RUNNING", "the gang is not killed before its stacks are written");
     await h.clock.advance(1600);
     await h.stageIn(id, "RESTARTING");
     assert.match(h.job(id).stages[0]?.reason ?? "", /rank 1 sent no heartbeat for 1\d\.\d s/);
-    assert.deepEqual(ranks[1]?.proc.signals, ["SIGCONT", "SIGUSR1", "SIGKILL"]);
+    assert.deepEqual(ranks[1]?.proc.signals, ["SIGCONT", "SIGUSR2", "SIGKILL"]);
   });
 
   void it("a hang: heartbeats but no step for longer than the hang bound", async () => {
@@ -209,7 +198,7 @@ void describe("job machinery with fake ranks and a fake clock", () => {
     }
     await until(() => h.job(id).stages[0]?.attempts[0]?.outcome === "failed", "attempt 1 failed");
     assert.match(h.job(id).stages[0]?.attempts[0]?.reason ?? "", /made no step progress for 3\d\.\d s \(bound 30\.0 s\): hung/);
-    assert.ok(ranks.every((r) => r.proc.signals.join(",") === "SIGCONT,SIGUSR1,SIGKILL"), "stacks dumped, then the gang killed");
+    assert.ok(ranks.every((r) => r.proc.signals.join(",") === "SIGCONT,SIGUSR2,SIGKILL"), "stacks dumped, then the gang killed");
   });
 
   void it("ranks that never connect fail the attempt after the startup timeout", async () => {

@@ -11,6 +11,7 @@ import { backoffMs, decide, describeCause, hangBoundSeconds, percentile, repeate
 
 const SPEC: FailureSpec = {
   max_restarts: 3,
+  max_preemptions: 100,
   backoff_seconds: 1,
   backoff_max_seconds: 10,
   heartbeat_timeout: 10,

@@ -99,6 +99,7 @@ void describe("deploy/grafana/clipfleet-dashboard.json", () => {
     assert.match(exprs, /histogram_quantile\(0\.5, sum by \(job, stage, rank, le\) \(rate\(clipfleet_train_step_duration_seconds_bucket/, "step time p50 per rank");
     assert.match(exprs, /histogram_quantile\(0\.99, sum by \(job, stage, rank, le\) \(rate\(clipfleet_train_step_duration_seconds_bucket/, "step time p99 per rank");
     assert.match(exprs, /clipfleet_restarts_total/, "restarts");
+    assert.match(exprs, /clipfleet_preemptions_total/, "preemptions");
     assert.match(exprs, /clipfleet_checkpoint_age_seconds/, "checkpoint age");
     const ids = d.panels.map((p) => (p as unknown as { id: number }).id);
     assert.equal(new Set(ids).size, ids.length, "panel ids are unique");

@@ -23,6 +23,7 @@ function stage(name: string, attempts: number, reasonBytes: number, errorBytes: 
     progress: undefined,
     attempts: Array.from({ length: attempts }, (_, i) => attempt(i + 1, reasonBytes)),
     restarts: attempts - 1,
+    preemptions: 0,
     metrics: {},
     finalParamsSha256: "",
     error: "Traceback (most recent call last):\n" + "x".repeat(errorBytes) + "\nValueError: the end",

@@ -99,6 +99,7 @@ void describe("defaults and presets", () => {
     assert.deepEqual(s.checkpoint, { every_steps: null, every_minutes: 30, keep_last: 3, keep_every_steps: null, async: false, dir: null, final: true });
     assert.deepEqual(s.failure, {
       max_restarts: 3,
+      max_preemptions: 100,
       backoff_seconds: 1,
       backoff_max_seconds: 60,
       heartbeat_timeout: 10,

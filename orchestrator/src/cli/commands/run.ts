@@ -114,6 +114,7 @@ export function renderSummary(job: Job): string {
   lines.push("");
   lines.push(
     `${String(s.state)}: ${String(s.steps)} steps, ${String(s.samplesSeen)} samples, loss ${loss(s.firstLoss)} -> ${loss(s.finalLoss)}, ${String(s.restarts)} restart(s)` +
+      (typeof s.preemptions === "number" && s.preemptions > 0 ? `, ${String(s.preemptions)} preemption(s)` : "") +
       (typeof s.wallSeconds === "number" ? `, ${s.wallSeconds.toFixed(1)} s` : ""),
   );
   if (typeof s.finalParamsSha256 === "string" && s.finalParamsSha256) lines.push(`final params sha256: ${s.finalParamsSha256}`);
