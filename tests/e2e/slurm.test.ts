@@ -6,7 +6,10 @@
  *
  * A 2-node job to SUCCEEDED with the final parameters of the same spec run
  * locally; `scancel` of the allocation mid-run (detected, restarted from the
- * last committed checkpoint, same parameters, exact audit); an allocation
+ * last committed checkpoint, same parameters, exact audit); a preemption
+ * warning to the allocation (`scancel --signal=USR1`: every rank checkpoints
+ * at one step and exits, the stage resumes on a new allocation, counted as a
+ * preemption, not a failure); an allocation
  * that cannot be granted now (PENDING with Slurm's reason in `status`,
  * `cancel` leaves nothing in squeue). Skipped, with the reason, where Slurm
  * or namespaces are missing.
@@ -110,6 +113,27 @@ void describe("Slurm launcher on a real slurmctld and two slurmd hosts", () => {
     process.stderr.write(`2-node job: ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
   });
 
+  void it("nodes check preflights every node of the partition through srun", { skip: SKIP, timeout: 60_000 }, async () => {
+    const r = await runCli(["nodes", "check", "--inventory", inventory("check"), "--json"], { env });
+    assert.equal(r.code, 0, r.stderr);
+    const checks = JSON.parse(r.stdout) as { node: string; host: string; launcher: string; ok: boolean; torchVersion: string | null; runtimeVersion: string | null }[];
+    assert.deepEqual(
+      checks.map((c) => [c.node, c.host, c.launcher, c.ok]),
+      cluster.nodes.map((n) => [n.name, n.address, "slurm", true]),
+    );
+    assert.ok(checks.every((c) => c.torchVersion && c.runtimeVersion));
+    // A node Slurm has taken out of service is reported, not waited for.
+    cluster.cmd("scontrol", ["update", `nodename=${cluster.nodes[1]!.name}`, "state=drain", "reason=maintenance"]);
+    try {
+      const d = await runCli(["nodes", "check", "--inventory", inventory("check"), "--json"], { env });
+      assert.equal(d.code, 1);
+      const drained = (JSON.parse(d.stdout) as { node: string; ok: boolean; problems: string[] }[]).find((c) => c.node === cluster.nodes[1]!.name);
+      assert.match(drained?.problems.join(" ") ?? "", /is drained \(maintenance\)/);
+    } finally {
+      cluster.cmd("scontrol", ["update", `nodename=${cluster.nodes[1]!.name}`, "state=resume"]);
+    }
+  });
+
   void it("scancel of the allocation mid-run: detected, restarted from the last committed checkpoint, same parameters, exact audit", { skip: SKIP, timeout: 150_000 }, async () => {
     const started = Date.now();
     const state = join(tmp.dir, "scancel");
@@ -132,6 +156,33 @@ void describe("Slurm launcher on a real slurmctld and two slurmd hosts", () => {
     assertExactlyOnce(await audit(run.jobId, state), 2);
     await waitFor("every allocation gone from squeue", () => clipfleetJobs().length === 0, 30_000);
     process.stderr.write(`scancel and recovery: ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
+  });
+
+  void it("a preemption warning to the allocation (scancel --signal=USR1): one checkpoint step, exit, resume on a new allocation; a preemption, not a failure", { skip: SKIP, timeout: 150_000 }, async () => {
+    const started = Date.now();
+    const state = join(tmp.dir, "preempt");
+    const run = await startRun(spec, state, runArgs("preempt"), env);
+    await waitForStatus(run.jobId, state, "step 15 with a committed checkpoint", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 15 && x.job.stages[0]!.checkpoints.some((c) => c.status === "committed"));
+    const [alloc] = clipfleetJobs().filter((j) => j.state === "RUNNING");
+    assert.ok(alloc, `a running clipfleet allocation in squeue: ${JSON.stringify(cluster.queue())}`);
+    // What an admin (or Slurm's own --signal before the time limit) does: USR1 to every step of the allocation.
+    cluster.cmd("scancel", ["--signal=USR1", alloc.id]);
+    const r = await run.done;
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary & { preemptions: number };
+    assert.equal(s.state, "SUCCEEDED");
+    assert.equal(s.restarts, 0, "a preemption spends no restart");
+    assert.equal(s.preemptions, 1, "every rank asked; one preemption");
+    assert.equal(s.finalParamsSha256, reference.finalParamsSha256, "bit-identical to the run that was never preempted");
+    const v = await status(run.jobId, state);
+    const [first, second] = v.job.stages[0]!.attempts;
+    assert.equal(first!.outcome, "preempted");
+    assert.match(first!.reason, /^preempted: SIGUSR1 on rank [01] /);
+    assert.equal(second!.resumedFromStep, first!.lastStep, "resumed from the preemption's own checkpoint");
+    assert.ok(v.job.stages[0]!.checkpoints.some((c) => c.step === first!.lastStep && c.status === "committed"));
+    assertExactlyOnce(await audit(run.jobId, state), 2);
+    await waitFor("every allocation gone from squeue", () => clipfleetJobs().length === 0, 30_000);
+    process.stderr.write(`preemption and resume: ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
   });
 
   void it("an allocation Slurm cannot grant now is PENDING with Slurm's reason; cancel leaves nothing in squeue", { skip: SKIP, timeout: 90_000 }, async () => {
