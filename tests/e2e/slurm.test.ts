@@ -19,7 +19,7 @@ import type { ChildProcess } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { runCli, tempDir, TEST_TLS, waitFor, writeTinySpec, type TinySpec } from "../helpers/cli.js";
+import { runCli, startServer, tempDir, TEST_TLS, waitFor, writeTinySpec, type TinySpec } from "../helpers/cli.js";
 import { assertExactlyOnce, audit, startRun, status, waitForStatus, type Summary } from "../helpers/jobs.js";
 import { slurmSkipReason, startSlurm, type SlurmCluster } from "../helpers/slurm.js";
 
@@ -113,7 +113,7 @@ void describe("Slurm launcher on a real slurmctld and two slurmd hosts", () => {
     process.stderr.write(`2-node job: ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
   });
 
-  void it("nodes check preflights every node of the partition through srun", { skip: SKIP, timeout: 60_000 }, async () => {
+  void it("nodes lists the partition from sinfo (through a server); nodes check preflights every node of it through srun", { skip: SKIP, timeout: 60_000 }, async () => {
     const r = await runCli(["nodes", "check", "--inventory", inventory("check"), "--json"], { env });
     assert.equal(r.code, 0, r.stderr);
     const checks = JSON.parse(r.stdout) as { node: string; host: string; launcher: string; ok: boolean; torchVersion: string | null; runtimeVersion: string | null }[];
@@ -122,6 +122,25 @@ void describe("Slurm launcher on a real slurmctld and two slurmd hosts", () => {
       cluster.nodes.map((n) => [n.name, n.address, "slurm", true]),
     );
     assert.ok(checks.every((c) => c.torchVersion && c.runtimeVersion));
+    // A server with the Slurm inventory: `clipfleet nodes` shows its positions and the partition's nodes from sinfo.
+    const server = await startServer({ stateDir: join(tmp.dir, "server-state"), args: ["--inventory", inventory("server")], env: cluster.env });
+    try {
+      const list = await runCli(["nodes", "--json", "--server", server.address]);
+      assert.equal(list.code, 0, list.stderr);
+      const nodes = JSON.parse(list.stdout) as { name: string; launcher: string; slots: number; freeSlots: number; slurmState: string; slurmPartition: string; address: string }[];
+      assert.deepEqual(
+        nodes.map((n) => [n.name, n.launcher, n.slots, n.slurmState, n.slurmPartition, n.address]),
+        [
+          ["slurm-1", "slurm", 1, "", "", ""],
+          ["slurm-2", "slurm", 1, "", "", ""],
+          ...cluster.nodes.map((n) => [n.name, "slurm", 2, "idle", cluster.partition, n.address]),
+        ],
+      );
+      const text = await runCli(["nodes", "--server", server.address]);
+      assert.match(text.stdout, new RegExp(`^${cluster.nodes[0]!.name}\\s+${cluster.nodes[0]!.name}\\s+slurm\\s+2\\s+2\\s+0/0\\s+slurm:idle`, "m"), text.stdout);
+    } finally {
+      await server.stop();
+    }
     // A node Slurm has taken out of service is reported, not waited for.
     cluster.cmd("scontrol", ["update", `nodename=${cluster.nodes[1]!.name}`, "state=drain", "reason=maintenance"]);
     try {
