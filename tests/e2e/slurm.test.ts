@@ -177,6 +177,27 @@ void describe("Slurm launcher on a real slurmctld and two slurmd hosts", () => {
     process.stderr.write(`scancel and recovery: ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
   });
 
+  void it("kill -9 of clipfleet run: resume cancels the allocation it left, continues from the last committed checkpoint, same parameters", { skip: SKIP, timeout: 150_000 }, async () => {
+    const started = Date.now();
+    const state = join(tmp.dir, "orphan");
+    const run = await startRun(spec, state, runArgs("orphan"), env);
+    await waitForStatus(run.jobId, state, "a committed checkpoint and step 15", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 15 && x.job.stages[0]!.checkpoints.some((c) => c.status === "committed"));
+    run.child.kill("SIGKILL");
+    await run.done;
+    const [left] = clipfleetJobs();
+    assert.ok(left, "the dead orchestrator's allocation is still in squeue");
+    const r = await runCli(["resume", run.jobId, "--state-dir", state, ...runArgs("orphan")], { env });
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary;
+    assert.equal(s.state, "SUCCEEDED");
+    assert.equal(s.finalParamsSha256, reference.finalParamsSha256, "bit-identical to the run that was never interrupted");
+    const logs = readFileSync(join(state, "jobs", run.jobId, "logs.jsonl"), "utf8");
+    assert.match(logs, new RegExp(`cancelled Slurm job ${left.id}, left by an earlier attempt of this stage`));
+    assertExactlyOnce(await audit(run.jobId, state), 2);
+    await waitFor("every allocation gone from squeue", () => clipfleetJobs().length === 0, 30_000);
+    process.stderr.write(`kill -9 and resume: ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
+  });
+
   void it("a preemption warning to the allocation (scancel --signal=USR1): one checkpoint step, exit, resume on a new allocation; a preemption, not a failure", { skip: SKIP, timeout: 150_000 }, async () => {
     const started = Date.now();
     const state = join(tmp.dir, "preempt");

@@ -303,6 +303,10 @@ export class Launch {
     const options = p.ranks[0]?.node.slurm;
     if (!options) throw new Error("a slurm node without its slurm options");
     const giveUp = (): boolean => signal.aborted || this.ctx.closing || !ledger.has(jobId) || ledger.get(jobId).cancelRequested !== null || isTerminal(ledger.get(jobId).state);
+    // Allocations of earlier attempts still held (the orchestrator running them died) go back first.
+    for (const id of await slurm.cancelNamed(`clipfleet-${jobId}-${p.stage}-a`)) {
+      this.ctx.log(jobId, p.stage, attempt, `cancelled Slurm job ${id}, left by an earlier attempt of this stage`);
+    }
     let alloc: Allocation;
     try {
       alloc = await slurm.allocate({

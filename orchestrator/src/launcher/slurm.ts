@@ -199,6 +199,23 @@ export class SlurmLauncher implements Launcher {
     return parseSqueue(r.stdout, jobId);
   }
 
+  /**
+   * Cancels this user's allocations whose name starts with `prefix`: those
+   * of earlier attempts of a stage that an orchestrator which died left
+   * behind (their ranks fenced themselves; the nodes are still held).
+   */
+  async cancelNamed(prefix: string): Promise<string[]> {
+    const r = await this.run("squeue", ["-h", "--me", "-o", "%i|%j"]);
+    if (r.code !== 0) return [];
+    const ids = r.stdout
+      .split("\n")
+      .map((l) => l.trim().split("|"))
+      .filter(([id, name]) => id !== undefined && /^\d+$/.test(id) && name !== undefined && name.startsWith(prefix))
+      .map(([id]) => id as string);
+    await Promise.all(ids.map((id) => this.allocation(id, []).release()));
+    return ids;
+  }
+
   /** The partition's nodes (sinfo), one entry per node and partition. */
   async partitionNodes(partition: string | null, nodes: readonly string[] = []): Promise<SlurmNode[]> {
     const args = ["-N", "-h", "-O", SINFO_FIELDS];
