@@ -101,6 +101,7 @@ export async function startSlurm(count: number): Promise<SlurmCluster> {
   const nodes: SlurmNodeHost[] = fleet.hosts.map((h, i) => ({ name: `${partition}n${i + 1}`, address: h.address, ns: h.ns }));
   for (const n of nodes) mkdirSync(join(dir, `spool-${n.name}`));
   let cleaned = false;
+  const daemons = new Map<string, number | null>();
 
   const run = (tool: string, args: readonly string[], extraEnv: Record<string, string> = {}): string =>
     execFileSync(tool, args, { encoding: "utf8", env: { ...process.env, ...env, ...extraEnv }, stdio: ["ignore", "pipe", "pipe"], timeout: 30_000 });
@@ -127,8 +128,8 @@ export async function startSlurm(count: number): Promise<SlurmCluster> {
       live.delete(cluster);
       // slurmd and the steps it runs live in the namespaces: the fleet's cleanup kills them all.
       for (const n of nodes) kill(pidFrom(join(dir, `slurmd-${n.name}.pid`)));
-      kill(pidFrom(join(dir, "slurmctld.pid")));
-      kill(pidFrom(join(dir, "munged.pid")));
+      // The daemons' pids as read when they started: a signal handler of the fleet may have removed the folder already.
+      for (const d of ["slurmctld", "munged"]) kill(daemons.get(d) ?? pidFrom(join(dir, `${d}.pid`)));
       fleet.cleanup();
     },
   };
@@ -181,7 +182,9 @@ export async function startSlurm(count: number): Promise<SlurmCluster> {
       ].join("\n"),
     );
     run("/usr/sbin/munged", ["--force", `--socket=${sock}`, `--key-file=${key}`, `--log-file=${join(dir, "log", "munged.log")}`, `--pid-file=${join(dir, "munged.pid")}`, `--seed-file=${join(dir, "munged.seed")}`]);
+    daemons.set("munged", pidFrom(join(dir, "munged.pid")));
     run("/usr/sbin/slurmctld", ["-f", conf, "-i"]);
+    daemons.set("slurmctld", await waitFor("slurmctld's pid file", () => pidFrom(join(dir, "slurmctld.pid")), 10_000, 20));
     for (const n of nodes) run("/usr/bin/nsenter", [`--net=/var/run/netns/${n.ns}`, "/usr/sbin/slurmd", "-f", conf, "-N", n.name]);
     await waitFor(
       `sinfo to show ${nodes.length} idle node(s)`,
