@@ -5,7 +5,11 @@
  * constraint, time limit and warning signal; while Slurm keeps it PENDING the
  * caller is told Slurm's reason. Once it runs, each rank is one step on its
  * node (`srun --jobid=J --overlap -N1 -n1 -w NODE`), so a rank's exit is its
- * step's, and its output streams through srun. The rank's environment and
+ * step's, and its output streams through srun. One step per rank rather than
+ * one step of N tasks: each rank keeps its own exit, signals and stdin (its
+ * own token), as the Launcher contract has them for local and SSH ranks;
+ * SLURM_PROCID is then 0 in every step, and the rank comes from the
+ * assignment (RANK and the rest of the environment on stdin). The rank's environment and
  * its token travel over srun's stdin (the same wrapper as SSH, ssh-command.ts),
  * never on a command line or in what `scontrol show job` shows. Signals go
  * to the step through `scancel --signal`; `release` cancels the allocation
