@@ -12,6 +12,7 @@ packages=(
   protobuf-compiler protobuf-compiler-grpc      # make gen
   openssl                                       # clipfleet certs (the fleet CA)
   nats-server openssh-server prometheus iproute2 openssh-client procps  # real servers for tests
+  slurm-wlm munge util-linux                    # the Slurm launcher and its tests (slurmctld, slurmd, srun; nsenter)
 )
 
 missing=()

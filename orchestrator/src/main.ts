@@ -14,7 +14,7 @@ import { systemClock, type NodeCheck } from "./domain/index.js";
 import { openEventBus } from "./events/index.js";
 import { loadNatsAccess, natsTarget, NO_NATS_ACCESS, redactNatsUrl } from "./nats/index.js";
 import { JobLedger, JobLogs, JobService, ORCHESTRATOR_VERSION } from "./jobs/index.js";
-import { checkNodes, checkOpenClipWeights, defaultKnownHostsPath, LocalLauncher, resolvePython, runSynth, runWorkerCli, SshLauncher } from "./launcher/index.js";
+import { checkNodes, checkOpenClipWeights, defaultKnownHostsPath, LocalLauncher, resolvePython, runSynth, runWorkerCli, SlurmLauncher, SshLauncher } from "./launcher/index.js";
 import { DEFAULT_RETENTION_SECONDS, Metrics, serveMetrics, type MetricsServer } from "./metrics/index.js";
 import { AccessLog, ANONYMOUS, loadServerTls, localIdentity } from "./auth/index.js";
 import { KEYS_DIR, loadOrCreateSigningKey, PUBLIC_KEY_FILE } from "./checkpoints/index.js";
@@ -47,6 +47,7 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
   const scheduler = new Scheduler(nodes, clock);
   const local = new LocalLauncher();
   const ssh = sshLauncherFor(nodes, opts.knownHosts ?? null);
+  const slurm = nodes.some((n) => n.launcher === "slurm") ? new SlurmLauncher() : null;
   const logs = new JobLogs(stateDir);
   const ledger = new JobLedger(store, bus, clock);
   const tls = opts.tlsDir ? loadServerTls(opts.tlsDir) : null;
@@ -56,7 +57,7 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
     ledger,
     bus,
     scheduler,
-    launchers: { local, ssh },
+    launchers: { local, ssh, slurm },
     metrics,
     logs,
     clock,
@@ -126,6 +127,7 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
         await workers.close();
         await local.close();
         await ssh?.close();
+        await slurm?.close();
         await service.close();
         await metricsServer?.close();
         logs.closeAll();
@@ -184,8 +186,9 @@ function sshLauncherFor(nodes: readonly Node[], knownHosts: string | null): SshL
 async function checkInventory(opts: { inventory: string | null; knownHosts: string | null; python: string | null }): Promise<NodeCheck[]> {
   const nodes = loadInventory(opts.inventory);
   const ssh = sshLauncherFor(nodes, opts.knownHosts);
+  const slurm = nodes.some((n) => n.launcher === "slurm") ? new SlurmLauncher() : null;
   try {
-    return await checkNodes(nodes, { ssh, workerRuntimeDir: WORKER_RUNTIME_DIR, version: ORCHESTRATOR_VERSION, localPython: opts.python ?? process.env.CLIPFLEET_PYTHON ?? null });
+    return await checkNodes(nodes, { ssh, slurm, workerRuntimeDir: WORKER_RUNTIME_DIR, version: ORCHESTRATOR_VERSION, localPython: opts.python ?? process.env.CLIPFLEET_PYTHON ?? null });
   } finally {
     await ssh?.close();
   }

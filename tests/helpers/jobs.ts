@@ -49,6 +49,8 @@ export interface JobView {
   metrics: Record<string, number>;
   checkpoints: { stage: string; step: number; dir: string }[];
   job: {
+    /** Why the job waits (scheduler, or a cluster manager's queue). */
+    pendingReason?: string;
     recentEvents: { seq: number; type: string; stage: string; reason: string; state: number; dataJson: string }[];
     stages: {
       name: string;

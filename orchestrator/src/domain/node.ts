@@ -21,7 +21,40 @@ export interface NodeSpec {
   readonly workdir: string | null;
   /** `strict`: refuse unknown host keys; `accept-new`: record unknown keys, refuse changed ones. */
   readonly host_key_policy: "strict" | "accept-new";
-  readonly launcher: "local" | "ssh";
+  readonly launcher: LauncherKind;
+  /**
+   * launcher slurm: how to ask Slurm for allocations (nodes.yaml `slurm:`).
+   * The inventory's nodes are then the gang's node positions (slurm-1..N),
+   * bound to real Slurm nodes per attempt, when the allocation is granted.
+   */
+  readonly slurm?: SlurmOptions;
+}
+
+/** How a node's ranks are started: child processes, SSH, or Slurm steps. */
+export type LauncherKind = "local" | "ssh" | "slurm";
+
+/** The inventory's `slurm:` section, validated (scheduler/inventory.ts); sbatch options of every allocation. */
+export interface SlurmOptions {
+  readonly partition: string | null;
+  readonly account: string | null;
+  readonly qos: string | null;
+  readonly constraint: string | null;
+  /** `--gres` (e.g. `gpu:a100:8`); null: none, or gpus_per_node. */
+  readonly gres: string | null;
+  /** GPUs per node (`--gpus-per-node`); also the node's slots when ranks_per_node is not given. */
+  readonly gpus_per_node: number;
+  /** Ranks (Slurm tasks) per node: the slots of each node position. */
+  readonly ranks_per_node: number;
+  /** CPUs per rank (`--cpus-per-task`). */
+  readonly cpus_per_rank: number;
+  /** Time limit (`--time`, Slurm's syntax: `MM`, `HH:MM:SS`, `D-HH`...); null: the partition's default. */
+  readonly time: string | null;
+  /** The warning signal before the time limit or a preemption (`--signal=USR1@120`): name and seconds. */
+  readonly signal: { readonly name: string; readonly seconds: number } | null;
+  /** More sbatch options, passed as given (`--reservation=r1`). */
+  readonly sbatch_options: readonly string[];
+  /** How often squeue is asked about an allocation that is pending. */
+  readonly poll_seconds: number;
 }
 
 /**
@@ -32,7 +65,7 @@ export interface NodeCheck {
   readonly node: string;
   readonly host: string;
   readonly port: number;
-  readonly launcher: "local" | "ssh";
+  readonly launcher: LauncherKind;
   readonly reachable: boolean;
   /** How the host key compares with known_hosts ("recorded": added under accept-new); "local" for local nodes; null when not reached. */
   readonly hostKey: "known" | "recorded" | "unknown" | "changed" | "revoked" | "local" | null;
@@ -49,4 +82,21 @@ export interface NodeCheck {
   readonly ok: boolean;
   /** Why it is not ok, one line each. */
   readonly problems: readonly string[];
+}
+
+/** One node of a Slurm partition, as sinfo shows it (`clipfleet nodes` with a Slurm inventory). */
+export interface SlurmNode {
+  readonly name: string;
+  readonly address: string;
+  /** idle, mixed, allocated, down, drained, draining, ... (a trailing `*`: not responding). */
+  readonly state: string;
+  readonly partition: string;
+  readonly cpusTotal: number;
+  readonly cpusIdle: number;
+  readonly gpusTotal: number;
+  readonly gpusUsed: number;
+  /** Free memory in MiB, null when sinfo does not know. */
+  readonly freeMemMiB: number | null;
+  /** Why it is down or drained ("none" otherwise). */
+  readonly reason: string;
 }

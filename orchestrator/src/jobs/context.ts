@@ -8,7 +8,7 @@
 import type { ManifestSigner } from "../checkpoints/index.js";
 import { systemTimers, type Clock, type StageSpec, type Timers } from "../domain/index.js";
 import type { EventBus } from "../events/index.js";
-import { resolvePython, type Launcher } from "../launcher/index.js";
+import { resolvePython, type Launcher, type SlurmLauncher } from "../launcher/index.js";
 import type { Metrics } from "../metrics/index.js";
 import type { Scheduler } from "../scheduler/index.js";
 import type { Presets, SpecPolicy } from "../spec/index.js";
@@ -22,7 +22,7 @@ export interface JobServiceDeps {
   readonly ledger: JobLedger;
   readonly bus: EventBus;
   readonly scheduler: Scheduler;
-  readonly launchers: { readonly local: Launcher; readonly ssh: Launcher | null };
+  readonly launchers: { readonly local: Launcher; readonly ssh: Launcher | null; readonly slurm?: SlurmLauncher | null };
   readonly metrics: Metrics;
   readonly logs: JobLogs;
   readonly clock: Clock;
@@ -79,6 +79,39 @@ export class LiveAttempts {
   private readonly sessions = new Map<string, { attempt: Attempt; rank: RankRuntime }>();
   /** When a stage's last failure happened, until its next attempt starts (the recovery-time metric). */
   private readonly recovering = new Map<string, number>();
+  /** Stages waiting for a cluster allocation (Slurm) before their attempt exists: how to give it up. */
+  private readonly allocating = new Map<string, { controller: AbortController; done: Promise<unknown> }>();
+
+  /** A stage starts waiting for its allocation; the signal aborts the wait (cancel, shutdown). */
+  allocationStarted(jobId: string, stage: string, done: Promise<unknown>): AbortSignal {
+    const controller = new AbortController();
+    const key = stageKey(jobId, stage);
+    this.allocating.set(key, { controller, done });
+    void done.catch(() => undefined).finally(() => {
+      if (this.allocating.get(key)?.controller === controller) this.allocating.delete(key);
+    });
+    return controller.signal;
+  }
+
+  /** True while the stage waits for (or starts on) its cluster allocation. */
+  isAllocating(jobId: string, stage: string): boolean {
+    return this.allocating.has(stageKey(jobId, stage));
+  }
+
+  /** Gives up a stage's allocation wait; resolves once its allocation is released (nothing left in the cluster's queue). */
+  async abortAllocation(jobId: string, stage: string): Promise<void> {
+    const w = this.allocating.get(stageKey(jobId, stage));
+    if (!w) return;
+    w.controller.abort();
+    await w.done.catch(() => undefined);
+  }
+
+  /** Gives up every allocation wait (shutdown). */
+  async abortAllocations(): Promise<void> {
+    const all = [...this.allocating.values()];
+    for (const w of all) w.controller.abort();
+    await Promise.all(all.map((w) => w.done.catch(() => undefined)));
+  }
 
   add(a: Attempt): void {
     this.byStage.set(stageKey(a.jobId, a.stage), a);

@@ -91,7 +91,7 @@ export class Dispatcher {
       if (isTerminal(job.state) || job.cancelRequested) continue;
       if (deps.scope && !deps.scope.has(job.id)) continue;
       for (const stage of job.stages) {
-        if (this.queued.has(stageKey(job.id, stage.name)) || this.ctx.live.has(job.id, stage.name)) continue;
+        if (this.queued.has(stageKey(job.id, stage.name)) || this.ctx.live.has(job.id, stage.name) || this.ctx.live.isAllocating(job.id, stage.name)) continue;
         const spec = stageSpecOf(job, stage.name);
         if (stage.state === "PENDING") {
           if (!needsMet(job, spec)) continue;
@@ -117,10 +117,12 @@ export class Dispatcher {
         scheduler.release(p.jobId, p.stage);
         continue;
       }
-      await this.launch.start(p).catch(async (err: unknown) => {
+      const started = this.launch.start(p).catch(async (err: unknown) => {
         scheduler.release(p.jobId, p.stage);
         await this.failBeforeStart(ledger.get(p.jobId), p.stage, err);
       });
+      // A Slurm allocation may pend for hours: the pass goes on (the stage counts as allocating until it starts).
+      if (!this.launch.allocates(p)) await started;
     }
     for (const w of waiting) {
       const job = ledger.has(w.jobId) ? ledger.get(w.jobId) : null;

@@ -7,10 +7,10 @@
 import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { COMMAND_PYTHON_NAMES, InvalidArgumentError, NotFoundError, type NodeSpec, type StageSpec } from "../domain/index.js";
+import { COMMAND_PYTHON_NAMES, InvalidArgumentError, isTerminal, NotFoundError, type NodeSpec, type StageSpec } from "../domain/index.js";
 import { removeCheckpointDir, sha256Hex, uncommittedDirs } from "../checkpoints/index.js";
 import { DataPlan } from "../data/index.js";
-import type { Launcher } from "../launcher/index.js";
+import { AllocationAborted, allocationLive, type Allocation, type Launcher, type SlurmLauncher } from "../launcher/index.js";
 import { rankEnv, type Placement } from "../scheduler/index.js";
 import { canonicalJson } from "../spec/index.js";
 import { Attempt, type AttemptHooks } from "./attempt.js";
@@ -29,9 +29,28 @@ export class Launch {
     private readonly hooks: AttemptHooks,
   ) {}
 
-  /** Launch a placed gang: choose the checkpoint to resume, persist STARTING, start one process per rank. */
-  async start(p: Placement): Promise<void> {
+  /** Whether starting `p` first waits for a cluster allocation (Slurm), which may take long. */
+  allocates(p: Placement): boolean {
+    return p.ranks[0]?.node.launcher === "slurm";
+  }
+
+  /**
+   * Launch a placed gang: choose the checkpoint to resume, (Slurm: wait for
+   * the attempt's allocation, the stage PENDING with Slurm's reason), persist
+   * STARTING, start one process per rank.
+   */
+  start(p: Placement): Promise<void> {
+    if (!this.allocates(p)) return this.startPlaced(p, null);
+    // Registered before the first await: the next scheduling pass sees the stage as allocating.
+    let settle: () => void = () => undefined;
+    const done = new Promise<void>((r) => (settle = r));
+    const signal = this.ctx.live.allocationStarted(p.jobId, p.stage, done);
+    return this.startPlaced(p, signal).finally(settle);
+  }
+
+  private async startPlaced(placed: Placement, allocSignal: AbortSignal | null): Promise<void> {
     const { ledger, deps } = this.ctx;
+    let p = placed;
     const job = ledger.get(p.jobId);
     const spec = stageSpecOf(job, p.stage);
     const stageRec = job.stages.find((s) => s.name === p.stage);
@@ -60,7 +79,19 @@ export class Launch {
     // Directories of earlier attempts without a committed manifest are garbage.
     for (const dir of uncommittedDirs(checkpointRoot, new Set())) removeCheckpointDir(dir);
 
-    const masterPort = await this.launcherFor(rank0.node).freePort(rank0.node);
+    let alloc: Allocation | null = null;
+    let masterPort: number;
+    if (allocSignal !== null) {
+      alloc = await this.allocate(job.id, attempt, p, allocSignal);
+      if (alloc === null) return;
+      try {
+        p = boundPlacement(p, alloc);
+        masterPort = await alloc.freePort(p.ranks[0]?.node ?? rank0.node);
+      } catch (err) {
+        await alloc.release();
+        throw err;
+      }
+    } else masterPort = await this.launcherFor(rank0.node).freePort(rank0.node);
     const startStep = resume ? Number(resume.step) : 0;
     const now = this.ctx.now();
     const tokens = p.ranks.map(() => randomBytes(32).toString("hex"));
@@ -104,7 +135,7 @@ export class Launch {
         totalSteps,
         stepsPerEpoch,
         startStep,
-        masterAddr: rank0.node.address,
+        masterAddr: p.masterAddress,
         masterPort,
         checkpointRoot,
         runDir,
@@ -119,9 +150,14 @@ export class Launch {
         restartCount: stageRec.attempts.length,
       },
       this.ctx,
-      this.hooks,
+      alloc ? this.slurmHooks(alloc) : this.hooks,
     );
 
+    if (alloc) {
+      // The allocation lives as long as the attempt's processes: released once the last one is gone.
+      const held = alloc;
+      void a.allExited.then(() => held.release()).catch(() => undefined);
+    }
     // Persist before acting: the attempt exists in the store before any process does.
     // Attempt numbers count across the job's stages (they fence workers); in a pipeline a stage's
     // first start may be "attempt 5", so say which start of this stage it is.
@@ -148,6 +184,10 @@ export class Launch {
         s.progress.totalSteps = totalSteps;
         s.progress.worldSize = worldSize;
       },
+    }).catch((err: unknown) => {
+      // Not started (the stage ended meanwhile): nothing will run, so a held allocation goes back now.
+      this.neverStarted(a, 0);
+      throw err;
     });
     await ledger.update(job.id, (j) => {
       j.nextAttempt = attempt + 1;
@@ -183,6 +223,7 @@ export class Launch {
           command: spec.command ? { argv: spec.command, cwd: spec.workdir ?? "." } : null,
           env: this.rankEnvironment(a, r),
           secrets: { CLIPFLEET_TOKEN: tokens[r.rank] ?? "" },
+          ...(alloc ? { allocation: alloc.jobId } : {}),
           onOutput: (stream, line) => {
             if (stream === "stderr") r.stderr?.line(line);
             deps.logs.append(job.id, { tsMs: this.ctx.now(), stage: p.stage, attempt, rank: r.rank, stream, line });
@@ -198,7 +239,7 @@ export class Launch {
       } catch (err) {
         this.neverStarted(a, r.rank);
         const msg = err instanceof Error ? err.message : String(err);
-        a.fail(r.node.launcher === "ssh" ? { kind: "node", rank: r.rank, node: r.node.name, message: msg } : { kind: "fatal", message: `could not start rank ${r.rank}: ${msg}` });
+        a.fail(r.node.launcher !== "local" ? { kind: "node", rank: r.rank, node: r.node.name, message: msg } : { kind: "fatal", message: `could not start rank ${r.rank}: ${msg}` });
         return;
       }
     }
@@ -243,23 +284,125 @@ export class Launch {
       PYTHONUNBUFFERED: "1",
       OMP_NUM_THREADS: threads,
       CLIPFLEET_THREADS: threads,
+      // Slurm's warning signal (slurm.signal) is the preemption signal of its ranks.
+      ...(r.node.slurm?.signal ? { CLIPFLEET_PREEMPT_SIGNAL: r.node.slurm.signal.name } : {}),
       // Public: the CA that signed the gateway's certificate, so the rank dials it over TLS.
       ...(this.ctx.deps.gatewayCa ? { CLIPFLEET_TLS_CA: this.ctx.deps.gatewayCa } : {}),
     };
   }
 
+  /**
+   * Asks Slurm for the attempt's allocation and waits for it; the job's
+   * pending reason says why Slurm keeps it waiting. Null when the wait was
+   * given up (cancel, shutdown): the allocation is cancelled and the stage's
+   * slots released.
+   */
+  private async allocate(jobId: string, attempt: number, p: Placement, signal: AbortSignal): Promise<Allocation | null> {
+    const { ledger, scheduler } = this.ctx;
+    const slurm = this.slurm(p.ranks[0]?.node.name ?? "?");
+    const options = p.ranks[0]?.node.slurm;
+    if (!options) throw new Error("a slurm node without its slurm options");
+    const giveUp = (): boolean => signal.aborted || this.ctx.closing || !ledger.has(jobId) || ledger.get(jobId).cancelRequested !== null || isTerminal(ledger.get(jobId).state);
+    // Allocations of earlier attempts still held (the orchestrator running them died) go back first.
+    for (const id of await slurm.cancelNamed(`clipfleet-${jobId}-${p.stage}-a`)) {
+      this.ctx.log(jobId, p.stage, attempt, `cancelled Slurm job ${id}, left by an earlier attempt of this stage`);
+    }
+    let alloc: Allocation;
+    try {
+      alloc = await slurm.allocate({
+        name: `clipfleet-${jobId}-${p.stage}-a${attempt}`,
+        nodes: p.nodes.length,
+        options,
+        exclude: scheduler.excludedClusterNodes(this.ctx.now()),
+        onPending: (reason) => {
+          this.ctx.log(jobId, p.stage, attempt, reason);
+          void ledger
+            .update(jobId, (j) => {
+              if (!isTerminal(j.state) && !j.cancelRequested) j.pendingReason = reason;
+            })
+            .catch(() => undefined);
+        },
+        signal,
+      });
+    } catch (err) {
+      if (!(err instanceof AllocationAborted)) throw err;
+      scheduler.release(jobId, p.stage);
+      return null;
+    }
+    if (giveUp()) {
+      await alloc.release();
+      scheduler.release(jobId, p.stage);
+      return null;
+    }
+    if (alloc.nodes.length !== p.nodes.length) {
+      await alloc.release();
+      throw new Error(`Slurm job ${alloc.jobId} granted ${alloc.nodes.length} node(s), ${p.nodes.length} asked for`);
+    }
+    this.ctx.log(jobId, p.stage, attempt, `Slurm job ${alloc.jobId} running on ${alloc.nodes.map((n) => n.name).join(",")}`);
+    return alloc;
+  }
+
+  /**
+   * Slurm ends an allocation (scancel, time limit, preemption, node failure)
+   * by sending SIGTERM to every step: a rank's SIGTERM, which otherwise asks
+   * for a graceful stop of the job, is then Slurm taking the nodes back, and
+   * the attempt fails at once as a node loss (the stage restarts on a new
+   * allocation). While the allocation still runs, it is a stop as elsewhere.
+   */
+  private slurmHooks(alloc: Allocation): AttemptHooks {
+    return {
+      ...this.hooks,
+      stopRequested: (a, reason) => {
+        void alloc
+          .state()
+          .catch(() => null)
+          .then((st) => {
+            if (st === null || allocationLive(st.state)) {
+              this.hooks.stopRequested(a, reason);
+              return;
+            }
+            const r = a.ranks[Number(/rank (\d+)/.exec(reason)?.[1] ?? 0)] ?? a.ranks[0];
+            if (!r) return;
+            const why = `Slurm job ${alloc.jobId} ${st.state}${st.reason !== "None" ? ` (${st.reason})` : ""}`;
+            a.fail({ kind: "node", rank: r.rank, node: r.node.name, message: `${why}: Slurm sent SIGTERM to rank ${r.rank} on ${r.node.name}` });
+          });
+      },
+    };
+  }
+
+  private slurm(node: string): SlurmLauncher {
+    const s = this.ctx.deps.launchers.slurm;
+    if (!s) throw new InvalidArgumentError(`node ${node} needs the Slurm launcher, which is not configured`);
+    return s;
+  }
+
   private launcherFor(node: NodeSpec): Launcher {
     if (node.launcher === "local") return this.ctx.deps.launchers.local;
+    if (node.launcher === "slurm") return this.slurm(node.name);
     if (!this.ctx.deps.launchers.ssh) throw new InvalidArgumentError(`node ${node.name} needs the SSH launcher, which is not configured`);
     return this.ctx.deps.launchers.ssh;
   }
 
   private async pythonFor(spec: StageSpec, node: NodeSpec): Promise<string> {
-    if (node.launcher === "ssh") return spec.worker.python ?? node.python ?? "python3";
+    if (node.launcher !== "local") return spec.worker.python ?? node.python ?? "python3";
     // A command that is not a Python script runs without the worker interpreter: nothing to look for.
     if (spec.command && !COMMAND_PYTHON_NAMES.has(spec.command[0] ?? "")) return spec.worker.python ?? node.python ?? "python3";
     return this.ctx.resolvePython(spec.worker.python ?? this.ctx.deps.python ?? node.python ?? null);
   }
+}
+
+/**
+ * The placement on an allocation's nodes: node position i (slurm-(i+1),
+ * group rank i) becomes the i-th node Slurm granted, with its name and
+ * address; slots, local and group ranks stay as placed.
+ */
+export function boundPlacement(p: Placement, alloc: Allocation): Placement {
+  const bound = p.ranks.map((r) => {
+    const real = alloc.nodes[r.groupRank];
+    if (!real) throw new Error(`Slurm job ${alloc.jobId}: no node for group rank ${r.groupRank}`);
+    return { ...r, node: Object.freeze({ ...r.node, name: real.name, host: real.name, address: real.address }) };
+  });
+  return { ...p, nodes: alloc.nodes.map((n) => n.name), ranks: bound, masterAddress: bound[0]?.node.address ?? p.masterAddress };
 }
 
 function describePlacement(p: Placement): string {

@@ -28,6 +28,7 @@ import {
   type JobEvent,
   type JobRecord,
   type JobSpec,
+  type SlurmNode,
   type StageRecord,
   type TimerHandle,
 } from "../domain/index.js";
@@ -189,7 +190,9 @@ export class JobService implements MetricsSource {
   async quiesce(): Promise<void> {
     this.ctx.closing = true;
     for (const t of this.timers) t.cancel();
+    const allocations = this.ctx.live.abortAllocations();
     await this.dispatcher.close();
+    await allocations;
   }
 
   /**
@@ -275,6 +278,8 @@ export class JobService implements MetricsSource {
     for (const stage of ledger.get(id).stages) {
       if (stage.state === "PENDING" || stage.state === "RESTARTING") {
         this.dispatcher.unqueue(id, stage.name);
+        // Waiting for a Slurm allocation: cancelled there too before cancel returns.
+        waits.push(this.ctx.live.abortAllocation(id, stage.name));
         await ledger.transition(id, stage.name, "CANCELLED", "cancelled by user", { unlessTerminal: true });
         continue;
       }
@@ -391,6 +396,19 @@ export class JobService implements MetricsSource {
   /** Nodes with their free slots and quarantine state. */
   nodes(): ReturnType<Scheduler["nodes"]> {
     return this.ctx.scheduler.nodes(this.now());
+  }
+
+  /**
+   * The nodes of the Slurm partition of a `launcher: slurm` inventory, as
+   * sinfo shows them now (state, CPUs and GPUs in use); empty without one.
+   * The scheduler's own positions (slurm-1..N) are in nodes().
+   */
+  async clusterNodes(): Promise<SlurmNode[]> {
+    const slurm = this.deps.launchers.slurm;
+    const options = this.ctx.scheduler.nodes(this.now()).find((n) => n.node.slurm)?.node.slurm;
+    if (!slurm || !options) return [];
+    const seen = new Set<string>();
+    return (await slurm.partitionNodes(options.partition)).filter((n) => !seen.has(n.name) && seen.add(n.name));
   }
 
   /** The data audit of a job's stages with data.audit (see Datasets.audit). */

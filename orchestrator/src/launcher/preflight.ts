@@ -3,17 +3,21 @@
  * orchestrator can reach it (SSH: connect, host key, authentication) and
  * whether a worker would run there: `python -m clipfleet_worker info` in the
  * node's workdir reports the interpreter, torch, CUDA devices, free disk and
- * the worker runtime version, which must equal the orchestrator's.
+ * the worker runtime version, which must equal the orchestrator's. A Slurm
+ * inventory's nodes are its partition's, each checked through srun.
  */
 import { execFile } from "node:child_process";
 import type { NodeCheck, NodeSpec } from "../domain/index.js";
 import { HostKeyError } from "./known-hosts.js";
 import { resolvePython } from "./python.js";
 import { shellQuote } from "./ssh-command.js";
+import type { SlurmLauncher } from "./slurm.js";
 import { type HostKeyInfo, type SshLauncher } from "./ssh.js";
 
 /** What checkNodes needs besides the nodes. */
 export interface PreflightOptions {
+  /** For a `launcher: slurm` inventory; null when it is not one. */
+  readonly slurm?: SlurmLauncher | null;
   /** For ssh nodes; null when the inventory has none. */
   readonly ssh: SshLauncher | null;
   /** The worker runtime local nodes run from (the local launcher's workdir). */
@@ -38,6 +42,8 @@ interface WorkerInfo {
 
 /** Checks every node concurrently; never throws for a node's own problems (they are in its result). */
 export function checkNodes(nodes: readonly NodeSpec[], opts: PreflightOptions): Promise<NodeCheck[]> {
+  const slurm = nodes.find((n) => n.launcher === "slurm");
+  if (slurm) return checkSlurm(slurm, opts);
   return Promise.all(nodes.map((n) => (n.launcher === "local" ? checkLocal(n, opts) : checkSsh(n, opts))));
 }
 
@@ -82,6 +88,51 @@ async function checkSsh(node: NodeSpec, opts: PreflightOptions): Promise<NodeChe
   } catch (err) {
     return { ...reached, problems: [(err as Error).message] };
   }
+}
+
+/**
+ * A Slurm inventory: every node of its partition (sinfo), each checked by a
+ * one-task job step on it (`srun --nodelist=NODE --immediate`, so a node
+ * busy with other jobs says so instead of waiting) running the info command
+ * in the workdir. A node that is down or drained is reported as such.
+ */
+async function checkSlurm(position: NodeSpec, opts: PreflightOptions): Promise<NodeCheck[]> {
+  const options = position.slurm;
+  if (!opts.slurm || !options) return [{ ...blank(position, position.workdir ?? "."), problems: ["no Slurm launcher configured"] }];
+  const workdir = position.workdir ?? ".";
+  const python = position.python ?? "python3";
+  let nodes;
+  try {
+    nodes = await opts.slurm.partitionNodes(options.partition);
+  } catch (err) {
+    return [{ ...blank(position, workdir), problems: [(err as Error).message] }];
+  }
+  const seen = new Set<string>();
+  const unique = nodes.filter((n) => !seen.has(n.name) && seen.add(n.name));
+  const wait = Math.max(1, Math.round((opts.timeoutMs ?? 60_000) / 1000));
+  return Promise.all(
+    unique.map(async (n): Promise<NodeCheck> => {
+      const spec: NodeSpec = { ...position, name: n.name, host: n.address, address: n.address };
+      const base = blank(spec, workdir);
+      if (/^(down|drain|fail|maint|inval|unknown|future)/.test(n.state) || n.state.endsWith("*")) {
+        return { ...base, problems: [`Slurm node ${n.name} is ${n.state}${n.reason !== "none" ? ` (${n.reason})` : ""}`] };
+      }
+      const args = ["--nodes=1", "--ntasks=1", `--nodelist=${n.name}`, `--immediate=${wait}`, "--time=5", "--job-name=clipfleet-nodes-check", `--chdir=${workdir}`, "--quiet"];
+      if (options.partition) args.push(`--partition=${options.partition}`);
+      if (options.account) args.push(`--account=${options.account}`);
+      if (options.qos) args.push(`--qos=${options.qos}`);
+      args.push("env", `PYTHONPATH=${workdir}`, python, "-m", "clipfleet_worker", "info");
+      try {
+        const r = await opts.slurm!.run("srun", args);
+        if (r.code !== 0 && /Unable to allocate|Immediate execution impossible|Requested node configuration|not available/i.test(r.stderr)) {
+          return { ...base, problems: [`Slurm node ${n.name}: no step could start there now (${r.stderr.trim().split("\n").pop() ?? ""})`] };
+        }
+        return withInfo({ ...base, reachable: true }, r.code, r.stdout, r.stderr, python, opts.version);
+      } catch (err) {
+        return { ...base, problems: [(err as Error).message] };
+      }
+    }),
+  );
 }
 
 async function checkLocal(node: NodeSpec, opts: PreflightOptions): Promise<NodeCheck> {

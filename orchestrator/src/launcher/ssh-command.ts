@@ -26,7 +26,7 @@ export const PID_LINE = /^CLIPFLEET_PID (\d+)$/;
  * API reads, and runs the program in the directory, `python`/`python3` as
  * this interpreter.
  */
-const WRAPPER = [
+export const WRAPPER = [
   "import json, os, socket, sys",
   "line = b''",
   "while not line.endswith(b'\\n'):",
@@ -78,7 +78,7 @@ const WRAPPER = [
 ].join("\n");
 
 /** Binds a port on the node's address (any address if that is not local) and prints it. */
-const FREE_PORT = [
+export const FREE_PORT = [
   "import socket, sys",
   "try:",
   "    info = socket.getaddrinfo(sys.argv[1], 0, type=socket.SOCK_STREAM)[0]",

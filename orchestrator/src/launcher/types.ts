@@ -41,6 +41,8 @@ export interface LaunchRequest {
    * child, the SSH launcher over the channel's stdin.
    */
   readonly secrets: Readonly<Record<string, string>>;
+  /** Slurm: the attempt's allocation (job id) the rank runs in as a step; absent for local and SSH. */
+  readonly allocation?: string;
   /** Each line the process writes, as it comes. */
   readonly onOutput: (stream: "stdout" | "stderr", line: string) => void;
   /** Called once when the process is gone (or the connection to its node is lost). */
@@ -57,8 +59,14 @@ export interface LaunchedProcess {
   readonly exited: Promise<ExitInfo>;
 }
 
+/**
+ * Starts ranks on nodes. Lifecycle of one attempt: (Slurm only: `allocate`
+ * the gang's nodes, see slurm.ts) -> `freePort` on rank 0's node -> one
+ * `launch` per rank -> teardown through each process's `signal` -> (Slurm:
+ * the allocation's `release`). `close` when the orchestrator goes away.
+ */
 export interface Launcher {
-  readonly kind: "local" | "ssh";
+  readonly kind: "local" | "ssh" | "slurm";
   launch(req: LaunchRequest): Promise<LaunchedProcess>;
   /** A TCP port free on the node, for the rendezvous of a gang whose rank 0 runs there. */
   freePort(node: NodeSpec): Promise<number>;

@@ -5,7 +5,7 @@
  */
 import type { handleUnaryCall, sendUnaryData, ServerUnaryCall, ServerWritableStream } from "@grpc/grpc-js";
 import { authorize, changesState, identityFromSubject, type AccessLog, type ControlMethod, type Identity } from "../auth/index.js";
-import { asClipfleetError, InvalidArgumentError, isTerminal, type JobEvent as DomainEvent } from "../domain/index.js";
+import { asClipfleetError, InvalidArgumentError, isTerminal, type JobEvent as DomainEvent, type SlurmNode } from "../domain/index.js";
 import type {
   CancelRequest,
   DeleteRequest,
@@ -51,6 +51,32 @@ function nodeToProto(n: ReturnType<JobService["nodes"]>[number]): Node {
     quarantinedUntilMs: n.quarantinedUntilMs === null ? 0 : Math.min(n.quarantinedUntilMs, Number.MAX_SAFE_INTEGER),
     failures: n.failures,
     launcher: n.node.launcher,
+    slurmState: "",
+    slurmPartition: "",
+    gpusUsed: 0,
+    slurmReason: "",
+    address: n.node.address,
+  };
+}
+
+/** A node of the Slurm partition (sinfo): its CPUs as slots, Slurm's state and reason. */
+function clusterNodeToProto(n: SlurmNode): Node {
+  return {
+    name: n.name,
+    host: n.name,
+    slots: n.cpusTotal,
+    freeSlots: n.cpusIdle,
+    gpus: n.gpusTotal,
+    labels: {},
+    state: `slurm:${n.state}`,
+    quarantinedUntilMs: 0,
+    failures: 0,
+    launcher: "slurm",
+    slurmState: n.state,
+    slurmPartition: n.partition,
+    gpusUsed: n.gpusUsed,
+    slurmReason: n.reason,
+    address: n.address,
   };
 }
 
@@ -184,7 +210,7 @@ export function controlService(service: JobService, info: ServerInfoSource, secu
       if (!req.name) throw new InvalidArgumentError("name: required", "name");
       return nodeToProto(service.setNodeSchedulable(req.name, req.schedulable));
     }),
-    listNodes: unary("listNodes", () => ({ nodes: service.nodes().map(nodeToProto) })),
+    listNodes: unary("listNodes", async () => ({ nodes: [...service.nodes().map(nodeToProto), ...(await service.clusterNodes()).map(clusterNodeToProto)] })),
     audit: unary("audit", async (req: JobRef) => ({ json: JSON.stringify(await service.audit(jobIdOf(service, req.jobId))) })),
     stepHistory: unary("stepHistory", (req: StepHistoryRequest) => {
       const h = service.stepHistory(jobIdOf(service, req.jobId), req.stage, req.maxPoints);

@@ -79,6 +79,8 @@ export class Scheduler {
   private readonly byName = new Map<string, NodeState>();
   private readonly queue: { req: PlacementRequest; seq: number }[] = [];
   private readonly placed = new Map<string, Placement>();
+  /** Failures and quarantine of nodes outside the inventory (a Slurm partition's), by name. */
+  private readonly cluster = new Map<string, { failures: number[]; quarantinedUntil: number | null }>();
   private seq = 0;
 
   /** `quarantine` is the default policy; recordFailure can pass a stage's own. */
@@ -158,7 +160,7 @@ export class Scheduler {
    * returns true when this failure puts the node in quarantine.
    */
   recordFailure(node: string, now: number = this.clock.now(), policy: QuarantinePolicy = this.policy): boolean {
-    const s = this.state(node);
+    const s = this.byName.get(node) ?? this.clusterNode(node);
     this.expire(s, now);
     s.failures = s.failures.filter((t) => t > now - policy.windowSeconds * 1000);
     s.failures.push(now);
@@ -166,6 +168,30 @@ export class Scheduler {
     s.quarantinedUntil = now + policy.seconds * 1000;
     s.failures = [];
     return true;
+  }
+
+  /**
+   * Nodes of a cluster manager (Slurm) that are quarantined now: not in the
+   * inventory (Slurm picks them per attempt), so they are kept out by
+   * excluding them from the next allocations (`--exclude`).
+   */
+  excludedClusterNodes(now: number = this.clock.now()): string[] {
+    const out: string[] = [];
+    for (const [name, s] of this.cluster) {
+      if (s.quarantinedUntil !== null && now >= s.quarantinedUntil) s.quarantinedUntil = null;
+      if (s.quarantinedUntil !== null) out.push(name);
+    }
+    return out.sort();
+  }
+
+  /** The failure record of a cluster-managed node, made on its first failure. */
+  private clusterNode(node: string): { failures: number[]; quarantinedUntil: number | null } {
+    let s = this.cluster.get(node);
+    if (!s) {
+      s = { failures: [], quarantinedUntil: null };
+      this.cluster.set(node, s);
+    }
+    return s;
   }
 
   /** Takes a node out of placement (unreachable); ranks already on it stay until released. */
@@ -222,7 +248,7 @@ export class Scheduler {
     return s;
   }
 
-  private expire(s: NodeState, now: number): void {
+  private expire(s: { quarantinedUntil: number | null }, now: number): void {
     if (s.quarantinedUntil !== null && now >= s.quarantinedUntil) s.quarantinedUntil = null;
   }
 

@@ -1,7 +1,9 @@
 /**
- * `clipfleet nodes`: the fleet as the scheduler sees it; `clipfleet nodes
- * check`: preflight of every node of an inventory (reachability, host key,
- * interpreter, torch, devices, free disk, worker runtime version).
+ * `clipfleet nodes`: the fleet as the scheduler sees it (with a Slurm
+ * inventory, also the partition's nodes from sinfo: state, CPUs and GPUs
+ * free); `clipfleet nodes check`: preflight of every node of an inventory
+ * (reachability, host key, interpreter, torch, devices, free disk, worker
+ * runtime version; Slurm nodes through srun).
  */
 import type { Argv } from "yargs";
 import type { NodeCheck } from "../../domain/index.js";
@@ -32,8 +34,11 @@ async function listNodes(deps: CliDeps, args: GlobalArgs): Promise<void> {
           n.launcher,
           String(n.slots),
           String(n.freeSlots),
-          String(n.gpus),
-          n.state + (n.quarantinedUntilMs ? ` until ${new Date(Number(n.quarantinedUntilMs)).toISOString().slice(11, 19)}` : ""),
+          // A Slurm partition's node: its CPUs are the slots, and its GPUs are shown free/total.
+          n.slurmState ? `${n.gpus - n.gpusUsed}/${n.gpus}` : String(n.gpus),
+          n.state +
+            (n.quarantinedUntilMs ? ` until ${new Date(Number(n.quarantinedUntilMs)).toISOString().slice(11, 19)}` : "") +
+            (n.slurmReason && n.slurmReason !== "none" ? ` (${n.slurmReason})` : ""),
           Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(","),
         ]),
       ),
@@ -86,7 +91,7 @@ export const nodesCommand: Command = (deps, state) => ({
       })
       .command<CheckArgs>({
         command: "check",
-        describe: "Connect to every node and report reachability, host key, python, torch, CUDA devices, free disk in workdir and worker runtime version; exit 0 when all are OK",
+        describe: "Connect to every node (a Slurm partition's nodes: a step on each through srun) and report reachability, host key, python, torch, CUDA devices, free disk in workdir and worker runtime version; exit 0 when all are OK",
         builder: (c) =>
           c
             .option("inventory", { type: "string", describe: "nodes.yaml describing the fleet (default: this machine)" })
