@@ -5,7 +5,7 @@
  * and never reaches into the other modules' internals.
  */
 import { randomBytes } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -20,7 +20,7 @@ import { AccessLog, ANONYMOUS, loadServerTls, localIdentity } from "./auth/index
 import { KEYS_DIR, loadOrCreateSigningKey, PUBLIC_KEY_FILE } from "./checkpoints/index.js";
 import { startControlServer, startWorkerServer } from "./rpc/index.js";
 import { localInventory, parseInventory, Scheduler, type Node } from "./scheduler/index.js";
-import { loadPresets } from "./spec/index.js";
+import { loadPresets, readTextFile } from "./spec/index.js";
 import { openStore } from "./store/index.js";
 import { writeFileAtomic } from "./util/index.js";
 
@@ -170,7 +170,8 @@ function localSocketPath(stateDir: string): string {
 
 /** The inventory file's nodes, or this machine alone. */
 function loadInventory(path: string | null): Node[] {
-  return path ? parseInventory(readFileSync(path, "utf8"), path) : [localInventory()];
+  // A missing or unreadable file is the user's error (one line naming it, exit 2), as for a spec.
+  return path ? parseInventory(readTextFile(path), path) : [localInventory()];
 }
 
 /** An SSH launcher when some node needs one; notes (host keys recorded) go to stderr. */

@@ -16,7 +16,7 @@
  */
 import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { runCli, startServer, tempDir, TEST_TLS, waitFor, writeTinySpec, type TinySpec } from "../helpers/cli.js";
@@ -141,6 +141,14 @@ void describe("Slurm launcher on a real slurmctld and two slurmd hosts", () => {
     } finally {
       await server.stop();
     }
+    // Without a server: `nodes --inventory` lists the same partition (nothing kept: no state dir is made).
+    const cwd = join(tmp.dir, "nodes-cwd");
+    mkdirSync(cwd);
+    const local = await runCli(["nodes", "--json", "--inventory", inventory("server")], { env: cluster.env, cwd });
+    assert.equal(local.code, 0, local.stderr);
+    const partition = (JSON.parse(local.stdout) as { name: string; slurmState: string }[]).filter((n) => n.slurmState !== "");
+    assert.deepEqual(partition.map((n) => [n.name, n.slurmState]), cluster.nodes.map((n) => [n.name, "idle"]));
+    assert.deepEqual(readdirSync(cwd), []);
     // A node Slurm has taken out of service is reported, not waited for.
     cluster.cmd("scontrol", ["update", `nodename=${cluster.nodes[1]!.name}`, "state=drain", "reason=maintenance"]);
     try {

@@ -10,6 +10,10 @@ import type { NodeCheck } from "../../domain/index.js";
 import type { CliDeps, GlobalArgs } from "../context.js";
 import type { Command } from "../command.js";
 import { EXIT, out, printJson } from "../context.js";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ControlClient } from "../../client/index.js";
 import { connectOrOpen } from "../offline.js";
 import { table } from "../render.js";
 
@@ -18,8 +22,33 @@ interface CheckArgs {
   "known-hosts"?: string;
 }
 
-async function listNodes(deps: CliDeps, args: GlobalArgs): Promise<void> {
-  await connectOrOpen(deps, args, async (client) => {
+interface ListArgs extends GlobalArgs {
+  inventory?: string;
+}
+
+/**
+ * `nodes --inventory FILE` without a server: the inventory as a fresh
+ * orchestrator sees it (a Slurm partition from sinfo), through one that
+ * schedules nothing and keeps nothing (a scratch state dir, removed after).
+ */
+async function withInventory(deps: CliDeps, inventory: string, fn: (client: ControlClient) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "clipfleet-nodes-"));
+  try {
+    const orch = await deps.embed({ stateDir: dir, listen: "127.0.0.1:0", embedded: true, scope: [], readOnly: true, inventory });
+    const client = new ControlClient(orch.address);
+    try {
+      await fn(client);
+    } finally {
+      client.close();
+      await orch.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function listNodes(deps: CliDeps, args: ListArgs): Promise<void> {
+  const show = async (client: ControlClient): Promise<void> => {
     const { nodes } = await client.nodes();
     if (args.json) {
       printJson(nodes);
@@ -43,7 +72,9 @@ async function listNodes(deps: CliDeps, args: GlobalArgs): Promise<void> {
         ]),
       ),
     );
-  });
+  };
+  if (typeof args.inventory === "string" && !(args.server ?? process.env.CLIPFLEET_SERVER)) await withInventory(deps, args.inventory, show);
+  else await connectOrOpen(deps, args, show);
 }
 
 /** 12.3G, 512M: free disk in the table. */
@@ -83,10 +114,14 @@ export const nodesCommand: Command = (deps, state) => ({
   describe: "List nodes with their slots, free slots and state (`nodes check`: preflight every node of an inventory)",
   builder: (y: Argv<GlobalArgs>) =>
     y
-      .command<GlobalArgs>({
+      .command<ListArgs>({
         command: "list",
         describe: "List nodes with their slots, free slots and state (the default)",
-        builder: (l) => l.example("$0 nodes list --server 127.0.0.1:7070 --json", "the server's fleet as JSON"),
+        builder: (l) =>
+          l
+            .option("inventory", { type: "string", describe: "without --server: list this nodes.yaml's fleet (a Slurm inventory: the partition's nodes from sinfo)" })
+            .example("$0 nodes list --server 127.0.0.1:7070 --json", "the server's fleet as JSON")
+            .example("$0 nodes list --inventory slurm-nodes.yaml", "a Slurm partition's nodes, state and free GPUs, without a server"),
         handler: (args) => listNodes(deps, args),
       })
       .command<CheckArgs>({
@@ -105,6 +140,7 @@ export const nodesCommand: Command = (deps, state) => ({
           state.exitCode = checks.every((c) => c.ok) ? EXIT.OK : EXIT.JOB_FAILED;
         },
       })
+      .option("inventory", { type: "string", describe: "without --server: list this nodes.yaml's fleet (a Slurm inventory: the partition's nodes from sinfo)" })
       .example("$0 nodes --server 127.0.0.1:7070", "the server's fleet")
       .example("$0 nodes check --inventory nodes.yaml", "preflight every node"),
   handler: (args) => listNodes(deps, args),
