@@ -185,6 +185,33 @@ void describe("Slurm launcher on a real slurmctld and two slurmd hosts", () => {
     process.stderr.write(`scancel and recovery: ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
   });
 
+  void it("a node Slurm marks down mid-run: the attempt ends blaming that node (whichever rank's step ended first), restarts when Slurm has the node back, same parameters", { skip: SKIP, timeout: 150_000 }, async () => {
+    const started = Date.now();
+    const state = join(tmp.dir, "node-down");
+    const victim = cluster.nodes[1]!.name;
+    const run = await startRun(spec, state, runArgs("node-down"), env);
+    try {
+      await waitForStatus(run.jobId, state, "a committed checkpoint and step 15", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 15 && x.job.stages[0]!.checkpoints.some((c) => c.status === "committed"));
+      // What slurmctld does when a node stops answering, done at once: the node is DOWN and its jobs end (NODE_FAIL).
+      cluster.cmd("scontrol", ["update", `nodename=${victim}`, "state=down", "reason=clipfleet-test"]);
+      const failed = await waitForStatus(run.jobId, state, "the first attempt ended", (x) => (x.job.stages[0]?.attempts.length ?? 0) >= 2 || (x.job.stages[0]?.attempts[0]?.outcome ?? "running") !== "running");
+      const first = failed.job.stages[0]!.attempts[0]!;
+      assert.match(first.reason, new RegExp(`node ${victim} failed`), "the node Slurm marked down is blamed");
+    } finally {
+      // Slurm may have taken it back already (ReturnToService=2: a DOWN node returns when its slurmd registers).
+      if (/down|drain|fail/i.test(cluster.cmd("sinfo", ["-h", "-n", victim, "-o", "%T"]))) cluster.cmd("scontrol", ["update", `nodename=${victim}`, "state=resume"]);
+    }
+    const r = await run.done;
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary;
+    assert.equal(s.state, "SUCCEEDED");
+    assert.equal(s.restarts, 1);
+    assert.equal(s.finalParamsSha256, reference.finalParamsSha256, "bit-identical to the run without the failure");
+    assertExactlyOnce(await audit(run.jobId, state), 2);
+    await waitFor("every allocation gone from squeue", () => clipfleetJobs().length === 0, 30_000);
+    process.stderr.write(`node down and recovery: ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
+  });
+
   void it("kill -9 of clipfleet run: resume cancels the allocation it left, continues from the last committed checkpoint, same parameters", { skip: SKIP, timeout: 150_000 }, async () => {
     const started = Date.now();
     const state = join(tmp.dir, "orphan");

@@ -176,7 +176,7 @@ export function causeOfReport(rank: number, f: ReportedFailure, attempt: number,
  */
 export function causeOfExit(rank: number, node: string, exit: ExitInfo, finished: boolean, reported: FailureCause | null): FailureCause | null {
   if (exit.code === 0 && finished) return null;
-  if (exit.lost) return { kind: "node", rank, node, message: exit.lost };
+  if (exit.lost) return { kind: "node", rank, node: exit.lostNode ?? node, message: exit.lost };
   const cause: FailureCause = { kind: "exit", rank, code: exit.code, signal: exit.signal };
   return exit.signal ? cause : (reported ?? cause);
 }

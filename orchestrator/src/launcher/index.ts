@@ -23,7 +23,7 @@ export { PID_LINE, hostKeyAlgorithms, killCommand, shellQuote, workerCommand, wo
 export type { HostKeyInfo, RemoteResult, SshLauncherOptions } from "./ssh.js";
 export { AllocationAborted, SlurmLauncher, sbatchArgs, srunArgs } from "./slurm.js";
 export type { AllocatedNode, Allocation, AllocationRequest, SlurmLauncherOptions } from "./slurm.js";
-export { allocationLive, expandHostlist, gresGpus, parseSbatch, parseScontrolJob, parseSinfo, parseSqueue, srunTaskSignal } from "./slurm-parse.js";
+export { allocationLive, blameNode, expandHostlist, gresGpus, parseSbatch, parseScontrolJob, parseSinfo, parseSqueue, srunTaskSignal } from "./slurm-parse.js";
 export type { SqueueJob } from "./slurm-parse.js";
 export { checkNodes } from "./preflight.js";
 export type { PreflightOptions } from "./preflight.js";

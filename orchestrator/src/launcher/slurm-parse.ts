@@ -180,6 +180,25 @@ export function srunTaskSignal(stderrTail: readonly string[]): NodeJS.Signals | 
   return null;
 }
 
+/**
+ * A node Slurm holds to have failed (sinfo's state): down, failing or not
+ * responding (a `*` suffix). A drain is an admin's decision that lets
+ * running jobs finish, not a failure.
+ */
+export function nodeFailed(state: string): boolean {
+  return /^(down|fail|failing|no_respond|unk)/i.test(state) || state.endsWith("*");
+}
+
+/**
+ * The node to blame when an allocation ended under a rank: its own node if
+ * Slurm holds it failed, else the first of the allocation's nodes that is,
+ * else null (nothing failed: the allocation was cancelled or timed out).
+ */
+export function blameNode(rankNode: string, nodes: readonly Pick<SlurmNode, "name" | "state">[]): string | null {
+  const failed = nodes.filter((n) => nodeFailed(n.state)).map((n) => n.name);
+  return failed.includes(rankNode) ? rankNode : (failed[0] ?? null);
+}
+
 /** States in which an allocation still runs its steps (COMPLETING: it is ending). */
 export function allocationLive(state: string): boolean {
   return state === "RUNNING" || state === "CONFIGURING" || state === "SUSPENDED";

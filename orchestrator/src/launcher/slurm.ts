@@ -26,6 +26,7 @@ import { EnvironmentError, type NodeSpec, type SlurmNode, type SlurmOptions } fr
 import { forEachLine } from "./lines.js";
 import {
   allocationLive,
+  blameNode,
   parseSbatch,
   parseScontrolJob,
   parseSinfo,
@@ -109,6 +110,8 @@ export function sbatchArgs(req: Pick<AllocationRequest, "name" | "nodes" | "opti
     `--ntasks-per-node=${o.ranks_per_node}`,
     `--cpus-per-task=${o.cpus_per_rank}`,
     "--export=NONE",
+    // Restarts are the orchestrator's: a holder Slurm requeued would be an allocation nobody uses.
+    "--no-requeue",
     "--output=/dev/null",
     "--error=/dev/null",
   ];
@@ -373,7 +376,17 @@ export class SlurmLauncher implements Launcher {
           // Slurm decides whether the node (the allocation) was lost: ask it how the allocation stands.
           const state = await this.jobState(jobId);
           if (state !== null && !allocationLive(state.state)) {
-            info = { ...info, lost: `Slurm job ${jobId} ${state.state}${state.reason !== "None" ? ` (${state.reason})` : ""} on ${req.node.name}` };
+            // A node going down ends the whole allocation: every rank's step ends, and the first
+            // exit seen must not blame its own healthy node. Slurm's node states say which failed.
+            const held = [...this.allocations].find((a) => a.jobId === jobId)?.nodes.map((n) => n.name) ?? [];
+            const nodes = await this.partitionNodes(null, held.length > 0 ? held : [req.node.name]).catch(() => []);
+            const blamed = blameNode(req.node.name, nodes);
+            const how = blamed ? ` (node ${blamed} ${nodes.find((n) => n.name === blamed)?.state ?? "down"})` : "";
+            info = {
+              ...info,
+              lost: `Slurm job ${jobId} ${state.state}${state.reason !== "None" ? ` (${state.reason})` : ""} on ${req.node.name}${how}`,
+              ...(blamed !== null && blamed !== req.node.name ? { lostNode: blamed } : {}),
+            };
           }
           if (proc === null) {
             const how = info.lost ?? (info.signal ? `killed by ${info.signal}` : `exit ${info.code}`);

@@ -14,6 +14,12 @@ export interface ExitInfo {
    * its node dropped): why. The jobs module counts it as a node failure.
    */
   readonly lost?: string;
+  /**
+   * With `lost`: the node that failed when it is not this rank's own (Slurm
+   * ends a whole allocation when one of its nodes goes down, and every
+   * rank's step ends with it): the node to blame and count towards quarantine.
+   */
+  readonly lostNode?: string;
 }
 
 /** Everything needed to start one rank. */

@@ -12,6 +12,7 @@ import fc from "fast-check";
 import { InvalidArgumentError } from "../../src/domain/index.js";
 import {
   allocationLive,
+  blameNode,
   expandHostlist,
   gresGpus,
   parseSbatch,
@@ -181,6 +182,20 @@ void describe("squeue, sbatch, scontrol, sinfo, srun", () => {
     assert.equal(srunTaskSignal(["srun: error: n1: task 0: Exited with exit code 3"]), null);
     assert.equal(srunTaskSignal([]), null);
   });
+
+  void it("blames the node Slurm holds failed, not the healthy node of the rank whose step ended first", () => {
+    const nodes = [
+      { name: "n1", state: "allocated" },
+      { name: "n2", state: "down*" },
+    ];
+    assert.equal(blameNode("n1", nodes), "n2");
+    assert.equal(blameNode("n2", nodes), "n2");
+    assert.equal(blameNode("n1", [{ name: "n1", state: "fail" }, { name: "n2", state: "down" }]), "n1");
+    assert.equal(blameNode("n1", [{ name: "n1", state: "idle*" }]), "n1", "not responding");
+    // Cancelled or timed out with every node healthy (a drain lets jobs finish): nobody to blame.
+    assert.equal(blameNode("n1", [{ name: "n1", state: "allocated" }, { name: "n2", state: "draining" }]), null);
+    assert.equal(blameNode("n1", []), null);
+  });
 });
 
 void describe("inventory launcher: slurm", () => {
@@ -256,6 +271,7 @@ void describe("sbatch and srun arguments", () => {
       "--ntasks-per-node=4",
       "--cpus-per-task=1",
       "--export=NONE",
+      "--no-requeue",
       "--partition=gpu",
       "--account=vision",
       "--qos=high",
