@@ -132,10 +132,14 @@ void describe("bring your own script: the clipfleet_worker API", () => {
     const spec = ddpSpec(tmp.dir, "ddp-long", 400);
     const ref = await runJson(["run", spec, "--json", "--state-dir", join(tmp.dir, "long-ref")]);
     const state = join(tmp.dir, "cancel");
-    const run = await startRun(spec, state, ["--json"]);
+    const gate = join(tmp.dir, "go-cancel");
+    // The ranks wait before step 31 of the first attempt until the cancel is in: a loaded machine's
+    // status polling cannot let the 400 steps finish before it.
+    const run = await startRun(spec, state, ["--json"], { CLIPFLEET_FAULT: `gate@31:file=${gate}:attempt=1` });
     await waitForStatus(run.jobId, state, "step 30", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 30, 120_000);
     const cancel = await runCli(["cancel", run.jobId, "--checkpoint", "--state-dir", state]);
     assert.equal(cancel.code, 0, cancel.stderr);
+    writeFileSync(gate, "");
     await run.done;
     const stopped = await status(run.jobId, state);
     assert.equal(stopped.state, "CANCELLED");
