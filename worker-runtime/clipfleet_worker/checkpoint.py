@@ -97,11 +97,19 @@ def _commit_atomic(directory: str, name: str, fill) -> WrittenFile:
     os.makedirs(directory, exist_ok=True)
     final = os.path.join(directory, name)
     tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
-    with open(tmp, "wb", buffering=1 << 20) as f:
-        sink = _HashingWriter(f)
-        fill(sink)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb", buffering=1 << 20) as f:
+            sink = _HashingWriter(f)
+            fill(sink)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        # A save that failed half way (torch.save raised, disk full) leaves no temp file behind.
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
     os.replace(tmp, final)
     fsync_path(directory)
     return WrittenFile(path=name, sha256=sink.hexdigest(), size=sink.size)

@@ -132,3 +132,13 @@ def test_asynchronous_saves_reuse_their_snapshot_buffers_and_write_bit_exact(tmp
         directory = os.path.join(str(tmp_path), ckpt.checkpoint_dir_name(step, 1))
         got = ckpt.VerifiedCheckpoint.verified(directory, {f.path: (f.sha256, f.size) for f in files}).load(ckpt.MODEL_FILE)
         assert all(torch.equal(got[k], expected[step][k]) for k in expected[step])
+
+
+def test_a_save_that_fails_half_way_leaves_no_temp_file(tmp_path):
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle this")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        ckpt.save_atomic(str(tmp_path), ckpt.MODEL_FILE, {"w": torch.zeros(1000), "bad": Unpicklable()})
+    assert os.listdir(tmp_path) == []
