@@ -2,9 +2,10 @@
 
 A model of about --params parameters (a stack of square Linear layers) with
 AdamW state is checkpointed exactly as pretraining does it
-(clipfleet_worker.checkpoint.CheckpointWriter: serialize, write_atomic with
-fsync, sha256) and restored exactly as a resume does it (verify the digests,
-then load with weights_only). The baseline is `dd` on the same directory in
+(clipfleet_worker.checkpoint.CheckpointWriter: torch.save through a hashing
+writer into the temp file, fsync, rename) and restored exactly as a resume
+does it (VerifiedCheckpoint: each file read once, its digest checked, then
+loaded with weights_only). The baseline is `dd` on the same directory in
 the same run: a sequential write of as many bytes with conv=fsync, and a
 sequential read of them. Reads are cold for both: each file is evicted from
 the page cache first (posix_fadvise DONTNEED after fsync; no global cache
@@ -12,7 +13,9 @@ drop, the machine is shared), so both read from the disk.
 
 The stall: a training loop of the same model runs a fixed number of steps
 with one save after the first step, synchronous or asynchronous
-(checkpoint.async), and without a save; the stall is the blocking time of
+(checkpoint.async), and without a save; each mode's writer lives through
+the run as a rank's does, its first save (the one-time allocation of the
+snapshot buffers) a warm-up reported apart (firstBlocked); the stall is the blocking time of
 save() and the loop's extra wall time over the loop without a save (the
 background write competes with training for the same cores).
 
@@ -79,13 +82,14 @@ def save(root: str, step: int, files: dict, async_save: bool = False) -> tuple[f
 
 
 def load(directory: str, files: list[ckpt.WrittenFile]) -> float:
-    """What a resume does: verify every digest, then load each file (weights_only)."""
+    """What a resume does: VerifiedCheckpoint (presence and sizes), then each file read once,
+    its digest checked, and loaded (weights_only)."""
     for f in files:
         evict(os.path.join(directory, f.path))
     t0 = time.perf_counter()
-    ckpt.verify(directory, [(f.path, f.sha256, f.size) for f in files])
+    verified = ckpt.VerifiedCheckpoint.verified(directory, {f.path: (f.sha256, f.size) for f in files})
     for f in files:
-        ckpt.load(os.path.join(directory, f.path))
+        verified.load(f.path)
     return time.perf_counter() - t0
 
 
@@ -103,16 +107,16 @@ def dd_read(path: str) -> float:
     return time.perf_counter() - t0
 
 
-def stall_loop(model, opt, width: int, steps: int, root: str, mode: str) -> tuple[float, float]:
-    """(blocking seconds of save(), wall seconds of the loop) for mode none|sync|async."""
-    writer = ckpt.CheckpointWriter(root, 1, 0, mode == "async")
+def stall_loop(model, opt, width: int, steps: int, writer: ckpt.CheckpointWriter | None, step0: int) -> tuple[float, float]:
+    """(blocking seconds of save(), wall seconds of the loop) with one save after the first step (none without a writer)."""
     blocked = 0.0
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         train_step(model, opt, width)
-        if step == 1 and mode != "none":
-            blocked = writer.save(step, payload(model, opt, step), lambda *a: None)
-    writer.wait()
+        if step == 1 and writer is not None:
+            blocked = writer.save(step0 + step, payload(model, opt, step0 + step), lambda *a: None)
+    if writer is not None:
+        writer.wait()
     return blocked, time.perf_counter() - t0
 
 
@@ -148,15 +152,23 @@ def main() -> int:
     step_seconds = (time.perf_counter() - t0) / 3
     save_seconds = sorted(r["saveSeconds"] for r in runs)[len(runs) // 2]
     steps = max(4, math.ceil(1.5 * save_seconds / step_seconds) + 1)
+    # One writer per mode for the whole run, as a rank keeps one: its first save (one-time
+    # allocation of the asynchronous snapshot buffers) is a warm-up, timed apart (firstBlocked).
+    writers = {m: ckpt.CheckpointWriter(os.path.join(args.dir, f"stall-{m}"), 1, 0, m == "async") for m in ("sync", "async")}
+    first = {}
+    for m, w in writers.items():
+        first[m] = w.save(1, payload(model, opt, 1), lambda *a: None)
+        w.wait()
+        shutil.rmtree(w.root, ignore_errors=True)
     stalls = []
     for r in range(args.stall_repeats):
         row = {}
         for mode in (["none", "sync", "async"] if r % 2 == 0 else ["async", "sync", "none"]):
-            root = os.path.join(args.dir, f"stall-{mode}")
-            row[mode] = stall_loop(model, opt, args.width, steps, root, mode)
-            shutil.rmtree(root, ignore_errors=True)
+            row[mode] = stall_loop(model, opt, args.width, steps, writers.get(mode), 10 * (r + 1))
+            if mode in writers:
+                shutil.rmtree(writers[mode].root, ignore_errors=True)
         stalls.append({m: {"blocked": b, "loop": t} for m, (b, t) in row.items()})
-    print(json.dumps({"params": n_params, "runs": runs, "stallSteps": steps, "stepSeconds": step_seconds, "stalls": stalls}))
+    print(json.dumps({"params": n_params, "runs": runs, "stallSteps": steps, "stepSeconds": step_seconds, "stalls": stalls, "firstBlocked": first}))
     return 0
 
 

@@ -181,6 +181,24 @@ void describe("fault tolerance", () => {
     assert.equal(s.finalParamsSha256, reference.finalParamsSha256, "checkpointing does not change the training");
   });
 
+  void it("checkpoint.every: auto: a measuring save at once, then the Young-Daly interval; a kill -9 resumes bit-exactly", async () => {
+    // An MTBF prior of 1.8 s: with a tiny model's save of some 10-50 ms the interval is the
+    // 3.5 % bound (save / 0.035, about 0.3-1.4 s), so a few checkpoints fall in the run.
+    const auto = writeTinySpec(tmp.dir, { ...BASE, name: "auto", everySteps: null, everyAutoMtbfHours: 0.0005 });
+    const state = join(tmp.dir, "auto");
+    const run = await startRun(auto, state, ["--json"]);
+    const v = await waitForStatus(run.jobId, state, "step 45", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 45);
+    process.kill(currentAttempt(v).ranks.find((r) => r.rank === 0)?.pid ?? 0, "SIGKILL");
+    const r = await run.done;
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary;
+    const all = (await status(s.jobId, state)).job.stages[0]?.checkpoints ?? [];
+    const firstAttempt = all.filter((c) => /-a1$/.test(c.dir)).map((c) => c.step).sort((a, b) => a - b);
+    assert.ok(firstAttempt.length >= 2, `the measuring checkpoint and at least one timed one before the kill, got ${firstAttempt.join(",")}`);
+    assert.ok(firstAttempt[0]! <= 3, `the first checkpoint measures the save cost at once: step ${firstAttempt[0]}`);
+    assert.equal(s.finalParamsSha256, reference.finalParamsSha256, "bit-identical to the run without the failure");
+  });
+
   void it("asynchronous saves: training goes on while files are written; a kill -9 still resumes bit-exactly", async () => {
     const asyncSpec = writeTinySpec(tmp.dir, { ...BASE, name: "async", asyncSave: true, keepLast: 2 });
     const state = join(tmp.dir, "async");

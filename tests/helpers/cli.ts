@@ -121,6 +121,8 @@ export interface TinySpec {
   keepLast?: number;
   /** checkpoint.every_minutes */
   everyMinutes?: number;
+  /** checkpoint.every: auto with this checkpoint.mtbf_prior_hours */
+  everyAutoMtbfHours?: number;
 }
 
 /** The `model` and `data` sections of the tiny specs (vit-tiny over the shared dataset), `data` last so a caller may add fields to it. */
@@ -155,7 +157,7 @@ cluster:
   min_workers: ${o.minWorkers ?? o.workers ?? 2}
 checkpoint:
   every_steps: ${o.everySteps === undefined ? 10 : (o.everySteps ?? "null")}
-${o.everyMinutes ? `  every_minutes: ${o.everyMinutes}\n` : ""}${o.asyncSave ? "  async: true\n" : ""}${o.keepLast ? `  keep_last: ${o.keepLast}\n` : ""}${env ? `worker:\n  env:\n${env}\n` : ""}${failure ? `failure:\n${failure}\n` : ""}${o.extra ?? ""}`;
+${o.everyMinutes ? `  every_minutes: ${o.everyMinutes}\n` : ""}${o.everyAutoMtbfHours ? `  every: auto\n  mtbf_prior_hours: ${o.everyAutoMtbfHours}\n` : ""}${o.asyncSave ? "  async: true\n" : ""}${o.keepLast ? `  keep_last: ${o.keepLast}\n` : ""}${env ? `worker:\n  env:\n${env}\n` : ""}${failure ? `failure:\n${failure}\n` : ""}${o.extra ?? ""}`;
   const path = join(dir, `${o.name ?? "tiny"}.yaml`);
   writeFileSync(path, text);
   return path;

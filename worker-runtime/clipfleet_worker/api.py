@@ -114,7 +114,7 @@ class CheckpointDir(os.PathLike):
     def save(self, name: str, obj: Any) -> None:
         """torch objects (state dicts, optimizer state, tensors, numbers) as `name`, loadable with weights_only."""
         full = self.file(name)
-        ckpt.write_atomic(os.path.dirname(full), os.path.basename(full), ckpt.serialize(obj))
+        ckpt.save_atomic(os.path.dirname(full), os.path.basename(full), obj)
 
 
 class Context:
@@ -437,7 +437,7 @@ def _verified_resume(agent: Agent) -> ckpt.VerifiedCheckpoint | None:
     if not ref.dir:
         return None
     agent.set_progress(int(agent.assignment.start_step), "loading")
-    resume = ckpt.VerifiedCheckpoint.of(ref)
+    resume = ckpt.VerifiedCheckpoint.of(ref, eager=True)
     agent.set_progress(int(agent.assignment.start_step), "training")
     return resume
 
@@ -553,7 +553,7 @@ class _LocalCheckpoints:
             with open(manifest) as f:
                 files = {path: (digest, int(size)) for path, digest, size in json.load(f)["files"]}
             try:
-                return ckpt.VerifiedCheckpoint.verified(os.path.dirname(manifest), files), step
+                return ckpt.VerifiedCheckpoint.verified(os.path.dirname(manifest), files, eager=True), step
             except CheckpointError as err:
                 print(f"clipfleet: skipping checkpoint {name}: {err}", file=sys.stderr, flush=True)
         return None

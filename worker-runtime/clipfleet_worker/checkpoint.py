@@ -6,9 +6,13 @@ directory) and reports their sha256 and sizes. The orchestrator writes the
 manifest (phase two) once every rank has reported. A rank loads only the
 files of the checkpoint reference it is assigned (the files and digests of
 a manifest the orchestrator signed and verified), through VerifiedCheckpoint:
-every file is checked before any is loaded, and the bytes handed to
+every file's presence and size are checked before any is loaded, and each
+file is read once, into one buffer, hashed there and checked against its
+digest before anything in it is unpickled; the bytes handed to
 torch.load(weights_only=True), which refuses pickled code, are the very
-bytes that were hashed, so a file swapped after the check is refused too. Rank 0 writes the model and trainer state (data-parallel ranks hold the
+bytes that were hashed, so a file swapped after the check is refused too.
+Saving streams torch.save through a hashing writer straight into the temp
+file (no in-memory copy of the serialized bytes). Rank 0 writes the model and trainer state (data-parallel ranks hold the
 same weights); every rank writes its own RNG states.
 """
 
@@ -66,18 +70,60 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def write_atomic(directory: str, name: str, data: bytes) -> WrittenFile:
-    """Writes `data` as directory/name via a temp file, fsyncs both; returns its digest."""
+class _HashingWriter:
+    """A file-like sink for torch.save: every write goes straight to the file and into the sha256."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self._h = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        mv = memoryview(data)
+        self._h.update(mv)
+        self.size += mv.nbytes
+        return self._f.write(mv)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def _commit_atomic(directory: str, name: str, fill) -> WrittenFile:
+    """Writes directory/name via a temp file (fill(sink) writes the bytes), fsyncs the file and the
+    directory after the rename; the digest and size are of the bytes as they went out."""
     os.makedirs(directory, exist_ok=True)
     final = os.path.join(directory, name)
     tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb", buffering=1 << 20) as f:
+            sink = _HashingWriter(f)
+            fill(sink)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        # A save that failed half way (torch.save raised, disk full) leaves no temp file behind.
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
     os.replace(tmp, final)
     fsync_path(directory)
-    return WrittenFile(path=name, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    return WrittenFile(path=name, sha256=sink.hexdigest(), size=sink.size)
+
+
+def write_atomic(directory: str, name: str, data: bytes) -> WrittenFile:
+    """Writes `data` as directory/name via a temp file, fsyncs both; returns its digest."""
+    return _commit_atomic(directory, name, lambda sink: sink.write(data))
+
+
+def save_atomic(directory: str, name: str, obj: Any) -> WrittenFile:
+    """torch.save of `obj` straight into the temp file through a hashing writer (no in-memory copy
+    of the serialized bytes; the sha256 computed as the bytes go out), then fsync and rename."""
+    return _commit_atomic(directory, name, lambda sink: torch.save(_encode(obj), sink))
 
 
 # torch 1.13's weights_only unpickler has no opcode for Python floats (torch 2 has), and
@@ -145,24 +191,59 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _to_cpu(obj: Any) -> Any:
-    """A deep copy with every tensor cloned to CPU: safe to write while training goes on."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_to_cpu(v) for v in obj)
-    return obj
+class SnapshotBuffers:
+    """CPU copies of a payload's tensors in buffers allocated once and reused by every later save.
+
+    A tensor is addressed by its path in the payload (file name, keys,
+    indices); its buffer is reused while shape, dtype and layout match (a
+    changed one gets a fresh buffer). Pinned memory when CUDA is there, so
+    the device->host copy is the only work on the training thread. The
+    copy is taken under torch.no_grad and waits for the device once at the
+    end, so the snapshot is complete before save() returns. Buffers are
+    handed to the writer thread; the next snapshot waits for that write
+    (at most one save in flight), so a buffer is never overwritten while
+    it is being written.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple, torch.Tensor] = {}
+        self._pin = torch.cuda.is_available()
+        self.allocated = 0  # buffers allocated so far (tests: none after the first save)
+
+    def copy(self, payload: Any) -> Any:
+        with torch.no_grad():
+            out = self._copy(payload, ())
+        if self._pin:
+            torch.cuda.synchronize()
+        return out
+
+    def _copy(self, obj: Any, path: tuple) -> Any:
+        if isinstance(obj, torch.Tensor):
+            src = obj.detach()
+            if src.layout != torch.strided:
+                return src.to("cpu", copy=True)
+            buf = self._bufs.get(path)
+            if buf is None or buf.shape != src.shape or buf.dtype != src.dtype:
+                buf = torch.empty(src.shape, dtype=src.dtype, device="cpu", pin_memory=self._pin and src.is_cuda)
+                self._bufs[path] = buf
+                self.allocated += 1
+            buf.copy_(src, non_blocking=self._pin and src.is_cuda)
+            return buf
+        if isinstance(obj, dict):
+            return {k: self._copy(v, path + (k,)) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self._copy(v, path + (i,)) for i, v in enumerate(obj)]
+        if isinstance(obj, tuple):
+            return tuple(self._copy(v, path + (i,)) for i, v in enumerate(obj))
+        return obj
 
 
 class CheckpointWriter:
     """Writes a rank's files for a step, synchronously or on a background thread (async save).
 
-    With async save the state is copied off the training path first (CPU
-    clones), so training continues while the files are written; at most one
+    With async save the state is copied off the training path first (into
+    CPU snapshot buffers allocated once and reused, SnapshotBuffers), so
+    training stalls only for that copy and continues while the files are written; at most one
     save is in flight, a second waits for the first. `on_written` receives
     the directory, the files and the write time, to report to the orchestrator.
     """
@@ -174,6 +255,7 @@ class CheckpointWriter:
         self.async_save = async_save
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._snapshots = SnapshotBuffers()
 
     def save(self, step: int, payload: dict[str, Any], on_written) -> float:
         """Writes {file name: object}; returns the seconds the caller was stalled."""
@@ -181,7 +263,7 @@ class CheckpointWriter:
         self.wait()
         directory = os.path.join(self.root, checkpoint_dir_name(step, self.attempt))
         if self.async_save:
-            snapshot = _to_cpu(payload)
+            snapshot = self._snapshots.copy(payload)
             stalled = time.perf_counter() - t0
             self._thread = threading.Thread(target=self._write, args=(directory, snapshot, on_written, stalled), name="clipfleet-ckpt", daemon=True)
             self._thread.start()
@@ -192,7 +274,7 @@ class CheckpointWriter:
     def _write(self, directory: str, payload: dict[str, Any], on_written, stalled: float | None) -> None:
         t0 = time.perf_counter()
         try:
-            files = [write_atomic(directory, name, serialize(obj)) for name, obj in sorted(payload.items())]
+            files = [save_atomic(directory, name, obj) for name, obj in sorted(payload.items())]
             write_seconds = time.perf_counter() - t0
             on_written(directory, files, write_seconds if stalled is None else stalled, write_seconds)
         except BaseException as err:  # reported by wait() on the training thread
@@ -242,10 +324,76 @@ def load(path: str) -> Any:
         return _load_bytes(f.read(), path)
 
 
-def _load_bytes(data: bytes, path: str) -> Any:
+class _MemoryFile(io.RawIOBase):
+    """A read-only, seekable file over a buffer, without BytesIO's copy of a bytearray."""
+
+    def __init__(self, data) -> None:
+        self._mv = memoryview(data)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), len(self._mv) - self._pos)
+        if n <= 0:
+            return 0
+        memoryview(b).cast("B")[:n] = self._mv[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._mv)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+_READ_CHUNK = 8 << 20
+
+
+def read_verified(full: str, digest: str, size: int, changed: str = "") -> bytearray:
+    """The file's bytes, read once into one buffer and hashed there as they arrive; raises
+    CheckpointError (nothing unpickled yet) when the size or the sha256 is not the manifest's."""
+    try:
+        f = open(full, "rb", buffering=0)
+    except FileNotFoundError:
+        raise CheckpointError("missing", full) from None
+    with f:
+        actual = os.fstat(f.fileno()).st_size
+        if actual != size:
+            raise CheckpointError(f"has {actual} bytes, the manifest says {size} (truncated?{changed})", full)
+        try:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except (AttributeError, OSError):
+            pass
+        buf = bytearray(size)
+        mv = memoryview(buf)
+        h = hashlib.sha256()
+        pos = 0
+        while pos < size:
+            n = f.readinto(mv[pos : pos + _READ_CHUNK])
+            if not n:
+                break
+            h.update(mv[pos : pos + n])
+            pos += n
+        if pos != size or f.read(1):
+            raise CheckpointError(f"changed size while it was read (the manifest says {size} bytes){changed}", full)
+    got = h.hexdigest()
+    if got != digest:
+        raise CheckpointError(f"sha256 {got[:12]} does not match the manifest's {digest[:12]}{changed}", full)
+    return buf
+
+
+def _load_bytes(data, path: str) -> Any:
     """torch.load with weights_only (no pickled code) of bytes in memory, undoing serialize()'s float encoding."""
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        obj = torch.load(_MemoryFile(data), map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"cannot be loaded: {err}", path) from err
     return _decode(obj)
@@ -265,15 +413,28 @@ class VerifiedCheckpoint:
         self.files = dict(files)
 
     @classmethod
-    def of(cls, ref) -> "VerifiedCheckpoint":
-        """From an assignment's CheckpointRef; every file is verified before this returns."""
-        return cls.verified(ref.dir, {f.path: (f.sha256, int(f.size)) for f in ref.files})
+    def of(cls, ref, eager: bool = False) -> "VerifiedCheckpoint":
+        """From an assignment's CheckpointRef (see verified())."""
+        return cls.verified(ref.dir, {f.path: (f.sha256, int(f.size)) for f in ref.files}, eager)
 
     @classmethod
-    def verified(cls, directory: str, files: dict[str, tuple[str, int]]) -> "VerifiedCheckpoint":
-        """From a directory and its manifest's {path: (sha256, size)}; every file is verified before this returns."""
+    def verified(cls, directory: str, files: dict[str, tuple[str, int]], eager: bool = False) -> "VerifiedCheckpoint":
+        """From a directory and its manifest's {path: (sha256, size)}; every file's presence and size
+        are checked before this returns (a missing or truncated file fails here, before any load);
+        each file's digest is checked when it is read, before it is unpickled (read()), so a load
+        reads each file once. eager: every digest checked now as well (the script API, whose
+        scripts may open resume files by path), at the cost of a second read at load."""
         c = cls(directory, files)
-        verify(c.directory, [(path, digest, size) for path, (digest, size) in c.files.items()])
+        if eager:
+            verify(c.directory, [(path, digest, size) for path, (digest, size) in c.files.items()])
+            return c
+        for path, (_, size) in c.files.items():
+            full = os.path.join(c.directory, path)
+            if not os.path.exists(full):
+                raise CheckpointError("missing", full)
+            actual = os.path.getsize(full)
+            if actual != size:
+                raise CheckpointError(f"has {actual} bytes, the manifest says {size} (truncated?)", full)
         return c
 
     def has(self, name: str) -> bool:
@@ -283,17 +444,11 @@ class VerifiedCheckpoint:
         """The object in file `name`, which must be one of the manifest's and still match its digest."""
         return _load_bytes(self.read(name), os.path.join(self.directory, name))
 
-    def read(self, name: str) -> bytes:
-        """The bytes of file `name`, which must be one of the manifest's and still match its digest."""
+    def read(self, name: str) -> bytearray:
+        """The bytes of file `name`, which must be one of the manifest's: read once, hashed in the
+        buffer they were read into, and returned only if they match its digest."""
         full = os.path.join(self.directory, name)
         if name not in self.files:
             raise CheckpointError("is not among the files of the checkpoint's signed manifest; not loaded", full)
         digest, size = self.files[name]
-        with open(full, "rb") as f:
-            data = f.read()
-        if len(data) != size:
-            raise CheckpointError(f"has {len(data)} bytes, the manifest says {size} (changed since it was verified?)", full)
-        got = hashlib.sha256(data).hexdigest()
-        if got != digest:
-            raise CheckpointError(f"sha256 {got[:12]} does not match the manifest's {digest[:12]} (changed since it was verified?)", full)
-        return data
+        return read_verified(full, digest, size, " (changed since it was verified?)")

@@ -1,4 +1,5 @@
 /** checkpoints: two-phase commit, signed manifests, verification and retention of checkpoint directories. */
+export { autoIntervalS, estimatedMtbfS, MAX_CHECKPOINT_OVERHEAD, type IntervalInput } from "./interval.js";
 export {
   checkpointDirName,
   commitManifest,

@@ -156,6 +156,10 @@ export interface WorkerSpec {
 export interface CheckpointSpec {
   readonly every_steps: number | null;
   readonly every_minutes: number | null;
+  /** "auto": the timer's interval from the save cost and the failure rate (checkpoints/interval.ts); null: every_minutes. */
+  readonly every: "auto" | null;
+  /** every: auto — the MTBF assumed before any failure is seen. */
+  readonly mtbf_prior_hours: number;
   readonly keep_last: number;
   readonly keep_every_steps: number | null;
   readonly async: boolean;

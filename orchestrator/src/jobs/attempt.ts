@@ -6,6 +6,7 @@
  * given (the commit, the ending, the progress sink), which never call back
  * into it except through its own methods.
  */
+import { autoIntervalS } from "../checkpoints/index.js";
 import { addShardCache, addSkips, truncateHead, type ShardCacheStats, type StageSpec, type Timers, type TimerHandle } from "../domain/index.js";
 import type { Manifest, DataPlan } from "../data/index.js";
 import type { CheckpointRef, CheckpointWritten, EvalResult, Heartbeat, StepReport, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
@@ -151,6 +152,8 @@ export class Attempt {
   recoveringSince: number | null;
   lastCommitMs: number;
   lastCommittedStep: number;
+  /** The slowest rank's save stall at the last commit (every: auto); null until one is committed. */
+  saveCostS: number | null = null;
   lastStepEventMs = 0;
   lastReport: StepReport | null = null;
   /** Loss of the attempt's first reported step. */
@@ -267,9 +270,13 @@ export class Attempt {
     this.broadcast({ $case: "checkpointAt", value: { step } });
   }
 
-  /** A checkpoint was committed: the cadence restarts, and a request at or before it is served. */
-  committed(step: number, atMs: number): void {
+  /**
+   * A checkpoint was committed: the cadence restarts, and a request at or
+   * before it is served. saveCostS: the slowest rank's stall (every: auto).
+   */
+  committed(step: number, atMs: number, saveCostS?: number): void {
     this.lastCommitMs = atMs;
+    if (saveCostS !== undefined && Number.isFinite(saveCostS)) this.saveCostS = saveCostS;
     this.lastCommittedStep = Math.max(this.lastCommittedStep, step);
     if (this.checkpointAt !== null && step >= this.checkpointAt) this.checkpointAt = null;
     const due = this.commitWaiters.filter((w) => this.lastCommittedStep >= w.step);
@@ -288,14 +295,27 @@ export class Attempt {
   }
 
   /**
-   * checkpoint.every_minutes: the step at which ranks should save now, or
+   * The timer's interval: checkpoint.every_minutes, or with `every: auto`
+   * Young-Daly from the save cost this attempt measured and the stage's
+   * restarts (0 until a save was measured: save at once to measure it).
+   */
+  checkpointIntervalMs(now: number): number | null {
+    const c = this.spec.checkpoint;
+    if (c.every === "auto") {
+      return 1000 * autoIntervalS({ saveCostS: this.saveCostS, failures: this.facts.restartCount, observedS: (now - this.startedMs) / 1000, mtbfPriorS: c.mtbf_prior_hours * 3600 });
+    }
+    return c.every_minutes ? c.every_minutes * 60_000 : null;
+  }
+
+  /**
+   * checkpoint.every_minutes (or every: auto): the step at which ranks should save now, or
    * null (no cadence, a request pending, a stop under way, not yet due, or
    * the run ends before it).
    */
   timedCheckpointDue(now: number): number | null {
-    const minutes = this.spec.checkpoint.every_minutes;
-    if (!minutes || this.checkpointAt !== null || this.phaseNow.kind === "stopping" || this.over) return null;
-    if (now - this.lastCommitMs < minutes * 60_000) return null;
+    const intervalMs = this.checkpointIntervalMs(now);
+    if (intervalMs === null || this.checkpointAt !== null || this.phaseNow.kind === "stopping" || this.over) return null;
+    if (now - this.lastCommitMs < intervalMs) return null;
     const step = this.nextSafeStep();
     return step < this.totalSteps || (this.totalSteps === 0 && this.spec.command !== null) ? step : null;
   }

@@ -91,7 +91,7 @@ export class CheckpointCommit {
       manifestSha256,
       cursor: manifest.cursor,
     };
-    a.committed(step, now);
+    a.committed(step, now, Math.max(...reports.map((r) => r.saveSeconds)));
     this.ctx.metrics.checkpointsCommitted.inc({ job: a.jobId, stage: a.stage });
     const job = await this.ctx.ledger.note(a.jobId, a.stage, "checkpoint", `checkpoint committed at step ${step}`, {
       attempt: a.attempt,

@@ -269,6 +269,12 @@ const WORKER_FIELDS = {
 const CHECKPOINT_FIELDS = {
   every_steps: withDefault(nullable(integer({ min: 1 })), null, "Checkpoint every this many steps; null: no step cadence."),
   every_minutes: withDefault(nullable(positive()), 30, "Checkpoint when this many minutes passed since the last one (whichever of the two cadences comes first); null: no timer."),
+  every: withDefault(
+    nullable(oneOf(["auto"])),
+    null,
+    "`auto`: the orchestrator picks the timer's interval instead of `every_minutes`: sqrt(2 x save cost x MTBF) (Young-Daly), from the slowest rank's measured save stall and the stage's failures so far (MTBF estimate (prior + seconds observed) / (1 + restarts)), never shorter than save cost / 3.5 % so checkpointing costs at most 3.5 % of run time (CheckFreq). Each attempt saves at its first safe step to measure the cost. `every_steps` still applies. null: `every_minutes`.",
+  ),
+  mtbf_prior_hours: withDefault(positive(), 24, "`every: auto`: the mean time between failures assumed before any failure is seen, in hours."),
   keep_last: withDefault(integer({ min: 1 }), 3, "Committed checkpoints kept, newest first; older ones are deleted."),
   keep_every_steps: withDefault(nullable(integer({ min: 1 })), null, "Also keep checkpoints whose step is a multiple of this; a multiple of `every_steps` when both are set."),
   async: withDefault(boolean(), false, "Write checkpoint files in the background while training continues."),

@@ -310,6 +310,30 @@ void describe("job machinery with fake ranks and a fake clock", () => {
     assert.ok((asked[0]?.[0]?.step ?? 0) >= 32, `asked at step ${asked[0]?.[0]?.step}`);
   });
 
+  void it("checkpoint.every: auto: a save at once to measure its cost, then Young-Daly's interval on the fake clock", async () => {
+    const { id, ranks } = await running({ train: { steps: 200, batch_size: 8 }, checkpoint: { every_steps: null, every_minutes: null, every: "auto", mtbf_prior_hours: 1 } });
+    steps(ranks, 1, 1);
+    const first = ranks[0]?.session.sent("checkpointAt") ?? [];
+    assert.equal(first.length, 1, "the cost is unknown: a checkpoint at the first safe step");
+    const at = first[0]?.step ?? 0;
+    steps(ranks, 2, at);
+    for (const r of ranks) r.checkpoint(at); // saveSeconds 0.01
+    await until(() => (h.job(id).stages[0]?.checkpoints.length ?? 0) === 1, "the measuring checkpoint committed");
+    // sqrt(2 x 0.01 s x (3600 s + observed)) is about 8.5 s: asked once 9 steps of 1 s later, not before 8.
+    let step = at;
+    const asked = (): number => ranks[0]?.session.sent("checkpointAt").length ?? 0;
+    let seconds = 0;
+    while (asked() === 1 && seconds < 30) {
+      for (const r of ranks) r.heartbeat();
+      await h.clock.advance(1000);
+      seconds++;
+      step++;
+      steps(ranks, step, step);
+    }
+    assert.equal(asked(), 2);
+    assert.ok(seconds >= 8 && seconds <= 10, `asked after ${seconds} s`);
+  });
+
   void it("a rank that cannot be launched fails the attempt at once, without waiting for processes that never started", async () => {
     h.launcher.failNext = "no such interpreter";
     const job = await h.submit({ failure: { max_restarts: 0 } });
