@@ -12,8 +12,8 @@
  * heartbeat age and the k ranks furthest behind (their last step) of each
  * stage, enough to find a stuck or slow rank. A finished job's series are
  * dropped after a retention time. The scrape body is built one metric at a
- * time (yielding to the event loop between metrics) and cached briefly, so
- * scrapes in a row or at once cost one build.
+ * time, yielding to the event loop after every 5 ms of work, and cached
+ * briefly, so scrapes in a row or at once cost one build.
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import { setImmediate as yieldToLoop } from "node:timers/promises";
@@ -28,6 +28,9 @@ export const DEFAULT_RETENTION_SECONDS = 3600;
 
 /** Ranks per stage shown by heartbeat age and by last step (the stalest, the furthest behind). */
 export const DEFAULT_RANK_TOP_K = 10;
+
+/** Longest stretch (ms) a scrape build runs before it yields to the event loop. */
+const BUILD_SLICE_MS = 5;
 
 /** How long a built scrape body is served again (ms): Prometheus servers scraping at once share one build. */
 export const DEFAULT_SCRAPE_CACHE_MS = 1000;
@@ -99,7 +102,7 @@ export class Metrics {
   private readonly scrapeCacheMs: number;
   private cached: { body: string; atMs: number } | null = null;
   private building: Promise<string> | null = null;
-  private builds = 0;
+  private view: RankView | null = null;
 
   constructor(opts: { defaultMetrics?: boolean; retentionSeconds?: number; rankTopK?: number; scrapeCacheMs?: number } = {}) {
     this.retentionMs = (opts.retentionSeconds ?? DEFAULT_RETENTION_SECONDS) * 1000;
@@ -123,7 +126,7 @@ export class Metrics {
         set({ job_id: j.job, name: j.name, state: j.state }, 1);
       }
     });
-    const ranks = this.rankView();
+    const ranks = (): RankView => this.rankViewNow();
     this.collected("clipfleet_workers", "Worker ranks of running attempts, by state.", ["job_id", "stage", "state"], (set) => {
       for (const c of ranks().counts.values()) set({ job_id: c.job, stage: c.stage, state: c.state }, c.n);
     });
@@ -199,40 +202,49 @@ export class Metrics {
   }
 
   /**
-   * One pass over the source's ranks per scrape (memoised by the scrape's
-   * source time), shared by the rank gauges: counts by state, and per stage
-   * the k stalest and the k furthest-behind live ranks, kept in small
-   * bounded arrays so the pass is O(ranks x k) with no sort of every rank.
+   * One pass over the source's ranks, shared by the rank gauges: counts by
+   * state, and per stage the k stalest and the k furthest-behind live ranks,
+   * kept in small bounded arrays so the pass is O(ranks x k) with no sort of
+   * every rank. A scrape build makes it first, in slices (yielding to the
+   * event loop every 5 ms), and the gauges read it; outside a build
+   * (registry.metrics()) each gauge makes it in one go.
    */
-  private rankView(): () => RankView {
-    let memo: { build: number; view: RankView } | null = null;
-    return () => {
-      // Within one scrape build the view is computed once; outside one (registry.metrics()) every time.
-      if (memo !== null && memo.build === this.builds && this.building !== null) return memo.view;
-      const view: RankView = { counts: new Map(), groups: new Map(), stalest: [], behind: [] };
-      for (const r of this.source?.ranks() ?? []) {
-        const k = `${r.job}\0${r.stage}\0${r.state}`;
-        const c = view.counts.get(k) ?? { job: r.job, stage: r.stage, state: r.state, n: 0 };
-        c.n += 1;
-        view.counts.set(k, c);
-        // A rank that has exited or finished is not expected to send heartbeats or steps.
-        if (r.state === "exited" || r.state === "finished") continue;
-        const gk = `${r.job}\0${r.stage}`;
-        let g = view.groups.get(gk);
-        if (!g) view.groups.set(gk, (g = { job: r.job, stage: r.stage, maxAge: null, stalest: [], behind: [] }));
-        if (r.heartbeatAgeSeconds !== null) {
-          g.maxAge = Math.max(g.maxAge ?? 0, r.heartbeatAgeSeconds);
-          insertTopK(g.stalest, r, this.rankTopK, (a, b) => (b.heartbeatAgeSeconds ?? 0) - (a.heartbeatAgeSeconds ?? 0) || a.rank - b.rank);
-        }
-        insertTopK(g.behind, r, this.rankTopK, (a, b) => a.step - b.step || a.rank - b.rank);
+  private rankViewNow(): RankView {
+    if (this.view) return this.view;
+    const view = emptyRankView();
+    for (const r of this.source?.ranks() ?? []) this.addRank(view, r);
+    return finishRankView(view);
+  }
+
+  private async rankViewSliced(): Promise<RankView> {
+    const view = emptyRankView();
+    const ranks = this.source?.ranks() ?? [];
+    let slice = performance.now();
+    for (let i = 0; i < ranks.length; i++) {
+      this.addRank(view, ranks[i] as RankRow);
+      if ((i & 255) === 255 && performance.now() - slice >= BUILD_SLICE_MS) {
+        await yieldToLoop();
+        slice = performance.now();
       }
-      for (const g of view.groups.values()) {
-        view.stalest.push(...g.stalest);
-        view.behind.push(...g.behind);
-      }
-      memo = { build: this.builds, view };
-      return view;
-    };
+    }
+    return finishRankView(view);
+  }
+
+  private addRank(view: RankView, r: RankRow): void {
+    const k = `${r.job}\0${r.stage}\0${r.state}`;
+    const c = view.counts.get(k) ?? { job: r.job, stage: r.stage, state: r.state, n: 0 };
+    c.n += 1;
+    view.counts.set(k, c);
+    // A rank that has exited or finished is not expected to send heartbeats or steps.
+    if (r.state === "exited" || r.state === "finished") return;
+    const gk = `${r.job}\0${r.stage}`;
+    let g = view.groups.get(gk);
+    if (!g) view.groups.set(gk, (g = { job: r.job, stage: r.stage, maxAge: null, stalest: [], behind: [] }));
+    if (r.heartbeatAgeSeconds !== null) {
+      g.maxAge = Math.max(g.maxAge ?? 0, r.heartbeatAgeSeconds);
+      insertTopK(g.stalest, r, this.rankTopK, byStalest);
+    }
+    insertTopK(g.behind, r, this.rankTopK, byBehind);
   }
 
   /** Connects the scrape-time view (set once by the composition root). */
@@ -309,7 +321,8 @@ export class Metrics {
    * The Prometheus text exposition of every metric: the cached body when it
    * is younger than the cache time, else one build shared by every scrape
    * that arrives while it runs. The build formats one metric at a time and
-   * yields to the event loop between them, so report handling goes on.
+   * yields to the event loop after every slice of 5 ms, so report handling
+   * goes on.
    */
   async scrape(): Promise<{ contentType: string; body: string }> {
     const now = Date.now();
@@ -322,11 +335,25 @@ export class Metrics {
   }
 
   private async build(): Promise<string> {
-    this.builds += 1;
+    this.view = await this.rankViewSliced();
+    try {
+      return await this.buildBody();
+    } finally {
+      this.view = null;
+    }
+  }
+
+  private async buildBody(): Promise<string> {
     const parts: string[] = [];
+    let slice = performance.now();
     for (const m of this.registry.getMetricsAsArray()) {
       parts.push(await this.registry.getSingleMetricAsString(m.name));
-      await yieldToLoop();
+      // Yield only once a slice of work is done: a yield per metric would make a scrape wait
+      // behind the whole queue of reports once per metric when the loop is busy.
+      if (performance.now() - slice >= BUILD_SLICE_MS) {
+        await yieldToLoop();
+        slice = performance.now();
+      }
     }
     const body = `${parts.join("\n\n")}\n`;
     this.cached = { body, atMs: Date.now() };
@@ -382,6 +409,24 @@ interface RankView {
   stalest: RankRow[];
   behind: RankRow[];
 }
+
+function emptyRankView(): RankView {
+  return { counts: new Map(), groups: new Map(), stalest: [], behind: [] };
+}
+
+function finishRankView(view: RankView): RankView {
+  for (const g of view.groups.values()) {
+    view.stalest.push(...g.stalest);
+    view.behind.push(...g.behind);
+  }
+  return view;
+}
+
+/** Stalest first (largest heartbeat age), ties by rank. */
+const byStalest = (a: RankRow, b: RankRow): number => (b.heartbeatAgeSeconds ?? 0) - (a.heartbeatAgeSeconds ?? 0) || a.rank - b.rank;
+
+/** Furthest behind first (lowest last step), ties by rank. */
+const byBehind = (a: RankRow, b: RankRow): number => a.step - b.step || a.rank - b.rank;
 
 /** Keeps `top` the k first of its items by `cmp` (ascending), inserting `r` where it belongs. */
 export function insertTopK<T>(top: T[], r: T, k: number, cmp: (a: T, b: T) => number): void {
