@@ -9,7 +9,7 @@
 import { existsSync, linkSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { PYTHON, runNodeJson, runProcess, WORKER_RUNTIME } from "./lib/proc.js";
+import { PYTHON, ROOT, runNodeJson, runProcess, WORKER_RUNTIME } from "./lib/proc.js";
 import { figure, median, type Figure } from "./lib/results.js";
 import type { ScaleResult } from "./scale/server.js";
 
@@ -141,5 +141,21 @@ export async function benchScale(quick: boolean, work: string): Promise<{ figure
       }),
     );
   }
-  return { figures, details: { ...p, results } };
+  // The exposition alone at the largest size (no load generators): what a scrape costs the orchestrator's loop.
+  const largest = p.sizes[p.sizes.length - 1] ?? 100;
+  const expo = await runNodeJson<ExpositionResult>("scale/metrics-scrape.js", [String(largest), String(p.scrapes), join(ROOT, "dist")], ["--max-old-space-size=8192"], 5 * 60_000);
+  const n = `${largest.toLocaleString("en-US")} ranks`;
+  figures.push(
+    figure({ benchmark: "scale", figure: `${n}: /metrics build alone`, unit: "ms", values: expo.scrapeMs, note: `${expo.series.toLocaleString("en-US")} series, ${(expo.bytes / 1e3).toFixed(0)} KB; in-process, no load (bench/scale/metrics-scrape.ts)` }),
+    figure({ benchmark: "scale", figure: `${n}: longest event-loop stall during a /metrics build`, unit: "ms", values: expo.loopStallMs, note: "per build, a 1 ms ticker's largest gap" }),
+  );
+  return { figures, details: { ...p, results, exposition: expo } };
+}
+
+/** One line of bench/scale/metrics-scrape.js. */
+interface ExpositionResult {
+  readonly bytes: number;
+  readonly series: number;
+  readonly scrapeMs: number[];
+  readonly loopStallMs: number[];
 }

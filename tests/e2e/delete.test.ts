@@ -60,7 +60,7 @@ void describe("clipfleet delete", () => {
     await waitEnd(client, id, "SUCCEEDED");
     assert.ok(checkpointDirs(id).length > 0, "the job committed checkpoints");
     assert.ok(existsSync(join(stateDir, "jobs", id, "logs.jsonl")));
-    assert.match(await metricsText(), new RegExp(`job="${id}"`));
+    assert.match(await metricsText(), new RegExp(`job_id="${id}"`));
     // A symlink inside the job's folder to a file outside: deleting removes the link, never the file.
     const outside = join(tmp.dir, "precious.txt");
     writeFileSync(outside, "keep me");
@@ -80,7 +80,7 @@ void describe("clipfleet delete", () => {
     assert.ok(!(await listed()).includes(id));
     const status = await runCli(["status", id, ...on]);
     assert.equal(status.code, 3, status.stderr);
-    assert.doesNotMatch(await metricsText(), new RegExp(`job="${id}"`), "no series of the deleted job remains");
+    assert.doesNotMatch(await metricsText(), new RegExp(`job_id="${id}"`), "no series of the deleted job remains");
     // Deleting it again: not found, exit 3.
     const again = await runCli(["delete", id, ...on]);
     assert.equal(again.code, 3, again.stderr);

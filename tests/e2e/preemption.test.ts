@@ -52,7 +52,7 @@ void describe("preemption", () => {
 
     const gated = await waitForStatus(run.jobId, state, "the restarted attempt at its gate", (x) => (x.job.stages[0]?.attempts.length ?? 0) >= 2 && (x.job.stages[0]?.progress?.step ?? 0) >= 54);
     const metrics = await (await fetch(`http://${metricsAddress}/metrics`)).text();
-    const labels = `job="${run.jobId}",stage="main"`;
+    const labels = `job_id="${run.jobId}",stage="main"`;
     assert.match(metrics, new RegExp(`^clipfleet_preemptions_total\\{${labels}\\} 1$`, "m"));
     assert.match(metrics, new RegExp(`^clipfleet_restarts_total\\{${labels}\\} 0$`, "m"));
     writeFileSync(gate, "");

@@ -3,7 +3,9 @@
  * `clipfleet run --metrics-listen` while a tiny job trains: the shipped
  * scrape config (deploy/prometheus/prometheus.yml, interval lowered to 1 s)
  * and alert rules load, the HTTP query API returns the job's loss and
- * step series labelled with the clipfleet job id, and the live exposition
+ * step series labelled with the clipfleet job id in `job_id` while `job`
+ * stays the scrape job's name (no honor_labels), the job's name is on
+ * clipfleet_job_state, the node gauges are there, and the live exposition
  * passes `promtool check metrics`.
  */
 import assert from "node:assert/strict";
@@ -83,7 +85,7 @@ void describe("a real Prometheus scraping `clipfleet run --metrics-listen`", () 
     tmp.cleanup();
   });
 
-  void it("has the job's loss and step series, labelled with the clipfleet job id, and loads the alert rules", { timeout: 110_000 }, async () => {
+  void it("has the job's loss and step series, labelled job_id with \`job\` left to Prometheus, node gauges, and loads the alert rules", { timeout: 110_000 }, async () => {
     const data = await synthData(tmp.dir);
     // Long enough to still be training when Prometheus has scraped it; stopped below.
     const spec = writeSpec(tmp.dir, data, { name: "prom", steps: 2000 });
@@ -97,13 +99,14 @@ void describe("a real Prometheus scraping `clipfleet run --metrics-listen`", () 
     const cfg = parse(readFileSync(join(ROOT, "deploy/prometheus/prometheus.yml"), "utf8")) as {
       global: Record<string, string>;
       rule_files: string[];
-      scrape_configs: { job_name: string; honor_labels: boolean; static_configs: { targets: string[] }[] }[];
+      scrape_configs: { job_name: string; honor_labels?: boolean; static_configs: { targets: string[] }[] }[];
     };
     cfg.global.scrape_interval = "1s";
     cfg.global.evaluation_interval = "1s";
     cfg.rule_files = [join(ROOT, "deploy/prometheus/clipfleet.rules.yml")];
     const scrape = cfg.scrape_configs.find((c) => c.job_name === "clipfleet");
     assert.ok(scrape, "deploy/prometheus/prometheus.yml has a clipfleet scrape job");
+    assert.equal(scrape.honor_labels, undefined, "the shipped scrape config needs no honor_labels");
     scrape.static_configs = [{ targets: [metricsAddress] }];
     writeFileSync(join(tmp.dir, "prometheus.yml"), stringify(cfg));
     mkdirSync(join(tmp.dir, "tsdb"));
@@ -122,8 +125,8 @@ void describe("a real Prometheus scraping `clipfleet run --metrics-listen`", () 
     let step: Sample[] = [];
     for (;;) {
       try {
-        loss = await query(port, `clipfleet_train_loss{job="${jobId}"}`);
-        step = await query(port, `clipfleet_train_step{job="${jobId}"}`);
+        loss = await query(port, `clipfleet_train_loss{job_id="${jobId}"}`);
+        step = await query(port, `clipfleet_train_step{job_id="${jobId}"}`);
         if (loss.length > 0 && step.length > 0 && Number(step[0]?.value[1]) >= 1) break;
       } catch {
         // Prometheus is still starting
@@ -140,16 +143,32 @@ void describe("a real Prometheus scraping `clipfleet run --metrics-listen`", () 
     }
 
     const l = loss[0];
-    assert.equal(l?.metric.job, jobId, "honor_labels keeps the clipfleet job id in `job`");
+    assert.equal(l?.metric.job_id, jobId, "the clipfleet job id is in `job_id`");
+    assert.equal(l.metric.job, "clipfleet", "`job` is the scrape job's name, as Prometheus sets it");
+    assert.equal(l.metric.exported_job, undefined, "nothing clashed with Prometheus's `job`");
     assert.equal(l.metric.stage, "main");
     assert.equal(l.metric.instance, metricsAddress);
     assert.ok(Number.isFinite(Number(l.value[1])) && Number(l.value[1]) > 0, `loss ${l.value[1]}`);
     const up = await query(port, 'up{job="clipfleet"}');
     assert.equal(up[0]?.value[1], "1");
-    const perRank = await query(port, `clipfleet_train_step_duration_seconds_count{job="${jobId}",rank="0"}`);
-    assert.ok(Number(perRank[0]?.value[1]) >= 1, "the per-rank step duration histogram is scraped");
-    const p99 = await query(port, `histogram_quantile(0.99, sum by (le) (clipfleet_train_step_duration_seconds_bucket{job="${jobId}"}))`);
+    const perStage = await query(port, `clipfleet_train_step_duration_seconds_count{job_id="${jobId}",stage="main"}`);
+    assert.equal(perStage.length, 1, "one step duration histogram per stage, not per rank");
+    assert.equal(perStage[0]?.metric.rank, undefined);
+    assert.ok(Number(perStage[0]?.value[1]) >= 1, "the stage's step duration histogram is scraped");
+    const p99 = await query(port, `histogram_quantile(0.99, sum by (le) (clipfleet_train_step_duration_seconds_bucket{job_id="${jobId}"}))`);
     assert.ok(Number(p99[0]?.value[1]) > 0, `p99 step time ${JSON.stringify(p99)}`);
+
+    const state = await query(port, `clipfleet_job_state{job_id="${jobId}"} == 1`);
+    assert.equal(state[0]?.metric.name, "prom", "the job's name is on clipfleet_job_state");
+    assert.equal(state[0]?.metric.job, "clipfleet");
+    const behind = await query(port, `clipfleet_rank_last_step{job_id="${jobId}"}`);
+    assert.ok(behind.length >= 1 && behind[0]?.metric.rank !== undefined, `ranks furthest behind: ${JSON.stringify(behind)}`);
+    const slots = await query(port, "clipfleet_node_slots");
+    assert.ok(slots.length >= 1 && Number(slots[0]?.value[1]) >= 1, `node slots: ${JSON.stringify(slots)}`);
+    const free = await query(port, "clipfleet_node_free_slots");
+    assert.ok(free.length >= 1, "node free slots");
+    assert.equal((await query(port, "clipfleet_node_cordoned"))[0]?.value[1], "0");
+    assert.equal((await query(port, "clipfleet_node_quarantined"))[0]?.value[1], "0");
 
     // The live exposition of the running orchestrator passes promtool's lint too.
     const live = await (await fetch(`http://${metricsAddress}/metrics`)).text();
@@ -159,7 +178,7 @@ void describe("a real Prometheus scraping `clipfleet run --metrics-listen`", () 
 
     const rules = await api<{ groups: { name: string; rules: { name: string; health: string; lastError?: string }[] }[] }>(port, "rules");
     const loaded = rules.groups.flatMap((g) => g.rules);
-    assert.equal(loaded.length, 5, JSON.stringify(rules));
+    assert.equal(loaded.length, 6, JSON.stringify(rules));
     await waitFor("every alert rule evaluated", async () => {
       const r = await api<{ groups: { rules: { health: string }[] }[] }>(port, "rules");
       return r.groups.flatMap((g) => g.rules).every((x) => x.health === "ok");

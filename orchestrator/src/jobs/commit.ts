@@ -47,7 +47,7 @@ export class CheckpointCommit {
       byStep.set(rep.step, reports);
     }
     reports.set(rank.rank, rep);
-    this.ctx.metrics.checkpointSave.observe({ job: a.jobId, stage: a.stage }, rep.saveSeconds);
+    this.ctx.metrics.checkpointSave.observe({ job_id: a.jobId, stage: a.stage }, rep.saveSeconds);
     if (reports.size < a.worldSize) return;
     byStep.delete(rep.step);
     void this.commit(a, rep.step, [...reports.values()]).catch(onError);
@@ -92,7 +92,7 @@ export class CheckpointCommit {
       cursor: manifest.cursor,
     };
     a.committed(step, now, Math.max(...reports.map((r) => r.saveSeconds)));
-    this.ctx.metrics.checkpointsCommitted.inc({ job: a.jobId, stage: a.stage });
+    this.ctx.metrics.checkpointsCommitted.inc({ job_id: a.jobId, stage: a.stage });
     const job = await this.ctx.ledger.note(a.jobId, a.stage, "checkpoint", `checkpoint committed at step ${step}`, {
       attempt: a.attempt,
       data: { step, dir: expectedDir, sizeBytes: record.sizeBytes, manifestSha256 },

@@ -50,7 +50,7 @@ export class Ending {
     if (!a.apply({ type: "end", why: "failed" })) return;
     const { ledger, metrics } = this.ctx;
     const detectedAt = this.ctx.now();
-    const labels = { job: a.jobId, stage: a.stage };
+    const labels = { job_id: a.jobId, stage: a.stage };
     const reason = describeCause(cause);
     metrics.detect.observe(labels, Math.max(0, (detectedAt - (failedAtMs ?? detectedAt)) / 1000));
     metrics.failures.inc({ ...labels, state: stageRecordOf(ledger.get(a.jobId), a.stage)?.state ?? "RUNNING" });
@@ -204,7 +204,7 @@ export class Ending {
     if (!stage) return;
     const lastStep = a.lastStep;
     const resumeStep = Math.max(a.lastCommittedStep, newestCommitted(stage)?.step ?? 0);
-    const labels = { job: a.jobId, stage: a.stage };
+    const labels = { job_id: a.jobId, stage: a.stage };
     if (job.cancelRequested) {
       await ledger.transition(a.jobId, a.stage, "CANCELLED", `cancelled by user (while preempted: ${reason})`, {
         attempt: a.attempt,

@@ -25,20 +25,20 @@ export class Progress {
     private readonly datasets: Datasets,
   ) {}
 
-  /** A rank's step report: per-rank metrics from every rank; rank 0 speaks for the stage. */
+  /** A rank's step report: every rank feeds the stage's histograms and counters; rank 0 speaks for the stage. */
   step(a: Attempt, rank: RankRuntime, rep: StepReport, now: number): void {
     const m = this.ctx.metrics;
-    const labels = { job: a.jobId, stage: a.stage };
+    const labels = { job_id: a.jobId, stage: a.stage };
     // A rank's numbers are not trusted: a NaN, an infinity or a negative duration is dropped and
     // counted, never fed to a metric (prom-client throws on some, and a NaN poisons a sum forever).
     let dropped = 0;
     const duration = (v: number): boolean => (Number.isFinite(v) && v >= 0) || (dropped++, false);
     const finite = (v: number): boolean => Number.isFinite(v) || (dropped++, false);
-    if (duration(rep.stepSeconds)) m.stepDuration.observe({ ...labels, rank: String(rank.rank) }, rep.stepSeconds);
+    if (duration(rep.stepSeconds)) m.stepDuration.observe(labels, rep.stepSeconds);
     if (rep.samples.length > 0) {
       appendFileSync(this.datasets.auditPath(a.jobId, a.stage), JSON.stringify({ a: a.attempt, s: rep.step - 1, ids: rep.samples }) + "\n", { mode: 0o600 });
     }
-    if (duration(rep.dataWaitSeconds)) m.dataWait.inc({ ...labels, rank: String(rank.rank) }, rep.dataWaitSeconds);
+    if (duration(rep.dataWaitSeconds)) m.dataWait.inc(labels, rep.dataWaitSeconds);
     if (duration(rep.computeSeconds) && rep.computeSeconds > 0) m.computeTime.inc(labels, rep.computeSeconds);
     if (rep.skippedSamples > 0) m.skipped.inc(labels, rep.skippedSamples);
     for (const [reason, n] of Object.entries(addSkips({}, rep.skippedByReason))) m.skippedByReason.inc({ ...labels, reason }, n);
@@ -89,9 +89,7 @@ export class Progress {
 
   heartbeat(a: Attempt, rank: RankRuntime, hb: Heartbeat): void {
     if (hb.gpuMemoryBytes <= 0) return;
-    const labels = { job: a.jobId, stage: a.stage, rank: String(rank.rank) };
-    this.ctx.metrics.gpuUtil.set(labels, hb.gpuUtilization);
-    this.ctx.metrics.gpuMemory.set(labels, hb.gpuMemoryBytes);
+    this.ctx.metrics.gpuSample(a.jobId, a.stage, rank.rank, hb.gpuUtilization, hb.gpuMemoryBytes);
   }
 
   /**
@@ -101,7 +99,7 @@ export class Progress {
    */
   eval(a: Attempt, rank: RankRuntime, result: EvalResult, onError: (err: unknown) => void): void {
     const metrics = this.bounded(a, result.metrics);
-    for (const [k, v] of Object.entries(metrics)) this.ctx.metrics.evalResult.set({ job: a.jobId, stage: a.stage, metric: k }, v);
+    for (const [k, v] of Object.entries(metrics)) this.ctx.metrics.evalResult.set({ job_id: a.jobId, stage: a.stage, metric: k }, v);
     const skippedByReason = addSkips({}, result.skippedByReason);
     const warnings = result.warnings.slice(0, MAX_EVAL_WARNINGS).map((w) => truncateHead(w, MAX_WARNING_BYTES));
     // Evaluations during training repeat their warnings: an event only for one the previous evaluation did not give.
@@ -128,7 +126,7 @@ export class Progress {
   bounded(a: Attempt, incoming: Readonly<Record<string, number>>): Record<string, number> {
     const known = new Set(Object.keys(stageRecordOf(this.ctx.ledger.get(a.jobId), a.stage)?.metrics ?? {}));
     const { kept, dropped } = boundedMetrics(incoming, known);
-    if (dropped > 0) this.ctx.metrics.valuesDropped.inc({ job: a.jobId, stage: a.stage }, dropped);
+    if (dropped > 0) this.ctx.metrics.valuesDropped.inc({ job_id: a.jobId, stage: a.stage }, dropped);
     return kept;
   }
 

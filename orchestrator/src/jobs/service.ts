@@ -453,7 +453,7 @@ export class JobService implements MetricsSource {
   }
 
   jobs(): ReturnType<MetricsSource["jobs"]> {
-    return this.ctx.ledger.list().map((j) => ({ job: j.id, state: j.state, updatedAtMs: j.updatedAtMs }));
+    return this.ctx.ledger.list().map((j) => ({ job: j.id, name: j.name, state: j.state, updatedAtMs: j.updatedAtMs }));
   }
 
   ranks(): ReturnType<MetricsSource["ranks"]> {
@@ -468,10 +468,21 @@ export class JobService implements MetricsSource {
           node: r.node.name,
           state: rankState(r),
           heartbeatAgeSeconds: r.registered ? (now - r.lastHeartbeatMs) / 1000 : null,
+          step: r.step,
         });
       }
     }
     return out;
+  }
+
+  nodeSlots(): ReturnType<MetricsSource["nodeSlots"]> {
+    return this.nodes().map((n) => ({
+      node: n.node.name,
+      slots: n.node.slots,
+      freeSlots: n.freeSlots,
+      cordoned: n.state === "cordoned",
+      quarantined: n.quarantinedUntilMs !== null,
+    }));
   }
 
   newestCheckpoints(): ReturnType<MetricsSource["newestCheckpoints"]> {

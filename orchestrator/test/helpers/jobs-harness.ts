@@ -351,7 +351,7 @@ export async function jobsHarness(opts: { nodes?: number; slotsPerNode?: number 
   const slots = opts.slotsPerNode ?? 2;
   const inventory = Array.from({ length: nodeCount }, (_, i) => `  - {name: n${i}, host: 127.0.0.1, launcher: local, slots: ${slots}}`).join("\n");
   const scheduler = new Scheduler(parseInventory(`nodes:\n${inventory}\n`, join(dir, "inventory.yaml")), clock);
-  const metrics = new Metrics({ defaultMetrics: false });
+  const metrics = new Metrics({ scrapeCacheMs: 0, defaultMetrics: false });
   const launcher = new FakeLauncher();
   const service = new JobService({
     ledger,

@@ -108,9 +108,9 @@ void describe("preemption through the job service (fake ranks, fake clock)", () 
     assert.deepEqual(states(id), ["STARTING", "RUNNING", "STOPPING", "RESTARTING", "STARTING"]);
     const event = h.job(id).recentEvents.find((e) => e.type === "preemption");
     assert.equal(event?.reason, "preempted: SIGUSR1 on rank 1 (node); checkpoint committed at step 7");
-    const labels = { job: id, stage: "main" };
-    assert.equal((await h.metrics.preemptions.get()).values.find((v) => v.labels.job === labels.job)?.value, 1);
-    assert.equal((await h.metrics.restarts.get()).values.find((v) => v.labels.job === labels.job)?.value ?? 0, 0);
+    const labels = { job_id: id, stage: "main" };
+    assert.equal((await h.metrics.preemptions.get()).values.find((v) => v.labels.job_id === labels.job_id)?.value, 1);
+    assert.equal((await h.metrics.restarts.get()).values.find((v) => v.labels.job_id === labels.job_id)?.value ?? 0, 0);
     assert.deepEqual((await h.metrics.failures.get()).values, [], "a preemption is no failure");
   });
 

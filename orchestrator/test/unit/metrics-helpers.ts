@@ -16,9 +16,10 @@ export const PROMTOOL = "/usr/bin/promtool";
 /** A MetricsSource whose answers the test sets directly. */
 export class FakeSource implements MetricsSource {
   nowMs = 1_800_000_000_000;
-  jobList: { job: string; state: JobState; updatedAtMs: number }[] = [];
+  jobList: { job: string; name?: string; state: JobState; updatedAtMs: number }[] = [];
   rankList: ReturnType<MetricsSource["ranks"]> = [];
   checkpoints: ReturnType<MetricsSource["newestCheckpoints"]> = [];
+  nodeList: ReturnType<MetricsSource["nodeSlots"]> = [];
 
   jobsByState(): Record<string, number> {
     const out: Record<string, number> = {};
@@ -26,13 +27,16 @@ export class FakeSource implements MetricsSource {
     return out;
   }
   jobs(): ReturnType<MetricsSource["jobs"]> {
-    return this.jobList;
+    return this.jobList.map((j) => ({ ...j, name: j.name ?? `name-of-${j.job}` }));
   }
   ranks(): ReturnType<MetricsSource["ranks"]> {
     return this.rankList;
   }
   newestCheckpoints(): ReturnType<MetricsSource["newestCheckpoints"]> {
     return this.checkpoints;
+  }
+  nodeSlots(): ReturnType<MetricsSource["nodeSlots"]> {
+    return this.nodeList;
   }
   now(): number {
     return this.nowMs;
@@ -41,12 +45,12 @@ export class FakeSource implements MetricsSource {
 
 /** Feeds one job/stage as the job service would: an attempt, steps on two ranks, a checkpoint, an evaluation, a restart. */
 export function feedJob(m: Metrics, job: string, stage = "main"): void {
-  const labels = { job, stage };
+  const labels = { job_id: job, stage };
   m.attemptStarted(job, stage, 100);
   for (let step = 1; step <= 20; step++) {
-    for (const rank of ["0", "1"]) {
-      m.stepDuration.observe({ ...labels, rank }, 0.05 + step / 1000);
-      m.dataWait.inc({ ...labels, rank }, 0.001);
+    for (let rank = 0; rank < 2; rank++) {
+      m.stepDuration.observe(labels, 0.05 + step / 1000);
+      m.dataWait.inc(labels, 0.001);
     }
     m.step.set(labels, step);
     m.loss.set(labels, 4 - step / 10);
@@ -67,23 +71,28 @@ export function feedJob(m: Metrics, job: string, stage = "main"): void {
   m.recovery.observe(labels, 7.5);
   m.evalResult.set({ ...labels, metric: "retrieval/i2t_R@1" }, 0.25);
   m.evalResult.set({ ...labels, metric: "zeroshot/top1" }, 0.5);
-  m.gpuUtil.set({ ...labels, rank: "0" }, 0.9);
-  m.gpuMemory.set({ ...labels, rank: "0" }, 2 ** 30);
+  m.gpuSample(job, stage, 0, 0.9, 2 ** 30);
+  m.gpuSample(job, stage, 1, 0.7, 2 ** 29);
 }
 
 /** A Metrics instance with two jobs fed and a source describing them. */
-export function populatedMetrics(opts: { defaultMetrics?: boolean; retentionSeconds?: number } = {}): { metrics: Metrics; source: FakeSource } {
-  const metrics = new Metrics(opts);
+export function populatedMetrics(opts: { defaultMetrics?: boolean; retentionSeconds?: number; rankTopK?: number; scrapeCacheMs?: number } = {}): { metrics: Metrics; source: FakeSource } {
+  // No scrape cache unless asked for: the tests change the source between scrapes.
+  const metrics = new Metrics({ scrapeCacheMs: 0, ...opts });
   const source = new FakeSource();
   source.jobList = [
     { job: "j-a", state: "RUNNING", updatedAtMs: source.nowMs - 1000 },
     { job: "j-b", state: "SUCCEEDED", updatedAtMs: source.nowMs - 5000 },
   ];
   source.rankList = [
-    { job: "j-a", stage: "main", rank: 0, node: "n1", state: "running", heartbeatAgeSeconds: 0.5 },
-    { job: "j-a", stage: "main", rank: 1, node: "n2", state: "running", heartbeatAgeSeconds: 1.5 },
+    { job: "j-a", stage: "main", rank: 0, node: "n1", state: "running", heartbeatAgeSeconds: 0.5, step: 20 },
+    { job: "j-a", stage: "main", rank: 1, node: "n2", state: "running", heartbeatAgeSeconds: 1.5, step: 19 },
   ];
   source.checkpoints = [{ job: "j-a", stage: "main", committedAtMs: source.nowMs - 90_000, sizeBytes: 123456 }];
+  source.nodeList = [
+    { node: "n1", slots: 8, freeSlots: 7, cordoned: false, quarantined: false },
+    { node: "n2", slots: 8, freeSlots: 7, cordoned: true, quarantined: true },
+  ];
   metrics.setSource(source);
   feedJob(metrics, "j-a");
   feedJob(metrics, "j-b");
