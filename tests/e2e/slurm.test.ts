@@ -227,7 +227,8 @@ void describe("Slurm launcher on a real slurmctld and two slurmd hosts", () => {
     assert.equal(s.state, "SUCCEEDED");
     assert.equal(s.finalParamsSha256, reference.finalParamsSha256, "bit-identical to the run that was never interrupted");
     const logs = readFileSync(join(state, "jobs", run.jobId, "logs.jsonl"), "utf8");
-    assert.match(logs, new RegExp(`cancelled Slurm job ${left.id}, left by an earlier attempt of this stage`));
+    const slurmLines = logs.split("\n").filter((l) => /Slurm|squeue|allocation/.test(l));
+    assert.match(logs, new RegExp(`cancelled Slurm job ${left.id}, left by an earlier attempt of this stage`), `left: ${JSON.stringify(left)}\n${slurmLines.join("\n")}`);
     assertExactlyOnce(await audit(run.jobId, state), 2);
     await waitFor("every allocation gone from squeue", () => clipfleetJobs().length === 0, 30_000);
     process.stderr.write(`kill -9 and resume: ${((Date.now() - started) / 1000).toFixed(1)} s\n`);

@@ -304,9 +304,12 @@ export class Launch {
     if (!options) throw new Error("a slurm node without its slurm options");
     const giveUp = (): boolean => signal.aborted || this.ctx.closing || !ledger.has(jobId) || ledger.get(jobId).cancelRequested !== null || isTerminal(ledger.get(jobId).state);
     // Allocations of earlier attempts still held (the orchestrator running them died) go back first.
-    for (const id of await slurm.cancelNamed(`clipfleet-${jobId}-${p.stage}-a`)) {
-      this.ctx.log(jobId, p.stage, attempt, `cancelled Slurm job ${id}, left by an earlier attempt of this stage`);
-    }
+    const left = await slurm.cancelNamed(`clipfleet-${jobId}-${p.stage}-a`).catch((err: unknown) => {
+      // Not a reason to fail the attempt: at worst the orphan holds its nodes until its time limit.
+      this.ctx.log(jobId, p.stage, attempt, `could not look for Slurm jobs left by earlier attempts of this stage: ${(err as Error).message}`);
+      return [];
+    });
+    for (const id of left) this.ctx.log(jobId, p.stage, attempt, `cancelled Slurm job ${id}, left by an earlier attempt of this stage`);
     let alloc: Allocation;
     try {
       alloc = await slurm.allocate({

@@ -212,8 +212,14 @@ export class SlurmLauncher implements Launcher {
    * behind (their ranks fenced themselves; the nodes are still held).
    */
   async cancelNamed(prefix: string): Promise<string[]> {
-    const r = await this.run("squeue", ["-h", "--me", "-o", "%i|%j"]);
-    if (r.code !== 0) return [];
+    // A loaded slurmctld times squeue out now and then ("Socket timed out"): a few tries before
+    // giving up, since a missed orphan holds its nodes until its time limit.
+    let r = await this.run("squeue", ["-h", "--me", "-o", "%i|%j"]);
+    for (let wait = 250; r.code !== 0 && wait <= 4000; wait *= 2) {
+      await sleep(wait);
+      r = await this.run("squeue", ["-h", "--me", "-o", "%i|%j"]);
+    }
+    if (r.code !== 0) throw new EnvironmentError(`squeue --me failed: ${r.stderr.trim() || `exit ${r.code}`}`);
     const ids = r.stdout
       .split("\n")
       .map((l) => l.trim().split("|"))
