@@ -88,3 +88,60 @@ def test_joint_transform_flip_mirrors_maps():
     aug = AugmentParams(crop_scale=None, crop_ratio=(1.0, 1.0), hflip=1.0)
     _, s, _ = joint_transform(img, Image.fromarray(ids, mode="L"), None, 32, aug, 0, 0, "k")
     assert np.array_equal(s[0], np.arange(31, -1, -1))
+
+
+def _jpeg(w, h, fmt="JPEG"):
+    import io
+
+    # A smooth picture: DCT-scaled decoding of it stays close to a full decode and resize.
+    y, x = np.mgrid[0:h, 0:w]
+    arr = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt, quality=95)
+    return buf.getvalue()
+
+
+def test_big_jpeg_is_decoded_at_reduced_scale_and_matches_a_full_decode():
+    import io
+
+    from clipfleet_worker.data import transforms as T
+
+    data = _jpeg(1024, 768)
+    img = Image.open(io.BytesIO(data))
+    box = T.source_box(T.center_geometry(1024, 768, 64), 1024, 768)
+    scaled = T.draft_box(img, box, 64)
+    assert img.size == (128, 96)  # 1/8: the 768 px centre square becomes 96 px, still >= 64
+    assert scaled == tuple(v / 8 for v in box)
+    drafted = image_transform(Image.open(io.BytesIO(data)), 64, None, 0, 0, "k")
+    full = Image.open(io.BytesIO(data))
+    full.load()  # loaded first: no draft
+    reference = image_transform(full, 64, None, 0, 0, "k")
+    assert drafted.shape == reference.shape == (3, 64, 64)
+    assert (drafted - reference).abs().mean() < 0.02
+
+
+def test_small_regions_and_other_formats_are_decoded_in_full():
+    import io
+
+    from clipfleet_worker.data import transforms as T
+
+    small = Image.open(io.BytesIO(_jpeg(200, 150)))
+    box = T.source_box(T.center_geometry(200, 150, 96), 200, 150)
+    assert T.draft_box(small, box, 96) == box and small.size == (200, 150)
+    png = Image.open(io.BytesIO(_jpeg(1024, 768, "PNG")))
+    box = T.source_box(T.center_geometry(1024, 768, 64), 1024, 768)
+    assert T.draft_box(png, box, 64) == box and png.size == (1024, 768)
+
+
+def test_normalised_tensor_written_in_place_equals_a_new_one():
+    from clipfleet_worker.data.transforms import to_normalized_tensor
+
+    img = _noise_image(40, 40)
+    batch = torch.full((2, 3, 40, 40), float("nan"))
+    got = to_normalized_tensor(img, batch[1])
+    assert got.data_ptr() == batch[1].data_ptr()
+    expected = (torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0 - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    assert torch.allclose(batch[1], expected, atol=1e-5)
+    assert torch.equal(to_normalized_tensor(img), batch[1])
+    gray = img.convert("L")
+    assert torch.equal(to_normalized_tensor(gray), to_normalized_tensor(gray.convert("RGB")))  # converted to RGB first

@@ -248,12 +248,10 @@ class _Sample:
     out_of_range: int = 0
 
 
-def _open_image(data: bytes, draft_size: int | None) -> Image.Image:
+def _open_image(data: bytes, load: bool = True) -> Image.Image:
     img = Image.open(io.BytesIO(data))
-    if draft_size is not None and img.format == "JPEG":
-        # DCT-domain downscale: much faster for big JPEGs, still >= the requested size.
-        img.draft("RGB", (draft_size, draft_size))
-    img.load()
+    if load:
+        img.load()
     return img
 
 
@@ -292,8 +290,29 @@ def _decode_sample(
     i: int,
     epoch: int,
     eval_sources: Sequence[str] | None,
+    slot: torch.Tensor | None = None,
 ) -> _Sample:
-    """Read and decode one sample. DataError for a broken shard; a skip reason otherwise."""
+    """Read and decode one sample. DataError for a broken shard; a skip reason otherwise.
+
+    With `slot` (the sample's [3, S, S] row of its step's image tensor) the image is
+    written there and `image` stays None; a skipped sample's slot is zeroed.
+    """
+    out = _decode_into(shardset, cfg, tokenize, s, i, epoch, eval_sources, slot)
+    if slot is not None and out.reason is not None:
+        slot.zero_()
+    return out
+
+
+def _decode_into(
+    shardset: ShardSet,
+    cfg: LoaderConfig,
+    tokenize: Tokenize | None,
+    s: int,
+    i: int,
+    epoch: int,
+    eval_sources: Sequence[str] | None,
+    slot: torch.Tensor | None,
+) -> _Sample:
     idx = shardset.index(s)
     key = idx.key(i)
     out = _Sample(key=key)
@@ -327,8 +346,9 @@ def _decode_sample(
     dense = cfg.dense
     if dense is None:
         try:
-            img = _open_image(data, cfg.image_size if cfg.augment is None else None)
-            out.image = image_transform(img, cfg.image_size, cfg.augment, cfg.seed, epoch, key)
+            # Decoded inside the transform, which may ask for a DCT-scaled decode of a big JPEG.
+            img = _open_image(data, load=False)
+            out.image = image_transform(img, cfg.image_size, cfg.augment, cfg.seed, epoch, key, out=slot)
         except Exception:  # noqa: BLE001 - PIL raises many types for corrupt bytes; the sample is skipped
             out.reason = "undecodable image"
             return out
@@ -338,19 +358,19 @@ def _decode_sample(
             out.reason = f"no {ext}"
             return out
         try:
-            img = _open_image(data, None)
+            img = _open_image(data)
         except Exception:  # noqa: BLE001 - see above
             out.reason = "undecodable image"
             return out
         try:
-            label_map = _open_image(members[ext], None)
+            label_map = _open_image(members[ext])
         except Exception:  # noqa: BLE001 - see above
             out.reason = f"undecodable {ext}"
             return out
         _check_label_map(label_map, img, dense, shardset.shards[s][0], key)
         seg_img, depth_img = (label_map, None) if dense == "seg" else (None, label_map)
         out.image, seg, depth = joint_transform(
-            img, seg_img, depth_img, cfg.image_size, cfg.augment, cfg.seed, epoch, key
+            img, seg_img, depth_img, cfg.image_size, cfg.augment, cfg.seed, epoch, key, out=slot
         )
         if seg is not None:
             assert cfg.num_classes is not None
@@ -360,6 +380,8 @@ def _decode_sample(
             out.seg = seg
         if depth is not None:
             out.depth = depth.astype(np.float32) / 1000.0
+    if slot is not None:
+        out.image = None  # it lives in the step's tensor
     if eval_sources is None and cfg.wants_captions and tokenize is not None:
         out.tokens = tokenize([text])[0]
         if text_b is not None:
@@ -397,19 +419,30 @@ class _Failure:
         self.error = error
 
 
+def _one_torch_thread() -> None:
+    # A decode thread's torch ops (normalisation) are small: with the rank's OpenMP team they
+    # would spin up threads that then busy-wait beside the other decode threads. The setting
+    # is per calling thread (OpenMP's nthreads ICV); the training thread keeps its own.
+    torch.set_num_threads(1)
+
+
 class _Prefetcher:
     """Producer thread + decode pool + bounded queue of per-step futures."""
 
     def __init__(
         self,
         slices: Callable[[], Iterator[StepSlice]],
-        decode: Callable[[int, int, int], _Sample],
+        decode: Callable[[int, int, int, torch.Tensor], _Sample],
         threads: int,
         depth: int,
+        image_size: int,
+        pin_memory: bool = False,
     ) -> None:
         self._slices = slices
         self._decode = decode
-        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="clipfleet-data")
+        self._image_size = image_size
+        self._pin = pin_memory
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="clipfleet-data", initializer=_one_torch_thread)
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._done = False
@@ -422,10 +455,16 @@ class _Prefetcher:
                 if self._stop.is_set():
                     return
                 assert len(sl.shards) == len(sl.indices) == len(sl.sample_ids), "StepSlice lists differ in length"
+                # Decode threads write each normalised image straight into its row of the step's
+                # tensor (page-locked for a CUDA rank, so the copy to the GPU is asynchronous):
+                # no per-sample tensor, and no stacking copy on the training thread.
+                size = self._image_size
+                images = torch.empty(len(sl.shards), 3, size, size, dtype=torch.float32, pin_memory=self._pin)
                 futures = [
-                    self._pool.submit(self._decode, s, i, sl.epoch) for s, i in zip(sl.shards, sl.indices)
+                    self._pool.submit(self._decode, s, i, sl.epoch, images[j])
+                    for j, (s, i) in enumerate(zip(sl.shards, sl.indices))
                 ]
-                self._queue.put((sl, futures))
+                self._queue.put((sl, images, futures))
                 if self._stop.is_set():
                     return
             self._queue.put(_END)
@@ -433,8 +472,8 @@ class _Prefetcher:
             if not self._stop.is_set():
                 self._queue.put(_Failure(e))
 
-    def next(self) -> tuple[StepSlice, list[_Sample]] | None:
-        """The next step's decoded samples, or None at the end; re-raises loader errors."""
+    def next(self) -> tuple[StepSlice, torch.Tensor, list[_Sample]] | None:
+        """The next step's images and decoded samples, or None at the end; re-raises loader errors."""
         if self._done:
             return None
         item = self._queue.get()
@@ -444,9 +483,9 @@ class _Prefetcher:
         if isinstance(item, _Failure):
             self._done = True
             raise item.error
-        sl, futures = item
+        sl, images, futures = item
         try:
-            return sl, [f.result() for f in futures]
+            return sl, images, [f.result() for f in futures]
         except BaseException:
             self._done = True
             raise
@@ -462,22 +501,16 @@ class _Prefetcher:
             except queue.Empty:
                 break
             if isinstance(item, tuple):
-                for f in item[1]:
+                for f in item[2]:
                     f.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
         # fetch_plan is an RPC with its own deadline; do not hang shutdown on it forever.
         self._thread.join(timeout=10.0)
 
 
-def _stack_images(samples: list[_Sample], size: int, pin_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The step's images in one tensor (page-locked with pin_memory, so the copy to the GPU is asynchronous)."""
-    images = torch.zeros(len(samples), 3, size, size, dtype=torch.float32, pin_memory=pin_memory)
-    valid = torch.zeros(len(samples), dtype=torch.bool)
-    for j, smp in enumerate(samples):
-        if smp.reason is None:
-            images[j] = smp.image
-            valid[j] = True
-    return images, valid
+def _valid(samples: list[_Sample]) -> torch.Tensor:
+    """Which rows of the step's images hold a sample (the others are zeros)."""
+    return torch.tensor([smp.reason is None for smp in samples], dtype=torch.bool)
 
 
 def _stack_dense(samples: list[_Sample], cfg: LoaderConfig) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
@@ -551,7 +584,7 @@ class PlanLoader:
         self._chunk = max(1, int(prefetch_steps))
         # Shape/dtype of a token row, so an all-skipped step still has a tokens tensor.
         self._token_row = tokenize([""])[0] if (self.config.wants_captions and tokenize is not None) else None
-        self._prefetcher = _Prefetcher(self._slices, self._decode, threads, prefetch_steps)
+        self._prefetcher = _Prefetcher(self._slices, self._decode, threads, prefetch_steps, image_size, pin_memory)
 
     def _slices(self) -> Iterator[StepSlice]:
         step = self._start
@@ -568,8 +601,8 @@ class PlanLoader:
                 if step >= self._end:
                     return
 
-    def _decode(self, s: int, i: int, epoch: int) -> _Sample:
-        return _decode_sample(self._shardset, self.config, self._tokenize, s, i, epoch, None)
+    def _decode(self, s: int, i: int, epoch: int, slot: torch.Tensor) -> _Sample:
+        return _decode_sample(self._shardset, self.config, self._tokenize, s, i, epoch, None, slot)
 
     def __iter__(self) -> "PlanLoader":
         return self
@@ -579,9 +612,9 @@ class PlanLoader:
         got = self._prefetcher.next()
         if got is None:
             raise StopIteration
-        sl, samples = got
+        sl, images, samples = got
         cfg = self.config
-        images, valid = _stack_images(samples, cfg.image_size, self._pin)
+        valid = _valid(samples)
         skipped, reasons = _skips(samples)
         batch = Batch(
             step=sl.step,
@@ -677,18 +710,18 @@ def iterate_split(
 
     sources = tuple(caption_sources) if dense is None else ()
 
-    def decode(s: int, i: int, epoch: int) -> _Sample:
-        return _decode_sample(shardset, cfg, None, s, i, epoch, sources)
+    def decode(s: int, i: int, epoch: int, slot: torch.Tensor) -> _Sample:
+        return _decode_sample(shardset, cfg, None, s, i, epoch, sources, slot)
 
-    prefetcher = _Prefetcher(slices, decode, threads, prefetch_batches)
+    prefetcher = _Prefetcher(slices, decode, threads, prefetch_batches, cfg.image_size)
     try:
         while True:
             t0 = time.perf_counter()
             got = prefetcher.next()
             if got is None:
                 return
-            sl, samples = got
-            images, valid = _stack_images(samples, cfg.image_size)
+            sl, images, samples = got
+            valid = _valid(samples)
             skipped, reasons = _skips(samples)
             seg, depth, oor = _stack_dense(samples, cfg)
             yield EvalBatch(

@@ -11,6 +11,7 @@ aligned with pixels.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,10 @@ from .keyed import keyed_rng
 # OpenAI CLIP's normalisation, used by open_clip and the VeCLIP processor.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# to_normalized_tensor reads PIL's bytes through a read-only numpy view (no copy); torch warns
+# about non-writable arrays once per process, which says nothing here.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 _MEAN = np.asarray(CLIP_MEAN, dtype=np.float32) * 255.0
 _INV_STD = 1.0 / (np.asarray(CLIP_STD, dtype=np.float32) * 255.0)
@@ -115,39 +120,94 @@ def _random_resized_crop(
     return (left, top, left + w, top + h)
 
 
+def source_box(geom: Geometry, width: int, height: int) -> tuple[float, float, float, float]:
+    """The part of the source image (in its own pixels) that becomes the output square."""
+    left, top, right, bottom = geom.box
+    if geom.resize is None:
+        return (float(left), float(top), float(right), float(bottom))
+    sx, sy = width / geom.resize[0], height / geom.resize[1]
+    return (left * sx, top * sy, right * sx, bottom * sy)
+
+
 def apply_geometry(img: Image.Image, geom: Geometry, size: int, resample: int) -> Image.Image:
-    """Resize/crop/resize as geom says, ending at size x size, then mirror if asked."""
-    if geom.resize is not None and geom.resize != img.size:
-        img = img.resize(geom.resize, resample)
-    out = img.crop(geom.box)
-    if out.size != (size, size):
-        out = out.resize((size, size), resample)
-    if geom.flip:
+    """Crop and resize in one pass, then mirror if asked; see `resample_box`."""
+    return resample_box(img, source_box(geom, img.width, img.height), size, resample, geom.flip)
+
+
+def resample_box(img: Image.Image, box: tuple[float, float, float, float], size: int, resample: int, flip: bool) -> Image.Image:
+    """The source region `box` resampled to size x size in one pass (PIL's resize with a box).
+
+    One resampling of the source region, as torchvision's resize-then-crop does for
+    val; for train crops the filter also sees the pixels just outside the crop
+    instead of clamping at its edge (as a crop-then-resize does), and no crop copy
+    is made.
+    """
+    if box == (0.0, 0.0, float(img.width), float(img.height)) and img.size == (size, size):
+        out = img
+    else:
+        out = img.resize((size, size), resample, box=box)
+    if flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return out
 
 
-def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
+def draft_box(img: Image.Image, box: tuple[float, float, float, float], size: int) -> tuple[float, float, float, float]:
+    """Decode a JPEG at a reduced DCT scale when its source region is at least twice the output.
+
+    `img` must be opened and not yet loaded. PIL's draft picks the largest of 1/2,
+    1/4, 1/8 that keeps the whole image at least the requested size, here the size
+    at which the region becomes `size` pixels in both directions, so the bicubic
+    resize that follows still only shrinks. Returns the region in the (maybe
+    smaller) decoded image's pixels. Other formats, and regions under 2x, are left
+    alone.
+    """
+    left, top, right, bottom = box
+    bw, bh = right - left, bottom - top
+    if img.format != "JPEG" or bw < 2 * size or bh < 2 * size:
+        return box
+    width, height = img.size
+    img.draft("RGB", (math.ceil(width * size / bw), math.ceil(height * size / bh)))
+    sx, sy = img.width / width, img.height / height
+    return (left * sx, top * sy, right * sx, bottom * sy)
+
+
+def to_normalized_tensor(img: Image.Image, out: torch.Tensor | None = None) -> torch.Tensor:
     """RGB PIL image -> float tensor [3, H, W] normalised with the CLIP mean/std.
 
-    Transposed as uint8 and normalised in place per channel plane in torch: 6x faster
-    than the same float32 arithmetic in numpy over [H, W, 3] (bench/datapath.py), and
-    bit-identical to it.
+    One transposing uint8 -> float32 copy into `out` (a new tensor when None; a
+    loader passes the sample's row of the step's batch), then the per-channel
+    normalisation in place: bit-identical to float32 arithmetic in numpy over
+    [H, W, 3], and about 2x faster than a contiguous uint8 transpose followed by a
+    float copy (bench/datapath.py --profile).
     """
-    chw = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
-    return chw.float().sub_(_MEAN_T).mul_(_INV_STD_T)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    hwc = torch.from_numpy(np.asarray(img))  # a read-only view of PIL's bytes, only read
+    if out is None:
+        out = torch.empty(3, img.height, img.width, dtype=torch.float32)
+    out.copy_(hwc.permute(2, 0, 1))
+    return out.sub_(_MEAN_T).mul_(_INV_STD_T)
 
 
 def image_transform(
-    img: Image.Image, size: int, aug: AugmentParams | None, seed: int, epoch: int, key: str
+    img: Image.Image, size: int, aug: AugmentParams | None, seed: int, epoch: int, key: str, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Train (aug given) or val (aug None) transform of one image to a normalised tensor."""
-    img = img.convert("RGB")
+    """Train (aug given) or val (aug None) transform of one image to a normalised tensor.
+
+    `img` may be opened and not yet decoded: a JPEG whose region is 2x the output
+    or more is then decoded at a reduced scale (`draft_box`). The geometry is drawn
+    on the full image's size either way, so drafting never changes which region a
+    sample gets.
+    """
     if aug is None:
         geom = center_geometry(img.width, img.height, size)
     else:
         geom = sample_geometry(img.width, img.height, size, aug, seed, epoch, key)
-    return to_normalized_tensor(apply_geometry(img, geom, size, Image.Resampling.BICUBIC))
+    box = source_box(geom, img.width, img.height)
+    if getattr(img, "tile", None):  # decoded lazily and not yet: a draft is still possible
+        box = draft_box(img, box, size)
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    return to_normalized_tensor(resample_box(rgb, box, size, Image.Resampling.BICUBIC, geom.flip), out)
 
 
 def joint_transform(
@@ -159,6 +219,7 @@ def joint_transform(
     seed: int,
     epoch: int,
     key: str,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]:
     """The same geometry on an image and its label maps (nearest for the maps).
 
@@ -166,12 +227,13 @@ def joint_transform(
     arrays [size, size] (class ids / depth in the PNG's units); the caller
     turns them into labels. Maps must have the image's size.
     """
-    img = img.convert("RGB")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
     if aug is None:
         geom = center_geometry(img.width, img.height, size)
     else:
         geom = sample_geometry(img.width, img.height, size, aug, seed, epoch, key)
-    image = to_normalized_tensor(apply_geometry(img, geom, size, Image.Resampling.BICUBIC))
+    image = to_normalized_tensor(apply_geometry(img, geom, size, Image.Resampling.BICUBIC), out)
     maps: list[np.ndarray | None] = []
     for m in (seg, depth):
         if m is None:
