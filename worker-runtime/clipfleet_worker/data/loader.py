@@ -295,24 +295,8 @@ def _decode_sample(
     """Read and decode one sample. DataError for a broken shard; a skip reason otherwise.
 
     With `slot` (the sample's [3, S, S] row of its step's image tensor) the image is
-    written there and `image` stays None; a skipped sample's slot is zeroed.
+    written there and `image` stays None; see `_zero_skipped`.
     """
-    out = _decode_into(shardset, cfg, tokenize, s, i, epoch, eval_sources, slot)
-    if slot is not None and out.reason is not None:
-        slot.zero_()
-    return out
-
-
-def _decode_into(
-    shardset: ShardSet,
-    cfg: LoaderConfig,
-    tokenize: Tokenize | None,
-    s: int,
-    i: int,
-    epoch: int,
-    eval_sources: Sequence[str] | None,
-    slot: torch.Tensor | None,
-) -> _Sample:
     idx = shardset.index(s)
     key = idx.key(i)
     out = _Sample(key=key)
@@ -508,6 +492,13 @@ class _Prefetcher:
         self._thread.join(timeout=10.0)
 
 
+def _zero_skipped(smp: _Sample, slot: torch.Tensor) -> _Sample:
+    """A skipped sample's row of the step's images (torch.empty) becomes zeros."""
+    if smp.reason is not None:
+        slot.zero_()
+    return smp
+
+
 def _valid(samples: list[_Sample]) -> torch.Tensor:
     """Which rows of the step's images hold a sample (the others are zeros)."""
     return torch.tensor([smp.reason is None for smp in samples], dtype=torch.bool)
@@ -602,7 +593,7 @@ class PlanLoader:
                     return
 
     def _decode(self, s: int, i: int, epoch: int, slot: torch.Tensor) -> _Sample:
-        return _decode_sample(self._shardset, self.config, self._tokenize, s, i, epoch, None, slot)
+        return _zero_skipped(_decode_sample(self._shardset, self.config, self._tokenize, s, i, epoch, None, slot), slot)
 
     def __iter__(self) -> "PlanLoader":
         return self
@@ -711,7 +702,7 @@ def iterate_split(
     sources = tuple(caption_sources) if dense is None else ()
 
     def decode(s: int, i: int, epoch: int, slot: torch.Tensor) -> _Sample:
-        return _decode_sample(shardset, cfg, None, s, i, epoch, sources, slot)
+        return _zero_skipped(_decode_sample(shardset, cfg, None, s, i, epoch, sources, slot), slot)
 
     prefetcher = _Prefetcher(slices, decode, threads, prefetch_batches, cfg.image_size)
     try:
