@@ -276,6 +276,7 @@ void describe("Slurm launcher on a real slurmctld and two slurmd hosts", () => {
       const v = await waitForStatus(run.jobId, state, "PENDING with Slurm's reason", (x) => /Slurm job \d+ PENDING \((Resources|Priority)\)/.test(x.job.pendingReason ?? ""), 60_000);
       assert.equal(v.state, "PENDING");
       assert.match(v.job.pendingReason ?? "", /PENDING \((Resources|Priority|Nodes_required_for_job_are_DOWN\S*|ReqNodeNotAvail\S*)\)/);
+      assert.match(v.job.stages[0]?.reason ?? "", /^Slurm job \d+ PENDING/, "the stage's reason is Slurm's too");
       const text = await runCli(["status", run.jobId, "--state-dir", state]);
       assert.match(text.stdout, /waiting: Slurm job \d+ PENDING \(Resources\)/, text.stdout);
       assert.equal(clipfleetJobs().length, 1, "the pending allocation is in squeue");

@@ -321,7 +321,11 @@ export class Launch {
           this.ctx.log(jobId, p.stage, attempt, reason);
           void ledger
             .update(jobId, (j) => {
-              if (!isTerminal(j.state) && !j.cancelRequested) j.pendingReason = reason;
+              if (isTerminal(j.state) || j.cancelRequested) return;
+              j.pendingReason = reason;
+              // The stage's own line (status REASON) says the same, not the scheduler's "waiting for slots".
+              const stage = j.stages.find((s) => s.name === p.stage);
+              if (stage && (stage.state === "PENDING" || stage.state === "STARTING" || stage.state === "RESTARTING")) stage.reason = reason;
             })
             .catch(() => undefined);
         },
