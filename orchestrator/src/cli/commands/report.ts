@@ -24,7 +24,7 @@ import { resolveJob } from "../job-ref.js";
 import { connectOrOpen } from "../offline.js";
 import { jobSummary, stateName } from "../render.js";
 
-/** Schema tag of report.json; worker-runtime/clipfleet_worker/report.py documents the shape and checks the tag. */
+/** Schema tag of report.json; worker-runtime/clipfleet_worker/report/__init__.py documents the shape and checks the tag. */
 export const REPORT_SCHEMA = "clipfleet.report/v1";
 
 interface ReportArgs extends ReportOptions {
