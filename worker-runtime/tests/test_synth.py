@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -135,14 +134,6 @@ def test_bad_params_and_cli(tmp_path, capsys):
     assert "shards" in capsys.readouterr().err
 
 
-def test_generation_speed_at_32px(tmp_path):
-    t0 = time.perf_counter()
-    synth.generate(synth.SynthParams(str(tmp_path), train=300, val=0, shards=1, size=32, seed=0))
-    rate = 300 / (time.perf_counter() - t0)
-    # Target is >= 300 samples/s on one core (measured ~750); a loose bound keeps the test stable.
-    assert rate > 150, rate
-
-
 @pytest.mark.parametrize(
     "train,val,shards,val_shards",
     [(60, 20, 3, 1), (40, 20, 8, 2), (80, 12, 9, 3), (16, 4, 4, 1), (10, 0, 2, 0)],
@@ -153,7 +144,7 @@ def test_val_shards_are_ceil_shards_over_4(tmp_path, train, val, shards, val_sha
     layout = synth.shard_layout(params)
     assert len(layout["val"]) == val_shards == params.val_shard_count()
     assert sum(hi - lo for lo, hi in layout["val"]) == val and all(hi > lo for lo, hi in layout["val"])
-    assert synth._marker(params)["val_shards"] == val_shards
+    assert synth.dataset._marker(params)["val_shards"] == val_shards
 
 
 def test_val_shards_given_and_too_few_val_samples(tmp_path):

@@ -25,7 +25,7 @@ interface ConvertArgs {
 
 /**
  * The worker CLI's arguments for `data synth`: only the flags given, so the
- * defaults live in one place (SYNTH_DEFAULTS in worker-runtime's synth.py).
+ * defaults live in one place (SYNTH_DEFAULTS in worker-runtime's synth/dataset.py).
  */
 export function synthArgs(a: SynthArgs): string[] {
   const args = ["synth", "--out", a.out];
