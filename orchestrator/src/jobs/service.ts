@@ -33,7 +33,7 @@ import {
   type TimerHandle,
 } from "../domain/index.js";
 import type { AuditReport } from "../data/index.js";
-import type { Assignment, PlanRequest, PlanResponse, RegisterRequest, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
+import type { Assignment, PlanRequest, PlanResponse, RegisterRequest, ShardsRequest, ShardsResponse, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
 import type { MetricsSource } from "../metrics/index.js";
 import type { Scheduler } from "../scheduler/index.js";
 import { Admission, type AdmissionCheck, type SubmitInput } from "./admission.js";
@@ -442,6 +442,11 @@ export class JobService implements MetricsSource {
   /** The samples a rank reads in a range of steps. */
   plan(token: string | null, req: PlanRequest): PlanResponse {
     return this.gateway.plan(token, req);
+  }
+
+  /** A page of a stage's shard list (GetShards). */
+  shards(token: string | null, req: ShardsRequest): ShardsResponse {
+    return this.gateway.shards(token, req);
   }
 
   // ---------------------------------------------------------------- metrics view (computed at scrape time)
