@@ -8,12 +8,14 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { copyFileSync } from "node:fs";
+import { join } from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
 import { Metadata, status, type sendUnaryData } from "@grpc/grpc-js";
 import fc from "fast-check";
 import { DataPlan, DEFAULT_SHARDS_PAGE, manifestIdOf, manifestOf, MAX_SHARDS_PAGE, MAX_SHARDS_PAGE_BYTES, shardsPage, type ShardInfo } from "../../src/data/index.js";
 import { FailedPreconditionError, InvalidArgumentError, UnauthenticatedError } from "../../src/domain/index.js";
-import type { ShardsRequest, ShardsResponse, StepReport } from "../../src/gen/clipfleet/v1/worker.js";
+import { Assignment, type ShardsRequest, type ShardsResponse, type StepReport } from "../../src/gen/clipfleet/v1/worker.js";
 import { MAX_STEP_BATCH } from "../../src/jobs/attempt.js";
 import { readStepHistory, stepHistoryPath } from "../../src/jobs/step-history.js";
 import { workerGateway } from "../../src/rpc/worker.js";
@@ -229,4 +231,34 @@ void describe("the job machinery: shards by reference, reports as liveness, coal
     assert.deepEqual(live?.progress.skippedByReason, { "no caption": 2 });
     assert.throws(() => r0.send({ $case: "steps", value: { reports: Array.from({ length: MAX_STEP_BATCH + 1 }, (_, i) => rep(4 + i)) } }), InvalidArgumentError);
   });
+});
+
+void describe("a gang of 16,384 ranks", () => {
+  let h: Harness;
+  beforeEach(async () => (h = await jobsHarness({ nodes: 128, slotsPerNode: 128 })));
+  afterEach(() => h.close());
+
+  void it("is accepted by the spec, registers and forms; every rank's assignment is small and names the same manifest", async () => {
+    const workers = 16_384;
+    // 256 shards of 64 samples: one sample per rank and step.
+    for (let i = 1; i < 256; i++) copyFileSync(join(h.dir, "shards", "00000.tar"), join(h.dir, "shards", `${String(i).padStart(5, "0")}.tar`));
+    const job = await h.submit({ cluster: { workers }, train: { steps: 3, batch_size: workers }, data: { train: "shards/{00000..00255}.tar" } });
+    const ranks = await h.launched(1, workers);
+    const ids = new Set<string>();
+    let largest = 0;
+    for (const r of ranks) {
+      const a = r.connect();
+      ids.add(a.manifestId);
+      largest = Math.max(largest, Assignment.encode(a).finish().length);
+    }
+    await h.stageIn(job.id, "RUNNING");
+    assert.equal(ids.size, 1);
+    assert.ok(largest < 8192, `assignment of ${largest} bytes`);
+    // Every rank's slice of one step: the plan serves the whole gang.
+    const r = ranks[workers - 1] as FakeRank;
+    const plan = h.service.plan(tokenOf(r), { sessionId: r.assignment?.sessionId ?? "", fromStep: 0, count: 1, split: "train" });
+    assert.equal(plan.steps[0]?.sampleIds.length, 1);
+  });
+
+  const tokenOf = (r: FakeRank): string => r.proc.req.secrets.CLIPFLEET_TOKEN ?? "";
 });
