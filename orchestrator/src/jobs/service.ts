@@ -418,6 +418,7 @@ export class JobService implements MetricsSource {
 
   /** Rank 0's step reports of a job's stages (every attempt), and the attempts that produced them. */
   stepHistory(id: string, stage: string, maxPoints: number): { points: StepPointRecord[]; attempts: { stage: string; attempt: AttemptRecord }[] } {
+    this.progress.history.flush();
     const job = this.ctx.ledger.get(id);
     if (stage) stageSpecOf(job, stage);
     const stages = job.stages.filter((s) => !stage || s.name === stage);

@@ -17,7 +17,6 @@ import { DataPlan, DEFAULT_SHARDS_PAGE, manifestIdOf, manifestOf, MAX_SHARDS_PAG
 import { FailedPreconditionError, InvalidArgumentError, UnauthenticatedError } from "../../src/domain/index.js";
 import { Assignment, type ShardsRequest, type ShardsResponse, type StepReport } from "../../src/gen/clipfleet/v1/worker.js";
 import { MAX_STEP_BATCH } from "../../src/jobs/attempt.js";
-import { readStepHistory, stepHistoryPath } from "../../src/jobs/step-history.js";
 import { workerGateway } from "../../src/rpc/worker.js";
 import { jobsHarness, runningJob, until, type FakeRank, type Harness } from "../helpers/jobs-harness.js";
 
@@ -223,7 +222,7 @@ void describe("the job machinery: shards by reference, reports as liveness, coal
     });
     r0.send({ $case: "steps", value: { reports: [rep(1), rep(2), rep(3)] } });
     r1.send({ $case: "steps", value: { reports: [rep(1), rep(2), rep(3)] } });
-    const points = readStepHistory(stepHistoryPath(h.dir + "/state", id, "main"));
+    const points = h.service.stepHistory(id, "main", 0).points;
     assert.deepEqual(points.map((p) => p.step), [1, 2, 3]);
     const live = h.service.get(id).stages[0];
     assert.equal(live?.progress.step, 3);
