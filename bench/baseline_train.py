@@ -39,8 +39,9 @@ from clipfleet_worker.tasks.common import FaultInjection, TaskContext, set_threa
 class LocalAgent:
     """What the training loop needs from an agent, with no orchestrator behind it."""
 
-    def __init__(self, shards: list[tuple[str, int]], global_batch: int, steps_per_epoch: int, rank: int, world_size: int) -> None:
+    def __init__(self, shards: list[tuple[str, int]], val: list[tuple[str, int]], global_batch: int, steps_per_epoch: int, rank: int, world_size: int) -> None:
         self.commands = Commands()  # never receives one: no checkpoint or stop requests
+        self.lists = {"train": shards, "val": val}
         self.starts = [0]
         for _, n in shards:
             self.starts.append(self.starts[-1] + n)
@@ -58,6 +59,9 @@ class LocalAgent:
 
     def set_progress(self, step: int, phase: str) -> None:
         pass
+
+    def shards(self, split: str = "train") -> list[tuple[str, int]]:
+        return self.lists["val" if split == "val" else "train"]
 
     def plan(self, from_step: int, count: int, split: str = "train") -> list[pb.StepPlan]:
         """Steps [from_step, from_step + count) of the unshuffled plan: epoch positions in order."""
@@ -105,9 +109,8 @@ def main() -> int:
         steps_per_epoch=spe, global_batch=gb, per_rank_batch=gb // world, checkpoint_root=os.path.join(job["work_dir"], "checkpoints"),
         attempt=1, stage=str(cfg["name"]), run_dir=job["work_dir"], cursor=cpb.DataCursor(epoch=0, sample_in_epoch=0),
     )
-    a.train_shards.extend(pb.Shard(url=u, samples=n) for u, n in train)
-    a.val_shards.extend(pb.Shard(url=str(u), samples=int(n)) for u, n in job["val_shards"])
-    agent = LocalAgent(train, gb, spe, rank, world)
+    val = [(str(u), int(n)) for u, n in job["val_shards"]]
+    agent = LocalAgent(train, val, gb, spe, rank, world)
     ctx = TaskContext(
         agent=agent,  # type: ignore[arg-type]  # duck-typed stand-in for agent.Agent
         assignment=a,

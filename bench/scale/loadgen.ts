@@ -3,7 +3,8 @@
  * IPC channel): each launch it receives becomes a simulated worker rank, a
  * real gRPC client of the worker gateway with no torch behind it. Like a
  * real rank it registers with the job token, opens its session, sends
- * heartbeats at the assignment's interval, a step report every 1/rate
+ * heartbeats at the assignment's interval when nothing else went up in it
+ * (step reports are liveness), a step report every 1/rate
  * seconds and a GetPlan call every `plan-every` steps (the loader fetches
  * its plan that many steps ahead). By default every rank has a connection
  * of its own, as separate worker processes would; --ranks-per-connection
@@ -103,6 +104,8 @@ class SimRank {
   private step = 0;
   private stopped = false;
   private exited = false;
+  /** When this rank last wrote to its session (performance.now()): like the worker, it skips heartbeats while reports flow. */
+  private lastSentMs = 0;
 
   constructor(
     readonly key: string,
@@ -134,6 +137,8 @@ class SimRank {
     const beat = Math.max(100, a.heartbeatIntervalSeconds * 1000);
     this.timers.push(
       setInterval(() => {
+        // The worker's rule (agent.py heartbeat_due): a heartbeat only after an interval with nothing sent.
+        if (performance.now() - this.lastSentMs < beat) return;
         this.write({ body: { $case: "heartbeat", value: { phase: Phase.PHASE_TRAINING, gpuUtilization: 0, gpuMemoryBytes: 0 } } });
         this.counters.heartbeatsSent += 1;
       }, beat),
@@ -237,7 +242,9 @@ class SimRank {
   }
 
   private write(m: WorkerMessage): void {
-    if (!this.stopped && this.stream) this.stream.write(m);
+    if (this.stopped || !this.stream) return;
+    this.lastSentMs = performance.now();
+    this.stream.write(m);
   }
 
   /** The orchestrator ended the session (fenced, or its teardown): stop sending, wait for the kill. */

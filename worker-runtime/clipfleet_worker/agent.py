@@ -10,15 +10,18 @@ so no rank outlives an orchestrator that gave up on it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import queue
 import socket
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import grpc
 
@@ -106,6 +109,81 @@ class SessionLost(Exception):
     """The orchestrator is gone (or fenced this attempt)."""
 
 
+# Shards asked for per GetShards page (the server may return fewer).
+SHARDS_PAGE = 4096
+# Most step reports coalesced into one message (the orchestrator refuses more than 256).
+MAX_COALESCED = 64
+
+Shards = list[tuple[str, int]]
+
+
+def manifest_id(train: Sequence[tuple[str, int]], val: Sequence[tuple[str, int]]) -> str:
+    """The id of a stage's shard lists, as the orchestrator computes it (data/shard-pages.ts manifestIdOf)."""
+    h = hashlib.sha256()
+    for split, shards in (("train", train), ("val", val)):
+        for url, samples in shards:
+            h.update(f"{split} {samples} {len(url.encode())}:{url}\n".encode())
+    return h.hexdigest()
+
+
+def shard_cache_dir() -> str:
+    """Where a node keeps the shard lists its ranks fetched (one file per manifest id, checked against it)."""
+    return os.environ.get("CLIPFLEET_SHARD_LIST_CACHE") or os.path.join(tempfile.gettempdir(), f"clipfleet-shard-lists-{os.getuid()}")
+
+
+def read_cached_shards(directory: str, mid: str) -> tuple[Shards, Shards] | None:
+    """The node's copy of a manifest's lists, when it is there and hashes to its id (anything else is ignored)."""
+    try:
+        with open(os.path.join(directory, f"{mid}.json"), encoding="utf-8") as f:
+            data = json.load(f)
+        train = [(str(u), int(n)) for u, n in data["train"]]
+        val = [(str(u), int(n)) for u, n in data["val"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (train, val) if manifest_id(train, val) == mid else None
+
+
+def write_cached_shards(directory: str, mid: str, train: Shards, val: Shards) -> None:
+    """Keeps the lists for the node's other ranks (atomically; a failure only costs them the fetch)."""
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{mid}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"train": train, "val": val}, f)
+        os.replace(tmp, os.path.join(directory, f"{mid}.json"))
+    except OSError:
+        pass
+
+
+def heartbeat_due(now: float, last_sent: float, interval: float) -> bool:
+    """A heartbeat only when nothing went up for an interval: step reports are liveness too."""
+    return now - last_sent >= interval
+
+
+def coalesce(msgs: list[pb.WorkerMessage]) -> list[pb.WorkerMessage]:
+    """Runs of queued step reports as one StepReports message each (at most MAX_COALESCED), order kept."""
+    out: list[pb.WorkerMessage] = []
+    run: list[pb.StepReport] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(pb.WorkerMessage(step=run[0]))
+        elif run:
+            out.append(pb.WorkerMessage(steps=pb.StepReports(reports=run)))
+        run.clear()
+
+    for m in msgs:
+        if m.WhichOneof("body") == "step":
+            run.append(m.step)
+            if len(run) >= MAX_COALESCED:
+                flush()
+        else:
+            flush()
+            out.append(m)
+    flush()
+    return out
+
+
 class Agent:
     """Registration, the session stream, heartbeats, and plan requests of one rank."""
 
@@ -137,6 +215,9 @@ class Agent:
         self._lost_since: float | None = None
         self._threads: list[threading.Thread] = []
         self.gpu_stats: Callable[[], tuple[float, int]] | None = None
+        # When a message last went up (time.monotonic()): heartbeats are skipped while others flow.
+        self._last_sent = time.monotonic()
+        self._shards: tuple[Shards, Shards] | None = None
 
     # -- registration ------------------------------------------------------
 
@@ -192,7 +273,22 @@ class Agent:
             msg = self._out.get()
             if msg is None:
                 return
-            yield msg
+            batch = [msg]
+            # What queued behind it (the stream was slow): step reports go up coalesced.
+            end = False
+            while len(batch) < MAX_COALESCED:
+                try:
+                    nxt = self._out.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    end = True
+                    break
+                batch.append(nxt)
+            for m in coalesce(batch) if len(batch) > 1 else batch:
+                yield m
+            if end:
+                return
 
     def _session_loop(self) -> None:
         try:
@@ -235,7 +331,14 @@ class Agent:
     def _heartbeat_loop(self) -> None:
         assert self.assignment is not None
         interval = max(0.1, self.assignment.heartbeat_interval_seconds or 1.0)
-        while not self._closed.wait(interval):
+        wait = interval
+        while not self._closed.wait(wait):
+            now = time.monotonic()
+            if not heartbeat_due(now, self._last_sent, interval):
+                # A report went up within the interval: it was the heartbeat; look again when this one is due.
+                wait = max(0.05, self._last_sent + interval - now)
+                continue
+            wait = interval
             util, mem = self.gpu_stats() if self.gpu_stats else (0.0, 0)
             self.send(pb.WorkerMessage(heartbeat=pb.Heartbeat(phase=PHASES.get(self._phase, 0), gpu_utilization=util, gpu_memory_bytes=mem)))
 
@@ -253,6 +356,7 @@ class Agent:
 
     def send(self, msg: pb.WorkerMessage) -> None:
         if not self._closed.is_set():
+            self._last_sent = time.monotonic()
             self._out.put(msg)
 
     def set_progress(self, step: int, phase: str) -> None:
@@ -271,6 +375,49 @@ class Agent:
         except grpc.RpcError as err:
             raise SessionLost(f"plan request failed: {err.code().name}: {err.details()}") from err
         return list(resp.steps)
+
+    def shards(self, split: str = "train") -> Shards:
+        """The stage's train or val shards as (url, samples): from the node's cache when it holds this
+        manifest, else paged with GetShards once (and cached for the node's other ranks)."""
+        if self._shards is None:
+            self._shards = self._fetch_shards()
+        return self._shards[1] if split == "val" else self._shards[0]
+
+    def _fetch_shards(self) -> tuple[Shards, Shards]:
+        a = self.assignment
+        assert a is not None
+        if a.train_shard_count == 0 and a.val_shard_count == 0:
+            return [], []
+        cache = shard_cache_dir()
+        cached = read_cached_shards(cache, a.manifest_id)
+        if cached is not None:
+            return cached
+        lists = (self._pages("train", a.train_shard_count), self._pages("val", a.val_shard_count))
+        if manifest_id(*lists) != a.manifest_id:
+            raise SessionLost(f"shard lists do not match manifest {a.manifest_id}")
+        write_cached_shards(cache, a.manifest_id, *lists)
+        return lists
+
+    def _pages(self, split: str, count: int) -> Shards:
+        assert self.assignment is not None
+        out: Shards = []
+        token = ""
+        while len(out) < count:
+            try:
+                resp = self.stub.GetShards(
+                    pb.ShardsRequest(session_id=self.assignment.session_id, manifest_id=self.assignment.manifest_id, split=split, page_token=token, page_size=SHARDS_PAGE),
+                    metadata=self.metadata,
+                    timeout=60,
+                )
+            except grpc.RpcError as err:
+                raise SessionLost(f"shard list request failed: {err.code().name}: {err.details()}") from err
+            out.extend((s.url, int(s.samples)) for s in resp.shards)
+            token = resp.next_page_token
+            if not token or not resp.shards:
+                break
+        if len(out) != count:
+            raise SessionLost(f"{split} shard list has {len(out)} shards, the assignment says {count}")
+        return out
 
     def close(self, drain_seconds: float = 5.0) -> None:
         """Sends what is queued, half-closes the stream, and stops the threads; once (later calls return)."""

@@ -42,8 +42,9 @@ SIZE = 32
 class PlanAgent:
     """The orchestrator side of a rank: real Commands, collected messages, a sequential unshuffled plan."""
 
-    def __init__(self, shards: list[tuple[str, int]], global_batch: int, rank: int, world_size: int) -> None:
+    def __init__(self, shards: list[tuple[str, int]], global_batch: int, rank: int, world_size: int, val: list[tuple[str, int]] | None = None) -> None:
         self.commands = Commands()
+        self.lists = {"train": shards, "val": val or []}
         self.messages: list[pb.WorkerMessage] = []
         self.phases: list[tuple[int, str]] = []
         self.starts = [0]
@@ -57,6 +58,9 @@ class PlanAgent:
 
     def set_progress(self, step: int, phase: str) -> None:
         self.phases.append((step, phase))
+
+    def shards(self, split: str = "train") -> list[tuple[str, int]]:
+        return self.lists["val" if split == "val" else "train"]
 
     def plan(self, from_step: int, count: int, split: str = "train") -> list[pb.StepPlan]:
         per = self.global_batch // self.world_size
@@ -106,15 +110,13 @@ def make_ctx(cfg: dict, data: dict, root: str, rank: int = 0, world_size: int = 
     train = [(u, data["sizes"][os.path.basename(u)]) for u in data["train"]]
     val = [(u, data["sizes"][os.path.basename(u)]) for u in data["val"]]
     gb = int(cfg["train"]["batch_size"])
-    agent = PlanAgent(train, gb, rank, world_size)
+    agent = PlanAgent(train, gb, rank, world_size, val)
     a = pb.Assignment(
         rank=rank, world_size=world_size, backend="gloo", config_json=json.dumps(cfg), config_sha256="0" * 64,
         start_step=start_step, total_steps=int(cfg["train"]["steps"]), steps_per_epoch=agent.steps_per_epoch,
         global_batch=gb, per_rank_batch=gb // world_size, checkpoint_root=os.path.join(root, "ckpt"), attempt=attempt,
         stage="main", cursor=cpb.DataCursor(epoch=0, sample_in_epoch=0),
     )
-    a.train_shards.extend(pb.Shard(url=u, samples=n) for u, n in train)
-    a.val_shards.extend(pb.Shard(url=u, samples=n) for u, n in val)
     if init is not None:
         a.init.CopyFrom(init)
     if resume is not None:

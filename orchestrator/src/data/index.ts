@@ -18,6 +18,7 @@ export {
 } from "./manifest.js";
 export { fetchJson, indexKey, isGzipName, isRemote, parseIndex, parseSizes, parseStats, readIndexDir, type IndexEntry } from "./remote.js";
 export { Permutation, permutationKey } from "./permutation.js";
+export { DEFAULT_SHARDS_PAGE, manifestIdOf, MAX_SHARDS_PAGE, MAX_SHARDS_PAGE_BYTES, shardsPage, type ShardsPage } from "./shard-pages.js";
 export {
   allowedWorldSizes,
   checkWorldSize,

@@ -60,7 +60,13 @@ export class DataPlan {
   /** M mod B: samples each epoch leaves out so every step has a full batch. */
   readonly droppedPerEpoch: number;
   private readonly subset: Permutation | null;
-  private epochPerm: { epoch: number; perm: Permutation } | null = null;
+  /**
+   * The permutations of the two epochs used last, newest first: ranks prefetching across an epoch
+   * boundary ask for both in turn, and building one costs a sha512 (it thrashed with one kept).
+   */
+  private epochPerms: { epoch: number; perm: Permutation }[] = [];
+  /** Epoch permutations built so far (a test's and a benchmark's probe). */
+  permutationsBuilt = 0;
 
   constructor(opts: DataPlanOptions) {
     this.manifest = opts.manifest;
@@ -180,10 +186,16 @@ export class DataPlan {
   }
 
   private permutationOf(epoch: number): Permutation {
-    if (this.epochPerm?.epoch !== epoch) {
-      this.epochPerm = { epoch, perm: new Permutation(this.samplesPerEpoch, permutationKey("epoch", this.seed, epoch)) };
+    const [a, b] = this.epochPerms;
+    if (a?.epoch === epoch) return a.perm;
+    if (b?.epoch === epoch) {
+      this.epochPerms = [b, a as { epoch: number; perm: Permutation }];
+      return b.perm;
     }
-    return this.epochPerm.perm;
+    const fresh = { epoch, perm: new Permutation(this.samplesPerEpoch, permutationKey("epoch", this.seed, epoch)) };
+    this.permutationsBuilt += 1;
+    this.epochPerms = a ? [fresh, a] : [fresh];
+    return fresh.perm;
   }
 }
 

@@ -7,7 +7,7 @@
  * into it except through its own methods.
  */
 import { autoIntervalS } from "../checkpoints/index.js";
-import { addShardCache, addSkips, truncateHead, type ShardCacheStats, type StageSpec, type Timers, type TimerHandle } from "../domain/index.js";
+import { addShardCache, addSkips, InvalidArgumentError, truncateHead, type ShardCacheStats, type StageSpec, type Timers, type TimerHandle } from "../domain/index.js";
 import type { Manifest, DataPlan } from "../data/index.js";
 import type { CheckpointRef, CheckpointWritten, EvalResult, Heartbeat, StepReport, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
 import type { ExitInfo } from "../launcher/index.js";
@@ -139,6 +139,18 @@ export interface AttemptFacts {
   readonly restartCount: number;
 }
 
+/** Most step reports one coalesced message may carry (the worker sends at most 64). */
+export const MAX_STEP_BATCH = 256;
+
+/** Whether an object has an own enumerable key, without allocating (the hot path's maps are mostly empty). */
+export function hasKeys(o: object): boolean {
+  for (const k in o) if (Object.hasOwn(o, k)) return true;
+  return false;
+}
+
+/** Step durations kept per rank for the hang bound's p99. */
+const STEP_SECONDS_KEPT = 200;
+
 /** Phase names of the wire's Phase enum, by number. */
 const PHASES = ["unspecified", "starting", "rendezvous", "loading", "training", "checkpointing", "evaluating", "stopping"];
 
@@ -171,6 +183,8 @@ export class Attempt {
   /** A secondary failure signal waiting out the settle window for the primary cause. */
   private settling: TimerHandle | null = null;
   private exits = 0;
+  /** Ranks whose session is open (rank.session set). */
+  private sessionsOpen = 0;
   private resolveAllExited: () => void = () => undefined;
   /** Waiters for a commit at or after a step (a preemption waits for its checkpoint). */
   private commitWaiters: { step: number; resolve: () => void }[] = [];
@@ -329,9 +343,11 @@ export class Attempt {
 
   /** A rank opened its session stream; the gang forms when the last one does. */
   sessionOpened(rank: RankRuntime, handle: SessionHandle): void {
+    if (rank.session === null) this.sessionsOpen += 1;
     rank.session = handle;
     rank.lastHeartbeatMs = this.env.now();
-    if (this.phaseNow.kind !== "starting" || !this.ranks.every((r) => r.session !== null)) return;
+    // A count, not a pass over the ranks: a pass per session is O(ranks^2) for a 16,384-rank gang.
+    if (this.phaseNow.kind !== "starting" || this.sessionsOpen < this.ranks.length) return;
     this.apply({ type: "formed" });
     const now = this.env.now();
     for (const r of this.ranks) r.lastProgressMs = now;
@@ -353,7 +369,10 @@ export class Attempt {
 
   /** A rank's session stream closed: a failure unless the attempt is ending, stopping, or the rank finished. */
   sessionClosed(rank: RankRuntime, handle: SessionHandle, why: string): void {
-    if (rank.session === handle) rank.session = null;
+    if (rank.session === handle) {
+      rank.session = null;
+      this.sessionsOpen -= 1;
+    }
     if (this.over || rank.finished || this.phaseNow.kind === "stopping") return;
     this.log(`rank ${rank.rank} session closed: ${why}`);
     this.fail(rank.failure ?? { kind: "session", rank: rank.rank });
@@ -370,32 +389,16 @@ export class Attempt {
         rank.phase = PHASES[body.value.phase] ?? "unknown";
         this.hooks.heartbeat(this, rank, body.value);
         return;
-      case "step": {
-        const rep = body.value;
-        rank.step = rep.step;
-        rank.lastProgressMs = now;
-        rank.phase = "training";
-        // A NaN duration would make the hang bound NaN, and no hang would ever be detected.
-        if (Number.isFinite(rep.stepSeconds) && rep.stepSeconds >= 0) rank.stepSeconds.push(rep.stepSeconds);
-        if (rank.stepSeconds.length > 200) rank.stepSeconds.shift();
-        this.skippedSamples += rep.skippedSamples;
-        addSkips(this.skippedByReason, rep.skippedByReason);
-        if (rep.shardCacheHits > 0 || rep.shardCacheMisses > 0 || rep.shardBytesFetched > 0) {
-          const seconds = Number.isFinite(rep.shardFetchSeconds) && rep.shardFetchSeconds > 0 ? rep.shardFetchSeconds : 0;
-          this.shardCache = addShardCache(this.shardCache, { bytesFetched: rep.shardBytesFetched, hits: rep.shardCacheHits, misses: rep.shardCacheMisses, fetchSeconds: seconds });
-        }
-        if (rank.rank === 0) {
-          // Rank 0 speaks for the stage: the loss is all-reduced, so every rank has the same.
-          this.lastReport = rep;
-          if (Number.isFinite(rep.loss)) this.firstLoss ??= rep.loss;
-        }
-        this.hooks.step(this, rank, rep, now);
-        if (rank.rank === 0) {
-          const due = this.timedCheckpointDue(now);
-          if (due !== null) this.requestCheckpoint(due);
-        }
+      case "step":
+        this.step(rank, body.value, now);
         return;
-      }
+      case "steps":
+        // Reports that queued on the worker, coalesced into one message: each handled as if sent alone.
+        if (body.value.reports.length > MAX_STEP_BATCH) {
+          throw new InvalidArgumentError(`steps: ${body.value.reports.length} reports in one message (at most ${MAX_STEP_BATCH})`, "steps");
+        }
+        for (const rep of body.value.reports) this.step(rank, rep, now);
+        return;
       case "checkpoint":
         this.hooks.checkpointWritten(this, rank, body.value);
         return;
@@ -427,6 +430,35 @@ export class Attempt {
         this.hooks.preemptRequested(this, reason);
         return;
       }
+    }
+  }
+
+  /** One step report of a rank (the hot path: every rank, every step). */
+  private step(rank: RankRuntime, rep: StepReport, now: number): void {
+    rank.step = rep.step;
+    rank.lastProgressMs = now;
+    rank.phase = "training";
+    // A NaN duration would make the hang bound NaN, and no hang would ever be detected.
+    // The last STEP_SECONDS_KEPT durations, as a ring indexed by step (no shifting of the array).
+    if (Number.isFinite(rep.stepSeconds) && rep.stepSeconds >= 0) {
+      if (rank.stepSeconds.length < STEP_SECONDS_KEPT) rank.stepSeconds.push(rep.stepSeconds);
+      else rank.stepSeconds[rep.step % STEP_SECONDS_KEPT] = rep.stepSeconds;
+    }
+    this.skippedSamples += rep.skippedSamples;
+    if (hasKeys(rep.skippedByReason)) addSkips(this.skippedByReason, rep.skippedByReason);
+    if (rep.shardCacheHits > 0 || rep.shardCacheMisses > 0 || rep.shardBytesFetched > 0) {
+      const seconds = Number.isFinite(rep.shardFetchSeconds) && rep.shardFetchSeconds > 0 ? rep.shardFetchSeconds : 0;
+      this.shardCache = addShardCache(this.shardCache, { bytesFetched: rep.shardBytesFetched, hits: rep.shardCacheHits, misses: rep.shardCacheMisses, fetchSeconds: seconds });
+    }
+    if (rank.rank === 0) {
+      // Rank 0 speaks for the stage: the loss is all-reduced, so every rank has the same.
+      this.lastReport = rep;
+      if (Number.isFinite(rep.loss)) this.firstLoss ??= rep.loss;
+    }
+    this.hooks.step(this, rank, rep, now);
+    if (rank.rank === 0) {
+      const due = this.timedCheckpointDue(now);
+      if (due !== null) this.requestCheckpoint(due);
     }
   }
 
@@ -504,7 +536,9 @@ export class Attempt {
       if (this.spec.command && !r.registered) continue;
       const silent = (now - r.lastHeartbeatMs) / 1000;
       if (silent > f.heartbeat_timeout) return { cause: { kind: "heartbeat", rank: r.rank, silentSeconds: silent }, failedAtMs: r.lastHeartbeatMs };
-      if (r.phase === "training" || r.phase === "registered") {
+      // The bound is at least hang_min_seconds: only a rank stalled longer pays for its percentile
+      // (a sort of its step times; for every rank of a 10,000-rank gang every 0.5 s, it blocked the loop).
+      if ((r.phase === "training" || r.phase === "registered") && (now - r.lastProgressMs) / 1000 > f.hang_min_seconds) {
         const stalled = (now - r.lastProgressMs) / 1000;
         const bound = hangBoundSeconds(f, r.stepSeconds);
         if (stalled > bound) return { cause: { kind: "hang", rank: r.rank, stalledSeconds: stalled, boundSeconds: bound }, failedAtMs: r.lastProgressMs };

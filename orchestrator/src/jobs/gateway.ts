@@ -13,8 +13,9 @@ import {
   type NodeSpec,
   type StageSpec,
 } from "../domain/index.js";
-import type { Assignment, PlanRequest, PlanResponse, RegisterRequest, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
-import type { Attempt } from "./attempt.js";
+import { manifestIdOf, shardsPage, type ShardInfo } from "../data/index.js";
+import type { Assignment, PlanRequest, PlanResponse, RegisterRequest, ShardsRequest, ShardsResponse, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
+import type { Attempt, AttemptFacts } from "./attempt.js";
 import type { JobContext } from "./context.js";
 import { rankTokenMatches, type RankRuntime, type SessionHandle } from "./runtime.js";
 
@@ -107,6 +108,25 @@ export class Gateway {
     return { steps };
   }
 
+  /**
+   * A page of the stage's train or val shard list (the assignment names the
+   * lists by manifest id; a rank of another manifest is refused rather than
+   * handed a different list).
+   */
+  shards(token: string | null, req: ShardsRequest): ShardsResponse {
+    const { attempt: a } = this.session(token, req.sessionId);
+    if (req.split !== "" && req.split !== "train" && req.split !== "val") {
+      throw new InvalidArgumentError(`split: expected "train" or "val", got ${JSON.stringify(req.split.slice(0, 32))}`, "split");
+    }
+    const shared = sharedOf(a.facts);
+    if (req.manifestId !== shared.manifestId) {
+      throw new FailedPreconditionError(`manifest ${req.manifestId.slice(0, 64)} is not this attempt's (${shared.manifestId})`);
+    }
+    const list = req.split === "val" ? (a.facts.valManifest?.shards ?? []) : (a.facts.manifest?.shards ?? []);
+    const page = shardsPage(list, req.pageToken, req.pageSize);
+    return { shards: page.shards.map((s) => ({ url: s.url, samples: s.samples })), nextPageToken: page.nextPageToken, total: page.total };
+  }
+
   /** The live rank a session id names, when `token` is that rank's own; fenced once its attempt is over. */
   private session(token: string | null, sessionId: string): { attempt: Attempt; rank: RankRuntime } {
     if (!token) throw new UnauthenticatedError("missing job token (authorization metadata)");
@@ -117,8 +137,32 @@ export class Gateway {
   }
 }
 
-/** What a rank is told at registration: its place in the gang, the frozen config, where to resume, its data. */
+/** What every rank of an attempt is told alike, computed once per attempt (a gang may have 16,384 ranks). */
+interface SharedAssignment {
+  readonly configJson: string;
+  readonly manifestId: string;
+  readonly cursor: { epoch: number; sampleInEpoch: number } | undefined;
+}
+
+const sharedByFacts = new WeakMap<AttemptFacts, SharedAssignment>();
+
+function sharedOf(f: AttemptFacts): SharedAssignment {
+  let s = sharedByFacts.get(f);
+  if (!s) {
+    const none: readonly ShardInfo[] = [];
+    s = {
+      configJson: JSON.stringify(f.spec),
+      manifestId: manifestIdOf(f.manifest?.shards ?? none, f.valManifest?.shards ?? none),
+      cursor: f.plan ? toProtoCursor(f.plan.cursorAt(f.startStep)) : undefined,
+    };
+    sharedByFacts.set(f, s);
+  }
+  return s;
+}
+
+/** What a rank is told at registration: its place in the gang, the frozen config, where to resume, its data (by reference). */
 function assignment(a: Attempt, rank: RankRuntime): Assignment {
+  const shared = sharedOf(a.facts);
   return {
     sessionId: rank.sessionId,
     rank: rank.rank,
@@ -129,10 +173,10 @@ function assignment(a: Attempt, rank: RankRuntime): Assignment {
     masterAddr: a.facts.masterAddr,
     masterPort: a.facts.masterPort,
     backend: backendOf(a.spec, rank.node),
-    configJson: JSON.stringify(a.spec),
+    configJson: shared.configJson,
     configSha256: a.facts.configSha256,
     resume: a.facts.resume,
-    cursor: a.facts.plan ? toProtoCursor(a.facts.plan.cursorAt(a.facts.startStep)) : undefined,
+    cursor: shared.cursor,
     startStep: a.facts.startStep,
     totalSteps: a.totalSteps,
     stepsPerEpoch: a.facts.stepsPerEpoch,
@@ -140,13 +184,14 @@ function assignment(a: Attempt, rank: RankRuntime): Assignment {
     perRankBatch: Math.floor(a.globalBatch / a.worldSize),
     heartbeatIntervalSeconds: Math.max(0.2, Math.min(2, a.spec.failure.heartbeat_timeout / 5)),
     fenceSeconds: a.spec.failure.fence_seconds,
-    trainShards: a.facts.manifest?.shards.map((s) => ({ url: s.url, samples: s.samples })) ?? [],
-    valShards: a.facts.valManifest?.shards.map((s) => ({ url: s.url, samples: s.samples })) ?? [],
     checkpointRoot: a.facts.checkpointRoot,
     attempt: a.attempt,
     stage: a.stage,
     init: a.facts.init,
     runDir: a.facts.runDir,
+    manifestId: shared.manifestId,
+    trainShardCount: a.facts.manifest?.shards.length ?? 0,
+    valShardCount: a.facts.valManifest?.shards.length ?? 0,
   };
 }
 

@@ -13,17 +13,21 @@ import type { JobContext } from "./context.js";
 import type { Datasets } from "./datasets.js";
 import { stageRecordOf } from "./records.js";
 import { rankRecordFields, type RankRuntime } from "./runtime.js";
-import { appendStepPoint, stepHistoryPath, stepPointOf, type StepPointRecord } from "./step-history.js";
+import { stepHistoryPath, StepHistoryWriter, stepPointOf, type StepPointRecord } from "./step-history.js";
 
 const STEP_EVENT_INTERVAL_MS = 250;
 
 export class Progress {
   private readonly dirty = new Set<Attempt>();
+  /** Rank 0's step points, appended once per event-loop turn. */
+  readonly history: StepHistoryWriter;
 
   constructor(
     private readonly ctx: JobContext,
     private readonly datasets: Datasets,
-  ) {}
+  ) {
+    this.history = new StepHistoryWriter((file, err) => process.stderr.write(`clipfleet: could not append to ${file}: ${String(err)}\n`));
+  }
 
   /** A rank's step report: every rank feeds the stage's histograms and counters; rank 0 speaks for the stage. */
   step(a: Attempt, rank: RankRuntime, rep: StepReport, now: number): void {
@@ -66,7 +70,7 @@ export class Progress {
     m.samplesSeen.inc(labels, a.globalBatch);
     if (dropped > 0) m.valuesDropped.inc(labels, dropped);
     const point = stepPointOf(a.stage, a.attempt, rep, now);
-    appendStepPoint(stepHistoryPath(this.ctx.deps.stateDir, a.jobId, a.stage), point);
+    this.history.append(stepHistoryPath(this.ctx.deps.stateDir, a.jobId, a.stage), point);
     this.dirty.add(a);
     if (now - a.lastStepEventMs >= STEP_EVENT_INTERVAL_MS || rep.step >= a.totalSteps) {
       a.lastStepEventMs = now;
@@ -177,6 +181,7 @@ export class Progress {
 
   /** Persists the progress of attempts that reported steps since the last flush. */
   async flush(): Promise<void> {
+    this.history.flush();
     const attempts = [...this.dirty];
     this.dirty.clear();
     for (const a of attempts) {

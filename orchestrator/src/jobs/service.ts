@@ -33,7 +33,7 @@ import {
   type TimerHandle,
 } from "../domain/index.js";
 import type { AuditReport } from "../data/index.js";
-import type { Assignment, PlanRequest, PlanResponse, RegisterRequest, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
+import type { Assignment, PlanRequest, PlanResponse, RegisterRequest, ShardsRequest, ShardsResponse, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
 import type { MetricsSource } from "../metrics/index.js";
 import type { Scheduler } from "../scheduler/index.js";
 import { Admission, type AdmissionCheck, type SubmitInput } from "./admission.js";
@@ -418,6 +418,7 @@ export class JobService implements MetricsSource {
 
   /** Rank 0's step reports of a job's stages (every attempt), and the attempts that produced them. */
   stepHistory(id: string, stage: string, maxPoints: number): { points: StepPointRecord[]; attempts: { stage: string; attempt: AttemptRecord }[] } {
+    this.progress.history.flush();
     const job = this.ctx.ledger.get(id);
     if (stage) stageSpecOf(job, stage);
     const stages = job.stages.filter((s) => !stage || s.name === stage);
@@ -442,6 +443,11 @@ export class JobService implements MetricsSource {
   /** The samples a rank reads in a range of steps. */
   plan(token: string | null, req: PlanRequest): PlanResponse {
     return this.gateway.plan(token, req);
+  }
+
+  /** A page of a stage's shard list (GetShards). */
+  shards(token: string | null, req: ShardsRequest): ShardsResponse {
+    return this.gateway.shards(token, req);
   }
 
   // ---------------------------------------------------------------- metrics view (computed at scrape time)

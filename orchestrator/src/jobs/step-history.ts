@@ -2,8 +2,9 @@
  * Per-step training history of a stage: rank 0's step reports, appended as
  * JSON lines to <state-dir>/jobs/<id>/steps/<stage>.jsonl (one line per
  * step, every attempt). The job record keeps only the latest progress; plots
- * and reports read this file. Appends are synchronous, like the data audit:
- * a line is on disk before the next report is handled.
+ * and reports read this file. The points of one event-loop turn are
+ * appended together (StepHistoryWriter: one write per file per turn, not
+ * one open-write-close per report); readers flush first.
  */
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -51,12 +52,47 @@ export function stepHistoryPath(stateDir: string, jobId: string, stage: string):
 
 /** Appends one point (creating the directory on first use). */
 export function appendStepPoint(file: string, p: StepPointRecord): void {
+  appendLines(file, JSON.stringify(p) + "\n");
+}
+
+function appendLines(file: string, text: string): void {
   try {
-    appendFileSync(file, JSON.stringify(p) + "\n", { mode: 0o600 });
+    appendFileSync(file, text, { mode: 0o600 });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
     mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
-    appendFileSync(file, JSON.stringify(p) + "\n", { mode: 0o600 });
+    appendFileSync(file, text, { mode: 0o600 });
+  }
+}
+
+/**
+ * Step points batched per event-loop turn: appended at the end of the turn
+ * (setImmediate) with one write per file, or at once by flush() (before a
+ * read, at shutdown). A write that fails is handed to `onError` with its file.
+ */
+export class StepHistoryWriter {
+  private readonly pending = new Map<string, string>();
+  private scheduled: NodeJS.Immediate | null = null;
+
+  constructor(private readonly onError: (file: string, err: unknown) => void) {}
+
+  append(file: string, p: StepPointRecord): void {
+    this.pending.set(file, (this.pending.get(file) ?? "") + JSON.stringify(p) + "\n");
+    this.scheduled ??= setImmediate(() => this.flush());
+  }
+
+  /** Writes every pending point now. */
+  flush(): void {
+    if (this.scheduled !== null) clearImmediate(this.scheduled);
+    this.scheduled = null;
+    for (const [file, text] of this.pending) {
+      try {
+        appendLines(file, text);
+      } catch (err) {
+        this.onError(file, err);
+      }
+    }
+    this.pending.clear();
   }
 }
 

@@ -31,6 +31,13 @@ export function workerGateway(service: JobService): WorkerGatewayServer {
         callback(toServiceError(err));
       }
     },
+    getShards(call, callback) {
+      try {
+        callback(null, service.shards(bearerToken(call.metadata), call.request));
+      } catch (err) {
+        callback(toServiceError(err));
+      }
+    },
     session(call: ServerDuplexStream<WorkerMessage, Command>) {
       let writable = true;
       let closed = false;

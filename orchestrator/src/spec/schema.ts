@@ -76,7 +76,7 @@ export const STAGE_NAME = /^[a-z0-9-]{1,64}$/;
 /** Seeds must fit numpy's and torch's 32-bit seeding everywhere. */
 export const MAX_SEED = 2 ** 32 - 1;
 /** The largest gang clipfleet places. */
-export const MAX_WORKERS = 4096;
+export const MAX_WORKERS = 16384;
 /** MCi towers downsample by 32 overall (stem 4, then 2 per stage transition). */
 export const MCI_STRIDE = 32;
 

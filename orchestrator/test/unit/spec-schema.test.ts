@@ -200,7 +200,7 @@ void describe("jsonSchema", () => {
       { type: "number", exclusiveMinimum: 0, default: 5e-4 },
     );
     assert.match(schemaAt("train.lr")!.description as string, /learning rate/);
-    assert.deepEqual(schemaAt("cluster.workers")!.maximum, 4096);
+    assert.deepEqual(schemaAt("cluster.workers")!.maximum, 16384);
     assert.equal(schemaAt("stages[].name")!.pattern, "^[a-z0-9-]{1,64}$");
   });
 

@@ -279,7 +279,7 @@ def plan_loader(ctx: TaskContext, task: str, tokenize) -> PlanLoader:
         ]
 
     return PlanLoader(
-        shards=[(s.url, s.samples) for s in a.train_shards],
+        shards=ctx.agent.shards("train"),
         fetch_plan=fetch,
         start_step=int(a.start_step),
         end_step=int(a.total_steps),

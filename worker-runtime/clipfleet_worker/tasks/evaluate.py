@@ -57,7 +57,7 @@ def evaluate_clip(ctx: TaskContext, model: torch.nn.Module, tokenizer: Any, step
     """
     cfg, a = ctx.cfg, ctx.assignment
     ev = cfg.get("eval") or {}
-    shards = [(s.url, s.samples) for s in a.val_shards]
+    shards = ctx.agent.shards("val")
     if not shards:
         ctx.report_eval(step, {})
         return {}

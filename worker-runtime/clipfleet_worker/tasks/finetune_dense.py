@@ -52,7 +52,7 @@ def build_model(ctx: TaskContext) -> tuple[DenseModel, int | None]:
     task = cfg["task"]
     num_classes = None
     if task == "finetune-seg":
-        num_classes = resolve_num_classes(cfg, [s.url for s in a.train_shards] or [s.url for s in a.val_shards])
+        num_classes = resolve_num_classes(cfg, [u for u, _ in ctx.agent.shards("train")] or [u for u, _ in ctx.agent.shards("val")])
     torch.manual_seed(int(cfg["seed"]))
     model = build_dense_model(cfg["model"], task, cfg["dense"], num_classes, freeze_backbone=bool(cfg["freeze_backbone"]))
     return model.to(ctx.device), num_classes
@@ -265,7 +265,7 @@ def evaluate_dense(ctx: TaskContext, model: DenseModel, num_classes: int | None)
     Empty when the stage has no val shards.
     """
     cfg, a = ctx.cfg, ctx.assignment
-    shards = [(s.url, s.samples) for s in a.val_shards]
+    shards = ctx.agent.shards("val")
     if not shards:
         if ctx.rank == 0:
             print("clipfleet worker: no val shards: dense evaluation skipped", flush=True)
