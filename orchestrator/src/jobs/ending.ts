@@ -86,7 +86,7 @@ export class Ending {
       if (failedNode && this.ctx.scheduler.recordFailure(failedNode, this.ctx.now(), quarantine)) {
         this.ctx.log(a.jobId, a.stage, a.attempt, `node ${failedNode} quarantined for ${quarantine.seconds} s after ${quarantine.after} failures`);
       }
-      const decision = decide(stage, f, cause);
+      const decision = decide(stage, f, cause, lastStep > a.facts.startStep);
       if (decision.action === "fail") {
         await ledger.transition(a.jobId, a.stage, "FAILED", decision.reason, {
           attempt: a.attempt,

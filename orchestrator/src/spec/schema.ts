@@ -289,7 +289,7 @@ const FAILURE_FIELDS = {
     100,
     "Preemptions (the preemption signal, e.g. Slurm's `--signal`: checkpoint at one step, restart from it; docs/preemption.md) before the job fails; they never spend `max_restarts`. null: no bound.",
   ),
-  backoff_seconds: seconds("Wait before the first restart; doubles on each further restart.", 1),
+  backoff_seconds: seconds("Wait before the first restart; doubles on each further restart. None after an attempt that completed a step: backoff is for crash loops.", 1),
   backoff_max_seconds: seconds("Longest wait between restarts; at least `backoff_seconds`.", 60),
   heartbeat_timeout: withDefault(positive(), 10, "Seconds without a heartbeat before a rank counts as lost."),
   hang_min_seconds: seconds("A rank hangs when its last step is older than max(this, `hang_factor` x the p99 step time).", 60),
