@@ -29,6 +29,7 @@ import {
   MAX_LABEL_CHARS,
   MAX_LABEL_KEY_CHARS,
   MAX_LABELS,
+  MAX_SPARES_PER_NODE,
   TASKS,
 } from "../domain/index.js";
 import {
@@ -257,6 +258,7 @@ const CLUSTER_FIELDS = {
     "Only place ranks on nodes whose inventory labels match all of these.",
     { examples: [{ zone: "rack-1" }] },
   ),
+  spares: withDefault(integer({ min: 0, max: MAX_SPARES_PER_NODE }), 1, "Warm spare processes per node of the stage (torch imported, waiting): after a failure, ranks of the next attempt start in them instead of new processes (local and SSH nodes; docs/recovery.md). As many as ranks per node make a whole restart warm; 0: none."),
 } satisfies Record<keyof ClusterSpec, Field>;
 
 const WORKER_FIELDS = {
