@@ -29,6 +29,8 @@ export interface TinyJob {
   readonly train?: string;
   /** More lines of the data section (indented), such as `  cache: {dir: ...}`. */
   readonly dataLines?: readonly string[];
+  /** cluster.spares (absent: the spec's default). */
+  readonly spares?: number;
 }
 
 /** Writes the spec into `dir`; returns its path. */
@@ -57,6 +59,7 @@ export function writeTinySpec(dir: string, j: TinyJob): string {
     "  warmup_steps: 2",
     "cluster:",
     "  workers: 2",
+    ...(j.spares !== undefined ? [`  spares: ${j.spares}`] : []),
     "checkpoint:",
     `  every_steps: ${j.everySteps ?? "null"}`,
     `  final: ${j.finalCheckpoint}`,

@@ -123,6 +123,8 @@ export interface TinySpec {
   everyMinutes?: number;
   /** checkpoint.every: auto with this checkpoint.mtbf_prior_hours */
   everyAutoMtbfHours?: number;
+  /** cluster.spares (default: the spec's default) */
+  spares?: number;
 }
 
 /** The `model` and `data` sections of the tiny specs (vit-tiny over the shared dataset), `data` last so a caller may add fields to it. */
@@ -155,7 +157,7 @@ train:
 cluster:
   workers: ${o.workers ?? 2}
   min_workers: ${o.minWorkers ?? o.workers ?? 2}
-checkpoint:
+${o.spares !== undefined ? `  spares: ${o.spares}\n` : ""}checkpoint:
   every_steps: ${o.everySteps === undefined ? 10 : (o.everySteps ?? "null")}
 ${o.everyMinutes ? `  every_minutes: ${o.everyMinutes}\n` : ""}${o.everyAutoMtbfHours ? `  every: auto\n  mtbf_prior_hours: ${o.everyAutoMtbfHours}\n` : ""}${o.asyncSave ? "  async: true\n" : ""}${o.keepLast ? `  keep_last: ${o.keepLast}\n` : ""}${env ? `worker:\n  env:\n${env}\n` : ""}${failure ? `failure:\n${failure}\n` : ""}${o.extra ?? ""}`;
   const path = join(dir, `${o.name ?? "tiny"}.yaml`);

@@ -52,13 +52,14 @@ def _add_openclip(sub: "argparse._SubParsersAction") -> None:
 
 def main(argv: list[str] | None = None) -> int:
     preemption = None
-    if (sys.argv[1:] if argv is None else argv)[:1] == ["run"]:
+    if (sys.argv[1:] if argv is None else argv)[:1] in (["run"], ["spare"]):
         # A rank: before the imports below (torch: seconds during which the signal's default action would kill it).
         preemption = PreemptionWatch(os.environ)
         preemption.install()
     parser = argparse.ArgumentParser(prog="python -m clipfleet_worker", description="clipfleet worker runtime")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run one rank (started by the orchestrator)")
+    sub.add_parser("spare", help="a warm spare: import torch, then become the rank written on stdin (started by the orchestrator)")
     sub.add_parser("info", help="print versions, CUDA devices and free disk as JSON")
     from .cli_data import add_subcommands, run as run_data_command
     from .report import add_subcommand as add_report_subcommand
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         from .worker import main as run_worker
 
         return run_worker(preemption)
+    if args.command == "spare":
+        from .spare import run_spare
+
+        return run_spare(preemption)
     if args.command == "info":
         return _info()
     if args.command == "openclip":

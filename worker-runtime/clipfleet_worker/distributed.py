@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
+import time
 from typing import Callable
 
 import torch
@@ -24,6 +26,8 @@ def init_process_group(backend: str, master_addr: str, master_port: int, rank: i
     os.environ["MASTER_PORT"] = str(master_port)
     os.environ["RANK"] = str(rank)
     os.environ["WORLD_SIZE"] = str(world_size)
+    if rank != 0:
+        wait_for_store(master_addr, master_port, timeout_s)
     dist.init_process_group(
         backend=backend,
         init_method=f"tcp://{_bracket(master_addr)}:{master_port}",
@@ -31,6 +35,28 @@ def init_process_group(backend: str, master_addr: str, master_port: int, rank: i
         world_size=world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
+
+
+def wait_for_store(host: str, port: int, timeout_s: float, poll_s: float = 0.005) -> float:
+    """Waits until rank 0's TCPStore accepts connections; returns the seconds waited.
+
+    torch 1.13's store client sleeps a fixed 1 s after a refused connection, so a
+    rank reaching the store before rank 0 listens lost up to a second per restart
+    (bench/recovery.ts). Probing with a plain connect every few milliseconds
+    means the client's own connect succeeds at once; torch 2.x is unaffected (its
+    store server drops a connection that closes without a request).
+    """
+    started = time.monotonic()
+    deadline = started + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.05, min(1.0, deadline - time.monotonic()))):
+                return time.monotonic() - started
+        except OSError:
+            if time.monotonic() >= deadline:
+                # Let torch's own connect report the failure with its usual message.
+                return time.monotonic() - started
+            time.sleep(poll_s)
 
 
 def _bracket(host: str) -> str:

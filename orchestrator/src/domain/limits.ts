@@ -137,3 +137,6 @@ export function addSkips(into: Record<string, number>, add: Readonly<Record<stri
   }
   return into;
 }
+
+/** Most warm spare processes per node of a stage (`cluster.spares`): each holds a Python process with torch in memory. */
+export const MAX_SPARES_PER_NODE = 8;

@@ -145,6 +145,8 @@ export interface ClusterSpec {
   readonly backend: "auto" | "gloo" | "nccl";
   readonly gpus_per_worker: number;
   readonly node_selector: Readonly<Record<string, string>>;
+  /** Warm spare processes per node (docs/recovery.md); 0: none. */
+  readonly spares: number;
 }
 
 export interface WorkerSpec {

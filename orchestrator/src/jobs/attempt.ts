@@ -159,6 +159,8 @@ export class Attempt {
   readonly startedMs: number;
   /** Resolves when every process of the attempt has exited (or could not be started). */
   readonly allExited: Promise<void>;
+  /** Resolves at rank 0's first step report (warm spares are topped up then, spares.ts). */
+  readonly firstStep: Promise<void>;
 
   /** Recovery clock: set until the first step of this attempt is observed. */
   recoveringSince: number | null;
@@ -186,6 +188,7 @@ export class Attempt {
   /** Ranks whose session is open (rank.session set). */
   private sessionsOpen = 0;
   private resolveAllExited: () => void = () => undefined;
+  private resolveFirstStep: () => void = () => undefined;
   /** Waiters for a commit at or after a step (a preemption waits for its checkpoint). */
   private commitWaiters: { step: number; resolve: () => void }[] = [];
 
@@ -199,6 +202,7 @@ export class Attempt {
     this.lastCommitMs = this.startedMs;
     this.lastCommittedStep = facts.startStep;
     this.allExited = new Promise<void>((r) => (this.resolveAllExited = r));
+    this.firstStep = new Promise<void>((r) => (this.resolveFirstStep = r));
   }
 
   get jobId(): string {
@@ -454,6 +458,7 @@ export class Attempt {
       // Rank 0 speaks for the stage: the loss is all-reduced, so every rank has the same.
       this.lastReport = rep;
       if (Number.isFinite(rep.loss)) this.firstLoss ??= rep.loss;
+      this.resolveFirstStep();
     }
     this.hooks.step(this, rank, rep, now);
     if (rank.rank === 0) {

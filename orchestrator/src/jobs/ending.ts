@@ -13,6 +13,7 @@ import type { JobContext } from "./context.js";
 import { decide, decidePreemption, describeCause, failureNode, type FailureCause } from "./policy.js";
 import type { Progress } from "./progress.js";
 import { newestCommitted, stageRecordOf } from "./records.js";
+import { dropFinishedSpares } from "./spares.js";
 
 const STACK_DUMP_WAIT_MS = 1500;
 const EXIT_WAIT_MS = 15000;
@@ -86,7 +87,7 @@ export class Ending {
       if (failedNode && this.ctx.scheduler.recordFailure(failedNode, this.ctx.now(), quarantine)) {
         this.ctx.log(a.jobId, a.stage, a.attempt, `node ${failedNode} quarantined for ${quarantine.seconds} s after ${quarantine.after} failures`);
       }
-      const decision = decide(stage, f, cause);
+      const decision = decide(stage, f, cause, lastStep > a.facts.startStep);
       if (decision.action === "fail") {
         await ledger.transition(a.jobId, a.stage, "FAILED", decision.reason, {
           attempt: a.attempt,
@@ -307,6 +308,8 @@ export class Ending {
   /** Frees the attempt's slots and takes it out of the live table; a scheduling pass may start what waited. */
   private release(a: Attempt): void {
     a.apply({ type: "close" });
+    // The stage is over: its warm spares go with it (a restart keeps them for its next attempt).
+    if (isTerminal(stageRecordOf(this.ctx.ledger.get(a.jobId), a.stage)?.state ?? "FAILED")) void dropFinishedSpares(this.ctx, [this.ctx.deps.launchers.local, this.ctx.deps.launchers.ssh]);
     this.ctx.live.remove(a);
     this.ctx.scheduler.release(a.jobId, a.stage);
     if (isTerminal(this.ctx.ledger.get(a.jobId).state)) this.ctx.metrics.jobFinished(a.jobId, this.ctx.now());

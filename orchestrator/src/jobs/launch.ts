@@ -19,6 +19,7 @@ import type { JobContext } from "./context.js";
 import type { Datasets } from "./datasets.js";
 import { stageSpecOf, totalStepsOf } from "./records.js";
 import { rankRecordFields, tokenHash, type RankRuntime } from "./runtime.js";
+import { keepSpares, spareOwner, usesSpares } from "./spares.js";
 import { TracebackCatcher } from "./traceback.js";
 
 export class Launch {
@@ -203,6 +204,8 @@ export class Launch {
       return;
     }
 
+    const where = (r: RankRuntime): { python: string; workdir: string } =>
+      r.node.launcher === "local" ? { python, workdir: deps.workerRuntimeDir } : { python: r.node.python ?? "python3", workdir: r.node.workdir ?? "." };
     for (const r of ranks) {
       // Ended (stopped, failed) while earlier ranks were being launched, or the orchestrator is
       // shutting down (its launchers may already have killed what they had): the rest never start.
@@ -218,12 +221,12 @@ export class Launch {
           attempt,
           rank: r.rank,
           node: r.node,
-          python: r.node.launcher === "local" ? python : (r.node.python ?? "python3"),
-          workdir: r.node.launcher === "local" ? deps.workerRuntimeDir : (r.node.workdir ?? "."),
+          ...where(r),
           command: spec.command ? { argv: spec.command, cwd: spec.workdir ?? "." } : null,
           env: this.rankEnvironment(a, r),
           secrets: { CLIPFLEET_TOKEN: tokens[r.rank] ?? "" },
           ...(alloc ? { allocation: alloc.jobId } : {}),
+          ...(usesSpares(spec) ? { spareOwner: spareOwner(job.id, p.stage) } : {}),
           onOutput: (stream, line) => {
             if (stream === "stderr") r.stderr?.line(line);
             deps.logs.append(job.id, { tsMs: this.ctx.now(), stage: p.stage, attempt, rank: r.rank, stream, line });
@@ -234,6 +237,7 @@ export class Launch {
           },
         });
         r.pid = r.proc.pid;
+        if (r.proc.warm) this.ctx.log(job.id, p.stage, attempt, `rank ${r.rank} runs in warm spare pid ${r.proc.pid} on ${r.node.name}`);
         // The attempt ended while this rank was being started: its teardown did not see this process.
         if (a.over) await r.proc.signal("SIGKILL").catch(() => undefined);
       } catch (err) {
@@ -245,6 +249,7 @@ export class Launch {
     }
     // A command's ranks need not say anything: the gang is formed once every process runs.
     if (spec.command) a.launched();
+    void keepSpares(this.ctx, a, where, (r) => this.rankEnvironment(a, r)).catch((err: unknown) => this.ctx.log(job.id, p.stage, attempt, `spares: ${err instanceof Error ? err.message : String(err)}`));
     await ledger.update(job.id, (j) => {
       const rec = j.stages.find((s) => s.name === p.stage)?.attempts.find((x) => x.number === attempt);
       for (const rr of rec?.ranks ?? []) rr.pid = ranks[rr.rank]?.pid ?? null;

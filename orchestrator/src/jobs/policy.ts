@@ -71,8 +71,13 @@ export function repeatedUserError(previous: readonly FailureRecord[], failure: F
   return previous.find((p) => p.attempt !== failure.attempt && p.fingerprint === failure.fingerprint && p.step === failure.step) ?? null;
 }
 
-/** What to do after an attempt failed for `cause`. `stage.failures` already includes this failure. */
-export function decide(stage: StageRecord, spec: FailureSpec, cause: FailureCause): Decision {
+/**
+ * What to do after an attempt failed for `cause`. `stage.failures` already
+ * includes this failure. `progressed`: the attempt completed a step beyond the
+ * one it resumed from; its failure restarts at once (backoff is for crash
+ * loops, and an attempt that trained is not one: waiting only loses goodput).
+ */
+export function decide(stage: StageRecord, spec: FailureSpec, cause: FailureCause, progressed = false): Decision {
   const reason = describeCause(cause);
   if (cause.kind === "fatal") return { action: "fail", reason, error: "" };
   if (cause.kind === "exception") {
@@ -92,7 +97,7 @@ export function decide(stage: StageRecord, spec: FailureSpec, cause: FailureCaus
       error: cause.kind === "exception" ? cause.failure.traceback : "",
     };
   }
-  return { action: "restart", delayMs: backoffMs(spec, stage.restarts), reason };
+  return { action: "restart", delayMs: progressed ? 0 : backoffMs(spec, stage.restarts), reason };
 }
 
 /**

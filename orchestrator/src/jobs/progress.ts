@@ -61,6 +61,7 @@ export class Progress {
       a.recoveringSince = null;
     }
     if (rep.nanSkipped) m.nanSkipped.inc(labels);
+    m.goodput.step(a.jobId, a.stage, rep.step, rep.stepSeconds);
     m.step.set(labels, rep.step);
     // A skipped step (train.on_nan: skip) reports its NaN loss: the gauge keeps the last real one.
     if (finite(rep.loss)) m.loss.set(labels, rep.loss);

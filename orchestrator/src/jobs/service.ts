@@ -38,6 +38,7 @@ import type { MetricsSource } from "../metrics/index.js";
 import type { Scheduler } from "../scheduler/index.js";
 import { Admission, type AdmissionCheck, type SubmitInput } from "./admission.js";
 import type { AttemptHooks } from "./attempt.js";
+import { dropFinishedSpares } from "./spares.js";
 import { CheckpointRefs } from "./checkpoint-refs.js";
 import { CheckpointCommit } from "./commit.js";
 import { JobContext, type JobServiceDeps } from "./context.js";
@@ -81,8 +82,10 @@ export class JobService implements MetricsSource {
     const ending = this.ending;
     const progress = this.progress;
     const hooks: AttemptHooks = {
-      formed: (a) =>
-        void ctx.ledger.transition(a.jobId, a.stage, "RUNNING", `all ${a.worldSize} ranks ${a.spec.command ? "started" : "connected"}`, { attempt: a.attempt }).catch((err: unknown) => ending.internalError(a, err)),
+      formed: (a) => {
+        ctx.metrics.goodput.running(a.jobId, ctx.now());
+        void ctx.ledger.transition(a.jobId, a.stage, "RUNNING", `all ${a.worldSize} ranks ${a.spec.command ? "started" : "connected"}`, { attempt: a.attempt }).catch((err: unknown) => ending.internalError(a, err));
+      },
       step: (a, rank, rep, now) => progress.step(a, rank, rep, now),
       heartbeat: (a, rank, hb) => progress.heartbeat(a, rank, hb),
       eval: (a, rank, result) => progress.eval(a, rank, result, (err) => ending.internalError(a, err)),
@@ -136,6 +139,8 @@ export class JobService implements MetricsSource {
     }
     const watchdogMs = this.deps.watchdogIntervalMs ?? 500;
     this.timers = [this.ctx.timers.every(watchdogMs, () => this.watch()), this.ctx.timers.every(PROGRESS_PERSIST_INTERVAL_MS, () => void this.progress.flush())];
+    // Spares of stages that ended without their attempt's ending (a cancel during the backoff, a deletion).
+    this.timers.push(this.ctx.timers.every(PROGRESS_PERSIST_INTERVAL_MS, () => void dropFinishedSpares(this.ctx, [this.deps.launchers.local, this.deps.launchers.ssh])));
     this.dispatcher.wake();
   }
 

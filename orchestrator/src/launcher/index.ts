@@ -4,6 +4,8 @@ export { forEachLine } from "./lines.js";
 export { DEFAULT_PYTHON_CANDIDATES, resolvePython } from "./python.js";
 export { checkOpenClipWeights, runSynth, runWorkerCli } from "./synth.js";
 export { terminate } from "./types.js";
+export { CRASH_WINDOW_MS, MAX_SPARE_CRASHES, SpareBook, SparePool, parseSpareLine } from "./spares.js";
+export type { SpareEntry, SpareProcess, SpareRequest, SpareState } from "./spares.js";
 export type { ExitInfo, LaunchedProcess, LaunchRequest, Launcher } from "./types.js";
 export {
   HostKeyError,

@@ -3,17 +3,28 @@
  * Each rank is the leader of its own process group (detached), so teardown
  * reaches every process it started (data loader threads, subprocesses).
  */
-import { spawn } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { createServer } from "node:net";
 import { COMMAND_PYTHON_NAMES, type NodeSpec } from "../domain/index.js";
 import { forEachLine } from "./lines.js";
+import { SparePool, type SpareProcess, type SpareRequest } from "./spares.js";
 import type { ExitInfo, LaunchedProcess, LaunchRequest, Launcher } from "./types.js";
 
 export class LocalLauncher implements Launcher {
   readonly kind = "local" as const;
   private readonly live = new Set<LaunchedProcess>();
+  /** Warm spares: `python -m clipfleet_worker spare` children, handed a rank over their stdin. */
+  readonly spares: SparePool;
+
+  constructor() {
+    this.spares = new SparePool(Date.now, (req) => this.spawnSpare(req));
+  }
 
   launch(req: LaunchRequest): Promise<LaunchedProcess> {
+    if (req.spareOwner && !req.command) {
+      const warm = this.adopt(req);
+      if (warm) return Promise.resolve(warm);
+    }
     const [program, ...args] = req.command ? commandArgv(req.command.argv, req.python) : [req.python, "-m", "clipfleet_worker", "run"];
     const child = spawn(program!, args, {
       cwd: req.command?.cwd ?? req.workdir,
@@ -21,35 +32,61 @@ export class LocalLauncher implements Launcher {
       detached: true,
       stdio: ["ignore", "pipe", "pipe"],
     });
-    return new Promise((resolve, reject) => {
-      child.once("error", (err) => reject(err));
-      child.once("spawn", () => {
-        const pid = child.pid;
-        if (pid === undefined) {
-          reject(new Error(`could not start ${req.python}`));
-          return;
-        }
-        forEachLine(child.stdout, (line) => req.onOutput("stdout", line));
-        forEachLine(child.stderr, (line) => req.onOutput("stderr", line));
-        const exited = new Promise<ExitInfo>((res) => {
-          // 'close' waits for the pipes to drain, so the last lines are delivered first.
-          child.once("close", (code, signal) => res({ code, signal }));
-        });
-        const proc: LaunchedProcess = {
-          pid,
-          exited,
-          signal: (sig) => {
-            signalGroup(pid, sig);
-            return Promise.resolve();
-          },
-        };
-        this.live.add(proc);
-        void exited.then((e) => {
-          this.live.delete(proc);
-          req.onExit(e);
-        });
-        resolve(proc);
+    return started(child, req.python).then(({ pid, exited }) => {
+      forEachLine(child.stdout, (line) => req.onOutput("stdout", line));
+      forEachLine(child.stderr, (line) => req.onOutput("stderr", line));
+      const proc: LaunchedProcess = { pid, exited, signal: groupSignaller(pid) };
+      this.live.add(proc);
+      void exited.then((e) => {
+        this.live.delete(proc);
+        req.onExit(e);
       });
+      return proc;
+    });
+  }
+
+  /** The rank in a live spare of its stage, or null (none, or it died as it was handed over). */
+  private adopt(req: LaunchRequest): LaunchedProcess | null {
+    for (;;) {
+      const spare = this.spares.take(req.spareOwner ?? "", req.node.name);
+      if (!spare) return null;
+      spare.onLine = req.onOutput;
+      if (!spare.become({ ...req.env, ...req.secrets })) continue;
+      const proc: LaunchedProcess = { pid: spare.pid, exited: spare.exited, signal: (sig) => spare.signal(sig), warm: true };
+      this.live.add(proc);
+      void spare.exited.then((e) => {
+        this.live.delete(proc);
+        req.onExit(e);
+      });
+      return proc;
+    }
+  }
+
+  /** One spare: the worker runtime's `spare` command, in its own process group, its stdin a pipe for the hand-over. */
+  private spawnSpare(req: SpareRequest): Promise<SpareProcess> {
+    const child = spawn(req.python, ["-m", "clipfleet_worker", "spare"], {
+      cwd: req.workdir,
+      env: { ...process.env, ...req.env, PYTHONPATH: prependPath(req.workdir, process.env.PYTHONPATH) },
+      detached: true,
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    return started(child, req.python).then(({ pid, exited }) => {
+      // A write to a spare that has just died is an EPIPE on the pipe, not a crash of the orchestrator.
+      child.stdin.on("error", () => undefined);
+      const spare: SpareProcess = {
+        pid,
+        exited,
+        signal: groupSignaller(pid),
+        onLine: () => undefined,
+        become: (env) => {
+          if (child.exitCode !== null || child.signalCode !== null || child.stdin.destroyed) return false;
+          child.stdin.end(JSON.stringify({ env }) + "\n");
+          return true;
+        },
+      };
+      forEachLine(child.stdout, (line) => spare.onLine("stdout", line));
+      forEachLine(child.stderr, (line) => spare.onLine("stderr", line));
+      return spare;
     });
   }
 
@@ -59,16 +96,40 @@ export class LocalLauncher implements Launcher {
 
   /** Kills every process group still running (the orchestrator is going away). */
   async close(): Promise<void> {
+    await this.spares.close();
     const all = [...this.live];
     for (const p of all) signalGroup(p.pid, "SIGKILL");
     await Promise.all(all.map((p) => p.exited));
   }
 }
 
+/** Resolves once `child` runs, with its pid and a promise of its end ('close': after its pipes drained, so its last lines come first). */
+function started(child: ChildProcess, python: string): Promise<{ pid: number; exited: Promise<ExitInfo> }> {
+  return new Promise((resolve, reject) => {
+    child.once("error", (err) => reject(err));
+    child.once("spawn", () => {
+      const pid = child.pid;
+      if (pid === undefined) {
+        reject(new Error(`could not start ${python}`));
+        return;
+      }
+      resolve({ pid, exited: new Promise<ExitInfo>((res) => child.once("close", (code, signal) => res({ code, signal }))) });
+    });
+  });
+}
+
 /** A command's argv with `python`/`python3` replaced by the worker interpreter. */
 export function commandArgv(argv: readonly string[], python: string): string[] {
   const [first, ...rest] = argv;
   return [first !== undefined && COMMAND_PYTHON_NAMES.has(first) ? python : (first ?? python), ...rest];
+}
+
+/** `signal` of a process whose group `pid` leads. */
+function groupSignaller(pid: number): (sig: NodeJS.Signals) => Promise<void> {
+  return (sig) => {
+    signalGroup(pid, sig);
+    return Promise.resolve();
+  };
 }
 
 /** Signal a process group, ignoring one that is already gone. */

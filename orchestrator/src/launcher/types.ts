@@ -3,6 +3,7 @@
  * The jobs module decides what to start and when; a launcher only knows how.
  */
 import type { NodeSpec } from "../domain/index.js";
+import type { SparePool } from "./spares.js";
 
 /** How a process ended. */
 export interface ExitInfo {
@@ -47,6 +48,8 @@ export interface LaunchRequest {
    * child, the SSH launcher over the channel's stdin.
    */
   readonly secrets: Readonly<Record<string, string>>;
+  /** Hand the rank to a warm spare of this owner (`${jobId}/${stage}`) on the node if one is alive (spares.ts). */
+  readonly spareOwner?: string;
   /** Slurm: the attempt's allocation (job id) the rank runs in as a step; absent for local and SSH. */
   readonly allocation?: string;
   /** Each line the process writes, as it comes. */
@@ -63,6 +66,8 @@ export interface LaunchedProcess {
   signal(sig: NodeJS.Signals): Promise<void>;
   /** Resolves when the process is gone. */
   readonly exited: Promise<ExitInfo>;
+  /** True when the rank runs in a warm spare (spares.ts) rather than a process started for it. */
+  readonly warm?: boolean;
 }
 
 /**
@@ -77,6 +82,8 @@ export interface Launcher {
   /** A TCP port free on the node, for the rendezvous of a gang whose rank 0 runs there. */
   freePort(node: NodeSpec): Promise<number>;
   close(): Promise<void>;
+  /** Warm spares of the stages running on this launcher's nodes (local and SSH; spares.ts). */
+  readonly spares?: SparePool;
 }
 
 /**

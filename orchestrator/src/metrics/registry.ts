@@ -18,6 +18,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import { setImmediate as yieldToLoop } from "node:timers/promises";
 import { isTerminal, type JobState } from "../domain/index.js";
+import { GoodputLedger } from "./goodput.js";
 
 const STEP_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
 const RECOVERY_BUCKETS = [0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600];
@@ -95,6 +96,8 @@ export class Metrics {
   readonly recovery = this.histogram("clipfleet_recovery_seconds", "Seconds from a failure to the first completed step of the attempt that replaced it.", ["job_id", "stage"], RECOVERY_BUCKETS);
   readonly stepsLost = this.counter("clipfleet_steps_lost_total", "Steps done but not checkpointed when an attempt failed (redone after the restart).", ["job_id", "stage"]);
   readonly evalResult = this.gauge("clipfleet_eval_result", "Latest evaluation results (retrieval R@k, zero-shot top-1, mIoU, RMSE, ...), by metric name.", ["job_id", "stage", "metric"]);
+  /** Productive step time per job (clipfleet_job_goodput_ratio, computed at scrape time). */
+  readonly goodput = new GoodputLedger();
   readonly serverInsecure = new Gauge({ name: "clipfleet_server_insecure", help: "1 when the server was started with --insecure: no TLS, no authentication, every caller an admin.", registers: [this.registry] });
   /** Per rank (job\0stage -> rank -> last heartbeat's GPU figures); exported per stage at scrape time. */
   private readonly gpu = new Map<string, Map<number, { util: number; mem: number }>>();
@@ -124,6 +127,14 @@ export class Metrics {
       for (const j of this.source?.jobs() ?? []) {
         if (isTerminal(j.state) && now - j.updatedAtMs >= this.retentionMs) continue;
         set({ job_id: j.job, name: j.name, state: j.state }, 1);
+      }
+    });
+    this.collected("clipfleet_job_goodput_ratio", "Productive step time (rank 0's steps that count: redone ones once) over wall time since the job started running; frozen when it ends (docs/recovery.md).", ["job_id", "name"], (set) => {
+      const now = this.source?.now() ?? Date.now();
+      for (const j of this.source?.jobs() ?? []) {
+        if (isTerminal(j.state) && now - j.updatedAtMs >= this.retentionMs) continue;
+        const r = this.goodput.ratio(j.job, now);
+        if (r !== null) set({ job_id: j.job, name: j.name }, r);
       }
     });
     const ranks = (): RankView => this.rankViewNow();
@@ -268,6 +279,7 @@ export class Metrics {
   /** A job ended: its series are dropped after the retention time (see sweep). */
   jobFinished(jobId: string, atMs: number): void {
     this.finished.set(jobId, atMs);
+    this.goodput.finished(jobId, atMs);
   }
 
   /**
@@ -311,6 +323,7 @@ export class Metrics {
     }
     for (const job of due) {
       this.finished.delete(job);
+      this.goodput.forget(job);
       for (const key of this.gpu.keys()) if (key.startsWith(`${job}\0`)) this.gpu.delete(key);
     }
     this.cached = null;

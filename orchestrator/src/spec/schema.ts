@@ -29,6 +29,7 @@ import {
   MAX_LABEL_CHARS,
   MAX_LABEL_KEY_CHARS,
   MAX_LABELS,
+  MAX_SPARES_PER_NODE,
   TASKS,
 } from "../domain/index.js";
 import {
@@ -257,6 +258,7 @@ const CLUSTER_FIELDS = {
     "Only place ranks on nodes whose inventory labels match all of these.",
     { examples: [{ zone: "rack-1" }] },
   ),
+  spares: withDefault(integer({ min: 0, max: MAX_SPARES_PER_NODE }), 1, "Warm spare processes per node of the stage (torch imported, waiting): after a failure, ranks of the next attempt start in them instead of new processes (local and SSH nodes; docs/recovery.md). As many as ranks per node make a whole restart warm; 0: none."),
 } satisfies Record<keyof ClusterSpec, Field>;
 
 const WORKER_FIELDS = {
@@ -289,7 +291,7 @@ const FAILURE_FIELDS = {
     100,
     "Preemptions (the preemption signal, e.g. Slurm's `--signal`: checkpoint at one step, restart from it; docs/preemption.md) before the job fails; they never spend `max_restarts`. null: no bound.",
   ),
-  backoff_seconds: seconds("Wait before the first restart; doubles on each further restart.", 1),
+  backoff_seconds: seconds("Wait before the first restart; doubles on each further restart. None after an attempt that completed a step: backoff is for crash loops.", 1),
   backoff_max_seconds: seconds("Longest wait between restarts; at least `backoff_seconds`.", 60),
   heartbeat_timeout: withDefault(positive(), 10, "Seconds without a heartbeat before a rank counts as lost."),
   hang_min_seconds: seconds("A rank hangs when its last step is older than max(this, `hang_factor` x the p99 step time).", 60),

@@ -184,8 +184,9 @@ void describe("job machinery with fake ranks and a fake clock", () => {
     await until(() => ranks[1]?.proc.signals.includes("SIGUSR2") === true, "stack dump asked");
     assert.equal(h.job(id).stages[0]?.state, "RUNNING", "the gang is not killed before its stacks are written");
     await h.clock.advance(1600);
-    await h.stageIn(id, "RESTARTING");
-    assert.match(h.job(id).stages[0]?.reason ?? "", /rank 1 sent no heartbeat for 1\d\.\d s/);
+    // The attempt had trained (steps 1-2): the restart follows at once, so the ended attempt is what to look at.
+    await until(() => h.job(id).stages[0]?.attempts[0]?.outcome === "failed", "attempt 1 failed");
+    assert.match(h.job(id).stages[0]?.attempts[0]?.reason ?? "", /rank 1 sent no heartbeat for 1\d\.\d s/);
     assert.deepEqual(ranks[1]?.proc.signals, ["SIGCONT", "SIGUSR2", "SIGKILL"]);
   });
 

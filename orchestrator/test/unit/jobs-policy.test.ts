@@ -70,6 +70,16 @@ void describe("policy.decide", () => {
     }
   });
 
+  void it("restarts at once after an attempt that made progress, backs off after one that did not", () => {
+    for (const restarts of [0, 1, 2]) {
+      assert.deepEqual(decide(stage(restarts), SPEC, exitCause, true), { action: "restart", delayMs: 0, reason: "rank 1 exited with code 1" });
+      assert.equal((decide(stage(restarts), SPEC, exitCause, false) as { delayMs: number }).delayMs, backoffMs(SPEC, restarts));
+    }
+    // Progress never buys restarts beyond the budget, nor a retry of a fatal cause.
+    assert.equal(decide(stage(3), SPEC, exitCause, true).action, "fail");
+    assert.equal(decide(stage(0), SPEC, { kind: "fatal", message: "bad data" }, true).action, "fail");
+  });
+
   void it("fails once the restart budget is exhausted, saying so", () => {
     const d = decide(stage(3), SPEC, exitCause);
     assert.deepEqual(d, { action: "fail", reason: "rank 1 exited with code 1; restart budget exhausted (3/3)", error: "" });

@@ -30,14 +30,15 @@ const ROOMS: Record<string, readonly string[]> = {
   "checkpoint-refs": ["ledger", "records"],
   progress: ["attempt", "context", "datasets", "records", "runtime", "step-history"],
   commit: ["attempt", "context", "progress", "runtime"],
-  ending: ["attempt", "context", "policy", "progress", "records"],
+  spares: ["attempt", "context", "runtime"],
+  ending: ["attempt", "context", "policy", "progress", "records", "spares"],
   gateway: ["attempt", "context", "runtime"],
-  launch: ["attempt", "checkpoint-refs", "context", "datasets", "records", "runtime", "traceback"],
+  launch: ["attempt", "checkpoint-refs", "context", "datasets", "records", "runtime", "spares", "traceback"],
   dispatch: ["context", "launch", "records"],
   admission: ["checkpoint-refs", "context", "datasets", "dispatch", "records"],
   deletion: ["context"],
   // The facade wires every room; index re-exports.
-  service: ["admission", "attempt", "checkpoint-refs", "commit", "context", "datasets", "deletion", "dispatch", "ending", "gateway", "launch", "logs", "progress", "records", "runtime", "step-history"],
+  service: ["admission", "attempt", "checkpoint-refs", "commit", "context", "datasets", "deletion", "dispatch", "ending", "gateway", "launch", "logs", "progress", "records", "runtime", "spares", "step-history"],
   index: ["*"],
 };
 

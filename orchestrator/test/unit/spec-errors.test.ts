@@ -71,7 +71,7 @@ const CASES: [string, string, string][] = [
   [
     "unknown field, no suggestion",
     spec({ cluster: "{workers: 2, zone: a}" }),
-    "spec.yaml:5:23: cluster.zone: unknown field (expected one of: workers, min_workers, backend, gpus_per_worker, node_selector)",
+    "spec.yaml:5:23: cluster.zone: unknown field (expected one of: workers, min_workers, backend, gpus_per_worker, node_selector, spares)",
   ],
   ["missing task", spec({ task: null }), 'spec.yaml: task: missing (expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command")'],
   ["task typo", spec({ task: "pretrian" }), 'spec.yaml:1:1: task: expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command", got "pretrian" (did you mean "pretrain"?)'],

@@ -95,7 +95,7 @@ void describe("defaults and presets", () => {
       deterministic: true,
       compile: false,
     });
-    assert.deepEqual(s.cluster, { workers: 2, min_workers: 2, backend: "auto", gpus_per_worker: 0, node_selector: {} });
+    assert.deepEqual(s.cluster, { workers: 2, min_workers: 2, backend: "auto", gpus_per_worker: 0, node_selector: {}, spares: 1 });
     assert.deepEqual(s.worker, { python: null, env: {} });
     assert.deepEqual(s.checkpoint, { every_steps: null, every_minutes: 30, every: null, mtbf_prior_hours: 24, keep_last: 3, keep_every_steps: null, async: false, dir: null, final: true });
     assert.deepEqual(s.failure, {

@@ -1,0 +1,210 @@
+/**
+ * Warm spares' bookkeeping (launcher/spares.ts), pure with a fake clock: how
+ * many to start, which to hand out (ready first, never a dead or used one),
+ * giving up on a node whose spares die before they are ready, dropping an
+ * owner's; the spare's readiness line as hostile input; and the pool over
+ * in-memory spare processes (a dead spare is replaced and never handed out).
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import fc from "fast-check";
+import { MAX_SPARES_PER_NODE } from "../../src/domain/index.js";
+import { CRASH_WINDOW_MS, MAX_SPARE_CRASHES, parseSpareLine, SpareBook, SparePool, type ExitInfo, type SpareProcess, type SpareRequest } from "../../src/launcher/index.js";
+
+const A = "j-1/main";
+const B = "j-2/main";
+
+void describe("SpareBook", () => {
+  void it("starts what is missing, bounded per node, and counts starting and ready spares as live", () => {
+    const book = new SpareBook();
+    assert.equal(book.toStart(A, "n1", 2, 0), 2);
+    const s1 = book.started(A, "n1", 0);
+    assert.equal(book.toStart(A, "n1", 2, 0), 1);
+    book.ready(s1, 10);
+    book.started(A, "n1", 10);
+    assert.equal(book.toStart(A, "n1", 2, 20), 0);
+    assert.equal(book.toStart(A, "n2", 2, 20), 2, "per node");
+    assert.equal(book.toStart(B, "n1", 2, 20), 2, "per owner");
+    assert.equal(book.toStart(A, "n3", 10_000, 0), MAX_SPARES_PER_NODE);
+    assert.equal(book.toStart(A, "n3", 0, 0), 0);
+  });
+
+  void it("hands out a ready spare first, each once, and only to its own owner and node", () => {
+    const book = new SpareBook();
+    const importing = book.started(A, "n1", 0);
+    const ready = book.started(A, "n1", 1);
+    book.ready(ready, 5);
+    assert.equal(book.take(B, "n1"), null, "another job's stage never gets it");
+    assert.equal(book.take(A, "n2"), null, "nor another node");
+    assert.equal(book.take(A, "n1"), ready);
+    assert.equal(book.take(A, "n1"), importing, "one still importing is better than a cold start");
+    assert.equal(book.take(A, "n1"), null);
+    assert.equal(book.died(ready, 50), false, "a used spare's exit is its rank's, not the pool's");
+  });
+
+  void it("forgets a dead spare (never handed out) and says it is worth replacing", () => {
+    const book = new SpareBook();
+    const s = book.started(A, "n1", 0);
+    book.ready(s, 5);
+    assert.equal(book.died(s, 100), true);
+    assert.equal(book.take(A, "n1"), null);
+    assert.equal(book.toStart(A, "n1", 1, 100), 1);
+    assert.equal(book.died(s, 101), false, "twice is nothing");
+  });
+
+  void it("gives up on a node after spares die before they are ready, for the crash window", () => {
+    const book = new SpareBook();
+    let t = 0;
+    for (let i = 0; i < MAX_SPARE_CRASHES; i++) {
+      assert.equal(book.toStart(A, "n1", 1, t), 1);
+      book.died(book.started(A, "n1", t), (t += 1000));
+    }
+    assert.equal(book.disabled(A, "n1", t), true);
+    assert.equal(book.toStart(A, "n1", 1, t), 0);
+    assert.equal(book.toStart(A, "n2", 1, t), 1, "other nodes go on");
+    assert.equal(book.toStart(A, "n1", 1, t + CRASH_WINDOW_MS), 1, "tried again once the crashes are old");
+  });
+
+  void it("a ready spare killed later does not count as a crash", () => {
+    const book = new SpareBook();
+    for (let i = 0; i < MAX_SPARE_CRASHES + 2; i++) {
+      const s = book.started(A, "n1", i);
+      book.ready(s, i);
+      book.died(s, i);
+    }
+    assert.equal(book.toStart(A, "n1", 1, 10), 1);
+  });
+
+  void it("drop returns an owner's live spares and forgets them; other owners keep theirs", () => {
+    const book = new SpareBook();
+    const a1 = book.started(A, "n1", 0);
+    const a2 = book.started(A, "n2", 0);
+    const used = book.started(A, "n1", 0);
+    const b1 = book.started(B, "n1", 0);
+    assert.equal(book.take(A, "n1"), a1);
+    void used;
+    assert.deepEqual(book.drop(A).sort(), [a2, used].sort());
+    assert.deepEqual(book.owners(), [B]);
+    assert.equal(book.take(B, "n1"), b1);
+  });
+
+  void it("holds its invariants under any sequence of operations", () => {
+    const op = fc.oneof(
+      fc.record({ k: fc.constant("start" as const), owner: fc.constantFrom(A, B), node: fc.constantFrom("n1", "n2") }),
+      fc.record({ k: fc.constant("ready" as const), i: fc.nat(20) }),
+      fc.record({ k: fc.constant("die" as const), i: fc.nat(20) }),
+      fc.record({ k: fc.constant("take" as const), owner: fc.constantFrom(A, B), node: fc.constantFrom("n1", "n2") }),
+      fc.record({ k: fc.constant("drop" as const), owner: fc.constantFrom(A, B) }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 60 }), (ops) => {
+        const book = new SpareBook();
+        const ids: number[] = [];
+        const handed = new Set<number>();
+        const gone = new Set<number>();
+        let t = 0;
+        for (const o of ops) {
+          t += 100;
+          if (o.k === "start") ids.push(book.started(o.owner, o.node, t));
+          else if (o.k === "ready") book.ready(ids[o.i % Math.max(1, ids.length)] ?? -1, t);
+          else if (o.k === "die") {
+            const id = ids[o.i % Math.max(1, ids.length)] ?? -1;
+            if (!handed.has(id)) gone.add(id);
+            book.died(id, t);
+          } else if (o.k === "take") {
+            const id = book.take(o.owner, o.node);
+            if (id !== null) {
+              assert.ok(!handed.has(id), "handed out twice");
+              assert.ok(!gone.has(id), "a dead or dropped spare handed out");
+              handed.add(id);
+            }
+          } else for (const id of book.drop(o.owner)) gone.add(id);
+          for (const owner of [A, B]) for (const node of ["n1", "n2"]) assert.ok(book.live(owner, node).every((e) => e.owner === owner && e.node === node && !handed.has(e.id) && !gone.has(e.id)));
+        }
+      }),
+    );
+  });
+});
+
+void describe("parseSpareLine", () => {
+  void it("reads the readiness line and nothing else", () => {
+    assert.deepEqual(parseSpareLine("clipfleet worker: spare ready at 1796557543.819"), { ready: true, atS: 1796557543.819 });
+    for (const bad of ["", "clipfleet worker: spare ready at", "clipfleet worker: spare ready at NaN", "clipfleet worker: spare ready at 1e309", " clipfleet worker: spare ready at 1", "clipfleet worker: spare ready at 1\nx", `clipfleet worker: spare ready at ${"9".repeat(300)}`]) {
+      assert.equal(parseSpareLine(bad), null, JSON.stringify(bad));
+    }
+  });
+
+  void it("never throws and only ever returns a finite time, whatever a process prints", () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.string({ maxLength: 400 }), fc.string().map((s) => `clipfleet worker: spare ready at ${s}`)), (line) => {
+        const r = parseSpareLine(line);
+        assert.ok(r === null || (r.ready && Number.isFinite(r.atS) && r.atS >= 0));
+      }),
+    );
+  });
+});
+
+/** An in-memory spare process: exits when told, records what it was handed. */
+class FakeSpare implements SpareProcess {
+  static nextPid = 1000;
+  readonly pid = FakeSpare.nextPid++;
+  readonly exited: Promise<ExitInfo>;
+  handed: Readonly<Record<string, string>> | null = null;
+  onLine: (stream: "stdout" | "stderr", line: string) => void = () => undefined;
+  private end: (e: ExitInfo) => void = () => undefined;
+  private gone = false;
+  constructor() {
+    this.exited = new Promise((r) => (this.end = r));
+  }
+  signal(sig: NodeJS.Signals): Promise<void> {
+    if (sig === "SIGKILL") this.die("SIGKILL");
+    return Promise.resolve();
+  }
+  die(signal: string): void {
+    if (this.gone) return;
+    this.gone = true;
+    this.end({ code: null, signal });
+  }
+  become(env: Readonly<Record<string, string>>): boolean {
+    if (this.gone) return false;
+    this.handed = env;
+    return true;
+  }
+}
+
+void describe("SparePool", () => {
+  const request = (owner: string, log: string[]): SpareRequest => ({ owner, nodeName: "n1", python: "python3", workdir: ".", env: {}, log: (l) => log.push(l) });
+
+  void it("replaces a spare killed before it was needed and never hands out the dead one; drop kills the rest", async () => {
+    const started: FakeSpare[] = [];
+    let now = 0;
+    const pool = new SparePool(
+      () => now,
+      () => {
+        const s = new FakeSpare();
+        started.push(s);
+        return Promise.resolve(s);
+      },
+    );
+    const log: string[] = [];
+    await pool.keep(request(A, log), 1);
+    assert.equal(started.length, 1);
+    const first = started[0]!;
+    first.onLine("stdout", "clipfleet worker: spare ready at 1.0");
+    now = 1000;
+    first.die("SIGKILL");
+    await first.exited;
+    await new Promise((r) => setImmediate(r));
+    assert.equal(started.length, 2, "replaced");
+    const second = started[1]!;
+    assert.equal(pool.take(B, "n1"), null);
+    assert.equal(pool.take(A, "n1"), second);
+    assert.equal(pool.take(A, "n1"), null);
+    assert.ok(log.some((l) => l.includes(`spare pid ${first.pid} died`)));
+    await pool.keep(request(A, log), 1);
+    const third = started[2]!;
+    await pool.drop(A);
+    assert.equal(await third.exited.then((e) => e.signal), "SIGKILL");
+    assert.deepEqual(pool.owners(), []);
+  });
+});
