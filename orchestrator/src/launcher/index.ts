@@ -2,7 +2,7 @@
 export { LocalLauncher, freeLocalPort, signalGroup } from "./local.js";
 export { forEachLine } from "./lines.js";
 export { DEFAULT_PYTHON_CANDIDATES, resolvePython } from "./python.js";
-export { checkOpenClipWeights, runSynth, runWorkerCli } from "./synth.js";
+export { checkOpenClipWeights, checkPluginEntryPoint, runSynth, runWorkerCli } from "./synth.js";
 export { terminate } from "./types.js";
 export type { ExitInfo, LaunchedProcess, LaunchRequest, Launcher } from "./types.js";
 export {
