@@ -33,7 +33,6 @@ import {
   type StageRecord,
   type TimerHandle,
 } from "../domain/index.js";
-import type { AuditReport } from "../data/index.js";
 import type { Assignment, LeaseReply, LeaseRequest, PlanRequest, PlanResponse, RegisterRequest, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
 import type { MetricsSource } from "../metrics/index.js";
 import type { Scheduler } from "../scheduler/index.js";
@@ -416,7 +415,7 @@ export class JobService implements MetricsSource {
   }
 
   /** The data audit of a job's stages with data.audit (see Datasets.audit). */
-  audit(id: string): Promise<{ jobId: string; stages: (AuditReport & { stage: string })[] }> {
+  audit(id: string): ReturnType<Datasets["audit"]> {
     return this.datasets.audit(this.ctx.ledger.get(id));
   }
 

@@ -31,13 +31,14 @@ const ROOMS: Record<string, readonly string[]> = {
   progress: ["attempt", "context", "datasets", "records", "runtime", "step-history"],
   commit: ["attempt", "context", "progress", "runtime"],
   ending: ["attempt", "context", "policy", "progress", "records"],
-  gateway: ["attempt", "context", "runtime"],
+  gateway: ["attempt", "context", "records", "runtime"],
+  recaption: ["attempt", "context", "runtime"],
   launch: ["attempt", "checkpoint-refs", "context", "datasets", "records", "runtime", "traceback"],
   dispatch: ["context", "launch", "records"],
   admission: ["checkpoint-refs", "context", "datasets", "dispatch", "records"],
   deletion: ["context"],
   // The facade wires every room; index re-exports.
-  service: ["admission", "attempt", "checkpoint-refs", "commit", "context", "datasets", "deletion", "dispatch", "ending", "gateway", "launch", "logs", "progress", "records", "runtime", "step-history"],
+  service: ["admission", "attempt", "checkpoint-refs", "commit", "context", "datasets", "deletion", "dispatch", "ending", "gateway", "launch", "logs", "progress", "recaption", "records", "runtime", "step-history"],
   index: ["*"],
 };
 

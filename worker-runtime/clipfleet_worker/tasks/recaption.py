@@ -151,6 +151,7 @@ def run(ctx: TaskContext) -> None:
             t0 = time.monotonic()
             sha, size, samples = writer.write(reply.input_url, reply.output)
             written += 1
+            print(f"clipfleet worker: wrote shard {reply.shard} -> {reply.output} ({size} bytes, sha256 {sha[:12]})", flush=True)
             # The output is in place; the test hook `commitgate@N` acts here (e.g. truncates it).
             ctx.fault.before_commit(written)
             on_disk = (ckpt.sha256_file(reply.output), os.path.getsize(reply.output))
@@ -160,7 +161,7 @@ def run(ctx: TaskContext) -> None:
                     f"({on_disk[1]} bytes, sha256 {on_disk[0][:12]}; wrote {size} bytes, sha256 {sha[:12]}): not committed"
                 )
             seconds = time.monotonic() - t0
-            print(f"clipfleet worker: recaptioned shard {reply.shard} ({samples} samples, {seconds:.2f} s) -> {reply.output}", flush=True)
+            print(f"clipfleet worker: recaptioned shard {reply.shard} ({samples} samples, {seconds:.2f} s); committing", flush=True)
             commit = pb.RecaptionCommit(shard=reply.shard, output=reply.output, sha256=sha, bytes=size, samples=samples, seconds=seconds)
             continue
         if reply.done:
