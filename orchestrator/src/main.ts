@@ -14,7 +14,7 @@ import { systemClock, type NodeCheck } from "./domain/index.js";
 import { openEventBus } from "./events/index.js";
 import { loadNatsAccess, natsTarget, NO_NATS_ACCESS, redactNatsUrl } from "./nats/index.js";
 import { JobLedger, JobLogs, JobService, ORCHESTRATOR_VERSION } from "./jobs/index.js";
-import { checkNodes, checkOpenClipWeights, defaultKnownHostsPath, LocalLauncher, resolvePython, runSynth, runWorkerCli, SlurmLauncher, SshLauncher } from "./launcher/index.js";
+import { checkNodes, checkOpenClipWeights, checkPluginEntryPoint, defaultKnownHostsPath, LocalLauncher, resolvePython, runSynth, runWorkerCli, SlurmLauncher, SshLauncher } from "./launcher/index.js";
 import { DEFAULT_RETENTION_SECONDS, Metrics, serveMetrics, type MetricsServer } from "./metrics/index.js";
 import { AccessLog, ANONYMOUS, loadServerTls, localIdentity } from "./auth/index.js";
 import { KEYS_DIR, loadOrCreateSigningKey, PUBLIC_KEY_FILE } from "./checkpoints/index.js";
@@ -70,6 +70,7 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
     gatewayCa: tls ? tls.ca.toString("utf8") : null,
     synthesize: (python, synth, log) => runSynth(python, WORKER_RUNTIME_DIR, synth, log),
     checkOpenClip: (python, ref, modelJson) => checkOpenClipWeights(python, WORKER_RUNTIME_DIR, ref, modelJson),
+    checkPlugin: (python, entryPoint, field) => checkPluginEntryPoint(python, WORKER_RUNTIME_DIR, entryPoint, field),
     scope: opts.embedded ? new Set(opts.scope ?? []) : null,
     policy: opts.policy ?? null,
     deleteGate: deleteGateFromEnv(),

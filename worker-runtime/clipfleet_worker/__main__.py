@@ -1,4 +1,4 @@
-"""python -m clipfleet_worker {run,synth,convert,info,report,openclip}."""
+"""python -m clipfleet_worker {run,synth,convert,info,report,openclip,plugins}."""
 
 from __future__ import annotations
 
@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     add_subcommands(sub)
     add_report_subcommand(sub)
     _add_openclip(sub)
+    plugins = sub.add_parser("plugins", help="recaption plugins: check that an entry point imports")
+    plugin_ops = plugins.add_subparsers(dest="plugins_command", required=True)
+    plugin_ops.add_parser("check", help="exit 0 when module:factory imports and is callable, else 2").add_argument("entry_point")
     args = parser.parse_args(argv)
     if args.command == "run":
         print(f"clipfleet worker: phase started at {_STARTED_AT:.3f}", flush=True)
@@ -79,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_spare(preemption)
     if args.command == "info":
         return _info()
+    if args.command == "plugins":
+        from .captioning.plugins import check_main
+
+        return check_main(args.entry_point)
     if args.command == "openclip":
         from .openclip import run as run_openclip
 

@@ -418,6 +418,18 @@ class Agent:
         if len(out) != count:
             raise SessionLost(f"{split} shard list has {len(out)} shards, the assignment says {count}")
         return out
+    def lease(self, commit: pb.RecaptionCommit | None) -> pb.LeaseReply:
+        """task recaption: report the output shard just written (persisted before the reply) and lease the next."""
+        assert self.assignment is not None
+        req = pb.LeaseRequest(session_id=self.assignment.session_id)
+        if commit is not None:
+            req.commit.CopyFrom(commit)
+        try:
+            return self.stub.Lease(req, metadata=self.metadata, timeout=60)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise RuntimeError(f"lease refused: {err.details()}") from None
+            raise SessionLost(f"lease request failed: {err.code().name}: {err.details()}") from err
 
     def close(self, drain_seconds: float = 5.0) -> None:
         """Sends what is queued, half-closes the stream, and stops the threads; once (later calls return)."""

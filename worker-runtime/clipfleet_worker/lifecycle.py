@@ -153,7 +153,9 @@ class FaultInjection:
     nan (a NaN loss), hang (block the training thread; heartbeats go on, as in a
     stuck collective), gate (`gate@5:file=/tmp/go`: wait before step 5 until the
     file exists, so a test acts while a job is surely still training, whatever
-    the machine's load). Used by the fault-injection tests; inert when unset.
+    the machine's load), commitgate (`commitgate@2:file=/tmp/go`, task recaption:
+    wait after the rank's 2nd output shard is renamed into place, before it is
+    checked and reported; a recaption "step" is a captioned batch). Used by the fault-injection tests; inert when unset.
     Built-in tasks fire it before a step's update, the script API when the
     script reports the step.
     """
@@ -171,9 +173,9 @@ class FaultInjection:
             return
         if "attempt" in conds and int(conds["attempt"]) != attempt:
             return
-        if kind not in ("raise", "nan", "hang", "gate"):
-            raise ConfigError(f"CLIPFLEET_FAULT: unknown kind {kind!r} (raise, nan, hang, gate)")
-        if kind == "gate" and not conds.get("file"):
+        if kind not in ("raise", "nan", "hang", "gate", "commitgate"):
+            raise ConfigError(f"CLIPFLEET_FAULT: unknown kind {kind!r} (raise, nan, hang, gate, commitgate)")
+        if kind in ("gate", "commitgate") and not conds.get("file"):
             raise ConfigError("CLIPFLEET_FAULT: gate needs file=PATH (the step waits until it exists)")
         self.kind = kind
         self.step = int(step)
@@ -192,6 +194,14 @@ class FaultInjection:
             print(f"clipfleet worker: gate at step {step}: waiting for {self.gate_file}", flush=True)
             while not os.path.exists(self.gate_file):
                 time.sleep(0.05)  # a test hook polling a file it is told about; no event to wait on across processes
+
+    def before_commit(self, shard: int) -> None:
+        """task recaption: called with the rank's 1-based count of output shards written, before the commit."""
+        if self.kind != "commitgate" or shard != self.step:
+            return
+        print(f"clipfleet worker: commit gate at shard {shard}: waiting for {self.gate_file}", flush=True)
+        while not os.path.exists(self.gate_file):
+            time.sleep(0.05)  # a test hook polling a file it is told about
 
     def loss(self, step: int, value: Any) -> Any:
         """`value` times NaN at the nan fault's step (a tensor stays a tensor)."""

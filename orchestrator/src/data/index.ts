@@ -28,3 +28,4 @@ export {
   type StepSlice,
 } from "./plan.js";
 export { Audit, trajectoryOf, type AuditReport, type EpochAudit, type TrajectorySegment } from "./audit.js";
+export { LeaseLedger, type CommitDecision, type LeaseCommitRecord, type LeaseGrant, type OutputDigest } from "./leases.js";

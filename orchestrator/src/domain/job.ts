@@ -130,6 +130,22 @@ export interface SignedManifestRecord {
   signature: string;
 }
 
+/** task recaption: one committed output shard (the commit: written, fsynced, renamed into place, digest reported, persisted). */
+export interface RecaptionShardRecord {
+  /** Index of the input shard in the stage's manifest. */
+  readonly shard: number;
+  readonly input: string;
+  readonly output: string;
+  readonly sha256: string;
+  readonly bytes: number;
+  readonly samples: number;
+  readonly attempt: number;
+  readonly rank: number;
+  readonly committedAtMs: number;
+  /** Seconds the rank spent on the shard. */
+  readonly seconds: number;
+}
+
 export interface StageRecord {
   name: string;
   state: JobState;
@@ -156,6 +172,8 @@ export interface StageRecord {
   evalSkippedByReason?: Record<string, number>;
   /** The stage's imported init checkpoint (`init: {checkpoint: DIR, import: true}`); absent otherwise and in records of earlier versions. */
   initImport?: SignedManifestRecord;
+  /** task recaption: the committed output shards, at most one per input shard; absent for other tasks. */
+  recaption?: RecaptionShardRecord[];
 }
 
 /** A job event: every transition and notable fact, in order. Published on the event bus. */

@@ -6,8 +6,15 @@
  */
 
 /** What a stage does. */
-export type Task = "pretrain" | "finetune-seg" | "finetune-depth" | "eval" | "command";
-export const TASKS: readonly Task[] = ["pretrain", "finetune-seg", "finetune-depth", "eval", "command"];
+export type Task = "pretrain" | "finetune-seg" | "finetune-depth" | "eval" | "command" | "recaption";
+export const TASKS: readonly Task[] = [
+  "pretrain",
+  "finetune-seg",
+  "finetune-depth",
+  "eval",
+  "command",
+  "recaption",
+];
 
 /** What a first item of a command stage's `command` may say to run the worker interpreter. */
 export const COMMAND_PYTHON_NAMES: ReadonlySet<string> = new Set(["python", "python3"]);
@@ -219,6 +226,36 @@ export interface DenseSpec {
   readonly head_width: number;
 }
 
+/** A plugin's arguments: a flat map of scalars, handed to its factory as a dict. */
+export type PluginArgs = Readonly<Record<string, string | number | boolean>>;
+
+/**
+ * task recaption: the captioner. Exactly one of `checkpoint` (the built-in
+ * captioner: a train-captioner stage of this pipeline, or a path, absolute
+ * after resolution) and `entry_point` (`module:factory`, a user's own).
+ */
+export interface CaptionerSpec {
+  readonly checkpoint: string | null;
+  readonly entry_point: string | null;
+  readonly args: PluginArgs;
+  readonly max_tokens: number;
+  readonly batch_size: number;
+}
+
+/** task recaption: fusion of the caption with the AltText (`none`, the built-in `template`, or a plugin). */
+export type FusionSpec = "none" | "template" | { readonly entry_point: string; readonly args: PluginArgs };
+
+/** task recaption: where the output shards go and which member holds the caption. */
+export interface RecaptionSpec {
+  /** Directory of the output shards (absolute after resolution): one per input shard, same file name. */
+  readonly out: string;
+  /** Member extension the caption is written as, e.g. `vecap.txt` (caption source `vecap`). */
+  readonly field: string;
+}
+
+/** `module:factory`: a Python module path and a callable in it. */
+export const ENTRY_POINT = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$/;
+
 /** One stage: everything needed to run one task. A spec without `stages` has one, named "main". */
 export interface StageSpec {
   readonly name: string;
@@ -240,6 +277,10 @@ export interface StageSpec {
   readonly init: InitSpec;
   readonly freeze_backbone: boolean;
   readonly dense: DenseSpec;
+  /** task recaption only (null otherwise): the captioner, the fusion, the output. */
+  readonly captioner: CaptionerSpec | null;
+  readonly fusion: FusionSpec | null;
+  readonly recaption: RecaptionSpec | null;
   /** Free-form labels (e.g. {variant: vecap, data: "10%"}); reports group and compare stages by them. */
   readonly labels: Readonly<Record<string, string>>;
 }

@@ -166,7 +166,23 @@ export class Admission {
       } else if (init.kind === "checkpoint" && !spec.stages.some((x) => x.name === init.ref)) {
         await attempt(st, "init.checkpoint", () => this.refs.resolveInit(null, st).then(() => undefined));
       }
-      let readData = true;
+      // task recaption: a plugin that does not import is refused now, not on every rank.
+      const plugins: [string, string | null][] = [
+        ["captioner.entry_point", st.captioner?.entry_point ?? null],
+        ["fusion.entry_point", typeof st.fusion === "object" && st.fusion !== null ? st.fusion.entry_point : null],
+      ];
+      const checkPlugin = this.ctx.deps.checkPlugin;
+      for (const [field, entryPoint] of plugins) {
+        if (entryPoint === null || !checkPlugin) continue;
+        await attempt(st, field, async () => {
+          const python = await this.ctx.resolvePython(st.worker.python ?? this.ctx.deps.python);
+          await checkPlugin(python, entryPoint, field).catch((err: unknown) => {
+            throw err instanceof InvalidArgumentError ? new InvalidArgumentError(`${where}: ${stageField(st, "")}${err.message}`, field) : err;
+          });
+        });
+      }
+      // data.train: {stage: NAME}: written by that recaption stage, counted when this stage starts.
+      let readData = !producedByRecaption(spec, st);
       const synth = st.data.synth;
       if (synth) {
         // A dry run generates nothing: data still to be generated is not there to read yet.
@@ -282,6 +298,12 @@ export function problemOf(st: StageSpec | null, field: string, err: unknown, whe
     return { stage: st?.name ?? null, field: named[1]!, message: message.slice(named[0].length) };
   }
   return { stage: st?.name ?? null, field, message };
+}
+
+/** Whether a stage's data.train is the output of a recaption stage of the same spec (`data.train: {stage: NAME}`). */
+function producedByRecaption(spec: JobSpec, st: StageSpec): boolean {
+  const outs = spec.stages.filter((x) => x.task === "recaption" && x.recaption !== null).map((x) => `${x.recaption!.out}/`);
+  return st.data.train.length > 0 && st.data.train.every((p) => outs.some((o) => p.startsWith(o) && !p.slice(o.length).includes("/")));
 }
 
 /** The steps a stage's length resolves to over its counted train data, as launch computes them (the same data plan); throws the plan's user error (a batch larger than the data). */

@@ -49,6 +49,8 @@ export interface JobServiceDeps {
    * the worker runtime; resolves to the weights file. Absent: open_clip weights cannot be taken here.
    */
   readonly checkOpenClip?: (python: string, ref: string, modelJson: string) => Promise<string>;
+  /** task recaption: checks that a plugin entry point imports in the worker interpreter; rejects naming `field`. Absent: not checked. */
+  readonly checkPlugin?: (python: string, entryPoint: string, field: string) => Promise<void>;
   /**
    * Embedded mode (`clipfleet run`/`resume` without a server): only jobs in
    * this set are scheduled; interrupted jobs outside it are marked FAILED

@@ -5,7 +5,7 @@
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { FailedPreconditionError, InvalidArgumentError, synthValShards, type JobRecord, type StageSpec, type SynthSpec } from "../domain/index.js";
+import { FailedPreconditionError, InvalidArgumentError, synthValShards, type JobRecord, type RecaptionShardRecord, type StageSpec, type SynthSpec } from "../domain/index.js";
 import { Audit, DataPlan, manifestOf, resolveManifest, trajectoryOf, type AuditReport, type Manifest } from "../data/index.js";
 import type { JobContext } from "./context.js";
 import { stageSpecOf } from "./records.js";
@@ -76,10 +76,19 @@ export class Datasets {
    * consumed once, twice or never, counting only the steps of the final
    * trajectory (steps redone after a restart replace the lost ones).
    */
-  async audit(job: JobRecord): Promise<{ jobId: string; stages: (AuditReport & { stage: string })[] }> {
-    const stages: (AuditReport & { stage: string })[] = [];
+  async audit(job: JobRecord): Promise<{ jobId: string; stages: ((AuditReport & { stage: string }) | RecaptionAudit)[] }> {
+    const stages: ((AuditReport & { stage: string }) | RecaptionAudit)[] = [];
     for (const stage of job.stages) {
       const spec = stageSpecOf(job, stage.name);
+      if (spec.task === "recaption") {
+        const commits = [...(stage.recaption ?? [])].sort((a, b) => a.shard - b.shard);
+        const total = stage.state === "PENDING" && commits.length === 0 ? null : (await this.trainManifest(spec))?.shards.length ?? 0;
+        const counts = new Map<number, number>();
+        for (const c of commits) counts.set(c.shard, (counts.get(c.shard) ?? 0) + 1);
+        const twice = [...counts.values()].filter((n) => n > 1).length;
+        stages.push({ stage: stage.name, recaption: { inputs: total, committed: counts.size, duplicates: twice, missing: total === null ? null : total - counts.size, shards: commits } });
+        continue;
+      }
       const manifest = spec.data.audit && spec.task !== "eval" ? await this.trainManifest(spec) : null;
       if (!manifest) continue;
       const audit = new Audit(new DataPlan({ manifest, seed: spec.seed, batchSize: spec.train.batch_size, shuffle: spec.data.shuffle, fraction: spec.data.fraction }));
@@ -97,9 +106,22 @@ export class Datasets {
       }
       stages.push({ stage: stage.name, ...audit.finalize(trajectoryOf(stage.attempts)) });
     }
-    if (stages.length === 0) throw new FailedPreconditionError(`job ${job.id} has no stage with data.audit: true`);
+    if (stages.length === 0) throw new FailedPreconditionError(`job ${job.id} has no stage with data.audit: true (or task recaption)`);
     return { jobId: job.id, stages };
   }
+}
+
+/** task recaption's audit: each input shard's commit (input, output, digest, attempt, rank); `duplicates` counts shards committed twice (never, by construction). */
+export interface RecaptionAudit {
+  readonly stage: string;
+  readonly recaption: {
+    /** Input shards; null before the stage ran (its data not read yet). */
+    readonly inputs: number | null;
+    readonly committed: number;
+    readonly duplicates: number;
+    readonly missing: number | null;
+    readonly shards: readonly RecaptionShardRecord[];
+  };
 }
 
 /** The parameters a synthetic dataset's synth.json records (the generator writes it last, so it also marks a complete dataset). */

@@ -10,6 +10,7 @@ import {
   FencedError,
   InvalidArgumentError,
   UnauthenticatedError,
+  type JobRecord,
   type NodeSpec,
   type StageSpec,
 } from "../domain/index.js";
@@ -17,6 +18,7 @@ import { manifestIdOf, shardsPage, type ShardInfo } from "../data/index.js";
 import type { Assignment, PlanRequest, PlanResponse, RegisterRequest, ShardsRequest, ShardsResponse, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
 import type { Attempt, AttemptFacts } from "./attempt.js";
 import type { JobContext } from "./context.js";
+import { recaptionPlugins } from "./records.js";
 import { rankTokenMatches, type RankRuntime, type SessionHandle } from "./runtime.js";
 
 /** Version of the orchestrator; a worker runtime of another version is refused at registration. */
@@ -64,7 +66,7 @@ export class Gateway {
         .note(a.jobId, a.stage, "warning", warning, { attempt: a.attempt, rank: 0 })
         .catch((err: unknown) => this.ctx.log(a.jobId, a.stage, a.attempt, `could not record a warning: ${String(err)}`));
     }
-    return assignment(a, rank);
+    return assignment(a, rank, pluginsOf(this.ctx.ledger.get(a.jobId), a.spec));
   }
 
   /** Binds a session stream to its rank; returns the handlers of the stream's messages. */
@@ -127,6 +129,13 @@ export class Gateway {
     return { shards: page.shards.map((s) => ({ url: s.url, samples: s.samples })), nextPageToken: page.nextPageToken, total: page.total };
   }
 
+  /** The live rank a session id names (a recaption Lease call's rank); see session(). */
+  bind(token: string | null, sessionId: string): { attempt: Attempt; rank: RankRuntime } {
+    const s = this.session(token, sessionId);
+    if (s.attempt.over) throw new FencedError(`attempt ${s.attempt.attempt} is over`);
+    return s;
+  }
+
   /** The live rank a session id names, when `token` is that rank's own; fenced once its attempt is over. */
   private session(token: string | null, sessionId: string): { attempt: Attempt; rank: RankRuntime } {
     if (!token) throw new UnauthenticatedError("missing job token (authorization metadata)");
@@ -161,7 +170,7 @@ function sharedOf(f: AttemptFacts): SharedAssignment {
 }
 
 /** What a rank is told at registration: its place in the gang, the frozen config, where to resume, its data (by reference). */
-function assignment(a: Attempt, rank: RankRuntime): Assignment {
+function assignment(a: Attempt, rank: RankRuntime, plugins: { captionerJson: string; fusionJson: string }): Assignment {
   const shared = sharedOf(a.facts);
   return {
     sessionId: rank.sessionId,
@@ -192,7 +201,14 @@ function assignment(a: Attempt, rank: RankRuntime): Assignment {
     manifestId: shared.manifestId,
     trainShardCount: a.facts.manifest?.shards.length ?? 0,
     valShardCount: a.facts.valManifest?.shards.length ?? 0,
+    ...plugins,
   };
+}
+
+/** task recaption: the captioner and fusion a rank loads (records.ts recaptionPlugins), as JSON. */
+function pluginsOf(job: JobRecord, spec: StageSpec): { captionerJson: string; fusionJson: string } {
+  const p = recaptionPlugins(job, spec);
+  return p === null ? { captionerJson: "", fusionJson: "" } : { captionerJson: JSON.stringify(p.captioner), fusionJson: JSON.stringify(p.fusion) };
 }
 
 function toProtoCursor(c: { epoch: number; sampleInEpoch: number }): { epoch: number; sampleInEpoch: number } {

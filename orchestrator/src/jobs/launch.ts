@@ -65,10 +65,11 @@ export class Launch {
     const manifest = await this.datasets.trainManifest(spec);
     const valManifest = spec.data.val.length > 0 ? await this.datasets.manifest(spec.data.val, 1, "data.val", spec.data.index) : null;
     const plan =
-      manifest && spec.task !== "eval"
+      manifest && spec.task !== "eval" && spec.task !== "recaption"
         ? new DataPlan({ manifest, seed: spec.seed, batchSize: spec.train.batch_size, shuffle: spec.data.shuffle, fraction: spec.data.fraction })
         : null;
-    const stepsPerEpoch = plan?.stepsPerEpoch ?? 0;
+    // task recaption: a step is a committed output shard.
+    const stepsPerEpoch = plan?.stepsPerEpoch ?? (spec.task === "recaption" ? (manifest?.shards.length ?? 0) : 0);
     const totalSteps = totalStepsOf(spec, stepsPerEpoch);
 
     const resume = await this.refs.pickResume(job, stageRec);

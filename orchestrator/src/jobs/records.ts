@@ -125,3 +125,35 @@ export function interruptedView(job: JobRecord): JobRecord {
   view.pendingReason = "";
   return view;
 }
+
+/** A plugin as a rank loads it: `module:factory` and the arguments its factory gets. */
+export interface PluginRef {
+  readonly entry_point: string;
+  readonly args: Readonly<Record<string, unknown>>;
+}
+
+/** The built-in captioner and fusions behind `captioner: {checkpoint}` and `fusion: none | template`. */
+export const BUILTIN_CAPTIONER = "clipfleet_worker.captioning.builtin:make";
+export const BUILTIN_FUSION = { none: "clipfleet_worker.captioning.fusion:make_none", template: "clipfleet_worker.captioning.fusion:make_template" } as const;
+
+/**
+ * task recaption's plugins as its ranks load them: a `checkpoint` captioner is
+ * the built-in one on a `model.pt` (a stage's newest committed checkpoint, or
+ * the given file or directory); null for other tasks.
+ */
+export function recaptionPlugins(job: JobRecord, spec: StageSpec): { captioner: PluginRef; fusion: PluginRef } | null {
+  const c = spec.captioner;
+  if (spec.task !== "recaption" || c === null) return null;
+  let captioner: PluginRef;
+  if (c.entry_point !== null) captioner = { entry_point: c.entry_point, args: { ...c.args } };
+  else {
+    const ref = c.checkpoint ?? "";
+    const stage = job.stages.find((s) => s.name === ref);
+    const dir = stage ? (newestCommitted(stage)?.dir ?? "") : ref;
+    const model = dir === "" || dir.endsWith(".pt") ? dir : `${dir}/model.pt`;
+    captioner = { entry_point: BUILTIN_CAPTIONER, args: { ...c.args, checkpoint: model, max_tokens: c.max_tokens, batch_size: c.batch_size } };
+  }
+  const f = spec.fusion ?? "none";
+  const fusion: PluginRef = typeof f === "string" ? { entry_point: BUILTIN_FUSION[f], args: {} } : { entry_point: f.entry_point, args: { ...f.args } };
+  return { captioner, fusion };
+}

@@ -9,6 +9,7 @@
  *   launch      building and starting an attempt
  *   attempt     one live attempt's lifecycle and supervisor
  *   gateway     register, sessions, plans
+ *   recaption   task recaption's shard leases and their commits
  *   progress    step reports to metrics, history and the store
  *   commit      checkpoint reports to committed checkpoints
  *   ending      failure, stop and success of an attempt
@@ -33,7 +34,7 @@ import {
   type TimerHandle,
 } from "../domain/index.js";
 import type { AuditReport } from "../data/index.js";
-import type { Assignment, PlanRequest, PlanResponse, RegisterRequest, ShardsRequest, ShardsResponse, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
+import type { Assignment, LeaseReply, LeaseRequest, PlanRequest, PlanResponse, RegisterRequest, ShardsRequest, ShardsResponse, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
 import type { MetricsSource } from "../metrics/index.js";
 import type { Scheduler } from "../scheduler/index.js";
 import { Admission, type AdmissionCheck, type SubmitInput } from "./admission.js";
@@ -50,6 +51,7 @@ import { Gateway } from "./gateway.js";
 import { Launch } from "./launch.js";
 import type { LogEntry } from "./logs.js";
 import { Progress } from "./progress.js";
+import { Recaption } from "./recaption.js";
 import { interruptedView, newestCommitted, stageSpecOf } from "./records.js";
 import { rankState, type SessionHandle } from "./runtime.js";
 import { readStepHistory, stepHistoryPath, type StepPointRecord } from "./step-history.js";
@@ -62,6 +64,7 @@ export class JobService implements MetricsSource {
   private readonly progress: Progress;
   private readonly ending: Ending;
   private readonly gateway: Gateway;
+  private readonly recaption: Recaption;
   private readonly dispatcher: Dispatcher;
   private readonly admission: Admission;
   private readonly refs: CheckpointRefs;
@@ -96,6 +99,7 @@ export class JobService implements MetricsSource {
       preemptRequested: (a, reason) => ctx.background(a, () => ending.preempt(a, reason)),
     };
     this.gateway = new Gateway(ctx);
+    this.recaption = new Recaption(ctx, (a, rank, rep, now) => progress.step(a, rank, rep, now));
     this.dispatcher = new Dispatcher(ctx, new Launch(ctx, this.datasets, refs, hooks));
     this.admission = new Admission(ctx, this.datasets, refs);
     this.deletion = new Deletion(ctx);
@@ -417,7 +421,7 @@ export class JobService implements MetricsSource {
   }
 
   /** The data audit of a job's stages with data.audit (see Datasets.audit). */
-  audit(id: string): Promise<{ jobId: string; stages: (AuditReport & { stage: string })[] }> {
+  audit(id: string): ReturnType<Datasets["audit"]> {
     return this.datasets.audit(this.ctx.ledger.get(id));
   }
 
@@ -453,6 +457,12 @@ export class JobService implements MetricsSource {
   /** A page of a stage's shard list (GetShards). */
   shards(token: string | null, req: ShardsRequest): ShardsResponse {
     return this.gateway.shards(token, req);
+  }
+
+  /** task recaption: commit a rank's output shard (persisted first), then lease it the next input shard. */
+  lease(token: string | null, req: LeaseRequest): Promise<LeaseReply> {
+    const s = this.gateway.bind(token, req.sessionId);
+    return this.recaption.lease(s.attempt, s.rank, req);
   }
 
   // ---------------------------------------------------------------- metrics view (computed at scrape time)

@@ -2,7 +2,7 @@
 export { LocalLauncher, freeLocalPort, signalGroup } from "./local.js";
 export { forEachLine } from "./lines.js";
 export { DEFAULT_PYTHON_CANDIDATES, resolvePython } from "./python.js";
-export { checkOpenClipWeights, runSynth, runWorkerCli } from "./synth.js";
+export { checkOpenClipWeights, checkPluginEntryPoint, runSynth, runWorkerCli } from "./synth.js";
 export { terminate } from "./types.js";
 export { CRASH_WINDOW_MS, MAX_SPARE_CRASHES, SpareBook, SparePool, parseSpareLine } from "./spares.js";
 export type { SpareEntry, SpareProcess, SpareRequest, SpareState } from "./spares.js";

@@ -101,3 +101,33 @@ export function checkOpenClipWeights(python: string, workerRuntimeDir: string, r
     });
   });
 }
+
+/**
+ * task recaption: whether a plugin entry point (`module:factory`) imports in
+ * the worker interpreter and names a callable (`python -m clipfleet_worker
+ * plugins check`), with the ranks' PYTHONPATH (the worker runtime, then this
+ * process's). A refusal is an InvalidArgumentError on `field`, one line.
+ */
+export function checkPluginEntryPoint(python: string, workerRuntimeDir: string, entryPoint: string, field: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const pythonPath = process.env.PYTHONPATH ? `${workerRuntimeDir}:${process.env.PYTHONPATH}` : workerRuntimeDir;
+    const child = spawn(python, ["-m", "clipfleet_worker", "plugins", "check", entryPoint], {
+      env: { ...process.env, PYTHONPATH: pythonPath, PYTHONUNBUFFERED: "1" },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    const err: string[] = [];
+    forEachLine(child.stderr, (line) => {
+      err.push(line);
+      if (err.length > 20) err.shift();
+    });
+    child.once("error", (e) => reject(new EnvironmentError(`could not run ${python}: ${e.message}`)));
+    child.once("close", (code, signal) => {
+      if (code === 0) return resolve();
+      if (code === 2) {
+        const line = err.find((l) => l.startsWith("clipfleet plugins: ")) ?? err.at(-1) ?? "refused";
+        return reject(new InvalidArgumentError(`${field}: ${line.replace(/^clipfleet plugins: /, "").slice(0, 400)}`, field));
+      }
+      reject(new EnvironmentError(`checking ${field} ${entryPoint} failed (${signal ?? `exit ${code}`}): ${err.slice(-5).join(" | ")}`));
+    });
+  });
+}

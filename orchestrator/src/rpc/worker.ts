@@ -38,6 +38,12 @@ export function workerGateway(service: JobService): WorkerGatewayServer {
         callback(toServiceError(err));
       }
     },
+    lease(call, callback) {
+      service.lease(bearerToken(call.metadata), call.request).then(
+        (reply) => callback(null, reply),
+        (err: unknown) => callback(toServiceError(err)),
+      );
+    },
     session(call: ServerDuplexStream<WorkerMessage, Command>) {
       let writable = true;
       let closed = false;

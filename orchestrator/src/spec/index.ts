@@ -13,3 +13,4 @@ export { issueAtField, SpecValidationError, type SpecIssue } from "./issues.js";
 export { refreshDoc, renderDocBlocks } from "./docs.js";
 export { isOpenClipRef, MAX_SPEC_BYTES, OPEN_CLIP_CONFIG_NAME, readTextFile } from "./files.js";
 export { checkSpecPolicy, DEFAULT_ALLOWED_ENV, DEFAULT_SPEC_POLICY, DENIED_ENV, envAllowed, type SpecPolicy } from "./policy.js";
+export { recaptionOutputName } from "./stage.js";

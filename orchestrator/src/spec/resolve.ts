@@ -204,7 +204,7 @@ export function resolveSpec(raw: unknown, ctx: SpecContext): Resolution {
   for (const item of items) if (item.name !== undefined && !byName.has(item.name)) byName.set(item.name, item);
   const shared = pick(raw, STAGE_KEYS);
   const merged = new Map(items.map((item) => [item, mergeOverrides(shared, item.overrides) as Record<string, unknown>]));
-  const stageCtx: StageContext = { baseDir, presets: ctx.presets, byName, taskOf: (n) => merged.get(byName.get(n)!)!.task };
+  const stageCtx: StageContext = { baseDir, presets: ctx.presets, byName, taskOf: (n) => merged.get(byName.get(n)!)!.task, fieldsOf: (n) => merged.get(byName.get(n)!)! };
   const results = new Map(items.map((item) => [item, resolveStage(merged.get(item)!, item, stageCtx)]));
 
   // Attribute each stage issue: to the stage when its value comes from the

@@ -8,6 +8,7 @@
  */
 import {
   type AugmentSpec,
+  type CaptionerSpec,
   type CheckpointSpec,
   type ClusterSpec,
   type DataSpec,
@@ -17,6 +18,7 @@ import {
   type ImageTowerSpec,
   type JobSpec,
   type ModelSpec,
+  type RecaptionSpec,
   type StageSpec,
   type ShardCacheSpec,
   type SynthSpec,
@@ -24,6 +26,7 @@ import {
   type TokenizerSpec,
   type TrainSpec,
   type WorkerSpec,
+  ENTRY_POINT,
   MAX_COMMAND_ARG_CHARS,
   MAX_COMMAND_ARGS,
   MAX_LABEL_CHARS,
@@ -183,8 +186,14 @@ const CACHE_FIELDS = {
   fetch_retries: withDefault(integer({ min: 1, max: 100 }), 6, "Attempts per shard fetch (exponential backoff with jitter, at most 10 s apart) before the job fails naming the URL."),
 } satisfies Record<keyof ShardCacheSpec, Field>;
 
+/** data.train also takes `{stage: NAME}`: the output of a recaption stage among the stage's needs. */
+const trainShards = union([string(), list(string(), { minItems: 1 }), object({ stage: required(string(), "A recaption stage among this stage's needs.") })], {
+  expect: "a shard pattern, a list of them, or {stage: NAME}",
+  typeDoc: "string, list of string, or {stage: NAME}",
+});
+
 const DATA_FIELDS = {
-  train: derived(shards, "from `data.synth`", "Training shards: WebDataset tar patterns with brace ranges (`shards/{00000..00099}.tar`) or `::`-joined lists, relative to the spec file; `.tar.gz` too, and remote sources: `https://host/{00000..00099}.tar`, `pipe:aws s3 cp s3://b/{0..9}.tar -` (see docs/data.md). Required by training tasks unless `data.synth` is set."),
+  train: derived(trainShards, "from `data.synth`", "Training shards: WebDataset tar patterns with brace ranges (`shards/{00000..00099}.tar`) or `::`-joined lists, relative to the spec file; `.tar.gz` too, and remote sources: `https://host/{00000..00099}.tar`, `pipe:aws s3 cp s3://b/{0..9}.tar -` (see docs/data.md). Required by training tasks unless `data.synth` is set. `{stage: NAME}`: the shards a `recaption` stage NAME (among `needs`) writes (docs/recaption.md)."),
   val: derived(shards, "from `data.synth`, else none", "Validation shards, as `train`; required by `eval` stages and by `eval` sections."),
   synth: withDefault(nullable(object(SYNTH_FIELDS)), null, "Generate a synthetic dataset; fills in `train` and `val` when they are not given."),
   captions: withDefault(
@@ -340,10 +349,41 @@ const DENSE_FIELDS = {
   head_width: withDefault(integer({ min: 1 }), 64, "Channels of the dense prediction head."),
 } satisfies Record<keyof DenseSpec, Field>;
 
+/** A plugin's arguments: bounded, since they travel in every assignment. */
+const pluginArgs = mapOf(union([string({ maxLength: 4096 }), number(), boolean()], { expect: "a string, number or boolean", typeDoc: "string, number or boolean" }), {
+  keyPattern: /^[A-Za-z_][A-Za-z0-9_]{0,63}$/,
+  keyDoc: "argument name",
+  maxEntries: 64,
+  typeDoc: "map name -> string, number or boolean (at most 64)",
+});
+const entryPoint = string({ pattern: ENTRY_POINT, maxLength: 256, expect: 'an entry point "module:factory"' });
+
+const CAPTIONER_FIELDS = {
+  checkpoint: withDefault(nullable(string()), null, "The built-in captioner: a `train-captioner` stage among `needs` (its newest committed checkpoint's `model.pt`), or a path to a `model.pt` or a checkpoint directory (relative to the spec file). Exactly one of `checkpoint` and `entry_point`."),
+  entry_point: withDefault(nullable(entryPoint), null, "Your own captioner: `module:factory`, importable by the worker interpreter (checked at submit); `factory(args, ctx)` returns an object with `caption(images, alttexts) -> captions` (docs/recaption.md)."),
+  args: withDefault(pluginArgs, {}, "Arguments handed to the factory (with `checkpoint`, `max_tokens` and `batch_size` added for the built-in one)."),
+  max_tokens: withDefault(integer({ min: 1, max: 1024 }), 32, "Longest caption, in tokens (the built-in captioner)."),
+  batch_size: withDefault(integer({ min: 1, max: 4096 }), 16, "Images per `caption` call; batches follow the shard's sample order."),
+} satisfies Record<keyof CaptionerSpec, Field>;
+
+const FUSION_FIELDS = {
+  entry_point: required(entryPoint, "`module:factory`; `factory(args, ctx)` returns an object with `fuse(captions, alttexts) -> captions`."),
+  args: withDefault(pluginArgs, {}, "Arguments handed to the factory."),
+};
+
+const RECAPTION_FIELDS = {
+  out: required(path(), "Directory of the output shards (relative to the spec file): one per input shard, with the input's file name (`.tar.gz` becomes `.tar`), plus `sizes.json` once every shard is written."),
+  field: withDefault(
+    string({ pattern: /^[a-z0-9_]{1,32}\.txt$/, expect: "a member name like vecap.txt" }),
+    "vecap.txt",
+    "Member the caption is written as; its name without `.txt` is the caption source later stages mix (`data.captions: {alt: 0.5, vecap: 0.5}`), preferred over a `.json` field of the same name.",
+  ),
+} satisfies Record<keyof RecaptionSpec, Field>;
+
 /** The fields of a stage; with presets, preset names are enums (for the JSON Schema). */
 export function stageFields(presets: Presets | null) {
   return {
-    task: required(oneOf(TASKS), "What the stage does: contrastive `pretrain`, `finetune-seg` / `finetune-depth` of the image tower, `eval` of a checkpoint, or `command`: your own program on every rank (see docs/byo.md)."),
+    task: required(oneOf(TASKS), "What the stage does: contrastive `pretrain`, `finetune-seg` / `finetune-depth` of the image tower, `eval` of a checkpoint, `command`: your own program on every rank (see docs/byo.md), or `recaption`: caption every sample of `data.train` into new shards (docs/recaption.md)."),
     command: withDefault(
       nullable(list(string({ maxLength: MAX_COMMAND_ARG_CHARS }), { minItems: 1, maxItems: MAX_COMMAND_ARGS, typeDoc: "list of string" })),
       null,
@@ -372,6 +412,13 @@ export function stageFields(presets: Presets | null) {
     ),
     freeze_backbone: withDefault(boolean(), false, "Fine-tune tasks only: train the dense head with the image tower frozen."),
     dense: withDefault(object(DENSE_FIELDS), {}, "Dense heads and losses of the fine-tune tasks."),
+    captioner: withDefault(nullable(object(CAPTIONER_FIELDS)), null, "task recaption: the captioner, built-in (`checkpoint`) or your own (`entry_point`)."),
+    fusion: withDefault(
+      nullable(union([oneOf(["none", "template"]), object(FUSION_FIELDS)], { expect: '"none", "template" or a mapping {entry_point, args}', typeDoc: '"none" | "template" | mapping' })),
+      null,
+      "task recaption: how the caption is fused with the AltText: `none` (the caption as written; the default), `template` (the built-in rule), or `{entry_point, args}`.",
+    ),
+    recaption: withDefault(nullable(object(RECAPTION_FIELDS)), null, "task recaption: where the output shards go and which member holds the caption."),
     labels: withDefault(
       labelMap(/^[A-Za-z0-9_.-]+$/),
       {},

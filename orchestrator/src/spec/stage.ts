@@ -8,14 +8,17 @@ import * as nodePath from "node:path";
 import { accessSync, constants as fsConstants, existsSync, statSync } from "node:fs";
 import {
   type AugmentSpec,
+  type CaptionerSpec,
   type CheckpointSpec,
   type ClusterSpec,
   type DataSpec,
   type DenseSpec,
   type EvalSpec,
   type FailureSpec,
+  type FusionSpec,
   type InitSpec,
   type ModelSpec,
+  type RecaptionSpec,
   type StageSpec,
   type SynthSpec,
   type Task,
@@ -99,6 +102,8 @@ export interface StageContext {
   readonly byName: ReadonlyMap<string, StageItem>;
   /** The (unvalidated) task of another stage, for init references. */
   readonly taskOf: (name: string) => unknown;
+  /** The (unvalidated) merged fields of another stage: a recaption stage's output as data.train. */
+  readonly fieldsOf: (name: string) => Readonly<Record<string, unknown>>;
 }
 
 /** Section shapes after schema validation, before the cross-field rules fill in what is derived. */
@@ -110,7 +115,7 @@ interface ModelRaw {
 }
 type SynthRaw = Omit<SynthSpec, "size" | "seed"> & { size?: number; seed?: number };
 type DataRaw = Omit<DataSpec, "train" | "val" | "synth" | "augment"> & {
-  train?: string | string[];
+  train?: string | string[] | { stage: string };
   val?: string | string[];
   synth: SynthRaw | null;
   augment: boolean | AugmentSpec;
@@ -167,7 +172,8 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
     const valShards = synthValShards(s.shards);
     if (s.val < valShards) add(["data", "synth", "val"], `${s.val} samples cannot fill the ${valShards} val shards (ceil(shards / 4)); set val >= ${valShards}`);
   }
-  const shardList = (given: string | string[] | undefined, split: "train" | "val"): string[] | undefined => {
+  const shardList = (given: string | string[] | { stage: string } | undefined, split: "train" | "val"): string[] | undefined => {
+    if (given !== undefined && typeof given === "object" && !Array.isArray(given)) return recaptionOutputOf(given.stage, item, ctx, add);
     if (given !== undefined) {
       const patterns = typeof given === "string" ? [given] : given;
       // Object stores are read through pipe: commands; say so here, not later as "directory .../s3:/bucket does not exist".
@@ -189,6 +195,7 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
   const train = clean("data.train") ? shardList(d.train, "train") : undefined;
   const val = clean("data.val") ? shardList(d.val, "val") : undefined;
   if (training && train !== undefined && train.length === 0) add(["data", "train"], `missing (task ${task} trains on it; or set data.synth)`);
+  if (task === "recaption" && train !== undefined && train.length === 0) add(["data", "train"], "missing (task recaption captions its shards; or set data.synth)");
   if (task === "eval" && val !== undefined && val.length === 0) add(["data", "val"], "missing (task eval evaluates on it; or set data.synth)");
   if (training && evalSpec && val !== undefined && val.length === 0) add(["eval"], "needs validation data: set data.val or data.synth");
   if (clean("data.captions")) {
@@ -260,6 +267,8 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
     add(["freeze_backbone"], `only fine-tune tasks freeze the backbone (task is ${task})`);
   }
   const dense = section(v.dense) as DenseSpec;
+  const recap = clean("captioner", "fusion", "recaption", "task") ? resolveRecaption(v, task, item, ctx, add) : undefined;
+  if (task === "recaption" && train !== undefined && recap?.recaption) checkRecaptionInputs(train, add);
   if (clean("dense") && dense.num_classes !== null && dense.ignore_index >= 0 && dense.ignore_index < dense.num_classes) {
     add(["dense", "ignore_index"], `${dense.ignore_index} is a class id (dense.num_classes is ${dense.num_classes}); use a value outside 0..${dense.num_classes - 1}`);
   }
@@ -277,7 +286,11 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
   );
   const trainSpec = inOrder<TrainSpec>(
     "train",
-    planned ? { ...t, batch_size: batchSize! } : task === "command" ? { ...t, batch_size: batchSize ?? 0 } : { ...t, steps: null, epochs: null, batch_size: batchSize! },
+    planned
+      ? { ...t, batch_size: batchSize! }
+      : task === "command"
+        ? { ...t, batch_size: batchSize ?? 0 }
+        : { ...t, steps: null, epochs: null, batch_size: task === "recaption" ? recap!.captioner!.batch_size : batchSize! },
   );
   const cluster = inOrder<ClusterSpec>("cluster", { ...c, min_workers: minWorkers });
   const worker: WorkerSpec = { ...w, python: w.python !== null && w.python.includes("/") ? nodePath.resolve(ctx.baseDir, w.python) : w.python };
@@ -300,6 +313,9 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
     init: init!,
     freeze_backbone: v.freeze_backbone as boolean,
     dense,
+    captioner: recap!.captioner,
+    fusion: recap!.fusion,
+    recaption: recap!.recaption,
     labels: v.labels as Record<string, string>,
   };
   return { stage, issues };
@@ -457,4 +473,127 @@ function resolveInit(value: "random" | { checkpoint: string; import: boolean }, 
   if (isValidJobId(ref)) return { kind: "checkpoint", ref, import: false };
   add(at, `expected a stage name, a job id, JOB:STAGE or a path, got ${show(ref)}`);
   return undefined;
+}
+
+/**
+ * task recaption's sections: `captioner` (exactly one of checkpoint and
+ * entry_point; a checkpoint stage must be among the needs), `fusion` (default
+ * none) and `recaption` (its `out` resolved). Other tasks must not set them.
+ */
+function resolveRecaption(
+  v: Record<string, unknown>,
+  task: Task | undefined,
+  item: StageItem,
+  ctx: StageContext,
+  add: (p: Path, m: string) => void,
+): { captioner: CaptionerSpec | null; fusion: FusionSpec | null; recaption: RecaptionSpec | null } | undefined {
+  const captioner = v.captioner as CaptionerSpec | null;
+  const fusion = v.fusion as FusionSpec | null;
+  const recaption = v.recaption as RecaptionSpec | null;
+  if (task !== "recaption") {
+    for (const [field, value] of [["captioner", captioner], ["fusion", fusion], ["recaption", recaption]] as const) {
+      if (value !== null) add([field], `only task recaption takes it (task is ${task ?? "not set"})`);
+    }
+    return { captioner: null, fusion: null, recaption: null };
+  }
+  let ok = true;
+  if (captioner === null) {
+    add(["captioner"], "missing (task recaption needs {checkpoint: STAGE_OR_PATH} or {entry_point: \"module:factory\"})");
+    ok = false;
+  } else if ((captioner.checkpoint === null) === (captioner.entry_point === null)) {
+    add(["captioner"], "set exactly one of checkpoint (the built-in captioner) and entry_point (your own)");
+    ok = false;
+  }
+  if (recaption === null) {
+    add(["recaption"], "missing (task recaption needs recaption: {out: DIR})");
+    ok = false;
+  }
+  if (!ok || captioner === null || recaption === null) return undefined;
+  let checkpoint = captioner.checkpoint;
+  if (checkpoint !== null) {
+    if (ctx.byName.has(checkpoint)) {
+      if (item.name !== undefined && !ancestorsOf(item.name, ctx.byName).has(checkpoint)) {
+        add(["captioner", "checkpoint"], `stage ${JSON.stringify(checkpoint)} is not among the needs of stage ${JSON.stringify(item.name)} (add it to needs)`);
+        return undefined;
+      }
+    } else if (checkpoint.includes("/") || checkpoint.startsWith(".")) {
+      checkpoint = nodePath.resolve(ctx.baseDir, checkpoint);
+      if (!existsSync(checkpoint)) {
+        add(["captioner", "checkpoint"], `no such file or directory: ${checkpoint}`);
+        return undefined;
+      }
+    } else {
+      const guess = didYouMean(checkpoint, [...ctx.byName.keys()]);
+      add(["captioner", "checkpoint"], `no stage ${JSON.stringify(checkpoint)} in this spec${guess === null ? " (a path needs a `/`)" : ` (did you mean ${JSON.stringify(guess)}?)`}`);
+      return undefined;
+    }
+  }
+  return {
+    captioner: { ...captioner, checkpoint },
+    fusion: fusion ?? "none",
+    recaption: { ...recaption, out: nodePath.resolve(ctx.baseDir, recaption.out) },
+  };
+}
+
+/** The output name of an input shard (or pattern): its file name, a `.tar.gz`/`.tgz` written as `.tar`. */
+export function recaptionOutputName(input: string): string {
+  const base = input.slice(input.lastIndexOf("/") + 1);
+  return base.replace(/\.(tar\.gz|tgz)$/i, ".tar");
+}
+
+/** Recaption inputs must name each shard by its file name (braces in the name only), so outputs cannot collide. */
+function checkRecaptionInputs(train: readonly string[], add: (p: Path, m: string) => void): void {
+  const names = new Set<string>();
+  for (const part of train.flatMap((p) => p.split("::"))) {
+    if (/^pipe:/i.test(part)) {
+      add(["data", "train"], `${show(part.slice(0, 80))}: task recaption reads local or http(s) shards, not pipe: commands`);
+      return;
+    }
+    const slash = part.lastIndexOf("/");
+    if (part.indexOf("{") >= 0 && part.indexOf("{") < slash) {
+      add(["data", "train"], `${show(part.slice(0, 80))}: task recaption names outputs by the input's file name; keep brace ranges in the file name`);
+      return;
+    }
+    const name = recaptionOutputName(part);
+    if (names.has(name)) {
+      add(["data", "train"], `two inputs would both be written as ${show(name)} in recaption.out`);
+      return;
+    }
+    names.add(name);
+  }
+}
+
+/**
+ * `data.train: {stage: NAME}`: the shards recaption stage NAME writes
+ * (`recaption.out` joined with each input's file name), known before it runs;
+ * they are counted when this stage starts, not at submit.
+ */
+function recaptionOutputOf(name: string, item: StageItem, ctx: StageContext, add: (p: Path, m: string) => void): string[] | undefined {
+  const at = ["data", "train", "stage"];
+  if (!ctx.byName.has(name)) {
+    const guess = didYouMean(name, [...ctx.byName.keys()]);
+    add(at, `no stage ${JSON.stringify(name)} in this spec${guess === null ? "" : ` (did you mean ${JSON.stringify(guess)}?)`}`);
+    return undefined;
+  }
+  if (item.name === undefined) return undefined;
+  if (!ancestorsOf(item.name, ctx.byName).has(name)) {
+    add(at, `stage ${JSON.stringify(name)} is not among the needs of stage ${JSON.stringify(item.name)} (add it to needs)`);
+    return undefined;
+  }
+  if (ctx.taskOf(name) !== "recaption") {
+    add(at, `stage ${JSON.stringify(name)} is not a recaption stage (task ${String(ctx.taskOf(name))}); only a recaption stage's output is named this way`);
+    return undefined;
+  }
+  const fields = ctx.fieldsOf(name);
+  const out = (section(fields.recaption) as { out?: unknown }).out;
+  const data = section(fields.data) as { train?: unknown; synth?: unknown };
+  if (typeof out !== "string") return undefined; // that stage reports its own missing recaption.out
+  let inputs: string[];
+  if (typeof data.train === "string") inputs = [data.train];
+  else if (Array.isArray(data.train) && data.train.every((x) => typeof x === "string")) inputs = data.train;
+  else if (data.train === undefined && isMapping(data.synth) && typeof data.synth.shards === "number" && typeof data.synth.out === "string") {
+    inputs = [synthShards(data.synth.out, "train", data.synth.shards)];
+  } else return undefined; // that stage reports its own data.train
+  const dir = nodePath.resolve(ctx.baseDir, out);
+  return inputs.flatMap((p) => p.split("::")).map((part) => `${dir}/${recaptionOutputName(part)}`);
 }

@@ -32,13 +32,14 @@ const ROOMS: Record<string, readonly string[]> = {
   commit: ["attempt", "context", "progress", "runtime"],
   spares: ["attempt", "context", "runtime"],
   ending: ["attempt", "context", "policy", "progress", "records", "spares"],
-  gateway: ["attempt", "context", "runtime"],
+  gateway: ["attempt", "context", "records", "runtime"],
+  recaption: ["attempt", "context", "runtime"],
   launch: ["attempt", "checkpoint-refs", "context", "datasets", "records", "runtime", "spares", "traceback"],
   dispatch: ["context", "launch", "records"],
   admission: ["checkpoint-refs", "context", "datasets", "dispatch", "records"],
   deletion: ["context"],
   // The facade wires every room; index re-exports.
-  service: ["admission", "attempt", "checkpoint-refs", "commit", "context", "datasets", "deletion", "dispatch", "ending", "gateway", "launch", "logs", "progress", "records", "runtime", "spares", "step-history"],
+  service: ["admission", "attempt", "checkpoint-refs", "commit", "context", "datasets", "deletion", "dispatch", "ending", "gateway", "launch", "logs", "progress", "recaption", "records", "runtime", "spares", "step-history"],
   index: ["*"],
 };
 

@@ -73,8 +73,8 @@ const CASES: [string, string, string][] = [
     spec({ cluster: "{workers: 2, zone: a}" }),
     "spec.yaml:5:23: cluster.zone: unknown field (expected one of: workers, min_workers, backend, gpus_per_worker, node_selector, spares)",
   ],
-  ["missing task", spec({ task: null }), 'spec.yaml: task: missing (expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command")'],
-  ["task typo", spec({ task: "pretrian" }), 'spec.yaml:1:1: task: expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command", got "pretrian" (did you mean "pretrain"?)'],
+  ["missing task", spec({ task: null }), 'spec.yaml: task: missing (expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command", "recaption")'],
+  ["task typo", spec({ task: "pretrian" }), 'spec.yaml:1:1: task: expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command", "recaption", got "pretrian" (did you mean "pretrain"?)'],
   ["missing cluster", spec({ cluster: null }), "spec.yaml: cluster.workers: missing (expected an integer in [1, 16384])"],
   ["missing batch size", spec({ train: "{steps: 10}" }), "spec.yaml:4:1: train.batch_size: missing (expected an integer >= 1)"],
   ["neither steps nor epochs", spec({ train: "{batch_size: 8}" }), "spec.yaml:4:1: train: set steps or epochs"],
@@ -302,7 +302,7 @@ void describe("spec errors: all of them at once", () => {
       assert.ok(err instanceof InvalidArgumentError);
       assert.equal(
         err.message.replaceAll(`${dir}/`, ""),
-        'spec.yaml:7:5: stages[1].task: missing (expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command")',
+        'spec.yaml:7:5: stages[1].task: missing (expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command", "recaption")',
       );
     }
   });

@@ -5,7 +5,9 @@ Sources (the keys of DataSpec.captions):
   lines ignored), as CLIP_benchmark's retrieval sets keep several;
 - `syn`: one element of `syn.json`'s `syn_text` list (DataCompDR layout),
   picked by a keyed draw so it too is a pure function of (seed, epoch, key);
-- any other name: a string field of the `.json` member (`vecap` for VeCLIP).
+- any other name: a `<name>.txt` member when the sample has one (what a
+  recaption stage writes, e.g. `vecap.txt`), else a string field of the
+  `.json` member (`vecap` for VeCLIP).
 Empty or whitespace-only captions count as missing, unless the caller keeps
 them (`data.empty_captions: keep`): then one is the caption "".
 """
@@ -59,6 +61,8 @@ def all_captions(
             syn = _json_member(members, "syn.json").get("syn_text")
             if isinstance(syn, list):
                 items = syn
+        elif f"{source}.txt" in members:
+            items = list(members[f"{source}.txt"].decode("utf-8", errors="replace").splitlines())
         else:
             if meta is None:
                 meta = _json_member(members, "json")
