@@ -1,0 +1,1 @@
+"""Captioners and fusion for VeCLIP's recaptioning (issue 19)."""
