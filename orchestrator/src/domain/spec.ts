@@ -6,8 +6,12 @@
  */
 
 /** What a stage does. */
-export type Task = "pretrain" | "finetune-seg" | "finetune-depth" | "eval" | "command";
-export const TASKS: readonly Task[] = ["pretrain", "finetune-seg", "finetune-depth", "eval", "command"];
+export type Task = "pretrain" | "finetune-seg" | "finetune-depth" | "eval" | "command"
+  | "train-captioner";
+export const TASKS: readonly Task[] = [
+  "pretrain", "finetune-seg", "finetune-depth", "eval", "command",
+  "train-captioner",
+];
 
 /** What a first item of a command stage's `command` may say to run the worker interpreter. */
 export const COMMAND_PYTHON_NAMES: ReadonlySet<string> = new Set(["python", "python3"]);
@@ -197,6 +201,11 @@ export interface EvalSpec {
   readonly recall_at: readonly number[];
   /** Caption sources used as retrieval queries; null: each image's captions other than its AltText when it has any, else the AltText. */
   readonly captions: readonly string[] | null;
+  /**
+   * task train-captioner: the CLIP that checks generated captions against their images, resolved as
+   * `init.checkpoint` is (a stage name of this pipeline, a job id, `JOB:STAGE`, or an absolute directory); null: no check.
+   */
+  readonly clip: string | null;
 }
 
 /** Where a fine-tune or eval stage takes its image tower from. */
@@ -215,6 +224,16 @@ export interface DenseSpec {
   readonly depth_loss: "silog" | "l1";
   readonly max_depth: number;
   readonly head_width: number;
+}
+
+/** task train-captioner: the causal transformer decoder that writes captions from the image tower's tokens. */
+export interface DecoderSpec {
+  readonly width: number;
+  readonly depth: number;
+  readonly heads: number;
+  readonly mlp_ratio: number;
+  /** Tokens per caption, SOT and EOT included: longer target captions are cut, generated ones stop there. */
+  readonly context_length: number;
 }
 
 /** One stage: everything needed to run one task. A spec without `stages` has one, named "main". */
@@ -238,6 +257,7 @@ export interface StageSpec {
   readonly init: InitSpec;
   readonly freeze_backbone: boolean;
   readonly dense: DenseSpec;
+  readonly decoder: DecoderSpec;
   /** Free-form labels (e.g. {variant: vecap, data: "10%"}); reports group and compare stages by them. */
   readonly labels: Readonly<Record<string, string>>;
 }

@@ -166,6 +166,8 @@ export class Admission {
       } else if (init.kind === "checkpoint" && !spec.stages.some((x) => x.name === init.ref)) {
         await attempt(st, "init.checkpoint", () => this.refs.resolveInit(null, st).then(() => undefined));
       }
+      const clip = st.eval?.clip;
+      if (clip && !spec.stages.some((x) => x.name === clip)) await attempt(st, "eval.clip", () => this.refs.resolveEvalClip(null, st).then(() => undefined));
       let readData = true;
       const synth = st.data.synth;
       if (synth) {
@@ -201,7 +203,7 @@ export class Admission {
             }
           });
         }
-        if (m !== null && st.task === "pretrain") {
+        if (m !== null && (st.task === "pretrain" || st.task === "train-captioner")) {
           await attempt(st, "data.captions", async () => {
             const sources = await peekCaptionSources(m);
             for (const source of Object.keys(st.data.captions)) {

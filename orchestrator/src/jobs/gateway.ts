@@ -147,6 +147,7 @@ function assignment(a: Attempt, rank: RankRuntime): Assignment {
     stage: a.stage,
     init: a.facts.init,
     runDir: a.facts.runDir,
+    evalClip: a.facts.evalClip,
   };
 }
 

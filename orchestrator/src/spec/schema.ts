@@ -11,6 +11,7 @@ import {
   type CheckpointSpec,
   type ClusterSpec,
   type DataSpec,
+  type DecoderSpec,
   type DenseSpec,
   type EvalSpec,
   type FailureSpec,
@@ -319,6 +320,12 @@ const EVAL_FIELDS = {
     "Caption sources used as retrieval queries (`alt`, a `.json` field such as `vecap`, or `syn`); null: each image's captions other than its AltText when it has any, else the AltText. The same queries whatever the model was trained on, so variants stay comparable.",
     { examples: [["vecap"]] },
   ),
+  clip: withDefault(
+    nullable(string()),
+    null,
+    "task train-captioner: a CLIP with this stage's `model` (image and text towers, `embed_dim`, tokenizer) that checks the generated captions: image -> generated caption R@1 among the val images, reported with chance (1/N) and the R@1 of the reference captions. A stage of this pipeline (among the stage's needs), a job id, `JOB:STAGE`, or a committed checkpoint directory (a path with a `/`), as `init.checkpoint`; null: no retrieval check.",
+    { examples: ["pretrain"] },
+  ),
 } satisfies Record<keyof EvalSpec, Field>;
 
 const INIT_FIELDS = {
@@ -338,10 +345,18 @@ const DENSE_FIELDS = {
   head_width: withDefault(integer({ min: 1 }), 64, "Channels of the dense prediction head."),
 } satisfies Record<keyof DenseSpec, Field>;
 
+const DECODER_FIELDS = {
+  width: withDefault(integer({ min: 1 }), 256, "Token width of the caption decoder, divisible by `heads`."),
+  depth: withDefault(integer({ min: 1 }), 4, "Decoder blocks."),
+  heads: withDefault(integer({ min: 1 }), 4, "Decoder attention heads."),
+  mlp_ratio: withDefault(positive(), 4, "MLP hidden width as a multiple of `width`."),
+  context_length: withDefault(integer({ min: 2, max: 1024 }), 77, "Tokens per caption, start and end tokens included: longer target captions are cut, generated captions stop there."),
+} satisfies Record<keyof DecoderSpec, Field>;
+
 /** The fields of a stage; with presets, preset names are enums (for the JSON Schema). */
 export function stageFields(presets: Presets | null) {
   return {
-    task: required(oneOf(TASKS), "What the stage does: contrastive `pretrain`, `finetune-seg` / `finetune-depth` of the image tower, `eval` of a checkpoint, or `command`: your own program on every rank (see docs/byo.md)."),
+    task: required(oneOf(TASKS), "What the stage does: contrastive `pretrain`, `finetune-seg` / `finetune-depth` of the image tower, `eval` of a checkpoint, `command`: your own program on every rank (see docs/byo.md), or `train-captioner`: an image-to-text model trained on the `data.captions` source (docs/veclip.md)."),
     command: withDefault(
       nullable(list(string({ maxLength: MAX_COMMAND_ARG_CHARS }), { minItems: 1, maxItems: MAX_COMMAND_ARGS, typeDoc: "list of string" })),
       null,
@@ -370,6 +385,7 @@ export function stageFields(presets: Presets | null) {
     ),
     freeze_backbone: withDefault(boolean(), false, "Fine-tune tasks only: train the dense head with the image tower frozen."),
     dense: withDefault(object(DENSE_FIELDS), {}, "Dense heads and losses of the fine-tune tasks."),
+    decoder: withDefault(object(DECODER_FIELDS), {}, "task train-captioner: the causal transformer decoder that writes a caption from the image tower's tokens (docs/veclip.md)."),
     labels: withDefault(
       labelMap(/^[A-Za-z0-9_.-]+$/),
       {},
