@@ -85,7 +85,7 @@ void describe("task train-captioner", () => {
     for (const k of ["caption/loss", "caption/perplexity", "caption/clip_i2t_R@1", "caption/reference_i2t_R@1", "caption/chance_R@1", "caption/mean_words"]) {
       assert.ok(Number.isFinite(m[k]), `${k} in ${JSON.stringify(m)}`);
     }
-    assert.equal(m["caption/images"], 128);
+    assert.equal(m["caption/image_count"], 128);
     assert.equal(m["caption/chance_R@1"], 1 / 128);
     assert.ok(Math.abs((m["caption/perplexity"] ?? 0) - Math.exp(m["caption/loss"] ?? 0)) < 1e-3 * (m["caption/perplexity"] ?? 1));
   });

@@ -181,8 +181,8 @@ def test_training_lowers_the_caption_loss_and_reports_metrics(trained):
     assert [e.step for e in evals] == [20, 40]
     m = dict(evals[-1].metrics)
     assert set(m) == {"caption/loss", "caption/perplexity", "caption/clip_i2t_R@1", "caption/reference_i2t_R@1", "caption/chance_R@1",
-                      "caption/empty_fraction", "caption/mean_words", "caption/images"}
-    assert m["caption/images"] == 16 and m["caption/chance_R@1"] == pytest.approx(1 / 16)
+                      "caption/empty_fraction", "caption/mean_words", "caption/image_count"}
+    assert m["caption/image_count"] == 16 and m["caption/chance_R@1"] == pytest.approx(1 / 16)
     assert m["caption/perplexity"] == pytest.approx(2.718281828 ** m["caption/loss"], rel=1e-4)
     assert m["caption/loss"] < evals[0].metrics["caption/loss"] or m["caption/loss"] < 2.5
     assert 0 <= m["caption/clip_i2t_R@1"] <= 1 and m["caption/empty_fraction"] < 1

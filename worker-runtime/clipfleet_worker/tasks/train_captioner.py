@@ -235,7 +235,7 @@ def evaluate_captioner(ctx: TaskContext, model: ImageCaptioner, tokenizer: Any, 
         if n_img > 0:
             metrics["caption/empty_fraction"] = sums[2] / n_img
             metrics["caption/mean_words"] = sums[3] / n_img
-            metrics["caption/images"] = float(n_img)
+            metrics["caption/image_count"] = float(n_img)
         else:
             warnings.append(f"evaluation skipped: no val sample could be read with a caption from {', '.join(sources)}")
         for e in examples:
