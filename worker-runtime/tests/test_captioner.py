@@ -190,6 +190,27 @@ def test_training_lowers_the_caption_loss_and_reports_metrics(trained):
     assert finished.step == 40 and dict(finished.metrics) == m
 
 
+def test_micro_batches_give_the_whole_slice_gradient(data, tmp_path):
+    """Each micro-batch's loss is weighted by its share of the slice's caption tokens: the same loss and gradient."""
+    cfg = captioner_cfg(data)
+    ctx = make_ctx(cfg, data, str(tmp_path))
+    m = model_of()
+    tok = build_tokenizer(BYTE)
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    tokens = tok(["a red circle", "two shapes on a striped background: a star and a ring", "", "x", "a big blue cross", "ok"], 48)
+    tokens[2] = 0  # a skipped sample: no tokens at all
+    grads, values = [], []
+    for micro in (6, 2, 4):
+        m.zero_grad(set_to_none=True)
+        values.append(float(train_captioner._forward_backward(m, m, images, tokens, micro, torch.cuda.amp.GradScaler(enabled=False), ctx, 1)))
+        grads.append([p.grad.clone() for p in m.parameters() if p.grad is not None])
+    for vs, gs in zip(values[1:], grads[1:]):
+        assert vs == pytest.approx(values[0], rel=1e-5)
+        assert len(gs) == len(grads[0])
+        for a, b in zip(gs, grads[0]):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_stop_then_resume_is_bit_exact(group, data, tmp_path):
     cfg = captioner_cfg(data, train__steps=6)
     whole = make_ctx(cfg, data, str(tmp_path / "whole"))
