@@ -276,6 +276,12 @@ def test_builtin_max_tokens_bounds_the_caption(trained):
     assert len(out[0].encode()) <= 5  # 6 tokens, the last of them EOT
 
 
+def test_builtin_max_tokens_beyond_the_decoder_is_capped_with_a_warning(trained, capsys):
+    cap = builtin.make({"checkpoint": final_model(trained), "max_tokens": 500}, Ctx(torch.device("cpu")))
+    assert cap.max_tokens == 63
+    assert "captioner.max_tokens 500 is more than the model's decoder allows (context_length 64)" in capsys.readouterr().out
+
+
 def test_builtin_make_refuses_bad_args_naming_the_field(trained, tmp_path):
     cpu = Ctx(torch.device("cpu"))
     with pytest.raises(ConfigError, match="captioner.checkpoint"):
@@ -283,7 +289,7 @@ def test_builtin_make_refuses_bad_args_naming_the_field(trained, tmp_path):
     with pytest.raises(ConfigError, match="captioner.checkpoint"):
         builtin.make({}, cpu)
     with pytest.raises(ConfigError, match="captioner.max_tokens"):
-        builtin.make({"checkpoint": final_model(trained), "max_tokens": 64}, cpu)
+        builtin.make({"checkpoint": final_model(trained), "max_tokens": 0}, cpu)
     with pytest.raises(ConfigError, match="captioner.batch_size"):
         builtin.make({"checkpoint": final_model(trained), "batch_size": 0}, cpu)
     bad = tmp_path / "garbage.pt"

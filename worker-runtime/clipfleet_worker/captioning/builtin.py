@@ -5,7 +5,7 @@
 `clipfleet_worker.captioning.builtin:make`; the interface is in plugins.py).
 args: `checkpoint`, the stage's `model.pt` (or the checkpoint directory
 holding it); `max_tokens`, the longest caption in tokens (EOT included;
-default and cap: the decoder's context_length - 1); `batch_size`, images
+default: the decoder's context_length - 1, which also caps it, with a warning); `batch_size`, images
 decoded at once (default 32). Other keys are ignored.
 
 The model.pt carries its own config (models/captioner.py), so nothing else
@@ -30,6 +30,8 @@ from ..tokenizers import build_tokenizer
 DEFAULT_BATCH_SIZE = 32
 # A batch bigger than this is a typo (and would allocate accordingly).
 MAX_BATCH_SIZE = 4096
+# Beyond any decoder's context (the spec caps decoder.context_length at 1024).
+MAX_TOKENS = 1024
 
 
 def _positive_int(args: Mapping[str, Any], key: str, default: int | None, most: int) -> int | None:
@@ -90,7 +92,11 @@ def make(args: Mapping[str, Any], ctx: Any) -> BuiltinCaptioner:
         raise ConfigError(f"expected the path of a train-captioner model.pt, got {path!r}", "captioner.checkpoint")
     model, tokenizer = load_model(path, ctx.device)
     most = model.cfg.context_length - 1
-    max_tokens = _positive_int(args, "max_tokens", most, most)
+    max_tokens = _positive_int(args, "max_tokens", most, MAX_TOKENS)
+    if max_tokens is not None and max_tokens > most:
+        print(f"clipfleet worker: warning: captioner.max_tokens {max_tokens} is more than the model's decoder allows "
+              f"(context_length {most + 1}): captions stop at {most} tokens", flush=True)
+        max_tokens = most
     batch_size = _positive_int(args, "batch_size", DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE)
     assert max_tokens is not None and batch_size is not None
     return BuiltinCaptioner(model, tokenizer, max_tokens, batch_size, ctx.device)
