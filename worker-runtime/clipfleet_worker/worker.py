@@ -45,6 +45,10 @@ def _run_task(ctx: TaskContext) -> None:
         from .tasks import recaption
 
         recaption.run(ctx)
+    elif task == "train-captioner":
+        from .tasks import train_captioner
+
+        train_captioner.run(ctx)
     else:
         raise ConfigError(f"unknown task {task!r}", "task")
 

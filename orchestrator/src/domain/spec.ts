@@ -6,13 +6,14 @@
  */
 
 /** What a stage does. */
-export type Task = "pretrain" | "finetune-seg" | "finetune-depth" | "eval" | "command" | "recaption";
+export type Task = "pretrain" | "finetune-seg" | "finetune-depth" | "eval" | "command" | "train-captioner" | "recaption";
 export const TASKS: readonly Task[] = [
   "pretrain",
   "finetune-seg",
   "finetune-depth",
   "eval",
   "command",
+  "train-captioner",
   "recaption",
 ];
 
@@ -206,6 +207,11 @@ export interface EvalSpec {
   readonly recall_at: readonly number[];
   /** Caption sources used as retrieval queries; null: each image's captions other than its AltText when it has any, else the AltText. */
   readonly captions: readonly string[] | null;
+  /**
+   * task train-captioner: the CLIP that checks generated captions against their images, resolved as
+   * `init.checkpoint` is (a stage name of this pipeline, a job id, `JOB:STAGE`, or an absolute directory); null: no check.
+   */
+  readonly clip: string | null;
 }
 
 /** Where a fine-tune or eval stage takes its image tower from. */
@@ -256,6 +262,16 @@ export interface RecaptionSpec {
 /** `module:factory`: a Python module path and a callable in it. */
 export const ENTRY_POINT = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$/;
 
+/** task train-captioner: the causal transformer decoder that writes captions from the image tower's tokens. */
+export interface DecoderSpec {
+  readonly width: number;
+  readonly depth: number;
+  readonly heads: number;
+  readonly mlp_ratio: number;
+  /** Tokens per caption, SOT and EOT included: longer target captions are cut, generated ones stop there. */
+  readonly context_length: number;
+}
+
 /** One stage: everything needed to run one task. A spec without `stages` has one, named "main". */
 export interface StageSpec {
   readonly name: string;
@@ -281,6 +297,7 @@ export interface StageSpec {
   readonly captioner: CaptionerSpec | null;
   readonly fusion: FusionSpec | null;
   readonly recaption: RecaptionSpec | null;
+  readonly decoder: DecoderSpec;
   /** Free-form labels (e.g. {variant: vecap, data: "10%"}); reports group and compare stages by them. */
   readonly labels: Readonly<Record<string, string>>;
 }

@@ -181,6 +181,8 @@ export class Admission {
           });
         });
       }
+      const clip = st.eval?.clip;
+      if (clip && !spec.stages.some((x) => x.name === clip)) await attempt(st, "eval.clip", () => this.refs.resolveEvalClip(null, st).then(() => undefined));
       // data.train: {stage: NAME}: written by that recaption stage, counted when this stage starts.
       let readData = !producedByRecaption(spec, st);
       const synth = st.data.synth;
@@ -217,7 +219,7 @@ export class Admission {
             }
           });
         }
-        if (m !== null && st.task === "pretrain") {
+        if (m !== null && (st.task === "pretrain" || st.task === "train-captioner")) {
           await attempt(st, "data.captions", async () => {
             const sources = await peekCaptionSources(m);
             for (const source of Object.keys(st.data.captions)) {

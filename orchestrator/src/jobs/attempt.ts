@@ -124,6 +124,8 @@ export interface AttemptFacts {
   readonly runDir: string;
   readonly resume: CheckpointRef | undefined;
   readonly init: CheckpointRef | undefined;
+  /** task train-captioner: the CLIP of eval.clip, verified. */
+  readonly evalClip: CheckpointRef | undefined;
   readonly python: string;
   /** sha256 of the canonical stage spec: the assignment's and every manifest's configSha256. */
   readonly configSha256: string;

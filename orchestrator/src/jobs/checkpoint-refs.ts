@@ -123,10 +123,32 @@ export class CheckpointRefs {
       if (!imported) throw new UntrustedCheckpointError(ref, `init.checkpoint: ${ref}: the job holds no manifest imported at submit; submit it again`);
       return { dir: ref, verified: readImportedManifest(imported, ref, this.key) };
     }
-    const owned = this.initRecord(job, ref);
+    return this.signedManifest(job, ref, "init.checkpoint", `init: {checkpoint: ${ref}, import: true}`);
+  }
+
+  /**
+   * task train-captioner's `eval.clip`: the CLIP's checkpoint (a stage of this job, another job,
+   * or a directory this orchestrator signed), its files checked against their signed digests and
+   * its image tower against the stage's `model.image`; undefined when the stage names none.
+   */
+  async resolveEvalClip(job: JobRecord | null, spec: StageSpec): Promise<CheckpointRef | undefined> {
+    const ref = spec.eval?.clip;
+    if (!ref) return undefined;
+    const { dir, verified } = this.signedManifest(job, ref, "eval.clip", null);
+    if (!sameImageTower(verified.manifest.imageTower, spec.model.image)) {
+      throw new InvalidArgumentError(`eval.clip: ${dir} holds image tower ${towerName(verified.manifest.imageTower)}, the stage's model.image is ${towerName(spec.model.image)}`);
+    }
+    const problem = await verifyCheckpoint({ dir, files: verified.manifest.files });
+    if (problem) throw new InvalidArgumentError(`eval.clip: ${dir} is corrupt: ${problem}`);
+    return refOf(dir, verified);
+  }
+
+  /** The verified manifest of a checkpoint this orchestrator signed: a stage of `job`, another job (`JOB`, `JOB:STAGE`), or a directory. */
+  private signedManifest(job: JobRecord | null, ref: string, field: string, importHint: string | null): { dir: string; verified: VerifiedManifest } {
+    const owned = this.ownRecord(job, ref, field);
     if (owned) {
       const verified = this.verified(owned.record, owned.jobId, owned.record.stage);
-      if (!verified) throw new InvalidArgumentError(`init.checkpoint: ${owned.record.dir} is corrupt: manifest.json missing`);
+      if (!verified) throw new InvalidArgumentError(`${field}: ${owned.record.dir} is corrupt: manifest.json missing`);
       return { dir: owned.record.dir, verified };
     }
     let verified: VerifiedManifest | null;
@@ -134,18 +156,18 @@ export class CheckpointRefs {
       verified = readVerifiedManifest(ref, this.key);
     } catch (err) {
       if (!(err instanceof UntrustedCheckpointError)) throw err;
-      throw new UntrustedCheckpointError(ref, `init.checkpoint: ${err.message}; or import it for this job: init: {checkpoint: ${ref}, import: true}`);
+      throw new UntrustedCheckpointError(ref, `${field}: ${err.message}${importHint ? `; or import it for this job: ${importHint}` : ""}`);
     }
-    if (!verified) throw new InvalidArgumentError(`init.checkpoint: ${ref} is neither a job, a stage of this job, nor a committed checkpoint directory`);
+    if (!verified) throw new InvalidArgumentError(`${field}: ${ref} is neither a job, a stage of this job, nor a committed checkpoint directory`);
     return { dir: ref, verified };
   }
 
   /** The record of a checkpoint this orchestrator holds (a stage of this job, another job), or null for a directory. */
-  private initRecord(job: JobRecord | null, ref: string): { jobId: string; record: CheckpointRecord } | null {
+  private ownRecord(job: JobRecord | null, ref: string, field: string): { jobId: string; record: CheckpointRecord } | null {
     const own = job?.stages.find((s) => s.name === ref);
     if (job && own) {
       const record = newestCommitted(own);
-      if (!record) throw new InvalidArgumentError(`init.checkpoint: stage ${ref} has no committed checkpoint`);
+      if (!record) throw new InvalidArgumentError(`${field}: stage ${ref} has no committed checkpoint`);
       return { jobId: job.id, record };
     }
     const [jobId, stageName] = ref.includes(":") ? ref.split(":", 2) : [ref, undefined];
@@ -153,7 +175,7 @@ export class CheckpointRefs {
     const other = this.ledger.get(jobId);
     const st = stageName ? other.stages.find((s) => s.name === stageName) : [...other.stages].reverse().find((s) => newestCommitted(s));
     const record = st ? newestCommitted(st) : undefined;
-    if (!record) throw new InvalidArgumentError(`init.checkpoint: job ${ref} has no committed checkpoint`);
+    if (!record) throw new InvalidArgumentError(`${field}: job ${ref} has no committed checkpoint`);
     return { jobId, record };
   }
 

@@ -202,6 +202,7 @@ function assignment(a: Attempt, rank: RankRuntime, plugins: { captionerJson: str
     trainShardCount: a.facts.manifest?.shards.length ?? 0,
     valShardCount: a.facts.valManifest?.shards.length ?? 0,
     ...plugins,
+    evalClip: a.facts.evalClip,
   };
 }
 

@@ -74,6 +74,7 @@ export class Launch {
 
     const resume = await this.refs.pickResume(job, stageRec);
     const init = spec.init.kind === "checkpoint" ? await this.refs.resolveInit(job, spec) : undefined;
+    const evalClip = await this.refs.resolveEvalClip(job, spec);
     const checkpointRoot = join(spec.checkpoint.dir ?? join(deps.stateDir, "checkpoints"), job.id, p.stage);
     const runDir = join(deps.stateDir, "jobs", job.id, "stages", p.stage);
     mkdirSync(checkpointRoot, { recursive: true, mode: 0o700 });
@@ -143,6 +144,7 @@ export class Launch {
         runDir,
         resume,
         init,
+        evalClip,
         python,
         configSha256: sha256Hex(Buffer.from(canonicalJson(spec), "utf8")),
         recoveringSince: this.ctx.live.takeRecovering(job.id, p.stage),

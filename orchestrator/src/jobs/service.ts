@@ -33,7 +33,6 @@ import {
   type StageRecord,
   type TimerHandle,
 } from "../domain/index.js";
-import type { AuditReport } from "../data/index.js";
 import type { Assignment, LeaseReply, LeaseRequest, PlanRequest, PlanResponse, RegisterRequest, ShardsRequest, ShardsResponse, WorkerMessage } from "../gen/clipfleet/v1/worker.js";
 import type { MetricsSource } from "../metrics/index.js";
 import type { Scheduler } from "../scheduler/index.js";

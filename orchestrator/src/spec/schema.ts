@@ -12,6 +12,7 @@ import {
   type CheckpointSpec,
   type ClusterSpec,
   type DataSpec,
+  type DecoderSpec,
   type DenseSpec,
   type EvalSpec,
   type FailureSpec,
@@ -330,6 +331,12 @@ const EVAL_FIELDS = {
     "Caption sources used as retrieval queries (`alt`, a `.json` field such as `vecap`, or `syn`); null: each image's captions other than its AltText when it has any, else the AltText. The same queries whatever the model was trained on, so variants stay comparable.",
     { examples: [["vecap"]] },
   ),
+  clip: withDefault(
+    nullable(string()),
+    null,
+    "task train-captioner: a CLIP with this stage's `model` (image and text towers, `embed_dim`, tokenizer) that checks the generated captions: image -> generated caption R@1 among the val images, reported with chance (1/N) and the R@1 of the reference captions. A stage of this pipeline (among the stage's needs), a job id, `JOB:STAGE`, or a committed checkpoint directory (a path with a `/`), as `init.checkpoint`; null: no retrieval check.",
+    { examples: ["pretrain"] },
+  ),
 } satisfies Record<keyof EvalSpec, Field>;
 
 const INIT_FIELDS = {
@@ -379,11 +386,18 @@ const RECAPTION_FIELDS = {
     "Member the caption is written as; its name without `.txt` is the caption source later stages mix (`data.captions: {alt: 0.5, vecap: 0.5}`), preferred over a `.json` field of the same name.",
   ),
 } satisfies Record<keyof RecaptionSpec, Field>;
+const DECODER_FIELDS = {
+  width: withDefault(integer({ min: 1 }), 256, "Token width of the caption decoder, divisible by `heads`."),
+  depth: withDefault(integer({ min: 1 }), 4, "Decoder blocks."),
+  heads: withDefault(integer({ min: 1 }), 4, "Decoder attention heads."),
+  mlp_ratio: withDefault(positive(), 4, "MLP hidden width as a multiple of `width`."),
+  context_length: withDefault(integer({ min: 2, max: 1024 }), 77, "Tokens per caption, start and end tokens included: longer target captions are cut, generated captions stop there."),
+} satisfies Record<keyof DecoderSpec, Field>;
 
 /** The fields of a stage; with presets, preset names are enums (for the JSON Schema). */
 export function stageFields(presets: Presets | null) {
   return {
-    task: required(oneOf(TASKS), "What the stage does: contrastive `pretrain`, `finetune-seg` / `finetune-depth` of the image tower, `eval` of a checkpoint, `command`: your own program on every rank (see docs/byo.md), or `recaption`: caption every sample of `data.train` into new shards (docs/recaption.md)."),
+    task: required(oneOf(TASKS), "What the stage does: contrastive `pretrain`, `finetune-seg` / `finetune-depth` of the image tower, `eval` of a checkpoint, `command`: your own program on every rank (see docs/byo.md), `train-captioner`: an image-to-text model trained on the `data.captions` source (docs/veclip.md), or `recaption`: caption every sample of `data.train` into new shards (docs/recaption.md)."),
     command: withDefault(
       nullable(list(string({ maxLength: MAX_COMMAND_ARG_CHARS }), { minItems: 1, maxItems: MAX_COMMAND_ARGS, typeDoc: "list of string" })),
       null,
@@ -419,6 +433,7 @@ export function stageFields(presets: Presets | null) {
       "task recaption: how the caption is fused with the AltText: `none` (the caption as written; the default), `template` (the built-in rule), or `{entry_point, args}`.",
     ),
     recaption: withDefault(nullable(object(RECAPTION_FIELDS)), null, "task recaption: where the output shards go and which member holds the caption."),
+    decoder: withDefault(object(DECODER_FIELDS), {}, "task train-captioner: the causal transformer decoder that writes a caption from the image tower's tokens (docs/veclip.md)."),
     labels: withDefault(
       labelMap(/^[A-Za-z0-9_.-]+$/),
       {},

@@ -12,6 +12,7 @@ import {
   type CheckpointSpec,
   type ClusterSpec,
   type DataSpec,
+  type DecoderSpec,
   type DenseSpec,
   type EvalSpec,
   type FailureSpec,
@@ -38,7 +39,7 @@ import { isOpenClipRef } from "./files.js";
 import { didYouMean } from "./suggest.js";
 import { type TowerInput, resolveImageTower, resolveTextTower } from "./towers.js";
 
-const TRAINING_TASKS: ReadonlySet<Task> = new Set(["pretrain", "finetune-seg", "finetune-depth"]);
+const TRAINING_TASKS: ReadonlySet<Task> = new Set(["pretrain", "finetune-seg", "finetune-depth", "train-captioner"]);
 
 /** One entry of `stages` (or the implicit "main"), before its fields are resolved. */
 export interface StageItem {
@@ -273,6 +274,20 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
     add(["dense", "ignore_index"], `${dense.ignore_index} is a class id (dense.num_classes is ${dense.num_classes}); use a value outside 0..${dense.num_classes - 1}`);
   }
 
+  // decoder, eval.clip (task train-captioner)
+  const decoder = section(v.decoder) as DecoderSpec;
+  if (clean("decoder") && decoder.width % decoder.heads !== 0) add(["decoder", "heads"], `decoder.width ${decoder.width} is not divisible by ${decoder.heads} heads`);
+  let evalClip: string | null | undefined = evalSpec?.clip ?? null;
+  if (evalClip !== null && clean("task", "eval")) {
+    if (task !== "train-captioner") {
+      add(["eval", "clip"], `only task train-captioner checks captions with a CLIP (task is ${task ?? "not set"})`);
+      evalClip = undefined;
+    } else evalClip = resolveCheckpointRef(evalClip, ["eval", "clip"], item, ctx, add, true);
+  }
+  if (task === "train-captioner" && clean("data.caption_mode") && d.caption_mode === "both") {
+    add(["data", "caption_mode"], `task train-captioner trains on one caption per sample ("sample"), got "both"`);
+  }
+
   // The data a stage sets itself (a pipeline's top-level data.train is for its built-in stages, not a command's).
   const ownData = section((item.index === null ? merged : item.overrides).data) as Record<string, unknown>;
   const command = clean("command", "workdir") ? resolveCommand(v, task, d0.num_samples ?? null, ownData, ctx.baseDir, add) : undefined;
@@ -309,13 +324,14 @@ export function resolveStage(merged: Record<string, unknown>, item: StageItem, c
     worker,
     checkpoint,
     failure: f,
-    eval: evalSpec!,
+    eval: evalSpec ? { ...evalSpec, clip: evalClip! } : evalSpec!,
     init: init!,
     freeze_backbone: v.freeze_backbone as boolean,
     dense,
     captioner: recap!.captioner,
     fusion: recap!.fusion,
     recaption: recap!.recaption,
+    decoder,
     labels: v.labels as Record<string, string>,
   };
   return { stage, issues };
@@ -435,13 +451,25 @@ function resolveInit(value: "random" | { checkpoint: string; import: boolean }, 
     return { kind: "random" };
   }
   const ref = value.checkpoint;
-  const at = ["init", "checkpoint"];
   const isPath = ref.includes("/") || ref.startsWith(".");
   // Only a directory can come from outside: a stage or job is this orchestrator's own, and signed.
   if (value.import && !isPath) {
     add(["init", "import"], `only a checkpoint directory can be imported (a path with a \`/\`), got ${show(ref)}`);
     return undefined;
   }
+  const resolved = resolveCheckpointRef(ref, ["init", "checkpoint"], item, ctx, add, false);
+  if (resolved === undefined) return undefined;
+  // open_clip weights carry no clipfleet manifest: they are imported (hashed at submit) without being asked.
+  return { kind: "checkpoint", ref: resolved, import: isPath && (value.import || isOpenClipRef(resolved)) };
+}
+
+/**
+ * A checkpoint reference (`init.checkpoint`, `eval.clip`), checked in this order: a stage of this
+ * spec (it must be among the stage's transitive needs, and train), a path (has a `/` or starts
+ * with `.`; resolved; `mustExist`: a directory here), `JOB:STAGE`, a job id. A bare word close
+ * to a stage name is taken for a typo, not a job id. Returns the resolved reference.
+ */
+function resolveCheckpointRef(ref: string, at: Path, item: StageItem, ctx: StageContext, add: (p: Path, m: string) => void, mustExist: boolean): string | undefined {
   if (ctx.byName.has(ref)) {
     if (item.name === undefined) return undefined;
     if (!ancestorsOf(item.name, ctx.byName).has(ref)) {
@@ -452,16 +480,19 @@ function resolveInit(value: "random" | { checkpoint: string; import: boolean }, 
       add(at, `stage ${JSON.stringify(ref)} is an eval stage and writes no checkpoint`);
       return undefined;
     }
-    return { kind: "checkpoint", ref, import: false };
+    return ref;
   }
-  if (isPath) {
+  if (ref.includes("/") || ref.startsWith(".")) {
     const path = nodePath.resolve(ctx.baseDir, ref);
-    // open_clip weights carry no clipfleet manifest: they are imported (hashed at submit) without being asked.
-    return { kind: "checkpoint", ref: path, import: value.import || isOpenClipRef(path) };
+    if (mustExist && !(existsSync(path) && statSync(path).isDirectory())) {
+      add(at, `no such checkpoint directory: ${path}`);
+      return undefined;
+    }
+    return path;
   }
   const colon = ref.lastIndexOf(":");
   if (colon >= 0) {
-    if (isValidJobId(ref.slice(0, colon)) && STAGE_NAME.test(ref.slice(colon + 1))) return { kind: "checkpoint", ref, import: false };
+    if (isValidJobId(ref.slice(0, colon)) && STAGE_NAME.test(ref.slice(colon + 1))) return ref;
     add(at, `expected JOB:STAGE (a job id and a stage name), got ${show(ref)}`);
     return undefined;
   }
@@ -470,7 +501,7 @@ function resolveInit(value: "random" | { checkpoint: string; import: boolean }, 
     add(at, `no stage ${JSON.stringify(ref)} in this spec (did you mean ${JSON.stringify(guess)}?)`);
     return undefined;
   }
-  if (isValidJobId(ref)) return { kind: "checkpoint", ref, import: false };
+  if (isValidJobId(ref)) return ref;
   add(at, `expected a stage name, a job id, JOB:STAGE or a path, got ${show(ref)}`);
   return undefined;
 }

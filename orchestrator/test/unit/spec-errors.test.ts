@@ -73,8 +73,8 @@ const CASES: [string, string, string][] = [
     spec({ cluster: "{workers: 2, zone: a}" }),
     "spec.yaml:5:23: cluster.zone: unknown field (expected one of: workers, min_workers, backend, gpus_per_worker, node_selector, spares)",
   ],
-  ["missing task", spec({ task: null }), 'spec.yaml: task: missing (expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command", "recaption")'],
-  ["task typo", spec({ task: "pretrian" }), 'spec.yaml:1:1: task: expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command", "recaption", got "pretrian" (did you mean "pretrain"?)'],
+  ["missing task", spec({ task: null }), 'spec.yaml: task: missing (expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command", "train-captioner", "recaption")'],
+  ["task typo", spec({ task: "pretrian" }), 'spec.yaml:1:1: task: expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command", "train-captioner", "recaption", got "pretrian" (did you mean "pretrain"?)'],
   ["missing cluster", spec({ cluster: null }), "spec.yaml: cluster.workers: missing (expected an integer in [1, 16384])"],
   ["missing batch size", spec({ train: "{steps: 10}" }), "spec.yaml:4:1: train.batch_size: missing (expected an integer >= 1)"],
   ["neither steps nor epochs", spec({ train: "{batch_size: 8}" }), "spec.yaml:4:1: train: set steps or epochs"],
@@ -153,6 +153,19 @@ const CASES: [string, string, string][] = [
     "init stage typo",
     PIPE("  - {name: pretrain}\n  - {name: seg, needs: [pretrain], init: {checkpoint: pretrian}}\n"),
     'spec.yaml:8:43: stages[1].init.checkpoint: no stage "pretrian" in this spec (did you mean "pretrain"?)',
+  ],
+  ["eval.clip pointing nowhere", spec({ task: "train-captioner", data: '{train: "a.tar", val: "v.tar"}' }, "eval: {clip: ./nowhere}\n"), "spec.yaml:6:8: eval.clip: no such checkpoint directory: nowhere"],
+  ["eval.clip outside train-captioner", spec({ data: '{train: "a.tar", val: "v.tar"}' }, "eval: {clip: ./nowhere}\n"), "spec.yaml:6:8: eval.clip: only task train-captioner checks captions with a CLIP (task is pretrain)"],
+  [
+    "eval.clip: a stage not among the needs",
+    PIPE("  - {name: pretrain}\n  - {name: cap, task: train-captioner, data: {train: a.tar, val: v.tar}, eval: {clip: pretrain}}\n"),
+    'spec.yaml:8:81: stages[1].eval.clip: stage "pretrain" is not among the needs of stage "cap" (add it to needs)',
+  ],
+  ["decoder heads", spec({ task: "train-captioner" }, "decoder: {width: 30, heads: 4}\n"), "spec.yaml:6:22: decoder.heads: decoder.width 30 is not divisible by 4 heads"],
+  [
+    "train-captioner with two captions a sample",
+    spec({ task: "train-captioner", data: '{train: "a.tar", captions: {alt: 0.5, vecap: 0.5}, caption_mode: both}' }),
+    'spec.yaml:3:58: data.caption_mode: task train-captioner trains on one caption per sample ("sample"), got "both"',
   ],
   ["duplicate stage", PIPE("  - {name: a}\n  - {name: a}\n"), 'spec.yaml:8:6: stages[1].name: duplicate stage name "a" (also stages[0])'],
   ["bad stage name", PIPE("  - {name: Seg}\n"), 'spec.yaml:7:6: stages[0].name: expected a name of 1 to 64 characters from a-z 0-9 -, got "Seg"'],
@@ -302,7 +315,7 @@ void describe("spec errors: all of them at once", () => {
       assert.ok(err instanceof InvalidArgumentError);
       assert.equal(
         err.message.replaceAll(`${dir}/`, ""),
-        'spec.yaml:7:5: stages[1].task: missing (expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command", "recaption")',
+        'spec.yaml:7:5: stages[1].task: missing (expected one of "pretrain", "finetune-seg", "finetune-depth", "eval", "command", "train-captioner", "recaption")',
       );
     }
   });

@@ -227,6 +227,21 @@ void describe("defaults and presets", () => {
     assert.deepEqual(only(parse({ ...MINIMAL, init: { checkpoint: "j-20261123-155955-a1b2c3:seg" } })).init, { kind: "checkpoint", ref: "j-20261123-155955-a1b2c3:seg", import: false });
   });
 
+  void it("train-captioner: decoder defaults, eval.clip as a stage among the needs, a job, or a directory resolved from the spec file", () => {
+    const cap = { ...MINIMAL, task: "train-captioner", data: { ...MINIMAL.data, val: "v.tar", captions: { vecap: 1 } } };
+    const s = only(parse({ ...cap, eval: {} }));
+    assert.deepEqual(s.decoder, { width: 256, depth: 4, heads: 4, mlp_ratio: 4, context_length: 77 });
+    assert.equal(s.eval?.clip, null);
+    assert.equal(only(parse({ ...cap, eval: { clip: "j-20261123-155955-a1b2c3:clip" } })).eval?.clip, "j-20261123-155955-a1b2c3:clip");
+    const dir = join(tmp, "a-clip");
+    mkdirSync(dir, { recursive: true });
+    const at = only(parseSpec({ ...cap, eval: { clip: "./a-clip" } }, { specPath: join(tmp, "job.yaml"), baseDir: tmp, presets }));
+    assert.equal(at.eval?.clip, dir);
+    const pipeline = parse({ ...cap, stages: [{ name: "clip", task: "pretrain", eval: false }, { name: "cap", needs: ["clip"], eval: { clip: "clip" } }] });
+    assert.equal(pipeline.stages[1]?.eval?.clip, "clip");
+    assert.equal(pipeline.stages[1]?.task, "train-captioner");
+  });
+
   void it("gives eval stages eval defaults and no step count", () => {
     const s = only(parse({ ...MINIMAL, task: "eval", train: { steps: 10 }, data: { val: "v.tar" }, init: { checkpoint: "j-1" } }));
     assert.equal(s.eval?.batch_size, 256);

@@ -45,7 +45,7 @@ from .transforms import AugmentParams, image_transform, joint_transform
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SEG_EXT = "seg.png"
 DEPTH_EXT = "depth.png"
-TASKS = ("pretrain", "finetune-seg", "finetune-depth", "eval")
+TASKS = ("pretrain", "finetune-seg", "finetune-depth", "eval", "train-captioner")
 EMPTY_CAPTIONS = ("skip", "keep")
 # Every reason a sample is skipped for: step and eval reports carry counts by these names,
 # and the orchestrator keeps them as a bounded label set.
@@ -132,8 +132,8 @@ class LoaderConfig:
 
     @property
     def wants_captions(self) -> bool:
-        """Contrastive tasks read captions; dense fine-tunes do not."""
-        return self.task in ("pretrain", "eval")
+        """Contrastive tasks and the captioner read captions; dense fine-tunes do not."""
+        return self.task in ("pretrain", "eval", "train-captioner")
 
     @property
     def dense(self) -> str | None:

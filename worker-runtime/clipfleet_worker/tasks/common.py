@@ -18,7 +18,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import distributed as D
-from ..accel import refit_fused
+from ..accel import cuda_memory_line, grad_scaler, refit_fused
 from .. import openclip
 from ..agent import Agent
 from ..data.loader import PlanLoader, StepSlice
@@ -27,6 +27,8 @@ from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..gen.clipfleet.v1 import common_pb2 as cpb
 from ..gen.clipfleet.v1 import worker_pb2 as pb
 from ..lifecycle import FaultInjection
+from ..models import params_sha256
+from ..optim import build_optimizer
 
 
 @dataclass
@@ -291,3 +293,58 @@ def plan_loader(ctx: TaskContext, task: str, tokenize) -> PlanLoader:
         prefetch_steps=int(cfg["data"].get("prefetch_steps") or 4),
         pin_memory=ctx.device.type == "cuda",
     )
+
+
+def report_train_step(ctx: TaskContext, batch, step: int, upd: Update, optimizer, step_seconds: float, compute_seconds: float,
+                      audit: bool, **extra: Any) -> None:
+    """The step report of a built-in training task (every step: the orchestrator's hang detection counts on it).
+
+    `extra`: the task's own StepReport fields (a temperature, out-of-range labels)."""
+    a = ctx.assignment
+    ctx.report_step(
+        step=step,
+        epoch=batch.epoch,
+        sample_in_epoch=batch.sample_in_epoch + int(a.global_batch),
+        loss=upd.sync.loss,
+        lr=optimizer.param_groups[0]["lr"],
+        grad_norm=upd.grad_norm,
+        samples_per_second=int(a.global_batch) / max(step_seconds, 1e-9),
+        step_seconds=step_seconds,
+        data_wait_seconds=batch.data_wait,
+        compute_seconds=compute_seconds,
+        skipped_samples=batch.skipped,
+        skipped_by_reason=batch.skip_reasons,
+        nan_skipped=upd.nan_skipped,
+        samples=[sid for sid, ok in zip(batch.sample_ids, batch.valid.tolist()) if ok] if audit else None,
+        **extra,
+    )
+
+
+def finish_training(ctx: TaskContext, model: torch.nn.Module, step: int, stopped: bool, evaluate_at_end, metrics: dict[str, float]) -> None:
+    """The end of a built-in training task: the GPU memory line, then either the stop notice (a stop
+    before the last step: no evaluation, no Finished) or the final evaluation (`evaluate_at_end(step)`,
+    None: none) and the Finished report with the parameters' sha256."""
+    memory = cuda_memory_line(ctx.device)
+    if memory is not None:
+        print(memory, flush=True)
+    if stopped:
+        print(f"clipfleet worker: stopped after step {step} as asked ({ctx.agent.commands.stop_reason or 'stop'})", flush=True)
+        return
+    if evaluate_at_end is not None:
+        metrics = evaluate_at_end(step)
+    ctx.report_finished(step, params_sha256(model), metrics)
+
+
+def start_trainer(ctx: TaskContext, model: torch.nn.Module, init_fresh) -> tuple[Any, Any]:
+    """The optimizer and grad scaler of `model`: restored with the model from the resume checkpoint,
+    else `init_fresh()` (weights from an init checkpoint, or nothing) and rank 0's parameters broadcast."""
+    train = ctx.cfg["train"]
+    optimizer = build_optimizer(model, train, ctx.device.type)
+    scaler = grad_scaler(train["precision"], ctx.device)
+    resume = load_resume(ctx.assignment)
+    if resume is not None:
+        restore_trainer(ctx, resume, model, optimizer, scaler)
+    else:
+        init_fresh()
+        D.broadcast_parameters(model)
+    return optimizer, scaler

@@ -15,14 +15,14 @@ whatever captions the model was trained on, so variants stay comparable.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 
 from .. import distributed as D
 from .. import openclip
-from ..data.loader import iterate_split, skip_counts, skips_by_reason
+from ..data.loader import EvalBatch, iterate_split, skip_counts, skips_by_reason
 from ..data.shards import read_zero_shot
 from ..data.sources import ShardSource
 from ..evaluation import DEFAULT_TEMPLATES, retrieval_metrics, zero_shot_classifier, zero_shot_counts
@@ -48,6 +48,21 @@ def gather_rows(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
 
 
+def val_batches(ctx: TaskContext, batch_size: int, sources: tuple[str, ...]) -> Iterator[EvalBatch]:
+    """This rank's contiguous block of the val split (val transform, in order) with every caption of `sources`."""
+    cfg = ctx.cfg
+    return iterate_split(
+        [(s.url, s.samples) for s in ctx.assignment.val_shards],
+        batch_size,
+        int(cfg["model"]["image"]["image_size"]),
+        caption_sources=sources,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        threads=int(cfg["data"].get("loader_threads") or 2),
+        source=ShardSource.from_cfg(cfg),
+    )
+
+
 @torch.no_grad()
 def evaluate_clip(ctx: TaskContext, model: torch.nn.Module, tokenizer: Any, step: int) -> dict[str, float]:
     """Retrieval and zero-shot metrics on the val shards, reported to the orchestrator.
@@ -70,16 +85,7 @@ def evaluate_clip(ctx: TaskContext, model: torch.nn.Module, tokenizer: Any, step
     img_feats, labels, img_ids = [], [], []
     txt_feats, txt_owner = [], []
     reasons: dict[str, int] = {}
-    for b in iterate_split(
-        shards,
-        int(ev.get("batch_size", 256)),
-        int(cfg["model"]["image"]["image_size"]),
-        caption_sources=sources,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        threads=int(cfg["data"].get("loader_threads") or 2),
-        source=ShardSource.from_cfg(cfg),
-    ):
+    for b in val_batches(ctx, int(ev.get("batch_size", 256)), sources):
         for r, n in b.skip_reasons.items():
             reasons[r] = reasons.get(r, 0) + n
         keep = [i for i, ok in enumerate(b.valid.tolist()) if ok]

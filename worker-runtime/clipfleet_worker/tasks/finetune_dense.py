@@ -32,15 +32,15 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import distributed as D
-from ..accel import DeviceFeeder, autocast_for, cuda_memory_line, grad_scaler, maybe_compile, path_line
+from ..accel import DeviceFeeder, autocast_for, maybe_compile, path_line
 from ..data.loader import iterate_split, resolve_num_classes, seg_class_names, skip_counts, skips_by_reason
 from ..data.sources import ShardSource
 from ..evaluation import DEPTH_KEYS, add_sums, depth_metric_sums, depth_metrics_from_sums, seg_class_iou, seg_confusion, seg_metrics
 from ..losses import depth_loss, seg_loss
-from ..models import DenseModel, TowerLoadReport, build_dense_model, load_image_tower, params_sha256
+from ..models import DenseModel, TowerLoadReport, build_dense_model, load_image_tower
 from ..models.attention import sdpa_in_use
-from ..optim import build_optimizer, lr_at, set_lr
-from .common import TaskContext, apply_update, checkpoint_payload, load_init_weights, load_resume, maybe_checkpoint, plan_loader, restore_trainer
+from ..optim import lr_at, set_lr
+from .common import TaskContext, apply_update, checkpoint_payload, finish_training, load_init_weights, maybe_checkpoint, plan_loader, report_train_step, start_trainer
 
 # The label map each dense task trains on (the loader's and iterate_split's `dense` argument).
 DENSE_KIND = {"finetune-seg": "seg", "finetune-depth": "depth"}
@@ -84,17 +84,9 @@ def run(ctx: TaskContext) -> None:
     train, dense = cfg["train"], cfg["dense"]
     device = ctx.device
     model, num_classes = build_model(ctx)
-    optimizer = build_optimizer(model, train, device.type)
-    scaler = grad_scaler(train["precision"], device)
     total = int(a.total_steps)
     start = int(a.start_step)
-
-    resume = load_resume(a)
-    if resume is not None:
-        restore_trainer(ctx, resume, model, optimizer, scaler)
-    else:
-        init_backbone(ctx, model)
-        D.broadcast_parameters(model)
+    optimizer, scaler = start_trainer(ctx, model, lambda: init_backbone(ctx, model))
 
     params = [p for p in model.parameters() if p.requires_grad]
     per_rank = int(a.per_rank_batch)
@@ -125,7 +117,6 @@ def run(ctx: TaskContext) -> None:
     t_last = time.perf_counter()
     try:
         for batch in DeviceFeeder(loader, device):
-            data_wait = batch.data_wait
             t_compute = time.perf_counter()
             step = batch.step + 1  # steps completed after this one
             set_lr(optimizer, lr_at(batch.step, train, total))
@@ -147,28 +138,11 @@ def run(ctx: TaskContext) -> None:
             with autocast_for(train["precision"], device):
                 loss = _forward_backward(forward, kind, dense, images, target, mask, micro, scaler, ctx, step)
             upd = apply_update(ctx, step, float(loss), int(valid.sum()), params, optimizer, scaler, train)
-            sync, gnorm, nan_skipped = upd.sync, upd.grad_norm, upd.nan_skipped
+            sync = upd.sync
             now = time.perf_counter()
             step_seconds = now - t_last
             t_last = now
-            # Every step is reported: the orchestrator's hang detection counts on it.
-            ctx.report_step(
-                step=step,
-                epoch=batch.epoch,
-                sample_in_epoch=batch.sample_in_epoch + int(a.global_batch),
-                loss=sync.loss,
-                lr=optimizer.param_groups[0]["lr"],
-                grad_norm=gnorm,
-                samples_per_second=int(a.global_batch) / max(step_seconds, 1e-9),
-                step_seconds=step_seconds,
-                data_wait_seconds=data_wait,
-                compute_seconds=now - t_compute,
-                skipped_samples=batch.skipped,
-                skipped_by_reason=batch.skip_reasons,
-                nan_skipped=nan_skipped,
-                out_of_range_labels=batch.seg_out_of_range,
-                samples=[sid for sid, ok in zip(batch.sample_ids, valid.tolist()) if ok] if audit else None,
-            )
+            report_train_step(ctx, batch, step, upd, optimizer, step_seconds, now - t_compute, audit, out_of_range_labels=batch.seg_out_of_range)
             if ctx.rank == 0 and (step % every == 0 or step == total):
                 print(f"step {step}/{total} epoch {batch.epoch} {kind} loss {sync.loss:.4f} lr {optimizer.param_groups[0]['lr']:.3g} "
                       f"{int(a.global_batch) / max(step_seconds, 1e-9):.1f} samples/s", flush=True)
@@ -184,16 +158,8 @@ def run(ctx: TaskContext) -> None:
         loader.close()
         ctx.writer.wait()
 
-    memory = cuda_memory_line(device)
-    if memory is not None:
-        print(memory, flush=True)
-    if stopped:
-        print(f"clipfleet worker: stopped after step {step} as asked ({ctx.agent.commands.stop_reason or 'stop'})", flush=True)
-        return
     # Dense stages always measure the held-out split at the end unless eval.at_end is explicitly off.
-    if eval_cfg.get("at_end", True):
-        last_metrics = evaluate(step)
-    ctx.report_finished(step, params_sha256(model), last_metrics)
+    finish_training(ctx, model, step, stopped, evaluate if eval_cfg.get("at_end", True) else None, last_metrics)
 
 
 def depth_mask(target: Tensor, valid: Tensor, max_depth: float) -> Tensor:

@@ -14,15 +14,14 @@ import time
 
 import torch
 
-from .. import distributed as D
-from ..accel import DeviceFeeder, autocast_for, cuda_memory_line, grad_scaler, maybe_compile, path_line
+from ..accel import DeviceFeeder, autocast_for, maybe_compile, path_line
 from .. import openclip
 from ..losses import ClipLoss, clip_loss_both
-from ..models import build_clip, params_sha256
+from ..models import build_clip
 from ..models.attention import sdpa_in_use
-from ..optim import build_optimizer, clamp_logit_scale, lr_at, set_lr
+from ..optim import clamp_logit_scale, lr_at, set_lr
 from ..tokenizers import build_tokenizer
-from .common import TaskContext, apply_update, checkpoint_payload, load_init_weights, load_resume, maybe_checkpoint, plan_loader, restore_trainer
+from .common import TaskContext, apply_update, checkpoint_payload, finish_training, load_init_weights, maybe_checkpoint, plan_loader, report_train_step, start_trainer
 from .evaluate import evaluate_clip
 
 
@@ -34,20 +33,16 @@ def run(ctx: TaskContext) -> None:
     tokenizer = build_tokenizer(cfg["model"]["tokenizer"])
     context_length = int(cfg["model"]["text"]["context_length"])
     model = build_clip(cfg["model"], tokenizer.vocab_size).to(device)
-    optimizer = build_optimizer(model, train, device.type)
-    scaler = grad_scaler(train["precision"], device)
     loss_fn = ClipLoss(rank=ctx.rank, world_size=ctx.world_size)
     total = int(a.total_steps)
     start = int(a.start_step)
 
-    resume = load_resume(a)
-    if resume is not None:
-        restore_trainer(ctx, resume, model, optimizer, scaler)
-    else:
+    def init_fresh() -> None:
         if (cfg.get("init") or {}).get("kind") == "checkpoint":
             # Continue from a CLIP: an earlier stage's, another job's, or open_clip weights imported at submit.
             model.load_state_dict(openclip.fit_state(load_init_weights(a), model.state_dict(), a.init.dir))
-        D.broadcast_parameters(model)
+
+    optimizer, scaler = start_trainer(ctx, model, init_fresh)
     print(f"clipfleet worker: phase restored at {time.time():.3f}", flush=True)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -72,7 +67,6 @@ def run(ctx: TaskContext) -> None:
     t_last = time.perf_counter()
     try:
         for batch in DeviceFeeder(loader, device):
-            data_wait = batch.data_wait
             t_compute = time.perf_counter()
             step = batch.step + 1  # steps completed after this one
             set_lr(optimizer, lr_at(batch.step, train, total))
@@ -84,30 +78,13 @@ def run(ctx: TaskContext) -> None:
             with autocast_for(train["precision"], device):
                 loss = _forward_backward(model, forward, loss_fn, images, tokens, tokens_b, valid, micro, scaler, ctx, step)
             upd = apply_update(ctx, step, float(loss), int(valid.sum()), params, optimizer, scaler, train, after_step=lambda: clamp_logit_scale(model))
-            sync, gnorm, nan_skipped = upd.sync, upd.grad_norm, upd.nan_skipped
+            sync = upd.sync
             now = time.perf_counter()
             step_seconds = now - t_last
             t_last = now
             compute = now - t_compute
             temperature = float(model.logit_scale.detach().exp())
-            # Every step is reported: the orchestrator's hang detection counts on it.
-            ctx.report_step(
-                step=step,
-                epoch=batch.epoch,
-                sample_in_epoch=batch.sample_in_epoch + int(a.global_batch),
-                loss=sync.loss,
-                lr=optimizer.param_groups[0]["lr"],
-                temperature=temperature,
-                grad_norm=gnorm,
-                samples_per_second=int(a.global_batch) / max(step_seconds, 1e-9),
-                step_seconds=step_seconds,
-                data_wait_seconds=data_wait,
-                compute_seconds=compute,
-                skipped_samples=batch.skipped,
-                skipped_by_reason=batch.skip_reasons,
-                nan_skipped=nan_skipped,
-                samples=[sid for sid, ok in zip(batch.sample_ids, valid.tolist()) if ok] if audit else None,
-            )
+            report_train_step(ctx, batch, step, upd, optimizer, step_seconds, compute, audit, temperature=temperature)
             if ctx.rank == 0 and (step % every == 0 or step == total):
                 print(f"step {step}/{total} epoch {batch.epoch} loss {sync.loss:.4f} lr {optimizer.param_groups[0]['lr']:.3g} "
                       f"logit_scale {temperature:.2f} {int(a.global_batch) / max(step_seconds, 1e-9):.1f} samples/s", flush=True)
@@ -125,16 +102,13 @@ def run(ctx: TaskContext) -> None:
         loader.close()
         ctx.writer.wait()
 
-    memory = cuda_memory_line(device)
-    if memory is not None:
-        print(memory, flush=True)
-    if stopped:
-        print(f"clipfleet worker: stopped after step {step} as asked ({ctx.agent.commands.stop_reason or 'stop'})", flush=True)
-        return
-    if eval_cfg and eval_cfg.get("at_end", True):
-        ctx.phase(step, "evaluating")
-        last_metrics = evaluate_clip(ctx, model, tokenizer, step)
-    ctx.report_finished(step, params_sha256(model), last_metrics)
+    at_end = eval_cfg and eval_cfg.get("at_end", True)
+    finish_training(ctx, model, step, stopped, (lambda s: _evaluate(ctx, model, tokenizer, s)) if at_end else None, last_metrics)
+
+
+def _evaluate(ctx: TaskContext, model, tokenizer, step: int) -> dict[str, float]:
+    ctx.phase(step, "evaluating")
+    return evaluate_clip(ctx, model, tokenizer, step)
 
 
 def _forward_backward(model, forward, loss_fn: ClipLoss, images, tokens, tokens_b, valid, micro: int, scaler, ctx: TaskContext, step: int) -> torch.Tensor:
