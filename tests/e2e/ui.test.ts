@@ -76,7 +76,7 @@ void describe("web dashboard", () => {
   void it("run --ui: the job listed, its loss curve growing, a kill -9 marked as a restart, live logs; refused without the token", { timeout: 600_000 }, async () => {
     const gate = join(tmp.dir, "go");
     // Both ranks of the first attempt wait before step 24 until the gate file exists: the kill lands mid-run, not by timing.
-    const spec = writeTinySpec(tmp.dir, { name: "ui-demo", steps: 60, batch: 32, everySteps: 10, failure: { backoff_seconds: 0.2, heartbeat_timeout: 3 }, env: { CLIPFLEET_FAULT: `gate@24:file=${gate}:attempt=1` } });
+    const spec = writeTinySpec(tmp.dir, { name: "ui-demo", steps: 60, batch: 32, everySteps: 10, failure: { backoff_seconds: 0.2, heartbeat_timeout: 3 }, env: { CLIPFLEET_FAULT: `gate@24:file=${gate}:attempt=1` }, extra: "eval:\n  every_steps: 15\n  zero_shot: false\n  at_end: true\n" });
     const state = join(tmp.dir, "state");
     const run = await startRun(spec, state, ["--ui", "--json"]);
     const url = await waitFor("the dashboard URL on stderr", () => /clipfleet: dashboard (http:\/\/127\.0\.0\.1:\d+\/\?token=[A-Za-z0-9_-]{20,})/.exec(run.child.output.stderr)?.[1], 60_000);
@@ -105,7 +105,6 @@ void describe("web dashboard", () => {
     assert.equal(new URL(page.url()).search, "", "the token is gone from the address bar");
     await page.waitForSelector(`tr[data-job="${run.jobId}"] a.job-link`, { timeout: 60_000 });
     await waitFor("the job's progress in the list", async () => (await text(page, `tr[data-job="${run.jobId}"]`)).match(/RUNNING/), 120_000, 200);
-    await page.screenshot({ path: join(SHOTS, "jobs.png") });
 
     // A reload works (the cookie), and the job's page opens from the list.
     await page.reload();
@@ -114,6 +113,8 @@ void describe("web dashboard", () => {
     await page.waitForSelector("#chart-loss .u-over");
     const early = await waitFor("loss points", async () => ((await attr(page, "#chart-loss", "data-points")) >= 3 ? attr(page, "#chart-loss", "data-points") : null), 120_000, 200);
     await waitFor("the loss curve to grow while it trains", async () => (await attr(page, "#chart-loss", "data-points")) > early, 120_000, 200);
+    // Evaluation results as they arrive (step 15, before the gate).
+    await waitFor("evaluation results on the page", async () => /retrieval\//.test(await text(page, "#evals")), 120_000, 200);
     await waitFor("log lines", async () => (await text(page, "#log")).match(/rank [01]\]/), 60_000, 200);
 
     // kill -9 of rank 1 while both ranks wait at the gate.
@@ -121,6 +122,9 @@ void describe("web dashboard", () => {
     // Meanwhile (the ranks are held), the nodes page and the comparison view.
     const other = await browser.newPage();
     other.on("pageerror", (e) => problems.push(String(e)));
+    await other.goto(`${base}/`);
+    await waitFor("the job's progress in the list", async () => /2[0-9] \/ 60/.test(await text(other, `tr[data-job="${run.jobId}"]`)), 60_000, 200);
+    await other.screenshot({ path: join(SHOTS, "jobs.png") });
     await other.goto(`${base}/nodes`);
     await other.waitForSelector('tr[data-node="local"]');
     assert.match(await text(other, 'tr[data-node="local"]'), /ready/);
@@ -138,7 +142,7 @@ void describe("web dashboard", () => {
     const marker = await text(page, "#markers li.marker-restart");
     assert.match(marker, /attempt 2 from step 20 \(failed: .*rank 1 was killed by SIGKILL/);
     await waitFor("the restart counted", async () => (await text(page, "#restarts")) === "1", 60_000, 200);
-    await waitFor("attempt 2's points", async () => (await attr(page, "#chart-loss", "data-points")) >= 30, 180_000, 200);
+    await waitFor("attempt 2's points", async () => (await attr(page, "#chart-loss", "data-points")) >= 45, 180_000, 200);
     const timeline = await text(page, "#attempts");
     assert.match(timeline, /failed/);
     assert.match(timeline, /rank 1 @ local/);

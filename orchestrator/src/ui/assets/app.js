@@ -247,8 +247,8 @@
         charts.forEach((c, i) => {
           if (!c.plot) c.plot = makeChart(c.box, c.def.title, [{ label: c.def.title, color: c.def.color }], markers, true);
           c.plot.setData([cols.t, cols.v[i]]);
-          c.box.setAttribute("data-points", String(cols.t.length));
-          c.count.textContent = cols.t.length + " points";
+          c.box.setAttribute("data-points", String(cols.n || 0));
+          c.count.textContent = (cols.n || 0) + " points";
         });
         const ms = markers();
         clear(markersEl);
@@ -268,6 +268,13 @@
         const t = p[0] / 1000;
         // Points come in time order; a replayed one (same time) is skipped.
         if (cols.t.length && t < cols.t[cols.t.length - 1]) continue;
+        if (cols.attempt !== undefined && cols.attempt !== p[2]) {
+          // A gap between attempts: the curve breaks at a restart instead of bridging the outage.
+          cols.t.push((cols.t[cols.t.length - 1] + t) / 2);
+          cols.v.forEach((v) => v.push(null));
+        }
+        cols.attempt = p[2];
+        cols.n = (cols.n || 0) + 1;
         cols.t.push(t);
         SERIES.forEach((s, i) => cols.v[i].push(typeof p[s.col] === "number" && Number.isFinite(p[s.col]) ? p[s.col] : null));
       }
@@ -303,7 +310,7 @@
           h("div", {}, h("b", {}, "age"), ago(j.createdAtMs)),
         ),
         j.pendingReason ? h("div", { class: "reason pending", id: "pending" }, "pending: " + j.pendingReason) : null,
-        j.reason ? h("div", { class: "reason" }, j.reason) : null,
+        j.reason ? h("div", { class: "reason" + (j.state === "FAILED" ? " failed" : j.state === "SUCCEEDED" ? " ok" : " info") }, j.reason) : null,
       ]);
       renderEval(st);
       renderAttempts(j);
@@ -365,7 +372,8 @@
 
     function renderEvents(events) {
       clear(eventsEl);
-      const list = (events || []).slice(-40).reverse();
+      // A single-stage job's state events come twice (the stage's and the job's): show each once.
+      const list = (events || []).filter((e, i, all) => !(i > 0 && all[i - 1].reason === e.reason && all[i - 1].type === e.type && Math.abs(all[i - 1].tsMs - e.tsMs) < 1000)).slice(-40).reverse();
       eventsEl.appendChild(h("table", {}, h("tbody", {}, list.map((e) => h("tr", {}, h("td", { class: "muted" }, clock(e.tsMs)), h("td", {}, e.type), h("td", {}, e.reason || e.state))))));
     }
 
@@ -465,6 +473,7 @@
   async function comparePage() {
     markNav("compare");
     document.title = "clipfleet: compare";
+    liveBadge.textContent = "snapshot";
     const ids = (new URLSearchParams(location.search).get("jobs") || "").split(",").filter((x) => /^j-[0-9a-z-]{1,64}$/.test(x)).slice(0, 8);
     append(main, h("h1", {}, "Compare jobs"));
     if (!ids.length) {
