@@ -44,9 +44,12 @@ $(PY_GEN)/.stamp: $(PROTOS)
 	touch $(PY_GEN)/__init__.py $(PY_GEN)/clipfleet/__init__.py $(PY_GEN)/clipfleet/v1/__init__.py
 	@touch $@
 
-## build: compile the orchestrator, CLI, tests and benchmarks
+## build: compile the orchestrator, CLI, tests and benchmarks; the dashboard's assets with uPlot (no CDN)
+UI_ASSETS := dist/orchestrator/src/ui/assets
 build: deps gen
 	node_modules/.bin/tsc -p tsconfig.json
+	rm -rf $(UI_ASSETS) && mkdir -p $(UI_ASSETS)
+	cp orchestrator/src/ui/assets/* node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css $(UI_ASSETS)/
 
 ## lint: typescript-eslint on hand-written code, the module dependency rule, Python byte-compile
 lint: build

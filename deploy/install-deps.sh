@@ -13,6 +13,7 @@ packages=(
   openssl                                       # clipfleet certs (the fleet CA)
   nats-server openssh-server prometheus iproute2 openssh-client procps  # real servers for tests
   slurm-wlm munge util-linux                    # the Slurm launcher and its tests (slurmctld, slurmd, srun; nsenter)
+  chromium                                      # the dashboard's browser tests (puppeteer-core drives it; no browser download)
 )
 
 missing=()

@@ -19,6 +19,7 @@ import { DEFAULT_RETENTION_SECONDS, Metrics, serveMetrics, type MetricsServer } 
 import { AccessLog, ANONYMOUS, loadServerTls, localIdentity } from "./auth/index.js";
 import { KEYS_DIR, loadOrCreateSigningKey, PUBLIC_KEY_FILE } from "./checkpoints/index.js";
 import { startControlServer, startWorkerServer } from "./rpc/index.js";
+import { serveDashboard, type Dashboard } from "./ui/index.js";
 import { localInventory, parseInventory, Scheduler, type Node } from "./scheduler/index.js";
 import { loadPresets, readTextFile } from "./spec/index.js";
 import { openStore } from "./store/index.js";
@@ -96,6 +97,10 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
     opts.controlListen ? tls : null,
   );
   const workers = await startWorkerServer(opts.listen, service, tls);
+  // A server's dashboard follows its control API's authentication (client certificates with --tls-dir); `run --ui`'s has a token.
+  const dashboard: Dashboard | null = opts.uiListen
+    ? await serveDashboard({ service, listen: opts.uiListen, tls: opts.controlListen ? tls : null, stateDir, logsPath: (id) => logs.path(id), subscribeAll: (h) => bus.subscribe("*", h) })
+    : null;
   const listenHost = opts.listen.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
   const advertiseHost = opts.advertise ?? (listenHost === "0.0.0.0" || listenHost === "::" ? "127.0.0.1" : listenHost);
   gateway = `${advertiseHost}:${workers.port}`;
@@ -115,6 +120,7 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
     address: controlAddress,
     workerAddress: gateway,
     metricsAddress: metricsServer?.address ?? null,
+    dashboardUrl: dashboard?.url ?? null,
     manifestKey: { fingerprint: manifestKey.fingerprint, publicKeyFile: join(stateDir, KEYS_DIR, PUBLIC_KEY_FILE) },
     close: () => {
       closing ??= (async () => {
@@ -124,6 +130,7 @@ export async function embed(opts: EmbedOptions): Promise<EmbeddedOrchestrator> {
         // the last writes land; only then the bus and the store close (a write still on its way
         // to a slow NATS store would otherwise publish on a closed bus, or launch a rank late).
         await service.quiesce();
+        await dashboard?.close();
         await control.close();
         await workers.close();
         await local.close();

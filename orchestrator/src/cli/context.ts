@@ -42,6 +42,8 @@ export interface EmbedOptions {
   metricsRetentionSeconds?: number;
   /** Serve what the state dir holds without reconciling or scheduling anything (read commands); its lock was stale, so unfinished jobs show as interrupted. */
   readOnly?: boolean;
+  /** Serve the read-only web dashboard on HOST:PORT (docs/ui.md): HTTPS with client certificates when tlsDir is set and this is a server, else a token URL. */
+  uiListen?: string | null;
 }
 
 /** The --nats-* flags as given; CLIPFLEET_NATS_USER, CLIPFLEET_NATS_PASSWORD and CLIPFLEET_NATS_TOKEN are read where they are used. */
@@ -62,6 +64,8 @@ export interface EmbeddedOrchestrator {
   /** host:port ranks dial for the worker gateway. */
   readonly workerAddress: string;
   readonly metricsAddress: string | null;
+  /** The dashboard's URL (with its one-time token when it has one), or null without --ui / --ui-listen. */
+  readonly dashboardUrl: string | null;
   /** The key the orchestrator signs checkpoint manifests with: its fingerprint and its public key's file, for admins. */
   readonly manifestKey: { readonly fingerprint: string; readonly publicKeyFile: string };
   close(): Promise<void>;

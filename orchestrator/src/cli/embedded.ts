@@ -28,6 +28,8 @@ export interface OrchestratorArgs {
   "allow-python"?: string[];
   "max-quarantine-seconds"?: number;
   "min-quarantine-after"?: number;
+  "ui-listen"?: string;
+  ui?: boolean;
 }
 
 /**
@@ -47,11 +49,16 @@ export function orchestratorOptions<T extends GlobalArgs>(y: Argv<T>, defaultLis
           .option("allow-python", { type: "string", array: true, describe: "policy: an interpreter worker.python may name (default: none; ranks use the node's)" })
           .option("max-quarantine-seconds", { type: "number", default: DEFAULT_SPEC_POLICY.maxQuarantineSeconds, describe: "policy: the longest node quarantine a spec may ask for" })
           .option("min-quarantine-after", { type: "number", default: DEFAULT_SPEC_POLICY.minQuarantineAfter, describe: "policy: the fewest failures before quarantine a spec may ask for (0, never, is always allowed)" })
-      : y.option("listen", {
-          type: "string",
-          default: defaultListen,
-          describe: "address of the worker gateway ranks dial (HOST:PORT, port 0: any); the control API is a socket in the state dir, for this user only",
-        });
+          .option("ui-listen", { type: "string", describe: "serve the read-only web dashboard on HOST:PORT (HTTPS with a viewer's client certificate under --tls-dir, else a token URL; docs/ui.md)" })
+          .option("ui", { type: "boolean", default: false, hidden: true })
+      : y
+          .option("listen", {
+            type: "string",
+            default: defaultListen,
+            describe: "address of the worker gateway ranks dial (HOST:PORT, port 0: any); the control API is a socket in the state dir, for this user only",
+          })
+          .option("ui-listen", { type: "string", describe: "with --ui: the dashboard's address (a loopback HOST:PORT; default 127.0.0.1, any free port)" })
+          .option("ui", { type: "boolean", default: false, describe: "serve the read-only web dashboard on 127.0.0.1 and print its URL (with a one-time token; docs/ui.md)" });
   return base
     .option("metrics-listen", { type: "string", describe: "serve Prometheus metrics on HOST:PORT (/metrics)" })
     .option("metrics-retention", { type: "number", describe: "seconds a finished job's metric series stay exported (default 3600)" })
@@ -68,6 +75,15 @@ export function orchestratorOptions<T extends GlobalArgs>(y: Argv<T>, defaultLis
     .option("inventory", { type: "string", describe: "nodes.yaml describing the fleet (default: this machine)" })
     .option("known-hosts", { type: "string", describe: "known_hosts file for SSH nodes (default ~/.ssh/known_hosts)" })
     .option("advertise", { type: "string", describe: "host workers use to reach this orchestrator (default: the worker gateway's listen host)" });
+}
+
+/** `run --ui`'s dashboard address: loopback only (its token travels in plain HTTP), default any free port. */
+function embeddedUiListen(args: OrchestratorArgs): string | null {
+  const listen = args["ui-listen"];
+  if (listen && !args.ui) throw new InvalidArgumentError("--ui-listen: has no effect without --ui", "ui-listen");
+  if (!args.ui) return null;
+  if (listen && !isLoopback(hostOf(listen))) throw new InvalidArgumentError(`--ui-listen: ${listen} is reachable from other machines; run's dashboard serves loopback only (a server's --ui-listen with --tls-dir serves others)`, "ui-listen");
+  return listen ?? "127.0.0.1:0";
 }
 
 /** The host of HOST:PORT (brackets of an IPv6 address removed). */
@@ -110,11 +126,13 @@ export function embedOptions(args: GlobalArgs & OrchestratorArgs, embedded: bool
   // `run` takes it as a server's certificates only when it holds them.
   if (embedded) {
     const own = args["tls-dir"] || (tlsDir && existsSync(join(tlsDir, "server.crt")) ? tlsDir : null);
-    return { ...common, listen: args.listen, controlListen: null, tlsDir: own || null };
+    return { ...common, listen: args.listen, controlListen: null, tlsDir: own || null, uiListen: embeddedUiListen(args) };
   }
   const workerListen = args["worker-listen"] ?? `${args.listen.replace(/:\d+$/, "")}:0`;
   // Secure by default: a server others can reach authenticates them, unless told not to.
-  const exposed = [args.listen, workerListen].find((a) => !isLoopback(hostOf(a)));
+  if (args.ui) throw new InvalidArgumentError("--ui: a server's dashboard is --ui-listen HOST:PORT (--ui is for run, launch and resume)", "ui");
+  const uiListen = args["ui-listen"] ?? null;
+  const exposed = [args.listen, workerListen, ...(uiListen ? [uiListen] : [])].find((a) => !isLoopback(hostOf(a)));
   if (exposed && !tlsDir && !args.insecure) {
     throw new InvalidArgumentError(
       `--listen: ${exposed} is reachable from other machines, and no --tls-dir was given: make certificates with \`clipfleet certs init --dir DIR --host HOST\` and pass --tls-dir DIR (or --insecure to serve without authentication)`,
@@ -130,5 +148,5 @@ export function embedOptions(args: GlobalArgs & OrchestratorArgs, embedded: bool
   for (const [flag, v] of [["max-quarantine-seconds", policy.maxQuarantineSeconds], ["min-quarantine-after", policy.minQuarantineAfter]] as const) {
     if (!Number.isFinite(v) || v < 0 || v > 31_536_000) throw new InvalidArgumentError(`--${flag}: expected a number from 0 to 31536000, got ${v}`, flag);
   }
-  return { ...common, listen: workerListen, controlListen: args.listen, tlsDir, insecure: args.insecure === true, policy };
+  return { ...common, listen: workerListen, controlListen: args.listen, tlsDir, insecure: args.insecure === true, policy, uiListen };
 }

@@ -58,3 +58,22 @@ void describe("embedOptions: TLS folders", () => {
     assert.equal(embedOptions(args(), false).tlsDir, serverDir);
   });
 });
+
+void describe("embedOptions: the dashboard's address", () => {
+  void it("run --ui: 127.0.0.1, any port, or a loopback --ui-listen; --ui-listen alone or off loopback is refused", () => {
+    assert.equal(embedOptions(args(), true).uiListen, null);
+    assert.equal(embedOptions(args({ ui: true }), true).uiListen, "127.0.0.1:0");
+    assert.equal(embedOptions(args({ ui: true, "ui-listen": "127.0.0.1:8888" }), true).uiListen, "127.0.0.1:8888");
+    assert.throws(() => embedOptions(args({ "ui-listen": "127.0.0.1:8888" }), true), /--ui-listen: has no effect without --ui/);
+    assert.throws(() => embedOptions(args({ ui: true, "ui-listen": "0.0.0.0:8888" }), true), /--ui-listen: 0\.0\.0\.0:8888 is reachable from other machines/);
+  });
+
+  void it("server --ui-listen: off loopback only with --tls-dir (or --insecure); --ui is run's flag", () => {
+    const server = (extra: Partial<GlobalArgs & OrchestratorArgs>) => embedOptions(args({ listen: "127.0.0.1:7070", "tls-dir": "", ...extra }), false);
+    assert.equal(server({ "ui-listen": "127.0.0.1:8080" }).uiListen, "127.0.0.1:8080");
+    assert.throws(() => server({ "ui-listen": "0.0.0.0:8080" }), /--listen: 0\.0\.0\.0:8080 is reachable from other machines/);
+    assert.equal(server({ "ui-listen": "0.0.0.0:8080", "tls-dir": serverDir }).uiListen, "0.0.0.0:8080");
+    assert.equal(server({ "ui-listen": "0.0.0.0:8080", insecure: true }).uiListen, "0.0.0.0:8080");
+    assert.throws(() => server({ ui: true }), /--ui: a server's dashboard is --ui-listen HOST:PORT/);
+  });
+});

@@ -29,6 +29,7 @@ const ALLOWED: Record<string, readonly string[]> = {
   auth: ["domain", "gen"],
   jobs: ["gen", "util", "domain", "spec", "data", "scheduler", "store", "events", "metrics", "launcher", "checkpoints"],
   rpc: ["jobs", "auth", "domain", "gen"],
+  ui: ["jobs", "auth", "domain"],
   client: ["gen", "domain"],
   cli: ["client", "auth", "domain", "spec", "jobs", "gen", "checkpoints", "util"],
 };

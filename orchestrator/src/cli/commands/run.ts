@@ -27,7 +27,8 @@ export const runCommand: Command<RunArgs> = (deps, state) => ({
       .option("grace", { type: "number", describe: "seconds to wait for ranks to checkpoint and exit on Ctrl-C/SIGTERM" })
       .option("report", { type: "string", describe: "when the job ends, write its report (plots, index.md, index.html; see `clipfleet report`) into this directory" })
       .example("$0 run examples/tiny-pretrain.yaml", "pretrain a tiny CLIP with 2 workers on synthetic data")
-      .example("$0 run spec.yaml --json --metrics-listen 127.0.0.1:9400", "print a JSON summary; serve metrics while running"),
+      .example("$0 run spec.yaml --json --metrics-listen 127.0.0.1:9400", "print a JSON summary; serve metrics while running")
+      .example("$0 run spec.yaml --ui", "also serve the web dashboard on 127.0.0.1; open the URL it prints (docs/ui.md)"),
   handler: async (args) => {
     const input = readSpecInput(args.spec, deps.presetsPath);
     const orch = await deps.embed(embedOptions(args, true));
@@ -62,6 +63,7 @@ export async function runJob(
   try {
     const job = await start(client);
     note(`clipfleet: job ${job.id} (${job.name}), state in ${args["state-dir"]}${orch.metricsAddress ? `, metrics on http://${orch.metricsAddress}/metrics` : ""}`);
+    if (orch.dashboardUrl) note(`clipfleet: dashboard ${orch.dashboardUrl}`);
     let stops = 0;
     const onSignal = (sig: NodeJS.Signals): void => {
       stops += 1;

@@ -21,6 +21,7 @@ export const serverCommand: Command<OrchestratorArgs> = (deps) => ({
         `${orch.metricsAddress ? `, metrics on http://${orch.metricsAddress}/metrics` : ""}, state in ${args["state-dir"]}` +
         `; checkpoint manifests signed with ${orch.manifestKey.fingerprint} (public key: ${orch.manifestKey.publicKeyFile})`,
     );
+    if (orch.dashboardUrl) note(`clipfleet server: dashboard ${orch.dashboardUrl}${opts.tlsDir ? " (a viewer's client certificate of the fleet CA)" : ""}`);
     await new Promise<void>((resolve) => {
       const stop = (sig: NodeJS.Signals): void => {
         note(`clipfleet server: ${sig}, shutting down (running jobs continue when the server starts again)`);
