@@ -23,7 +23,7 @@ interface RecapAudit {
 }
 
 /** A 2-rank recaption spec over the tiny dataset (4 shards of 256 samples, 8 batches of 32 each). */
-function recapSpec(dir: string, name: string, o: { fault?: string; captioner?: string; fusion?: string; extra?: string } = {}): string {
+function recapSpec(dir: string, name: string, o: { fault?: string; captioner?: string; fusion?: string; grace?: number; extra?: string } = {}): string {
   const path = join(dir, `${name}.yaml`);
   writeFileSync(
     path,
@@ -38,7 +38,7 @@ captioner:
 fusion: ${o.fusion ?? '{entry_point: "recap_fixture:make_fuser", args: {keep: 3}}'}
 recaption: {out: ${name}-out}
 cluster: {workers: 2}
-failure: {backoff_seconds: 0.2, heartbeat_timeout: 5}
+failure: {backoff_seconds: 0.2, heartbeat_timeout: 5${o.grace ? `, grace_seconds: ${o.grace}` : ""}}
 ${o.fault ? `worker:\n  env:\n    CLIPFLEET_FAULT: "${o.fault}"\n` : ""}${o.extra ?? ""}`,
   );
   return path;
@@ -179,8 +179,52 @@ void describe("recaption", () => {
     assert.ok(!existsSync(gate));
   });
 
+  void it("cancel while ranks are mid-shard: each finishes and commits its shard, then exits 0; resume writes the rest, bytes identical", async () => {
+    const state = join(tmp.dir, "cancel-state");
+    const gate = join(tmp.dir, "cancel.gate");
+    const spec = recapSpec(tmp.dir, "cancel", { fault: `gate@3:attempt=1:file=${gate}`, grace: 300 });
+    const run = await startRun(spec, state, [], ENV);
+    await logMatch(run.jobId, state, /rank 0\].*gate at step 3/);
+    await logMatch(run.jobId, state, /rank 1\].*gate at step 3/);
+    const cancel = runCli(["cancel", run.jobId, "--state-dir", state]);
+    await waitForStatus(run.jobId, state, "the stop", (x) => x.state === "STOPPING" || x.state === "CANCELLED");
+    writeFileSync(gate, "");
+    const c = await cancel;
+    assert.equal(c.code, 0, c.stderr);
+    await run.done;
+    const logs = (await runCli(["logs", run.jobId, "--state-dir", state])).stdout;
+    assert.match(logs, /rank 0 \(pid \d+\) exited with code 0/, "rank 0 left on its own (grace_seconds is 300)");
+    assert.match(logs, /rank 1 \(pid \d+\) exited with code 0/);
+    const cancelled = await recapAudit(run.jobId, state);
+    assert.equal(cancelled.committed, 2, "each rank committed the shard it was writing");
+    const r = await runCli(["resume", run.jobId, "--json", "--state-dir", state], { env: ENV });
+    assert.equal(r.code, 0, r.stderr);
+    assertWrittenOnce(await recapAudit(run.jobId, state));
+    assert.deepEqual(digests(join(tmp.dir, "cancel-out")), reference);
+  });
+
+  void it("a preemption signal restarts the stage at once, not spending the restart budget; bytes identical", async () => {
+    const state = join(tmp.dir, "preempt-state");
+    const gate = join(tmp.dir, "preempt.gate");
+    const spec = recapSpec(tmp.dir, "preempt", { fault: `gate@3:attempt=1:file=${gate}` });
+    const run = await startRun(spec, state, ["--json"], ENV);
+    await logMatch(run.jobId, state, /rank 1\].*gate at step 3/);
+    const victim = currentAttempt(await status(run.jobId, state)).ranks.find((x) => x.rank === 1);
+    assert.ok(victim && victim.pid > 0);
+    process.kill(victim.pid, "SIGUSR1");
+    const r = await run.done;
+    assert.equal(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as Summary;
+    assert.equal(s.state, "SUCCEEDED");
+    assert.equal(s.restarts, 0);
+    const v = await status(run.jobId, state);
+    assert.equal((v.job.stages[0] as unknown as { preemptions: number }).preemptions, 1);
+    assertWrittenOnce(await recapAudit(run.jobId, state));
+    assert.deepEqual(digests(join(tmp.dir, "preempt-out")), reference);
+  });
+
   void it("a plugin that raises fails the stage with its traceback (a repeated user error, not retried forever)", async () => {
-    const spec = recapSpec(tmp.dir, "broken", { captioner: "recap_fixture:make_broken", extra: "" });
+    const spec = recapSpec(tmp.dir, "broken", { captioner: "recap_fixture:make_broken" });
     const state = join(tmp.dir, "broken-state");
     const r = await runCli(["run", spec, "--json", "--state-dir", state], { env: ENV });
     assert.equal(r.code, 1, r.stderr);

@@ -183,6 +183,8 @@ async function peekTar(path: string, n: number, name: string): Promise<Set<strin
         const ext = gz ? member.slice(0, -".gz".length) : member;
         const json = async (): Promise<Record<string, unknown> | null> => parseObject(gz ? gunzipped(await reader.read(entry)) : await reader.read(entry));
         if (ext === "txt") sources.add("alt");
+        // NAME.txt: caption source NAME (what a recaption stage writes, e.g. vecap.txt).
+        else if (/^[A-Za-z0-9_-]+\.txt$/.test(ext)) sources.add(ext.slice(0, -".txt".length));
         else if (ext === "json") {
           for (const [k, v] of Object.entries((await json()) ?? {})) if (isCaption(v)) sources.add(k);
         } else if (ext === "syn.json") {

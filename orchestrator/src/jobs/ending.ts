@@ -174,11 +174,12 @@ export class Ending {
     const step = a.nextSafeStep();
     if (!a.apply({ type: "stop", stopAt: { step, checkpoint: true, preempt: true } })) return;
     const formed = a.phase.kind === "stopping";
-    // An evaluation keeps no state between its steps: like a gang that has not formed, it has nothing to save.
-    const saves = formed && a.spec.task !== "eval";
+    // An evaluation keeps no state between its steps, and a recaption's state is its committed shards
+    // (persisted as each one finishes): like a gang that has not formed, they have nothing to save.
+    const saves = formed && a.spec.task !== "eval" && a.spec.task !== "recaption";
     const { ledger, metrics } = this.ctx;
     const why = `preempted: ${reason}`;
-    const nothing = `${why}; ${formed ? "an evaluation" : "before the gang formed"}, nothing to save`;
+    const nothing = `${why}; ${formed ? (a.spec.task === "recaption" ? "a recaption (its committed shards are kept)" : "an evaluation") : "before the gang formed"}, nothing to save`;
     await ledger.transition(a.jobId, a.stage, "STOPPING", saves ? `${why}; checkpoint at step ${step}` : nothing, {
       attempt: a.attempt,
       data: { preempt: true, stopStep: saves ? step : 0 },

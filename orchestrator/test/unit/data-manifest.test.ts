@@ -289,6 +289,17 @@ void test("missing shards and empty datasets are user errors naming the file or 
   }
 });
 
+void test("peekCaptionSources reports a NAME.txt member (a recaption stage's output) as source NAME", async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    writeFileSync(join(dir, "0.tar"), tarBytes(samples(2, "", (i) => [{ name: `${String(i).padStart(9, "0")}.vecap.txt`, data: "a red circle" }])));
+    const m = await resolveManifest([`${dir}/0.tar`]);
+    assert.deepEqual([...((await peekCaptionSources(m)) ?? [])].sort(), ["alt", "vecap"]);
+  } finally {
+    cleanup();
+  }
+});
+
 void test("peekCaptionSources reports alt, string json keys and syn", async () => {
   const { dir, cleanup } = tempDir();
   try {

@@ -130,6 +130,12 @@ class ShardWriter:
         return sha, size, n
 
 
+def _stopping(ctx: TaskContext) -> bool:
+    c = ctx.agent.commands
+    with c.lock:
+        return c.stop_at is not None or c.fenced is not None
+
+
 def run(ctx: TaskContext) -> None:
     cfg, a = ctx.cfg, ctx.assignment
     rc = cfg["recaption"]
@@ -147,6 +153,11 @@ def run(ctx: TaskContext) -> None:
     while True:
         reply = ctx.agent.lease(commit)
         commit = None
+        if _stopping(ctx):
+            # A stop (cancel, SIGTERM of the gang): the shard just reported is committed; a new lease is dropped
+            # (leases die with the attempt) and the next attempt takes it.
+            print("clipfleet worker: stop requested: leaving after the last committed shard", flush=True)
+            return
         if reply.granted:
             t0 = time.monotonic()
             sha, size, samples = writer.write(reply.input_url, reply.output)
