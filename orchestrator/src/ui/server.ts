@@ -14,7 +14,7 @@ import { dirname, extname, join } from "node:path";
 import type { TLSSocket } from "node:tls";
 import { fileURLToPath } from "node:url";
 import type { TlsFiles } from "../auth/index.js";
-import { asClipfleetError, InvalidArgumentError, type JobEvent } from "../domain/index.js";
+import { asClipfleetError, InvalidArgumentError, isTerminal, type JobEvent, type JobRecord } from "../domain/index.js";
 import { stepHistoryPath, thinPoints, type JobService, type LogEntry, type StepPointRecord } from "../jobs/index.js";
 import { decideAccess, newToken, tokenCookie, type AccessMode } from "./access.js";
 import { isRefusal, route, withoutToken, type Route } from "./request.js";
@@ -125,7 +125,7 @@ export async function serveDashboard(opts: DashboardOptions): Promise<Dashboard>
       case "page":
         return sendPage(res, 200, assets.get("index.html")?.body ?? "");
       case "jobs":
-        return sendJson(res, jobList(service.list()));
+        return sendJson(res, jobList(liveList(service)));
       case "nodes":
         return sendJson(res, { nodes: nodeList(service.nodes()) });
       case "job":
@@ -191,10 +191,15 @@ export async function serveDashboard(opts: DashboardOptions): Promise<Dashboard>
   };
 }
 
+/** Every job, the live ones with their running attempts' progress laid over (as GetJob shows them). */
+function liveList(service: JobService): JobRecord[] {
+  return service.list().map((j) => (isTerminal(j.state) ? j : service.get(j.id)));
+}
+
 /** The job list and the nodes, again after every burst of events (at most once a second). */
 function streamOverview(ch: SseChannel, opts: DashboardOptions): void {
   const send = (): void => {
-    ch.send("jobs", jobList(opts.service.list()));
+    ch.send("jobs", jobList(liveList(opts.service)));
     ch.send("nodes", { nodes: nodeList(opts.service.nodes()) });
   };
   const refresh = coalesce(ch, send, 1000);

@@ -1,6 +1,6 @@
 /** `clipfleet resume JOB`: continue a failed, cancelled or interrupted job from its last committed checkpoints. */
 import type { Command } from "../command.js";
-import { connect, out, printJson } from "../context.js";
+import { connect, note, out, printJson } from "../context.js";
 import { embedOptions, orchestratorOptions, type OrchestratorArgs } from "../embedded.js";
 import { jobSummary, stateName } from "../render.js";
 import { resolveJob } from "../job-ref.js";
@@ -22,6 +22,7 @@ export const resumeCommand: Command<ResumeArgs> = (deps, state) => ({
       .example("$0 resume j-20261123-101500-a1b2c3 --server 127.0.0.1:7070", "ask a server to resume a failed job"),
   handler: async (args) => {
     if (args.server ?? process.env.CLIPFLEET_SERVER) {
+      if (args.ui) note("clipfleet: warning: --ui has no effect with --server (open the server's own dashboard, --ui-listen)");
       const client = await connect(args);
       try {
         const job = await client.resume((await resolveJob(client, args.job, args)).id);
