@@ -52,7 +52,7 @@ def val_batches(ctx: TaskContext, batch_size: int, sources: tuple[str, ...]) -> 
     """This rank's contiguous block of the val split (val transform, in order) with every caption of `sources`."""
     cfg = ctx.cfg
     return iterate_split(
-        [(s.url, s.samples) for s in ctx.assignment.val_shards],
+        ctx.agent.shards("val"),
         batch_size,
         int(cfg["model"]["image"]["image_size"]),
         caption_sources=sources,

@@ -172,7 +172,7 @@ def evaluate_captioner(ctx: TaskContext, model: ImageCaptioner, tokenizer: Any, 
     cfg, a = ctx.cfg, ctx.assignment
     ev = cfg.get("eval") or {}
     device = ctx.device
-    if not a.val_shards:
+    if not ctx.agent.shards("val"):
         ctx.report_eval(step, {})
         return {}
     probs = cfg["data"]["captions"]
