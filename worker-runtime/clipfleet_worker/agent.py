@@ -205,7 +205,9 @@ class Agent:
         self.metadata = (("authorization", f"Bearer {env.token}"),)
         self.commands = Commands()
         self.assignment: pb.Assignment | None = None
-        self._out: queue.Queue[pb.WorkerMessage | None] = queue.Queue()
+        # SimpleQueue: its put is reentrant, so the SIGTERM handler (lifecycle.py), which runs on the
+        # main thread between any two bytecodes, may send even while that thread is inside send().
+        self._out: queue.SimpleQueue[pb.WorkerMessage | None] = queue.SimpleQueue()
         self._step = 0
         self._phase = "starting"
         self._closed = threading.Event()
