@@ -53,11 +53,23 @@ export async function benchGoodput(quick: boolean, work: string): Promise<{ figu
     const endMs = startedMs + p.seconds * 1000;
     for (let next = startedMs + p.killEverySeconds * 1000; next < endMs - 5000; next += p.killEverySeconds * 1000) {
       await sleep(Math.max(0, next - Date.now()));
-      const live = await liveAttempt(stateDir, jobId);
-      // The previous restart is still starting (no step yet): wait for it rather than kill a gang that is not training.
-      await waitFor(`attempt ${live.number} training`, () => readSteps(stateDir, jobId).some((s) => s.attempt === live.number), 120_000, 20);
-      const victim = live.ranks[Math.floor(Math.random() * live.ranks.length)];
-      if (!victim) throw new Error(`attempt ${live.number} has no ranks`);
+      // The newest attempt once it trains (a restart still starting, or not yet recorded, is waited for), and a rank of it still alive.
+      const { live, victim } = await waitFor(
+        "a training attempt",
+        async () => {
+          const a = await liveAttempt(stateDir, jobId).catch(() => null);
+          const v = a?.ranks[Math.floor(Math.random() * a.ranks.length)];
+          if (!a || !v || !readSteps(stateDir, jobId).some((s) => s.attempt === a.number)) return null;
+          try {
+            process.kill(v.pid, 0);
+          } catch {
+            return null;
+          }
+          return { live: a, victim: v };
+        },
+        120_000,
+        50,
+      );
       kills.push({ atMs: Date.now(), attempt: live.number, rank: victim.rank });
       process.kill(victim.pid, "SIGKILL");
     }
