@@ -109,7 +109,7 @@ seg-diagnostics: build
 bench: build
 	node dist/bench/run.js
 
-## bench-quick: every benchmark in miniature (under 3 minutes, writes bench/results/quick.json), so they cannot rot
+## bench-quick: every benchmark in miniature (under 4 minutes, writes bench/results/quick.json), so they cannot rot
 bench-quick: build
 	node dist/bench/run.js --quick
 

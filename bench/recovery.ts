@@ -13,6 +13,7 @@
  * waits for it).
  */
 import { spawn } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { LogEntry } from "../orchestrator/src/jobs/index.js";
 import { BIN, PYTHON, runProcess, sleep, waitFor } from "./lib/proc.js";
@@ -51,22 +52,47 @@ const HEARTBEAT_TIMEOUT = 3;
 /** Runs every kill -9 and SIGSTOP run; returns figures per injection kind. */
 export async function benchRecovery(quick: boolean, work: string): Promise<{ figures: Figure[]; details: unknown }> {
   const p = recoveryPlan(quick);
-  const spec = writeTinySpec(work, {
-    name: "recovery",
-    steps: p.steps,
-    batch: 64,
-    everySteps: p.everySteps,
-    finalCheckpoint: false,
-    shuffle: true,
-    failure: { heartbeat_timeout: HEARTBEAT_TIMEOUT },
-  });
+  const specOf = (spares: number): string =>
+    writeTinySpec(work, {
+      name: `recovery-spares${spares}`,
+      steps: p.steps,
+      batch: 64,
+      everySteps: p.everySteps,
+      finalCheckpoint: false,
+      shuffle: true,
+      failure: { heartbeat_timeout: HEARTBEAT_TIMEOUT },
+      spares,
+    });
+  const warm = specOf(WARM_SPARES);
+  const cold = specOf(0);
   const runs: RecoveryRun[] = [];
+  const coldRuns: RecoveryRun[] = [];
   for (let i = 0; i < p.runs; i++) {
-    for (const signal of ["SIGKILL", "SIGSTOP"] as const) {
-      runs.push(await recoverOnce(spec, join(work, `${signal}-${i}`), signal, p.killAt));
-    }
+    // Side by side: the same kill with and without spares, alternating which goes first.
+    const pair = async (): Promise<void> => {
+      runs.push(await recoverOnce(warm, join(work, `SIGKILL-${i}`), "SIGKILL", p.killAt, WARM_SPARES));
+    };
+    const coldOne = async (): Promise<void> => {
+      coldRuns.push(await recoverOnce(cold, join(work, `SIGKILL-cold-${i}`), "SIGKILL", p.killAt, 0));
+    };
+    if (i % 2 === 0) await pair().then(coldOne);
+    else await coldOne().then(pair);
+    runs.push(await recoverOnce(warm, join(work, `SIGSTOP-${i}`), "SIGSTOP", p.killAt, WARM_SPARES));
   }
   const figures: Figure[] = [];
+  const killWarm = runs.filter((r) => r.signal === "SIGKILL");
+  figures.push(
+    figure({
+      benchmark: "recovery",
+      figure: "kill -9 to first step of the new attempt",
+      unit: "s",
+      values: killWarm.map((r) => r.totalSeconds),
+      baseline: coldRuns.map((r) => r.totalSeconds),
+      baselineWhat: "cluster.spares 0 (new processes), same code",
+      target: "< 1.0",
+      note: `cluster.spares ${WARM_SPARES} (a spare per rank of the node); cold median phases: ${PHASES.map((ph) => `${ph} ${median(coldRuns.map((r) => r.phases[ph])).toFixed(2)}`).join(", ")}`,
+    }),
+  );
   for (const signal of ["SIGKILL", "SIGSTOP"] as const) {
     const rs = runs.filter((r) => r.signal === signal);
     const what = signal === "SIGKILL" ? "kill -9" : "SIGSTOP";
@@ -101,13 +127,23 @@ export async function benchRecovery(quick: boolean, work: string): Promise<{ fig
       figures.push(figure({ benchmark: "recovery", figure: `${what}: phase ${ph}`, unit: "s", values: rs.map((r) => r.phases[ph]) }));
     }
   }
-  return { figures, details: { ...p, heartbeatTimeoutSeconds: HEARTBEAT_TIMEOUT, runs } };
+  return { figures, details: { ...p, heartbeatTimeoutSeconds: HEARTBEAT_TIMEOUT, spares: WARM_SPARES, runs, coldRuns } };
 }
 
-/** One `clipfleet run` with one failure injected into rank 1 once rank 0 reported `killAt` steps. */
-async function recoverOnce(spec: string, stateDir: string, signal: Injection, killAt: number): Promise<RecoveryRun> {
+/** Spares per node in the measured runs: one per rank of the node, so the whole gang restarts warm. */
+const WARM_SPARES = 2;
+
+/**
+ * One `clipfleet run` with one failure injected into rank 1 once rank 0 reported `killAt` steps
+ * and `spares` spares are ready: attempt 1's ranks wait before step killAt + 1 until then
+ * (CLIPFLEET_FAULT's gate), so the machine's load decides neither when spares are ready nor
+ * whether the job ends first.
+ */
+async function recoverOnce(spec: string, stateDir: string, signal: Injection, killAt: number, spares: number): Promise<RecoveryRun> {
+  mkdirSync(stateDir, { recursive: true });
+  const gate = join(stateDir, "go");
   const child = spawn(process.execPath, [BIN, "run", spec, "--state-dir", stateDir, "--json"], {
-    env: { ...process.env, CLIPFLEET_PYTHON: PYTHON },
+    env: { ...process.env, CLIPFLEET_PYTHON: PYTHON, CLIPFLEET_FAULT: `gate@${killAt + 1}:file=${gate}:attempt=1` },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stdout = "";
@@ -122,8 +158,10 @@ async function recoverOnce(spec: string, stateDir: string, signal: Injection, ki
     await waitFor("the first step", () => readSteps(stateDir, jobId).length > 0, 180_000, 20);
     const victim = registration(await readLogs(stateDir, jobId), 1, 1);
     await waitFor(`step ${killAt}`, () => readSteps(stateDir, jobId).some((s) => s.attempt === 1 && s.step >= killAt), 180_000, 10);
+    if (spares > 0) await waitFor(`${spares} spares ready`, async () => (await readLogs(stateDir, jobId)).filter((e) => /^spare pid \d+ ready$/.test(e.line)).length >= spares, 180_000, 100);
     const killedAtMs = Date.now();
     process.kill(victim.pid, signal);
+    writeFileSync(gate, "");
     const code = await done;
     if (code !== 0) throw new Error(`clipfleet run exited ${code} after ${signal} of rank 1:\n${stderr.slice(-3000)}`);
     return analyse(stateDir, jobId, signal, killedAtMs, JSON.parse(stdout) as { restarts: number });

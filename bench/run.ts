@@ -12,6 +12,7 @@ import { parseArgs } from "node:util";
 import { benchCheckpoint } from "./checkpoint.js";
 import { benchDataPath } from "./datapath.js";
 import { benchDataPlan } from "./dataplan.js";
+import { benchGoodput } from "./goodput.js";
 import { PYTHON, ROOT, scratchDir } from "./lib/proc.js";
 import { describeMachine, renderMarkdown, renderTable, type Figure, type ResultsFile } from "./lib/results.js";
 import { benchOverhead } from "./overhead.js";
@@ -34,6 +35,7 @@ const BENCHMARKS: readonly Benchmark[] = [
   { id: "checkpoint", run: benchCheckpoint },
   { id: "dataplan", run: benchDataPlan },
   { id: "remote", run: benchRemote },
+  { id: "goodput", run: benchGoodput },
 ];
 
 const RESULTS_DIR = join(ROOT, "bench", "results");

@@ -169,11 +169,12 @@ export class SparePool {
   async keep(req: SpareRequest, count: number): Promise<void> {
     if (this.closed) return;
     this.templates.set(`${req.owner}\n${req.nodeName}`, { req, count });
-    const n = this.book.toStart(req.owner, req.nodeName, count, this.now());
-    if (n === 0 && count > 0 && this.book.disabled(req.owner, req.nodeName, this.now())) {
+    // Counted afresh before each start: a replacement started meanwhile (a spare died) counts, so
+    // the node never gets more than `count`; a spawn that fails counts as a crash, so this ends.
+    while (!this.closed && this.book.toStart(req.owner, req.nodeName, count, this.now()) > 0) await this.startOne(req);
+    if (count > 0 && this.book.disabled(req.owner, req.nodeName, this.now())) {
       req.log(`spares on ${req.nodeName} not started: ${MAX_SPARE_CRASHES} died before they were ready`);
     }
-    for (let i = 0; i < n; i++) await this.startOne(req);
   }
 
   private async startOne(req: SpareRequest): Promise<void> {

@@ -208,3 +208,21 @@ void describe("SparePool", () => {
     assert.deepEqual(pool.owners(), []);
   });
 });
+
+void describe("SparePool start failures", () => {
+  void it("a launcher that cannot start spares is tried MAX_SPARE_CRASHES times, then the node is given up (logged)", async () => {
+    let tries = 0;
+    const pool = new SparePool(
+      () => 0,
+      () => {
+        tries++;
+        return Promise.reject(new Error("no python"));
+      },
+    );
+    const log: string[] = [];
+    await pool.keep({ owner: A, nodeName: "n1", python: "python3", workdir: ".", env: {}, log: (l) => log.push(l) }, 2);
+    assert.equal(tries, MAX_SPARE_CRASHES);
+    assert.ok(log.some((l) => l.includes("spares on n1 not started")));
+    assert.deepEqual(pool.owners(), []);
+  });
+});
