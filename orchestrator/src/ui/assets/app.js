@@ -27,6 +27,9 @@
     if (Array.isArray(c)) c.forEach((x) => append(el, x));
     else el.appendChild(c instanceof Node ? c : document.createTextNode(String(c)));
   }
+  /** Metric names in reading order: R@1, R@5, R@10 (numbers compared as numbers, not as text). */
+  const collator = new Intl.Collator("en", { numeric: true });
+  function naturalOrder(a, b) { return collator.compare(a, b); }
   function clear(el) { while (el.firstChild) el.removeChild(el.firstChild); }
   function badge(state, prefix) { return h("span", { class: "badge " + (prefix || "s-") + state }, state); }
   function fmtNum(v, digits) {
@@ -322,7 +325,7 @@
 
     function renderEval(st) {
       clear(evalEl);
-      const names = st ? Object.keys(st.metrics).sort() : [];
+      const names = st ? Object.keys(st.metrics).sort(naturalOrder) : [];
       if (!names.length) { evalEl.appendChild(h("div", { class: "panel empty" }, "no evaluation results yet")); return; }
       const rows = names.map((n) => {
         const v = st.metrics[n];
@@ -511,7 +514,7 @@
       plot.setData(data);
       for (let i = 1; i < plot.series.length; i++) plot.series[i].spanGaps = true;
     }
-    const names = [...new Set(jobs.flatMap(({ job }) => job.stages.flatMap((s) => Object.keys(s.metrics))))].sort();
+    const names = [...new Set(jobs.flatMap(({ job }) => job.stages.flatMap((s) => Object.keys(s.metrics))))].sort(naturalOrder);
     const cols = jobs.flatMap(({ job }) => job.stages.map((s) => ({ job, s })));
     append(main, [h("h2", {}, "Final metrics"),
       h("table", { id: "cmp-metrics" },
