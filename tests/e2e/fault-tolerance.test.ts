@@ -184,7 +184,8 @@ void describe("fault tolerance", () => {
   void it("checkpoint.every: auto: a measuring save at once, then the Young-Daly interval; a kill -9 resumes bit-exactly", async () => {
     // An MTBF prior of 1.8 s: with a tiny model's save of some 10-50 ms the interval is the
     // 3.5 % bound (save / 0.035, about 0.3-1.4 s), so a few checkpoints fall in the run.
-    const auto = writeTinySpec(tmp.dir, { ...BASE, name: "auto", everySteps: null, everyAutoMtbfHours: 0.0005 });
+    // The first attempt never passes step 60 (a gate whose file never comes): the kill lands before the end on any machine.
+    const auto = writeTinySpec(tmp.dir, { ...BASE, name: "auto", everySteps: null, everyAutoMtbfHours: 0.0005, env: { CLIPFLEET_FAULT: `gate@60:file=${join(tmp.dir, "never")}:attempt=1` } });
     const state = join(tmp.dir, "auto");
     const run = await startRun(auto, state, ["--json"]);
     const v = await waitForStatus(run.jobId, state, "step 45", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 45);
@@ -200,7 +201,7 @@ void describe("fault tolerance", () => {
   });
 
   void it("asynchronous saves: training goes on while files are written; a kill -9 still resumes bit-exactly", async () => {
-    const asyncSpec = writeTinySpec(tmp.dir, { ...BASE, name: "async", asyncSave: true, keepLast: 2 });
+    const asyncSpec = writeTinySpec(tmp.dir, { ...BASE, name: "async", asyncSave: true, keepLast: 2, env: { CLIPFLEET_FAULT: `gate@60:file=${join(tmp.dir, "never")}:attempt=1` } });
     const state = join(tmp.dir, "async");
     const run = await startRun(asyncSpec, state, ["--json"]);
     const v = await waitForStatus(run.jobId, state, "step 45", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 45);

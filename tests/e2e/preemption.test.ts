@@ -40,8 +40,10 @@ void describe("preemption", () => {
 
   void it("kill -USR1 of one rank: every rank checkpoints at one step, the stage restarts from it (max_restarts 0), same parameters; counted as a preemption, event and metric", { timeout: 240_000 }, async () => {
     const gate = join(tmp.dir, "go-usr1");
-    // The restarted attempt waits before step 55 until the test has read the metrics (the run would end first).
-    const spec = writeTinySpec(tmp.dir, { ...BASE, name: "usr1", env: { CLIPFLEET_FAULT: `gate@55:file=${gate}:attempt=2` } });
+    const held = join(tmp.dir, "go-usr1-first");
+    // The first attempt waits before step 30 until the signal has chosen its stop step (a fast machine would finish
+    // first); the restarted one before step 55 until the test has read the metrics.
+    const spec = writeTinySpec(tmp.dir, { ...BASE, name: "usr1", env: { CLIPFLEET_FAULT: `gate@30:file=${held}:attempt=1,gate@55:file=${gate}:attempt=2` } });
     const state = join(tmp.dir, "usr1");
     const run = await startRun(spec, state, ["--json", "--metrics-listen", "127.0.0.1:0"]);
     const metricsAddress = await waitFor("the metrics address", () => /metrics on http:\/\/([^/]+)\/metrics/.exec(run.child.output.stderr)?.[1]);
@@ -49,6 +51,8 @@ void describe("preemption", () => {
     const victim = currentAttempt(v).ranks.find((r) => r.rank === 1);
     assert.ok(victim && victim.pid > 0);
     process.kill(victim.pid, "SIGUSR1");
+    await waitForStatus(run.jobId, state, "the stop command", (x) => x.job.recentEvents.some((e) => /^preempted: SIGUSR1 on rank 1 /.test(e.reason)), 60_000);
+    writeFileSync(held, "");
 
     const gated = await waitForStatus(run.jobId, state, "the restarted attempt at its gate", (x) => (x.job.stages[0]?.attempts.length ?? 0) >= 2 && (x.job.stages[0]?.progress?.step ?? 0) >= 54);
     const metrics = await (await fetch(`http://${metricsAddress}/metrics`)).text();
@@ -116,7 +120,9 @@ void describe("preemption", () => {
   });
 
   void it("CLIPFLEET_PREEMPT_SIGNAL=HUP to every rank at once (as Slurm signals a step): one preemption; SIGUSR2 still dumps stacks without stopping anything", { timeout: 240_000 }, async () => {
-    const spec = writeTinySpec(tmp.dir, { ...BASE, name: "hup", env: { CLIPFLEET_PREEMPT_SIGNAL: "HUP" } });
+    const gate = join(tmp.dir, "go-hup");
+    // The first attempt waits before step 40 until both signals are in (a fast machine would finish first).
+    const spec = writeTinySpec(tmp.dir, { ...BASE, name: "hup", env: { CLIPFLEET_PREEMPT_SIGNAL: "HUP", CLIPFLEET_FAULT: `gate@40:file=${gate}:attempt=1` } });
     const state = join(tmp.dir, "hup");
     const run = await startRun(spec, state, ["--json"]);
     const v = await waitForStatus(run.jobId, state, "step 12", (x) => (x.job.stages[0]?.progress?.step ?? 0) >= 12);
@@ -129,6 +135,8 @@ void describe("preemption", () => {
     const still = await status(run.jobId, state);
     assert.equal(still.job.stages[0]?.attempts.length, 1, "a stack dump ends nothing");
     for (const r of ranks) process.kill(r.pid, "SIGHUP");
+    await waitForStatus(run.jobId, state, "the stop command", (x) => x.job.recentEvents.some((e) => /^preempted: SIGHUP on rank [01] .*; checkpoint at step \d+$/.test(e.reason)), 60_000);
+    writeFileSync(gate, "");
 
     const r = await run.done;
     assert.equal(r.code, 0, r.stderr);

@@ -146,6 +146,20 @@ def report_failure(agent: Agent, err: BaseException) -> None:
     )
 
 
+class _Hook:
+    """One CLIPFLEET_FAULT hook: a kind, the step (or shard count) it fires at, and a gate file."""
+
+    def __init__(self, kind: str, step: int, gate_file: str) -> None:
+        self.kind = kind
+        self.step = step
+        self.gate_file = gate_file
+
+
+def _wait_for_file(path: str) -> None:
+    while not os.path.exists(path):
+        time.sleep(0.05)  # a test hook polling a file it is told about; no event to wait on across processes
+
+
 class FaultInjection:
     """Test hooks from CLIPFLEET_FAULT, e.g. "raise@5" or "raise@5:rank=1" or "hang@3:rank=0:attempt=1".
 
@@ -155,54 +169,51 @@ class FaultInjection:
     file exists, so a test acts while a job is surely still training, whatever
     the machine's load), commitgate (`commitgate@2:file=/tmp/go`, task recaption:
     wait after the rank's 2nd output shard is renamed into place, before it is
-    checked and reported; a recaption "step" is a captioned batch). Used by the fault-injection tests; inert when unset.
+    checked and reported; a recaption "step" is a captioned batch). Several hooks
+    are separated by commas ("gate@40:file=/tmp/a:attempt=1,gate@55:file=/tmp/b:attempt=2"),
+    so a test can hold the first attempt and the restarted one.
+    Used by the fault-injection tests; inert when unset.
     Built-in tasks fire it before a step's update, the script API when the
     script reports the step.
     """
 
     def __init__(self, spec: str, rank: int, attempt: int) -> None:
-        self.kind = ""
-        self.step = -1
-        self.gate_file = ""
-        if not spec:
-            return
-        head, *opts = spec.split(":")
-        kind, _, step = head.partition("@")
-        conds = dict(o.split("=", 1) for o in opts if "=" in o)
-        if "rank" in conds and int(conds["rank"]) != rank:
-            return
-        if "attempt" in conds and int(conds["attempt"]) != attempt:
-            return
-        if kind not in ("raise", "nan", "hang", "gate", "commitgate"):
-            raise ConfigError(f"CLIPFLEET_FAULT: unknown kind {kind!r} (raise, nan, hang, gate, commitgate)")
-        if kind in ("gate", "commitgate") and not conds.get("file"):
-            raise ConfigError("CLIPFLEET_FAULT: gate needs file=PATH (the step waits until it exists)")
-        self.kind = kind
-        self.step = int(step)
-        self.gate_file = conds.get("file", "")
+        self.hooks: list[_Hook] = []
+        for part in filter(None, spec.split(",")):
+            head, *opts = part.split(":")
+            kind, _, step = head.partition("@")
+            conds = dict(o.split("=", 1) for o in opts if "=" in o)
+            if kind not in ("raise", "nan", "hang", "gate", "commitgate"):
+                raise ConfigError(f"CLIPFLEET_FAULT: unknown kind {kind!r} (raise, nan, hang, gate, commitgate)")
+            if kind in ("gate", "commitgate") and not conds.get("file"):
+                raise ConfigError("CLIPFLEET_FAULT: gate needs file=PATH (the step waits until it exists)")
+            if "rank" in conds and int(conds["rank"]) != rank:
+                continue
+            if "attempt" in conds and int(conds["attempt"]) != attempt:
+                continue
+            self.hooks.append(_Hook(kind, int(step), conds.get("file", "")))
 
     def before_update(self, step: int) -> None:
         """Called with the 1-based step about to complete."""
-        if step != self.step:
-            return
-        if self.kind == "raise":
-            raise RuntimeError(f"injected fault at step {step}")
-        if self.kind == "hang":
-            print(f"clipfleet worker: injected hang at step {step}", flush=True)
-            threading.Event().wait()
-        if self.kind == "gate":
-            print(f"clipfleet worker: gate at step {step}: waiting for {self.gate_file}", flush=True)
-            while not os.path.exists(self.gate_file):
-                time.sleep(0.05)  # a test hook polling a file it is told about; no event to wait on across processes
+        for hook in self.hooks:
+            if step != hook.step:
+                continue
+            if hook.kind == "raise":
+                raise RuntimeError(f"injected fault at step {step}")
+            if hook.kind == "hang":
+                print(f"clipfleet worker: injected hang at step {step}", flush=True)
+                threading.Event().wait()
+            if hook.kind == "gate":
+                print(f"clipfleet worker: gate at step {step}: waiting for {hook.gate_file}", flush=True)
+                _wait_for_file(hook.gate_file)
 
     def before_commit(self, shard: int) -> None:
         """task recaption: called with the rank's 1-based count of output shards written, before the commit."""
-        if self.kind != "commitgate" or shard != self.step:
-            return
-        print(f"clipfleet worker: commit gate at shard {shard}: waiting for {self.gate_file}", flush=True)
-        while not os.path.exists(self.gate_file):
-            time.sleep(0.05)  # a test hook polling a file it is told about
+        for hook in self.hooks:
+            if hook.kind == "commitgate" and shard == hook.step:
+                print(f"clipfleet worker: commit gate at shard {shard}: waiting for {hook.gate_file}", flush=True)
+                _wait_for_file(hook.gate_file)
 
     def loss(self, step: int, value: Any) -> Any:
         """`value` times NaN at the nan fault's step (a tensor stays a tensor)."""
-        return value * float("nan") if self.kind == "nan" and step == self.step else value
+        return value * float("nan") if any(h.kind == "nan" and h.step == step for h in self.hooks) else value

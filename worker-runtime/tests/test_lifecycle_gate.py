@@ -26,3 +26,16 @@ def test_gate_needs_a_file_and_other_ranks_pass():
     with pytest.raises(ConfigError, match="gate needs file=PATH"):
         FaultInjection("gate@2", rank=0, attempt=0)
     FaultInjection("gate@2:rank=1:file=/nonexistent", rank=0, attempt=0).before_update(2)
+
+
+def test_several_hooks_each_with_its_own_attempt(tmp_path):
+    spec = f"gate@40:file={tmp_path / 'a'}:attempt=1,raise@55:attempt=2"
+    first = FaultInjection(spec, rank=0, attempt=1)
+    second = FaultInjection(spec, rank=0, attempt=2)
+    assert [(h.kind, h.step) for h in first.hooks] == [("gate", 40)]
+    assert [(h.kind, h.step) for h in second.hooks] == [("raise", 55)]
+    first.before_update(55)  # the second attempt's hook is not the first's
+    with pytest.raises(RuntimeError, match="injected fault at step 55"):
+        second.before_update(55)
+    with pytest.raises(ConfigError, match="unknown kind 'boom'"):
+        FaultInjection("gate@1:file=/x,boom@2", rank=0, attempt=0)
