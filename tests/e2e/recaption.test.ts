@@ -93,8 +93,9 @@ void describe("recaption", () => {
     const spec = recapSpec(tmp.dir, "reference");
     const r = await runCli(["run", spec, "--json", "--state-dir", join(tmp.dir, "reference-state")], { env: ENV });
     assert.equal(r.code, 0, r.stderr);
-    const summary = JSON.parse(r.stdout) as Summary;
+    const summary = JSON.parse(r.stdout) as Summary & { samplesSeen: number };
     assert.equal(summary.state, "SUCCEEDED");
+    assert.equal(summary.samplesSeen, 1024, "the samples are the shards' (4 x 256), not steps x batch");
     referenceJob = summary.jobId;
     reference = digests(join(tmp.dir, "reference-out"));
   });

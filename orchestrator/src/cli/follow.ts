@@ -16,8 +16,10 @@ export interface FollowOptions {
 /** The progress a step event carries; null for other events. */
 export function stepSample(e: JobEvent): ProgressSample | null {
   if (e.type !== "step") return null;
-  const d = JSON.parse(e.dataJson) as Record<string, number>;
+  const raw = JSON.parse(e.dataJson) as Record<string, unknown>;
+  const d = raw as Record<string, number | undefined>;
   return {
+    ...(raw.unit === "shards" ? { unit: "shards" as const } : {}),
     stage: e.stage,
     step: d.step ?? 0,
     totalSteps: d.totalSteps ?? 0,

@@ -14,6 +14,8 @@ export interface ProgressSample {
   samplesPerSecond: number;
   etaSeconds: number;
   worldSize: number;
+  /** What a step is when it is not a training step: "shards" (recaption: a committed shard; no loss, no epoch). */
+  unit?: "shards";
 }
 
 export interface ProgressOptions {
@@ -86,7 +88,8 @@ export class ProgressView {
 export function renderBar(s: ProgressSample, width: number): string {
   const frac = s.totalSteps > 0 ? Math.min(1, s.step / s.totalSteps) : 0;
   const head = `${s.stage} ${s.step}/${s.totalSteps}`;
-  const tail = ` ${Math.round(frac * 100)}% ep ${s.epoch} loss ${fmtLoss(s.loss)} ${fmtRate(s.samplesPerSecond)}/s ETA ${fmtDuration(s.etaSeconds)}`;
+  const what = s.unit === "shards" ? " shards" : ` ep ${s.epoch} loss ${fmtLoss(s.loss)}`;
+  const tail = ` ${Math.round(frac * 100)}%${what} ${fmtRate(s.samplesPerSecond)}/s ETA ${fmtDuration(s.etaSeconds)}`;
   const barWidth = Math.max(10, Math.min(40, width - head.length - tail.length - 3));
   const filled = Math.round(frac * barWidth);
   return `${head} |${"#".repeat(filled)}${".".repeat(barWidth - filled)}|${tail}`;
@@ -95,7 +98,9 @@ export function renderBar(s: ProgressSample, width: number): string {
 /** `stage main: step 40/60 (67%) epoch 1 loss 3.912, 1234 samples/s, ETA 0:12, 2 ranks` */
 export function renderLine(s: ProgressSample): string {
   const pct = s.totalSteps > 0 ? Math.round((100 * s.step) / s.totalSteps) : 0;
-  return `stage ${s.stage}: step ${s.step}/${s.totalSteps} (${pct}%) epoch ${s.epoch} loss ${fmtLoss(s.loss)}, ${fmtRate(s.samplesPerSecond)} samples/s, ETA ${fmtDuration(s.etaSeconds)}, ${s.worldSize} rank${s.worldSize === 1 ? "" : "s"}`;
+  const ranks = `${s.worldSize} rank${s.worldSize === 1 ? "" : "s"}`;
+  if (s.unit === "shards") return `stage ${s.stage}: shard ${s.step}/${s.totalSteps} (${pct}%), ${fmtRate(s.samplesPerSecond)} samples/s, ETA ${fmtDuration(s.etaSeconds)}, ${ranks}`;
+  return `stage ${s.stage}: step ${s.step}/${s.totalSteps} (${pct}%) epoch ${s.epoch} loss ${fmtLoss(s.loss)}, ${fmtRate(s.samplesPerSecond)} samples/s, ETA ${fmtDuration(s.etaSeconds)}, ${ranks}`;
 }
 
 function fmtLoss(x: number): string {

@@ -172,6 +172,8 @@ export class Attempt {
   saveCostS: number | null = null;
   lastStepEventMs = 0;
   lastReport: StepReport | null = null;
+  /** Samples done so far where a step is not one global batch (recaption: a step is a committed shard); null: step x batch. */
+  samplesDone: number | null = null;
   /** Loss of the attempt's first reported step. */
   firstLoss: number | null = null;
   /** Undecodable samples skipped by this attempt's ranks. */

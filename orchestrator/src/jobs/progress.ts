@@ -68,7 +68,7 @@ export class Progress {
     if (finite(rep.lr)) m.lr.set(labels, rep.lr);
     if (finite(rep.temperature)) m.temperature.set(labels, rep.temperature);
     if (duration(rep.samplesPerSecond)) m.samplesPerSecond.set(labels, rep.samplesPerSecond);
-    m.samplesSeen.inc(labels, a.globalBatch);
+    if (a.samplesDone === null) m.samplesSeen.inc(labels, a.globalBatch);
     if (dropped > 0) m.valuesDropped.inc(labels, dropped);
     const point = stepPointOf(a.stage, a.attempt, rep, now);
     this.history.append(stepHistoryPath(this.ctx.deps.stateDir, a.jobId, a.stage), point);
@@ -145,7 +145,7 @@ export class Progress {
     p.step = rep.step;
     p.epoch = rep.epoch;
     p.sampleInEpoch = rep.sampleInEpoch;
-    p.samplesSeen = rep.step * a.globalBatch;
+    p.samplesSeen = a.samplesDone ?? rep.step * a.globalBatch;
     p.loss = rep.loss;
     if (p.firstLoss === null) p.firstLoss = a.firstLoss;
     p.lr = rep.lr;
@@ -201,5 +201,7 @@ export class Progress {
 function progressData(a: Attempt, point: StepPointRecord): Record<string, unknown> {
   const { stage: _stage, attempt: _attempt, tsMs: _ts, ...fields } = point;
   const remaining = Math.max(0, a.totalSteps - point.step);
-  return { ...fields, totalSteps: a.totalSteps, etaSeconds: remaining * point.stepSeconds, worldSize: a.worldSize };
+  const data = { ...fields, totalSteps: a.totalSteps, etaSeconds: remaining * point.stepSeconds, worldSize: a.worldSize };
+  // A recaption's step is a committed shard and it has no loss: progress lines count shards instead.
+  return a.samplesDone === null ? data : { ...data, unit: "shards", samplesSeen: a.samplesDone };
 }

@@ -104,6 +104,9 @@ export class Recaption {
       extra: { "recaption/shards_committed": l.ledger.committedCount, "recaption/shards_total": l.ledger.total },
     });
     rank.step = Math.max(rank.step, rep.step);
+    // Samples are the committed shards' (every attempt's), not step x batch: a step here is a shard.
+    a.samplesDone = l.ledger.commits().reduce((n, c) => n + c.samples, 0);
+    this.ctx.metrics.samplesSeen.inc({ job_id: a.jobId, stage: a.stage }, record.samples);
     // The stage's progress is the ledger's, whichever rank committed: rank 0 speaks for the stage.
     a.lastReport = rep;
     const rank0 = a.ranks[0];

@@ -95,4 +95,11 @@ void describe("ProgressView", () => {
     assert.equal(fmtDuration(65), "1:05");
     assert.equal(fmtDuration(NaN), "?");
   });
+
+  void it("a recaption's steps are shards: no epoch and no loss (it has none)", () => {
+    const shards: ProgressSample = { ...sample(3, 7), unit: "shards", loss: NaN };
+    assert.equal(renderLine(shards), "stage main: shard 3/7 (43%), 1235 samples/s, ETA 0:02, 2 ranks");
+    assert.doesNotMatch(renderBar(shards, 100), /loss|ep /);
+    assert.match(renderBar(shards, 100), /^main 3\/7 \|#+\.+\| 43% shards 1235\/s ETA 0:02$/);
+  });
 });
