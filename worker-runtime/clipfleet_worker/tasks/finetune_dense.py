@@ -1,6 +1,6 @@
 """task: finetune-seg and finetune-depth. A CLIP image tower plus a UperNet decoder, trained on label maps.
 
-The loop is pretrain's: the orchestrator's plan feeds the batches, every step
+The loop is pretrain's (tasks/loop.py): the orchestrator's plan feeds the batches, every step
 ends with sync_step (loss, control flags), gradients are averaged across
 ranks in a fixed order, checkpoints and stops happen at the same step on
 every rank, and a resumed run is bit-exact. What differs: the model
@@ -24,7 +24,6 @@ a missing measurement (the NYUv2 protocol caps at 10 m the same way).
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Callable
 
 import torch
@@ -32,15 +31,14 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import distributed as D
-from ..accel import DeviceFeeder, autocast_for, maybe_compile, path_line
-from ..data.loader import iterate_split, resolve_num_classes, seg_class_names, skip_counts, skips_by_reason
+from ..accel import autocast_for
+from ..data.loader import Batch, iterate_split, resolve_num_classes, seg_class_names, skip_counts, skips_by_reason
 from ..data.sources import ShardSource
 from ..evaluation import DEPTH_KEYS, add_sums, depth_metric_sums, depth_metrics_from_sums, seg_class_iou, seg_confusion, seg_metrics
 from ..losses import depth_loss, seg_loss
 from ..models import DenseModel, TowerLoadReport, build_dense_model, load_image_tower
-from ..models.attention import sdpa_in_use
-from ..optim import lr_at, set_lr
-from .common import TaskContext, apply_update, checkpoint_payload, finish_training, load_init_weights, maybe_checkpoint, plan_loader, report_train_step, start_trainer
+from .common import TaskContext, load_init_weights, start_trainer
+from .loop import compiled_forward, evaluating, run_training
 
 # The label map each dense task trains on (the loader's and iterate_split's `dense` argument).
 DENSE_KIND = {"finetune-seg": "seg", "finetune-depth": "depth"}
@@ -82,84 +80,39 @@ def run(ctx: TaskContext) -> None:
     task = cfg["task"]
     kind = DENSE_KIND[task]
     train, dense = cfg["train"], cfg["dense"]
-    device = ctx.device
     model, num_classes = build_model(ctx)
-    total = int(a.total_steps)
-    start = int(a.start_step)
     optimizer, scaler = start_trainer(ctx, model, lambda: init_backbone(ctx, model))
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    per_rank = int(a.per_rank_batch)
-    micro = int(train.get("micro_batch") or per_rank)
-    audit = bool(cfg["data"].get("audit"))
-    every = train.get("log_every") or 1
+    micro = int(train.get("micro_batch") or int(a.per_rank_batch))
     eval_cfg = cfg.get("eval") or {}
-    ignore_index = int(dense["ignore_index"])
     max_depth = float(dense["max_depth"])
     warned_out_of_range = False
+    forward = compiled_forward(ctx, model)
 
-    payload = checkpoint_payload(ctx, model, optimizer, scaler)
-    forward = maybe_compile(model, bool(train.get("compile")))  # train.compile; checkpoints use `model`
-    print(path_line(device, train, sdpa_in_use(device.type)), flush=True)
-
-    def evaluate(step: int) -> dict[str, float]:
-        ctx.phase(step, "evaluating")
+    def measure(step: int) -> dict[str, float]:
         metrics, skipped = evaluate_dense(ctx, model, num_classes)
         ctx.report_eval(step, metrics, skipped_by_reason=skipped)
-        ctx.phase(step, "training")
         return metrics
 
-    loader = plan_loader(ctx, task, None)
-    ctx.phase(start, "training")
-    step = start
-    last_metrics: dict[str, float] = {}
-    stopped = False
-    t_last = time.perf_counter()
-    try:
-        for batch in DeviceFeeder(loader, device):
-            t_compute = time.perf_counter()
-            step = batch.step + 1  # steps completed after this one
-            set_lr(optimizer, lr_at(batch.step, train, total))
-            model.train()
-            # On the device already (DeviceFeeder: pinned, copied on a side stream during the last step).
-            images, valid = batch.images, batch.valid
-            if kind == "seg":
-                assert batch.seg is not None
-                target, mask = batch.seg, None
-            else:
-                assert batch.depth is not None
-                target = batch.depth
-                mask = depth_mask(target, valid, max_depth)
-            if batch.seg_out_of_range and not warned_out_of_range:
-                warned_out_of_range = True
-                print(f"clipfleet worker: warning: rank {ctx.rank}: {batch.seg_out_of_range} label pixels at step {step} have a class id "
-                      f">= dense.num_classes ({num_classes}); they are ignored and counted in out_of_range_labels (reported once)", flush=True)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast_for(train["precision"], device):
-                loss = _forward_backward(forward, kind, dense, images, target, mask, micro, scaler, ctx, step)
-            upd = apply_update(ctx, step, float(loss), int(valid.sum()), params, optimizer, scaler, train)
-            sync = upd.sync
-            now = time.perf_counter()
-            step_seconds = now - t_last
-            t_last = now
-            report_train_step(ctx, batch, step, upd, optimizer, step_seconds, now - t_compute, audit, out_of_range_labels=batch.seg_out_of_range)
-            if ctx.rank == 0 and (step % every == 0 or step == total):
-                print(f"step {step}/{total} epoch {batch.epoch} {kind} loss {sync.loss:.4f} lr {optimizer.param_groups[0]['lr']:.3g} "
-                      f"{int(a.global_batch) / max(step_seconds, 1e-9):.1f} samples/s", flush=True)
-            ctx.phase(step, "training")
-            maybe_checkpoint(ctx, step, total, sync, payload, batch)
-            if eval_cfg.get("every_steps") and step % int(eval_cfg["every_steps"]) == 0 and step != total:
-                last_metrics = evaluate(step)
-                t_last = time.perf_counter()
-            if sync.stop and step < total:
-                stopped = True
-                break
-    finally:
-        loader.close()
-        ctx.writer.wait()
+    def forward_backward(batch: Batch, step: int) -> Tensor:
+        nonlocal warned_out_of_range
+        if kind == "seg":
+            assert batch.seg is not None
+            target, mask = batch.seg, None
+        else:
+            assert batch.depth is not None
+            target = batch.depth
+            mask = depth_mask(target, batch.valid, max_depth)
+        if batch.seg_out_of_range and not warned_out_of_range:
+            warned_out_of_range = True
+            print(f"clipfleet worker: warning: rank {ctx.rank}: {batch.seg_out_of_range} label pixels at step {step} have a class id "
+                  f">= dense.num_classes ({num_classes}); they are ignored and counted in out_of_range_labels (reported once)", flush=True)
+        return _forward_backward(forward, kind, dense, batch.images, target, mask, micro, scaler, ctx, step)
 
     # Dense stages always measure the held-out split at the end unless eval.at_end is explicitly off.
-    finish_training(ctx, model, step, stopped, evaluate if eval_cfg.get("at_end", True) else None, last_metrics)
+    run_training(ctx, model, optimizer, scaler, task, None, forward_backward, loss_name=f"{kind} loss",
+                 evaluate=measure, evaluate_at_end=evaluating(ctx, measure) if eval_cfg.get("at_end", True) else None,
+                 step_extra=lambda batch: ({"out_of_range_labels": batch.seg_out_of_range}, ""))
 
 
 def depth_mask(target: Tensor, valid: Tensor, max_depth: float) -> Tensor:

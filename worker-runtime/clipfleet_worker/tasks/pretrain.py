@@ -11,18 +11,19 @@ Gradients are averaged across ranks in a fixed order (bit-exact restarts).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
-from ..accel import DeviceFeeder, autocast_for, maybe_compile, path_line
 from .. import openclip
+from ..data.loader import Batch
 from ..losses import ClipLoss, clip_loss_both
 from ..models import build_clip
-from ..models.attention import sdpa_in_use
-from ..optim import clamp_logit_scale, lr_at, set_lr
+from ..optim import clamp_logit_scale
 from ..tokenizers import build_tokenizer
-from .common import TaskContext, apply_update, checkpoint_payload, finish_training, load_init_weights, maybe_checkpoint, plan_loader, report_train_step, start_trainer
+from .common import TaskContext, load_init_weights, start_trainer
 from .evaluate import evaluate_clip
+from .loop import compiled_forward, run_training
 
 
 def run(ctx: TaskContext) -> None:
@@ -34,8 +35,6 @@ def run(ctx: TaskContext) -> None:
     context_length = int(cfg["model"]["text"]["context_length"])
     model = build_clip(cfg["model"], tokenizer.vocab_size).to(device)
     loss_fn = ClipLoss(rank=ctx.rank, world_size=ctx.world_size)
-    total = int(a.total_steps)
-    start = int(a.start_step)
 
     def init_fresh() -> None:
         if (cfg.get("init") or {}).get("kind") == "checkpoint":
@@ -45,65 +44,24 @@ def run(ctx: TaskContext) -> None:
     optimizer, scaler = start_trainer(ctx, model, init_fresh)
     print(f"clipfleet worker: phase restored at {time.time():.3f}", flush=True)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    per_rank = int(a.per_rank_batch)
-    micro = int(train.get("micro_batch") or per_rank)
-    audit = bool(cfg["data"].get("audit"))
+    micro = int(train.get("micro_batch") or int(a.per_rank_batch))
     both = cfg["data"].get("caption_mode") == "both"
-    every = train.get("log_every") or 1
     eval_cfg = cfg.get("eval")
+    forward = compiled_forward(ctx, model)
 
-    payload = checkpoint_payload(ctx, model, optimizer, scaler)
-    # The forward through torch.compile when train.compile (torch >= 2); checkpoints and the
-    # other methods use `model` itself.
-    forward = maybe_compile(model, bool(train.get("compile")))
-    print(path_line(device, train, sdpa_in_use(device.type)), flush=True)
+    def forward_backward(batch: Batch, step: int) -> torch.Tensor:
+        tokens_b = batch.tokens_b if both else None
+        return _forward_backward(model, forward, loss_fn, batch.images, batch.tokens, tokens_b, batch.valid, micro, scaler, ctx, step)
 
-    loader = plan_loader(ctx, "pretrain", lambda texts: tokenizer(texts, context_length))
-    ctx.phase(start, "training")
-    step = start
-    last_metrics: dict[str, float] = {}
-    stopped = False
-    t_last = time.perf_counter()
-    try:
-        for batch in DeviceFeeder(loader, device):
-            t_compute = time.perf_counter()
-            step = batch.step + 1  # steps completed after this one
-            set_lr(optimizer, lr_at(batch.step, train, total))
-            model.train()
-            # On the device already (DeviceFeeder: pinned, copied on a side stream during the last step).
-            images, tokens, valid = batch.images, batch.tokens, batch.valid
-            tokens_b = batch.tokens_b if both else None
-            optimizer.zero_grad(set_to_none=True)
-            with autocast_for(train["precision"], device):
-                loss = _forward_backward(model, forward, loss_fn, images, tokens, tokens_b, valid, micro, scaler, ctx, step)
-            upd = apply_update(ctx, step, float(loss), int(valid.sum()), params, optimizer, scaler, train, after_step=lambda: clamp_logit_scale(model))
-            sync = upd.sync
-            now = time.perf_counter()
-            step_seconds = now - t_last
-            t_last = now
-            compute = now - t_compute
-            temperature = float(model.logit_scale.detach().exp())
-            report_train_step(ctx, batch, step, upd, optimizer, step_seconds, compute, audit, temperature=temperature)
-            if ctx.rank == 0 and (step % every == 0 or step == total):
-                print(f"step {step}/{total} epoch {batch.epoch} loss {sync.loss:.4f} lr {optimizer.param_groups[0]['lr']:.3g} "
-                      f"logit_scale {temperature:.2f} {int(a.global_batch) / max(step_seconds, 1e-9):.1f} samples/s", flush=True)
-            ctx.phase(step, "training")
-            maybe_checkpoint(ctx, step, total, sync, payload, batch)
-            if eval_cfg and eval_cfg.get("every_steps") and step % int(eval_cfg["every_steps"]) == 0 and step != total:
-                ctx.phase(step, "evaluating")
-                last_metrics = evaluate_clip(ctx, model, tokenizer, step)
-                ctx.phase(step, "training")
-                t_last = time.perf_counter()
-            if sync.stop and step < total:
-                stopped = True
-                break
-    finally:
-        loader.close()
-        ctx.writer.wait()
+    def temperature(batch: Batch) -> tuple[dict[str, Any], str]:
+        t = float(model.logit_scale.detach().exp())
+        return {"temperature": t}, f" logit_scale {t:.2f}"
 
     at_end = eval_cfg and eval_cfg.get("at_end", True)
-    finish_training(ctx, model, step, stopped, (lambda s: _evaluate(ctx, model, tokenizer, s)) if at_end else None, last_metrics)
+    run_training(ctx, model, optimizer, scaler, "pretrain", lambda texts: tokenizer(texts, context_length), forward_backward,
+                 evaluate=lambda s: evaluate_clip(ctx, model, tokenizer, s),
+                 evaluate_at_end=(lambda s: _evaluate(ctx, model, tokenizer, s)) if at_end else None,
+                 after_step=lambda: clamp_logit_scale(model), step_extra=temperature)
 
 
 def _evaluate(ctx: TaskContext, model, tokenizer, step: int) -> dict[str, float]:

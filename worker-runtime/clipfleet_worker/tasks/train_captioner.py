@@ -1,6 +1,6 @@
 """task: train-captioner. An image-to-text model (models/captioner.py) trained on one caption source.
 
-The loop is pretrain's and the dense fine-tunes': the orchestrator's plan
+The loop is pretrain's and the dense fine-tunes' (tasks/loop.py): the orchestrator's plan
 feeds the batches, each step ends with sync_step (loss, control flags),
 gradients are averaged over ranks in a fixed order, checkpoints and stops
 happen at the same step on every rank, and a resumed run is bit-exact. The
@@ -23,7 +23,6 @@ reference captions (what a perfect captioner would reach with this CLIP).
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
@@ -31,16 +30,14 @@ import torch.nn.functional as F
 
 from .. import checkpoint as ckpt
 from .. import distributed as D
-from ..accel import DeviceFeeder, autocast_for, maybe_compile, path_line
-from ..data.loader import skip_counts, skips_by_reason
+from ..data.loader import Batch, skip_counts, skips_by_reason
 from ..errors import CheckpointError, ConfigError
 from ..models import build_clip, load_image_tower
-from ..models.attention import sdpa_in_use
 from ..models.captioner import ImageCaptioner, build_captioner, caption_loss_sums
-from ..optim import lr_at, set_lr
 from ..tokenizers import build_tokenizer
-from .common import TaskContext, apply_update, checkpoint_payload, finish_training, load_init_weights, maybe_checkpoint, plan_loader, report_train_step, start_trainer
+from .common import TaskContext, load_init_weights, start_trainer
 from .evaluate import gather_rows, val_batches
+from .loop import compiled_forward, evaluating, run_training
 
 TASK = "train-captioner"
 # Captions printed by rank 0 at each evaluation, so a log shows what the model writes.
@@ -56,8 +53,6 @@ def run(ctx: TaskContext) -> None:
     context_length = int(cfg["decoder"]["context_length"])
     torch.manual_seed(int(cfg["seed"]))
     model = build_captioner(cfg, tokenizer).to(device)
-    total = int(a.total_steps)
-    start = int(a.start_step)
 
     def init_fresh() -> None:
         if (cfg.get("init") or {}).get("kind") == "checkpoint":
@@ -67,62 +62,19 @@ def run(ctx: TaskContext) -> None:
 
     optimizer, scaler = start_trainer(ctx, model, init_fresh)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    per_rank = int(a.per_rank_batch)
-    micro = int(train.get("micro_batch") or per_rank)
-    audit = bool(cfg["data"].get("audit"))
-    every = train.get("log_every") or 1
+    micro = int(train.get("micro_batch") or int(a.per_rank_batch))
     eval_cfg = cfg.get("eval")
     clip = _load_eval_clip(ctx) if eval_cfg else None
+    forward = compiled_forward(ctx, model)
 
-    payload = checkpoint_payload(ctx, model, optimizer, scaler)
-    forward = maybe_compile(model, bool(train.get("compile")))
-    print(path_line(device, train, sdpa_in_use(device.type)), flush=True)
+    def measure(step: int) -> dict[str, float]:
+        return evaluate_captioner(ctx, model, tokenizer, clip, step)
 
-    def evaluate(step: int) -> dict[str, float]:
-        ctx.phase(step, "evaluating")
-        metrics = evaluate_captioner(ctx, model, tokenizer, clip, step)
-        ctx.phase(step, "training")
-        return metrics
+    def forward_backward(batch: Batch, step: int) -> torch.Tensor:
+        return _forward_backward(model, forward, batch.images, batch.tokens, micro, scaler, ctx, step)
 
-    loader = plan_loader(ctx, TASK, lambda texts: tokenizer(texts, context_length))
-    ctx.phase(start, "training")
-    step = start
-    last_metrics: dict[str, float] = {}
-    stopped = False
-    t_last = time.perf_counter()
-    try:
-        for batch in DeviceFeeder(loader, device):
-            t_compute = time.perf_counter()
-            step = batch.step + 1
-            set_lr(optimizer, lr_at(batch.step, train, total))
-            model.train()
-            images, tokens, valid = batch.images, batch.tokens, batch.valid
-            optimizer.zero_grad(set_to_none=True)
-            with autocast_for(train["precision"], device):
-                loss = _forward_backward(model, forward, images, tokens, micro, scaler, ctx, step)
-            upd = apply_update(ctx, step, float(loss), int(valid.sum()), params, optimizer, scaler, train)
-            sync = upd.sync
-            now = time.perf_counter()
-            step_seconds = now - t_last
-            t_last = now
-            report_train_step(ctx, batch, step, upd, optimizer, step_seconds, now - t_compute, audit)
-            if ctx.rank == 0 and (step % every == 0 or step == total):
-                print(f"step {step}/{total} epoch {batch.epoch} caption loss {sync.loss:.4f} lr {optimizer.param_groups[0]['lr']:.3g} "
-                      f"{int(a.global_batch) / max(step_seconds, 1e-9):.1f} samples/s", flush=True)
-            ctx.phase(step, "training")
-            maybe_checkpoint(ctx, step, total, sync, payload, batch)
-            if eval_cfg and eval_cfg.get("every_steps") and step % int(eval_cfg["every_steps"]) == 0 and step != total:
-                last_metrics = evaluate(step)
-                t_last = time.perf_counter()
-            if sync.stop and step < total:
-                stopped = True
-                break
-    finally:
-        loader.close()
-        ctx.writer.wait()
-
-    finish_training(ctx, model, step, stopped, evaluate if eval_cfg and eval_cfg.get("at_end", True) else None, last_metrics)
+    run_training(ctx, model, optimizer, scaler, TASK, lambda texts: tokenizer(texts, context_length), forward_backward, loss_name="caption loss",
+                 evaluate=measure, evaluate_at_end=evaluating(ctx, measure) if eval_cfg and eval_cfg.get("at_end", True) else None)
 
 
 def _forward_backward(model: ImageCaptioner, forward, images: torch.Tensor, tokens: torch.Tensor, micro: int, scaler: Any,
