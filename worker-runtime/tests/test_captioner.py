@@ -120,6 +120,24 @@ def test_greedy_decoding_is_deterministic_and_independent_of_batch_order_and_com
     assert torch.equal(m.generate(mixed, 40)[4:], whole[:4])
 
 
+@pytest.mark.parametrize("image", ["vit-tiny", "mci-tiny"])
+def test_cached_greedy_decoding_is_the_argmax_of_the_full_decoder_at_every_step(image):
+    """generate() decodes with a key/value cache; each token it picks must be the one the full (teacher-forced) decoder
+    gives the sequence so far, with the same banned ids, until the row ends."""
+    m = model_of(image, seed=5).eval()
+    images = torch.randn(6, 3, 32, 32)
+    seq = m.generate(images, 30)
+    with torch.no_grad():
+        logits = m.decode(m.encode_image(images), seq[:, :-1]).float()
+    logits[..., [m.pad_id, m.sot_id]] = float("-inf")
+    for row in range(seq.shape[0]):
+        ids = seq[row].tolist()
+        end = ids.index(m.eot_id) if m.eot_id in ids else len(ids)
+        for i in range(min(end, 30 - 1)):  # the 30th token is a forced EOT
+            assert int(logits[row, i].argmax()) == ids[i + 1], f"row {row}, position {i + 1}"
+        assert all(t == m.pad_id for t in ids[end + 1 :])
+
+
 def test_state_dict_carries_its_config_and_refuses_other_states():
     m = model_of("mci-tiny")
     state = m.state_dict()

@@ -95,3 +95,37 @@ class MultiheadSelfAttention(nn.Module):
         qkv = qkv.view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         out = scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask, causal)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
+
+    def forward_cached(self, x: Tensor, cache: "KVCache") -> Tensor:
+        """Incremental decoding: x [B, n, C] are the next n positions; they attend to every cached position and to
+        each other in full (a prefix) or causally (n == 1, one new token), and their keys and values join the cache."""
+        b, n, c = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = qkv.view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        k, v = cache.append(qkv[1], qkv[2])
+        out = scaled_dot_product_attention(qkv[0], k, v)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class KVCache:
+    """One attention layer's keys and values [B, H, N, d] for incremental decoding, in buffers allocated once
+    (capacity positions), so a step copies only its own positions."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.length = 0
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Adds positions; returns every cached key and value so far (views of the buffers)."""
+        n = k.shape[-2]
+        if self.k is None or self.v is None:
+            shape = (*k.shape[:-2], self.capacity, k.shape[-1])
+            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+        end = self.length + n
+        assert end <= self.capacity, f"{end} positions exceed the cache's {self.capacity}"
+        self.k[..., self.length : end, :] = k
+        self.v[..., self.length : end, :] = v
+        self.length = end
+        return self.k[..., :end, :], self.v[..., :end, :]

@@ -15,9 +15,10 @@ The model's state dict carries its own config as `_extra_state`
 The image tower is named `visual` like CLIP's, so `load_image_tower` starts
 it from a CLIP checkpoint (`init: {checkpoint: ...}`).
 
-Greedy decoding runs every step on tensors of one fixed shape ([batch,
-prefix + context - 1]), with rows that never interact, so an image's caption
-does not depend on which other images share its batch or in which order.
+Greedy decoding is incremental (keys and values cached per layer); its
+shapes depend on the step and the batch size only, with rows that never
+interact, so an image's caption does not depend on which other images share
+its batch or in which order.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .attention import KVCache
 from .clip import build_image_tower
 from .config import image_family
 from .transformer import LayerNorm, Transformer
@@ -156,19 +158,34 @@ class ImageCaptioner(nn.Module):
     def generate(self, images: Tensor, max_tokens: int) -> Tensor:
         """Greedy decoding: ids [B, context_length] (SOT, up to max_tokens generated ids ending with EOT, then pad).
 
-        Every step runs the decoder on the same [B, context_length - 1] shape
-        (not yet generated positions hold pad; the causal mask hides them), so
-        the arithmetic of a row is the same whatever batch it is in."""
+        Incremental, with each layer's keys and values cached: the prefix runs
+        once (it attends only to itself, so its keys and values never depend
+        on the caption), then each step runs one new token through the blocks
+        against the cache, the same attention the causal mask of `decode`
+        gives, for about 1/context_length of a full pass's work per step. The
+        shapes of step i depend on i and the batch size only, and rows never
+        interact, so an image's caption does not depend on which other images
+        share its batch or in which order (the plugin pads every batch to one
+        size)."""
         ctx = self.cfg.context_length
         steps = max(1, min(int(max_tokens), ctx - 1))
         b = images.shape[0]
-        prefix = self.encode_image(images)
+        p = self.num_prefix
+        blocks = self.transformer.resblocks
+        caches = [KVCache(p + steps) for _ in blocks]
+        x = self.encode_image(images)
+        dtype = x.dtype
+        for block, cache in zip(blocks, caches):
+            x = block.forward_cached(x, cache)
         seq = torch.full((b, ctx), self.pad_id, dtype=torch.long, device=images.device)
         seq[:, 0] = self.sot_id
         done = torch.zeros(b, dtype=torch.bool, device=images.device)
         banned = torch.tensor([self.pad_id, self.sot_id], device=images.device)
         for i in range(steps):
-            logits = self.decode(prefix, seq[:, : ctx - 1])[:, i].float()
+            x = (self.token_embedding(seq[:, i : i + 1]) + self.positional_embedding[p + i : p + i + 1].to(dtype)).to(dtype)
+            for block, cache in zip(blocks, caches):
+                x = block.forward_cached(x, cache)
+            logits = self.lm_head(self.ln_final(x[:, -1])).float()
             logits[:, banned] = float("-inf")
             nxt = logits.argmax(dim=-1)
             if i == steps - 1:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import MultiheadSelfAttention
+from .attention import KVCache, MultiheadSelfAttention
 
 
 class LayerNorm(nn.LayerNorm):
@@ -45,6 +45,11 @@ class ResidualAttentionBlock(nn.Module):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, causal: bool = False) -> Tensor:
         x = x + self.attn(self.ln_1(x), attn_mask, causal)
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(self, x: Tensor, cache: KVCache) -> Tensor:
+        """forward() for incremental decoding: x attends to the cached positions and itself (MultiheadSelfAttention.forward_cached)."""
+        x = x + self.attn.forward_cached(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
 
