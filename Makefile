@@ -96,6 +96,8 @@ experiment-veclip: build
 	sed 's/(comparison.png)/(veclip-pipeline.png)/' results/veclip-pipeline/comparison.md > results/veclip-pipeline.md
 	cp results/veclip-pipeline/comparison.json results/veclip-pipeline.json
 	cp results/veclip-pipeline/comparison.png results/veclip-pipeline.png
+	printf '\n## How much of the captioner'"'"'s captions is about its image\n\n' >> results/veclip-pipeline.md
+	$(PYTHON) examples/recap_word_check.py examples/data/veclip-recap >> results/veclip-pipeline.md
 
 ## seg-diagnostics: why random init won segmentation in the first experiment run (about 20 minutes on 2 cores)
 seg-diagnostics: build
