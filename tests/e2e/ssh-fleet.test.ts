@@ -518,7 +518,7 @@ void describe("SSH fleet on network namespaces", () => {
     // Every spare (the replacements started once attempt 2 trained too) and every rank is gone from the hosts.
     const everyPid = new Set([...stored.stages[0]!.attempts.flatMap((a) => a.ranks.map((x) => x.pid!)), ...log.flatMap((l) => [...l.matchAll(/^spare pid (\d+) started/g)].map((m) => Number(m[1])))]);
     assert.ok(everyPid.size >= 4, `the ranks of both attempts, the spares and their replacements: ${[...everyPid].join(", ")}`);
-    for (const pid of everyPid) assert.equal(alive(pid), false, `process ${pid} outlived the job`);
+    for (const pid of everyPid) assert.equal(alive(pid), false, `process ${pid} outlived the job:\n${log.filter((l) => l.includes(String(pid))).join("\n")}`);
     for (const h of [ha, hb]) {
       const left = h.pids().filter((pid) => {
         try {

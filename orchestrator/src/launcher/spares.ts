@@ -160,6 +160,8 @@ export class SparePool {
   /** The latest request per owner and node: how to replace a spare that died. */
   private readonly templates = new Map<string, { req: SpareRequest; count: number }>();
   private closed = false;
+  /** Spares being started: close() waits for them (each is killed once it runs). */
+  private readonly starting = new Set<Promise<void>>();
 
   constructor(
     private readonly now: () => number,
@@ -181,6 +183,16 @@ export class SparePool {
   }
 
   private async startOne(req: SpareRequest): Promise<void> {
+    const p = this.startOneNow(req);
+    this.starting.add(p);
+    try {
+      await p;
+    } finally {
+      this.starting.delete(p);
+    }
+  }
+
+  private async startOneNow(req: SpareRequest): Promise<void> {
     const id = this.book.started(req.owner, req.node.name, this.now());
     let p: SpareProcess;
     try {
@@ -265,6 +277,6 @@ export class SparePool {
   /** Kills every spare (the orchestrator is going away). */
   async close(): Promise<void> {
     this.closed = true;
-    await Promise.all(this.owners().map((o) => this.drop(o)));
+    await Promise.all([...this.owners().map((o) => this.drop(o)), ...this.starting]);
   }
 }
