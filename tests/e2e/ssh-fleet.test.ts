@@ -87,6 +87,22 @@ function jobLog(stateDir: string, id: string): string[] {
     .map((l) => (JSON.parse(l) as { line: string }).line);
 }
 
+/** The job's log so far, skipping a last line caught half-written (for polling a running job). */
+function jobLogSoFar(stateDir: string): string[] {
+  const job = storedJob(stateDir);
+  const file = job ? join(stateDir, "jobs", job.id, "logs.jsonl") : "";
+  if (!job || !existsSync(file)) return [];
+  return readFileSync(file, "utf8")
+    .split("\n")
+    .flatMap((l) => {
+      try {
+        return l === "" ? [] : [(JSON.parse(l) as { line: string }).line];
+      } catch {
+        return [];
+      }
+    });
+}
+
 /** Each test reports this reason as skipped (the summary counts them) where namespaces cannot be made. */
 const SKIP = netnsSkipReason() ?? false;
 
@@ -446,6 +462,73 @@ void describe("SSH fleet on network namespaces", () => {
       log.some((l) => l.includes(`was lost: connection to ${victimName}`)),
       "the lost connection is reported:\n" + log.filter((l) => !l.startsWith("step")).join("\n"),
     );
+  });
+
+  void it("warm spares on SSH nodes: after a kill -9 of a rank the next attempt's ranks run in them, same parameters, no spare left", { skip: SKIP, timeout: 300_000 }, async () => {
+    const [ha, hb] = [fleet.hosts[0]!, fleet.hosts[1]!];
+    const base: TinySpec = { steps: 40, workers: 2, everySteps: 10, failure: { heartbeat_timeout: 5 } };
+    // The uninterrupted reference, here (the parameters over SSH equal a local run's, see the task: command test).
+    mkdirSync(join(work, "spares-ref"));
+    const ref = await runCli(["run", writeTinySpec(join(work, "spares-ref"), { ...base, name: "spares-ref", spares: 0 }), "--json", "--state-dir", join(work, "spares-ref", "state")]);
+    assert.equal(ref.code, 0, ref.stderr.slice(-3000));
+    const reference = JSON.parse(ref.stdout) as { finalParamsSha256: string };
+    // Attempt 1 waits before step 25 until the test has acted, so a fast machine cannot finish first.
+    const go = join(work, "spares-ssh.go");
+    const job = runJob("spares-ssh", { ...base, spares: 1, env: { CLIPFLEET_FAULT: `gate@25:file=${go}:attempt=1` } }, inventory(fleet, [ha, hb]), 280_000);
+    const ready = await waitFor(
+      "a ready spare on each host, and attempt 1's ranks running",
+      () => {
+        const log = jobLogSoFar(job.stateDir);
+        const started = new Map(log.flatMap((l) => [...l.matchAll(/^spare pid (\d+) started on (\w+)$/g)].map((m) => [Number(m[1]), m[2]!] as const)));
+        const pids = [...new Set(log.flatMap((l) => [...l.matchAll(/^spare pid (\d+) ready$/g)].map((m) => Number(m[1]))))];
+        const ranks = storedJob(job.stateDir)?.stages[0]?.attempts[0]?.ranks;
+        const nodes = new Set(pids.map((p) => started.get(p)));
+        return nodes.has("a") && nodes.has("b") && ranks?.every((r) => r.pid) ? { pids, started, ranks } : null;
+      },
+      240_000,
+      100,
+    );
+    for (const pid of ready.pids) {
+      const host = ready.started.get(pid) === "a" ? ha : hb;
+      assert.equal(fleet.namespaceOf(pid), host.ns, `spare ${pid} runs on its host`);
+      // Its stage's environment only: no token until the hand-over.
+      assert.doesNotMatch(readFileSync(`/proc/${pid}/environ`).toString(), /CLIPFLEET_TOKEN=/);
+      assert.ok(readFileSync(`/proc/${pid}/cmdline`).toString().split("\0").includes("spare"), "the spare command");
+    }
+    const victim = ready.ranks.find((r) => r.rank === 1)!;
+    process.kill(victim.pid!, "SIGKILL");
+    writeFileSync(go, "");
+    const r = await job.done;
+    assert.equal(r.code, 0, r.stderr.slice(-3000));
+    const summary = JSON.parse(r.stdout) as { state: string; restarts: number; finalParamsSha256: string };
+    assert.equal(summary.state, "SUCCEEDED");
+    assert.equal(summary.restarts, 1);
+    assert.equal(summary.finalParamsSha256, reference.finalParamsSha256, "bit-identical to the run without the failure");
+
+    const stored = storedJob(job.stateDir)!;
+    const second = stored.stages[0]!.attempts[1]!;
+    const log = jobLog(job.stateDir, stored.id);
+    const warm = second.ranks.map((x) => x.pid);
+    assert.deepEqual([...warm].sort(), [...ready.pids].sort(), "attempt 2's ranks are the spares' processes");
+    for (const x of second.ranks) {
+      assert.ok(log.includes(`rank ${x.rank} runs in warm spare pid ${x.pid} on ${x.node}`), `rank ${x.rank} warm on ${x.node}:\n${log.filter((l) => /spare/.test(l)).join("\n")}`);
+      assert.equal(ready.started.get(x.pid!), x.node, "a spare becomes a rank of its own node");
+    }
+    assert.ok(log.some((l) => /^clipfleet worker: spare pid \d+ becomes rank [01] of attempt 2$/.test(l)), "the rank's own log says so");
+    // Every spare (the replacements started once attempt 2 trained too) and every rank is gone from the hosts.
+    const everyPid = new Set([...stored.stages[0]!.attempts.flatMap((a) => a.ranks.map((x) => x.pid!)), ...log.flatMap((l) => [...l.matchAll(/^spare pid (\d+) started/g)].map((m) => Number(m[1])))]);
+    assert.ok(everyPid.size >= 4, `the ranks of both attempts, the spares and their replacements: ${[...everyPid].join(", ")}`);
+    for (const pid of everyPid) assert.equal(alive(pid), false, `process ${pid} outlived the job:\n${log.filter((l) => l.includes(String(pid))).join("\n")}`);
+    for (const h of [ha, hb]) {
+      const left = h.pids().filter((pid) => {
+        try {
+          return readFileSync(`/proc/${pid}/cmdline`).toString().includes("clipfleet_worker");
+        } catch {
+          return false; // gone meanwhile
+        }
+      });
+      assert.deepEqual(left, [], `no worker process left on ${h.ns}`);
+    }
   });
 
   void it("refuses a worker runtime of another version at registration, naming both versions", { skip: SKIP, timeout: 60_000 }, async () => {

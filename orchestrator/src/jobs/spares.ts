@@ -41,7 +41,7 @@ export async function keepSpares(ctx: JobContext, a: Attempt, python: (r: RankRu
     await pool.keep(
       {
         owner: spareOwner(a.jobId, a.stage),
-        nodeName: r.node.name,
+        node: r.node,
         python: where.python,
         workdir: where.workdir,
         env: { ...env(r), CLIPFLEET_SPARE: "1" },

@@ -21,7 +21,7 @@ export {
 } from "./known-hosts.js";
 export type { HostKeyVerdict, KnownHostEntry } from "./known-hosts.js";
 export { SshLauncher } from "./ssh.js";
-export { PID_LINE, hostKeyAlgorithms, killCommand, shellQuote, workerCommand, workerStdin } from "./ssh-command.js";
+export { PID_LINE, hostKeyAlgorithms, killCommand, shellQuote, spareCommand, workerCommand, workerStdin } from "./ssh-command.js";
 export type { HostKeyInfo, RemoteResult, SshLauncherOptions } from "./ssh.js";
 export { AllocationAborted, SlurmLauncher, sbatchArgs, srunArgs } from "./slurm.js";
 export type { AllocatedNode, Allocation, AllocationRequest, SlurmLauncherOptions } from "./slurm.js";

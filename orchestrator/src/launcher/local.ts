@@ -8,7 +8,7 @@ import { createServer } from "node:net";
 import { COMMAND_PYTHON_NAMES, type NodeSpec } from "../domain/index.js";
 import { forEachLine } from "./lines.js";
 import { SparePool, type SpareProcess, type SpareRequest } from "./spares.js";
-import type { ExitInfo, LaunchedProcess, LaunchRequest, Launcher } from "./types.js";
+import { trackLive, type ExitInfo, type LaunchedProcess, type LaunchRequest, type Launcher } from "./types.js";
 
 export class LocalLauncher implements Launcher {
   readonly kind = "local" as const;
@@ -21,9 +21,10 @@ export class LocalLauncher implements Launcher {
   }
 
   launch(req: LaunchRequest): Promise<LaunchedProcess> {
-    if (req.spareOwner && !req.command) {
-      const warm = this.adopt(req);
-      if (warm) return Promise.resolve(warm);
+    const warm = this.spares.adopt(req);
+    if (warm) {
+      trackLive(this.live, warm, req.onExit);
+      return Promise.resolve(warm);
     }
     const [program, ...args] = req.command ? commandArgv(req.command.argv, req.python) : [req.python, "-m", "clipfleet_worker", "run"];
     const child = spawn(program!, args, {
@@ -35,31 +36,8 @@ export class LocalLauncher implements Launcher {
     return started(child, req.python).then(({ pid, exited }) => {
       forEachLine(child.stdout, (line) => req.onOutput("stdout", line));
       forEachLine(child.stderr, (line) => req.onOutput("stderr", line));
-      const proc: LaunchedProcess = { pid, exited, signal: groupSignaller(pid) };
-      this.live.add(proc);
-      void exited.then((e) => {
-        this.live.delete(proc);
-        req.onExit(e);
-      });
-      return proc;
+      return trackLive(this.live, { pid, exited, signal: groupSignaller(pid) }, req.onExit);
     });
-  }
-
-  /** The rank in a live spare of its stage, or null (none, or it died as it was handed over). */
-  private adopt(req: LaunchRequest): LaunchedProcess | null {
-    for (;;) {
-      const spare = this.spares.take(req.spareOwner ?? "", req.node.name);
-      if (!spare) return null;
-      spare.onLine = req.onOutput;
-      if (!spare.become({ ...req.env, ...req.secrets })) continue;
-      const proc: LaunchedProcess = { pid: spare.pid, exited: spare.exited, signal: (sig) => spare.signal(sig), warm: true };
-      this.live.add(proc);
-      void spare.exited.then((e) => {
-        this.live.delete(proc);
-        req.onExit(e);
-      });
-      return proc;
-    }
   }
 
   /** One spare: the worker runtime's `spare` command, in its own process group, its stdin a pipe for the hand-over. */

@@ -13,8 +13,8 @@
  * and when to give up on a node whose spares keep dying before they are
  * ready. `SparePool` carries it out with a launcher's way of starting one.
  */
-import { MAX_SPARES_PER_NODE } from "../domain/index.js";
-import type { ExitInfo } from "./types.js";
+import { MAX_SPARES_PER_NODE, type NodeSpec } from "../domain/index.js";
+import type { ExitInfo, LaunchedProcess, LaunchRequest } from "./types.js";
 
 /** A spare's lifecycle: importing -> ready -> used (a rank now) | dead. */
 export type SpareState = "starting" | "ready" | "used" | "dead";
@@ -131,7 +131,8 @@ export class SpareBook {
 export interface SpareRequest {
   /** Whose spare it is: `${jobId}/${stage}`; only a rank of that owner is ever handed to it. */
   readonly owner: string;
-  readonly nodeName: string;
+  /** The node (an SSH spare connects to it; the pool knows it by name). */
+  readonly node: NodeSpec;
   /** Interpreter with torch on that node, and the directory holding clipfleet_worker (as for a rank). */
   readonly python: string;
   readonly workdir: string;
@@ -159,6 +160,8 @@ export class SparePool {
   /** The latest request per owner and node: how to replace a spare that died. */
   private readonly templates = new Map<string, { req: SpareRequest; count: number }>();
   private closed = false;
+  /** Spares being started: close() waits for them (each is killed once it runs). */
+  private readonly starting = new Set<Promise<void>>();
 
   constructor(
     private readonly now: () => number,
@@ -168,27 +171,39 @@ export class SparePool {
   /** Starts what is missing for `req.owner` to have `count` live spares on its node. */
   async keep(req: SpareRequest, count: number): Promise<void> {
     if (this.closed) return;
-    this.templates.set(`${req.owner}\n${req.nodeName}`, { req, count });
+    const key = `${req.owner}\n${req.node.name}`;
+    this.templates.set(key, { req, count });
     // Counted afresh before each start: a replacement started meanwhile (a spare died) counts, so
     // the node never gets more than `count`; a spawn that fails counts as a crash, so this ends.
-    while (!this.closed && this.book.toStart(req.owner, req.nodeName, count, this.now()) > 0) await this.startOne(req);
-    if (count > 0 && this.book.disabled(req.owner, req.nodeName, this.now())) {
-      req.log(`spares on ${req.nodeName} not started: ${MAX_SPARE_CRASHES} died before they were ready`);
+    // It also ends once the owner is dropped (its stage is over) or a later request took over.
+    while (!this.closed && this.templates.get(key)?.req === req && this.book.toStart(req.owner, req.node.name, count, this.now()) > 0) await this.startOne(req);
+    if (count > 0 && this.book.disabled(req.owner, req.node.name, this.now())) {
+      req.log(`spares on ${req.node.name} not started: ${MAX_SPARE_CRASHES} died before they were ready`);
     }
   }
 
   private async startOne(req: SpareRequest): Promise<void> {
-    const id = this.book.started(req.owner, req.nodeName, this.now());
+    const p = this.startOneNow(req);
+    this.starting.add(p);
+    try {
+      await p;
+    } finally {
+      this.starting.delete(p);
+    }
+  }
+
+  private async startOneNow(req: SpareRequest): Promise<void> {
+    const id = this.book.started(req.owner, req.node.name, this.now());
     let p: SpareProcess;
     try {
       p = await this.spawnSpare(req);
     } catch (err) {
       this.book.died(id, this.now());
-      req.log(`spare not started on ${req.nodeName}: ${err instanceof Error ? err.message : String(err)}`);
+      req.log(`spare not started on ${req.node.name}: ${err instanceof Error ? err.message : String(err)}`);
       return;
     }
     this.procs.set(id, p);
-    req.log(`spare pid ${p.pid} started on ${req.nodeName}`);
+    req.log(`spare pid ${p.pid} started on ${req.node.name}`);
     p.onLine = (stream, line) => {
       if (stream === "stdout" && parseSpareLine(line)) {
         this.book.ready(id, this.now());
@@ -201,11 +216,17 @@ export class SparePool {
       if (!this.procs.has(id)) return; // handed out, or dropped
       this.procs.delete(id);
       const waiting = this.book.died(id, this.now());
-      req.log(`spare pid ${p.pid} died (${e.signal ?? `code ${e.code}`}); not used`);
-      const t = this.templates.get(`${req.owner}\n${req.nodeName}`);
+      req.log(`spare pid ${p.pid} died (${e.lost ?? e.signal ?? `code ${e.code}`}); not used`);
+      const t = this.templates.get(`${req.owner}\n${req.node.name}`);
       if (waiting && t && !this.closed) void this.keep(t.req, t.count);
     });
-    if (this.closed) await p.signal("SIGKILL");
+    if (this.closed || !this.book.live(req.owner, req.node.name).some((e) => e.id === id)) {
+      // The pool is closing, its stage was dropped, or its entry was handed out while the process
+      // was being started (an SSH spare takes a connection and a channel): nobody will use it.
+      this.procs.delete(id);
+      req.log(`spare pid ${p.pid} not needed any more; killed`);
+      await p.signal("SIGKILL").catch(() => undefined);
+    }
   }
 
   /** A live spare of `owner` on `node`, now the caller's (its process is no longer the pool's), or null. */
@@ -219,6 +240,23 @@ export class SparePool {
     }
   }
 
+  /**
+   * `req`'s rank in a live spare of its stage on its node (its output now the
+   * rank's, the hand-over line sent), or null: the request names no spare
+   * owner, is a user's command, or every spare there died as it was handed
+   * over. The caller tracks the process as it does the ones it starts.
+   */
+  adopt(req: LaunchRequest): LaunchedProcess | null {
+    if (!req.spareOwner || req.command) return null;
+    for (;;) {
+      const spare = this.take(req.spareOwner, req.node.name);
+      if (!spare) return null;
+      spare.onLine = req.onOutput;
+      if (!spare.become({ ...req.env, ...req.secrets })) continue;
+      return { pid: spare.pid, exited: spare.exited, signal: (sig) => spare.signal(sig), warm: true };
+    }
+  }
+
   /** Kills every spare of `owner` (its stage is over); resolves once they are gone. */
   async drop(owner: string): Promise<void> {
     for (const key of [...this.templates.keys()]) if (key.startsWith(`${owner}\n`)) this.templates.delete(key);
@@ -227,7 +265,8 @@ export class SparePool {
       this.procs.delete(id);
       return p ? [p] : [];
     });
-    await Promise.all(ps.map(async (p) => (await p.signal("SIGKILL"), await p.exited)));
+    // A signal that cannot be sent (an SSH node whose connection just went) leaves the exit to come by itself.
+    await Promise.all(ps.map(async (p) => (await p.signal("SIGKILL").catch(() => undefined), await p.exited)));
   }
 
   /** Owners that still have spares (the job service drops those whose stage is over). */
@@ -238,6 +277,6 @@ export class SparePool {
   /** Kills every spare (the orchestrator is going away). */
   async close(): Promise<void> {
     this.closed = true;
-    await Promise.all(this.owners().map((o) => this.drop(o)));
+    await Promise.all([...this.owners().map((o) => this.drop(o)), ...this.starting]);
   }
 }

@@ -19,7 +19,9 @@ export const PID_LINE = /^CLIPFLEET_PID (\d+)$/;
  * after it stays for the worker), own session and process group, gloo bound
  * to the interface holding the node's address (unless GLOO_SOCKET_IFNAME is
  * set: hosts whose name resolves to 127.0.1.1 would otherwise offer peers a
- * loopback address), the pid line, then the worker. For task command the
+ * loopback address), the pid line, then the worker (`clipfleet_worker
+ * spare` when the word after the address is `spare`: a warm spare, whose
+ * stdin stays open for its hand-over line). For task command the
  * environment names the program (CLIPFLEET_COMMAND, JSON argv) and its
  * directory: the wrapper reads the token line itself (the user's program
  * knows nothing of stdin), puts it in the environment the program's clipfleet
@@ -57,7 +59,7 @@ export const WRAPPER = [
   'print("CLIPFLEET_PID", os.getpid(), flush=True)',
   'command = os.environ.pop("CLIPFLEET_COMMAND", None)',
   "if command is None:",
-  '    os.execv(sys.executable, [sys.executable, "-m", "clipfleet_worker", "run"])',
+  '    os.execv(sys.executable, [sys.executable, "-m", "clipfleet_worker", "spare" if sys.argv[2:] == ["spare"] else "run"])',
   "argv = json.loads(command)",
   'token = b""',
   "while not token.endswith(b'\\n'):",
@@ -109,10 +111,26 @@ export function shellQuote(s: string): string {
  * (workerStdin).
  */
 export function workerCommand(req: Pick<LaunchRequest, "python" | "workdir" | "env" | "secrets" | "node">): string {
+  return remoteCommand(req, "run");
+}
+
+/**
+ * The remote command line of a warm spare (spares.ts): the rank's wrapper
+ * running `clipfleet_worker spare`, its environment (no token) on the first
+ * stdin line (`workerStdin` with no secrets); the rank's environment and
+ * token come later, as the hand-over line on the same stdin.
+ */
+export function spareCommand(req: Pick<LaunchRequest, "python" | "workdir" | "env" | "node">): string {
+  return remoteCommand({ ...req, secrets: {} }, "spare");
+}
+
+function remoteCommand(req: Pick<LaunchRequest, "python" | "workdir" | "env" | "secrets" | "node">, mode: "run" | "spare"): string {
   for (const k of Object.keys(req.env)) {
     if (!ENV_NAME.test(k)) throw new InvalidArgumentError(`worker.env: ${JSON.stringify(k)} is not an environment variable name`);
   }
-  const cmd = `cd ${shellQuote(req.workdir)} && exec env CLIPFLEET_TOKEN_STDIN=1 ${shellQuote(req.python)} -c ${shellQuote(WRAPPER)} ${shellQuote(req.node.address)}`;
+  // A rank reads its token from stdin after the environment line; a spare gets it in its hand-over.
+  const prefix = mode === "run" ? "env CLIPFLEET_TOKEN_STDIN=1 " : "";
+  const cmd = `cd ${shellQuote(req.workdir)} && exec ${prefix}${shellQuote(req.python)} -c ${shellQuote(WRAPPER)} ${shellQuote(req.node.address)}${mode === "spare" ? " spare" : ""}`;
   for (const secret of Object.values(req.secrets)) assert(!cmd.includes(secret), "a secret would appear on the remote command line");
   return cmd;
 }

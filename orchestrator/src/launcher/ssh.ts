@@ -12,6 +12,11 @@
  * The job token goes over the channel's stdin (CLIPFLEET_TOKEN_STDIN=1),
  * never onto the command line where `ps` would show it. The command lines
  * themselves are built in ssh-command.ts.
+ *
+ * Warm spares (spares.ts, docs/recovery.md) are the same wrapper running
+ * `clipfleet_worker spare` in a channel whose stdin stays open: the rank's
+ * environment and token are its hand-over line, written there when a later
+ * attempt's rank starts in it.
  */
 import assert from "node:assert/strict";
 import { readFileSync, statSync } from "node:fs";
@@ -21,8 +26,9 @@ import type { AnyAuthMethod, ClientChannel, ConnectConfig } from "ssh2";
 import { EnvironmentError, type NodeSpec } from "../domain/index.js";
 import { defaultKnownHostsPath, fingerprintSha256, KnownHostsFile } from "./known-hosts.js";
 import { forEachLine } from "./lines.js";
-import { PID_LINE, freePortCommand, hostKeyAlgorithms, killCommand, workerCommand, workerStdin } from "./ssh-command.js";
-import type { ExitInfo, LaunchedProcess, LaunchRequest, Launcher } from "./types.js";
+import { SparePool, type SpareProcess, type SpareRequest } from "./spares.js";
+import { PID_LINE, freePortCommand, hostKeyAlgorithms, killCommand, spareCommand, workerCommand, workerStdin } from "./ssh-command.js";
+import { trackLive, type ExitInfo, type LaunchedProcess, type LaunchRequest, type Launcher } from "./types.js";
 
 const { Client, utils } = ssh2;
 type SshClient = InstanceType<typeof Client>;
@@ -113,9 +119,12 @@ export class SshLauncher implements Launcher {
   private readonly pending = new Map<Connection, Promise<Connection>>();
   private readonly live = new Set<LaunchedProcess>();
   private closed = false;
+  /** Warm spares: the spare command over an exec channel whose stdin stays open for the hand-over (spawnSpare). */
+  readonly spares: SparePool;
 
   constructor(private readonly opts: SshLauncherOptions = {}) {
     this.knownHosts = new KnownHostsFile(opts.knownHostsPath ?? defaultKnownHostsPath());
+    this.spares = new SparePool(Date.now, (req) => this.spawnSpare(req));
   }
 
   /** The known_hosts file in use. */
@@ -124,45 +133,98 @@ export class SshLauncher implements Launcher {
   }
 
   async launch(req: LaunchRequest): Promise<LaunchedProcess> {
-    const command = workerCommand(req);
-    const stdin = workerStdin(req);
-    const { conn, ch } = await this.open(req.node, command);
-    ch.end(stdin);
-    return new Promise<LaunchedProcess>((resolve, reject) => {
+    const warm = this.spares.adopt(req);
+    if (warm) return trackLive(this.live, warm, req.onExit);
+    const { proc } = await this.startRemote(req.node, workerCommand(req), workerStdin(req), { keepStdin: false, what: `rank ${req.rank}`, onOutput: req.onOutput });
+    return trackLive(this.live, proc, req.onExit);
+  }
+
+  /**
+   * One spare: `clipfleet_worker spare` through the rank's wrapper, in its own
+   * process group on the node, its environment (no token) the first line of
+   * the channel's stdin, which then stays open for the hand-over line. The
+   * channel is this launcher's alone and encrypted: the hand-over, token
+   * included, never reaches a command line. A lost connection ends it.
+   */
+  private async spawnSpare(req: SpareRequest): Promise<SpareProcess> {
+    const spec = { python: req.python, workdir: req.workdir, env: req.env, node: req.node };
+    // Lines that come before this function returns (the pool routes them then) are dropped, as for local spares.
+    let spare: SpareProcess | null = null;
+    const remote = await this.startRemote(req.node, spareCommand(spec), workerStdin({ ...spec, secrets: {} }), {
+      keepStdin: true,
+      what: "a spare",
+      onOutput: (stream, line) => spare?.onLine(stream, line),
+    });
+    spare = {
+      pid: remote.proc.pid,
+      exited: remote.proc.exited,
+      signal: (sig) => remote.proc.signal(sig),
+      onLine: () => undefined,
+      become: (env) => remote.handOver(JSON.stringify({ env }) + "\n"),
+    };
+    return spare;
+  }
+
+  /**
+   * Runs a wrapper command (ssh-command.ts) in an exec channel, `stdin`
+   * written first (then ended, unless `keepStdin`), and resolves once its pid
+   * line came: the process, whose group is signalled over another channel of
+   * the connection, and `handOver`, which writes a last line on a kept stdin
+   * and ends it (false once the process or its connection is gone). Output
+   * after the pid line goes to `onOutput`; a channel that closes without an
+   * exit status is a lost process (`lost`); one that closes before the pid
+   * line rejects, with its last stderr lines.
+   */
+  private async startRemote(
+    node: NodeSpec,
+    command: string,
+    stdin: string,
+    opts: { keepStdin: boolean; what: string; onOutput: (stream: "stdout" | "stderr", line: string) => void },
+  ): Promise<{ proc: LaunchedProcess; handOver: (line: string) => boolean }> {
+    const { conn, ch } = await this.open(node, command);
+    if (opts.keepStdin) ch.write(stdin);
+    else ch.end(stdin);
+    return new Promise((resolve, reject) => {
       let exit: ExitInfo | null = null;
       const tail: string[] = [];
       let resolveExited: (e: ExitInfo) => void = () => undefined;
       const exited = new Promise<ExitInfo>((r) => (resolveExited = r));
       let done = false;
-      let proc: LaunchedProcess | null = null;
-      const started = (groupId: number): LaunchedProcess => ({
+      let stdinOpen = opts.keepStdin;
+      let started = false;
+      const handOver = (line: string): boolean => {
+        if (done || conn.gone !== null || !stdinOpen) return false;
+        stdinOpen = false;
+        ch.end(line);
+        return true;
+      };
+      const proc = (groupId: number): LaunchedProcess => ({
         pid: groupId,
         exited,
         signal: async (sig) => {
           // Gone, or its connection lost: nothing left to signal through it.
           if (done || conn.gone !== null) return;
-          const r = await this.run(req.node, killCommand(groupId, sig));
+          const r = await this.run(node, killCommand(groupId, sig));
           if (r.code !== 0 && !/No such process/i.test(r.stderr)) {
-            throw new EnvironmentError(`node ${req.node.name}: ${killCommand(groupId, sig)} failed: ${r.stderr.trim() || `exit ${r.code}`}`);
+            throw new EnvironmentError(`node ${node.name}: ${killCommand(groupId, sig)} failed: ${r.stderr.trim() || `exit ${r.code}`}`);
           }
         },
       });
       forEachLine(ch, (line) => {
-        if (proc === null) {
+        if (!started) {
           const m = PID_LINE.exec(line);
           if (m) {
-            proc = started(Number(m[1]));
-            this.live.add(proc);
-            resolve(proc);
+            started = true;
+            resolve({ proc: proc(Number(m[1])), handOver });
             return;
           }
         }
-        req.onOutput("stdout", line);
+        opts.onOutput("stdout", line);
       });
       forEachLine(ch.stderr, (line) => {
         tail.push(line);
         if (tail.length > 10) tail.shift();
-        req.onOutput("stderr", line);
+        opts.onOutput("stderr", line);
       });
       ch.on("exit", (code: number | null, signal?: string) => {
         exit = { code: code ?? null, signal: signal ?? null };
@@ -176,16 +238,14 @@ export class SshLauncher implements Launcher {
             exit ?? {
               code: null,
               signal: null,
-              lost: `connection to ${req.node.name} (${describe(req.node)}) lost: ${conn.gone ?? "the channel closed without an exit status"}`,
+              lost: `connection to ${node.name} (${describe(node)}) lost: ${conn.gone ?? "the channel closed without an exit status"}`,
             };
-          if (proc === null) {
+          if (!started) {
             const how = info.lost ?? (info.signal ? `killed by ${info.signal}` : `exit ${info.code}`);
-            reject(new EnvironmentError(`node ${req.node.name}: rank ${req.rank} did not start (${how})${tail.length ? `: ${tail.slice(-3).join(" | ")}` : ""}`));
+            reject(new EnvironmentError(`node ${node.name}: ${opts.what} did not start (${how})${tail.length ? `: ${tail.slice(-3).join(" | ")}` : ""}`));
             return;
           }
-          this.live.delete(proc);
           resolveExited(info);
-          req.onExit(info);
         });
       });
     });
@@ -241,8 +301,9 @@ export class SshLauncher implements Launcher {
     return conn.hostKey;
   }
 
-  /** Kills every rank still running, then closes every connection. */
+  /** Kills every spare and every rank still running, then closes every connection. */
   async close(): Promise<void> {
+    await Promise.race([this.spares.close(), new Promise((r) => setTimeout(r, 5000).unref())]);
     const all = [...this.live];
     await Promise.all(all.map((p) => p.signal("SIGKILL").catch(() => undefined)));
     await Promise.all(all.map((p) => Promise.race([p.exited, new Promise((r) => setTimeout(r, 5000).unref())])));

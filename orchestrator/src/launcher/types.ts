@@ -112,3 +112,13 @@ export async function terminate(proc: LaunchedProcess, graceMs: number, first: N
   clearTimeout(timer);
   return result;
 }
+
+/** Counts `proc` among a launcher's `live` processes until it exits, then tells `onExit`. */
+export function trackLive(live: Set<LaunchedProcess>, proc: LaunchedProcess, onExit: (e: ExitInfo) => void): LaunchedProcess {
+  live.add(proc);
+  void proc.exited.then((e) => {
+    live.delete(proc);
+    onExit(e);
+  });
+  return proc;
+}

@@ -8,11 +8,26 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { MAX_SPARES_PER_NODE } from "../../src/domain/index.js";
-import { CRASH_WINDOW_MS, MAX_SPARE_CRASHES, parseSpareLine, SpareBook, SparePool, type ExitInfo, type SpareProcess, type SpareRequest } from "../../src/launcher/index.js";
+import { MAX_SPARES_PER_NODE, type NodeSpec } from "../../src/domain/index.js";
+import { CRASH_WINDOW_MS, MAX_SPARE_CRASHES, parseSpareLine, SpareBook, SparePool, type ExitInfo, type LaunchRequest, type SpareProcess, type SpareRequest } from "../../src/launcher/index.js";
 
 const A = "j-1/main";
 const B = "j-2/main";
+const N1: NodeSpec = {
+  name: "n1",
+  host: "10.0.0.1",
+  port: 22,
+  user: null,
+  identity_file: null,
+  address: "10.0.0.1",
+  slots: 1,
+  gpus: 0,
+  labels: {},
+  python: null,
+  workdir: null,
+  host_key_policy: "strict",
+  launcher: "ssh",
+};
 
 void describe("SpareBook", () => {
   void it("starts what is missing, bounded per node, and counts starting and ready spares as live", () => {
@@ -165,6 +180,10 @@ class FakeSpare implements SpareProcess {
     this.gone = true;
     this.end({ code: null, signal });
   }
+  lose(why: string): void {
+    this.gone = true;
+    this.end({ code: null, signal: null, lost: why });
+  }
   become(env: Readonly<Record<string, string>>): boolean {
     if (this.gone) return false;
     this.handed = env;
@@ -173,7 +192,7 @@ class FakeSpare implements SpareProcess {
 }
 
 void describe("SparePool", () => {
-  const request = (owner: string, log: string[]): SpareRequest => ({ owner, nodeName: "n1", python: "python3", workdir: ".", env: {}, log: (l) => log.push(l) });
+  const request = (owner: string, log: string[]): SpareRequest => ({ owner, node: N1, python: "python3", workdir: ".", env: {}, log: (l) => log.push(l) });
 
   void it("replaces a spare killed before it was needed and never hands out the dead one; drop kills the rest", async () => {
     const started: FakeSpare[] = [];
@@ -220,9 +239,110 @@ void describe("SparePool start failures", () => {
       },
     );
     const log: string[] = [];
-    await pool.keep({ owner: A, nodeName: "n1", python: "python3", workdir: ".", env: {}, log: (l) => log.push(l) }, 2);
+    await pool.keep({ owner: A, node: N1, python: "python3", workdir: ".", env: {}, log: (l) => log.push(l) }, 2);
     assert.equal(tries, MAX_SPARE_CRASHES);
     assert.ok(log.some((l) => l.includes("spares on n1 not started")));
+    assert.deepEqual(pool.owners(), []);
+  });
+});
+
+void describe("SparePool.adopt", () => {
+  /** A pool whose spares are FakeSpares (started ones in `started`), `count` of owner A on n1 kept. */
+  async function poolWith(count: number, log: string[] = []): Promise<{ pool: SparePool; started: FakeSpare[] }> {
+    const started: FakeSpare[] = [];
+    const pool = new SparePool(
+      () => 0,
+      () => {
+        const s = new FakeSpare();
+        started.push(s);
+        return Promise.resolve(s);
+      },
+    );
+    await pool.keep({ owner: A, node: N1, python: "python3", workdir: ".", env: {}, log: (l) => log.push(l) }, count);
+    return { pool, started };
+  }
+  const rank = (over: Partial<LaunchRequest>, out: string[] = []): LaunchRequest => ({
+    jobId: "j-1",
+    stage: "main",
+    attempt: 2,
+    rank: 1,
+    node: N1,
+    python: "python3",
+    workdir: ".",
+    env: { CLIPFLEET_RANK: "1" },
+    secrets: { CLIPFLEET_TOKEN: "tok" },
+    spareOwner: A,
+    onOutput: (stream, line) => out.push(`${stream}: ${line}`),
+    onExit: () => undefined,
+    ...over,
+  });
+
+  void it("hands the rank's environment and secrets to a spare of its owner, whose output is then the rank's", async () => {
+    const { pool, started } = await poolWith(1);
+    const out: string[] = [];
+    const proc = pool.adopt(rank({}, out));
+    assert.ok(proc);
+    const spare = started[0]!;
+    assert.equal(proc.pid, spare.pid);
+    assert.equal(proc.warm, true);
+    assert.deepEqual(spare.handed, { CLIPFLEET_RANK: "1", CLIPFLEET_TOKEN: "tok" });
+    spare.onLine("stdout", "hello");
+    assert.deepEqual(out, ["stdout: hello"]);
+    await proc.signal("SIGKILL");
+    assert.equal((await proc.exited).signal, "SIGKILL");
+    assert.equal(pool.adopt(rank({})), null, "used: never handed out again");
+  });
+
+  void it("starts nothing warm without an owner, for a user's command, or for another owner or node", async () => {
+    const { pool, started } = await poolWith(1);
+    assert.equal(pool.adopt(rank({ spareOwner: undefined })), null);
+    assert.equal(pool.adopt(rank({ command: { argv: ["python", "x.py"], cwd: "." } })), null);
+    assert.equal(pool.adopt(rank({ spareOwner: B })), null);
+    assert.equal(pool.adopt(rank({ node: { ...N1, name: "n2" } })), null);
+    assert.equal(started[0]!.handed, null, "nothing was handed over");
+    assert.ok(pool.adopt(rank({})), "the spare is still there for its own rank");
+  });
+
+  void it("skips a spare that died as it was handed over, and takes the next one", async () => {
+    const { pool, started } = await poolWith(2);
+    const [first, second] = started;
+    assert.ok(first && second);
+    // Gone, though its exit has not been seen yet (the pool still counts it).
+    first.become = () => false;
+    const proc = pool.adopt(rank({}));
+    assert.equal(proc?.pid, second.pid);
+    assert.equal(pool.adopt(rank({})), null);
+  });
+
+  void it("logs a spare lost with its connection by the reason, and replaces it", async () => {
+    const log: string[] = [];
+    const { started } = await poolWith(1, log);
+    const first = started[0]!;
+    first.lose("connection to n1 (root@10.0.0.1:22) lost: read ECONNRESET");
+    await first.exited;
+    await new Promise((r) => setImmediate(r));
+    assert.ok(log.includes(`spare pid ${first.pid} died (connection to n1 (root@10.0.0.1:22) lost: read ECONNRESET); not used`), log.join("\n"));
+    assert.equal(started.length, 2, "replaced");
+  });
+});
+
+void describe("SparePool, a spare still being started", () => {
+  void it("is killed once started when its stage was dropped meanwhile, and never handed out", async () => {
+    const spawned: ((s: FakeSpare) => void)[] = [];
+    const pool = new SparePool(
+      () => 0,
+      () => new Promise<SpareProcess>((resolve) => spawned.push(resolve)),
+    );
+    const log: string[] = [];
+    const keeping = pool.keep({ owner: A, node: N1, python: "python3", workdir: ".", env: {}, log: (l) => log.push(l) }, 1);
+    assert.equal(spawned.length, 1, "being started");
+    await pool.drop(A);
+    const late = new FakeSpare();
+    spawned[0]!(late);
+    await keeping;
+    assert.equal((await late.exited).signal, "SIGKILL");
+    assert.ok(log.includes(`spare pid ${late.pid} not needed any more; killed`), log.join("\n"));
+    assert.equal(pool.take(A, "n1"), null);
     assert.deepEqual(pool.owners(), []);
   });
 });

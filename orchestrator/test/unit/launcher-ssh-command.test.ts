@@ -11,7 +11,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { networkInterfaces, tmpdir } from "node:os";
 import { join } from "node:path";
 import type { NodeSpec } from "../../src/domain/index.js";
-import { PID_LINE, hostKeyAlgorithms, killCommand, shellQuote, workerCommand, workerStdin } from "../../src/launcher/index.js";
+import { PID_LINE, hostKeyAlgorithms, killCommand, shellQuote, spareCommand, workerCommand, workerStdin } from "../../src/launcher/index.js";
 
 const PYTHON = "/usr/bin/python3";
 
@@ -27,6 +27,15 @@ async function shell(cmd: string, stdin: string): Promise<{ code: number | null;
   return { code, out, err };
 }
 const TOKEN = "3f9c2a7d-token-never-on-a-command-line";
+
+/** A temporary directory holding a stand-in worker package whose `__main__` is `main` (it reports what the real one would receive). */
+function standInRuntime(prefix: string, main: readonly string[]): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  mkdirSync(join(dir, "clipfleet_worker"));
+  writeFileSync(join(dir, "clipfleet_worker", "__init__.py"), "");
+  writeFileSync(join(dir, "clipfleet_worker", "__main__.py"), main.join("\n"));
+  return dir;
+}
 
 function node(address: string): NodeSpec {
   return {
@@ -105,19 +114,12 @@ void describe("remote command line", () => {
 
 void describe("remote command run by a shell", () => {
   void it("prints the pid first, leads its own session and group, reads the token from stdin", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "cf-sshcmd-"));
+    const dir = standInRuntime("cf-sshcmd-", [
+      "import json, os, sys",
+      "print(json.dumps({'argv': sys.argv[1:], 'token': sys.stdin.readline().strip(), 'pid': os.getpid(), 'pgid': os.getpgid(0), 'sid': os.getsid(0),",
+      "  'cwd': os.getcwd(), 'quoted': os.environ.get('QUOTED'), 'gloo': os.environ.get('GLOO_SOCKET_IFNAME'), 'pythonpath': os.environ.get('PYTHONPATH')}))",
+    ]);
     try {
-      // A stand-in worker package: reports what the real one would receive.
-      mkdirSync(join(dir, "clipfleet_worker"));
-      writeFileSync(join(dir, "clipfleet_worker", "__init__.py"), "");
-      writeFileSync(
-        join(dir, "clipfleet_worker", "__main__.py"),
-        [
-          "import json, os, sys",
-          "print(json.dumps({'argv': sys.argv[1:], 'token': sys.stdin.readline().strip(), 'pid': os.getpid(), 'pgid': os.getpgid(0), 'sid': os.getsid(0),",
-          "  'cwd': os.getcwd(), 'quoted': os.environ.get('QUOTED'), 'gloo': os.environ.get('GLOO_SOCKET_IFNAME'), 'pythonpath': os.environ.get('PYTHONPATH')}))",
-        ].join("\n"),
-      );
       // A non-loopback address of this machine, if it has one: gloo must bind to its interface.
       const nic = Object.entries(networkInterfaces()).flatMap(([name, addrs]) => (addrs ?? []).filter((a) => a.family === "IPv4" && !a.internal).map((a) => ({ name, address: a.address })))[0];
       const req = {
@@ -143,6 +145,41 @@ void describe("remote command run by a shell", () => {
       assert.equal(report.quoted, "it's $HOME `x`\nand a second line");
       assert.equal(report.pythonpath, dir);
       assert.equal(report.gloo, nic ? nic.name : null);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+void describe("SSH command line of a warm spare", () => {
+  void it("runs `clipfleet_worker spare` in its own group, its environment first on stdin, the hand-over line left for it; no token anywhere before", async () => {
+    const dir = standInRuntime("cf-sshcmd-spare-", [
+      "import json, os, sys",
+      "print(json.dumps({'argv': sys.argv[1:], 'pid': os.getpid(), 'pgid': os.getpgid(0), 'cwd': os.getcwd(), 'stage': os.environ.get('CLIPFLEET_STAGE'),",
+      "  'stdin_flag': os.environ.get('CLIPFLEET_TOKEN_STDIN'), 'token': os.environ.get('CLIPFLEET_TOKEN'), 'handover': sys.stdin.readline()}))",
+    ]);
+    try {
+      const spec = { python: PYTHON, workdir: dir, env: { CLIPFLEET_STAGE: "main", CLIPFLEET_SPARE: "1" }, node: node("127.0.0.1") };
+      const cmd = spareCommand(spec);
+      assert.ok(cmd.startsWith(`cd ${shellQuote(dir)} && exec ${PYTHON} -c `) && cmd.endsWith(" 127.0.0.1 spare"), cmd);
+      assert.ok(!cmd.includes("CLIPFLEET_STAGE") && !cmd.includes("CLIPFLEET_TOKEN_STDIN=1"), cmd);
+      const envLine = workerStdin({ ...spec, secrets: {} });
+      assert.equal(envLine.split("\n").length, 2, "one line: the spare's environment, no token line");
+      const handover = JSON.stringify({ env: { CLIPFLEET_TOKEN: TOKEN } });
+      const { code, out, err } = await shell(cmd, `${envLine}${handover}\n`);
+      assert.equal(code, 0, err);
+      const [first, second] = out.trim().split("\n");
+      const m = PID_LINE.exec(first ?? "");
+      assert.ok(m, `first line is the pid line: ${first}`);
+      const report = JSON.parse(second ?? "{}") as Record<string, unknown>;
+      assert.deepEqual(report.argv, ["spare"]);
+      assert.equal(report.pid, Number(m[1]));
+      assert.equal(report.pgid, Number(m[1]), "the spare leads its process group");
+      assert.equal(report.cwd, dir);
+      assert.equal(report.stage, "main");
+      assert.equal(report.stdin_flag, null);
+      assert.equal(report.token, null, "a spare holds no token before its hand-over");
+      assert.equal(report.handover, `${handover}\n`, "the wrapper leaves the hand-over line on stdin, intact");
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
