@@ -33,7 +33,9 @@ interface Failure {
 
 export async function benchGoodput(quick: boolean, work: string): Promise<{ figures: Figure[]; details: unknown }> {
   const p = goodputPlan(quick);
-  const spec = writeTinySpec(work, { name: "goodput", steps: 1_000_000, batch: 64, everySteps: p.everySteps, finalCheckpoint: false, shuffle: true, spares: p.spares });
+  // A restart budget the run cannot spend (the default, 3, is less than a 10-minute run's kills): the figure is what
+  // failures cost, not when the job gives up.
+  const spec = writeTinySpec(work, { name: "goodput", steps: 1_000_000, batch: 64, everySteps: p.everySteps, finalCheckpoint: false, shuffle: true, spares: p.spares, failure: { max_restarts: 1000 } });
   const stateDir = join(work, "state");
   const port = await freePort();
   const child = spawn(process.execPath, [BIN, "run", spec, "--state-dir", stateDir, "--json", "--metrics-listen", `127.0.0.1:${port}`], {
@@ -55,7 +57,7 @@ export async function benchGoodput(quick: boolean, work: string): Promise<{ figu
       await sleep(Math.max(0, next - Date.now()));
       // The newest attempt once it trains (a restart still starting, or not yet recorded, is waited for), and a rank of it still alive.
       const { live, victim } = await waitFor(
-        "a training attempt",
+        `a training attempt (kill ${kills.length + 1})`,
         async () => {
           const a = await liveAttempt(stateDir, jobId).catch(() => null);
           const v = a?.ranks[Math.floor(Math.random() * a.ranks.length)];
@@ -69,7 +71,11 @@ export async function benchGoodput(quick: boolean, work: string): Promise<{ figu
         },
         120_000,
         50,
-      );
+      ).catch(async (err: unknown) => {
+        // Say what the job was doing instead (a run that timed out here once left nothing to go on).
+        const st = await runProcess(process.execPath, [BIN, "status", jobId, "--state-dir", stateDir]).catch(() => null);
+        throw new Error(`${String(err)}; the job's status:\n${st?.stdout.slice(-3000) ?? "(status failed)"}\nthe run's stderr:\n${stderr.slice(-2000)}`);
+      });
       kills.push({ atMs: Date.now(), attempt: live.number, rank: victim.rank });
       process.kill(victim.pid, "SIGKILL");
     }
