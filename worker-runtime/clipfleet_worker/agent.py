@@ -113,6 +113,13 @@ class SessionLost(Exception):
 SHARDS_PAGE = 4096
 # Most step reports coalesced into one message (the orchestrator refuses more than 256).
 MAX_COALESCED = 64
+# How long a rank other than 0 holds a step report for more to go up with it (at most half the
+# heartbeat interval, so liveness never lapses). Rank 0 reports at once: its step is what the
+# orchestrator's stop-step rule (ranks within one step of each other) and progress rest on; the
+# other ranks' reports feed per-job histograms, the data audit and hang detection, which a fraction
+# of a second does not change. Per step that is one message plus a fraction instead of one per
+# rank: the orchestrator's cost is per message (grpc-js's receive path), not per report.
+REPORT_HOLD_SECONDS = 0.5
 
 Shards = list[tuple[str, int]]
 
@@ -182,6 +189,61 @@ def coalesce(msgs: list[pb.WorkerMessage]) -> list[pb.WorkerMessage]:
             out.append(m)
     flush()
     return out
+
+
+class PlanCache:
+    """A rank's StepPlans by 0-based step, fetched `chunk` steps at a time (one GetPlan per chunk):
+    an attempt's plan is fixed, and each call costs the orchestrator more than its steps do."""
+
+    def __init__(self, fetch: Callable[[int, int], list[pb.StepPlan]], end: int | None, chunk: int) -> None:
+        self._fetch = fetch
+        self._end = end
+        self._chunk = max(1, chunk)
+        self._plans: dict[int, pb.StepPlan] = {}
+
+    def get(self, index: int) -> pb.StepPlan:
+        if index not in self._plans:
+            count = self._chunk if self._end is None else max(1, min(self._chunk, self._end - index))
+            plans = self._fetch(index, count)
+            # Keep the previous step: the cursor of a checkpoint after it comes from its plan.
+            self._plans = {k: v for k, v in self._plans.items() if k >= index - 1}
+            self._plans.update((int(p.step), p) for p in plans)
+            if index not in self._plans:
+                raise RuntimeError(f"the plan for steps {index}..{index + count - 1} did not include step {index}")
+        return self._plans[index]
+
+    def peek(self, index: int) -> pb.StepPlan | None:
+        return self._plans.get(index)
+
+
+def is_step(msg: pb.WorkerMessage) -> bool:
+    return msg.WhichOneof("body") == "step"
+
+
+def take_batch(get: Callable[[float | None], pb.WorkerMessage | None], first: pb.WorkerMessage, hold: float,
+               now: Callable[[], float]) -> tuple[list[pb.WorkerMessage], bool]:
+    """The messages to send with `first`: what is queued behind it, and, when `first` is a step
+    report and `hold` > 0, what arrives within `hold` seconds of it, until a message that is not a
+    step report (it goes up at once, with what was held before it). get(timeout) blocks at most
+    `timeout` seconds (None: do not block) and raises queue.Empty. Returns the batch, and whether the
+    end of the stream (None) was taken."""
+    batch = [first]
+    deadline = now() + hold if hold > 0 and is_step(first) else None
+    while len(batch) < MAX_COALESCED:
+        try:
+            if deadline is None:
+                nxt = get(None)
+            else:
+                remaining = deadline - now()
+                nxt = get(remaining) if remaining > 0 else get(None)
+        except queue.Empty:
+            break
+        if nxt is None:
+            return batch, True
+        batch.append(nxt)
+        if not is_step(nxt):
+            deadline = None
+    return batch, False
 
 
 class Agent:
@@ -270,23 +332,26 @@ class Agent:
         t.start()
         self._threads.append(t)
 
+    def report_hold_seconds(self) -> float:
+        """How long this rank holds a step report for others to go up with it (REPORT_HOLD_SECONDS)."""
+        if self.env.rank == 0 or self.assignment is None:
+            return 0.0
+        interval = max(0.1, self.assignment.heartbeat_interval_seconds or 1.0)
+        return min(REPORT_HOLD_SECONDS, interval / 2)
+
     def _outgoing(self) -> Iterator[pb.WorkerMessage]:
+        hold = self.report_hold_seconds()
+
+        def get(timeout: float | None) -> pb.WorkerMessage | None:
+            return self._out.get_nowait() if timeout is None else self._out.get(timeout=timeout)
+
         while True:
             msg = self._out.get()
             if msg is None:
                 return
-            batch = [msg]
-            # What queued behind it (the stream was slow): step reports go up coalesced.
-            end = False
-            while len(batch) < MAX_COALESCED:
-                try:
-                    nxt = self._out.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    end = True
-                    break
-                batch.append(nxt)
+            # What queued behind it (the stream was slow), and on ranks other than 0 what follows
+            # within the hold: step reports go up coalesced.
+            batch, end = take_batch(get, msg, hold, time.monotonic)
             for m in coalesce(batch) if len(batch) > 1 else batch:
                 yield m
             if end:

@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .agent import Agent, Commands, WorkerEnv
+from .agent import Agent, Commands, PlanCache, WorkerEnv
 from .errors import ApiUsageError, CheckpointError, ConfigError
 from .gen.clipfleet.v1 import common_pb2 as cpb
 from .gen.clipfleet.v1 import worker_pb2 as pb
@@ -50,7 +50,7 @@ DEFAULT_LOCAL_CHECKPOINTS = "clipfleet-checkpoints"
 # Written by rank 0 into a local step directory once every rank's files are there: the local
 # counterpart of the orchestrator's manifest (the files and their digests), and the mark of completeness.
 LOCAL_MANIFEST = "local-manifest.json"
-# Steps of plan fetched per GetPlan call (the built-in loader's default prefetch is 4 steps).
+# Steps of plan fetched per GetPlan call.
 PLAN_CHUNK = 16
 
 
@@ -125,7 +125,7 @@ class Context:
         # The session with the orchestrator; None in local mode.
         self.agent = agent
         self._resume = resume
-        self._plans = _PlanCache(fetch_plan, settings.total_steps) if fetch_plan is not None else None
+        self._plans = PlanCache(fetch_plan, settings.total_steps, PLAN_CHUNK) if fetch_plan is not None else None
         self._fault = fault
         # Local mode receives no commands: an empty Commands object answers "nothing due".
         self._commands = agent.commands if agent is not None else Commands()
@@ -507,29 +507,6 @@ def _sequential_plan(num_samples: int, global_batch: int, rank: int, world_size:
         return out
 
     return fetch
-
-
-class _PlanCache:
-    """This rank's StepPlans by 0-based step, fetched PLAN_CHUNK steps at a time (one GetPlan per chunk)."""
-
-    def __init__(self, fetch: Callable[[int, int], list[pb.StepPlan]], end: int | None) -> None:
-        self._fetch = fetch
-        self._end = end
-        self._plans: dict[int, pb.StepPlan] = {}
-
-    def get(self, index: int) -> pb.StepPlan:
-        if index not in self._plans:
-            count = PLAN_CHUNK if self._end is None else max(1, min(PLAN_CHUNK, self._end - index))
-            plans = self._fetch(index, count)
-            # Keep the previous step: the cursor of a checkpoint after it comes from its plan.
-            self._plans = {k: v for k, v in self._plans.items() if k >= index - 1}
-            self._plans.update((int(p.step), p) for p in plans)
-            if index not in self._plans:
-                raise RuntimeError(f"the plan for steps {index}..{index + count - 1} did not include step {index}")
-        return self._plans[index]
-
-    def peek(self, index: int) -> pb.StepPlan | None:
-        return self._plans.get(index)
 
 
 class _LocalCheckpoints:

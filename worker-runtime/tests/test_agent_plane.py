@@ -67,6 +67,90 @@ def test_a_long_queue_is_cut_into_batches_of_at_most_max_coalesced():
     assert [r.step for m in out[:2] for r in m.steps.reports] == list(range(A.MAX_COALESCED * 2))
 
 
+class ScriptedQueue:
+    """Messages that arrive at given times on a fake clock; get(timeout) advances the clock to the
+    next arrival, or by `timeout` and raises queue.Empty, as SimpleQueue.get would."""
+
+    def __init__(self, arrivals: list[tuple[float, pb.WorkerMessage | None]]) -> None:
+        self.arrivals = list(arrivals)
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def get(self, timeout: float | None) -> pb.WorkerMessage | None:
+        import queue
+
+        limit = self.t + (timeout or 0.0)
+        if self.arrivals and self.arrivals[0][0] <= limit:
+            at, msg = self.arrivals.pop(0)
+            self.t = max(self.t, at)
+            return msg
+        self.t = limit
+        raise queue.Empty
+
+
+def test_a_rank_other_than_0_holds_step_reports_until_the_hold_ends():
+    # Reports every 0.2 s; the hold 0.5 s from the first: steps 1-3 go up together, 4 starts the next.
+    q = ScriptedQueue([(0.2, step(2)), (0.4, step(3)), (0.6, step(4))])
+    batch, end = A.take_batch(q.get, step(1), 0.5, q.now)
+    assert [m.step.step for m in batch] == [1, 2, 3] and not end
+    assert q.t == 0.5
+
+
+def test_rank_0_sends_at_once_what_is_not_already_queued():
+    q = ScriptedQueue([(0.0, step(2)), (0.2, step(3))])
+    batch, _ = A.take_batch(q.get, step(1), 0.0, q.now)
+    assert [m.step.step for m in batch] == [1, 2]
+    assert q.t == 0.0
+
+
+def test_a_message_that_is_not_a_step_report_ends_the_hold_and_goes_up_with_what_was_held():
+    finished = pb.WorkerMessage(finished=pb.Finished(step=2))
+    q = ScriptedQueue([(0.1, step(2)), (0.15, finished), (0.3, step(3))])
+    batch, _ = A.take_batch(q.get, step(1), 0.5, q.now)
+    assert [m.WhichOneof("body") for m in batch] == ["step", "step", "finished"]
+    assert q.t == 0.15
+    # The end of the stream (close()) ends it too, and says so.
+    q = ScriptedQueue([(0.1, step(2)), (0.2, None)])
+    batch, end = A.take_batch(q.get, step(1), 0.5, q.now)
+    assert [m.step.step for m in batch] == [1, 2] and end
+
+
+def test_a_held_batch_is_at_most_max_coalesced_reports():
+    q = ScriptedQueue([(0.001 * i, step(i)) for i in range(2, A.MAX_COALESCED + 10)])
+    batch, _ = A.take_batch(q.get, step(1), 0.5, q.now)
+    assert len(batch) == A.MAX_COALESCED
+
+
+def test_the_hold_is_half_the_heartbeat_interval_at_most_and_none_on_rank_0():
+    def agent(rank: int, interval: float) -> Agent:
+        a = Agent.__new__(Agent)
+        a.env = WorkerEnv(address="x", token="t", job_id="j", stage="main", attempt=1, rank=rank)
+        a.assignment = pb.Assignment(heartbeat_interval_seconds=interval)
+        return a
+
+    assert agent(0, 1.0).report_hold_seconds() == 0.0
+    assert agent(1, 1.0).report_hold_seconds() == A.REPORT_HOLD_SECONDS
+    assert agent(3, 0.4).report_hold_seconds() == 0.2
+
+
+def test_the_built_in_loader_fetches_many_steps_of_plan_per_call():
+    from clipfleet_worker.tasks.common import PLAN_STEPS, plan_steps_per_fetch
+
+    calls: list[tuple[int, int]] = []
+
+    def fetch(from_step: int, count: int) -> list[pb.StepPlan]:
+        calls.append((from_step, count))
+        return [pb.StepPlan(step=s) for s in range(from_step, from_step + count)]
+
+    assert plan_steps_per_fetch(32) == PLAN_STEPS
+    assert plan_steps_per_fetch(4096) == 4 and plan_steps_per_fetch(10**6) == 1
+    cache = A.PlanCache(fetch, 100, plan_steps_per_fetch(32))
+    assert [cache.get(i).step for i in range(100)] == list(range(100))
+    assert calls == [(0, 64), (64, 36)]
+
+
 def test_the_manifest_id_matches_the_orchestrators_canonical_form():
     # The same lines data/shard-pages.ts hashes; a non-ASCII url counts its utf-8 bytes.
     import hashlib

@@ -20,7 +20,7 @@ from .. import checkpoint as ckpt
 from .. import distributed as D
 from ..accel import cuda_memory_line, grad_scaler, refit_fused
 from .. import openclip
-from ..agent import Agent
+from ..agent import Agent, PlanCache
 from ..data.loader import PlanLoader, StepSlice
 from ..data.remote import STATS as SHARD_STATS
 from ..errors import CheckpointError, ConfigError, NonFiniteError
@@ -270,15 +270,28 @@ def checkpoint_payload(ctx: TaskContext, model: torch.nn.Module, optimizer, scal
     return payload
 
 
+# Steps of plan one GetPlan fetches for the built-in loader, and the most sample indices it may
+# carry: the loader asks for its prefetch (4 steps) at a time, but every call costs the orchestrator a
+# unary RPC (headers, authentication, trailers), more than the steps' reports do.
+PLAN_STEPS = 64
+PLAN_SAMPLES = 16384
+
+
+def plan_steps_per_fetch(per_rank_batch: int) -> int:
+    return max(1, min(PLAN_STEPS, PLAN_SAMPLES // max(1, per_rank_batch)))
+
+
 def plan_loader(ctx: TaskContext, task: str, tokenize) -> PlanLoader:
     """This rank's loader over the orchestrator's data plan, from the assignment's start step to its end."""
     cfg, a = ctx.cfg, ctx.assignment
+    plans = PlanCache(ctx.agent.plan, int(a.total_steps), plan_steps_per_fetch(int(a.per_rank_batch)))
 
     def fetch(from_step: int, count: int) -> list[StepSlice]:
-        return [
-            StepSlice(step=p.step, epoch=p.epoch, sample_in_epoch=p.sample_in_epoch, shards=list(p.shards), indices=list(p.indices), sample_ids=list(p.sample_ids))
-            for p in ctx.agent.plan(from_step, count)
-        ]
+        out = []
+        for i in range(from_step, min(from_step + count, int(a.total_steps))):
+            p = plans.get(i)
+            out.append(StepSlice(step=p.step, epoch=p.epoch, sample_in_epoch=p.sample_in_epoch, shards=list(p.shards), indices=list(p.indices), sample_ids=list(p.sample_ids)))
+        return out
 
     return PlanLoader(
         shards=ctx.agent.shards("train"),
