@@ -13,7 +13,8 @@ export interface Measured {
   runs: { bytes: number; saveSeconds: number; loadSeconds: number; ddBytes: number; ddWriteSeconds: number; ddReadSeconds: number }[];
   stallSteps: number;
   stepSeconds: number;
-  stalls: Record<"none" | "sync" | "async", { blocked: number; loop: number }>[];
+  /** blocked = saveBlocked (save() itself) + settleBlocked (the update's wait for the deferred copy of parameters and AdamW state; absent in measurements from before it). */
+  stalls: Record<"none" | "sync" | "async", { blocked: number; saveBlocked?: number; settleBlocked?: number; loop: number }>[];
   /** The first save of each mode's writer (the asynchronous one allocates its snapshot buffers), timed apart. */
   firstBlocked: Record<"sync" | "async", number>;
 }
@@ -45,6 +46,8 @@ export async function benchCheckpoint(quick: boolean, work: string): Promise<{ f
 export function checkpointFigures(m: Measured): Figure[] {
   const mb = (bytes: number, secs: number): number => bytes / secs / 1e6;
   const size = `${(m.params / 1e6).toFixed(0)}M parameters + AdamW state, ${((m.runs[0]?.bytes ?? 0) / 1e6).toFixed(0)} MB`;
+  // Measurements from before the deferred copy have no split of the stall.
+  const seconds = (xs: (number | undefined)[]): string => xs.map((x) => (x === undefined ? "-" : x.toFixed(3))).join(", ");
   const extra = (mode: "sync" | "async"): number[] => m.stalls.map((x) => Math.max(0, x[mode].loop - x.none.loop));
   return [
     figure({
@@ -75,7 +78,7 @@ export function checkpointFigures(m: Measured): Figure[] {
       baseline: m.stalls.map((x) => x.sync.blocked),
       baselineWhat: "the same save, synchronous (checkpoint.async false)",
       ratios: m.stalls.map((x) => x.async.blocked / x.sync.blocked),
-      note: `time save() blocks the training loop (the stall the worker reports), snapshot buffers reused; the writer's first save, which allocates them: ${m.firstBlocked.async.toFixed(2)} s (synchronous ${m.firstBlocked.sync.toFixed(2)} s)`,
+      note: `all the training thread blocks on for the save (the stall the worker reports): save() (asynchronous: ${seconds(m.stalls.map((x) => x.async.saveBlocked))} s) and the update's wait for the deferred copy of parameters and AdamW state (${seconds(m.stalls.map((x) => x.async.settleBlocked))} s); snapshot buffers reused; the writer's first save, which allocates them: ${m.firstBlocked.async.toFixed(2)} s (synchronous ${m.firstBlocked.sync.toFixed(2)} s)`,
     }),
     figure({
       benchmark: "checkpoint",

@@ -15,9 +15,14 @@ The stall: a training loop of the same model runs a fixed number of steps
 with one save after the first step, synchronous or asynchronous
 (checkpoint.async), and without a save; each mode's writer lives through
 the run as a rank's does, its first save (the one-time allocation of the
-snapshot buffers) a warm-up reported apart (firstBlocked); the stall is the blocking time of
-save() and the loop's extra wall time over the loop without a save (the
-background write competes with training for the same cores).
+snapshot buffers) a warm-up reported apart (firstBlocked). The asynchronous
+save defers the copy of the parameters and AdamW state to its thread while
+the next step's forward and backward run, and the step waits for it before
+its update (CheckpointWriter.settle(), as apply_update does); the stall is
+everything the training thread blocks on because of the save: save() plus
+that wait (blocked = saveBlocked + settleBlocked). Also the loop's extra
+wall time over the loop without a save (the background copy and write
+compete with training for the same cores).
 
 Prints one JSON line.
 """
@@ -35,6 +40,7 @@ import time
 import torch
 
 from clipfleet_worker import checkpoint as ckpt
+from clipfleet_worker.snapshot import update_only_tensors
 
 
 def build(params: int, width: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -47,11 +53,15 @@ def build(params: int, width: int) -> tuple[torch.nn.Module, torch.optim.Optimiz
     return model, opt
 
 
-def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, width: int, batch: int = 4) -> None:
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, width: int, batch: int = 4, writer: ckpt.CheckpointWriter | None = None) -> float:
+    """One step; with a writer, its deferred snapshot copy is settled before the update (as apply_update
+    does). Returns the seconds that settle blocked."""
     x = torch.randn(batch, width)
     opt.zero_grad(set_to_none=True)
     model(x).square().mean().backward()
+    settled = writer.settle() if writer is not None else 0.0
     opt.step()
+    return settled
 
 
 def payload(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> dict:
@@ -107,17 +117,20 @@ def dd_read(path: str) -> float:
     return time.perf_counter() - t0
 
 
-def stall_loop(model, opt, width: int, steps: int, writer: ckpt.CheckpointWriter | None, step0: int) -> tuple[float, float]:
-    """(blocking seconds of save(), wall seconds of the loop) with one save after the first step (none without a writer)."""
-    blocked = 0.0
+def stall_loop(model, opt, width: int, steps: int, writer: ckpt.CheckpointWriter | None, step0: int, defer: bool = True) -> dict[str, float]:
+    """With one save after the first step (none without a writer): the seconds save() blocked, the
+    seconds the updates waited for its deferred copy (defer: parameters and AdamW state deferred,
+    as the training loop does; False: everything copied in save()), and the loop's wall seconds."""
+    save_blocked = settled = 0.0
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
-        train_step(model, opt, width)
+        settled += train_step(model, opt, width, writer=writer)
         if step == 1 and writer is not None:
-            blocked = writer.save(step0 + step, payload(model, opt, step0 + step), lambda *a: None)
+            tensors = update_only_tensors(model, opt) if defer else ()
+            save_blocked = writer.save(step0 + step, payload(model, opt, step0 + step), lambda *a: None, tensors)
     if writer is not None:
         writer.wait()
-    return blocked, time.perf_counter() - t0
+    return {"blocked": save_blocked + settled, "saveBlocked": save_blocked, "settleBlocked": settled, "loop": time.perf_counter() - t0}
 
 
 def main() -> int:
@@ -157,7 +170,7 @@ def main() -> int:
     writers = {m: ckpt.CheckpointWriter(os.path.join(args.dir, f"stall-{m}"), 1, 0, m == "async") for m in ("sync", "async")}
     first = {}
     for m, w in writers.items():
-        first[m] = w.save(1, payload(model, opt, 1), lambda *a: None)
+        first[m] = w.save(1, payload(model, opt, 1), lambda *a: None, update_only_tensors(model, opt)) + w.settle()
         w.wait()
         shutil.rmtree(w.root, ignore_errors=True)
     stalls = []
@@ -167,7 +180,7 @@ def main() -> int:
             row[mode] = stall_loop(model, opt, args.width, steps, writers.get(mode), 10 * (r + 1))
             if mode in writers:
                 shutil.rmtree(writers[mode].root, ignore_errors=True)
-        stalls.append({m: {"blocked": b, "loop": t} for m, (b, t) in row.items()})
+        stalls.append(row)
     print(json.dumps({"params": n_params, "runs": runs, "stallSteps": steps, "stepSeconds": step_seconds, "stalls": stalls, "firstBlocked": first}))
     return 0
 

@@ -25,12 +25,13 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
 from .errors import CheckpointError
+from .snapshot import Pending, SnapshotBuffers
 
 MODEL_FILE = "model.pt"
 TRAINER_FILE = "trainer.pt"
@@ -191,61 +192,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class SnapshotBuffers:
-    """CPU copies of a payload's tensors in buffers allocated once and reused by every later save.
-
-    A tensor is addressed by its path in the payload (file name, keys,
-    indices); its buffer is reused while shape, dtype and layout match (a
-    changed one gets a fresh buffer). Pinned memory when CUDA is there, so
-    the device->host copy is the only work on the training thread. The
-    copy is taken under torch.no_grad and waits for the device once at the
-    end, so the snapshot is complete before save() returns. Buffers are
-    handed to the writer thread; the next snapshot waits for that write
-    (at most one save in flight), so a buffer is never overwritten while
-    it is being written.
-    """
-
-    def __init__(self) -> None:
-        self._bufs: dict[tuple, torch.Tensor] = {}
-        self._pin = torch.cuda.is_available()
-        self.allocated = 0  # buffers allocated so far (tests: none after the first save)
-
-    def copy(self, payload: Any) -> Any:
-        with torch.no_grad():
-            out = self._copy(payload, ())
-        if self._pin:
-            torch.cuda.synchronize()
-        return out
-
-    def _copy(self, obj: Any, path: tuple) -> Any:
-        if isinstance(obj, torch.Tensor):
-            src = obj.detach()
-            if src.layout != torch.strided:
-                return src.to("cpu", copy=True)
-            buf = self._bufs.get(path)
-            if buf is None or buf.shape != src.shape or buf.dtype != src.dtype:
-                buf = torch.empty(src.shape, dtype=src.dtype, device="cpu", pin_memory=self._pin and src.is_cuda)
-                self._bufs[path] = buf
-                self.allocated += 1
-            buf.copy_(src, non_blocking=self._pin and src.is_cuda)
-            return buf
-        if isinstance(obj, dict):
-            return {k: self._copy(v, path + (k,)) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [self._copy(v, path + (i,)) for i, v in enumerate(obj)]
-        if isinstance(obj, tuple):
-            return tuple(self._copy(v, path + (i,)) for i, v in enumerate(obj))
-        return obj
-
-
 class CheckpointWriter:
     """Writes a rank's files for a step, synchronously or on a background thread (async save).
 
     With async save the state is copied off the training path first (into
-    CPU snapshot buffers allocated once and reused, SnapshotBuffers), so
-    training stalls only for that copy and continues while the files are written; at most one
-    save is in flight, a second waits for the first. `on_written` receives
-    the directory, the files and the write time, to report to the orchestrator.
+    CPU snapshot buffers allocated once and reused, SnapshotBuffers) and
+    training continues while the files are written; at most one save is in
+    flight, a second waits for the first. The tensors passed as `defer`
+    (parameters and optimizer state: only the update changes them) are
+    copied on the writer thread while the next step's forward and backward
+    run; the training thread must call settle() before its update. The
+    stall is save()'s blocking time plus settle()'s. `on_written` receives
+    the directory, the files, the stall and the write time, to report to the orchestrator.
     """
 
     def __init__(self, root: str, attempt: int, rank: int, async_save: bool) -> None:
@@ -256,27 +214,65 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._snapshots = SnapshotBuffers()
+        # The in-flight save's deferred copy: set once complete; when it ended, and when the
+        # training thread first waited for it (settle()), which together give the stall.
+        self._copied: threading.Event | None = None
+        self._copy_end = 0.0
+        self._settle_start: float | None = None
 
-    def save(self, step: int, payload: dict[str, Any], on_written) -> float:
-        """Writes {file name: object}; returns the seconds the caller was stalled."""
+    def save(self, step: int, payload: dict[str, Any], on_written, defer: Iterable[torch.Tensor] = ()) -> float:
+        """Writes {file name: object}; returns the seconds the caller was stalled (the deferred
+        copy's wait, if any, is settle()'s)."""
         t0 = time.perf_counter()
         self.wait()
         directory = os.path.join(self.root, checkpoint_dir_name(step, self.attempt))
         if self.async_save:
-            snapshot = self._snapshots.copy(payload)
+            ptrs = frozenset(t.data_ptr() for t in defer if t.numel())
+            snapshot, pending = self._snapshots.copy(payload, ptrs)
             stalled = time.perf_counter() - t0
-            self._thread = threading.Thread(target=self._write, args=(directory, snapshot, on_written, stalled), name="clipfleet-ckpt", daemon=True)
+            self._copied, self._settle_start = threading.Event(), None
+            self._thread = threading.Thread(target=self._copy_and_write, args=(directory, snapshot, pending, self._copied, on_written, stalled),
+                                            name="clipfleet-ckpt", daemon=True)
             self._thread.start()
             return stalled
         self._write(directory, payload, on_written, None)
         return time.perf_counter() - t0
+
+    def settle(self) -> float:
+        """Blocks until the in-flight save's deferred copy is complete; returns the seconds blocked.
+        Call it before anything changes a deferred tensor (the optimizer step)."""
+        copied = self._copied
+        if copied is None or copied.is_set():
+            return 0.0
+        t0 = time.perf_counter()
+        if self._settle_start is None:
+            self._settle_start = t0
+        copied.wait()
+        return time.perf_counter() - t0
+
+    def _copy_and_write(self, directory: str, snapshot: dict[str, Any], pending: Pending, copied: threading.Event, on_written, stalled: float) -> None:
+        try:
+            self._snapshots.copy_pending(pending)
+        except BaseException as err:  # reported by wait(); settle() must not hang on it
+            self._error = err
+            return
+        finally:
+            self._copy_end = time.perf_counter()
+            copied.set()
+        self._write(directory, snapshot, on_written, stalled)
+
+    def _settled_seconds(self) -> float:
+        """How long settle() blocked for the in-flight copy: from its first call to the copy's end
+        (0 when it was called after the end, or not yet: then it will not block)."""
+        start = self._settle_start
+        return 0.0 if start is None else max(0.0, self._copy_end - start)
 
     def _write(self, directory: str, payload: dict[str, Any], on_written, stalled: float | None) -> None:
         t0 = time.perf_counter()
         try:
             files = [save_atomic(directory, name, obj) for name, obj in sorted(payload.items())]
             write_seconds = time.perf_counter() - t0
-            on_written(directory, files, write_seconds if stalled is None else stalled, write_seconds)
+            on_written(directory, files, write_seconds if stalled is None else stalled + self._settled_seconds(), write_seconds)
         except BaseException as err:  # reported by wait() on the training thread
             self._error = err
             if stalled is None:
@@ -287,6 +283,7 @@ class CheckpointWriter:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+            self._copied = None
         if self._error is not None:
             err, self._error = self._error, None
             raise err

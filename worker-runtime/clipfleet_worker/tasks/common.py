@@ -12,7 +12,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -91,8 +91,9 @@ class TaskContext:
             msg.metrics[k] = float(v)
         self.agent.send(pb.WorkerMessage(finished=msg))
 
-    def save_checkpoint(self, step: int, payload: dict[str, Any], cursor: tuple[int, int]) -> float:
-        """Phase one: write this rank's files for `step` and report their digests; returns the stall in seconds."""
+    def save_checkpoint(self, step: int, payload: dict[str, Any], cursor: tuple[int, int], defer: Iterable[torch.Tensor] = ()) -> float:
+        """Phase one: write this rank's files for `step` and report their digests; returns the stall in seconds
+        (so far: an asynchronous save copies the `defer` tensors until writer.settle(), see CheckpointWriter)."""
         self.phase(step, "checkpointing")
         epoch, sample_in_epoch = cursor
 
@@ -107,7 +108,7 @@ class TaskContext:
             msg.files.extend(cpb.FileDigest(path=f.path, sha256=f.sha256, size=f.size) for f in files)
             self.agent.send(pb.WorkerMessage(checkpoint=msg))
 
-        stalled = self.writer.save(step, payload, on_written)
+        stalled = self.writer.save(step, payload, on_written, defer)
         self.phase(step, "training")
         return stalled
 
@@ -200,6 +201,9 @@ def apply_update(ctx: TaskContext, step: int, loss: float, valid: int, params: l
         optimizer.zero_grad(set_to_none=True)
         print(f"clipfleet worker: non-finite loss/gradient at step {step}: update skipped (train.on_nan: skip)", flush=True)
         return Update(sync, gnorm, True)
+    # An asynchronous save may still be copying the parameters and optimizer state (deferred
+    # past the forward and backward, which only read them): the update waits for that copy.
+    ctx.writer.settle()
     if scaler.is_enabled():
         scaler.step(optimizer)
         scaler.update()
@@ -212,14 +216,17 @@ def apply_update(ctx: TaskContext, step: int, loss: float, valid: int, params: l
     return Update(sync, gnorm, False)
 
 
-def maybe_checkpoint(ctx: TaskContext, step: int, total: int, sync: StepSync, payload, batch) -> None:
+def maybe_checkpoint(ctx: TaskContext, step: int, total: int, sync: StepSync, payload, batch,
+                     defer: Callable[[], Iterable[torch.Tensor]] | None = None) -> None:
     """Saves when the cadence (checkpoint.every_steps), the end (checkpoint.final), an on-demand
-    request or a stop with checkpoint says so; every rank decides the same from `sync`."""
+    request or a stop with checkpoint says so; every rank decides the same from `sync`. `defer()`:
+    the tensors only the update changes, whose copy an asynchronous save may defer until
+    apply_update's settle()."""
     ck = ctx.cfg["checkpoint"]
     periodic = bool(ck.get("every_steps")) and step % int(ck["every_steps"]) == 0
     final = step == total and bool(ck.get("final", True))
     if periodic or final or sync.checkpoint or (sync.stop and sync.stop_checkpoint):
-        ctx.save_checkpoint(step, payload(step), cursor_after(ctx.assignment, batch))
+        ctx.save_checkpoint(step, payload(step), cursor_after(ctx.assignment, batch), defer() if defer is not None else ())
         ctx.agent.commands.checkpoint_done(step)
 
 

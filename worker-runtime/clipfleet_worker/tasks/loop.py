@@ -21,6 +21,7 @@ from ..accel import DeviceFeeder, autocast_for, maybe_compile, path_line
 from ..data.loader import Batch
 from ..models.attention import sdpa_in_use
 from ..optim import lr_at, set_lr
+from ..snapshot import update_only_tensors
 from .common import TaskContext, apply_update, checkpoint_payload, finish_training, maybe_checkpoint, plan_loader, report_train_step
 
 # (batch, 1-based step about to complete) -> this rank's loss, detached, with its gradients accumulated.
@@ -114,7 +115,7 @@ def run_training(
                 print(f"step {step}/{total} epoch {batch.epoch} {loss_name} {sync.loss:.4f} lr {optimizer.param_groups[0]['lr']:.3g}{words} "
                       f"{int(a.global_batch) / max(step_seconds, 1e-9):.1f} samples/s", flush=True)
             ctx.phase(step, "training")
-            maybe_checkpoint(ctx, step, total, sync, payload, batch)
+            maybe_checkpoint(ctx, step, total, sync, payload, batch, defer=lambda: update_only_tensors(model, optimizer))
             if evaluate is not None and eval_cfg.get("every_steps") and step % int(eval_cfg["every_steps"]) == 0 and step != total:
                 last_metrics = evaluating(ctx, evaluate)(step)
                 # The evaluation's time is not the next step's.
