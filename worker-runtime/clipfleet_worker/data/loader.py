@@ -27,7 +27,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -396,6 +396,8 @@ def _check_label_map(m: Image.Image, img: Image.Image, dense: str, shard: str, k
 
 
 _END = object()
+# How often a consumer waiting for a step looks whether the loader was closed (see _Prefetcher.next).
+_CLOSE_POLL_S = 1.0
 
 
 class _Failure:
@@ -469,6 +471,7 @@ class _Prefetcher:
             raise item.error
         sl, images, futures = item
         try:
+            _wait_step(futures, self._stop)
             return sl, images, [f.result() for f in futures]
         except BaseException:
             self._done = True
@@ -490,6 +493,21 @@ class _Prefetcher:
         self._pool.shutdown(wait=True, cancel_futures=True)
         # fetch_plan is an RPC with its own deadline; do not hang shutdown on it forever.
         self._thread.join(timeout=10.0)
+
+
+def _wait_step(futures: list[Future], stop: threading.Event) -> None:
+    """Block until every decode of a step is done, one has failed, or the loader is closed.
+
+    One wake-up for the step: waiting on each future in turn woke the consumer once
+    per sample, and each wake-up takes the GIL and a core from the decode threads.
+    The timeout only matters when close() runs on another thread and cancels queued
+    decodes, which wait() is not told of; the caller's result() then raises.
+    """
+    pending: set[Future] | list[Future] = futures
+    while pending and not stop.is_set():
+        done, pending = wait(pending, timeout=_CLOSE_POLL_S, return_when=FIRST_EXCEPTION)
+        if any(not f.cancelled() and f.exception() is not None for f in done):
+            return
 
 
 def _zero_skipped(smp: _Sample, slot: torch.Tensor) -> _Sample:
