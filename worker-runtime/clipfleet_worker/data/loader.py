@@ -37,6 +37,7 @@ from PIL import Image
 from ..errors import ConfigError, DataError
 from .captions import all_captions, caption_sources, choose_caption, choose_caption_pair
 from .members import BAD_GZIP, GZIP_TOO_LARGE, MemberError, decoded_members
+from .pages import advise_huge_pages
 from .shards import read_classes
 from .sources import ShardSource
 from .tarindex import TarIndex
@@ -446,6 +447,8 @@ class _Prefetcher:
                 # no per-sample tensor, and no stacking copy on the training thread.
                 size = self._image_size
                 images = torch.empty(len(sl.shards), 3, size, size, dtype=torch.float32, pin_memory=self._pin)
+                if not self._pin:  # page-locked memory is already resident
+                    advise_huge_pages(images)
                 futures = [
                     self._pool.submit(self._decode, s, i, sl.epoch, images[j])
                     for j, (s, i) in enumerate(zip(sl.shards, sl.indices))
