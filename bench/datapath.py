@@ -4,7 +4,8 @@ The loader is clipfleet_worker.data.loader.PlanLoader as pretraining uses it
 (tar index and random access, caption choice, keyed random resized crop and
 flip, CLIP normalisation, byte tokenisation, batching, prefetch threads),
 fed a sequential plan over the given shards. Two baselines read the same
-shard files front to back with tarfile:
+shard files front to back with tarfile, one image per sample (the member the
+loader decodes; a sample's seg/depth PNG maps are not images of their own):
 
 - `bare`: decodes each image with PIL and nothing else (what the loader was
   compared with until 2026-12-06: the ratio then includes the preprocessing
@@ -35,6 +36,7 @@ import sys
 import tarfile
 import time
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -44,7 +46,8 @@ from clipfleet_worker.data.loader import PlanLoader, StepSlice
 from clipfleet_worker.data.transforms import center_geometry, draft_box, resample_box, source_box, to_normalized_tensor
 from clipfleet_worker.tokenizers import build_tokenizer
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+# A sample's image is its first member with one of these extensions, in this order (the loader's _find_image).
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 def shard_list(data: str) -> list[tuple[str, int]]:
@@ -54,17 +57,46 @@ def shard_list(data: str) -> list[tuple[str, int]]:
     return [(os.path.join(data, name), int(n)) for name, n in sorted(sizes.items()) if name.startswith("train-")]
 
 
+def sample_images(url: str) -> Iterator[bytes]:
+    """The image bytes of each sample of a shard, front to back: one per sample, as the loader reads it.
+
+    Members are grouped by WebDataset key (the path up to the first dot of the
+    file name), so a sample's `seg.png` and `depth.png` label maps are not
+    images of their own: counting them (as these loops did until 2026-12-06)
+    made the baselines decode and resize three images a sample, PNG maps that
+    the loader does not touch in pretraining.
+    """
+    with tarfile.open(url) as tar:
+        key: str | None = None
+        found: dict[str, tarfile.TarInfo] = {}
+        for member in [*tar, None]:
+            if member is not None and not member.isfile():
+                continue
+            this = None
+            if member is not None:
+                head, _, name = member.name.rpartition("/")
+                stem, _, ext = name.partition(".")
+                this = f"{head}/{stem}"
+            if this != key and found:
+                first = next(found[e] for e in IMAGE_EXTS if e in found)
+                data = tar.extractfile(first)
+                assert data is not None
+                yield data.read()
+                found = {}
+            if member is None:
+                break
+            key = this
+            if ext in IMAGE_EXTS:
+                found[ext] = member
+
+
 def bare_decode(shards: list[tuple[str, int]]) -> int:
-    """Decodes every image of every shard, sequentially; returns how many."""
+    """Decodes every sample's image of every shard, sequentially; returns how many."""
     n = 0
     for url, _ in shards:
-        with tarfile.open(url) as tar:
-            for member in tar:
-                if member.isfile() and member.name.lower().endswith(IMAGE_EXTS):
-                    data = tar.extractfile(member)
-                    assert data is not None
-                    Image.open(io.BytesIO(data.read())).convert("RGB")
-                    n += 1
+        for data in sample_images(url):
+            Image.open(io.BytesIO(data)).convert("RGB")
+            n += 1
     return n
 
 
@@ -79,13 +111,9 @@ def minimum_pass(shards: list[tuple[str, int]], image_size: int, threads: int) -
 
     def shard(url: str) -> int:
         n = 0
-        with tarfile.open(url) as tar:
-            for member in tar:
-                if member.isfile() and member.name.lower().endswith(IMAGE_EXTS):
-                    data = tar.extractfile(member)
-                    assert data is not None
-                    one(data.read())
-                    n += 1
+        for data in sample_images(url):
+            one(data)
+            n += 1
         return n
 
     if threads <= 1:

@@ -14,66 +14,42 @@ shapes never change. A broken shard (truncated, not a tar, index past its
 end) is a DataError naming the shard, raised to the
 consumer. A label map with a wrong layout (8-bit depth, RGB mask, size
 mismatch) is a dataset error, also a DataError.
+
+The pieces live beside this module: loaderconfig (what a stage config
+compiles to, the skip reasons), shardset (the job's shard indexes), decode
+(one sample, on a decode thread), prefetch (the producer thread, the pool and
+the queue of steps) and pages (huge pages for the step tensors). Their public
+names stay importable from here.
 """
 
 from __future__ import annotations
 
 import bisect
-import io
-import json
-import queue
-import re
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from PIL import Image
 
-from ..errors import ConfigError, DataError
-from .captions import all_captions, caption_sources, choose_caption, choose_caption_pair
-from .members import BAD_GZIP, GZIP_TOO_LARGE, MemberError, decoded_members
-from .shards import read_classes
-from .sources import ShardSource
-from .tarindex import TarIndex
-from .transforms import AugmentParams, image_transform, joint_transform
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-SEG_EXT = "seg.png"
-DEPTH_EXT = "depth.png"
-TASKS = ("pretrain", "finetune-seg", "finetune-depth", "eval", "train-captioner")
-EMPTY_CAPTIONS = ("skip", "keep")
-# Every reason a sample is skipped for: step and eval reports carry counts by these names,
-# and the orchestrator keeps them as a bounded label set.
-SKIP_REASONS = (
-    "no image",
-    "undecodable image",
-    "no caption",
-    BAD_GZIP,
-    GZIP_TOO_LARGE,
-    f"no {SEG_EXT}",
-    f"undecodable {SEG_EXT}",
-    f"no {DEPTH_EXT}",
-    f"undecodable {DEPTH_EXT}",
+from ..errors import ConfigError
+from .decode import _decode_sample, _Sample
+from .loaderconfig import (  # noqa: F401 - re-exported: the loader's public names stay importable from here
+    DEPTH_EXT,
+    EMPTY_CAPTIONS,
+    IMAGE_EXTS,
+    SEG_EXT,
+    SKIP_REASONS,
+    TASKS,
+    LoaderConfig,
+    StepSlice,
+    Tokenize,
+    resolve_num_classes,
+    seg_class_names,
 )
-
-Tokenize = Callable[[list[str]], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class StepSlice:
-    """One rank's samples for one step, as the orchestrator's StepPlan gives them."""
-
-    step: int
-    epoch: int
-    sample_in_epoch: int
-    shards: list[int]
-    indices: list[int]
-    sample_ids: list[int]
+from .prefetch import _Prefetcher
+from .shardset import ShardSet
+from .sources import ShardSource
 
 
 @dataclass
@@ -114,382 +90,6 @@ class EvalBatch:
     depth: torch.Tensor | None = None
     seg_out_of_range: int = 0
     data_wait: float = 0.0
-
-
-@dataclass(frozen=True)
-class LoaderConfig:
-    """What decoding needs from a stage config, compiled once."""
-
-    task: str
-    seed: int
-    image_size: int
-    captions: dict[str, float]
-    caption_mode: str
-    augment: AugmentParams | None  # None: val transform
-    num_classes: int | None
-    ignore_index: int
-    empty_captions: str = "skip"  # "keep": an empty caption is the caption ""
-
-    @property
-    def wants_captions(self) -> bool:
-        """Contrastive tasks and the captioner read captions; dense fine-tunes do not."""
-        return self.task in ("pretrain", "eval", "train-captioner")
-
-    @property
-    def dense(self) -> str | None:
-        """Which label map the task reads: "seg", "depth" or None."""
-        return {"finetune-seg": "seg", "finetune-depth": "depth"}.get(self.task)
-
-    @staticmethod
-    def from_cfg(cfg: dict, task: str, image_size: int, split: str, shard_urls: Sequence[str]) -> "LoaderConfig":
-        """Compile from the StageSpec JSON; train split augments, val does not."""
-        if task not in TASKS:
-            raise ConfigError(f"expected one of {', '.join(TASKS)}, got {task!r}", field="task")
-        data = cfg["data"]
-        dense = cfg.get("dense") or {}
-        num_classes = resolve_num_classes(cfg, shard_urls) if task == "finetune-seg" else None
-        return LoaderConfig(
-            task=task,
-            seed=int(cfg["seed"]),
-            image_size=int(image_size),
-            captions={str(k): float(v) for k, v in data["captions"].items()},
-            caption_mode=str(data.get("caption_mode", "sample")),
-            augment=AugmentParams.from_cfg(data["augment"]) if split == "train" else None,
-            num_classes=num_classes,
-            ignore_index=int(dense.get("ignore_index", 255)),
-            empty_captions=_empty_captions(data),
-        )
-
-
-def _empty_captions(data: dict) -> str:
-    mode = str(data.get("empty_captions") or "skip")
-    if mode not in EMPTY_CAPTIONS:
-        raise ConfigError(f"expected one of {', '.join(EMPTY_CAPTIONS)}, got {mode!r}", field="data.empty_captions")
-    return mode
-
-
-def resolve_num_classes(cfg: dict, shard_urls: Sequence[str]) -> int:
-    """dense.num_classes, or the length of `seg_classes` in the dataset's classes.json."""
-    n = (cfg.get("dense") or {}).get("num_classes")
-    if n is not None:
-        return int(n)
-    for url in shard_urls[:1]:
-        classes = read_classes(url)
-        if classes is not None and isinstance(classes.get("seg_classes"), list):
-            return len(classes["seg_classes"])
-    raise ConfigError(
-        "not set and no classes.json with seg_classes next to the shards "
-        f"({shard_urls[0] if shard_urls else 'no shards'})",
-        field="dense.num_classes",
-    )
-
-
-def seg_class_names(shard_url: str, num_classes: int) -> list[str]:
-    """Names of the seg classes from the dataset's classes.json (metric-key safe), else their indices."""
-    classes = read_classes(shard_url) or {}
-    names = classes.get("seg_classes")
-    if not isinstance(names, list) or len(names) != num_classes:
-        return [str(i) for i in range(num_classes)]
-    return [re.sub(r"[^A-Za-z0-9_-]+", "_", str(n)) or str(i) for i, n in enumerate(names)]
-
-
-class ShardSet:
-    """The job's shard list with lazily opened indexes, checked against the manifest counts."""
-
-    def __init__(self, shards: Sequence[tuple[str, int]], cache_dir: str | None = None, source: ShardSource | None = None) -> None:
-        self.shards = [(str(u), int(n)) for u, n in shards]
-        self._cache_dir = cache_dir
-        self._source = source or ShardSource()
-        self._indexes: dict[int, TarIndex] = {}
-        self._locks: dict[int, threading.Lock] = {}
-        self._lock = threading.Lock()
-
-    def index(self, s: int) -> TarIndex:
-        """The TarIndex of shard s; indexing happens once, outside the global lock."""
-        idx = self._indexes.get(s)
-        if idx is not None:
-            return idx
-        if not 0 <= s < len(self.shards):
-            raise DataError(f"the plan names shard {s} but the job has {len(self.shards)} shards")
-        with self._lock:
-            lock = self._locks.setdefault(s, threading.Lock())
-        with lock:
-            idx = self._indexes.get(s)
-            if idx is None:
-                url, expected = self.shards[s]
-                idx = self._source.open(url, self._cache_dir)
-                if idx.num_samples != expected:
-                    raise DataError(
-                        f"the manifest says {expected} samples but the shard has "
-                        f"{idx.num_samples} (stale sizes.json or index?)",
-                        shard=url,
-                    )
-                self._indexes[s] = idx
-            return idx
-
-    def close(self) -> None:
-        """Close every open shard descriptor."""
-        for idx in list(self._indexes.values()):
-            idx.close()
-
-
-@dataclass
-class _Sample:
-    key: str
-    reason: str | None = None  # why it was skipped; None when usable
-    image: torch.Tensor | None = None
-    tokens: torch.Tensor | None = None
-    tokens_b: torch.Tensor | None = None
-    source: str | None = None
-    captions: dict[str, list[str]] = field(default_factory=dict)
-    label: int = -1
-    seg: np.ndarray | None = None
-    depth: np.ndarray | None = None
-    out_of_range: int = 0
-
-
-def _open_image(data: bytes, load: bool = True) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    if load:
-        img.load()
-    return img
-
-
-def _find_image(members: dict[str, bytes]) -> bytes | None:
-    for ext in IMAGE_EXTS:
-        if ext in members:
-            return members[ext]
-    return None
-
-
-def _label_of(members: dict[str, bytes]) -> int:
-    raw = members.get("json")
-    if raw is not None:
-        try:
-            meta = json.loads(raw)
-        except ValueError:
-            meta = None
-        if isinstance(meta, dict):
-            for name in ("label", "cls"):
-                if isinstance(meta.get(name), int):
-                    return int(meta[name])
-    cls = members.get("cls")
-    if cls is not None:
-        try:
-            return int(cls.decode("ascii").strip())
-        except (UnicodeDecodeError, ValueError):
-            return -1
-    return -1
-
-
-def _decode_sample(
-    shardset: ShardSet,
-    cfg: LoaderConfig,
-    tokenize: Tokenize | None,
-    s: int,
-    i: int,
-    epoch: int,
-    eval_sources: Sequence[str] | None,
-    slot: torch.Tensor | None = None,
-) -> _Sample:
-    """Read and decode one sample. DataError for a broken shard; a skip reason otherwise.
-
-    With `slot` (the sample's [3, S, S] row of its step's image tensor) the image is
-    written there and `image` stays None; see `_zero_skipped`.
-    """
-    idx = shardset.index(s)
-    key = idx.key(i)
-    out = _Sample(key=key)
-    try:
-        members = decoded_members(idx.read(i))
-    except MemberError as e:
-        out.reason = e.reason
-        return out
-    data = _find_image(members)
-    if data is None:
-        out.reason = "no image"
-        return out
-    if eval_sources is not None:
-        out.captions = all_captions(members, eval_sources)
-        out.label = _label_of(members)
-    elif cfg.wants_captions:
-        available = caption_sources(members, cfg.captions, cfg.seed, epoch, key, cfg.empty_captions == "keep")
-        if cfg.caption_mode == "both":
-            pair = choose_caption_pair(available, cfg.captions, cfg.seed, epoch, key)
-            if pair is None:
-                out.reason = "no caption"
-                return out
-            (out.source, text), (_, text_b) = pair
-        else:
-            choice = choose_caption(available, cfg.captions, cfg.seed, epoch, key)
-            if choice is None:
-                out.reason = "no caption"
-                return out
-            out.source, text = choice
-            text_b = None
-    dense = cfg.dense
-    if dense is None:
-        try:
-            # Decoded inside the transform, which may ask for a DCT-scaled decode of a big JPEG.
-            img = _open_image(data, load=False)
-            out.image = image_transform(img, cfg.image_size, cfg.augment, cfg.seed, epoch, key, out=slot)
-        except Exception:  # noqa: BLE001 - PIL raises many types for corrupt bytes; the sample is skipped
-            out.reason = "undecodable image"
-            return out
-    else:
-        ext = SEG_EXT if dense == "seg" else DEPTH_EXT
-        if ext not in members:
-            out.reason = f"no {ext}"
-            return out
-        try:
-            img = _open_image(data)
-        except Exception:  # noqa: BLE001 - see above
-            out.reason = "undecodable image"
-            return out
-        try:
-            label_map = _open_image(members[ext])
-        except Exception:  # noqa: BLE001 - see above
-            out.reason = f"undecodable {ext}"
-            return out
-        _check_label_map(label_map, img, dense, shardset.shards[s][0], key)
-        seg_img, depth_img = (label_map, None) if dense == "seg" else (None, label_map)
-        out.image, seg, depth = joint_transform(
-            img, seg_img, depth_img, cfg.image_size, cfg.augment, cfg.seed, epoch, key, out=slot
-        )
-        if seg is not None:
-            assert cfg.num_classes is not None
-            bad = (seg >= cfg.num_classes) & (seg != cfg.ignore_index)
-            out.out_of_range = int(bad.sum())
-            seg[bad] = cfg.ignore_index
-            out.seg = seg
-        if depth is not None:
-            out.depth = depth.astype(np.float32) / 1000.0
-    if slot is not None:
-        out.image = None  # it lives in the step's tensor
-    if eval_sources is None and cfg.wants_captions and tokenize is not None:
-        out.tokens = tokenize([text])[0]
-        if text_b is not None:
-            out.tokens_b = tokenize([text_b])[0]
-    return out
-
-
-def _check_label_map(m: Image.Image, img: Image.Image, dense: str, shard: str, key: str) -> None:
-    if dense == "seg" and m.mode not in ("L", "P", "I", "I;16"):
-        raise DataError(
-            f"seg.png must be single-channel class ids, got mode {m.mode}",
-            shard=shard,
-            key=key,
-        )
-    if dense == "depth" and m.mode not in ("I", "I;16"):
-        raise DataError(
-            f"depth.png must be 16-bit millimetres, got mode {m.mode}",
-            shard=shard,
-            key=key,
-        )
-    if m.size != img.size:
-        raise DataError(
-            f"{dense} map is {m.size[0]}x{m.size[1]} but the image is "
-            f"{img.size[0]}x{img.size[1]}",
-            shard=shard,
-            key=key,
-        )
-
-
-_END = object()
-
-
-class _Failure:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-def _one_torch_thread() -> None:
-    # A decode thread's torch ops (normalisation) are small: with the rank's OpenMP team they
-    # would spin up threads that then busy-wait beside the other decode threads. The setting
-    # is per calling thread (OpenMP's nthreads ICV); the training thread keeps its own.
-    torch.set_num_threads(1)
-
-
-class _Prefetcher:
-    """Producer thread + decode pool + bounded queue of per-step futures."""
-
-    def __init__(
-        self,
-        slices: Callable[[], Iterator[StepSlice]],
-        decode: Callable[[int, int, int, torch.Tensor], _Sample],
-        threads: int,
-        depth: int,
-        image_size: int,
-        pin_memory: bool = False,
-    ) -> None:
-        self._slices = slices
-        self._decode = decode
-        self._image_size = image_size
-        self._pin = pin_memory
-        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="clipfleet-data", initializer=_one_torch_thread)
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._done = False
-        self._thread = threading.Thread(target=self._produce, name="clipfleet-plan", daemon=True)
-        self._thread.start()
-
-    def _produce(self) -> None:
-        try:
-            for sl in self._slices():
-                if self._stop.is_set():
-                    return
-                assert len(sl.shards) == len(sl.indices) == len(sl.sample_ids), "StepSlice lists differ in length"
-                # Decode threads write each normalised image straight into its row of the step's
-                # tensor (page-locked for a CUDA rank, so the copy to the GPU is asynchronous):
-                # no per-sample tensor, and no stacking copy on the training thread.
-                size = self._image_size
-                images = torch.empty(len(sl.shards), 3, size, size, dtype=torch.float32, pin_memory=self._pin)
-                futures = [
-                    self._pool.submit(self._decode, s, i, sl.epoch, images[j])
-                    for j, (s, i) in enumerate(zip(sl.shards, sl.indices))
-                ]
-                self._queue.put((sl, images, futures))
-                if self._stop.is_set():
-                    return
-            self._queue.put(_END)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            if not self._stop.is_set():
-                self._queue.put(_Failure(e))
-
-    def next(self) -> tuple[StepSlice, torch.Tensor, list[_Sample]] | None:
-        """The next step's images and decoded samples, or None at the end; re-raises loader errors."""
-        if self._done:
-            return None
-        item = self._queue.get()
-        if item is _END:
-            self._done = True
-            return None
-        if isinstance(item, _Failure):
-            self._done = True
-            raise item.error
-        sl, images, futures = item
-        try:
-            return sl, images, [f.result() for f in futures]
-        except BaseException:
-            self._done = True
-            raise
-
-    def close(self) -> None:
-        """Stop producing, drop queued work, wait for running decodes."""
-        self._stop.set()
-        self._done = True
-        # Draining frees the producer if it is blocked on a full queue; it then sees the stop flag.
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, tuple):
-                for f in item[2]:
-                    f.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        # fetch_plan is an RPC with its own deadline; do not hang shutdown on it forever.
-        self._thread.join(timeout=10.0)
 
 
 def _zero_skipped(smp: _Sample, slot: torch.Tensor) -> _Sample:
