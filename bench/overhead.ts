@@ -53,19 +53,69 @@ export function overheadPlan(quick: boolean): Config[] {
   ];
 }
 
-/** Runs the pairs of every configuration; returns the figures and the per-run measurements. */
+/**
+ * The long run: the pairs' runs are 80 steps, the first 15 s of a fresh
+ * orchestrator process, while V8 still compiles its hot paths (perf put a
+ * fifth of the orchestrator's CPU there) and the heap grows to its working
+ * size. A job runs for hours: its CPU per step is that of later steps, so
+ * `clipfleet run` also trains a longer job, its CPU accounted from the
+ * middle on. Quick: a miniature, so the code path stays alive.
+ */
+export function longRunPlan(quick: boolean): Config & { runs: number } {
+  return quick ? { batch: 64, pairs: 1, steps: 30, warmup: 15, runs: 1 } : { batch: 64, pairs: 1, steps: 600, warmup: 300, runs: 2 };
+}
+
+/** Runs the pairs of every configuration and the long run; returns the figures and the per-run measurements. */
 export async function benchOverhead(quick: boolean, work: string): Promise<{ figures: Figure[]; details: unknown }> {
   const figures: Figure[] = [];
   const details: unknown[] = [];
+  let handStepSeconds: number[] = [];
   for (const c of overheadPlan(quick)) {
     const r = await runConfig(c, join(work, `batch-${c.batch}`));
     figures.push(...r.figures);
     details.push(r.details);
+    if (c.batch === 64) handStepSeconds = r.handStepSeconds;
   }
+  const long = await runLong(longRunPlan(quick), join(work, "long"), handStepSeconds);
+  figures.push(...long.figures);
+  details.push(long.details);
   return { figures, details };
 }
 
-async function runConfig(c: Config, work: string): Promise<{ figures: Figure[]; details: unknown }> {
+/** `clipfleet run` of the long job, CPU per step from its middle on; the bound against the pairs' by-hand step time. */
+async function runLong(c: Config & { runs: number }, work: string, handStepSeconds: number[]): Promise<{ figures: Figure[]; details: unknown }> {
+  mkdirSync(work, { recursive: true });
+  const spec = writeTinySpec(work, { name: "overhead-long", steps: c.steps, batch: c.batch, everySteps: null, finalCheckpoint: false, shuffle: false });
+  const runs: RunMeasure[] = [];
+  for (let i = 0; i < c.runs; i++) runs.push(await runOrchestrated(spec, join(work, `run-${i}`), c, ""));
+  const hand = handStepSeconds.length > 0 ? median(handStepSeconds) : null;
+  const tag = `batch ${c.batch}, steps ${c.warmup}-${c.steps - 2} of ${c.steps}`;
+  const figures = [
+    figure({
+      benchmark: "overhead",
+      figure: `orchestrator process CPU per step, ${tag}`,
+      unit: "ms",
+      values: runs.map((r) => r.orchestratorCpuMsPerStep),
+      target: "<= 1.4",
+      note: "the `clipfleet run` process after its warm-up (JIT compilation, heap growth), as through the rest of a long job",
+    }),
+    ...(hand === null
+      ? []
+      : [
+          figure({
+            benchmark: "overhead",
+            figure: `throughput bound from CPU accounting, ${tag}`,
+            unit: "x",
+            values: runs.map((r) => 1 - r.orchestratorCpuMsPerStep / 1000 / hand),
+            target: ">= 0.98",
+            note: "1 - CPU per step of the long run / the pairs' median by-hand step time (batch 64)",
+          }),
+        ]),
+  ];
+  return { figures, details: { long: c, runs, handStepSeconds: hand } };
+}
+
+async function runConfig(c: Config, work: string): Promise<{ figures: Figure[]; details: unknown; handStepSeconds: number[] }> {
   mkdirSync(work, { recursive: true });
   const spec = writeTinySpec(work, { name: "overhead", steps: c.steps, batch: c.batch, everySteps: null, finalCheckpoint: false, shuffle: false });
   const stage = await resolvedStage(spec);
@@ -174,7 +224,7 @@ async function runConfig(c: Config, work: string): Promise<{ figures: Figure[]; 
       baselineWhat: "by hand (no agent threads, no RPCs)",
     }),
   ];
-  return { figures, details: { ...c, ratios, medianRatio: median(ratios), tlsRatios, medianTlsRatio: median(tlsRatios), sameFinalParams: sameParams, orchestrated, byHand, overTls } };
+  return { handStepSeconds: byHand.map((b) => b.steadyStepSeconds), figures, details: { ...c, ratios, medianRatio: median(ratios), tlsRatios, medianTlsRatio: median(tlsRatios), sameFinalParams: sameParams, orchestrated, byHand, overTls } };
 }
 
 /** CPU seconds (user + system) a process has used so far; 0 once it is gone. */

@@ -112,7 +112,11 @@ export class Metrics {
     this.rankTopK = opts.rankTopK ?? DEFAULT_RANK_TOP_K;
     this.scrapeCacheMs = opts.scrapeCacheMs ?? DEFAULT_SCRAPE_CACHE_MS;
     if (opts.defaultMetrics !== false) {
-      collectDefaultMetrics({ register: this.registry, prefix: "clipfleet_" });
+      // The event-loop lag histogram samples with a timer: prom-client's default, every 10 ms, woke
+      // an idle orchestrator 100 times a second (about 3 ms of CPU a second in epoll and timers, as
+      // much as the ranks' reports of a 2-rank job cost); every 100 ms still sees any stall longer
+      // than that, and a scrape every 15 s still gets 150 samples.
+      collectDefaultMetrics({ register: this.registry, prefix: "clipfleet_", eventLoopMonitoringPrecision: 100 });
       // prom-client exports a few gauges named *_total (active handles, requests, resources);
       // `promtool check metrics` rejects that, and their per-type twins carry the same counts.
       for (const m of this.registry.getMetricsAsArray()) {
