@@ -23,7 +23,13 @@ void describe("clipfleet server with the CLI", () => {
 
   before(async () => {
     // The server's policy names the slow interpreter one test's spec asks for (worker.python).
-    server = await startServer({ stateDir: join(tmp.dir, "state"), args: ["--allow-python", join(tmp.dir, "slow-python")] });
+    // The first test's job A waits before step 20 until its gate file exists (later tests' jobs find it
+    // there): B and C must queue behind a job that is surely still running, however fast the machine.
+    server = await startServer({
+      stateDir: join(tmp.dir, "state"),
+      args: ["--allow-python", join(tmp.dir, "slow-python")],
+      env: { CLIPFLEET_FAULT: `gate@20:file=${join(tmp.dir, "gate-a")}` },
+    });
     client = server.client();
     viaFlag = ["--server", server.address];
     viaEnv = { CLIPFLEET_SERVER: server.address };
@@ -80,6 +86,8 @@ void describe("clipfleet server with the CLI", () => {
     const cancelC = await runCli(["cancel", c], { env: viaEnv });
     assert.equal(cancelC.code, 0, cancelC.stderr);
     assert.equal(cancelC.stdout.trim(), `${c}: CANCELLED - cancelled by user`);
+    // Only now may A go on past step 19 and give its slots back (to B, never to the cancelled C).
+    writeFileSync(join(tmp.dir, "gate-a"), "");
 
     const jobA = await waitEnd(client, a, "SUCCEEDED");
     const jobB = await waitEnd(client, b, "SUCCEEDED");
