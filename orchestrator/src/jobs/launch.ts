@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { COMMAND_PYTHON_NAMES, InvalidArgumentError, isTerminal, NotFoundError, type NodeSpec, type StageSpec } from "../domain/index.js";
 import { removeCheckpointDir, sha256Hex, uncommittedDirs } from "../checkpoints/index.js";
 import { DataPlan } from "../data/index.js";
-import { AllocationAborted, allocationLive, type Allocation, type Launcher, type SlurmLauncher } from "../launcher/index.js";
+import { AllocationAborted, allocationLive, blameNode, type Allocation, type Launcher, type SlurmLauncher } from "../launcher/index.js";
 import { rankEnv, type Placement } from "../scheduler/index.js";
 import { canonicalJson } from "../spec/index.js";
 import { Attempt, type AttemptHooks } from "./attempt.js";
@@ -379,7 +379,17 @@ export class Launch {
             const r = a.ranks[Number(/rank (\d+)/.exec(reason)?.[1] ?? 0)] ?? a.ranks[0];
             if (!r) return;
             const why = `Slurm job ${alloc.jobId} ${st.state}${st.reason !== "None" ? ` (${st.reason})` : ""}`;
-            a.fail({ kind: "node", rank: r.rank, node: r.node.name, message: `${why}: Slurm sent SIGTERM to rank ${r.rank} on ${r.node.name}` });
+            // Slurm's SIGTERM reaches every rank of the allocation, the healthy nodes' ranks too, and
+            // whichever asks to stop first is a race: Slurm's node states say which node failed (as for
+            // an exit, SlurmLauncher), and the rank's own node only when none did.
+            void this.slurm(r.node.name)
+              .partitionNodes(null, alloc.nodes.map((n) => n.name))
+              .catch(() => [])
+              .then((nodes) => {
+                const blamed = blameNode(r.node.name, nodes) ?? r.node.name;
+                const how = blamed !== r.node.name ? ` (node ${blamed} ${nodes.find((n) => n.name === blamed)?.state ?? "down"})` : "";
+                a.fail({ kind: "node", rank: r.rank, node: blamed, message: `${why}: Slurm sent SIGTERM to rank ${r.rank} on ${r.node.name}${how}` });
+              });
           });
       },
     };
